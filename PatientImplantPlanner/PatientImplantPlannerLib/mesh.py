@@ -1,0 +1,353 @@
+"""Triangle meshes as plain numpy arrays, with conversions, verification and atomic STL writing.
+
+``TriMesh`` is the currency between VTK (surfaces from segmentations, rendering, STL I/O) and manifold3d
+(exact booleans that always return manifold meshes). Verification is done on every mesh we produce:
+non-empty, closed (every edge shared by exactly two triangles, consistently oriented), positive volume.
+"""
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from .errors import GeometryError, OutputExistsError
+
+LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+@dataclass
+class TriMesh:
+    vertices: np.ndarray  # (N, 3) float64, mm
+    faces: np.ndarray  # (M, 3) int64, counter-clockwise seen from outside
+
+    def __post_init__(self):
+        self.vertices = np.ascontiguousarray(self.vertices, dtype=np.float64).reshape(-1, 3)
+        self.faces = np.ascontiguousarray(self.faces, dtype=np.int64).reshape(-1, 3)
+
+    @property
+    def n_triangles(self) -> int:
+        return len(self.faces)
+
+    def copy(self) -> "TriMesh":
+        return TriMesh(self.vertices.copy(), self.faces.copy())
+
+    def transformed(self, matrix4: np.ndarray) -> "TriMesh":
+        """Apply a 4x4 homogeneous transform; flips face orientation if it mirrors."""
+        m = np.asarray(matrix4, dtype=float)
+        v = self.vertices @ m[:3, :3].T + m[:3, 3]
+        f = self.faces if np.linalg.det(m[:3, :3]) > 0 else self.faces[:, ::-1]
+        return TriMesh(v, f.copy())
+
+    def volume(self) -> float:
+        """Signed volume (mm3) by the divergence theorem; positive for outward-facing triangles."""
+        a, b, c = (self.vertices[self.faces[:, i]] for i in range(3))
+        return float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0)
+
+    def area(self) -> float:
+        a, b, c = (self.vertices[self.faces[:, i]] for i in range(3))
+        return float(np.linalg.norm(np.cross(b - a, c - a), axis=1).sum() / 2.0)
+
+    def bounds(self) -> np.ndarray:
+        """[[xmin, ymin, zmin], [xmax, ymax, zmax]]."""
+        if len(self.vertices) == 0:
+            return np.zeros((2, 3))
+        return np.array([self.vertices.min(axis=0), self.vertices.max(axis=0)])
+
+
+@dataclass
+class MeshCheck:
+    """Result of verifying one mesh; ``ok`` is True when it is printable as a closed solid."""
+
+    n_triangles: int
+    n_vertices: int
+    watertight: bool
+    manifold: bool
+    consistently_oriented: bool
+    outward_normals: bool
+    volume_mm3: float
+    area_mm2: float
+    n_components: int
+    bounds: list
+    problems: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict:
+        return {
+            "ok": self.ok,
+            "triangles": self.n_triangles,
+            "vertices": self.n_vertices,
+            "watertight": self.watertight,
+            "manifold": self.manifold,
+            "consistently_oriented": self.consistently_oriented,
+            "outward_normals": self.outward_normals,
+            "volume_mm3": round(self.volume_mm3, 3),
+            "area_mm2": round(self.area_mm2, 3),
+            "components": self.n_components,
+            "bounds_mm": self.bounds,
+            "problems": list(self.problems),
+        }
+
+
+def merge_duplicate_vertices(mesh: TriMesh, tolerance: float = 1e-6) -> TriMesh:
+    """Weld coincident vertices (STL files store every triangle's corners separately) and drop
+    triangles that collapse."""
+    if len(mesh.vertices) == 0:
+        return mesh.copy()
+    key = np.round(mesh.vertices / tolerance).astype(np.int64)
+    _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    faces = inverse.reshape(-1)[mesh.faces]
+    keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
+    return TriMesh(mesh.vertices[first], faces[keep])
+
+
+def _component_count(n_vertices: int, faces: np.ndarray) -> int:
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    used = np.unique(faces)
+    if len(used) == 0:
+        return 0
+    rows = np.concatenate([faces[:, 0], faces[:, 1]])
+    cols = np.concatenate([faces[:, 1], faces[:, 2]])
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_vertices, n_vertices))
+    n, labels = connected_components(graph, directed=False)
+    return len(np.unique(labels[used]))
+
+
+def check_mesh(mesh: TriMesh, min_volume_mm3: float = 0.0) -> MeshCheck:
+    """Verify a mesh is a closed, manifold, consistently and outward oriented solid.
+
+    Works on welded meshes; call :func:`merge_duplicate_vertices` first for STL triangle soup.
+    """
+    faces = mesh.faces
+    problems = []
+    if len(faces) == 0:
+        return MeshCheck(0, len(mesh.vertices), False, False, False, False, 0.0, 0.0, 0, [[0] * 3] * 2, ["empty mesh"])
+    # Directed half-edges: in a closed oriented 2-manifold each appears once and its twin once.
+    he = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    undirected = np.sort(he, axis=1)
+    _, ucounts = np.unique(undirected, axis=0, return_counts=True)
+    watertight = bool(np.all(ucounts >= 2))
+    manifold = bool(np.all(ucounts == 2))
+    _, dcounts = np.unique(he, axis=0, return_counts=True)
+    consistent = bool(np.all(dcounts == 1)) and manifold
+    volume = mesh.volume()
+    area = mesh.area()
+    outward = volume > 0
+    n_comp = _component_count(len(mesh.vertices), faces)
+    if not watertight:
+        problems.append(f"{int(np.sum(ucounts < 2))} open (boundary) edges: not watertight")
+    if not manifold:
+        problems.append(f"{int(np.sum(ucounts > 2))} edges shared by more than two triangles: not manifold")
+    if manifold and not consistent:
+        problems.append("inconsistent triangle orientation")
+    if not outward:
+        problems.append(f"volume {volume:.3f} mm3 is not positive: normals point inward or mesh is degenerate")
+    elif volume < min_volume_mm3:
+        problems.append(f"volume {volume:.3f} mm3 is below the plausible minimum {min_volume_mm3:.3f} mm3")
+    b = mesh.bounds()
+    return MeshCheck(
+        n_triangles=len(faces),
+        n_vertices=len(mesh.vertices),
+        watertight=watertight,
+        manifold=manifold,
+        consistently_oriented=consistent,
+        outward_normals=outward,
+        volume_mm3=volume,
+        area_mm2=area,
+        n_components=n_comp,
+        bounds=[[round(float(x), 4) for x in b[0]], [round(float(x), 4) for x in b[1]]],
+        problems=problems,
+    )
+
+
+def require_valid(mesh: TriMesh, what: str, min_volume_mm3: float = 0.0) -> MeshCheck:
+    """check_mesh, raising GeometryError naming ``what`` if the mesh is not a valid solid."""
+    result = check_mesh(mesh, min_volume_mm3)
+    if not result.ok:
+        raise GeometryError(
+            f"The {what} mesh failed verification: {'; '.join(result.problems)}.",
+            "Check the inputs that define it (markups, parameters); this is a bug if they are sensible.",
+        )
+    return result
+
+
+# ---- VTK conversions -------------------------------------------------------------------------------
+
+
+def from_polydata(polydata) -> TriMesh:
+    """TriMesh from a vtkPolyData (polygons are triangulated; points welded only if VTK shares them)."""
+    import vtk
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    tri = vtk.vtkTriangleFilter()
+    tri.SetInputData(polydata)
+    tri.PassLinesOff()
+    tri.PassVertsOff()
+    tri.Update()
+    pd = tri.GetOutput()
+    if pd.GetNumberOfPoints() == 0 or pd.GetNumberOfPolys() == 0:
+        return TriMesh(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64))
+    verts = vtk_to_numpy(pd.GetPoints().GetData()).astype(np.float64)
+    conn = vtk_to_numpy(pd.GetPolys().GetConnectivityArray()).astype(np.int64)
+    return TriMesh(verts, conn.reshape(-1, 3))
+
+
+def to_polydata(mesh: TriMesh):
+    """vtkPolyData (triangles) from a TriMesh."""
+    import vtk
+    from vtk.util.numpy_support import numpy_to_vtk, numpy_to_vtkIdTypeArray
+
+    pts = vtk.vtkPoints()
+    pts.SetData(numpy_to_vtk(np.ascontiguousarray(mesh.vertices), deep=True))
+    offsets = np.arange(0, 3 * len(mesh.faces) + 1, 3, dtype=np.int64)
+    cells = vtk.vtkCellArray()
+    cells.SetData(
+        numpy_to_vtkIdTypeArray(offsets, deep=True),
+        numpy_to_vtkIdTypeArray(np.ascontiguousarray(mesh.faces.reshape(-1)), deep=True),
+    )
+    pd = vtk.vtkPolyData()
+    pd.SetPoints(pts)
+    pd.SetPolys(cells)
+    return pd
+
+
+# ---- manifold3d ------------------------------------------------------------------------------------
+
+MANIFOLD_INSTALL_HINT = (
+    "Install the 'manifold3d' Python package (inside Slicer the module offers to install it; "
+    "headless: pip install manifold3d)."
+)
+
+
+def require_manifold3d():
+    """Import manifold3d, or raise a clear error saying how to install it."""
+    try:
+        import manifold3d
+    except ImportError as exc:  # pragma: no cover - exercised only where it is missing
+        raise GeometryError("The mesh boolean library manifold3d is not installed.", MANIFOLD_INSTALL_HINT) from exc
+    return manifold3d
+
+
+def to_manifold(mesh: TriMesh):
+    """manifold3d.Manifold from a closed TriMesh; raises GeometryError if it is not a valid solid."""
+    m3d = require_manifold3d()
+    welded = merge_duplicate_vertices(mesh)
+    mm = m3d.Mesh(
+        vert_properties=np.ascontiguousarray(welded.vertices, dtype=np.float32),
+        tri_verts=np.ascontiguousarray(welded.faces, dtype=np.uint32),
+    )
+    result = m3d.Manifold(mm)
+    if result.status() != m3d.Error.NoError:
+        raise GeometryError(
+            f"The mesh is not a closed manifold solid ({result.status()}); booleans need one.",
+            "Check the mesh with check_mesh(); surfaces from segmentations and our own parts are closed.",
+        )
+    return result
+
+
+def from_manifold(manifold) -> TriMesh:
+    """TriMesh from a manifold3d.Manifold (arrays copied: manifold3d returns read-only views)."""
+    m = manifold.to_mesh()
+    return TriMesh(np.array(m.vert_properties[:, :3], dtype=np.float64), np.array(m.tri_verts, dtype=np.int64))
+
+
+# ---- STL ---------------------------------------------------------------------------------------------
+
+
+def atomic_write_bytes(path: str, data: bytes, overwrite: bool = False) -> None:
+    """Write via a temporary file in the same folder and rename, so a file is never half-written.
+
+    Refuses (OutputExistsError) to replace an existing file unless ``overwrite``.
+    """
+    path = os.fspath(path)
+    if os.path.exists(path) and not overwrite:
+        raise OutputExistsError(
+            f"Output file already exists: {path}.", "Choose another folder or name, or allow overwriting."
+        )
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        if not overwrite and os.path.exists(path):
+            raise OutputExistsError(f"Output file already exists: {path}.", "Choose another folder or name.")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def stl_bytes(mesh: TriMesh, header: str = "PatientImplantPlanner") -> bytes:
+    """Binary STL (little-endian, 50 bytes a triangle) with per-facet normals."""
+    v = mesh.vertices[mesh.faces].astype(np.float32)  # (M, 3, 3)
+    n = np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0])
+    norm = np.linalg.norm(n, axis=1, keepdims=True)
+    n = np.where(norm > 0, n / np.where(norm > 0, norm, 1), 0).astype(np.float32)
+    rec = np.zeros(len(mesh.faces), dtype=[("n", "<f4", 3), ("v", "<f4", (3, 3)), ("attr", "<u2")])
+    rec["n"] = n
+    rec["v"] = v
+    head = header.encode("ascii", "replace")[:80].ljust(80, b" ")
+    return head + np.uint32(len(mesh.faces)).tobytes() + rec.tobytes()
+
+
+def write_stl(mesh: TriMesh, path: str, coordinate_system: str = "LPS", overwrite: bool = False) -> None:
+    """Write a RAS mesh as binary STL in LPS (Slicer's default for model files) or RAS, atomically."""
+    cs = coordinate_system.upper()
+    if cs not in ("LPS", "RAS"):
+        raise ValueError(f"coordinate_system must be 'LPS' or 'RAS', not {coordinate_system!r}")
+    out = mesh
+    if cs == "LPS":
+        m = np.eye(4)
+        m[:3, :3] = LPS_FROM_RAS
+        out = mesh.transformed(m)  # a mirror of two axes is a rotation: orientation is kept
+    atomic_write_bytes(path, stl_bytes(out, f"PatientImplantPlanner binary STL, {cs}, mm"), overwrite=overwrite)
+
+
+def read_stl(path: str, coordinate_system: str = "LPS") -> TriMesh:
+    """Read a binary or ASCII STL and return it welded, in RAS (converting from LPS if stated)."""
+    import vtk
+
+    reader = vtk.vtkSTLReader()
+    reader.SetFileName(os.fspath(path))
+    reader.Update()
+    mesh = merge_duplicate_vertices(from_polydata(reader.GetOutput()), tolerance=1e-5)
+    if coordinate_system.upper() == "LPS":
+        m = np.eye(4)
+        m[:3, :3] = LPS_FROM_RAS
+        mesh = mesh.transformed(m)
+    return mesh
+
+
+def polydata_volume(polydata) -> float:
+    import vtk
+
+    mp = vtk.vtkMassProperties()
+    tri = vtk.vtkTriangleFilter()
+    tri.SetInputData(polydata)
+    mp.SetInputConnection(tri.GetOutputPort())
+    mp.Update()
+    return float(mp.GetVolume())
+
+
+def decimate(mesh: TriMesh, target_triangles: Optional[int]) -> TriMesh:
+    """Reduce to about ``target_triangles`` keeping topology (vtkDecimatePro scales; quadric does not)."""
+    import vtk
+
+    if not target_triangles or mesh.n_triangles <= target_triangles:
+        return mesh
+    dec = vtk.vtkDecimatePro()
+    dec.SetInputData(to_polydata(mesh))
+    dec.SetTargetReduction(1.0 - target_triangles / mesh.n_triangles)
+    dec.PreserveTopologyOn()
+    dec.SplittingOff()
+    dec.BoundaryVertexDeletionOff()
+    dec.Update()
+    return merge_duplicate_vertices(from_polydata(dec.GetOutput()))

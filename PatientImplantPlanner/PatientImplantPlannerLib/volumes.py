@@ -1,0 +1,51 @@
+"""Voxel <-> RAS geometry of volume nodes and numpy access, shared by every step working on images.
+
+numpy arrays from ``slicer.util.arrayFromVolume`` are indexed [k, j, i]; the helpers here take and
+return RAS points in mm and (i, j, k) indices so callers never juggle the order by hand.
+"""
+
+import numpy as np
+
+
+def ijk_to_ras_matrix(volume_node) -> np.ndarray:
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(m)
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def ras_to_ijk(volume_node, points_ras) -> np.ndarray:
+    """Continuous (i, j, k) indices of RAS points (N, 3)."""
+    pts = np.atleast_2d(np.asarray(points_ras, dtype=float))
+    inv = np.linalg.inv(ijk_to_ras_matrix(volume_node))
+    return pts @ inv[:3, :3].T + inv[:3, 3]
+
+
+def ijk_to_ras(volume_node, ijk) -> np.ndarray:
+    pts = np.atleast_2d(np.asarray(ijk, dtype=float))
+    m = ijk_to_ras_matrix(volume_node)
+    return pts @ m[:3, :3].T + m[:3, 3]
+
+
+def dimensions(volume_node) -> tuple:
+    """(i, j, k) voxel counts."""
+    return tuple(volume_node.GetImageData().GetDimensions())
+
+
+def inside(volume_node, points_ras, margin: float = 0.0) -> np.ndarray:
+    """Boolean per point: within the volume's voxel grid (extended by ``margin`` voxels)."""
+    ijk = ras_to_ijk(volume_node, points_ras)
+    dims = np.array(dimensions(volume_node))
+    return np.all((ijk >= -0.5 - margin) & (ijk <= dims - 0.5 + margin), axis=1)
+
+
+def voxel_volume_mm3(volume_node) -> float:
+    return float(abs(np.linalg.det(ijk_to_ras_matrix(volume_node)[:3, :3])))
+
+
+def array(volume_node) -> np.ndarray:
+    """Voxel array [k, j, i] sharing memory with the node (no copy)."""
+    import slicer.util
+
+    return slicer.util.arrayFromVolume(volume_node)
