@@ -1,0 +1,86 @@
+"""Plain data types for the anatomy a plan is built on: endplates and the spinal axis.
+
+Shared by level detection (which measures them from the bone), implant design (which rests on them) and the
+phantom (whose ground truth uses the same types). All coordinates RAS, mm.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def unit(v) -> np.ndarray:
+    v = np.asarray(v, dtype=float)
+    n = np.linalg.norm(v)
+    if n == 0:
+        raise ValueError("zero-length vector")
+    return v / n
+
+
+@dataclass
+class Endplate:
+    """A vertebral endplate the implant rests on.
+
+    ``normal`` points out of its own vertebral body into the gap to be bridged: for the proximal (upper)
+    vertebra's inferior endplate it points caudally, for the distal vertebra's superior endplate cranially.
+    ``anterior`` is a unit vector in the endplate plane towards the patient's front.
+    """
+
+    centre: np.ndarray
+    normal: np.ndarray
+    anterior: np.ndarray
+    radius_lr: float  # half the left-right extent, mm
+    radius_ap: float  # half the antero-posterior extent, mm
+    level: str = ""
+
+    def __post_init__(self):
+        self.centre = np.asarray(self.centre, dtype=float)
+        self.normal = unit(self.normal)
+        a = np.asarray(self.anterior, dtype=float)
+        self.anterior = unit(a - np.dot(a, self.normal) * self.normal)
+
+    @property
+    def lateral(self) -> np.ndarray:
+        """Unit in-plane vector completing (anterior, lateral, normal) as a right-handed frame."""
+        return np.cross(self.normal, self.anterior)
+
+    def as_dict(self) -> dict:
+        return {
+            "level": self.level,
+            "centre": [float(x) for x in self.centre],
+            "normal": [float(x) for x in self.normal],
+            "anterior": [float(x) for x in self.anterior],
+            "radius_lr": float(self.radius_lr),
+            "radius_ap": float(self.radius_ap),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Endplate":
+        return cls(d["centre"], d["normal"], d["anterior"], d["radius_lr"], d["radius_ap"], d.get("level", ""))
+
+
+def polyline_length(points) -> float:
+    p = np.asarray(points, dtype=float)
+    return float(np.linalg.norm(np.diff(p, axis=0), axis=1).sum()) if len(p) > 1 else 0.0
+
+
+def resample_polyline(points, spacing_mm: float) -> np.ndarray:
+    """Points spaced ``spacing_mm`` apart along a polyline (first and last point kept)."""
+    p = np.asarray(points, dtype=float)
+    seg = np.linalg.norm(np.diff(p, axis=0), axis=1)
+    s = np.concatenate([[0.0], np.cumsum(seg)])
+    n = max(int(np.ceil(s[-1] / spacing_mm)), 1) + 1
+    t = np.linspace(0.0, s[-1], n)
+    return np.stack([np.interp(t, s, p[:, i]) for i in range(3)], axis=1)
+
+
+def distance_to_polyline(points, polyline) -> np.ndarray:
+    """Shortest distance from each point to a polyline (segments), mm."""
+    q = np.atleast_2d(np.asarray(points, dtype=float))
+    p = np.asarray(polyline, dtype=float)
+    a, b = p[:-1], p[1:]
+    ab = b - a
+    denom = np.maximum((ab * ab).sum(axis=1), 1e-12)
+    t = np.clip(((q[:, None, :] - a[None]) * ab[None]).sum(axis=2) / denom[None], 0.0, 1.0)
+    closest = a[None] + t[..., None] * ab[None]
+    return np.linalg.norm(q[:, None, :] - closest, axis=2).min(axis=1)
