@@ -1,0 +1,80 @@
+"""TriMesh verification, STL round trips and atomic writes."""
+
+import os
+
+import numpy as np
+import pytest
+
+from PatientImplantPlannerLib import mesh as M
+from PatientImplantPlannerLib.errors import GeometryError, OutputExistsError
+
+
+def _cylinder(r=3.0, h=10.0, n=64):
+    import manifold3d as m3d
+
+    return M.from_manifold(m3d.Manifold.cylinder(h, r, r, n))
+
+
+def test_check_mesh_accepts_closed_solid_and_measures_volume():
+    c = _cylinder()
+    result = M.check_mesh(c)
+    assert result.ok, result.problems
+    # A 64-gon prism: area = n/2 r^2 sin(2pi/n).
+    expected = 64 / 2 * 9.0 * np.sin(2 * np.pi / 64) * 10.0
+    assert result.volume_mm3 == pytest.approx(expected, rel=1e-6)  # manifold3d stores float32 vertices
+    assert result.n_components == 1
+
+
+def test_check_mesh_detects_hole_flip_and_nonmanifold():
+    c = _cylinder()
+    open_mesh = M.TriMesh(c.vertices, c.faces[1:])
+    assert not M.check_mesh(open_mesh).watertight
+    inverted = M.TriMesh(c.vertices, c.faces[:, ::-1])
+    assert not M.check_mesh(inverted).outward_normals
+    doubled = M.TriMesh(c.vertices, np.vstack([c.faces, c.faces[:1]]))
+    assert not M.check_mesh(doubled).manifold
+    with pytest.raises(GeometryError, match="failed verification"):
+        M.require_valid(open_mesh, "test part")
+
+
+def test_stl_round_trip_lps_and_ras(tmp_path):
+    c = _cylinder().transformed(np.array([[1, 0, 0, 5.0], [0, 1, 0, -7.0], [0, 0, 1, 3.0], [0, 0, 0, 1]]))
+    for cs in ("LPS", "RAS"):
+        path = tmp_path / f"part_{cs}.stl"
+        M.write_stl(c, str(path), cs)
+        assert os.path.getsize(path) == 84 + 50 * c.n_triangles  # binary, not ASCII
+        back = M.read_stl(str(path), cs)
+        assert M.check_mesh(back).ok
+        assert back.volume() == pytest.approx(c.volume(), rel=1e-5)
+        np.testing.assert_allclose(back.bounds(), c.bounds(), atol=1e-4)
+    raw = M.read_stl(str(tmp_path / "part_LPS.stl"), "RAS")  # read without conversion: x and y mirrored
+    np.testing.assert_allclose(raw.bounds()[0][:2], -c.bounds()[1][:2], atol=1e-4)
+
+
+def test_write_refuses_existing_file_and_leaves_it_intact(tmp_path):
+    path = tmp_path / "part.stl"
+    path.write_bytes(b"precious")
+    with pytest.raises(OutputExistsError, match="already exists"):
+        M.write_stl(_cylinder(), str(path))
+    assert path.read_bytes() == b"precious"
+    assert [p.name for p in tmp_path.iterdir()] == ["part.stl"]  # no temporary left behind
+    M.write_stl(_cylinder(), str(path), overwrite=True)
+    assert path.stat().st_size > 84
+
+
+def test_decimate_keeps_closed_solid():
+    import manifold3d as m3d
+
+    sphere = M.from_manifold(m3d.Manifold.sphere(10.0, 256))
+    small = M.decimate(sphere, 3000)
+    assert small.n_triangles <= 3100
+    assert M.check_mesh(small).ok
+    assert small.volume() == pytest.approx(sphere.volume(), rel=0.02)
+
+
+def test_manifold_round_trip_and_boolean():
+    a = _cylinder(r=5.0, h=10.0)
+    b = _cylinder(r=2.0, h=30.0).transformed(np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, -10.0], [0, 0, 0, 1]]))
+    holed = M.from_manifold(M.to_manifold(a) - M.to_manifold(b))
+    assert M.check_mesh(holed).ok
+    assert holed.volume() == pytest.approx(a.volume() - b.volume() * 10.0 / 30.0, rel=1e-6)
