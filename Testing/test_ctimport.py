@@ -1,0 +1,314 @@
+"""CT import: volume files and DICOM folders load with the geometry and voxels SimpleITK reads, bad input is
+refused with a specific error and leaves the scene untouched."""
+
+import os
+import random
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import DICOM_DIR, SAMPLE_CT
+
+from PatientImplantPlannerLib.ctimport import (
+    CTInfo,
+    DicomSeriesInfo,
+    choose_series,
+    describe_ct,
+    list_dicom_series,
+    load_ct,
+    validate_ct,
+)
+from PatientImplantPlannerLib.errors import InputFileError, NotCTError
+from PatientImplantPlannerLib.volumes import array, ijk_to_ras_matrix
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+NEW_UID = "1.2.826.0.1.3680043.2.1125.99.1"
+
+
+def sitk_ijk_to_ras(image) -> np.ndarray:
+    d = np.array(image.GetDirection()).reshape(3, 3)
+    m = np.eye(4)
+    m[:3, :3] = LPS_TO_RAS @ d @ np.diag(image.GetSpacing())
+    m[:3, 3] = LPS_TO_RAS @ np.array(image.GetOrigin())
+    return m
+
+
+def assert_same_as_sitk(node, image, atol=1e-4):
+    np.testing.assert_allclose(ijk_to_ras_matrix(node), sitk_ijk_to_ras(image), atol=atol)
+    voxels = array(node)
+    expected = sitk.GetArrayFromImage(image)  # also [k, j, i]
+    assert voxels.shape == expected.shape
+    np.testing.assert_array_equal(voxels, expected)
+
+
+def node_ids(scene):
+    return [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
+
+
+def sorted_dicom_image():
+    return sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(DICOM_DIR))
+
+
+@pytest.fixture(scope="module")
+def sample_small():
+    """A 40x40x30 crop of the sample CT around the spine (keeps round trips quick, keeps real HU)."""
+    image = sitk.ReadImage(SAMPLE_CT)
+    return image[40:80, 30:70, 40:70]
+
+
+# ------------------------------------------------------------------------------------------------ volume files
+
+
+def test_sample_nifti_loads_with_sitk_geometry_and_voxels(ctx):
+    steps = []
+    node = load_ct(ctx, SAMPLE_CT, progress=lambda f, m: steps.append((f, m)))
+    assert node.IsA("vtkMRMLScalarVolumeNode")
+    assert node.GetName() == "example_ct"
+    assert_same_as_sitk(node, sitk.ReadImage(SAMPLE_CT))
+    info = describe_ct(node)
+    assert isinstance(info, CTInfo)
+    assert info.dimensions == (122, 101, 112)
+    assert info.spacing == pytest.approx((3.0, 3.0, 3.0))
+    assert info.slice_thickness == pytest.approx(3.0)
+    assert info.path == os.path.abspath(SAMPLE_CT)
+    assert info.hu_range == (-1207.0, 3382.0)
+    assert info.series_uid == "" and info.series_note == ""
+    # Origin is the RAS centre of voxel (0, 0, 0): LPS origin with x and y negated.
+    o = sitk.ReadImage(SAMPLE_CT).GetOrigin()
+    assert info.origin_ras == pytest.approx((-o[0], -o[1], o[2]), abs=1e-4)
+    fractions = [f for f, _ in steps]
+    assert len(steps) >= 3 and fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_int32_and_float32_nifti_load_with_same_geometry(ctx, tmp_path):
+    source = sitk.ReadImage(SAMPLE_CT)
+    reference = load_ct(ctx, SAMPLE_CT)
+    for pixel, name in ((sitk.sitkInt32, "ct_int32.nii.gz"), (sitk.sitkFloat32, "ct_float32.nii")):
+        path = str(tmp_path / name)
+        sitk.WriteImage(sitk.Cast(source, pixel), path)
+        node = load_ct(ctx, path)
+        assert array(node).dtype == (np.int32 if pixel == sitk.sitkInt32 else np.float32)
+        np.testing.assert_allclose(ijk_to_ras_matrix(node), ijk_to_ras_matrix(reference), atol=1e-4)
+        np.testing.assert_array_equal(array(node), array(reference))
+
+
+@pytest.mark.parametrize("name", ["ct.mha", "ct.mhd", "ct.nrrd", "ct.nhdr"])
+def test_metaimage_and_nrrd_round_trip(ctx, tmp_path, sample_small, name):
+    path = str(tmp_path / name)
+    sitk.WriteImage(sample_small, path)
+    node = load_ct(ctx, path, name="roundtrip")
+    assert node.GetName() == "roundtrip"
+    assert_same_as_sitk(node, sample_small)
+    assert describe_ct(node).dimensions == (40, 40, 30)
+
+
+# ------------------------------------------------------------------------------------------------------- DICOM
+
+
+def test_dicom_folder_matches_sorted_series_reader(ctx):
+    files_on_disk = sorted(os.path.join(DICOM_DIR, f) for f in os.listdir(DICOM_DIR))
+    series = list_dicom_series(DICOM_DIR)
+    assert len(series) == 1 and isinstance(series[0], DicomSeriesInfo)
+    assert series[0].n_files == 20 and series[0].modality == "CT"
+    assert series[0].files != files_on_disk  # the point of sorting: disk order is not slice order
+    node = load_ct(ctx, DICOM_DIR)
+    assert_same_as_sitk(node, sorted_dicom_image())
+    info = describe_ct(node)
+    assert info.dimensions == (512, 512, 20)
+    assert info.spacing == pytest.approx((0.9765625, 0.9765625, 2.0))
+    assert info.slice_thickness == pytest.approx(3.0)  # nominal thickness from the header, not the 2 mm spacing
+    assert info.path == os.path.abspath(DICOM_DIR)
+    assert info.series_note == ""
+
+
+def test_dicom_with_shuffled_names_gives_same_volume(ctx, tmp_path):
+    rng = random.Random(7)
+    files = sorted(os.listdir(DICOM_DIR))
+    names = [f"IM{n:04d}" for n in rng.sample(range(1000), len(files))]
+    for f, n in zip(files, names):
+        shutil.copy(os.path.join(DICOM_DIR, f), tmp_path / n)
+    node = load_ct(ctx, str(tmp_path))
+    assert_same_as_sitk(node, sorted_dicom_image())
+    # Picking one file of the series loads the whole series.
+    single = load_ct(ctx, str(tmp_path / names[5]))
+    np.testing.assert_array_equal(array(single), array(node))
+
+
+def write_copy_series(src_files, folder, uid, modality="CT", description="copy"):
+    """Write the slices again as a new series (new SeriesInstanceUID) with SimpleITK."""
+    for i, f in enumerate(src_files):
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(f)
+        image = reader.Execute()
+        copy = sitk.GetImageFromArray(sitk.GetArrayFromImage(image))
+        copy.SetSpacing(image.GetSpacing())
+        copy.SetOrigin(image.GetOrigin())
+        for key in ("0020|0032", "0020|0037", "0020|0013", "0018|0050", "0028|0030"):
+            copy.SetMetaData(key, reader.GetMetaData(key))
+        copy.SetMetaData("0008|0060", modality)
+        copy.SetMetaData("0020|000e", uid)
+        copy.SetMetaData("0008|103e", description)
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(os.path.join(folder, f"{description}{i:03d}.dcm"))
+        writer.Execute(copy)
+
+
+def test_two_series_in_one_folder(ctx, tmp_path):
+    sorted_files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(DICOM_DIR)
+    for f in sorted_files:
+        shutil.copy(f, tmp_path / os.path.basename(f))
+    write_copy_series(sorted_files[3:9], str(tmp_path), NEW_UID)
+    series = list_dicom_series(str(tmp_path))
+    assert [s.n_files for s in series] == [20, 6]
+
+    node = load_ct(ctx, str(tmp_path))
+    assert_same_as_sitk(node, sorted_dicom_image())
+    note = describe_ct(node).series_note
+    assert "2 series" in note and "20 slices" in note and "most slices" in note
+    assert node.GetAttribute("PatientImplantPlanner.SeriesNote") == note
+
+    picked = load_ct(ctx, str(tmp_path), series_uid=NEW_UID)
+    assert describe_ct(picked).series_uid == NEW_UID
+    assert "selected by series UID" in describe_ct(picked).series_note
+    assert_same_as_sitk(picked, sitk.ReadImage(list(sorted_files[3:9])))
+    # Picking one file of the small series loads that series, not the largest one.
+    by_file = load_ct(ctx, str(tmp_path / "copy002.dcm"))
+    assert describe_ct(by_file).dimensions == (512, 512, 6)
+
+    before = node_ids(ctx.scene)
+    with pytest.raises(InputFileError) as err:
+        load_ct(ctx, str(tmp_path), series_uid="1.2.3.4")
+    assert "1.2.3.4" in str(err.value) and NEW_UID in str(err.value) and "20 files" in str(err.value)
+    assert node_ids(ctx.scene) == before
+
+
+def test_non_ct_modality_series_needs_allow_non_ct(ctx, tmp_path):
+    sorted_files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(DICOM_DIR)
+    write_copy_series(sorted_files[:4], str(tmp_path), NEW_UID, modality="MR", description="mr")
+    before = node_ids(ctx.scene)
+    with pytest.raises(NotCTError, match="MR, not CT.*allow_non_ct"):
+        load_ct(ctx, str(tmp_path))
+    assert node_ids(ctx.scene) == before
+    node = load_ct(ctx, str(tmp_path), allow_non_ct=True)
+    assert describe_ct(node).dimensions == (512, 512, 4)
+
+
+def test_dicom_series_with_missing_slice_is_refused(ctx, tmp_path):
+    sorted_files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(DICOM_DIR)
+    for f in sorted_files[:10] + sorted_files[11:]:
+        shutil.copy(f, tmp_path / os.path.basename(f))
+    before = node_ids(ctx.scene)
+    with pytest.raises(InputFileError, match="uneven slice spacing.*2.00 to 4.00 mm"):
+        load_ct(ctx, str(tmp_path))
+    assert node_ids(ctx.scene) == before
+
+
+def test_choose_series_prefers_largest_ct():
+    scout = DicomSeriesInfo("1.1", "Topogram", "CT", 2, ["a", "b"])
+    pet = DicomSeriesInfo("1.2", "PET", "PT", 300, [])
+    body = DicomSeriesInfo("1.3", "CT Body", "CT", 120, [])
+    chosen, note = choose_series([pet, body, scout])
+    assert chosen is body
+    assert note == "folder holds 3 series; took 1.3 (CT, 120 slices): the CT series with the most slices"
+    chosen, note = choose_series([scout, body])
+    assert chosen is body and note.endswith(": the most slices")
+    assert choose_series([scout]) == (scout, "")
+    assert choose_series([pet, body], series_uid="1.2")[0] is pet
+
+
+# ------------------------------------------------------------------------------------------------- bad inputs
+
+
+def write_volume(path, values, spacing=(1.0, 1.0, 1.0)):
+    image = sitk.GetImageFromArray(values)
+    image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(path))
+    return str(path)
+
+
+def bad_inputs(tmp_path):
+    rng = np.random.default_rng(0)
+    garbage = tmp_path / "garbage.nrrd"
+    garbage.write_bytes(b"NRRD0004\nthis is not a volume\n" + bytes(rng.integers(0, 255, 500, dtype=np.uint8)))
+    no_dicom = tmp_path / "no_dicom"
+    (no_dicom / "sub").mkdir(parents=True)
+    (no_dicom / "notes.txt").write_text("not an image")
+    (no_dicom / "sub" / "readme.md").write_text("nothing")
+    mr = rng.uniform(0, 1200, (12, 16, 16)).astype(np.int16)
+    return {
+        "missing": (str(tmp_path / "nope.nrrd"), InputFileError, "does not exist"),
+        "garbage": (str(garbage), InputFileError, "Cannot read .* damaged or not in a supported format"),
+        "no_dicom": (str(no_dicom), InputFileError, "No DICOM image series"),
+        "2d": (write_volume(tmp_path / "slice.nrrd", rng.integers(-1000, 1000, (1, 16, 16)).astype(np.int16)),
+               NotCTError, "needs a 3D CT volume"),
+        "mr_like": (write_volume(tmp_path / "mr.nii.gz", mr), NotCTError, "air at about -1000 HU.*allow_non_ct"),
+        "constant": (write_volume(tmp_path / "zero.nrrd", np.zeros((8, 8, 8), np.int16)), NotCTError, "empty"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "garbage", "no_dicom", "2d", "mr_like", "constant"])
+def test_bad_input_raises_specific_error_and_leaves_scene_unchanged(ctx, tmp_path, case):
+    load_ct(ctx, SAMPLE_CT)  # the scene already holds work that must survive
+    path, error, pattern = bad_inputs(tmp_path)[case]
+    before = node_ids(ctx.scene)
+    with pytest.raises(error, match=pattern) as err:
+        load_ct(ctx, path)
+    assert err.value.problem and err.value.fix  # names the problem and the fix
+    assert node_ids(ctx.scene) == before
+
+
+def test_allow_non_ct_accepts_mr_like_but_not_2d(ctx, tmp_path):
+    cases = bad_inputs(tmp_path)
+    node = load_ct(ctx, cases["mr_like"][0], allow_non_ct=True)
+    assert describe_ct(node).hu_range[0] >= 0
+    with pytest.raises(NotCTError, match="needs a 3D CT volume"):
+        load_ct(ctx, cases["2d"][0], allow_non_ct=True)
+
+
+def test_padding_and_small_field_of_view_are_normal_ct(ctx, tmp_path, sample_small):
+    values = sitk.GetArrayFromImage(sample_small).astype(np.int16)
+    k, j, i = np.mgrid[: values.shape[0], : values.shape[1], : values.shape[2]]
+    outside_circle = (j - 20) ** 2 + (i - 20) ** 2 > 18**2
+    for pad in (-2048, -3024):
+        padded = values.copy()
+        padded[outside_circle] = pad
+        node = load_ct(ctx, write_volume(tmp_path / f"pad{-pad}.nrrd", padded))
+        assert describe_ct(node).hu_range[0] == pad
+    # A small reconstruction field inside the body: no air, but fat; padding outside the circle.
+    inside_body = np.clip(values, -150, None)
+    inside_body[outside_circle] = -2048
+    assert np.count_nonzero((inside_body > -1500) & (inside_body < -500)) == 0
+    load_ct(ctx, write_volume(tmp_path / "small_fov.nrrd", inside_body))
+    # ... whereas the same without any fat or air is not accepted as CT.
+    no_soft_tissue = np.clip(values, 0, None)
+    no_soft_tissue[outside_circle] = -2048
+    with pytest.raises(NotCTError):
+        load_ct(ctx, write_volume(tmp_path / "raw.nrrd", no_soft_tissue))
+
+
+def test_validate_ct_on_existing_node(ctx):
+    node = load_ct(ctx, SAMPLE_CT)
+    validate_ct(node)
+    array(node)[:] = 40
+    node.GetImageData().Modified()
+    with pytest.raises(NotCTError, match="every voxel is 40"):
+        validate_ct(node)
+
+
+def test_localizer_in_series_is_dropped_and_noted(ctx, tmp_path):
+    sorted_files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(DICOM_DIR)
+    write_copy_series(sorted_files[:5], str(tmp_path), NEW_UID)
+    write_copy_series(sorted_files[9:10], str(tmp_path), NEW_UID, description="localizer")
+    localizer = str(tmp_path / "localizer000.dcm")
+    image = sitk.ReadImage(localizer)  # carries its tags along
+    image.SetMetaData("0020|0037", "0\\1\\0\\0\\0\\-1")  # sagittal
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(localizer)
+    writer.Execute(image)
+    assert list_dicom_series(str(tmp_path))[0].n_files == 6
+    node = load_ct(ctx, str(tmp_path))
+    assert "dropped 1 file(s) with a different slice orientation" in describe_ct(node).series_note
+    assert_same_as_sitk(node, sitk.ReadImage(list(sorted_files[:5])))
