@@ -168,7 +168,7 @@ def test_vessel_joins_bone_and_table_stays_apart():
     # >= 5 mm of air between the back and the table top.
     rows = np.flatnonzero(ph.table_mask.any(axis=(0, 2)))
     top = rows.min()
-    assert ph.array[:, top - 6:top - 1, :].max() < -900
+    assert ph.array[:, top - 6 : top - 1, :].max() < -900
 
 
 def test_kyphosis_bends_the_axis_through_the_bodies(kyphotic):

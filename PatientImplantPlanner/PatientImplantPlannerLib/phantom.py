@@ -239,8 +239,9 @@ def _build_column(levels, kyphosis_deg) -> list:
         phi = -theta / 2 + i * step  # sagittal tilt; 0 = vertical; the apex of a kyphosis is posterior
         axis = np.array([0.0, np.sin(phi), -np.cos(phi)])
         anterior = np.array([0.0, np.cos(phi), np.sin(phi)])
-        out.append(_Level(name, s, disc, np.zeros(3), axis, anterior, BODY_HALF_LR * s, BODY_HALF_AP * s,
-                          BODY_HEIGHT * s))
+        out.append(
+            _Level(name, s, disc, np.zeros(3), axis, anterior, BODY_HALF_LR * s, BODY_HALF_AP * s, BODY_HEIGHT * s)
+        )
     for i in range(n):
         out[i].disc_above = 0.5 * (out[i].disc + out[i - 1].disc) if i > 0 else out[i].disc
         out[i].disc_below = 0.5 * (out[i].disc + out[i + 1].disc) if i < n - 1 else out[i].disc
@@ -293,10 +294,22 @@ def _posterior_layout(lv: _Level) -> dict:
         "transverse": (cv + 1.0 * s, 2.0 * s, 3.0 * s, 5.0 * s, canal_lr + 2.0 * s, 38.0 * s),
         "spinous": (3.0 * s, cv - canal_ap - 30.0 * s, cv - canal_ap - 4.0 * s, -12.0 * s, 4.0 * s),
         # inferior articular process: medial, hangs down; superior: lateral, rises (facet gap between them)
-        "iap": (facet_u - FACET_GAP_MM / 2 - 5.0 * s, facet_u - FACET_GAP_MM / 2, cv - 11.0 * s, cv - 5.0 * s,
-                -(h2 + lv.disc_below / 2 + 3.0 * s), -2.0 * s),
-        "sap": (facet_u + FACET_GAP_MM / 2, facet_u + FACET_GAP_MM / 2 + 4.5 * s, cv - 8.0 * s, cv,
-                2.0 * s, h2 + lv.disc_above / 2 + 3.0 * s),
+        "iap": (
+            facet_u - FACET_GAP_MM / 2 - 5.0 * s,
+            facet_u - FACET_GAP_MM / 2,
+            cv - 11.0 * s,
+            cv - 5.0 * s,
+            -(h2 + lv.disc_below / 2 + 3.0 * s),
+            -2.0 * s,
+        ),
+        "sap": (
+            facet_u + FACET_GAP_MM / 2,
+            facet_u + FACET_GAP_MM / 2 + 4.5 * s,
+            cv - 8.0 * s,
+            cv,
+            2.0 * s,
+            h2 + lv.disc_above / 2 + 3.0 * s,
+        ),
     }
 
 
@@ -318,12 +331,16 @@ def _posterior_sd(lv, u, v, w):
     cv, canal_lr, canal_ap = p["canal"]
     out_lr, out_ap, arch_v_max, arch_w_lo, arch_w_hi = p["arch"]
     d_canal = _sd_ellipse(u, v - cv, canal_lr, canal_ap)
-    arch = np.maximum(np.maximum(_sd_ellipse(u, v - cv, out_lr, out_ap), -d_canal),
-                      np.maximum(v - arch_v_max, _sd_range(w, arch_w_lo, arch_w_hi)))
+    arch = np.maximum(
+        np.maximum(_sd_ellipse(u, v - cv, out_lr, out_ap), -d_canal),
+        np.maximum(v - arch_v_max, _sd_range(w, arch_w_lo, arch_w_hi)),
+    )
     ped_u, ped_w, ped_lr, ped_si, ped_v_lo, ped_v_hi = p["pedicle"]
     pedicle = np.maximum(_sd_ellipse(au - ped_u, w - ped_w, ped_lr, ped_si), _sd_range(v, ped_v_lo, ped_v_hi))
-    core = np.maximum(_sd_ellipse(au - ped_u, w - ped_w, ped_lr - CORTEX_MM, ped_si - CORTEX_MM),
-                      _sd_range(v, ped_v_lo + 2.0 * lv.scale, ped_v_hi))
+    core = np.maximum(
+        _sd_ellipse(au - ped_u, w - ped_w, ped_lr - CORTEX_MM, ped_si - CORTEX_MM),
+        _sd_range(v, ped_v_lo + 2.0 * lv.scale, ped_v_hi),
+    )
     tv, tw, t_ap, t_si, t_u_lo, t_u_hi = p["transverse"]
     transverse = np.maximum(_sd_ellipse(v - tv, w - tw, t_ap, t_si), _sd_range(au, t_u_lo, t_u_hi))
     sp_half, sp_v_lo, sp_v_hi, sp_w_lo, sp_w_hi = p["spinous"]
@@ -331,10 +348,12 @@ def _posterior_sd(lv, u, v, w):
     facets = []
     for key in ("iap", "sap"):
         u_lo, u_hi, v_lo, v_hi, w_lo, w_hi = p[key]
-        facets.append(np.maximum(np.maximum(_sd_range(au, u_lo, u_hi), _sd_range(v, v_lo, v_hi)),
-                                 _sd_range(w, w_lo, w_hi)))
-    union = np.minimum(np.minimum(np.minimum(arch, pedicle), np.minimum(transverse, spinous)),
-                       np.minimum(facets[0], facets[1]))
+        facets.append(
+            np.maximum(np.maximum(_sd_range(au, u_lo, u_hi), _sd_range(v, v_lo, v_hi)), _sd_range(w, w_lo, w_hi))
+        )
+    union = np.minimum(
+        np.minimum(np.minimum(arch, pedicle), np.minimum(transverse, spinous)), np.minimum(facets[0], facets[1])
+    )
     return union, core
 
 
@@ -360,8 +379,9 @@ class _Grid:
         di, dj, dk = self.spacing
         # i runs from the right edge leftwards, j from the front backwards, k upwards.
         self.origin = np.array([self.lo[0] + (self.ni - 1) * di, self.lo[1] + (self.nj - 1) * dj, self.lo[2]])
-        self.ijk_to_ras = np.array([[-di, 0, 0, self.origin[0]], [0, -dj, 0, self.origin[1]],
-                                    [0, 0, dk, self.origin[2]], [0, 0, 0, 1.0]])
+        self.ijk_to_ras = np.array(
+            [[-di, 0, 0, self.origin[0]], [0, -dj, 0, self.origin[1]], [0, 0, dk, self.origin[2]], [0, 0, 0, 1.0]]
+        )
         self.x = (self.origin[0] - di * np.arange(self.ni)).astype(np.float32)
         self.y = (self.origin[1] - dj * np.arange(self.nj)).astype(np.float32)
         self.z = (self.origin[2] + dk * np.arange(self.nk)).astype(np.float32)
@@ -397,9 +417,16 @@ def _box_corners(lv: _Level, lo, hi) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def make_spine_phantom(spacing=0.7, levels=("L1", "L2", "L3"), kyphosis_deg: float = 0.0, with_table: bool = False,
-                       with_vessel: bool = False, noise_hu: float = 15.0, seed: int = 0,
-                       pad_outside_fov=None) -> SpinePhantom:
+def make_spine_phantom(
+    spacing=0.7,
+    levels=("L1", "L2", "L3"),
+    kyphosis_deg: float = 0.0,
+    with_table: bool = False,
+    with_vessel: bool = False,
+    noise_hu: float = 15.0,
+    seed: int = 0,
+    pad_outside_fov=None,
+) -> SpinePhantom:
     """Build a synthetic spine CT with its ground truth.
 
     spacing: voxel size in mm, one number or (di, dj, dk); clinical range 0.5-1.0.
@@ -424,9 +451,11 @@ def make_spine_phantom(spacing=0.7, levels=("L1", "L2", "L3"), kyphosis_deg: flo
     if len(levels) == 1 and kyphosis_deg:
         raise ValueError("A single vertebra cannot bend: use kyphosis_deg=0 or give at least two levels.")
     if per_disc > MAX_KYPHOSIS_PER_DISC_DEG or -per_disc > MAX_LORDOSIS_PER_DISC_DEG:
-        raise ValueError(f"kyphosis_deg={kyphosis_deg} is {per_disc:.1f} deg per disc; the phantom allows "
-                         f"-{MAX_LORDOSIS_PER_DISC_DEG} to {MAX_KYPHOSIS_PER_DISC_DEG} deg per disc. "
-                         "Use a smaller angle or more levels.")
+        raise ValueError(
+            f"kyphosis_deg={kyphosis_deg} is {per_disc:.1f} deg per disc; the phantom allows "
+            f"-{MAX_LORDOSIS_PER_DISC_DEG} to {MAX_KYPHOSIS_PER_DISC_DEG} deg per disc. "
+            "Use a smaller angle or more levels."
+        )
     rng = np.random.default_rng(seed)
     column = _build_column(levels, kyphosis_deg)
     joints = _joints(column)
@@ -538,8 +567,9 @@ def make_spine_phantom(spacing=0.7, levels=("L1", "L2", "L3"), kyphosis_deg: flo
         _paint(sub, d_post, POSTERIOR_HU, width)
         _paint(sub, d_core, PEDICLE_CORE_HU, width)
         d_body = np.maximum(_sd_ellipse(u, v, lv.half_lr, lv.half_ap), np.abs(w) - lv.height / 2)
-        d_spongy = np.maximum(_sd_ellipse(u, v, lv.half_lr - CORTEX_MM, lv.half_ap - CORTEX_MM),
-                              np.abs(w) - (lv.height / 2 - CORTEX_MM))
+        d_spongy = np.maximum(
+            _sd_ellipse(u, v, lv.half_lr - CORTEX_MM, lv.half_ap - CORTEX_MM), np.abs(w) - (lv.height / 2 - CORTEX_MM)
+        )
         _paint(sub, d_body, CORTICAL_HU, width)
         # Cancellous core: per-vertebra density and a smooth trabecular-like texture, mostly below 226 HU.
         density = CANCELLOUS_HU + rng.uniform(-15.0, 15.0)
@@ -571,11 +601,27 @@ def make_spine_phantom(spacing=0.7, levels=("L1", "L2", "L3"), kyphosis_deg: flo
             m[:, outside] = False
         labels[:, outside] = 0
 
-    return SpinePhantom(array=array, ijk_to_ras=grid.ijk_to_ras, spacing=spacing, bone_mask=bone_mask,
-                        vertebra_labels=labels, table_mask=table_mask, vessel_mask=vessel_mask, vertebrae=truths,
-                        axis_points=axis_points, body_mask=body_mask, kyphosis_deg=float(kyphosis_deg), seed=seed,
-                        info={"noise_hu": noise_hu, "with_table": with_table, "with_vessel": with_vessel,
-                              "pad_outside_fov": pad_outside_fov, "levels": levels})
+    return SpinePhantom(
+        array=array,
+        ijk_to_ras=grid.ijk_to_ras,
+        spacing=spacing,
+        bone_mask=bone_mask,
+        vertebra_labels=labels,
+        table_mask=table_mask,
+        vessel_mask=vessel_mask,
+        vertebrae=truths,
+        axis_points=axis_points,
+        body_mask=body_mask,
+        kyphosis_deg=float(kyphosis_deg),
+        seed=seed,
+        info={
+            "noise_hu": noise_hu,
+            "with_table": with_table,
+            "with_vessel": with_vessel,
+            "pad_outside_fov": pad_outside_fov,
+            "levels": levels,
+        },
+    )
 
 
 def _truth(lv: _Level, label: int) -> VertebraTruth:
@@ -586,7 +632,14 @@ def _truth(lv: _Level, label: int) -> VertebraTruth:
     cv = p["canal"][0]
     ped_u, ped_w = p["pedicle"][0], p["pedicle"][1]
     ped_v = 0.5 * (p["pedicle"][4] - lv.half_ap)  # isthmus: between the body's back and the arch
-    return VertebraTruth(name=lv.name, label=label, body_centre=lv.centre.copy(), superior_endplate=sup,
-                         inferior_endplate=inf, body_height=float(lv.height), axis_direction=lv.axis.copy(),
-                         canal_centre=lv.to_ras([0.0, cv, 0.0])[0],
-                         pedicle_centres=lv.to_ras([[ped_u, ped_v, ped_w], [-ped_u, ped_v, ped_w]]))
+    return VertebraTruth(
+        name=lv.name,
+        label=label,
+        body_centre=lv.centre.copy(),
+        superior_endplate=sup,
+        inferior_endplate=inf,
+        body_height=float(lv.height),
+        axis_direction=lv.axis.copy(),
+        canal_centre=lv.to_ras([0.0, cv, 0.0])[0],
+        pedicle_centres=lv.to_ras([[ped_u, ped_v, ped_w], [-ped_u, ped_v, ped_w]]),
+    )
