@@ -1,0 +1,87 @@
+"""Bone model export: closed surface -> verified binary STL + manifest, refusing to overwrite."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from PatientImplantPlannerLib import mesh as M
+from PatientImplantPlannerLib.boneexport import export_bone_model, mask_surface
+from PatientImplantPlannerLib.errors import OutputExistsError
+from PatientImplantPlannerLib.manifest import verify_manifest
+from PatientImplantPlannerLib.phantom import make_spine_phantom
+from PatientImplantPlannerLib.segments import get_segment_mask, set_segment_mask
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_spine_phantom(spacing=0.7, levels=("L1", "L2"), noise_hu=0.0)
+
+
+def _segmentation(ctx, phantom):
+    ct = phantom.add_to_scene(ctx, "Phantom")
+    seg = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(ct)
+    sid = seg.GetSegmentation().AddEmptySegment("Bone")
+    set_segment_mask(seg, sid, phantom.bone_mask, ct)
+    return ct, seg, sid
+
+
+def test_segment_mask_round_trip_without_scene_nodes(ctx, phantom):
+    ct, seg, sid = _segmentation(ctx, phantom)
+    n_nodes = ctx.scene.GetNumberOfNodes()
+    back = get_segment_mask(seg, sid, ct)
+    assert np.array_equal(back, phantom.bone_mask)
+    assert ctx.scene.GetNumberOfNodes() == n_nodes
+
+
+@pytest.mark.parametrize("coordinate_system", ["LPS", "RAS"])
+def test_export_writes_watertight_stl_matching_segment_volume(ctx, phantom, tmp_path, coordinate_system):
+    ct, seg, sid = _segmentation(ctx, phantom)
+    result = export_bone_model(ctx, seg, sid, str(tmp_path), coordinate_system=coordinate_system)
+    back = M.read_stl(result.stl_path, coordinate_system)
+    check = M.check_mesh(back)
+    assert check.ok, check.problems
+    assert check.n_components == 2  # two vertebrae, not touching
+    segment_volume = phantom.bone_mask.sum() * 0.7**3
+    assert back.volume() == pytest.approx(segment_volume, rel=0.02)
+    # The surface lies where the bone is: its bounds match the mask's extent within a voxel.
+    idx = np.argwhere(phantom.bone_mask)[:, ::-1]
+    corners = phantom.ijk_to_ras_points(np.array([idx.min(axis=0), idx.max(axis=0)]))
+    np.testing.assert_allclose(back.bounds(), np.sort(corners, axis=0), atol=0.7)
+    manifest = json.load(open(result.manifest_path))
+    entry = manifest["files"][0]
+    assert entry["coordinate_system"] == coordinate_system and entry["units"] == "mm"
+    assert entry["triangles"] == check.n_triangles
+    assert entry["checks"]["watertight"] is True
+    assert verify_manifest(result.manifest_path) == []
+
+
+def test_export_refuses_to_overwrite_and_keeps_existing_files(ctx, phantom, tmp_path):
+    ct, seg, sid = _segmentation(ctx, phantom)
+    (tmp_path / "bone.stl").write_bytes(b"earlier export")
+    with pytest.raises(OutputExistsError, match="already exists"):
+        export_bone_model(ctx, seg, sid, str(tmp_path))
+    assert (tmp_path / "bone.stl").read_bytes() == b"earlier export"
+    assert sorted(os.listdir(tmp_path)) == ["bone.stl"]
+
+
+def test_decimated_export_stays_closed(ctx, phantom, tmp_path):
+    ct, seg, sid = _segmentation(ctx, phantom)
+    result = export_bone_model(ctx, seg, sid, str(tmp_path), target_triangles=20000)
+    check = M.check_mesh(M.read_stl(result.stl_path))
+    assert check.ok, check.problems
+    assert check.n_triangles <= 21000
+
+
+def test_coarse_masks_are_oversampled_so_volume_is_kept():
+    # A 3 mm voxel sphere: raw marching cubes would lose several percent.
+    k, j, i = np.mgrid[:20, :20, :20]
+    mask = (i - 9.5) ** 2 + (j - 9.5) ** 2 + (k - 9.5) ** 2 <= 6.0**2
+    m = np.diag([3.0, 3.0, 3.0, 1.0])
+    surface = mask_surface(mask, m)
+    assert M.check_mesh(surface).ok
+    assert surface.volume() == pytest.approx(mask.sum() * 27.0, rel=0.03)
+    raw = mask_surface(mask, m, oversample=1)
+    assert abs(raw.volume() - mask.sum() * 27.0) > abs(surface.volume() - mask.sum() * 27.0)
