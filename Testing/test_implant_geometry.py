@@ -385,3 +385,20 @@ def test_bad_input_is_refused(name):
         build_implant(axis, prox, dist, params, holes, extra_length_mm=extra)
     assert words in info.value.problem
     assert info.value.fix  # every refusal says how to fix it
+
+
+def test_anterior_plate_docks_on_footplates_moved_anteriorly():
+    """A plate lying in front of the bodies: refused with centred footplates, built when they reach forward."""
+    axis, prox, dist = straight_case()
+    params = ImplantParameters(profile="curved_plate", width_mm=10.0, depth_mm=5.0, offset_anterior_mm=14.0)
+    with pytest.raises(PlanError, match="footplate"):
+        build_implant(axis, prox, dist, params)
+    params.footplate_offset_anterior_mm = 8.0
+    geom = build_implant(axis, prox, dist, params)
+    assert check_mesh(geom.mesh).ok
+    for plate, fp in ((prox, geom.proximal_footplate), (dist, geom.distal_footplate)):
+        contact = fp.vertices[np.abs(signed(fp, plate)) < 1e-6]
+        shift = (contact.mean(axis=0) - plate.centre) @ plate.anterior
+        assert shift == pytest.approx(8.0, abs=0.05)
+    region = geom.porous_regions[0]
+    assert (region.centre - prox.centre) @ prox.anterior == pytest.approx(8.0, abs=1e-9)

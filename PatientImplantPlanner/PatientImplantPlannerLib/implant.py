@@ -45,6 +45,9 @@ class ImplantParameters:
     offset_anterior_mm: float = 0.0  # strut offset from the axis, in the path frame
     offset_lateral_mm: float = 0.0
     footplate_fraction: float = 0.7  # footprint semi-axes = fraction x the measured endplate semi-axes
+    # Footplate centre moved anteriorly from the endplate centre: a plate lying on the anterior bodies docks with
+    # protrusions reaching back onto the anterior part of each endplate (published case 2).
+    footplate_offset_anterior_mm: float = 0.0
     footplate_thickness_mm: float = 3.0
     porous_layer_mm: float = 1.5  # depth of the bone-contact layer marked porous (lattice comes later)
     profile_segments: int = 48  # tessellation of round outlines
@@ -79,7 +82,7 @@ class ImplantParameters:
                 bad("plate_curvature_radius_mm", r, f"between depth/2 + 1 mm ({d / 2 + 1:.1f}) and 1000 mm")
             if w / 2 >= 0.95 * (r + d / 2):
                 bad("width_mm", w, f"below {1.9 * (r + d / 2):.1f} mm for this curvature (the arc would close)")
-        for name in ("offset_anterior_mm", "offset_lateral_mm"):
+        for name in ("offset_anterior_mm", "offset_lateral_mm", "footplate_offset_anterior_mm"):
             if abs(getattr(self, name)) > 50.0:
                 bad(name, getattr(self, name), "between -50 and 50 mm")
         if not 0.0 < self.footplate_fraction <= 1.0:
@@ -453,7 +456,12 @@ def _footplate(plate: Endplate, params: ImplantParameters):
     ra, rl = params.footplate_fraction * plate.radius_ap, params.footplate_fraction * plate.radius_lr
     n = max(64, int(params.profile_segments))
     solid = m3d.CrossSection.circle(1.0, n).scale((ra, rl)).extrude(params.footplate_thickness_mm)
-    return solid.transform(_frame_matrix(plate.anterior, plate.lateral, plate.normal, plate.centre))
+    return solid.transform(_frame_matrix(plate.anterior, plate.lateral, plate.normal, footplate_centre(plate, params)))
+
+
+def footplate_centre(plate: Endplate, params: ImplantParameters) -> np.ndarray:
+    """Centre of the footplate's contact face: on the endplate plane, shifted anteriorly if asked."""
+    return plate.centre + params.footplate_offset_anterior_mm * plate.anterior
 
 
 def _hole_cylinder(hole: HoleSpec, segments: int):
@@ -485,7 +493,7 @@ def _validate_holes(holes) -> list:
 
 def _check_footprint(poly: np.ndarray, params: ImplantParameters, plates) -> None:
     """The strut (profile + offset) must not be wider than either footplate in either direction."""
-    a = poly[:, 0] + params.offset_anterior_mm
+    a = poly[:, 0] + params.offset_anterior_mm - params.footplate_offset_anterior_mm
     lat = poly[:, 1] + params.offset_lateral_mm
     ext_a, ext_l = float(np.abs(a).max()), float(np.abs(lat).max())
     for name, plate in plates:
@@ -493,7 +501,7 @@ def _check_footprint(poly: np.ndarray, params: ImplantParameters, plates) -> Non
         if ext_a > fa + 1e-6 or ext_l > fl + 1e-6:
             raise PlanError(
                 f"The strut profile (with its offset) reaches {ext_a:.1f} mm anteroposteriorly and {ext_l:.1f} mm "
-                f"laterally from the axis, beyond the {name} footplate ({fa:.1f} x {fl:.1f} mm semi-axes).",
+                f"laterally from the footplate centre, beyond the {name} footplate ({fa:.1f} x {fl:.1f} mm semi-axes).",
                 "Make the strut smaller, reduce its offset, or raise footplate_fraction.",
             )
 
@@ -614,7 +622,7 @@ def build_implant(
     porous = [
         PorousRegion(
             end,
-            plate.centre.copy(),
+            footplate_centre(plate, params),
             -plate.normal,
             plate.anterior.copy(),
             params.footplate_fraction * plate.radius_lr,
