@@ -10,10 +10,15 @@ import os
 import sys
 import time
 
+import numpy as np
+
 from .errors import PlannerError
 
-# A point on the L3 vertebral body (RAS mm) of the bundled sample CT, found from its reference vertebra labels.
+# Points (RAS mm) in the bundled sample CT, found from its reference vertebra labels: a bone voxel of the L3 body
+# (segmentation seed) and the centres of the L1 and L3 vertebral bodies (the healthy levels of the demo plan).
 SAMPLE_L3_SEED_RAS = (-7.0, 146.3, 304.3)
+SAMPLE_L1_BODY_RAS = (-6.5, 125.1, 386.2)
+SAMPLE_L3_BODY_RAS = (-5.0, 146.0, 315.6)
 
 
 def sample_ct_path() -> str:
@@ -135,6 +140,138 @@ def _write_segmentation(ctx, segmentation_node, path: str, overwrite: bool) -> N
     os.replace(tmp, path)
 
 
+def demo_plan():
+    """The demo plan: an L2 corpectomy-like gap bridged from the L1 inferior to the L3 superior endplate with a
+    10 x 5 mm curved plate lying in front of the L2 body (L2 stays intact in this CT, so it must not be touched)."""
+    from .implant import ImplantParameters
+    from .plan import Plan
+
+    plan = Plan(
+        case_id="DEMO-L2",
+        proximal_level="L1",
+        distal_level="L3",
+        proximal_point_ras=list(SAMPLE_L1_BODY_RAS),
+        distal_point_ras=list(SAMPLE_L3_BODY_RAS),
+        implant=ImplantParameters(profile="curved_plate", width_mm=10.0, depth_mm=5.0),
+        placement="anterior",
+    )
+    plan.segmentation.seeds_ras = [SAMPLE_L3_SEED_RAS]
+    return plan
+
+
+def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export_params=None, progress=None,
+             overwrite: bool = False) -> dict:
+    """CT + plan -> segmentation (unless given) -> design -> scene nodes -> export bundle. Returns a summary."""
+    from .bonesegmentation import segment_bone
+    from .bundle import ExportParameters, export_bundle, new_bundle_folder
+    from .context import create_headless_context
+    from .ctimport import describe_ct, load_ct
+    from .plan import design_implant
+    from .planscene import apply_to_scene, write_plan_markups
+    from .progress import Progress
+    from .volumes import array, ijk_to_ras_matrix
+
+    prog = Progress(progress)
+    plan.validate()
+    folder = new_bundle_folder(out_parent, plan.case_id)
+    ctx = create_headless_context()
+    ct = load_ct(ctx, ct_path, progress=prog.sub(0.0, 0.05).report)
+    ijk_to_ras = ijk_to_ras_matrix(ct)
+    if segmentation_path:
+        seg_node, segment_id = _load_segmentation(ctx, segmentation_path)
+        from .segments import get_segment_mask
+
+        mask = get_segment_mask(seg_node, segment_id, ct)
+        seg_record = {"source": os.path.abspath(segmentation_path), "volume_ml": float(mask.sum()) * abs(
+            np.linalg.det(ijk_to_ras[:3, :3])) / 1000.0}
+    else:
+        seg_params = plan.segmentation
+        if not seg_params.seeds_ras:
+            # The two healthy vertebrae seed the spine when the plan names no seeds.
+            seg_params.seeds_ras = [tuple(p) for p in (plan.proximal_point_ras, plan.distal_point_ras) if p]
+        seg = segment_bone(ctx, ct, seg_params, progress=prog.sub(0.05, 0.3).report)
+        mask = seg.mask
+        seg_node, segment_id = seg.segmentation_node, seg.segment_id
+        seg_record = {"parameters": seg_params.as_dict(), "volume_ml": seg.volume_mm3 / 1000.0,
+                      "warnings": list(seg.warnings)}
+    ct_array = array(ct)
+    result = design_implant(plan, ct_array, ijk_to_ras, mask, progress=prog.sub(0.3, 0.5).report)
+    nodes = apply_to_scene(ctx, result, ct)
+    info = describe_ct(ct)
+    ct_description = {k: getattr(info, k) for k in (
+        "path", "dimensions", "spacing", "origin_ras", "hu_range", "slice_thickness", "series_note")}
+
+    def extra_files(out_folder):
+        written = write_plan_markups(nodes, out_folder, plan.case_id, overwrite)
+        plan_path = os.path.join(out_folder, f"{plan.case_id}_plan.json")
+        result.plan.save(plan_path, overwrite=overwrite)
+        written.append((plan_path, "plan parameters (JSON)"))
+        seg_path = os.path.join(out_folder, f"{plan.case_id}_bone.seg.nrrd")
+        _write_segmentation(ctx, seg_node, seg_path, overwrite)
+        written.append((seg_path, "bone segmentation (.seg.nrrd)"))
+        return written
+
+    bundle = export_bundle(
+        result, mask, ijk_to_ras, folder=folder, params=export_params or ExportParameters(), ct_array=ct_array,
+        ct_description=ct_description, segmentation_record=seg_record, overwrite=overwrite,
+        progress=prog.sub(0.5, 1.0).report, extra_writer=extra_files,
+    )
+    m = result.measurements
+    return {
+        "folder": bundle.folder,
+        "manifest": bundle.manifest_path,
+        "report": bundle.report_html,
+        "files": len(bundle.files),
+        "implant_length_mm": round(m["length_mm"], 2),
+        "implant_volume_ml": round(m["volume_mm3"] / 1000.0, 3),
+        "mass_g": round(m["mass_g"], 2),
+        "bone_interference_mm3": round(m["interference_mm3"], 2),
+        "screws": [{"name": sp.trajectory.name, "length_mm": sp.length_mm, "breach": sp.breach}
+                   for sp in result.screws],
+        "variants_mm": sorted(result.variants),
+        "warnings": list(result.warnings),
+        "seconds": {k: round(v, 2) for k, v in {**result.seconds, **bundle.seconds}.items()},
+    }
+
+
+def _load_segmentation(ctx, path: str):
+    import slicer
+
+    from .errors import InputFileError
+
+    if not os.path.isfile(path):
+        raise InputFileError(f"Segmentation file not found: {path}.", "Check the path, or omit --segmentation.")
+    node = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Bone segmentation")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(path)
+    if not storage.ReadData(node) or node.GetSegmentation().GetNumberOfSegments() == 0:
+        ctx.scene.RemoveNode(node)
+        raise InputFileError(f"Could not read a segmentation from {path}.", "Give a .seg.nrrd written by Slicer.")
+    segmentation = node.GetSegmentation()
+    segment_id = segmentation.GetSegmentIdBySegmentName("Bone") or segmentation.GetNthSegmentID(0)
+    return node, segment_id
+
+
+def cmd_plan(args) -> int:
+    from .bundle import ExportParameters
+    from .plan import Plan
+
+    plan = Plan.load(args.plan)
+    params = ExportParameters(coordinate_system=args.coordinates, formats=tuple(args.formats))
+    if args.no_report:
+        params.parts = tuple(p for p in params.parts if p != "report")
+    summary = run_plan(args.ct, plan, args.out, args.segmentation, params, ProgressBar())
+    print(json.dumps(summary, indent=2))
+    print(f"Export written to {os.path.abspath(summary['folder'])}")
+    return 0
+
+
+def cmd_write_demo_plan(args) -> int:
+    demo_plan().save(args.path)
+    print(f"Plan written to {args.path}")
+    return 0
+
+
 def cmd_segment(args) -> int:
     summary = run_segment(args, ProgressBar())
     print(json.dumps(summary, indent=2))
@@ -142,6 +279,16 @@ def cmd_segment(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    t0 = time.time()
+    summary = run_plan(sample_ct_path(), demo_plan(), args.out, progress=ProgressBar())
+    summary["total_seconds"] = round(time.time() - t0, 1)
+    print(json.dumps(summary, indent=2))
+    print(f"Demo output (STL files, manifest.json, design_record.html/.pdf) written to "
+          f"{os.path.abspath(summary['folder'])}")
+    return 0
+
+
+def cmd_demo_segment(args) -> int:
     out = _new_output_folder(args.out, "demo")
     seg_args = argparse.Namespace(
         ct=sample_ct_path(),
@@ -196,14 +343,37 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty folder")
     seg.set_defaults(func=cmd_segment)
 
+    pl = sub.add_parser(
+        "plan",
+        help="Design the implant from a plan file and write the export bundle.",
+        description="Segments bone (unless --segmentation is given), detects axis and endplates, designs the "
+        "implant, screws and variants from PLAN.json, and writes a new bundle folder under --out: STL of the implant "
+        "and each variant, guides, check and bone models, markups JSON of axis/endplates/screws, the plan, "
+        "manifest.json with measurements and checksums, and the design record (HTML + PDF).",
+    )
+    pl.add_argument("ct", help="CT file (.nrrd, .nii, .nii.gz, .mha) or DICOM folder")
+    pl.add_argument("--plan", required=True, help="plan JSON (schema: docs/plan-schema.md)")
+    pl.add_argument("--out", required=True, help="parent folder; a new <case>_<date-time> folder is made in it")
+    pl.add_argument("--segmentation", help="existing bone segmentation (.seg.nrrd) to use instead of segmenting")
+    pl.add_argument("--coordinates", choices=["LPS", "RAS"], default="LPS", help="coordinates of the mesh files")
+    pl.add_argument("--formats", nargs="+", choices=["stl", "3mf"], default=["stl"], help="mesh file formats")
+    pl.add_argument("--no-report", action="store_true", help="skip the design record")
+    pl.set_defaults(func=cmd_plan)
+
+    wp = sub.add_parser("write-demo-plan", help="Write the demo plan JSON (a starting point for your own plan).",
+                        description="Writes the plan used by `demo` to PATH (refuses to overwrite).")
+    wp.add_argument("path", help="where to write the plan JSON")
+    wp.set_defaults(func=cmd_write_demo_plan)
+
     demo = sub.add_parser(
         "demo",
         help="Run the main job on the bundled sample CT.",
-        description="Plans on the bundled lumbar CT and writes all outputs into a new time-stamped folder "
-        "under --out.",
+        description="Plans an implant on the bundled lumbar CT (L1 inferior to L3 superior endplate, as for an L2 "
+        "corpectomy) and writes the full bundle into a new time-stamped folder under --out.",
     )
     demo.add_argument("--out", default="output", help="parent folder for the new demo folder (default: output)")
-    demo.set_defaults(func=cmd_demo)
+    demo.add_argument("--segment-only", action="store_true", help="only segment the spine and export the bone model")
+    demo.set_defaults(func=lambda a: cmd_demo_segment(a) if a.segment_only else cmd_demo(a))
     return parser
 
 

@@ -271,8 +271,13 @@ def default_trajectories(
     strut_offset_anterior_mm: float = 0.0,
     strut_radius_mm: float = 6.0,
     strut_offset_lateral_mm: float = 0.0,
+    footplate_offset_anterior_mm: float = 0.0,
 ) -> list:
     """``per_end`` screws per footplate, proximal first, placed around the strut and aimed into each vertebral body.
+
+    Offsets are measured from the endplate centre; ``footplate_offset_anterior_mm`` moves the footplate forward (a
+    plate lying on the anterior bodies). A strut standing in the outer half of the footplate (or beside it) does not
+    centre the pattern: the screws then centre on the footplate, behind the strut, where the body is.
 
     Placement: symmetric left/right of the strut centre (endplate centre + strut offsets; the endplate centre
     when the strut stands beside the footplate) at ``lateral_fraction`` x the footplate's lateral semi-axis, pushed
@@ -305,10 +310,12 @@ def default_trajectories(
     out = []
     for end, plate, lat_sign in (("proximal", proximal, 1.0), ("distal", distal, -1.0)):
         fa, fl = footplate_fraction * plate.radius_ap, footplate_fraction * plate.radius_lr
-        strut = np.array([strut_offset_anterior_mm, lat_sign * strut_offset_lateral_mm])
-        # Screws sit around the strut where it stands on the footplate; a strut beside the footplate (anterior
-        # placement) only touches its rim, and the screws centre on the endplate instead.
-        centre = strut if (strut[0] / fa) ** 2 + (strut[1] / fl) ** 2 < 1.0 else np.zeros(2)
+        fp_centre = plate.centre + footplate_offset_anterior_mm * plate.anterior
+        # Positions below are relative to the footplate centre.
+        strut = np.array([strut_offset_anterior_mm - footplate_offset_anterior_mm, lat_sign * strut_offset_lateral_mm])
+        # Screws sit around the strut where it stands in the middle of the footplate; a strut near or beyond its
+        # rim (anterior placement) leaves the footplate centre for them.
+        centre = strut if (strut[0] / fa) ** 2 + (strut[1] / fl) ** 2 < 0.25 else np.zeros(2)
         placed = []
         for a0, l0 in _layout(int(params.per_end), fl, fa, params.lateral_fraction):
             pos = centre + np.array([a0, l0])
@@ -341,7 +348,7 @@ def default_trajectories(
             offset = pos[0] * plate.anterior + pos[1] * plate.lateral
             u3 = u[0] * plate.anterior + u[1] * plate.lateral
             direction = unit(np.cos(conv) * -plate.normal - np.sin(conv) * u3)
-            entry = plate.centre + offset + t * plate.normal
+            entry = fp_centre + offset + t * plate.normal
             name = f"{end} {_side_name(offset - centre[0] * plate.anterior - centre[1] * plate.lateral, plate)}"
             if name in names:
                 name = f"{name} {len(names) + 1}"

@@ -1,0 +1,441 @@
+"""The export bundle: every printable part of a plan, verified, with a manifest and the design record.
+
+One new folder per export (``<case>_<date-time>``). Parts: the titanium implant (nominal and each oversized variant)
+with its porous bone-contact layers, PA12 docking trial guides (each end, each size), PA12 drill guides, a plastic
+check model (spine segment + nominal implant) and the bone model. Each file is written atomically, read back and
+verified (watertight, manifold, outward normals, positive volume); the manifest records role, material, size,
+coordinate system, units, measurements, check results and sha256 of every file.
+"""
+
+import datetime
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from . import mesh as meshlib
+from .errors import GeometryError, OutputExistsError, PlannerError
+from .manifest import build_manifest, mesh_file_entry, write_manifest
+from .progress import Progress
+
+IMPLANT_MATERIAL = "Ti6Al4V ELI"
+GUIDE_MATERIAL = "PA12"
+CHECK_MODEL_MATERIAL = "plastic (check model, not implantable)"
+ALL_PARTS = ("implant", "variants", "lattice", "docking_guides", "drill_guides", "check_model", "bone_model", "report")
+
+
+@dataclass
+class ExportParameters:
+    coordinate_system: str = "LPS"  # STL/3MF coordinates; the scene is RAS
+    formats: tuple = ("stl",)  # "stl" and/or "3mf"
+    parts: tuple = ALL_PARTS
+    check_model_triangles: int = 300_000  # decimation target for the bone part of the check model
+    bone_model_triangles: Optional[int] = None
+    spine_margin_mm: float = 40.0  # how much spine beyond the implant ends goes into the check model
+
+    def validate(self) -> None:
+        if self.coordinate_system.upper() not in ("LPS", "RAS"):
+            raise PlannerError(f"Unknown coordinate system {self.coordinate_system!r}.", "Use LPS or RAS.")
+        bad = [f for f in self.formats if f not in ("stl", "3mf")]
+        if bad or not self.formats:
+            raise PlannerError(f"Unknown export formats {bad or self.formats}.", "Use 'stl' and/or '3mf'.")
+        unknown = [p for p in self.parts if p not in ALL_PARTS]
+        if unknown:
+            raise PlannerError(f"Unknown parts {unknown}.", f"Choose from {', '.join(ALL_PARTS)}.")
+
+    def as_dict(self) -> dict:
+        return {
+            "coordinate_system": self.coordinate_system,
+            "formats": list(self.formats),
+            "parts": list(self.parts),
+            "check_model_triangles": self.check_model_triangles,
+            "bone_model_triangles": self.bone_model_triangles,
+            "spine_margin_mm": self.spine_margin_mm,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ExportParameters":
+        d = dict(d or {})
+        for key in ("formats", "parts"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+@dataclass
+class ExportedPart:
+    name: str
+    role: str
+    material: str
+    size_label: str
+    end: str
+    mesh: meshlib.TriMesh  # RAS
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class BundleResult:
+    folder: str
+    manifest_path: str
+    files: list  # manifest entries
+    parts: list  # [ExportedPart]
+    report_html: Optional[str] = None
+    report_pdf: Optional[str] = None
+    lattice: list = field(default_factory=list)
+    seconds: dict = field(default_factory=dict)
+
+
+def new_bundle_folder(out_parent: str, case_id: str) -> str:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = os.path.join(out_parent, f"{_safe(case_id)}_{stamp}")
+    path, n = base, 1
+    while os.path.exists(path):
+        n += 1
+        path = f"{base}-{n}"
+    return path
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in str(text)).strip("-") or "case"
+
+
+def _size_tag(size_label: str) -> str:
+    return "nominal" if size_label == "nominal" else "plus" + size_label.replace("+", "").replace(" ", "")
+
+
+def _check_folder(folder: str, overwrite: bool) -> None:
+    if os.path.isfile(folder):
+        raise OutputExistsError(f"Export folder {folder} is a file.", "Choose a folder path.")
+    if os.path.isdir(folder) and os.listdir(folder) and not overwrite:
+        raise OutputExistsError(
+            f"Export folder {folder} already exists and is not empty.",
+            "Export into a new folder (the default makes one per export), or allow overwriting.",
+        )
+
+
+def _spine_segment_mask(bone_mask, ijk_to_ras, result, margin_mm):
+    """Bone voxels within ``margin_mm`` beyond the implant ends along the axis (the spine segment to print)."""
+    prox, dist = result.proximal_endplate, result.distal_endplate
+    k, j, i = np.nonzero(bone_mask)
+    pts = np.stack([i, j, k], axis=1) @ ijk_to_ras[:3, :3].T + ijk_to_ras[:3, 3]
+    keep = (pts - prox.centre) @ (-prox.normal) <= margin_mm  # not further than margin above the proximal end
+    keep &= (pts - dist.centre) @ (-dist.normal) <= margin_mm
+    out = np.zeros_like(bone_mask, dtype=bool)
+    out[k[keep], j[keep], i[keep]] = True
+    return out
+
+
+def build_parts(result, bone_mask, ijk_to_ras, lattice_params=None, guide_params=None, params=None, progress=None):
+    """All printable parts of a plan as meshes (RAS), verified; no files written."""
+    from .boneexport import mask_surface
+    from .guides import GuideParameters, guides_for_plan
+    from .lattice import LatticeParameters, apply_porous_layer
+
+    params = params or ExportParameters()
+    lattice_params = lattice_params or LatticeParameters()
+    guide_params = guide_params or GuideParameters()
+    prog = Progress(progress)
+    parts, lattice_rows, seconds = [], [], {}
+    sizes = [("nominal", 0.0, result.nominal)]
+    if "variants" in params.parts:
+        sizes += [(f"+{extra:g} mm", extra, geom) for extra, geom in sorted(result.variants.items())]
+    if "implant" in params.parts:
+        t0 = time.perf_counter()
+        for n, (label, extra, geom) in enumerate(sizes):
+            prog.report(0.45 * n / len(sizes), f"Implant {label}: porous layer")
+            solid = geom.mesh
+            if "lattice" in params.parts:
+                for region in geom.porous_regions:
+                    lat = apply_porous_layer(
+                        solid,
+                        region.centre,
+                        region.normal,
+                        thickness_mm=region.thickness_mm,
+                        params=lattice_params,
+                        footprint_radii=(region.radius_ap, region.radius_lr),
+                        anterior=region.anterior,
+                    )
+                    solid = lat.mesh
+                    lattice_rows.append(
+                        {
+                            "size": label,
+                            "end": region.end,
+                            "kind": lattice_params.kind,
+                            "target_pore_um": lattice_params.pore_size_um,
+                            "measured_pore_um": lat.measured_pore_size_um,
+                            "target_porosity": lattice_params.porosity,
+                            "measured_porosity": lat.measured_porosity,
+                            "cell_size_mm": lat.cell_size_mm,
+                            "layer_mm": region.thickness_mm,
+                            "layer_volume_mm3": lat.layer_volume_mm3,
+                            "seconds": lat.seconds,
+                        }
+                    )
+            parts.append(
+                ExportedPart(
+                    f"implant_{_size_tag(label)}",
+                    "implant" if extra == 0 else "implant oversized variant",
+                    IMPLANT_MATERIAL,
+                    label,
+                    "",
+                    solid,
+                    {"length_mm": round(geom.length_mm, 3), "extra_length_mm": extra},
+                )
+            )
+        seconds["implants_and_lattice"] = time.perf_counter() - t0
+    if "docking_guides" in params.parts or "drill_guides" in params.parts:
+        t0 = time.perf_counter()
+        prog.report(0.5, "Guides")
+        variants = {k: v for k, v in result.variants.items()} if "variants" in params.parts else {}
+        guides = guides_for_plan(
+            result.nominal,
+            variants,
+            result.plan.implant,
+            result.trajectories,
+            [sp.screw_type.diameter_mm for sp in result.screws],
+            result.proximal_endplate.level or "proximal",
+            result.distal_endplate.level or "distal",
+            guide_params,
+        )
+        for g in guides:
+            wanted = "docking_guides" if g.role.startswith("docking") else "drill_guides"
+            if wanted not in params.parts:
+                continue
+            parts.append(
+                ExportedPart(
+                    f"{g.role.replace(' ', '-')}_{g.end}_{_size_tag(g.size_label)}",
+                    g.role,
+                    g.material,
+                    g.size_label,
+                    g.end,
+                    g.mesh,
+                    {"label_text": g.label_text, "min_wall_mm": round(float(g.min_wall_mm), 3)},
+                )
+            )
+        seconds["guides"] = time.perf_counter() - t0
+    if "check_model" in params.parts or "bone_model" in params.parts:
+        t0 = time.perf_counter()
+        prog.report(0.7, "Check model")
+        segment = _spine_segment_mask(bone_mask, ijk_to_ras, result, params.spine_margin_mm)
+        if "bone_model" in params.parts:
+            bone = mask_surface(bone_mask, ijk_to_ras)
+            bone = meshlib.decimate(bone, params.bone_model_triangles)
+            parts.append(ExportedPart("bone-model", "bone model", "", "", "", bone))
+        if "check_model" in params.parts:
+            spine = meshlib.decimate(mask_surface(segment, ijk_to_ras), params.check_model_triangles)
+            combined = meshlib.to_manifold(spine) + meshlib.to_manifold(result.nominal.mesh)
+            parts.append(
+                ExportedPart(
+                    "check-model_spine-and-implant",
+                    "check model",
+                    CHECK_MODEL_MATERIAL,
+                    "nominal",
+                    "",
+                    meshlib.from_manifold(combined),
+                )
+            )
+        seconds["check_and_bone_models"] = time.perf_counter() - t0
+    for p in parts:
+        meshlib.require_valid(p.mesh, p.name)
+    return parts, lattice_rows, seconds
+
+
+def export_bundle(
+    result,
+    bone_mask,
+    ijk_to_ras,
+    out_parent: Optional[str] = None,
+    folder: Optional[str] = None,
+    params: Optional[ExportParameters] = None,
+    lattice_params=None,
+    guide_params=None,
+    ct_array=None,
+    ct_description: Optional[dict] = None,
+    segmentation_record: Optional[dict] = None,
+    overwrite: bool = False,
+    progress=None,
+    extra_writer=None,
+) -> BundleResult:
+    """Build, write, verify and describe every part of the plan ``result`` (a plan.PlanResult).
+
+    ``extra_writer(folder) -> [(path, role)]`` writes further files (plan JSON, markups) into the new folder before
+    the manifest, so they are listed with their checksums too.
+    """
+    params = params or ExportParameters()
+    params.validate()
+    if folder is None:
+        if out_parent is None:
+            raise PlannerError("No export location given.", "Pass out_parent (a new folder is made in it) or folder.")
+        folder = new_bundle_folder(out_parent, result.plan.case_id)
+    _check_folder(folder, overwrite)
+    prog = Progress(progress)
+    t_start = time.perf_counter()
+    parts, lattice_rows, seconds = build_parts(
+        result, bone_mask, ijk_to_ras, lattice_params, guide_params, params, prog.sub(0.0, 0.75).report
+    )
+    os.makedirs(folder, exist_ok=True)
+    cs = params.coordinate_system.upper()
+    case = _safe(result.plan.case_id)
+    entries = []
+    prog.report(0.78, "Writing and verifying files")
+    t0 = time.perf_counter()
+    for p in parts:
+        material_tag = _safe(p.material.split(" ")[0]) if p.material else ""
+        stem = "_".join(x for x in (case, p.name, material_tag) if x)
+        for fmt in params.formats:
+            path = os.path.join(folder, f"{stem}.{fmt}")
+            entries.append(_write_and_verify(p, path, fmt, cs, overwrite))
+    seconds["write_and_verify"] = time.perf_counter() - t0
+    manifest_path = os.path.join(folder, "manifest.json")
+    bundle = BundleResult(folder, manifest_path, entries, parts, lattice=lattice_rows, seconds=seconds)
+    if "report" in params.parts:
+        prog.report(0.9, "Design record")
+        t0 = time.perf_counter()
+        record = design_record(result, entries, lattice_rows, parts, ct_description, segmentation_record, cs)
+        bundle.report_html, bundle.report_pdf = _write_report(
+            record, result, parts, bone_mask, ijk_to_ras, ct_array, folder, overwrite
+        )
+        for path, role in ((bundle.report_html, "design record (HTML)"), (bundle.report_pdf, "design record (PDF)")):
+            entries.append(_plain_entry(path, role))
+        seconds["report"] = time.perf_counter() - t0
+    if extra_writer is not None:
+        for path, role in extra_writer(folder):
+            entries.append(_plain_entry(path, role))
+    manifest = build_manifest(
+        entries,
+        result.plan.to_dict(),
+        kind="implant export bundle",
+        extra={
+            "case_id": result.plan.case_id,
+            "coordinate_system": cs,
+            "units": "mm",
+            "measurements": _jsonable(result.measurements),
+            "lattice": lattice_rows,
+            "export": params.as_dict(),
+            "warnings": list(result.warnings),
+        },
+    )
+    write_manifest(manifest_path, manifest, overwrite=overwrite)
+    seconds["total"] = time.perf_counter() - t_start
+    prog.report(1.0, f"Exported {len(entries)} files to {folder}")
+    return bundle
+
+
+def _write_and_verify(part: ExportedPart, path: str, fmt: str, cs: str, overwrite: bool) -> dict:
+    from .threemf import read_3mf, write_3mf
+
+    if fmt == "stl":
+        meshlib.write_stl(part.mesh, path, cs, overwrite=overwrite)
+        back = meshlib.read_stl(path, cs)
+    else:
+        write_3mf(part.mesh, path, part.name, cs, overwrite=overwrite)
+        back = read_3mf(path, cs)
+    check = meshlib.check_mesh(back)
+    if not check.ok:
+        raise GeometryError(f"{os.path.basename(path)} failed verification after writing: {check.problems}.",
+                            "This is a bug: please report it with the plan file.")
+    if abs(check.volume_mm3 - part.mesh.volume()) > 1e-3 * max(part.mesh.volume(), 1.0):
+        raise GeometryError(f"{os.path.basename(path)}: volume changed on writing.", "Report this bug.")
+    extra = {"name": part.name, "end": part.end, **part.extra}
+    return mesh_file_entry(path, check, part.role, cs, part.material, part.size_label, extra)
+
+
+def _plain_entry(path: str, role: str) -> dict:
+    from .manifest import sha256_of
+
+    return {"file": os.path.basename(path), "role": role, "sha256": sha256_of(path), "bytes": os.path.getsize(path)}
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    return obj
+
+
+def design_record(result, entries, lattice_rows, parts, ct_description, segmentation_record, cs) -> dict:
+    """Everything the design record shows, from this plan's values."""
+    from .manifest import software_info
+
+    plan = result.plan
+    screws = []
+    for sp in result.screws:
+        d = sp.as_dict()
+        d["level"] = result.proximal_endplate.level if sp.trajectory.end == "proximal" else result.distal_endplate.level
+        screws.append(d)
+    guides = [
+        {
+            "name": p.name,
+            "role": p.role,
+            "end": p.end,
+            "size_label": p.size_label,
+            "material": p.material,
+            "volume_mm3": p.mesh.volume(),
+            "min_wall_mm": p.extra.get("min_wall_mm"),
+        }
+        for p in parts
+        if "guide" in p.role
+    ]
+    return _jsonable(
+        {
+            "case_id": plan.case_id,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "software": software_info(),
+            "ct": ct_description or {},
+            "segmentation": segmentation_record or {"parameters": plan.segmentation.as_dict()},
+            "levels": {
+                "proximal": result.proximal_endplate.level,
+                "distal": result.distal_endplate.level,
+                "proximal_endplate": result.proximal_endplate.as_dict(),
+                "distal_endplate": result.distal_endplate.as_dict(),
+            },
+            "implant": {
+                "parameters": plan.implant.as_dict(),
+                "measurements": result.measurements,
+                "material": IMPLANT_MATERIAL,
+            },
+            "screws": screws,
+            "variants": [
+                {"label": f"+{k:g} mm", "extra_mm": k, "length_mm": g.length_mm, "volume_mm3": g.mesh.volume()}
+                for k, g in sorted(result.variants.items())
+            ],
+            "lattice": lattice_rows,
+            "guides": guides,
+            "files": entries,
+            "warnings": list(result.warnings),
+            "coordinate_system": cs,
+        }
+    )
+
+
+def _write_report(record, result, parts, bone_mask, ijk_to_ras, ct_array, folder, overwrite):
+    import tempfile
+
+    from .boneexport import mask_surface
+    from .render import render_ct_slice_with_outline, render_scene
+    from .report import write_report
+
+    implant = result.nominal.mesh
+    with tempfile.TemporaryDirectory() as tmp:
+        images = {}
+        segment = _spine_segment_mask(bone_mask, ijk_to_ras, result, 30.0)
+        spine = meshlib.decimate(mask_surface(segment, ijk_to_ras), 150_000) if segment.any() else None
+        meshes = [(implant, (0.72, 0.75, 0.80), 1.0)]
+        if spine is not None:
+            meshes.insert(0, (spine, (0.95, 0.90, 0.78), 1.0))
+        images["render_3d"] = render_scene(meshes, os.path.join(tmp, "render_3d.png"))
+        if ct_array is not None:
+            centre = implant.vertices.mean(axis=0)
+            for plane in ("sagittal", "coronal"):
+                images[f"ct_{plane}"] = render_ct_slice_with_outline(
+                    ct_array, ijk_to_ras, [(implant, (1.0, 0.2, 0.1), 1.0)], os.path.join(tmp, f"ct_{plane}.png"),
+                    plane=plane, center_ras=centre,
+                )
+        return write_report(record, images, folder, basename="design_record", overwrite=overwrite)

@@ -1,0 +1,71 @@
+"""Minimal 3MF writer: one mesh object per file, units in millimetres (3MF carries units; STL does not)."""
+
+import io
+import zipfile
+
+import numpy as np
+
+from .mesh import LPS_FROM_RAS, TriMesh, atomic_write_bytes
+
+_CONTENT_TYPES = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n'
+    '<Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
+    '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/>'
+    '<Default Extension="model" ContentType="application/vnd.ms-package.3dmanufacturing-3dmodel+xml"/>'
+    "</Types>"
+)
+_RELS = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n'
+    '<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
+    '<Relationship Target="/3D/3dmodel.model" Id="rel0" '
+    'Type="http://schemas.microsoft.com/3dmanufacturing/2013/01/3dmodel"/>'
+    "</Relationships>"
+)
+
+
+def model_xml(mesh: TriMesh, name: str) -> str:
+    verts = "".join(f'<vertex x="{x:.6f}" y="{y:.6f}" z="{z:.6f}"/>' for x, y, z in mesh.vertices)
+    tris = "".join(f'<triangle v1="{a}" v2="{b}" v3="{c}"/>' for a, b, c in mesh.faces)
+    safe = name.replace("&", "and").replace("<", "").replace(">", "").replace('"', "")
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<model unit="millimeter" xml:lang="en-US" '
+        'xmlns="http://schemas.microsoft.com/3dmanufacturing/core/2015/02">'
+        f'<metadata name="Title">{safe}</metadata>'
+        f'<resources><object id="1" type="model" name="{safe}"><mesh>'
+        f"<vertices>{verts}</vertices><triangles>{tris}</triangles>"
+        '</mesh></object></resources><build><item objectid="1"/></build></model>'
+    )
+
+
+def write_3mf(mesh: TriMesh, path: str, name: str, coordinate_system: str = "LPS", overwrite: bool = False) -> None:
+    out = mesh
+    if coordinate_system.upper() == "LPS":
+        m = np.eye(4)
+        m[:3, :3] = LPS_FROM_RAS
+        out = mesh.transformed(m)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("[Content_Types].xml", _CONTENT_TYPES)
+        z.writestr("_rels/.rels", _RELS)
+        z.writestr("3D/3dmodel.model", model_xml(out, name))
+    atomic_write_bytes(path, buf.getvalue(), overwrite=overwrite)
+
+
+def read_3mf(path: str, coordinate_system: str = "LPS") -> TriMesh:
+    """Read back the first object of a 3MF written by write_3mf (for verification), in RAS."""
+    import xml.etree.ElementTree as ET
+
+    ns = {"m": "http://schemas.microsoft.com/3dmanufacturing/core/2015/02"}
+    with zipfile.ZipFile(path) as z:
+        root = ET.fromstring(z.read("3D/3dmodel.model"))
+    if root.get("unit") != "millimeter":
+        raise ValueError(f"{path}: 3MF unit is {root.get('unit')!r}, expected millimeter")
+    v = np.array([[float(e.get(a)) for a in "xyz"] for e in root.iterfind(".//m:vertex", ns)])
+    f = np.array([[int(e.get(a)) for a in ("v1", "v2", "v3")] for e in root.iterfind(".//m:triangle", ns)])
+    mesh = TriMesh(v, f)
+    if coordinate_system.upper() == "LPS":
+        m = np.eye(4)
+        m[:3, :3] = LPS_FROM_RAS
+        mesh = mesh.transformed(m)
+    return mesh
