@@ -102,7 +102,10 @@ def _safe(text: str) -> str:
 
 
 def _size_tag(size_label: str) -> str:
-    return "nominal" if size_label == "nominal" else "plus" + size_label.replace("+", "").replace(" ", "")
+    """File-name tag of a size: "nominal", "plus2mm", or e.g. "all-sizes" for a guide shared by every size."""
+    if size_label.startswith("+"):
+        return "plus" + size_label[1:].replace(" ", "")
+    return _safe(size_label.replace(" ", "-"))
 
 
 def _check_folder(folder: str, overwrite: bool) -> None:
