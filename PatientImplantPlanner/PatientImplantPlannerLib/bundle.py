@@ -422,7 +422,7 @@ def _write_report(record, result, parts, bone_mask, ijk_to_ras, ct_array, folder
     import tempfile
 
     from .boneexport import mask_surface
-    from .render import render_ct_slice_with_outline, render_scene
+    from .render import BONE_RGB, OUTLINE_IMPLANT_RGB, TITANIUM_RGB, render_ct_slice_with_outline, render_scene
     from .report import write_report
 
     implant = result.nominal.mesh
@@ -430,15 +430,15 @@ def _write_report(record, result, parts, bone_mask, ijk_to_ras, ct_array, folder
         images = {}
         segment = _spine_segment_mask(bone_mask, ijk_to_ras, result, 30.0)
         spine = meshlib.decimate(mask_surface(segment, ijk_to_ras), 150_000) if segment.any() else None
-        meshes = [(implant, (0.72, 0.75, 0.80), 1.0)]
+        meshes = [(implant, TITANIUM_RGB, 1.0)]
         if spine is not None:
-            meshes.insert(0, (spine, (0.95, 0.90, 0.78), 1.0))
+            meshes.insert(0, (spine, BONE_RGB, 1.0))
         images["render_3d"] = render_scene(meshes, os.path.join(tmp, "render_3d.png"))
         if ct_array is not None:
             centre = implant.vertices.mean(axis=0)
             for plane in ("sagittal", "coronal"):
                 images[f"ct_{plane}"] = render_ct_slice_with_outline(
-                    ct_array, ijk_to_ras, [(implant, (1.0, 0.2, 0.1), 1.0)], os.path.join(tmp, f"ct_{plane}.png"),
+                    ct_array, ijk_to_ras, [(implant, OUTLINE_IMPLANT_RGB, 1.0)], os.path.join(tmp, f"ct_{plane}.png"),
                     plane=plane, center_ras=centre,
                 )
         return write_report(record, images, folder, basename="design_record", overwrite=overwrite)

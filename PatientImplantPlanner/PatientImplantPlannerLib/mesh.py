@@ -15,6 +15,8 @@ import numpy as np
 from .errors import GeometryError, OutputExistsError
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 @dataclass
@@ -276,6 +278,7 @@ def atomic_write_bytes(path: str, data: bytes, overwrite: bool = False) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; give them the usual permissions
         if not overwrite and os.path.exists(path):
             raise OutputExistsError(f"Output file already exists: {path}.", "Choose another folder or name.")
         os.replace(tmp, path)
