@@ -135,7 +135,8 @@ def _bad_inputs(ph):
     near = tuple(np.array(seed) + np.array([0.5, 0.0, 0.0]))
     return {
         "min above max": (BoneSegmentationParameters(threshold_min=500, threshold_max=300), "above the maximum"),
-        "threshold selects nothing": (BoneSegmentationParameters(threshold_min=3000), "CT values"),
+        "threshold selects nothing": (BoneSegmentationParameters(threshold_min=3000),
+                                      f"range {ph.array.min()}..{ph.array.max()} HU"),
         "seed outside volume": (BoneSegmentationParameters(seeds_ras=[outside]), "outside the CT volume"),
         "seed not on bone": (BoneSegmentationParameters(seeds_ras=[soft_tissue]), "is not on bone"),
         "exclude seed on seed": (BoneSegmentationParameters(seeds_ras=[seed], exclude_seeds_ras=[near]),

@@ -190,8 +190,8 @@ def _bbox(mask: np.ndarray, pad, shape) -> tuple:
     return tuple(out)
 
 
-def _roi_box(grid: _Grid, params: BoneSegmentationParameters, ct_range) -> tuple:
-    """Crop slices of the ROI (whole volume without ROI) and, for oblique CTs, whether voxels need masking."""
+def _roi_box(grid: _Grid, params: BoneSegmentationParameters) -> tuple:
+    """Crop slices [k, j, i] of the ROI's bounding box on the CT grid (the whole volume without ROI)."""
     shape = grid.shape
     if params.roi_center_ras is None and params.roi_size_mm is None:
         return tuple(slice(0, n) for n in shape)
@@ -321,8 +321,11 @@ def _snap_seeds(labels, sizes, min_island_vox, seeds, points, grid, sub, params,
         if hit is None and enclosed_ok:
             # A click in the middle of a vertebral body lands on cancellous bone below the threshold: if bone
             # encloses it, take the nearest thresholded voxel of a large piece (its own cortex).
-            bone_like = sub >= min(params.cancellous_min_hu, params.threshold_min)
-            if _enclosed(bone_like, v, _ENCLOSED_REACH_MM, grid.spacing_kji):
+            r = np.ceil(_ENCLOSED_REACH_MM / grid.spacing_kji).astype(int)
+            lo = np.maximum(v - r, 0)
+            win = tuple(slice(a, b) for a, b in zip(lo, np.minimum(v + r + 1, sub.shape)))
+            bone_like = sub[win] >= min(params.cancellous_min_hu, params.threshold_min)
+            if _enclosed(bone_like, v - lo, _ENCLOSED_REACH_MM, grid.spacing_kji):
                 how = "surrounding"
                 for ok in (big, anything):
                     hit = _nearest_on(labels, ok, v, _ENCLOSED_REACH_MM, grid.spacing_kji)
@@ -369,7 +372,7 @@ def _grow_cut(intensity: np.ndarray, labels: np.ndarray, region: np.ndarray, spa
     import vtk
     from vtk.util.numpy_support import vtk_to_numpy
 
-    intensity16 = np.clip(intensity, -32768, 32767).astype(np.int16, copy=False)
+    intensity16 = intensity if intensity.dtype == np.int16 else np.clip(intensity, -32768, 32767).astype(np.int16)
     images = [
         _vtk_image(intensity16, vtk.VTK_SHORT),
         _vtk_image(labels.astype(np.uint8, copy=False), vtk.VTK_UNSIGNED_CHAR),
@@ -417,7 +420,8 @@ def _separate_excluded(ct, region, seeds, excludes, spacing_kji, min_island_vox)
     # Growing sums intensity steps, so along a long vessel noise adds up until the bone seeds next to it win. The
     # vessel's core (its intensity, away from bright bone, connected to an exclude seed) is seeded as excluded, so
     # the competition only decides the band where bone and vessel touch.
-    core = region & (np.abs(ct - np.float32(mean)) <= max(3.0 * sd, 75.0))
+    tolerance = max(3.0 * sd, 75.0)
+    core = region & (ct >= mean - tolerance) & (ct <= mean + tolerance)
     core &= ~_near(bright, _CORE_CLEARANCE_MM, spacing_kji)
     lab, _ = ndi.label(core, structure=_CONNECTIVITY_26)
     ids = sorted({int(lab[tuple(w)]) for w in excludes} - {0})
@@ -619,7 +623,7 @@ def segment_bone(ctx, ct_node, params=None, segmentation_node=None, progress=Non
 
     # 1. Threshold inside the ROI.
     progress.report(0.02, "Thresholding")
-    box = _roi_box(grid, params, None)
+    box = _roi_box(grid, params)
     sub = ct[box]
     thr = (sub >= params.threshold_min) & (sub <= params.threshold_max)
     if params.roi_center_ras is not None and not grid.axis_aligned():
