@@ -314,23 +314,26 @@ def _snap_seeds(labels, sizes, min_island_vox, seeds, points, grid, sub, params,
             continue
         hit = None
         how = "nearest"
+        enclosed = None
+        # Large pieces first, near then enclosing; a few-voxel speck (noise in cancellous bone) only as a last
+        # resort, otherwise a click in the middle of a body keeps the speck and loses the vertebra.
         for ok in (big, anything):
             hit = _nearest_on(labels, ok, v, params.seed_snap_mm, grid.spacing_kji)
             if hit is not None:
                 break
-        if hit is None and enclosed_ok:
-            # A click in the middle of a vertebral body lands on cancellous bone below the threshold: if bone
-            # encloses it, take the nearest thresholded voxel of a large piece (its own cortex).
-            r = np.ceil(_ENCLOSED_REACH_MM / grid.spacing_kji).astype(int)
-            lo = np.maximum(v - r, 0)
-            win = tuple(slice(a, b) for a, b in zip(lo, np.minimum(v + r + 1, sub.shape)))
-            bone_like = sub[win] >= min(params.cancellous_min_hu, params.threshold_min)
-            if _enclosed(bone_like, v - lo, _ENCLOSED_REACH_MM, grid.spacing_kji):
-                how = "surrounding"
-                for ok in (big, anything):
-                    hit = _nearest_on(labels, ok, v, _ENCLOSED_REACH_MM, grid.spacing_kji)
-                    if hit is not None:
-                        break
+            if enclosed is None and enclosed_ok:
+                # A click in the middle of a vertebral body lands on cancellous bone below the threshold: if bone
+                # encloses it, take the nearest thresholded voxel of a large piece (its own cortex).
+                r = np.ceil(_ENCLOSED_REACH_MM / grid.spacing_kji).astype(int)
+                lo = np.maximum(v - r, 0)
+                win = tuple(slice(a, b) for a, b in zip(lo, np.minimum(v + r + 1, sub.shape)))
+                bone_like = sub[win] >= min(params.cancellous_min_hu, params.threshold_min)
+                enclosed = _enclosed(bone_like, v - lo, _ENCLOSED_REACH_MM, grid.spacing_kji)
+            if enclosed:
+                hit = _nearest_on(labels, ok, v, _ENCLOSED_REACH_MM, grid.spacing_kji)
+                if hit is not None:
+                    how = "surrounding"
+                    break
         if hit is None:
             value = float(sub[tuple(v)])
             if enclosed_ok:
