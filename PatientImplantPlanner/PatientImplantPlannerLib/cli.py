@@ -10,8 +10,6 @@ import os
 import sys
 import time
 
-import numpy as np
-
 from .errors import PlannerError
 
 # Points (RAS mm) in the bundled sample CT, found from its reference vertebra labels: a bone voxel of the L3 body
@@ -77,6 +75,7 @@ def run_segment(args, progress=None) -> dict:
     from .context import create_headless_context
     from .ctimport import load_ct
     from .progress import Progress
+    from .workflow import write_segmentation
 
     _check_out_dir(args.out, args.overwrite)
     prog = Progress(progress)
@@ -96,7 +95,7 @@ def run_segment(args, progress=None) -> dict:
     result = segment_bone(ctx, ct, params, progress=prog.sub(0.1, 0.6).report)
     os.makedirs(args.out, exist_ok=True)
     seg_path = os.path.join(args.out, "bone.seg.nrrd")
-    _write_segmentation(ctx, result.segmentation_node, seg_path, args.overwrite)
+    write_segmentation(result.segmentation_node, seg_path, args.overwrite)
     export = export_bone_model(
         ctx,
         result.segmentation_node,
@@ -119,25 +118,6 @@ def run_segment(args, progress=None) -> dict:
         "watertight": export.check.watertight,
         "warnings": list(result.warnings),
     }
-
-
-def _write_segmentation(ctx, segmentation_node, path: str, overwrite: bool) -> None:
-    """Save a segmentation as .seg.nrrd atomically (written under a temporary name, then renamed)."""
-    import slicer
-
-    from .errors import OutputExistsError
-
-    if os.path.exists(path) and not overwrite:
-        raise OutputExistsError(f"Output file already exists: {path}.", "Choose a new folder or pass --overwrite.")
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    storage = slicer.vtkMRMLSegmentationStorageNode()
-    storage.SetFileName(tmp)
-    storage.SetUseCompression(True)
-    if not storage.WriteData(segmentation_node):
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise PlannerError(f"Could not write the segmentation to {path}.", "Check the folder is writable.")
-    os.replace(tmp, path)
 
 
 def demo_plan():
@@ -163,58 +143,34 @@ def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export
              overwrite: bool = False) -> dict:
     """CT + plan -> segmentation (unless given) -> design -> scene nodes -> export bundle. Returns a summary."""
     from .bonesegmentation import segment_bone
-    from .bundle import ExportParameters, export_bundle, new_bundle_folder
+    from .bundle import ExportParameters, new_bundle_folder
     from .context import create_headless_context
-    from .ctimport import describe_ct, load_ct
-    from .plan import design_implant
-    from .planscene import apply_to_scene, write_plan_markups
+    from .ctimport import load_ct
     from .progress import Progress
-    from .volumes import array, ijk_to_ras_matrix
+    from .workflow import design_in_scene, export_in_scene
 
     prog = Progress(progress)
     plan.validate()
     folder = new_bundle_folder(out_parent, plan.case_id)
     ctx = create_headless_context()
     ct = load_ct(ctx, ct_path, progress=prog.sub(0.0, 0.05).report)
-    ijk_to_ras = ijk_to_ras_matrix(ct)
     if segmentation_path:
         seg_node, segment_id = _load_segmentation(ctx, segmentation_path)
-        from .segments import get_segment_mask
-
-        mask = get_segment_mask(seg_node, segment_id, ct)
-        seg_record = {"source": os.path.abspath(segmentation_path), "volume_ml": float(mask.sum()) * abs(
-            np.linalg.det(ijk_to_ras[:3, :3])) / 1000.0}
+        seg_record = {"source": os.path.abspath(segmentation_path)}
     else:
         seg_params = plan.segmentation
         if not seg_params.seeds_ras:
             # The two healthy vertebrae seed the spine when the plan names no seeds.
             seg_params.seeds_ras = [tuple(p) for p in (plan.proximal_point_ras, plan.distal_point_ras) if p]
         seg = segment_bone(ctx, ct, seg_params, progress=prog.sub(0.05, 0.3).report)
-        mask = seg.mask
         seg_node, segment_id = seg.segmentation_node, seg.segment_id
         seg_record = {"parameters": seg_params.as_dict(), "volume_ml": seg.volume_mm3 / 1000.0,
                       "warnings": list(seg.warnings)}
-    ct_array = array(ct)
-    result = design_implant(plan, ct_array, ijk_to_ras, mask, progress=prog.sub(0.3, 0.5).report)
-    nodes = apply_to_scene(ctx, result, ct)
-    info = describe_ct(ct)
-    ct_description = {k: getattr(info, k) for k in (
-        "path", "dimensions", "spacing", "origin_ras", "hu_range", "slice_thickness", "series_note")}
-
-    def extra_files(out_folder):
-        written = write_plan_markups(nodes, out_folder, plan.case_id, overwrite)
-        plan_path = os.path.join(out_folder, f"{plan.case_id}_plan.json")
-        result.plan.save(plan_path, overwrite=overwrite)
-        written.append((plan_path, "plan parameters (JSON)"))
-        seg_path = os.path.join(out_folder, f"{plan.case_id}_bone.seg.nrrd")
-        _write_segmentation(ctx, seg_node, seg_path, overwrite)
-        written.append((seg_path, "bone segmentation (.seg.nrrd)"))
-        return written
-
-    bundle = export_bundle(
-        result, mask, ijk_to_ras, folder=folder, params=export_params or ExportParameters(), ct_array=ct_array,
-        ct_description=ct_description, segmentation_record=seg_record, overwrite=overwrite,
-        progress=prog.sub(0.5, 1.0).report, extra_writer=extra_files,
+    result, nodes = design_in_scene(ctx, ct, seg_node, segment_id, plan, progress=prog.sub(0.3, 0.5).report)
+    bundle = export_in_scene(
+        ctx, result, nodes, ct, seg_node, segment_id, folder=folder,
+        export_params=export_params or ExportParameters(), segmentation_record=seg_record, overwrite=overwrite,
+        progress=prog.sub(0.5, 1.0).report,
     )
     m = result.measurements
     return {

@@ -1,0 +1,134 @@
+"""The planning workflow on scene nodes: what the Slicer widget and the CLI both call.
+
+design_in_scene: CT + bone segmentation + plan -> designed implant, shown as nodes in the plan's folder.
+regenerate_in_scene: the same after the user edited axis, endplates or screws in the scene.
+export_in_scene: a designed plan -> a new export bundle folder (parts, markups, plan, segmentation, record).
+"""
+
+import os
+from typing import Optional
+
+import numpy as np
+
+from .errors import PlanError
+from .plan import Plan, PlanResult, design_implant
+from .progress import Progress
+
+
+def bone_mask_of(segmentation_node, segment_id: str, ct_node) -> np.ndarray:
+    from .segments import get_segment_mask
+
+    if segmentation_node is None or not segment_id:
+        raise PlanError("No bone segmentation is selected.", "Segment the bone first (Bone segmentation panel).")
+    mask = get_segment_mask(segmentation_node, segment_id, ct_node)
+    if not mask.any():
+        raise PlanError("The bone segment is empty.", "Segment the bone first (Bone segmentation panel).")
+    return mask
+
+
+def design_in_scene(ctx, ct_node, segmentation_node, segment_id: str, plan: Plan, progress=None):
+    """Design the implant and create/update the plan's nodes. Returns (PlanResult, PlanNodes).
+
+    Nothing in the scene changes if the design fails (it is computed before any node is touched).
+    """
+    from .planscene import apply_to_scene
+    from .volumes import array, ijk_to_ras_matrix
+
+    prog = Progress(progress)
+    mask = bone_mask_of(segmentation_node, segment_id, ct_node)
+    result = design_implant(plan, array(ct_node), ijk_to_ras_matrix(ct_node), mask, progress=prog.sub(0, 0.9).report)
+    prog.report(0.95, "Updating scene")
+    nodes = apply_to_scene(ctx, result, ct_node)
+    prog.report(1.0, "Implant designed")
+    return result, nodes
+
+
+def regenerate_in_scene(ctx, case_id: str, ct_node, segmentation_node, segment_id: str, progress=None):
+    """Re-design from the plan stored in the scene, with the user's edits of its markups."""
+    from .planscene import plan_from_scene
+
+    plan = plan_from_scene(ctx, case_id, read_edits=True)
+    return design_in_scene(ctx, ct_node, segmentation_node, segment_id, plan, progress)
+
+
+def ct_description(ct_node) -> dict:
+    from .ctimport import describe_ct
+
+    info = describe_ct(ct_node)
+    keys = ("path", "dimensions", "spacing", "origin_ras", "hu_range", "slice_thickness", "series_note")
+    return {k: getattr(info, k) for k in keys}
+
+
+def export_in_scene(
+    ctx,
+    result: PlanResult,
+    nodes,
+    ct_node,
+    segmentation_node,
+    segment_id: str,
+    out_parent: Optional[str] = None,
+    folder: Optional[str] = None,
+    export_params=None,
+    lattice_params=None,
+    guide_params=None,
+    segmentation_record: Optional[dict] = None,
+    overwrite: bool = False,
+    progress=None,
+):
+    """Write the export bundle of a designed plan (see bundle.export_bundle) plus its markups, plan and
+    segmentation; returns the BundleResult."""
+    from .bundle import export_bundle
+    from .planscene import write_plan_markups
+    from .segments import get_segment_mask
+    from .volumes import array, ijk_to_ras_matrix
+
+    case = result.plan.case_id
+    mask = get_segment_mask(segmentation_node, segment_id, ct_node)
+
+    def extra_files(out_folder):
+        written = write_plan_markups(nodes, out_folder, case, overwrite)
+        plan_path = os.path.join(out_folder, f"{case}_plan.json")
+        result.plan.save(plan_path, overwrite=overwrite)
+        written.append((plan_path, "plan parameters (JSON)"))
+        seg_path = os.path.join(out_folder, f"{case}_bone.seg.nrrd")
+        write_segmentation(segmentation_node, seg_path, overwrite)
+        written.append((seg_path, "bone segmentation (.seg.nrrd)"))
+        return written
+
+    return export_bundle(
+        result,
+        mask,
+        ijk_to_ras_matrix(ct_node),
+        out_parent=out_parent,
+        folder=folder,
+        params=export_params,
+        lattice_params=lattice_params,
+        guide_params=guide_params,
+        ct_array=array(ct_node),
+        ct_description=ct_description(ct_node),
+        segmentation_record=segmentation_record,
+        overwrite=overwrite,
+        progress=progress,
+        extra_writer=extra_files,
+    )
+
+
+def write_segmentation(segmentation_node, path: str, overwrite: bool = False) -> None:
+    """Save a segmentation as .seg.nrrd atomically (written under a temporary name, then renamed)."""
+    import slicer
+
+    from .errors import OutputExistsError, PlannerError
+
+    if os.path.exists(path) and not overwrite:
+        raise OutputExistsError(f"Output file already exists: {path}.", "Choose a new folder or allow overwriting.")
+    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(tmp)
+    storage.SetUseCompression(True)
+    try:
+        if not storage.WriteData(segmentation_node):
+            raise PlannerError(f"Could not write the segmentation to {path}.", "Check the folder is writable.")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
