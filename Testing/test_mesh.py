@@ -78,3 +78,21 @@ def test_manifold_round_trip_and_boolean():
     holed = M.from_manifold(M.to_manifold(a) - M.to_manifold(b))
     assert M.check_mesh(holed).ok
     assert holed.volume() == pytest.approx(a.volume() - b.volume() * 10.0 / 30.0, rel=1e-6)
+
+
+def test_file_safe_separates_touching_surfaces_so_the_file_stays_manifold(tmp_path):
+    import manifold3d as m3d
+
+    # Two cubes touching along one edge: manifold by index (distinct vertices), but triangle soup welded by
+    # position has four triangles on that edge.
+    a = m3d.Manifold.cube([10, 10, 10])
+    b = m3d.Manifold.cube([10, 10, 10]).translate([10, 10, 0])
+    touching = M.from_manifold(a + b)
+    assert M.check_mesh(touching).ok
+    M.write_stl(touching, str(tmp_path / "raw.stl"))
+    assert not M.check_mesh(M.read_stl(str(tmp_path / "raw.stl"))).manifold
+    safe = M.file_safe(touching)
+    M.write_stl(safe, str(tmp_path / "safe.stl"))
+    back = M.check_mesh(M.read_stl(str(tmp_path / "safe.stl")))
+    assert back.ok, back.problems
+    assert back.volume_mm3 == pytest.approx(2000.0, rel=1e-4)

@@ -241,6 +241,7 @@ def build_parts(result, bone_mask, ijk_to_ras, lattice_params=None, guide_params
             )
         seconds["check_and_bone_models"] = time.perf_counter() - t0
     for p in parts:
+        p.mesh = meshlib.file_safe(p.mesh)  # survives float32 rounding and welding in the file
         meshlib.require_valid(p.mesh, p.name)
     return parts, lattice_rows, seconds
 

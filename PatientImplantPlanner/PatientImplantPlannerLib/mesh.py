@@ -95,12 +95,12 @@ class MeshCheck:
         }
 
 
-def merge_duplicate_vertices(mesh: TriMesh, tolerance: float = 1e-6) -> TriMesh:
+def merge_duplicate_vertices(mesh: TriMesh, tolerance: Optional[float] = 1e-6) -> TriMesh:
     """Weld coincident vertices (STL files store every triangle's corners separately) and drop
-    triangles that collapse."""
+    triangles that collapse. ``tolerance`` None welds only exactly equal positions."""
     if len(mesh.vertices) == 0:
         return mesh.copy()
-    key = np.round(mesh.vertices / tolerance).astype(np.int64)
+    key = mesh.vertices if tolerance is None else np.round(mesh.vertices / tolerance).astype(np.int64)
     _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
     faces = inverse.reshape(-1)[mesh.faces]
     keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
@@ -132,11 +132,12 @@ def check_mesh(mesh: TriMesh, min_volume_mm3: float = 0.0) -> MeshCheck:
         return MeshCheck(0, len(mesh.vertices), False, False, False, False, 0.0, 0.0, 0, [[0] * 3] * 2, ["empty mesh"])
     # Directed half-edges: in a closed oriented 2-manifold each appears once and its twin once.
     he = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    undirected = np.sort(he, axis=1)
-    _, ucounts = np.unique(undirected, axis=0, return_counts=True)
+    n = np.int64(max(len(mesh.vertices), int(faces.max()) + 1))
+    undirected = np.minimum(he[:, 0], he[:, 1]) * n + np.maximum(he[:, 0], he[:, 1])  # 1-D keys: fast unique
+    _, ucounts = np.unique(undirected, return_counts=True)
     watertight = bool(np.all(ucounts >= 2))
     manifold = bool(np.all(ucounts == 2))
-    _, dcounts = np.unique(he, axis=0, return_counts=True)
+    _, dcounts = np.unique(he[:, 0] * n + he[:, 1], return_counts=True)
     consistent = bool(np.all(dcounts == 1)) and manifold
     volume = mesh.volume()
     area = mesh.area()
@@ -237,20 +238,63 @@ def require_manifold3d():
 
 
 def to_manifold(mesh: TriMesh):
-    """manifold3d.Manifold from a closed TriMesh; raises GeometryError if it is not a valid solid."""
+    """manifold3d.Manifold from a closed TriMesh; raises GeometryError if it is not a valid solid.
+
+    Indexed meshes (ours, VTK surfaces) are taken as they are; triangle soup (STL) is welded first. Welding an
+    indexed mesh is avoided: distinct vertices at one position (where a surface touches itself) must stay distinct.
+    """
     m3d = require_manifold3d()
-    welded = merge_duplicate_vertices(mesh)
-    mm = m3d.Mesh(
-        vert_properties=np.ascontiguousarray(welded.vertices, dtype=np.float32),
-        tri_verts=np.ascontiguousarray(welded.faces, dtype=np.uint32),
-    )
-    result = m3d.Manifold(mm)
+
+    def build(m: TriMesh):
+        return m3d.Manifold(
+            m3d.Mesh(
+                vert_properties=np.ascontiguousarray(m.vertices, dtype=np.float32),
+                tri_verts=np.ascontiguousarray(m.faces, dtype=np.uint32),
+            )
+        )
+
+    result = build(mesh)
+    if result.status() != m3d.Error.NoError:
+        result = build(merge_duplicate_vertices(mesh))
     if result.status() != m3d.Error.NoError:
         raise GeometryError(
             f"The mesh is not a closed manifold solid ({result.status()}); booleans need one.",
             "Check the mesh with check_mesh(); surfaces from segmentations and our own parts are closed.",
         )
     return result
+
+
+def file_safe(mesh: TriMesh, tolerance_mm: float = 1e-3, separation_mm: float = 5e-4) -> TriMesh:
+    """The mesh as it must be for a mesh file: still manifold after float32 rounding and welding by position.
+
+    Mesh files store float32 triangle soup that readers weld by position, so vertices that round to one float32
+    position merge and leave edges shared by four triangles. Contoured lattices have two sources of these: edges
+    shorter than float32 precision, collapsed here with manifold3d's simplify (``tolerance_mm``, 1 um, far below
+    any printer's resolution), and pinch points where the surface touches itself (distinct vertices, one
+    position), separated by moving each such vertex ``separation_mm`` into its own solid along its normal.
+    """
+    out = from_manifold(to_manifold(mesh).simplify(tolerance_mm))
+    for _ in range(3):
+        key = out.vertices.astype(np.float32)
+        _, inverse, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+        shared = counts[inverse.reshape(-1)] > 1
+        if not shared.any():
+            break
+        normals = _vertex_normals(out)
+        v = out.vertices.copy()
+        v[shared] -= separation_mm * normals[shared]
+        out = TriMesh(v, out.faces)
+    return out
+
+
+def _vertex_normals(mesh: TriMesh) -> np.ndarray:
+    a, b, c = (mesh.vertices[mesh.faces[:, i]] for i in range(3))
+    fn = np.cross(b - a, c - a)  # area-weighted
+    vn = np.zeros_like(mesh.vertices)
+    for i in range(3):
+        np.add.at(vn, mesh.faces[:, i], fn)
+    norm = np.linalg.norm(vn, axis=1, keepdims=True)
+    return np.divide(vn, norm, out=np.zeros_like(vn), where=norm > 0)
 
 
 def from_manifold(manifold) -> TriMesh:
@@ -321,7 +365,8 @@ def read_stl(path: str, coordinate_system: str = "LPS") -> TriMesh:
     reader = vtk.vtkSTLReader()
     reader.SetFileName(os.fspath(path))
     reader.Update()
-    mesh = merge_duplicate_vertices(from_polydata(reader.GetOutput()), tolerance=1e-5)
+    # Weld exactly equal float32 positions, as slicers do: a tolerance would merge distinct close vertices.
+    mesh = merge_duplicate_vertices(from_polydata(reader.GetOutput()), tolerance=None)
     if coordinate_system.upper() == "LPS":
         m = np.eye(4)
         m[:3, :3] = LPS_FROM_RAS
