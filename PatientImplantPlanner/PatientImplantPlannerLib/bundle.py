@@ -146,36 +146,45 @@ def build_parts(result, bone_mask, ijk_to_ras, lattice_params=None, guide_params
         sizes += [(f"+{extra:g} mm", extra, geom) for extra, geom in sorted(result.variants.items())]
     if "implant" in params.parts:
         t0 = time.perf_counter()
-        for n, (label, extra, geom) in enumerate(sizes):
-            prog.report(0.45 * n / len(sizes), f"Implant {label}: porous layer")
-            solid = geom.mesh
-            if "lattice" in params.parts:
-                for region in geom.porous_regions:
+        solids = {label: geom.mesh for label, _, geom in sizes}
+        if "lattice" in params.parts:
+            # End by end, then size by size: the variants' footplates are the nominal's, moved, so each end's
+            # contoured lattice is made once and reused (the lattice module caches the last one).
+            n_ends = len(result.nominal.porous_regions)
+            for e in range(n_ends):
+                for n, (label, extra, geom) in enumerate(sizes):
+                    region = geom.porous_regions[e]
+                    prog.report(0.45 * (e * len(sizes) + n) / (n_ends * len(sizes)),
+                                f"Implant {label}: porous layer, {region.end} end")
                     lat = apply_porous_layer(
-                        solid,
+                        solids[label],
                         region.centre,
                         region.normal,
                         thickness_mm=region.thickness_mm,
                         params=lattice_params,
                         footprint_radii=(region.radius_ap, region.radius_lr),
                         anterior=region.anterior,
+                        measure=extra == 0,  # variants carry the same lattice, moved with their footplate
                     )
-                    solid = lat.mesh
-                    lattice_rows.append(
-                        {
-                            "size": label,
-                            "end": region.end,
-                            "kind": lattice_params.kind,
-                            "target_pore_um": lattice_params.pore_size_um,
-                            "measured_pore_um": lat.measured_pore_size_um,
-                            "target_porosity": lattice_params.porosity,
-                            "measured_porosity": lat.measured_porosity,
-                            "cell_size_mm": lat.cell_size_mm,
-                            "layer_mm": region.thickness_mm,
-                            "layer_volume_mm3": lat.layer_volume_mm3,
-                            "seconds": lat.seconds,
-                        }
-                    )
+                    solids[label] = lat.mesh
+                    if extra == 0:
+                        lattice_rows.append(
+                            {
+                                "size": "all sizes",
+                                "end": region.end,
+                                "kind": lattice_params.kind,
+                                "target_pore_um": lattice_params.pore_size_um,
+                                "measured_pore_um": lat.measured_pore_size_um,
+                                "target_porosity": lattice_params.porosity,
+                                "measured_porosity": lat.measured_porosity,
+                                "cell_size_mm": lat.cell_size_mm,
+                                "layer_mm": region.thickness_mm,
+                                "layer_volume_mm3": lat.layer_volume_mm3,
+                                "seconds": lat.seconds,
+                                "warnings": list(lat.warnings),
+                            }
+                        )
+        for label, extra, geom in sizes:
             parts.append(
                 ExportedPart(
                     f"implant_{_size_tag(label)}",
@@ -183,7 +192,7 @@ def build_parts(result, bone_mask, ijk_to_ras, lattice_params=None, guide_params
                     IMPLANT_MATERIAL,
                     label,
                     "",
-                    solid,
+                    solids[label],
                     {"length_mm": round(geom.length_mm, 3), "extra_length_mm": extra},
                 )
             )
