@@ -402,3 +402,30 @@ def test_anterior_plate_docks_on_footplates_moved_anteriorly():
         assert shift == pytest.approx(8.0, abs=0.05)
     region = geom.porous_regions[0]
     assert (region.centre - prox.centre) @ prox.anterior == pytest.approx(8.0, abs=1e-9)
+
+
+def test_offset_strut_may_sit_outside_a_tight_bend_but_not_inside():
+    """Only a strut offset towards the centre of curvature can fold over itself."""
+    r, half = 45.0, np.radians(15.0)
+
+    def point(a):  # centre of curvature anterior, at (0, r, 0)
+        return np.array([0.0, r * (1 - np.cos(a)), r * np.sin(a)])
+
+    def tangent(a):
+        return np.array([0.0, -np.sin(a), -np.cos(a)])
+
+    def anterior(a):
+        return np.array([0.0, np.cos(a), -np.sin(a)])
+
+    prox = Endplate(point(half), tangent(half), anterior(half), 30.0, 30.0, "L1")
+    dist = Endplate(point(-half), -tangent(-half), anterior(-half), 30.0, 30.0, "L3")
+    axis = np.array([point(a) for a in np.linspace(half + 0.1, -half - 0.1, 60)])
+    outside = ImplantParameters(diameter_mm=8.0, offset_anterior_mm=-16.0, footplate_fraction=1.0,
+                                footplate_offset_anterior_mm=-16.0)
+    geom = build_implant(axis, prox, dist, outside)
+    assert check_mesh(geom.mesh).ok
+    # 28 + 4 mm towards the centre of a 45 mm bend: beyond the 1.5x safety margin (30 mm).
+    inside = ImplantParameters(diameter_mm=8.0, offset_anterior_mm=28.0, footplate_fraction=1.0,
+                               footplate_offset_anterior_mm=28.0)
+    with pytest.raises(PlanError, match="inside of the bend"):
+        build_implant(axis, prox, dist, inside)

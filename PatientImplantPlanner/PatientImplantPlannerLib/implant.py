@@ -414,11 +414,22 @@ def _axis_path(axis_points, proximal: Endplate, distal: Endplate) -> tuple:
     return path, (float(np.linalg.norm(d0)), float(np.linalg.norm(d1)))
 
 
-def _min_curvature_radius(path: np.ndarray) -> float:
+def _fold_ratio(path: np.ndarray, frames: np.ndarray, section: np.ndarray) -> tuple:
+    """How close the swept section comes to folding over itself: max over the path of (reach of the section
+    towards the centre of curvature) / (radius of curvature); the sweep self-intersects at 1. Only the side
+    towards the centre matters: an anterior strut on a lordotic (posteriorly concave) axis is on the outside.
+    ``section`` is (P, 2) in (anterior, lateral), offsets included. Returns (ratio, radius at the worst point)."""
     t = _tangents(path)
     ds = np.linalg.norm(np.diff(path, axis=0), axis=1)
-    turn = np.linalg.norm(np.diff(t, axis=0), axis=1) / np.maximum(ds, 1e-9)
-    return float(1.0 / turn.max()) if turn.max() > 1e-12 else np.inf
+    k = np.diff(t, axis=0) / np.maximum(ds, 1e-9)[:, None]  # curvature vector: towards the centre, |k| = 1/R
+    k = np.vstack([k, k[-1:]])
+    ka = np.sum(k * frames[:, 0], axis=1)  # its components in the section's plane
+    kl = np.sum(k * frames[:, 1], axis=1)
+    towards = section[None, :, 0] * ka[:, None] + section[None, :, 1] * kl[:, None]  # = reach * (1/R) per point
+    ratio = towards.max(axis=1)
+    worst = int(np.argmax(ratio))
+    kn = float(np.hypot(ka[worst], kl[worst]))
+    return float(max(ratio[worst], 0.0)), (1.0 / kn if kn > 1e-12 else np.inf)
 
 
 # ---- solids --------------------------------------------------------------------------------------------------------
@@ -549,16 +560,17 @@ def build_implant(
             f"{t:.1f} mm footplates and a strut.",
             "Check the endplates (they should bound the defect) or use thinner footplates.",
         )
-    reach = float(np.linalg.norm(poly, axis=1).max()) + np.hypot(params.offset_anterior_mm, params.offset_lateral_mm)
-    bend = _min_curvature_radius(axis)
-    if bend < 1.5 * reach:
-        raise PlanError(
-            f"The spinal axis bends too sharply (radius {bend:.1f} mm) for a strut reaching {reach:.1f} mm from it.",
-            "Smooth the axis (more, evenly spaced points) or use a slimmer strut.",
-        )
-
     # Offset the centre line in the twist-free frame, then re-clip it to the contact planes.
     axis_frames = path_frames(axis, proximal, distal_v)
+    section = poly + np.array([params.offset_anterior_mm, params.offset_lateral_mm])
+    reach = float(np.linalg.norm(section, axis=1).max())
+    fold, bend = _fold_ratio(axis, axis_frames, section)
+    if fold > 1.0 / 1.5:
+        raise PlanError(
+            f"The spinal axis bends too sharply (radius {bend:.1f} mm) for a strut reaching "
+            f"{fold * bend:.1f} mm towards the inside of the bend: the sweep would fold over itself.",
+            "Smooth the axis (more, evenly spaced points), reduce the strut offset or use a slimmer strut.",
+        )
     offset = params.offset_anterior_mm * axis_frames[:, 0] + params.offset_lateral_mm * axis_frames[:, 1]
     strut_path = axis + offset
     if np.any(offset):
