@@ -9,11 +9,13 @@ parameter fields in ``PatientImplantPlannerParameterNode``, a ctkCollapsibleButt
 """
 
 import contextlib
+import enum
 import hashlib
 import json
 import logging
 import os
 import pathlib
+import re
 import traceback
 from typing import Annotated, Optional
 
@@ -44,13 +46,30 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from PatientImplantPlannerLib.errors import OutputExistsError, PlannerError
+from PatientImplantPlannerLib.errors import OutputExistsError, PlanError, PlannerError
 
 SAMPLE_CATEGORY = "PatientImplantPlanner"
 SAMPLE_NAME = "PatientImplantPlannerLumbarCT"
 SAMPLE_FILE = "example_ct.nii.gz"
-# Python packages the engine needs that Slicer does not bundle (numpy, scipy, SimpleITK and VTK are bundled).
-REQUIRED_PACKAGES = {"manifold3d": "manifold3d>=3.0"}
+# Python packages the engine needs that Slicer does not bundle (numpy, scipy, SimpleITK, VTK and Pillow are
+# bundled), by import name: manifold3d for exact mesh booleans, fpdf2 for the PDF design record.
+REQUIRED_PACKAGES = {"manifold3d": "manifold3d>=3.0", "fpdf": "fpdf2>=2.7"}
+# Keys of PatientImplantPlannerLib.screws.SCREW_CATALOGUE (the engine is not imported at module load; a test checks
+# that both lists agree).
+SCREW_TYPES = ["3.5 cancellous", "6.5 cancellous"]
+# Export part (PatientImplantPlannerLib.bundle.ALL_PARTS) -> parameter node field of its checkbox.
+EXPORT_PART_FIELDS = {
+    "implant": "exportImplant",
+    "variants": "exportVariants",
+    "lattice": "exportLattice",
+    "docking_guides": "exportDockingGuides",
+    "drill_guides": "exportDrillGuides",
+    "check_model": "exportCheckModel",
+    "bone_model": "exportBoneModel",
+    "report": "exportReport",
+}
+# Edits of the plan's markups or settings are applied this long after the last change (one redesign per burst).
+AUTO_UPDATE_DELAY_MS = 500
 
 
 #
@@ -76,6 +95,13 @@ the spine, and export printable, verified STL files with a design record.
 <b>Bone segmentation</b>: choose the CT, adjust the threshold (the slice views preview it live), place at least one
 seed point on the bone to keep and, in contrast CT, exclude points on vessels touching the spine; optionally restrict
 the work to an ROI. Then export the bone model as a binary STL (LPS by default) with a manifest.
+<br><br>
+<b>Levels and axis</b>: place one point in the body of the last healthy vertebra above the defect and one in the first
+below, name the levels, choose the placement and click <i>Design implant</i>. The spinal axis (curve), the endplates
+(planes) and the screws (lines) appear as markups in the plan's folder: drag them and the implant follows.
+<b>Implant</b>, <b>Screws</b>, <b>Variants</b>: strut profile and dimensions, screw type and layout, oversized
+variants; changes are applied automatically, and the measurements and screw tables show the result.
+<b>Export</b>: every selected printable part, verified, with a manifest and a design record, in a new folder.
 See the <a href="https://github.com/PatientImplantPlanner/SlicerPatientImplantPlanner">module documentation</a>.
 """)
         self.parent.acknowledgementText = _("""
@@ -150,8 +176,9 @@ def ensureDependencies() -> bool:
         logging.warning(f"Testing mode: not installing missing Python packages {missing}")
         return False
     text = _(
-        "Patient Implant Planner needs the Python package(s) {packages} for exact mesh operations "
-        "(Apache-2.0, a few MB, downloaded from the Python Package Index).\n\n"
+        "Patient Implant Planner needs the Python package(s) {packages}: manifold3d for exact mesh operations "
+        "(Apache-2.0) and fpdf2 for the PDF design record (LGPL-3.0); a few MB, downloaded from the Python Package "
+        "Index.\n\n"
         "Install now? Slicer may be unresponsive for up to a minute."
     ).format(packages=", ".join(missing))
     if not slicer.util.confirmOkCancelDisplay(text, windowTitle=_("Install Python packages")):
@@ -165,6 +192,28 @@ def ensureDependencies() -> bool:
 #
 # PatientImplantPlannerParameterNode
 #
+
+
+class Placement(enum.Enum):
+    """Where the strut lies (the engine's Plan.placement); ``label`` is what the combobox shows."""
+
+    axis = "axis"
+    anterior = "anterior"
+
+    def label(self) -> str:
+        return {"axis": _("Along the spinal axis"), "anterior": _("Against the anterior vertebral bodies")}[self.value]
+
+
+class StrutProfile(enum.Enum):
+    """Cross-section of the strut (the engine's ImplantParameters.profile)."""
+
+    circle = "circle"
+    rounded_rectangle = "rounded_rectangle"
+    curved_plate = "curved_plate"
+
+    def label(self) -> str:
+        return {"circle": _("Circle"), "rounded_rectangle": _("Rounded rectangle"),
+                "curved_plate": _("Curved plate")}[self.value]
 
 
 @parameterNodeWrapper
@@ -187,6 +236,29 @@ class PatientImplantPlannerParameterNode:
     show3D - show the bone surface in the 3D view after segmentation.
     exportFolder - folder for the bone STL and its manifest.
     coordinateSystem - coordinate system of the written STL (LPS is what most CAD/printing software expects).
+
+    Levels and axis:
+    proximalPoint, distalPoint - one point in the body of the last healthy vertebra above / first below the defect.
+    proximalLevel, distalLevel - their names (e.g. L1, L3), used in labels and the design record.
+    caseId - identifies the plan (its scene folder "Implant plan <case ID>") and names the exported files.
+    placement - strut along the spinal axis, or lying against the anterior vertebral bodies.
+    autoUpdate - redesign automatically after edits of the plan's markups or of implant/screw/variant settings.
+
+    Implant (engine ImplantParameters; ranges as its validate()):
+    implantProfile, diameterMm, widthMm, depthMm, cornerRadiusMm, plateCurvatureRadiusMm, offsetAnteriorMm,
+    offsetLateralMm, footplateFraction, footplateThicknessMm, porousLayerMm.
+
+    Screws (engine ScrewParameters): screwType (SCREW_CATALOGUE key), screwsPerEnd, holeClearanceMm, safetyMarginMm,
+    convergenceDeg.
+
+    Variants: variantsMm - extra lengths of the oversized variants, as typed ("2, 3, 4").
+
+    Export bundle (engine ExportParameters, LatticeParameters, GuideParameters):
+    bundleFolder - each export makes a new folder <case ID>_<date-time> in it.
+    bundleCoordinateSystem - coordinates of the written STL/3MF files.
+    exportStl, export3mf - file formats.
+    exportImplant ... exportReport - the parts to write (EXPORT_PART_FIELDS).
+    latticePoreSizeUm, latticePorosityPercent - porous layer targets; fitClearanceMm - drill guide fit.
     """
 
     # Bone segmentation
@@ -205,6 +277,55 @@ class PatientImplantPlannerParameterNode:
     show3D: bool = True
     exportFolder: pathlib.Path
     coordinateSystem: Annotated[str, Choice(["LPS", "RAS"])] = "LPS"
+
+    # Levels and axis
+    proximalPoint: vtkMRMLMarkupsFiducialNode
+    distalPoint: vtkMRMLMarkupsFiducialNode
+    proximalLevel: str = ""
+    distalLevel: str = ""
+    caseId: str = "CASE-001"
+    placement: Placement = Placement.axis
+    autoUpdate: bool = True
+
+    # Implant
+    implantProfile: StrutProfile = StrutProfile.circle
+    diameterMm: Annotated[float, WithinRange(1, 40)] = 12.0
+    widthMm: Annotated[float, WithinRange(1, 60)] = 10.0
+    depthMm: Annotated[float, WithinRange(1, 40)] = 5.0
+    cornerRadiusMm: Annotated[float, WithinRange(0, 20)] = 1.0
+    plateCurvatureRadiusMm: Annotated[float, WithinRange(1.5, 1000)] = 20.0
+    offsetAnteriorMm: Annotated[float, WithinRange(-50, 50)] = 0.0
+    offsetLateralMm: Annotated[float, WithinRange(-50, 50)] = 0.0
+    footplateFraction: Annotated[float, WithinRange(0.1, 1)] = 0.7
+    footplateThicknessMm: Annotated[float, WithinRange(0.5, 20)] = 3.0
+    porousLayerMm: Annotated[float, WithinRange(0, 20)] = 1.5
+
+    # Screws
+    screwType: Annotated[str, Choice(SCREW_TYPES)] = "3.5 cancellous"
+    screwsPerEnd: Annotated[int, WithinRange(1, 4)] = 2
+    holeClearanceMm: Annotated[float, WithinRange(0, 2)] = 0.25
+    safetyMarginMm: Annotated[float, WithinRange(0, 15)] = 2.0
+    convergenceDeg: Annotated[float, WithinRange(-15, 30)] = 10.0
+
+    # Variants
+    variantsMm: str = "2, 3, 4"
+
+    # Export bundle
+    bundleFolder: pathlib.Path
+    bundleCoordinateSystem: Annotated[str, Choice(["LPS", "RAS"])] = "LPS"
+    exportStl: bool = True
+    export3mf: bool = False
+    exportImplant: bool = True
+    exportVariants: bool = True
+    exportLattice: bool = True
+    exportDockingGuides: bool = True
+    exportDrillGuides: bool = True
+    exportCheckModel: bool = True
+    exportBoneModel: bool = True
+    exportReport: bool = True
+    latticePoreSizeUm: Annotated[float, WithinRange(300, 1000)] = 550.0
+    latticePorosityPercent: Annotated[float, WithinRange(50, 85)] = 70.0
+    fitClearanceMm: Annotated[float, WithinRange(0, 1)] = 0.2
 
 
 #
@@ -227,6 +348,22 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         # Volume whose display threshold we changed for the live preview, and its display settings before that.
         self._previewVolume = None
         self._previewSavedDisplay = None
+        # True while an engine call runs (its progress updates process GUI events: no second call meanwhile).
+        self._busy = False
+        # The designed plan shown by the planning panels: engine result and its scene nodes (not saved with the
+        # scene; a plan in the scene is regenerated from its nodes when needed).
+        self._planResult = None
+        self._planNodes = None
+        self._planInputs = None  # (CT, segmentation, segment ID) the shown plan was designed on
+        self._failedUpdate = None  # settings and markups of an update that failed: not retried automatically
+        self._designButtonToolTip = ""
+        self._designedSettings = None  # implant/screw/variant settings of the shown design
+        self._designedGeometry = None  # positions of the plan's markups when the design was made
+        self._screwsEdited = False  # the user moved a screw line since the design: keep screws on redesign
+        self._interacting = False  # a markups handle is being dragged: wait for the drop
+        self._planObservations = []  # [(node, event, method)]
+        self._regenerateTimer = None
+        self._lastBundle = None
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -249,6 +386,11 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self._setupBoneSegmentationPanel()
+        self._setupLevelsPanel()
+        self._setupImplantPanel()
+        self._setupScrewsPanel()
+        self._setupVariantsPanel()
+        self._setupExportBundlePanel()
         self._setupStatusArea()
 
         # Make sure parameter node is initialized (needed for module reload)
@@ -257,6 +399,7 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
         self._restoreThresholdPreview()
+        self._clearPlan()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -279,6 +422,7 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         # Parameter node will be reset, do not use it anymore
         self._previewVolume = None
         self._previewSavedDisplay = None
+        self._clearPlan()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -300,6 +444,8 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
                 self._parameterNode.inputVolume = firstVolumeNode
         if str(self._parameterNode.exportFolder) in ("", "."):
             self._parameterNode.exportFolder = pathlib.Path(slicer.app.defaultScenePath) / "PatientImplantPlanner"
+        if str(self._parameterNode.bundleFolder) in ("", "."):
+            self._parameterNode.bundleFolder = pathlib.Path(slicer.app.defaultScenePath) / "PatientImplantPlanner"
 
     def setParameterNode(self, inputParameterNode: Optional[PatientImplantPlannerParameterNode]) -> None:
         """
@@ -320,6 +466,10 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
         """Refresh what the parameter node binding does not cover: button states, previews. One call per panel."""
         self._updateBoneSegmentationPanel()
+        self._updateLevelsPanel()
+        self._updateImplantPanel()
+        self._updateExportBundlePanel()
+        self._scheduleUpdateIfSettingsChanged()
 
     #
     # Shared: progress bar, status line, engine calls with error display
@@ -328,6 +478,7 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
     def _setupStatusArea(self) -> None:
         self.ui.progressBar.hide()
         self.ui.statusLabel.text = ""
+        self._showWarnings([])
 
     def _onProgress(self, fraction: float, message: str) -> None:
         """Engine progress callback: update the bar and keep the GUI responsive."""
@@ -338,9 +489,25 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
     def _setStatus(self, text: str) -> None:
         self.ui.statusLabel.text = text
 
+    def _showWarnings(self, warnings) -> None:
+        """Warnings of the last design (or why an automatic update failed), in the orange line above the status."""
+        self.ui.planWarningsLabel.text = "\n".join(f"\u26a0 {w}" for w in warnings)
+        self.ui.planWarningsLabel.visible = bool(warnings)
+
+    def _dependenciesReady(self, what: str) -> bool:
+        if ensureDependencies():
+            return True
+        self._setStatus(_("{what} needs the Python packages {packages}; they are not installed.").format(
+            what=what, packages=", ".join(REQUIRED_PACKAGES.values())))
+        return False
+
     @contextlib.contextmanager
-    def _engineCall(self, failureMessage: str):
-        """Run an engine call with progress bar and wait cursor; show PlannerErrors as problem + fix, no traceback."""
+    def _engineCall(self, failureMessage: str, quiet: bool = False):
+        """Run an engine call with progress bar and wait cursor; show PlannerErrors as problem + fix, no traceback.
+
+        quiet: automatic updates report failures in the status and warnings lines only, never in a dialog.
+        """
+        self._busy = True
         self.ui.progressBar.value = 0
         self.ui.progressBar.show()
         slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
@@ -349,17 +516,22 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         except PlannerError as e:
             slicer.app.restoreOverrideCursor()
             self._setStatus(f"{failureMessage} {e.problem}")
-            slicer.util.errorDisplay(f"{e.problem}\n\n{e.fix}".strip(), windowTitle=failureMessage)
+            if quiet:
+                self._showWarnings([f"{e.problem} {e.fix}".strip()])
+            else:
+                slicer.util.errorDisplay(f"{e.problem}\n\n{e.fix}".strip(), windowTitle=failureMessage)
         except Exception as e:
             slicer.app.restoreOverrideCursor()
             logging.error(traceback.format_exc())
             self._setStatus(f"{failureMessage} {e}")
-            slicer.util.errorDisplay(f"{failureMessage}\n\n{e}", windowTitle=failureMessage,
-                                     detailedText=traceback.format_exc())
+            if not quiet:
+                slicer.util.errorDisplay(f"{failureMessage}\n\n{e}", windowTitle=failureMessage,
+                                         detailedText=traceback.format_exc())
         else:
             slicer.app.restoreOverrideCursor()
         finally:
             self.ui.progressBar.hide()
+            self._busy = False
 
     #
     # Panel: Bone segmentation
@@ -509,6 +681,379 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
                     stl=result.stl_path, triangles=result.check.n_triangles, cs=p.coordinateSystem,
                     manifest=os.path.basename(result.manifest_path)))
 
+    #
+    # Panel: Levels and axis (designs the plan that the following panels show and export)
+    #
+
+    def _setupLevelsPanel(self) -> None:
+        for selector, placeWidget in ((self.ui.proximalPointSelector, self.ui.proximalPointPlaceWidget),
+                                      (self.ui.distalPointSelector, self.ui.distalPointPlaceWidget)):
+            placeWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceSingleMarkup
+            selector.connect("nodeAddedByUser(vtkMRMLNode*)", self._onVertebraPointNodeAdded)
+        self._designButtonToolTip = self.ui.designImplantButton.toolTip
+        self.ui.designImplantButton.connect("clicked(bool)", self.onDesignImplantButton)
+        self.ui.updateImplantButton.connect("clicked(bool)", self.onUpdateImplantButton)
+        self._regenerateTimer = qt.QTimer()
+        self._regenerateTimer.setSingleShot(True)
+        self._regenerateTimer.setInterval(AUTO_UPDATE_DELAY_MS)
+        self._regenerateTimer.connect("timeout()", self._onRegenerateTimer)
+
+    @staticmethod
+    def _onVertebraPointNodeAdded(node) -> None:
+        # One point per vertebra: a point list made here takes no second point.
+        node.SetMaximumNumberOfControlPoints(1)
+
+    def _updateLevelsPanel(self) -> None:
+        p = self._parameterNode
+        if not p:
+            return
+        self.ui.proximalPointPlaceWidget.setCurrentNode(p.proximalPoint)
+        self.ui.distalPointPlaceWidget.setCurrentNode(p.distalPoint)
+        if not p.inputVolume:
+            missing = _("Select a CT volume first")
+        elif not self._boneSegmentAvailable():
+            missing = _("Segment the bone first")
+        elif not (p.proximalPoint and p.distalPoint):
+            missing = _("Select (or create) the proximal and distal vertebra points first")
+        else:
+            missing = ""
+        self.ui.designImplantButton.enabled = not missing
+        self.ui.designImplantButton.toolTip = missing or self._designButtonToolTip
+        self.ui.updateImplantButton.enabled = bool(p.inputVolume) and self._boneSegmentAvailable()
+
+    def _settingsSnapshot(self):
+        """The settings a redesign depends on besides the markups (a change triggers the automatic update)."""
+        p = self._parameterNode
+        if not p:
+            return None
+        return (p.placement, p.implantProfile, p.diameterMm, p.widthMm, p.depthMm, p.cornerRadiusMm,
+                p.plateCurvatureRadiusMm, p.offsetAnteriorMm, p.offsetLateralMm, p.footplateFraction,
+                p.footplateThicknessMm, p.porousLayerMm, p.screwType, p.screwsPerEnd, p.holeClearanceMm,
+                p.safetyMarginMm, p.convergenceDeg, p.variantsMm.strip())
+
+    def onDesignImplantButton(self) -> None:
+        """Design the implant from the two vertebra points and the current settings (a fresh plan for the case)."""
+        p = self._parameterNode
+        if self._busy or not self._dependenciesReady(_("Implant design")):
+            return
+        self._regenerateTimer.stop()
+        settings = self._settingsSnapshot()
+        with self._engineCall(_("Implant design failed.")):
+            self._setStatus(_("Designing implant..."))
+            plan = self.logic.planFromParameters(p)
+            inputs = (p.inputVolume, p.boneSegmentation, p.boneSegmentId)
+            result, nodes = self.logic.designImplant(*inputs, plan, progress=self._onProgress)
+            self._setPlan(result, nodes, inputs, settings, screwsEdited=False)
+            self._setPlanStatus(_("Implant designed."))
+        self._scheduleUpdateIfSettingsChanged()
+
+    def onUpdateImplantButton(self) -> None:
+        """Redesign the case's plan from its markups as they are in the scene, with the current settings."""
+        if self._busy or not self._dependenciesReady(_("Updating the implant")):
+            return
+        self._regenerateTimer.stop()
+        p = self._parameterNode
+        self._regenerate(p.caseId.strip(), (p.inputVolume, p.boneSegmentation, p.boneSegmentId), quiet=False)
+
+    def _onRegenerateTimer(self) -> None:
+        if self._planResult is None:
+            return
+        if self._busy or self._interacting:
+            self._regenerateTimer.start()  # try again when the running call or the drag is over
+            return
+        # The shown plan is updated on the CT and bone it was designed on, whatever is selected now.
+        self._regenerate(self._planResult.plan.case_id, self._planInputs, quiet=True)
+
+    def _regenerate(self, caseId: str, inputs: tuple, quiet: bool) -> None:
+        p = self._parameterNode
+        if not p:
+            return
+        attempt = self._updateAttempt()
+        done = False
+        with self._engineCall(_("Updating the implant failed."), quiet=quiet):
+            self._setStatus(_("Updating implant..."))
+            self._applyEdits(caseId, inputs)
+            self._setPlanStatus(_("Implant updated."))
+            done = True
+        if not done:
+            self._failedUpdate = attempt
+        self._scheduleUpdateIfSettingsChanged()
+
+    def _setPlanStatus(self, what: str) -> None:
+        result = self._planResult
+        status = f"{what} {self.logic.planSummary(result)}"
+        if result.warnings:
+            status += " " + _("Warnings: {warnings}").format(warnings=" ".join(result.warnings))
+        self._setStatus(status)
+
+    def _applyEdits(self, caseId: str, inputs: tuple):
+        """Redesign the case's plan from its scene nodes with the current settings and show it (inside an engine
+        call); returns (result, nodes)."""
+        p = self._parameterNode
+        settings = self._settingsSnapshot()
+        resetScrews = self._screwsShouldReset(caseId)
+        result, nodes = self.logic.regenerate(caseId, *inputs, progress=self._onProgress, resetScrews=resetScrews,
+                                              **self.logic.designSettings(p))
+        self._setPlan(result, nodes, inputs, settings, screwsEdited=self._screwsEdited and not resetScrews)
+        return result, nodes
+
+    def _updateAttempt(self):
+        """What an update is made from: settings and markups positions (an update that failed on exactly these is
+        not retried until one of them changes)."""
+        geometry = self.logic.planMarkupsGeometry(self._planNodes) if self._planNodes else None
+        return self._settingsSnapshot(), geometry
+
+    def _screwsShouldReset(self, caseId: str) -> bool:
+        """Lay the screws out again (defaults follow endplates and implant) unless the user placed them by hand;
+        a new number of screws per end always needs a new layout. A plan loaded with the scene keeps its screws."""
+        result = self._planResult
+        if result is None or result.plan.case_id != caseId:
+            return False
+        if self._parameterNode.screwsPerEnd != result.plan.screws.per_end:
+            return True
+        return not self._screwsEdited
+
+    def _setPlan(self, result, nodes, inputs, settings, screwsEdited: bool) -> None:
+        """Show a new design: keep it, observe its markups for edits, fill the result displays."""
+        self._planResult, self._planNodes, self._planInputs = result, nodes, inputs
+        self._failedUpdate = None
+        self._designedSettings = settings
+        self._screwsEdited = screwsEdited
+        self._interacting = False
+        self._observePlanNodes(nodes)
+        self._designedGeometry = self.logic.planMarkupsGeometry(nodes)
+        self._showPlanResults()
+
+    def _clearPlan(self) -> None:
+        if self._regenerateTimer is not None:
+            self._regenerateTimer.stop()
+        self._unobservePlanNodes()
+        self._planResult = self._planNodes = self._planInputs = self._failedUpdate = None
+        self._designedSettings = self._designedGeometry = None
+        self._screwsEdited = self._interacting = False
+        self._lastBundle = None
+        if hasattr(self, "ui"):
+            self._showPlanResults()
+            self.ui.bundleResultLabel.text = ""
+            self.ui.openReportButton.enabled = False
+
+    def _scheduleUpdateIfSettingsChanged(self) -> None:
+        p = self._parameterNode
+        if (p and p.autoUpdate and self._planResult is not None and not self._busy
+                and self._settingsSnapshot() != self._designedSettings
+                and self._updateAttempt() != self._failedUpdate):
+            self._regenerateTimer.start()  # restarts a running countdown: one redesign per burst of changes
+
+    # Edits of the plan's markups (axis curve, endplate planes, screw lines)
+
+    def _observePlanNodes(self, nodes) -> None:
+        self._unobservePlanNodes()
+        markups = slicer.vtkMRMLMarkupsNode
+        events = (
+            (markups.PointModifiedEvent, self._onPlanMarkupsModified),
+            (markups.PointAddedEvent, self._onPlanMarkupsModified),
+            (markups.PointRemovedEvent, self._onPlanMarkupsModified),
+            (markups.PointStartInteractionEvent, self._onPlanInteractionStart),
+            (markups.PointEndInteractionEvent, self._onPlanInteractionEnd),
+        )
+        for node in [nodes.axis, nodes.proximal_endplate, nodes.distal_endplate, *nodes.screws]:
+            if node is None:
+                continue
+            observed = list(events)
+            if node in (nodes.proximal_endplate, nodes.distal_endplate):
+                # A plane's normal typed in the Markups module changes the node without a point event.
+                observed.append((vtk.vtkCommand.ModifiedEvent, self._onPlanMarkupsModified))
+            for event, method in observed:
+                self.addObserver(node, event, method)
+                self._planObservations.append((node, event, method))
+
+    def _unobservePlanNodes(self) -> None:
+        for node, event, method in self._planObservations:
+            self.removeObserver(node, event, method)
+        self._planObservations = []
+
+    def _onPlanInteractionStart(self, caller=None, event=None) -> None:
+        self._interacting = True
+
+    def _onPlanInteractionEnd(self, caller=None, event=None) -> None:
+        self._interacting = False
+        self._onPlanMarkupsModified(caller, event)
+
+    def _onPlanMarkupsModified(self, caller=None, event=None) -> None:
+        """A markups node of the plan changed: redesign (debounced) if its geometry really moved.
+
+        Selecting or renaming a point fires the same events; comparing positions ignores those, and our own
+        redesign (which rewrites the nodes) runs while busy.
+        """
+        if self._busy or self._interacting or self._planNodes is None:
+            return
+        geometry = self.logic.planMarkupsGeometry(self._planNodes)
+        if geometry == self._designedGeometry:
+            return
+        if geometry["screws"] != self._designedGeometry["screws"]:
+            self._screwsEdited = True
+        p = self._parameterNode
+        if p and p.autoUpdate:
+            if (self._settingsSnapshot(), geometry) != self._failedUpdate:
+                self._regenerateTimer.start()
+        else:
+            self._setStatus(_("The plan's markups were edited: click 'Update implant from edits' to redesign."))
+
+    # Result displays of the implant, screws and variants panels
+
+    def _showPlanResults(self) -> None:
+        result, nodes = self._planResult, self._planNodes
+        self.ui.implantSummaryLabel.text = self.logic.planSummary(result) if result else ""
+        self.ui.measurementsTableView.setMRMLTableNode(nodes.table if nodes else None)
+        rows = self.logic.screwRows(result) if result else []
+        table = self.ui.screwsTableWidget
+        table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for c, text in enumerate(row):
+                table.setItem(r, c, qt.QTableWidgetItem(text))
+        self._fillVisibleModelComboBox()
+        self._showWarnings(list(result.warnings) if result else [])
+
+    #
+    # Panel: Implant
+    #
+
+    def _setupImplantPanel(self) -> None:
+        self.ui.implantSummaryLabel.text = ""
+
+    def _updateImplantPanel(self) -> None:
+        """Enable the dimensions the chosen profile uses; the anterior offset is computed for anterior placement."""
+        p = self._parameterNode
+        if not p:
+            return
+        profile = p.implantProfile
+        self.ui.diameterSpinBox.enabled = profile == StrutProfile.circle
+        self.ui.widthSpinBox.enabled = profile != StrutProfile.circle
+        self.ui.depthSpinBox.enabled = profile != StrutProfile.circle
+        self.ui.cornerRadiusSpinBox.enabled = profile == StrutProfile.rounded_rectangle
+        self.ui.plateCurvatureRadiusSpinBox.enabled = profile == StrutProfile.curved_plate
+        self.ui.offsetAnteriorSpinBox.enabled = p.placement != Placement.anterior
+
+    #
+    # Panel: Screws
+    #
+
+    def _setupScrewsPanel(self) -> None:
+        table = self.ui.screwsTableWidget
+        table.setColumnCount(4)
+        table.setHorizontalHeaderLabels([_("Screw"), _("Length (mm)"), _("> 250 HU (%)"), _("Breach")])
+        table.verticalHeader().visible = False
+        table.horizontalHeader().setStretchLastSection(True)
+
+    #
+    # Panel: Variants
+    #
+
+    def _setupVariantsPanel(self) -> None:
+        self.ui.visibleModelComboBox.connect("currentIndexChanged(int)", self.onVisibleModelChanged)
+        self._fillVisibleModelComboBox()
+
+    def _fillVisibleModelComboBox(self) -> None:
+        """One entry per implant size of the shown plan (nominal first); keeps the size the user chose."""
+        combo = self.ui.visibleModelComboBox
+        labels = list(self._planNodes.models) if self._planNodes else []
+        current = combo.currentText
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        for label in labels:
+            combo.addItem(label)
+        combo.currentIndex = labels.index(current) if current in labels else 0
+        combo.blockSignals(wasBlocked)
+        combo.enabled = bool(labels)
+        if labels:
+            self.logic.showImplantSize(self._planNodes, combo.currentText)
+
+    def onVisibleModelChanged(self, index: int) -> None:
+        if self._planNodes and index >= 0:
+            self.logic.showImplantSize(self._planNodes, self.ui.visibleModelComboBox.currentText)
+
+    #
+    # Panel: Export bundle
+    #
+
+    def _setupExportBundlePanel(self) -> None:
+        self.ui.exportBundleButton.connect("clicked(bool)", self.onExportBundleButton)
+        self.ui.openReportButton.connect("clicked(bool)", self.onOpenReportButton)
+        self.ui.bundleResultLabel.text = ""
+        self.ui.openReportButton.enabled = False
+
+    def _updateExportBundlePanel(self) -> None:
+        p = self._parameterNode
+        if not p:
+            return
+        if not (p.inputVolume and self._boneSegmentAvailable()):
+            missing = _("Segment the bone and design the implant first")
+        elif str(p.bundleFolder) in ("", "."):
+            missing = _("Choose an output folder first")
+        else:
+            missing = ""
+        self.ui.exportBundleButton.enabled = not missing
+        self.ui.exportBundleButton.toolTip = missing or _(
+            "Write every selected part of case '{case}', verified, with a manifest, the plan, its markups and the "
+            "bone segmentation, into a new folder.").format(case=p.caseId.strip())
+        self.ui.latticePoreSizeSpinBox.enabled = p.exportLattice
+        self.ui.latticePorositySpinBox.enabled = p.exportLattice
+        self.ui.fitClearanceSpinBox.enabled = p.exportDrillGuides
+
+    def _currentPlan(self):
+        """(result, nodes) of the designed plan of the case ID in the panel, up to date with the scene; the plan's
+        CT and bone are then in self._planInputs.
+
+        A pending automatic update runs first; a plan loaded with the scene (no design in this session) is
+        regenerated from its nodes.
+        """
+        p = self._parameterNode
+        caseId = p.caseId.strip()
+        pending = self._regenerateTimer.isActive()
+        self._regenerateTimer.stop()
+        result = self._planResult
+        if result is not None and result.plan.case_id == caseId and not pending:
+            return result, self._planNodes
+        if not self.logic.hasPlan(caseId):
+            raise PlanError(_("No implant is designed for case '{case}'.").format(case=caseId),
+                            _("Click 'Design implant' first, or type the case ID of a plan in the scene."))
+        self._setStatus(_("Updating implant..."))
+        if result is not None and result.plan.case_id == caseId:
+            inputs = self._planInputs
+        else:
+            inputs = (p.inputVolume, p.boneSegmentation, p.boneSegmentId)
+        return self._applyEdits(caseId, inputs)
+
+    def onExportBundleButton(self) -> None:
+        """Write the export bundle of the case's plan into a new folder."""
+        p = self._parameterNode
+        if self._busy or not self._dependenciesReady(_("Export")):
+            return
+        with self._engineCall(_("Export failed.")):
+            exportParams, latticeParams, guideParams = self.logic.bundleParameters(p)
+            result, nodes = self._currentPlan()
+            self._setStatus(_("Exporting bundle..."))
+            bundle = self.logic.exportBundle(
+                result, nodes, *self._planInputs, str(p.bundleFolder),
+                exportParams, latticeParams, guideParams, progress=self._onProgress,
+                segmentationRecord=json.loads(p.boneSegmentationRecord or "{}") or None)
+            self._lastBundle = bundle
+            self.ui.bundleResultLabel.text = _("{files} files in {folder}").format(files=len(bundle.files),
+                                                                                   folder=bundle.folder)
+            self.ui.openReportButton.text = _("Open design record") if bundle.report_html else _("Open folder")
+            self.ui.openReportButton.enabled = True
+            self._setStatus(_("Exported {files} verified files ({cs}) to {folder}.").format(
+                files=len(bundle.files), cs=exportParams.coordinate_system, folder=bundle.folder))
+        self._scheduleUpdateIfSettingsChanged()
+
+    def onOpenReportButton(self) -> None:
+        """Open the design record of the last export (or its folder) with the system's default application."""
+        bundle = self._lastBundle
+        if bundle is None:
+            return
+        target = bundle.report_html if bundle.report_html and os.path.isfile(bundle.report_html) else bundle.folder
+        qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(target))
+
 
 #
 # PatientImplantPlannerLogic
@@ -581,6 +1126,229 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
                                  coordinate_system=coordinateSystem, overwrite=overwrite, parameters=parameters,
                                  progress=progress)
 
+    # Implant plan
+
+    @staticmethod
+    def parseVariants(text: str) -> list:
+        """Extra lengths of the oversized variants from text such as "2, 3, 4" or "+2 mm; +3 mm" (empty: none)."""
+        tokens = [t for t in re.split(r"[,;\s]+", (text or "").replace("mm", " ")) if t]
+        try:
+            return [float(t) for t in tokens]
+        except ValueError:
+            raise PlanError(
+                _("The variant lengths '{text}' are not numbers.").format(text=text),
+                _("Type the extra lengths in mm separated by commas, e.g. 2, 3, 4 (leave empty for no variants)."),
+            ) from None
+
+    @staticmethod
+    def vertebraPoint(node, which: str) -> list:
+        """RAS position of the first control point of a point list; PlanError naming the fix if there is none."""
+        if node is None or node.GetNumberOfControlPoints() < 1:
+            raise PlanError(_("No {which} vertebra point is placed.").format(which=which),
+                            _("Place a point in the body of the {which} vertebra (Levels and axis panel).").format(
+                                which=which))
+        position = [0.0, 0.0, 0.0]
+        node.GetNthControlPointPositionWorld(0, position)
+        return [float(x) for x in position]
+
+    @staticmethod
+    def implantParameters(p):
+        """Engine ImplantParameters from the parameter node."""
+        from PatientImplantPlannerLib.implant import ImplantParameters
+
+        return ImplantParameters(
+            profile=p.implantProfile.value,
+            diameter_mm=float(p.diameterMm),
+            width_mm=float(p.widthMm),
+            depth_mm=float(p.depthMm),
+            corner_radius_mm=float(p.cornerRadiusMm),
+            plate_curvature_radius_mm=float(p.plateCurvatureRadiusMm),
+            offset_anterior_mm=float(p.offsetAnteriorMm),
+            offset_lateral_mm=float(p.offsetLateralMm),
+            footplate_fraction=float(p.footplateFraction),
+            footplate_thickness_mm=float(p.footplateThicknessMm),
+            porous_layer_mm=float(p.porousLayerMm),
+        )
+
+    @staticmethod
+    def screwParameters(p):
+        """Engine ScrewParameters from the parameter node."""
+        from PatientImplantPlannerLib.screws import ScrewParameters
+
+        return ScrewParameters(
+            screw_type=p.screwType,
+            per_end=int(p.screwsPerEnd),
+            hole_clearance_mm=float(p.holeClearanceMm),
+            safety_margin_mm=float(p.safetyMarginMm),
+            convergence_deg=float(p.convergenceDeg),
+        )
+
+    def designSettings(self, p) -> dict:
+        """The settings a redesign applies on top of the plan in the scene (keyword arguments of regenerate())."""
+        return {
+            "implant": self.implantParameters(p),
+            "screws": self.screwParameters(p),
+            "variantsMm": self.parseVariants(p.variantsMm),
+            "placement": p.placement.value,
+        }
+
+    def planFromParameters(self, p):
+        """A validated engine Plan from the parameter node: vertebra points and names, case ID, placement, implant,
+        screws, variants, and the bone segmentation parameters that made the bone segment (for the record)."""
+        from PatientImplantPlannerLib.bonesegmentation import BoneSegmentationParameters
+        from PatientImplantPlannerLib.plan import Plan
+
+        caseId = (p.caseId or "").strip()
+        if not caseId:
+            raise PlanError(_("The case ID is empty."), _("Type a case ID (it names the plan and exported files)."))
+        settings = self.designSettings(p)
+        plan = Plan(
+            case_id=caseId,
+            proximal_level=(p.proximalLevel or "").strip(),
+            distal_level=(p.distalLevel or "").strip(),
+            proximal_point_ras=self.vertebraPoint(p.proximalPoint, _("proximal")),
+            distal_point_ras=self.vertebraPoint(p.distalPoint, _("distal")),
+            implant=settings["implant"],
+            screws=settings["screws"],
+            variants_mm=settings["variantsMm"],
+            placement=settings["placement"],
+        )
+        record = json.loads(p.boneSegmentationRecord or "{}").get("bone_segmentation")
+        if record:
+            plan.segmentation = BoneSegmentationParameters.from_dict(record)
+        plan.validate()
+        return plan
+
+    def designImplant(self, ctNode, segNode, segmentId: str, plan, progress=None):
+        """Design the plan's implant and create/update its nodes in the scene; returns (PlanResult, PlanNodes).
+        The scene is not touched if the design fails."""
+        from PatientImplantPlannerLib import workflow
+
+        return workflow.design_in_scene(self.context(), ctNode, segNode, segmentId, plan, progress=progress)
+
+    def regenerate(self, caseId: str, ctNode, segNode, segmentId: str, progress=None, implant=None, screws=None,
+                   variantsMm=None, placement=None, resetScrews: bool = False):
+        """Redesign the plan of ``caseId`` from its nodes in the scene, with the user's edits of axis, endplates and
+        screws; returns (PlanResult, PlanNodes).
+
+        implant, screws, variantsMm, placement: new settings replacing the plan's (None keeps them).
+        resetScrews: lay the screws out again instead of keeping the screw lines in the scene.
+        """
+        from PatientImplantPlannerLib import workflow
+        from PatientImplantPlannerLib.planscene import plan_from_scene
+
+        ctx = self.context()
+        settings = {"implant": implant, "screws": screws, "variants_mm": variantsMm, "placement": placement}
+        if not resetScrews and all(value is None for value in settings.values()):
+            return workflow.regenerate_in_scene(ctx, caseId, ctNode, segNode, segmentId, progress=progress)
+        plan = plan_from_scene(ctx, caseId, read_edits=True)
+        for name, value in settings.items():
+            if value is not None:
+                setattr(plan, name, value)
+        if resetScrews:
+            plan.trajectories = None
+        return workflow.design_in_scene(ctx, ctNode, segNode, segmentId, plan, progress=progress)
+
+    def hasPlan(self, caseId: str) -> bool:
+        """Whether the scene holds a plan folder for this case ID."""
+        from PatientImplantPlannerLib.planscene import find_plan_folder
+
+        return bool(find_plan_folder(self.context(), caseId))
+
+    @staticmethod
+    def planSummary(result) -> str:
+        """One line on the nominal implant: length, mass, stiffness against a 5.5 mm Ti rod, bone interference."""
+        m = result.measurements
+        return _(
+            "Length {length:.1f} mm, mass {mass:.1f} g, stiffness vs 5.5 mm Ti rod: axial {axial:.1f}x, bending "
+            "{bending:.1f}x; bone interference {interference:.0f} mm³."
+        ).format(length=m["length_mm"], mass=m["mass_g"], axial=m["axial_stiffness_ratio"],
+                 bending=m["bending_stiffness_ratio"], interference=m["interference_mm3"])
+
+    @staticmethod
+    def screwRows(result) -> list:
+        """[(name, length mm, % of the screw in bone above 250 HU, breach)] as display text, one row per screw."""
+        rows = []
+        for screw in result.measurements.get("screws", []):
+            rows.append((
+                screw["trajectory"]["name"],
+                f"{screw['length_mm']:g}",
+                f"{100.0 * screw['grade'].get('gt250', 0.0):.0f}",
+                _("yes") if screw["breach"] else _("no"),
+            ))
+        return rows
+
+    @staticmethod
+    def planMarkupsGeometry(nodes) -> dict:
+        """Positions of the plan's editable markups (axis, endplate planes, screw lines), to tell real edits from
+        events that move nothing (selection, renaming)."""
+
+        def points(node):
+            if node is None:
+                return ()
+            out = []
+            for i in range(node.GetNumberOfControlPoints()):
+                position = [0.0, 0.0, 0.0]
+                node.GetNthControlPointPositionWorld(i, position)
+                out.append(tuple(round(x, 4) for x in position))
+            return tuple(out)
+
+        def plane(node):
+            if node is None:
+                return ()
+            centre, x, y, z = [0.0] * 3, [0.0] * 3, [0.0] * 3, [0.0] * 3
+            node.GetCenterWorld(centre)
+            node.GetAxesWorld(x, y, z)
+            return tuple(round(v, 5) for v in (*centre, *x, *y, *z))
+
+        return {
+            "axis": points(nodes.axis),
+            "endplates": (plane(nodes.proximal_endplate), plane(nodes.distal_endplate)),
+            "screws": tuple(points(line) for line in nodes.screws),
+        }
+
+    @staticmethod
+    def showImplantSize(nodes, label: str) -> None:
+        """Show the implant model of one size ("nominal", "+2 mm", ...) and hide the others (they overlap)."""
+        for key, model in nodes.models.items():
+            display = model.GetDisplayNode()
+            if display is not None:
+                display.SetVisibility(key == label)
+
+    # Export bundle
+
+    @staticmethod
+    def bundleParameters(p) -> tuple:
+        """(ExportParameters, LatticeParameters, GuideParameters) from the parameter node, validated."""
+        from PatientImplantPlannerLib.bundle import ALL_PARTS, ExportParameters
+        from PatientImplantPlannerLib.guides import GuideParameters
+        from PatientImplantPlannerLib.lattice import LatticeParameters
+
+        formats = tuple(fmt for fmt, on in (("stl", p.exportStl), ("3mf", p.export3mf)) if on)
+        if not formats:
+            raise PlannerError(_("No file format is selected for the export."), _("Tick STL and/or 3MF."))
+        parts = tuple(part for part in ALL_PARTS if getattr(p, EXPORT_PART_FIELDS[part]))
+        if not parts:
+            raise PlannerError(_("No part is selected for the export."), _("Tick at least one part to export."))
+        exportParams = ExportParameters(coordinate_system=p.bundleCoordinateSystem, formats=formats, parts=parts)
+        latticeParams = LatticeParameters(pore_size_um=float(p.latticePoreSizeUm),
+                                          porosity=float(p.latticePorosityPercent) / 100.0)
+        guideParams = GuideParameters(fit_clearance_mm=float(p.fitClearanceMm))
+        for params in (exportParams, latticeParams, guideParams):
+            params.validate()
+        return exportParams, latticeParams, guideParams
+
+    def exportBundle(self, result, nodes, ctNode, segNode, segmentId: str, outParent: str, exportParams=None,
+                     latticeParams=None, guideParams=None, progress=None, segmentationRecord=None):
+        """Write the export bundle of a designed plan into a new folder in ``outParent``; returns the BundleResult
+        (folder, manifest_path, files, report_html, ...)."""
+        from PatientImplantPlannerLib import workflow
+
+        return workflow.export_in_scene(
+            self.context(), result, nodes, ctNode, segNode, segmentId, out_parent=outParent,
+            export_params=exportParams, lattice_params=latticeParams, guide_params=guideParams,
+            segmentation_record=segmentationRecord, progress=progress)
+
 
 #
 # PatientImplantPlannerTest
@@ -604,6 +1372,10 @@ class PatientImplantPlannerTest(ScriptedLoadableModuleTest):
         self.test_BoneSegmentationPhantom()
         self.setUp()
         self.test_LoadSampleCT()
+        self.setUp()
+        self.test_DesignImplantPhantom()
+        self.setUp()
+        self.test_ExportBundlePhantom()
 
     def test_BoneSegmentationPhantom(self):
         """Segment a small synthetic spine from a seed per vertebra, compare with the phantom's bone, export it."""
@@ -669,4 +1441,116 @@ class PatientImplantPlannerTest(ScriptedLoadableModuleTest):
         registerSampleData()
         sampleNode = SampleData.downloadSample(SAMPLE_NAME)
         self.assertEqual(sampleNode.GetImageData().GetDimensions(), (122, 101, 112))
+        self.delayDisplay("Test passed")
+
+    def _designPhantomImplant(self, caseId: str):
+        """Segment a 3-level phantom and design a curved plate against the anterior bodies from L1 to L3, through
+        the logic and the parameter node as the GUI does. Returns (logic, parameters, ct, bone, result, nodes)."""
+        from PatientImplantPlannerLib.phantom import make_spine_phantom
+
+        logic = PatientImplantPlannerLogic()
+        levels = ("L1", "L2", "L3")
+        phantom = make_spine_phantom(spacing=1.0, levels=levels)
+        ctNode = phantom.add_to_scene(logic.context(), "PhantomCT")
+        seeds = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "BoneSeeds")
+        for level in levels:
+            seeds.AddControlPoint(vtk.vtkVector3d(*phantom.body_point(level)))
+        bone = logic.segmentBone(ctNode, logic.boneSegmentationParameters(seedNode=seeds))
+
+        p = logic.getParameterNode()
+        for name, level in (("proximal", "L1"), ("distal", "L3")):
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", f"{name} vertebra")
+            node.AddControlPoint(vtk.vtkVector3d(*phantom.body_point(level)))
+            setattr(p, f"{name}Point", node)
+            setattr(p, f"{name}Level", level)
+        p.caseId = caseId
+        p.placement = Placement.anterior
+        p.implantProfile = StrutProfile.curved_plate
+        p.widthMm, p.depthMm = 10.0, 5.0
+        p.variantsMm = "2, 3, 4"
+        plan = logic.planFromParameters(p)
+        self.assertEqual(plan.variants_mm, [2.0, 3.0, 4.0])
+        self.assertEqual((plan.placement, plan.implant.profile), ("anterior", "curved_plate"))
+
+        fractions = []
+        result, nodes = logic.designImplant(ctNode, bone.segmentation_node, bone.segment_id, plan,
+                                            progress=lambda f, m: fractions.append(f))
+        self.assertTrue(fractions and fractions[-1] >= 0.99)
+        return logic, p, ctNode, bone, result, nodes
+
+    def test_DesignImplantPhantom(self):
+        """Design on a phantom: closed nominal model, three longer variants, screws, and a redesign that follows a
+        dragged endplate."""
+        import numpy as np
+
+        from PatientImplantPlannerLib.mesh import check_mesh, from_polydata
+
+        with self.assertRaises(PlannerError):
+            PatientImplantPlannerLogic.parseVariants("2, three")
+        self.assertEqual(PatientImplantPlannerLogic.parseVariants("+2 mm; 3"), [2.0, 3.0])
+
+        self.delayDisplay("Designing an implant on a spine phantom")
+        logic, p, ctNode, bone, result, nodes = self._designPhantomImplant("SELFTEST-DESIGN")
+        self.assertEqual(set(nodes.models), {"nominal", "+2 mm", "+3 mm", "+4 mm"})
+        check = check_mesh(from_polydata(nodes.models["nominal"].GetPolyData()))
+        self.assertTrue(check.ok, check.problems)
+        self.assertTrue(check.watertight and check.manifold)
+        self.assertAlmostEqual(check.volume_mm3, result.nominal.mesh.volume(), delta=1.0)
+        for extra in (2.0, 3.0, 4.0):
+            self.assertAlmostEqual(result.variants[extra].length_mm - result.nominal.length_mm, extra, delta=0.1)
+        self.assertEqual(len(logic.screwRows(result)), 4)
+        self.assertIn("mm", logic.planSummary(result))
+        self.assertGreater(nodes.table.GetNumberOfRows(), 8)
+        logic.showImplantSize(nodes, "+3 mm")
+        visible = {k for k, m in nodes.models.items() if m.GetDisplayNode().GetVisibility()}
+        self.assertEqual(visible, {"+3 mm"})
+
+        self.delayDisplay("Dragging the distal endplate 1.5 mm and redesigning")
+        before = logic.planMarkupsGeometry(nodes)
+        nodes.screws[0].SetNthControlPointSelected(0, False)  # fires PointModifiedEvent but moves nothing
+        self.assertEqual(logic.planMarkupsGeometry(nodes), before)
+        centre = np.zeros(3)
+        nodes.distal_endplate.GetCenterWorld(centre)
+        nodes.distal_endplate.SetCenterWorld(*(centre - 1.5 * result.distal_endplate.normal))
+        self.assertNotEqual(logic.planMarkupsGeometry(nodes)["endplates"], before["endplates"])
+        self.assertEqual(logic.planMarkupsGeometry(nodes)["screws"], before["screws"])
+        nodeCount = slicer.mrmlScene.GetNumberOfNodes()
+        edited, editedNodes = logic.regenerate(p.caseId, ctNode, bone.segmentation_node, bone.segment_id,
+                                               resetScrews=True, **logic.designSettings(p))
+        self.assertAlmostEqual(edited.nominal.length_mm - result.nominal.length_mm, 1.5, delta=0.1)
+        self.assertEqual(editedNodes.models["nominal"].GetID(), nodes.models["nominal"].GetID())
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodeCount)
+        self.delayDisplay("Test passed")
+
+    def test_ExportBundlePhantom(self):
+        """Export a phantom plan (no lattice, no report: quick) and check the manifest lists every file written."""
+        import tempfile
+
+        from PatientImplantPlannerLib.manifest import verify_manifest
+
+        self.delayDisplay("Designing an implant on a spine phantom")
+        logic, p, ctNode, bone, result, nodes = self._designPhantomImplant("SELFTEST-EXPORT")
+        p.exportLattice = False
+        p.exportReport = False
+        exportParams, latticeParams, guideParams = logic.bundleParameters(p)
+        self.assertNotIn("lattice", exportParams.parts)
+        self.assertNotIn("report", exportParams.parts)
+
+        self.delayDisplay("Exporting the bundle")
+        with tempfile.TemporaryDirectory() as outParent:
+            bundle = logic.exportBundle(result, nodes, ctNode, bone.segmentation_node, bone.segment_id, outParent,
+                                        exportParams, latticeParams, guideParams)
+            self.assertEqual(os.path.dirname(bundle.folder), outParent)
+            with open(bundle.manifest_path, encoding="utf-8") as f:
+                manifest = json.load(f)
+            listed = {entry["file"] for entry in manifest["files"]}
+            written = set(os.listdir(bundle.folder)) - {os.path.basename(bundle.manifest_path)}
+            self.assertEqual(listed, written)
+            self.assertEqual(verify_manifest(bundle.manifest_path), [])
+            implants = sorted(e["file"] for e in manifest["files"] if e["role"].startswith("implant"))
+            self.assertEqual(implants, [f"SELFTEST-EXPORT_implant_{size}_Ti6Al4V.stl"
+                                        for size in ("nominal", "plus2mm", "plus3mm", "plus4mm")])
+            self.assertTrue(any("drill guide" in e["role"] for e in manifest["files"]))
+            self.assertIsNone(bundle.report_html)
+            self.assertEqual(bundle.lattice, [])
         self.delayDisplay("Test passed")

@@ -46,8 +46,8 @@ SLICER_TOP_LEVEL = {"slicer", "qt", "ctk", "vtk"}
 SLICER_IN_FUNCTIONS = SLICER_TOP_LEVEL | {"SampleData", "numpy", "scipy", "SimpleITK", ENGINE}
 # The engine module that is safe at top level: it has no third-party imports.
 ENGINE_TOP_LEVEL = {f"{ENGINE}.errors"}
-# Installed on first use by ensureDependencies() only.
-FIRST_USE_PACKAGES = {"manifold3d"}
+# Installed on first use by ensureDependencies() only (import names).
+FIRST_USE_PACKAGES = {"manifold3d", "fpdf"}
 
 EXTENSION_FIELDS = (
     "EXTENSION_HOMEPAGE",
@@ -107,6 +107,15 @@ def ui_widget_property(ui_path, widget_name, prop):
             for p in w.findall("property"):
                 if p.get("name") == prop and len(p):
                     return (p[0].text or "").strip()
+    return None
+
+
+def ui_combo_items(ui_path, widget_name):
+    """Texts of the items a QComboBox lists in the .ui."""
+    root = ET.parse(ui_path).getroot()
+    for w in root.iter("widget"):
+        if w.get("name") == widget_name:
+            return [(item.findtext("property/string") or "") for item in w.findall("item")]
     return None
 
 
@@ -209,10 +218,20 @@ def _annotation_calls(annotation):
     return {n.func.id for n in ast.walk(annotation) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
 
 
-def connector_problem(widget_class, annotation):
+def module_enums(py_path):
+    """Names of the enum.Enum subclasses defined at the module's top level."""
+    return {
+        node.name
+        for node in _tree(py_path).body
+        if isinstance(node, ast.ClassDef) and any(ast.unparse(b) in ("enum.Enum", "Enum") for b in node.bases)
+    }
+
+
+def connector_problem(widget_class, annotation, enums=frozenset()):
     """Why Slicer's parameterNodeWrapper could not connect this widget class to this field type (None if it can).
 
     Mirrors the canRepresent() rules of slicer/parameterNodeWrapper/guiConnectors.py, which match exact classes.
+    ``enums``: names of Enum classes (a QComboBox shows their members, with their ``label()`` if defined).
     """
     base = _base_type(annotation)
     calls = _annotation_calls(annotation)
@@ -228,7 +247,7 @@ def connector_problem(widget_class, annotation):
         "QSlider": (base == "int", "int"),
         "ctkPathLineEdit": (base in ("Path", "PurePath", "PosixPath", "WindowsPath"), "pathlib.Path"),
         "ctkDirectoryButton": (base in ("Path", "PurePath", "PosixPath", "WindowsPath"), "pathlib.Path"),
-        "QComboBox": (base in ("str", "int", "float", "bool") and "Choice" in calls,
+        "QComboBox": ((base in ("str", "int", "float", "bool") and "Choice" in calls) or base in enums,
                       "Annotated[str, Choice([...])] (or an Enum)"),
         "QLineEdit": (base == "str", "str"),
         "QLabel": (base == "str", "str"),
@@ -251,11 +270,12 @@ def check_parameter_bindings(py_path, ui_path):
     if not fields:
         return ["no @parameterNodeWrapper class with annotated fields in the module"]
     bindings, problems = ui_parameter_bindings(ui_path)
+    enums = module_enums(py_path)
     for pname, (wname, wclass) in sorted(bindings.items()):
         if pname not in fields:
             problems.append(f"{wname} has SlicerParameterName {pname!r}, which is not a parameter node field")
             continue
-        reason = connector_problem(wclass, fields[pname][0])
+        reason = connector_problem(wclass, fields[pname][0], enums)
         if reason:
             problems.append(f"{wname} -> {pname}: {reason}")
     source = _read(py_path)
@@ -266,12 +286,16 @@ def check_parameter_bindings(py_path, ui_path):
     return problems
 
 
+# Qt's default (minimum, maximum) of spin boxes, for range properties the .ui leaves unset.
+SPIN_BOX_DEFAULT_RANGE = {"QDoubleSpinBox": (0.0, 99.99), "ctkDoubleSpinBox": (0.0, 99.99), "QSpinBox": (0, 99)}
+
+
 def check_ui_defaults_match_fields(py_path, ui_path):
     """The .ui shows the same defaults as the parameter node (Designer previews and a fresh scene agree)."""
     fields = parameter_fields(py_path)
     bindings, _ = ui_parameter_bindings(ui_path)
     problems = []
-    for pname, (wname, _wclass) in bindings.items():
+    for pname, (wname, wclass) in bindings.items():
         if pname not in fields:
             continue
         annotation, default = fields[pname]
@@ -280,10 +304,24 @@ def check_ui_defaults_match_fields(py_path, ui_path):
             shown = ui_widget_property(ui_path, wname, "checked") or "false"
             if (shown == "true") != bool(default.value):
                 problems.append(f"{wname} is checked={shown} in the .ui, the default of {pname} is {default.value}")
-        elif base == "float" and isinstance(default, ast.Constant):
+        elif base in ("float", "int") and isinstance(default, ast.Constant):
             shown = ui_widget_property(ui_path, wname, "value")
             if shown is None or float(shown) != float(default.value):
                 problems.append(f"{wname} shows value {shown} in the .ui, the default of {pname} is {default.value}")
+            bounds = [c for c in ast.walk(annotation) if isinstance(c, ast.Call) and getattr(c.func, "id", "") ==
+                      "WithinRange"]
+            if bounds and wclass in SPIN_BOX_DEFAULT_RANGE:
+                # The connector sets the widget's range from WithinRange; the .ui should preview the same range
+                # (an unset property is the Qt default).
+                lo, hi = (float(ast.literal_eval(a)) for a in bounds[0].args)
+                shown_range = [float(ui_widget_property(ui_path, wname, k) or d)
+                               for k, d in zip(("minimum", "maximum"), SPIN_BOX_DEFAULT_RANGE[wclass])]
+                if shown_range != [lo, hi]:
+                    problems.append(f"{wname} range {shown_range} differs from WithinRange({lo:g}, {hi:g}) of {pname}")
+        elif base == "str" and wclass == "QLineEdit" and isinstance(default, ast.Constant):
+            shown = ui_widget_property(ui_path, wname, "text") or ""
+            if shown != default.value:
+                problems.append(f"{wname} shows text {shown!r} in the .ui, the default of {pname} is {default.value!r}")
         elif base == "FloatRange":
             bounds = [c for c in ast.walk(annotation) if isinstance(c, ast.Call) and getattr(c.func, "id", "") ==
                       "RangeBounds"]
@@ -843,6 +881,26 @@ def test_guard_fails_on_range_widget_without_bounds(broken):
     assert any("RangeBounds" in p for p in check_parameter_bindings(broken.py, broken.ui))
 
 
+def test_guard_fails_on_enum_field_without_enum(broken):
+    _edit(broken.py, "class Placement(enum.Enum):", "class Placement:")
+    problems = check_parameter_bindings(broken.py, broken.ui)
+    assert problems == ["placementComboBox -> placement: QComboBox needs Annotated[str, Choice([...])] (or an Enum), "
+                        "the field is Placement"]
+
+
+def test_guard_fails_on_int_text_and_range_that_differ(broken):
+    _edit(broken.py, "screwsPerEnd: Annotated[int, WithinRange(1, 4)] = 2",
+          "screwsPerEnd: Annotated[int, WithinRange(1, 4)] = 3")
+    _edit(broken.py, 'caseId: str = "CASE-001"', 'caseId: str = "CASE-002"')
+    _edit(broken.py, "diameterMm: Annotated[float, WithinRange(1, 40)] = 12.0",
+          "diameterMm: Annotated[float, WithinRange(1, 30)] = 12.0")
+    problems = check_ui_defaults_match_fields(broken.py, broken.ui)
+    assert any(p.startswith("screwsPerEndSpinBox shows value 2") for p in problems)
+    assert any(p.startswith("caseIdLineEdit shows text 'CASE-001'") for p in problems)
+    assert any(p.startswith("diameterSpinBox range [1.0, 40.0] differs from WithinRange(1, 30)") for p in problems)
+    assert len(problems) == 3
+
+
 def test_guard_fails_on_ui_default_that_differs(broken):
     _edit(broken.py, "minIslandMm3: Annotated[float, WithinRange(0, 1_000_000)] = 1000.0",
           "minIslandMm3: Annotated[float, WithinRange(0, 1_000_000)] = 500.0")
@@ -966,16 +1024,67 @@ def _stand_in_modules(tmp_path, ctx):
         def __init__(self, minimum=0.0, maximum=0.0):
             self.minimum, self.maximum = minimum, maximum
 
+    class Default(Annotation):
+        pass
+
+    def parameterNodeWrapper(cls):
+        """Like Slicer's wrapper for reading and writing fields: each starts at its declared default (class value,
+        or Default(...) annotation; None for node and path fields). Values live on the Python object only."""
+
+        def __init__(self, parameterNode=None):
+            self.parameterNode = parameterNode
+            for name, hint in cls.__annotations__.items():
+                if name in cls.__dict__:
+                    value = cls.__dict__[name]
+                else:
+                    defaults = [m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Default)]
+                    value = defaults[0].args[0] if defaults else None
+                setattr(self, name, value)
+
+        return type(cls.__name__, (cls,), {"__init__": __init__})
+
     class ScriptedLoadableModule:
         def __init__(self, parent):
             self.parent = parent
 
     class ScriptedLoadableModuleWidget:
-        pass
+        def __init__(self, parent=None):
+            self.parent = parent
+
+    class QTimer:
+        """Single-shot timer driven by the test: fire() runs the slot as the event loop would."""
+
+        def __init__(self):
+            self.active, self.interval, self.slot = False, 0, None
+
+        def setSingleShot(self, on):
+            pass
+
+        def setInterval(self, ms):
+            self.interval = ms
+
+        def connect(self, signal, slot):
+            self.slot = slot
+
+        def start(self):
+            self.active = True
+
+        def stop(self):
+            self.active = False
+
+        def isActive(self):
+            return self.active
+
+        def fire(self):
+            assert self.active, "the timer was not started"
+            self.active = False
+            self.slot()
 
     class ScriptedLoadableModuleLogic:
         def getParameterNode(self):
-            raise NotImplementedError("no parameter nodes without the Slicer application")
+            import slicer
+
+            return slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
 
     class ScriptedLoadableModuleTest(unittest.TestCase):
         def delayDisplay(self, message, msec=None):
@@ -1010,19 +1119,30 @@ def _stand_in_modules(tmp_path, ctx):
         return load_ct(ctx, path, name=src["nodeNames"])
 
     class App:
+        defaultScenePath = str(tmp_path)
+
         def testingEnabled(self):
             return True
+
+        def setOverrideCursor(self, cursor):
+            pass
+
+        def restoreOverrideCursor(self):
+            pass
+
+        def processEvents(self):
+            pass
 
         def connect(self, signal, slot):
             self.connected = (signal, slot)
 
     return {
-        "qt": module("qt"),
+        "qt": module("qt", QTimer=QTimer, Qt=types.SimpleNamespace(WaitCursor=3), QTableWidgetItem=str),
         "ctk": module("ctk"),
         "slicer.i18n": module("slicer.i18n", tr=lambda text: text, translate=lambda context, text: text),
         "slicer.parameterNodeWrapper": module(
-            "slicer.parameterNodeWrapper", parameterNodeWrapper=lambda cls: cls, FloatRange=FloatRange,
-            Choice=Annotation, Default=Annotation, RangeBounds=Annotation, WithinRange=Annotation),
+            "slicer.parameterNodeWrapper", parameterNodeWrapper=parameterNodeWrapper, FloatRange=FloatRange,
+            Choice=Annotation, Default=Default, RangeBounds=Annotation, WithinRange=Annotation),
         "slicer.ScriptedLoadableModule": module(
             "slicer.ScriptedLoadableModule", ScriptedLoadableModule=ScriptedLoadableModule,
             ScriptedLoadableModuleWidget=ScriptedLoadableModuleWidget,
@@ -1099,3 +1219,224 @@ def test_self_test_can_fail(slicer_module, monkeypatch):
     monkeypatch.setattr(logic_cls, "segmentBone", half_volume)
     with pytest.raises(AssertionError):
         slicer_module.PatientImplantPlannerTest().test_BoneSegmentationPhantom()
+
+
+def test_planning_defaults_are_the_engine_defaults(slicer_module):
+    """A fresh parameter node gives exactly the engine's default implant, screws, variants, placement and export
+    settings, and the GUI's fixed lists (screw types, export parts, enums) match the engine's."""
+    from PatientImplantPlannerLib.bundle import ALL_PARTS, ExportParameters
+    from PatientImplantPlannerLib.guides import GuideParameters
+    from PatientImplantPlannerLib.implant import PROFILES, ImplantParameters
+    from PatientImplantPlannerLib.lattice import LatticeParameters
+    from PatientImplantPlannerLib.plan import PLACEMENTS, Plan
+    from PatientImplantPlannerLib.screws import SCREW_CATALOGUE, ScrewParameters
+
+    logic = slicer_module.PatientImplantPlannerLogic()
+    p = logic.getParameterNode()
+    assert logic.implantParameters(p) == ImplantParameters()
+    assert logic.screwParameters(p) == ScrewParameters()
+    plan = Plan()
+    assert logic.parseVariants(p.variantsMm) == plan.variants_mm
+    assert (p.placement.value, p.caseId) == (plan.placement, plan.case_id)
+    assert logic.bundleParameters(p) == (ExportParameters(), LatticeParameters(), GuideParameters())
+    assert slicer_module.SCREW_TYPES == list(SCREW_CATALOGUE)
+    assert set(slicer_module.EXPORT_PART_FIELDS) == set(ALL_PARTS)
+    assert [m.value for m in slicer_module.Placement] == list(PLACEMENTS)
+    assert [m.value for m in slicer_module.StrutProfile] == list(PROFILES)
+    # The .ui previews what the parameter node connectors will list.
+    assert ui_combo_items(UI_FILE, "placementComboBox") == [m.label() for m in slicer_module.Placement]
+    assert ui_combo_items(UI_FILE, "profileComboBox") == [m.label() for m in slicer_module.StrutProfile]
+    assert ui_combo_items(UI_FILE, "screwTypeComboBox") == slicer_module.SCREW_TYPES
+
+
+def test_plan_and_export_settings_name_the_problem(slicer_module):
+    """Missing points, bad variant text and an empty export selection are refused with problem + fix."""
+    import slicer
+    import vtk
+
+    from PatientImplantPlannerLib.errors import PlanError, PlannerError
+
+    logic = slicer_module.PatientImplantPlannerLogic()
+    p = logic.getParameterNode()
+    with pytest.raises(PlanError, match="No proximal vertebra point") as e:
+        logic.planFromParameters(p)
+    assert "Place a point" in e.value.fix
+    for name, z in (("proximalPoint", 30.0), ("distalPoint", -30.0)):
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+        node.AddControlPoint(vtk.vtkVector3d(1.0, 2.0, z))
+        setattr(p, name, node)
+    p.variantsMm = "2, three"
+    with pytest.raises(PlanError, match="not numbers"):
+        logic.planFromParameters(p)
+    p.variantsMm = "2, 40"
+    with pytest.raises(PlanError, match="40"):
+        logic.planFromParameters(p)
+    p.variantsMm = ""
+    plan = logic.planFromParameters(p)
+    assert plan.variants_mm == [] and plan.proximal_point_ras == [1.0, 2.0, 30.0]
+    p.exportStl = False
+    with pytest.raises(PlannerError, match="No file format"):
+        logic.bundleParameters(p)
+    p.exportStl, p.export3mf = True, True
+    for field in slicer_module.EXPORT_PART_FIELDS.values():
+        setattr(p, field, False)
+    with pytest.raises(PlannerError, match="No part"):
+        logic.bundleParameters(p)
+    p.exportDrillGuides = True
+    export, _lattice, _guides = logic.bundleParameters(p)
+    assert export.parts == ("drill_guides",) and export.formats == ("stl", "3mf")
+
+
+def test_design_self_test_can_fail(slicer_module, monkeypatch):
+    """A logic whose design loses a variant model makes the design self-test fail."""
+    pytest.importorskip(f"{ENGINE}.workflow")
+    logic_cls = slicer_module.PatientImplantPlannerLogic
+    real = logic_cls.designImplant
+
+    def without_a_variant(self, *args, **kwargs):
+        result, nodes = real(self, *args, **kwargs)
+        nodes.models.pop("+4 mm")
+        return result, nodes
+
+    monkeypatch.setattr(logic_cls, "designImplant", without_a_variant)
+    case = slicer_module.PatientImplantPlannerTest()
+    case.setUp()
+    with pytest.raises(AssertionError):
+        case.test_DesignImplantPhantom()
+
+
+def test_export_self_test_can_fail(slicer_module, monkeypatch):
+    """An export that leaves a file out of its manifest makes the export self-test fail."""
+    pytest.importorskip(f"{ENGINE}.workflow")
+    logic_cls = slicer_module.PatientImplantPlannerLogic
+    real = logic_cls.exportBundle
+
+    def with_an_unlisted_file(self, *args, **kwargs):
+        bundle = real(self, *args, **kwargs)
+        with open(os.path.join(bundle.folder, "unlisted.stl"), "wb") as f:
+            f.write(b"solid")
+        return bundle
+
+    monkeypatch.setattr(logic_cls, "exportBundle", with_an_unlisted_file)
+    case = slicer_module.PatientImplantPlannerTest()
+    case.setUp()
+    with pytest.raises(AssertionError):
+        case.test_ExportBundlePhantom()
+
+
+def test_widget_designs_follows_edits_and_exports(slicer_module, monkeypatch, tmp_path):
+    """The widget's handlers on a phantom, with a mock ui and the update timer fired by hand: design, a dragged
+    endplate and a moved screw regenerate (the screw stays where the user put it), a bad variant text fails once
+    without a dialog and without retry loops, a good one applies, export writes the bundle, and after the plan is
+    cleared edits no longer trigger updates."""
+    from unittest import mock
+
+    import numpy as np
+    import slicer
+    import vtk
+
+    from PatientImplantPlannerLib.phantom import make_spine_phantom
+
+    dialogs = []
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kwargs: dialogs.append(text))
+    monkeypatch.setattr(slicer, "qSlicerMarkupsPlaceWidget", types.SimpleNamespace(ForcePlaceSingleMarkup=1),
+                        raising=False)
+    w = slicer_module.PatientImplantPlannerWidget()
+    w.ui = mock.MagicMock()
+    w.logic = slicer_module.PatientImplantPlannerLogic()
+    for setup in (w._setupLevelsPanel, w._setupImplantPanel, w._setupScrewsPanel, w._setupVariantsPanel,
+                  w._setupExportBundlePanel, w._setupStatusArea):
+        setup()
+    timer = w._regenerateTimer
+    assert timer.interval == slicer_module.AUTO_UPDATE_DELAY_MS
+
+    phantom = make_spine_phantom(spacing=1.0, levels=("L1", "L2", "L3"))
+    ct = phantom.add_to_scene(w.logic.context(), "PhantomCT")
+    seeds = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "BoneSeeds")
+    for level in ("L1", "L2", "L3"):
+        seeds.AddControlPoint(vtk.vtkVector3d(*phantom.body_point(level)))
+    bone = w.logic.segmentBone(ct, w.logic.boneSegmentationParameters(seedNode=seeds))
+    p = w._parameterNode = w.logic.getParameterNode()
+    p.inputVolume, p.boneSegmentation, p.boneSegmentId = ct, bone.segmentation_node, bone.segment_id
+    for name, level in (("proximal", "L1"), ("distal", "L3")):
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+        node.AddControlPoint(vtk.vtkVector3d(*phantom.body_point(level)))
+        setattr(p, f"{name}Point", node)
+    p.caseId, p.placement = "WIDGET-1", slicer_module.Placement.anterior
+    p.implantProfile, p.widthMm, p.depthMm = slicer_module.StrutProfile.curved_plate, 10.0, 5.0
+    p.bundleFolder = tmp_path / "exports"
+    w._onParameterNodeModified()
+    assert w.ui.designImplantButton.enabled is True
+
+    w.onDesignImplantButton()
+    assert dialogs == [] and w._planResult is not None, w.ui.statusLabel.text
+    assert w.ui.statusLabel.text.startswith("Implant designed.")
+    nominal = w._planResult.nominal.length_mm
+    assert not timer.active
+
+    # Drag the distal endplate 1.5 mm: the observer schedules an update, firing it lengthens the implant.
+    # (The test holds no PlanNodes of its own: headless, a removed model that Python still references keeps its
+    # subject hierarchy item, and the engine would then find it.)
+    plane = w._planNodes.distal_endplate
+    centre = np.zeros(3)
+    plane.GetCenterWorld(centre)
+    plane.SetCenterWorld(*(centre - 1.5 * w._planResult.distal_endplate.normal))
+    assert timer.active and not w._screwsEdited
+    timer.fire()
+    assert w._planResult.nominal.length_mm - nominal == pytest.approx(1.5, abs=0.1)
+    assert w.ui.statusLabel.text.startswith("Implant updated.")
+
+    # Move a screw's entry: it is kept on the redesign.
+    line = w._planNodes.screws[0]
+    entry = np.zeros(3)
+    line.GetNthControlPointPositionWorld(0, entry)
+    moved = entry + np.array([0.0, 0.0, 0.5])
+    line.SetNthControlPointPositionWorld(0, *moved)
+    assert timer.active and w._screwsEdited
+    timer.fire()
+    assert dialogs == [], w.ui.statusLabel.text
+    after = np.zeros(3)
+    w._planNodes.screws[0].GetNthControlPointPositionWorld(0, after)
+    np.testing.assert_allclose(after, moved, atol=1e-6)
+
+    # A bad variant text: one quiet failure (status + warnings, no dialog), no automatic retry.
+    p.variantsMm = "2, x"
+    w._onParameterNodeModified()
+    assert timer.active
+    timer.fire()
+    assert dialogs == [] and "not numbers" in w.ui.statusLabel.text
+    assert "not numbers" in w.ui.planWarningsLabel.text
+    w._onParameterNodeModified()
+    assert not timer.active
+    p.variantsMm = "3"
+    w._onParameterNodeModified()
+    timer.fire()
+    assert set(w._planNodes.models) == {"nominal", "+3 mm"}
+
+    # While a handle is dragged nothing is scheduled; the drop schedules one update.
+    markups = slicer.vtkMRMLMarkupsNode
+    axis = w._planNodes.axis
+    axis.InvokeCustomModifiedEvent(markups.PointStartInteractionEvent)
+    point = np.zeros(3)
+    axis.GetNthControlPointPositionWorld(1, point)
+    axis.SetNthControlPointPositionWorld(1, *(point + np.array([0.0, 0.3, 0.0])))
+    assert not timer.active
+    axis.InvokeCustomModifiedEvent(markups.PointEndInteractionEvent)
+    assert timer.active
+
+    # Export with that update still pending: it is applied first, with a setting changed meanwhile.
+    p.variantsMm = "3, 4"
+    for field in ("exportLattice", "exportReport", "exportCheckModel", "exportBoneModel", "exportDockingGuides"):
+        setattr(p, field, False)
+    w.onExportBundleButton()
+    assert dialogs == [] and w._lastBundle is not None, w.ui.statusLabel.text
+    assert not timer.active
+    written = sorted(os.listdir(w._lastBundle.folder))
+    assert {"WIDGET-1_implant_plus3mm_Ti6Al4V.stl", "WIDGET-1_implant_plus4mm_Ti6Al4V.stl", "manifest.json"} <= set(
+        written)
+    assert w.ui.openReportButton.enabled is True
+
+    # A new scene: no plan, no observers.
+    w._clearPlan()
+    line.SetNthControlPointPositionWorld(0, *entry)
+    assert not timer.active and w._planResult is None
