@@ -25,6 +25,8 @@ from .screws import ScrewParameters
 SCHEMA_VERSION = 1
 MAX_VARIANT_MM = 30.0
 PLACEMENTS = ("axis", "anterior")
+ANTERIOR_FOOTPLATE_BACK = 0.25  # anterior placement: footplates reach this x AP radius behind the endplate centre
+ANTERIOR_SCREW_PATTERN = 0.15  # ... and their screws centre this x AP radius in front of it
 TITANIUM_DENSITY_G_CM3 = 4.43  # Ti6Al4V ELI
 
 
@@ -253,7 +255,7 @@ def design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress=None, l
     distal.level = distal.level or plan.distal_level
     seconds["levels"] = time.perf_counter() - t0
 
-    implant_params = placed_implant_parameters(plan, proximal, distal)
+    implant_params = placed_implant_parameters(plan, proximal, distal, axis, bone_mask, ijk_to_ras)
 
     prog.report(0.3, "Planning screws")
     t1 = time.perf_counter()
@@ -273,6 +275,10 @@ def design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress=None, l
             strut_radius_mm=float(np.linalg.norm(profile_polygon(implant_params), axis=1).max()),
             strut_offset_lateral_mm=implant_params.offset_lateral_mm,
             footplate_offset_anterior_mm=implant_params.footplate_offset_anterior_mm,
+            # Behind an anterior plate the screws go into the middle of the body, clear of the anterior cortex.
+            pattern_offset_anterior_mm=ANTERIOR_SCREW_PATTERN * min(proximal.radius_ap, distal.radius_ap)
+            if plan.placement == "anterior"
+            else None,
         )
     screw_plans = plan_screws(trajectories, ct_array, bone_mask, ijk_to_ras, plan.screws)
     for sp in screw_plans:
@@ -329,8 +335,12 @@ def design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress=None, l
     )
 
 
-def placed_implant_parameters(plan: Plan, proximal: Endplate, distal: Endplate) -> ImplantParameters:
-    """The implant parameters actually built: for "anterior" placement the offsets follow the measured bodies."""
+def placed_implant_parameters(plan: Plan, proximal: Endplate, distal: Endplate, axis=None, bone_mask=None,
+                              ijk_to_ras=None) -> ImplantParameters:
+    """The implant parameters actually built. For "anterior" placement: the strut lies ``anterior_clearance_mm``
+    in front of the bone found in front of the gap (the bodies, discs and osteophytes in the strut's lateral band;
+    the endplates' radii if no bone is given), and the footplates reach from the strut's front face back to
+    ANTERIOR_FOOTPLATE_BACK x the endplate's AP radius behind the endplate centre."""
     from dataclasses import replace
 
     from .implant import profile_polygon
@@ -339,8 +349,43 @@ def placed_implant_parameters(plan: Plan, proximal: Endplate, distal: Endplate) 
         return plan.implant
     poly = profile_polygon(plan.implant)
     front, back = float(poly[:, 0].max()), float(-poly[:, 0].min())
-    body_depth = max(proximal.radius_ap, distal.radius_ap)
-    offset = body_depth + back + plan.anterior_clearance_mm
-    reach = plan.implant.footplate_fraction * min(proximal.radius_ap, distal.radius_ap)
-    # The footplate's front edge meets the strut's front face; its back edge lies on the endplate.
-    return replace(plan.implant, offset_anterior_mm=offset, footplate_offset_anterior_mm=offset + front - reach)
+    half_width = float(np.abs(poly[:, 1]).max())
+    bone_front = max(proximal.radius_ap, distal.radius_ap)
+    if bone_mask is not None and axis is not None:
+        measured = _bone_front_of_gap(axis, proximal, distal, bone_mask, ijk_to_ras, half_width + 2.0,
+                                      plan.implant.footplate_thickness_mm + 1.0)
+        if measured is not None:
+            bone_front = measured
+    offset = bone_front + back + plan.anterior_clearance_mm
+    r_ap = min(proximal.radius_ap, distal.radius_ap)
+    rear = -ANTERIOR_FOOTPLATE_BACK * r_ap
+    semi = (offset + front - rear) / 2.0
+    fraction = min(1.0, max(plan.implant.footplate_fraction, semi / r_ap))
+    centre = offset + front - fraction * r_ap  # front edge flush with the strut's front face
+    return replace(plan.implant, offset_anterior_mm=offset, footplate_offset_anterior_mm=centre,
+                   footplate_fraction=fraction)
+
+
+def _bone_front_of_gap(axis, proximal, distal, bone_mask, ijk_to_ras, half_band, keep_mm):
+    """How far bone reaches anteriorly from the axis between the footplate zones, within +-half_band laterally."""
+    from scipy.spatial import cKDTree
+
+    from .implant import path_frames
+
+    axis = np.asarray(axis, dtype=float)
+    k, j, i = np.nonzero(bone_mask)
+    pts = np.stack([i, j, k], axis=1) @ ijk_to_ras[:3, :3].T + ijk_to_ras[:3, 3]
+    inside = ((pts - proximal.centre) @ proximal.normal > keep_mm) & ((pts - distal.centre) @ distal.normal > keep_mm)
+    pts = pts[inside]
+    if len(pts) == 0:
+        return None
+    frames = path_frames(axis, proximal, distal)
+    _, nearest = cKDTree(axis).query(pts)
+    rel = pts - axis[nearest]
+    a = np.einsum("ij,ij->i", rel, frames[nearest, 0])
+    lat = np.einsum("ij,ij->i", rel, frames[nearest, 1])
+    band = np.abs(lat) <= half_band
+    if not band.any():
+        return None
+    voxel = float(np.linalg.norm(ijk_to_ras[:3, :3], axis=0).max())
+    return float(a[band].max()) + voxel / 2.0  # voxel centres: the bone surface is half a voxel further

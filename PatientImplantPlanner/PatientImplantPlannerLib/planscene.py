@@ -61,7 +61,8 @@ def _children(ctx, folder_item) -> dict:
     out = {}
     for n in range(ids.GetNumberOfIds()):
         node = sh.GetItemDataNode(ids.GetId(n))
-        if node is not None and node.GetAttribute(ROLE_ATTRIBUTE):
+        # A removed node still referenced from Python can keep its item headless: skip nodes without a scene.
+        if node is not None and node.GetScene() is not None and node.GetAttribute(ROLE_ATTRIBUTE):
             out[node.GetAttribute(ROLE_ATTRIBUTE)] = node
     return out
 

@@ -272,12 +272,14 @@ def default_trajectories(
     strut_radius_mm: float = 6.0,
     strut_offset_lateral_mm: float = 0.0,
     footplate_offset_anterior_mm: float = 0.0,
+    pattern_offset_anterior_mm: Optional[float] = None,
 ) -> list:
     """``per_end`` screws per footplate, proximal first, placed around the strut and aimed into each vertebral body.
 
     Offsets are measured from the endplate centre; ``footplate_offset_anterior_mm`` moves the footplate forward (a
     plate lying on the anterior bodies). A strut standing in the outer half of the footplate (or beside it) does not
     centre the pattern: the screws then centre on the footplate, behind the strut, where the body is.
+    ``pattern_offset_anterior_mm`` puts the pattern's centre at that distance in front of the endplate centre.
 
     Placement: symmetric left/right of the strut centre (endplate centre + strut offsets; the endplate centre
     when the strut stands beside the footplate) at ``lateral_fraction`` x the footplate's lateral semi-axis, pushed
@@ -316,6 +318,8 @@ def default_trajectories(
         # Screws sit around the strut where it stands in the middle of the footplate; a strut near or beyond its
         # rim (anterior placement) leaves the footplate centre for them.
         centre = strut if (strut[0] / fa) ** 2 + (strut[1] / fl) ** 2 < 0.25 else np.zeros(2)
+        if pattern_offset_anterior_mm is not None:
+            centre = np.array([pattern_offset_anterior_mm - footplate_offset_anterior_mm, 0.0])
         placed = []
         for a0, l0 in _layout(int(params.per_end), fl, fa, params.lateral_fraction):
             pos = centre + np.array([a0, l0])
