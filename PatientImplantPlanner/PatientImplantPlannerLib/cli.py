@@ -10,6 +10,7 @@ import os
 import sys
 import time
 
+from .bundle import ALL_PARTS
 from .errors import PlannerError
 
 # Points (RAS mm) in the bundled sample CT, found from its reference vertebra labels: a bone voxel of the L3 body
@@ -213,7 +214,7 @@ def cmd_plan(args) -> int:
     from .plan import Plan
 
     plan = Plan.load(args.plan)
-    params = ExportParameters(coordinate_system=args.coordinates, formats=tuple(args.formats))
+    params = ExportParameters(coordinate_system=args.coordinates, formats=tuple(args.formats), parts=tuple(args.parts))
     if args.no_report:
         params.parts = tuple(p for p in params.parts if p != "report")
     summary = run_plan(args.ct, plan, args.out, args.segmentation, params, ProgressBar())
@@ -314,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--coordinates", choices=["LPS", "RAS"], default="LPS", help="coordinates of the mesh files")
     pl.add_argument("--formats", nargs="+", choices=["stl", "3mf"], default=["stl"], help="mesh file formats")
     pl.add_argument("--no-report", action="store_true", help="skip the design record")
+    pl.add_argument("--parts", nargs="+", choices=list(ALL_PARTS), default=list(ALL_PARTS),
+                    help="which parts to export (default: all)")
     pl.set_defaults(func=cmd_plan)
 
     wp = sub.add_parser("write-demo-plan", help="Write the demo plan JSON (a starting point for your own plan).",

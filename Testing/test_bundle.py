@@ -1,0 +1,114 @@
+"""Export bundle: every part written, read back and verified; manifest checksums; lattice figures; no overwrite."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from PatientImplantPlannerLib import mesh as M
+from PatientImplantPlannerLib.bundle import ExportParameters, export_bundle
+from PatientImplantPlannerLib.errors import OutputExistsError
+from PatientImplantPlannerLib.implant import ImplantParameters
+from PatientImplantPlannerLib.manifest import sha256_of, verify_manifest
+from PatientImplantPlannerLib.phantom import make_spine_phantom
+from PatientImplantPlannerLib.plan import Plan, design_implant
+from PatientImplantPlannerLib.threemf import read_3mf
+
+
+@pytest.fixture(scope="module")
+def designed():
+    ph = make_spine_phantom(spacing=0.7, levels=("L1", "L2", "L3"))
+    plan = Plan(
+        case_id="BUNDLE-1",
+        proximal_level="L1",
+        distal_level="L3",
+        proximal_point_ras=list(ph.body_point("L1")),
+        distal_point_ras=list(ph.body_point("L3")),
+        implant=ImplantParameters(profile="curved_plate", width_mm=10.0, depth_mm=5.0),
+        placement="anterior",
+        variants_mm=[2.0],  # one variant keeps the test short; the bench runs the default three
+    )
+    return ph, design_implant(plan, ph.array, ph.ijk_to_ras, ph.bone_mask)
+
+
+@pytest.fixture(scope="module")
+def bundle(designed, tmp_path_factory):
+    ph, result = designed
+    out = tmp_path_factory.mktemp("export")
+    return export_bundle(result, ph.bone_mask, ph.ijk_to_ras, out_parent=str(out), ct_array=ph.array)
+
+
+def test_every_file_is_listed_checked_and_matches_its_checksum(bundle):
+    manifest = json.load(open(bundle.manifest_path))
+    on_disk = sorted(f for f in os.listdir(bundle.folder) if f != "manifest.json")
+    assert sorted(e["file"] for e in manifest["files"]) == on_disk
+    assert verify_manifest(bundle.manifest_path) == []
+    meshes = [e for e in manifest["files"] if e["file"].endswith(".stl")]
+    for entry in meshes:
+        path = os.path.join(bundle.folder, entry["file"])
+        check = M.check_mesh(M.read_stl(path, entry["coordinate_system"]))
+        assert check.ok, (entry["file"], check.problems)
+        assert entry["checks"]["ok"] and entry["units"] == "mm" and entry["coordinate_system"] == "LPS"
+        assert check.volume_mm3 == pytest.approx(entry["volume_mm3"], rel=1e-4)
+        assert entry["sha256"] == sha256_of(path)
+    assert manifest["parameters"]["case_id"] == "BUNDLE-1"
+    assert manifest["software"]["name"] == "PatientImplantPlanner"
+
+
+def test_bundle_has_every_part_for_every_size(bundle):
+    roles = [(e["role"], e.get("size_variant"), e.get("end")) for e in json.load(open(bundle.manifest_path))["files"]]
+    assert ("implant", "nominal", "") in roles
+    assert ("implant oversized variant", "+2 mm", "") in roles
+    docking = [r for r in roles if r[0] == "docking guide"]
+    assert sorted((s, e) for _, s, e in docking) == sorted(
+        (s, e) for s in ("nominal", "+2 mm") for e in ("proximal", "distal"))
+    assert {e for r, _, e in roles if r == "drill guide"} == {"proximal", "distal"}
+    assert any(r == "check model" for r, _, _ in roles) and any(r == "bone model" for r, _, _ in roles)
+    assert os.path.exists(bundle.report_html) and open(bundle.report_pdf, "rb").read(4) == b"%PDF"
+    materials = {e["role"]: e["material"] for e in json.load(open(bundle.manifest_path))["files"] if "material" in e}
+    assert materials["implant"] == "Ti6Al4V ELI" and materials["docking guide"] == "PA12"
+
+
+def test_lattice_figures_are_measured_and_on_target(bundle):
+    assert {row["end"] for row in bundle.lattice} == {"proximal", "distal"}
+    for row in bundle.lattice:
+        assert abs(row["measured_porosity"] - 0.70) <= 0.03
+        assert row["measured_pore_um"] == pytest.approx(550.0, rel=0.10)
+
+
+def test_implant_with_lattice_keeps_its_docking_geometry(designed, bundle):
+    _, result = designed
+    implant = next(p for p in bundle.parts if p.role == "implant")
+    plain = result.nominal.mesh
+    assert implant.mesh.volume() < plain.volume()  # pores removed from the layer
+    # The contact faces still bound the implant: no lattice beyond the endplate planes.
+    for ep in (result.proximal_endplate, result.distal_endplate):
+        d_lat = (implant.mesh.vertices - ep.centre) @ ep.normal
+        d_plain = (plain.vertices - ep.centre) @ ep.normal
+        assert d_lat.min() == pytest.approx(d_plain.min(), abs=0.01)
+
+
+def test_export_into_a_non_empty_folder_is_refused_and_leaves_it_unchanged(designed, tmp_path):
+    ph, result = designed
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("surgeon's notes")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(OutputExistsError, match="not empty"):
+        export_bundle(result, ph.bone_mask, ph.ijk_to_ras, folder=str(folder),
+                      params=ExportParameters(parts=("implant",)))
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_ras_and_3mf_outputs(designed, tmp_path):
+    ph, result = designed
+    params = ExportParameters(coordinate_system="RAS", formats=("stl", "3mf"), parts=("implant", "drill_guides"))
+    b = export_bundle(result, ph.bone_mask, ph.ijk_to_ras, folder=str(tmp_path / "ras"), params=params)
+    implant_3mf = next(e for e in b.files if e["file"].endswith(".3mf") and e["role"] == "implant")
+    mesh3mf = read_3mf(os.path.join(b.folder, implant_3mf["file"]), "RAS")
+    assert M.check_mesh(mesh3mf).ok
+    np.testing.assert_allclose(mesh3mf.bounds(), result.nominal.mesh.bounds(), atol=1e-3)
+    stl = next(e for e in b.files if e["file"].endswith(".stl") and e["role"] == "implant")
+    raw = M.read_stl(os.path.join(b.folder, stl["file"]), "RAS")  # RAS: no flip on reading
+    np.testing.assert_allclose(raw.bounds(), result.nominal.mesh.bounds(), atol=1e-3)
