@@ -281,12 +281,14 @@ def test_variants_are_exactly_longer_with_distal_holes_moved(kyphotic_nominal, e
     geom = build_implant(axis, prox, dist, params, holes, extra_length_mm=extra)
     assert check_mesh(geom.mesh).ok
     assert geom.length_mm - nominal.length_mm == pytest.approx(extra, abs=0.05)
-    # The distal contact plane moved outward by exactly extra; the proximal one did not move.
-    assert signed(geom.mesh, dist).min() == pytest.approx(-extra, abs=0.05)
+    # The distal end moved by exactly `extra` along the axis (here about the distal normal: the endplate is
+    # square to the arc); the proximal end did not move.
+    assert np.linalg.norm(geom.distal_shift) == pytest.approx(extra, abs=1e-9)
+    assert np.degrees(np.arccos(-geom.distal_shift @ dist.normal / extra)) < 2.0
+    assert signed(geom.mesh, dist).min() == pytest.approx(geom.distal_shift @ dist.normal, abs=1e-4)  # float32
     assert signed(geom.mesh, prox).min() == pytest.approx(0.0, abs=0.05)
-    assert np.allclose(geom.distal_shift, -extra * dist.normal)
     assert np.allclose(geom.holes[0].entry, holes[0].entry)
-    assert np.allclose(geom.holes[1].entry, holes[1].entry - extra * dist.normal)
+    assert np.allclose(geom.holes[1].entry, holes[1].entry + geom.distal_shift)
     # Measured on the mesh: the distal hole sits at the shifted place, same size; the proximal one is unchanged.
     shifted = Endplate(dist.centre + geom.distal_shift, dist.normal, dist.anterior, R_LR, R_AP)
     t = params.footplate_thickness_mm
@@ -296,7 +298,7 @@ def test_variants_are_exactly_longer_with_distal_holes_moved(kyphotic_nominal, e
         assert 2 * radius == pytest.approx(HOLE_D, abs=0.1)
     # Footplates keep their shape.
     assert geom.distal_footplate.volume() == pytest.approx(nominal.distal_footplate.volume(), rel=1e-6)
-    assert geom.porous_regions[1].centre == pytest.approx(dist.centre - extra * dist.normal)
+    assert geom.porous_regions[1].centre == pytest.approx(dist.centre + geom.distal_shift)
 
 
 def test_porous_regions_face_the_bone(kyphotic_nominal):

@@ -548,7 +548,12 @@ def build_implant(
     poly = profile_polygon(params)
     _check_footprint(poly, params, (("proximal", proximal), ("distal", distal)))
 
-    shift = -distal.normal * extra
+    # Oversize "in the axial direction": the distal end moves along the axis where it meets the distal endplate
+    # (not along the endplate normal, which a lordotic or tilted endplate turns away from the axis).
+    shift = np.zeros(3)
+    if extra > 0:
+        nominal_axis, _ = _axis_path(axis_points, proximal, distal)
+        shift = extra * _end_direction(nominal_axis, at_start=False)
     distal_v = Endplate(
         distal.centre + shift, distal.normal, distal.anterior, distal.radius_lr, distal.radius_ap, distal.level
     )

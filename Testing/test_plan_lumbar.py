@@ -1,0 +1,68 @@
+"""The demo plan on the bundled real lumbar CT: L1 inferior to L3 superior endplate, L2 left intact."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import LUMBAR_LABELS, LUMBAR_LEVELS, SAMPLE_CT
+
+from PatientImplantPlannerLib.boneexport import mask_surface
+from PatientImplantPlannerLib.bonesegmentation import segment_bone
+from PatientImplantPlannerLib.cli import demo_plan
+from PatientImplantPlannerLib.ctimport import load_ct
+from PatientImplantPlannerLib.mesh import check_mesh, to_manifold
+from PatientImplantPlannerLib.plan import design_implant
+from PatientImplantPlannerLib.volumes import array, ijk_to_ras_matrix
+
+
+@pytest.fixture(scope="module")
+def demo(request):
+    from PatientImplantPlannerLib.context import create_headless_context
+
+    ctx = create_headless_context()
+    ct = load_ct(ctx, SAMPLE_CT)
+    plan = demo_plan()
+    seg = segment_bone(ctx, ct, plan.segmentation)
+    m = ijk_to_ras_matrix(ct)
+    result = design_implant(plan, array(ct).copy(), m, seg.mask)
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(LUMBAR_LABELS))
+    yield result, labels, m
+    ctx.scene.Clear(True)
+
+
+def test_demo_plan_designs_closed_implant_and_variants(demo):
+    result, _, _ = demo
+    for geom in [result.nominal, *result.variants.values()]:
+        assert check_mesh(geom.mesh).ok
+    assert sorted(result.variants) == [2.0, 3.0, 4.0]
+    for extra, geom in result.variants.items():
+        assert geom.length_mm - result.nominal.length_mm == pytest.approx(extra, abs=0.05)
+    assert len(result.screws) == 4
+    assert 30.0 < result.nominal.length_mm < 80.0  # L1 inferior to L3 superior endplate, L2 between
+
+
+def test_endplates_face_each_other_across_l2(demo):
+    result, labels, m = demo
+    p, d = result.proximal_endplate, result.distal_endplate
+    assert p.normal @ d.normal < -0.85  # they face each other (lordosis tilts them by ~25 degrees here)
+    # Each centre lies on its own vertebra's labelled face (3 mm voxels: within 4 mm of a labelled voxel).
+    for ep, name in ((p, "L1"), (d, "L3")):
+        k, j, i = np.nonzero(labels == LUMBAR_LEVELS[name])
+        pts = np.stack([i, j, k], axis=1) @ m[:3, :3].T + m[:3, 3]
+        assert np.linalg.norm(pts - ep.centre, axis=1).min() < 4.0
+    # L2's labelled voxels lie between the two endplate planes.
+    k, j, i = np.nonzero(labels == LUMBAR_LEVELS["L2"])
+    l2 = np.stack([i, j, k], axis=1) @ m[:3, :3].T + m[:3, 3]
+    assert np.median((l2 - p.centre) @ p.normal) > 0 and np.median((l2 - d.centre) @ d.normal) > 0
+
+
+def test_implant_does_not_intersect_l2_outside_the_footplates(demo):
+    result, labels, m = demo
+    l2 = labels == LUMBAR_LEVELS["L2"]
+    bone = to_manifold(mask_surface(l2, m))
+    strut = to_manifold(result.nominal.mesh)
+    keep = result.implant_parameters.footplate_thickness_mm + 1.0
+    for ep in (result.proximal_endplate, result.distal_endplate):
+        strut = strut.trim_by_plane(list(map(float, ep.normal)), float(ep.normal @ ep.centre + keep))
+    assert strut.volume() > 1000.0  # the strut is really there
+    assert (strut ^ bone).volume() == pytest.approx(0.0, abs=1e-6)
+    assert result.measurements["interference_mm3"] == pytest.approx(0.0, abs=1e-6)
