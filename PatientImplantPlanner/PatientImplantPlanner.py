@@ -10,7 +10,6 @@ parameter fields in ``PatientImplantPlannerParameterNode``, a ctkCollapsibleButt
 
 import contextlib
 import enum
-import hashlib
 import json
 import logging
 import os
@@ -143,18 +142,16 @@ def registerSampleData():
         thumbnailFileName=os.path.join(iconsPath, "PatientImplantPlannerSampleCT.png"),
         uris=pathlib.Path(samplePath).resolve().as_uri(),
         fileNames="PatientImplantPlannerLumbarCT.nii.gz",
-        checksums=f"SHA256:{_sha256(samplePath)}",
+        checksums=f"SHA256:{_sampleChecksum(samplePath)}",
         nodeNames="LumbarCT",
         loadFileTypes="VolumeFile",
     )
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _sampleChecksum(path: str) -> str:
+    from PatientImplantPlannerLib.manifest import sha256_of
+
+    return sha256_of(path)
 
 
 #

@@ -40,7 +40,6 @@ def mask_surface(
     windowed-sinc smoothing (volume-preserving in intent; it still shrinks thin structures).
     """
     import vtk
-    from vtk.util.numpy_support import numpy_to_vtk
 
     idx = np.argwhere(mask)
     if len(idx) == 0:
@@ -53,20 +52,10 @@ def mask_surface(
     if factor > 1:
         crop = crop.repeat(factor, 0).repeat(factor, 1).repeat(factor, 2)
     field = np.pad(crop.astype(np.uint8), 1)  # closed surface where bone touches the crop border
-    image = vtk.vtkImageData()
-    image.SetDimensions(field.shape[2], field.shape[1], field.shape[0])
-    image.GetPointData().SetScalars(numpy_to_vtk(field.ravel(), deep=True, array_type=vtk.VTK_UNSIGNED_CHAR))
-    fe = vtk.vtkFlyingEdges3D()
-    fe.SetInputData(image)
-    fe.SetValue(0, 0.5)
-    fe.ComputeNormalsOff()
-    fe.ComputeGradientsOff()
-    fe.ComputeScalarsOff()
-    fe.Update()
-    polydata = fe.GetOutput()
+    surface = meshlib.isosurface(field, 0.5)
     if smoothing_iterations > 0:
         smoother = vtk.vtkWindowedSincPolyDataFilter()
-        smoother.SetInputData(polydata)
+        smoother.SetInputData(meshlib.to_polydata(surface))
         smoother.SetNumberOfIterations(int(smoothing_iterations))
         smoother.SetPassBand(0.1)
         smoother.NormalizeCoordinatesOn()
@@ -74,8 +63,8 @@ def mask_surface(
         smoother.FeatureEdgeSmoothingOff()
         smoother.NonManifoldSmoothingOn()
         smoother.Update()
-        polydata = smoother.GetOutput()
-    surface = meshlib.merge_duplicate_vertices(meshlib.from_polydata(polydata))
+        surface = meshlib.from_polydata(smoother.GetOutput())
+    surface = meshlib.merge_duplicate_vertices(surface)
     # Padded, oversampled grid index -> original continuous ijk -> RAS.
     grid_to_ijk = np.eye(4)
     grid_to_ijk[:3, :3] = np.eye(3) / factor

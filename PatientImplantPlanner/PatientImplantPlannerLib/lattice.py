@@ -49,7 +49,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .errors import GeometryError, PlanError
-from .mesh import TriMesh, from_manifold, from_polydata, require_manifold3d, to_manifold, to_polydata
+from .mesh import TriMesh, from_manifold, isosurface, require_manifold3d, to_manifold, to_polydata
 from .progress import Progress
 
 KINDS = ("gyroid", "sheet_gyroid")
@@ -347,23 +347,8 @@ def _zone(m3d, bottom_w: float, bbox, footprint_radii) -> object:
 
 
 def _flying_edges(field: np.ndarray, origin, h: float) -> TriMesh:
-    """Closed surface {field = 0} (solid where field < 0) of a grid whose border is already void."""
-    import vtk
-    from vtk.util.numpy_support import numpy_to_vtk
-
-    img = vtk.vtkImageData()
-    img.SetDimensions(*field.shape)
-    img.SetOrigin(*[float(x) for x in origin])
-    img.SetSpacing(h, h, h)
-    img.GetPointData().SetScalars(numpy_to_vtk(field.ravel(order="F"), deep=True))
-    fe = vtk.vtkFlyingEdges3D()
-    fe.SetInputData(img)
-    fe.SetValue(0, 0.0)
-    fe.ComputeNormalsOff()
-    fe.ComputeGradientsOff()
-    fe.ComputeScalarsOff()
-    fe.Update()
-    mesh = from_polydata(fe.GetOutput())
+    """Closed surface {field = 0} (solid where field < 0) of an [x, y, z] grid whose border is already void."""
+    mesh = isosurface(field.transpose(2, 1, 0), 0.0, (h, h, h), origin)
     if mesh.volume() < 0:
         mesh = TriMesh(mesh.vertices, mesh.faces[:, ::-1].copy())
     return mesh

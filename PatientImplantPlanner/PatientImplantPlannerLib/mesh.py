@@ -201,6 +201,29 @@ def from_polydata(polydata) -> TriMesh:
     return TriMesh(verts, conn.reshape(-1, 3))
 
 
+def isosurface(field, level: float, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)) -> TriMesh:
+    """Flying-edges contour of a [k, j, i] image at ``level``, in grid coordinates (x = i * spacing + origin).
+
+    The result is closed where the field's border is on the outside of the level (callers pad it)."""
+    import vtk
+    from vtk.util.numpy_support import numpy_to_vtk
+
+    arr = np.ascontiguousarray(field)
+    image = vtk.vtkImageData()
+    image.SetDimensions(arr.shape[2], arr.shape[1], arr.shape[0])
+    image.SetSpacing(*map(float, spacing))
+    image.SetOrigin(*map(float, origin))
+    image.GetPointData().SetScalars(numpy_to_vtk(arr.ravel(), deep=True))
+    fe = vtk.vtkFlyingEdges3D()
+    fe.SetInputData(image)
+    fe.SetValue(0, float(level))
+    fe.ComputeNormalsOff()
+    fe.ComputeGradientsOff()
+    fe.ComputeScalarsOff()
+    fe.Update()
+    return from_polydata(fe.GetOutput())
+
+
 def to_polydata(mesh: TriMesh):
     """vtkPolyData (triangles) from a TriMesh."""
     import vtk
@@ -330,6 +353,31 @@ def atomic_write_bytes(path: str, data: bytes, overwrite: bool = False) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_write_node(node, storage, path: str, overwrite: bool = False) -> str:
+    """Write an MRML node with a storage node under a temporary name in the target folder, then rename.
+
+    The storage node is used only for this write; if it has to join the scene (markups storage needs it), it
+    leaves again, so the scene is unchanged afterwards."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not overwrite:
+        raise OutputExistsError(f"Output file already exists: {path}.", "Choose a new folder or allow overwriting.")
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    storage.SetFileName(tmp)
+    scene = node.GetScene() if storage.GetScene() is None and node.GetScene() is not None else None
+    if scene is not None:
+        scene.AddNode(storage)
+    try:
+        if not storage.WriteData(node):
+            raise OutputExistsError(f"Could not write {path}.", "Check that the folder exists and is writable.")
+        os.replace(tmp, path)
+    finally:
+        if scene is not None:
+            scene.RemoveNode(storage)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
 
 
 def stl_bytes(mesh: TriMesh, header: str = "PatientImplantPlanner") -> bytes:

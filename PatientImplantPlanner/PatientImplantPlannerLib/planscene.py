@@ -266,26 +266,9 @@ def plan_from_scene(ctx, case_id: str, read_edits: bool = True) -> Plan:
 
 def write_markups_json(node, path: str, overwrite: bool = False) -> str:
     """Save a markups node as Slicer markups JSON (.mrk.json), atomically, without leaving a storage node."""
-    import os
+    from .mesh import atomic_write_node
 
-    from .errors import OutputExistsError
-
-    if os.path.exists(path) and not overwrite:
-        raise OutputExistsError(f"Output file already exists: {path}.", "Choose a new folder or allow overwriting.")
-    scene = node.GetScene()
-    storage = node.CreateDefaultStorageNode()
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    storage.SetFileName(tmp)
-    scene.AddNode(storage)
-    try:
-        if not storage.WriteData(node):
-            raise PlanError(f"Could not write {path}.", "Check that the folder is writable.")
-        os.replace(tmp, path)
-    finally:
-        scene.RemoveNode(storage)
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_write_node(node, node.CreateDefaultStorageNode(), path, overwrite)
 
 
 def write_plan_markups(nodes: PlanNodes, folder: str, case_id: str, overwrite: bool = False) -> list:

@@ -117,18 +117,8 @@ def write_segmentation(segmentation_node, path: str, overwrite: bool = False) ->
     """Save a segmentation as .seg.nrrd atomically (written under a temporary name, then renamed)."""
     import slicer
 
-    from .errors import OutputExistsError, PlannerError
+    from .mesh import atomic_write_node
 
-    if os.path.exists(path) and not overwrite:
-        raise OutputExistsError(f"Output file already exists: {path}.", "Choose a new folder or allow overwriting.")
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
     storage = slicer.vtkMRMLSegmentationStorageNode()
-    storage.SetFileName(tmp)
     storage.SetUseCompression(True)
-    try:
-        if not storage.WriteData(segmentation_node):
-            raise PlannerError(f"Could not write the segmentation to {path}.", "Check the folder is writable.")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write_node(segmentation_node, storage, path, overwrite)
