@@ -208,8 +208,6 @@ def test_holes_cut_the_footplates_and_a_displaced_screw_misses(spine):
     from PatientImplantPlannerLib.implant import ImplantParameters, build_implant
 
     ph, prox, dist, params, _, plans = spine
-    if ph.kyphosis_deg:
-        pytest.skip("one implant build is enough")
     geom = build_implant(ph.axis_points, prox, dist, ImplantParameters(), holes=hole_specs(plans))
     plug = np.pi * (3.75 / 2) ** 2 * THICKNESS
     # Each hole removes about a footplate-thick plug (the convergence tilt lengthens it by 1/cos 10 deg).
@@ -286,8 +284,6 @@ def test_screw_grazing_the_side_of_the_block_is_a_breach():
 
 def test_markups_round_trip_with_user_edit(ctx, spine):
     ph, _, _, params, trajectories, plans = spine
-    if ph.kyphosis_deg:
-        pytest.skip("one round trip is enough")
     sh = ctx.scene.GetSubjectHierarchyNode()
     folder = sh.CreateFolderItem(sh.GetSceneItemID(), "Screws")
     nodes = trajectories_to_markups(ctx, trajectories, folder)
