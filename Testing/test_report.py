@@ -514,3 +514,14 @@ def test_report_refuses_overwrite_and_survives_a_sparse_record(tmp_path):
     assert not os.path.exists(html_path)
     write_report(realistic_record(), {}, str(tmp_path), overwrite=True)
     assert "UMCU-2024-017" in open(html_path, encoding="utf-8").read()
+
+
+def test_guide_fit_rule_needs_clearance_for_drill_guides_only():
+    def status(guides):
+        return {item: s for item, s, _ in risk_checklist({"case_id": "X", "guides": guides})}["Guide fit"]
+
+    docking = {"name": "docking", "role": "docking guide", "min_wall_mm": 3.0}
+    drill = {"name": "drill", "role": "drill guide", "min_wall_mm": 2.0, "fit_clearance_mm": 0.2}
+    assert status([docking, drill]) == "OK"
+    assert status([docking, {**drill, "fit_clearance_mm": None}]) == "TO DO"
+    assert status([docking, {**drill, "fit_clearance_mm": 0.8}]) == "ATTENTION"

@@ -223,7 +223,16 @@ def build_parts(result, bone_mask, ijk_to_ras, lattice_params=None, guide_params
                     g.size_label,
                     g.end,
                     g.mesh,
-                    {"label_text": g.label_text, "min_wall_mm": round(float(g.min_wall_mm), 3)},
+                    {
+                        "label_text": g.label_text,
+                        "min_wall_mm": round(float(g.min_wall_mm), 3),
+                        **(
+                            {"fit_clearance_mm": guide_params.fit_clearance_mm,
+                             "sleeve_clearance_mm": guide_params.sleeve_clearance_mm}
+                            if g.role.startswith("drill")
+                            else {}
+                        ),
+                    },
                 )
             )
         seconds["guides"] = time.perf_counter() - t0
@@ -392,6 +401,8 @@ def design_record(result, entries, lattice_rows, parts, ct_description, segmenta
             "material": p.material,
             "volume_mm3": p.mesh.volume(),
             "min_wall_mm": p.extra.get("min_wall_mm"),
+            "fit_clearance_mm": p.extra.get("fit_clearance_mm"),
+            "sleeve_clearance_mm": p.extra.get("sleeve_clearance_mm"),
         }
         for p in parts
         if "guide" in p.role

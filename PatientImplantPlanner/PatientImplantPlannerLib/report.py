@@ -337,12 +337,13 @@ def risk_checklist(record: dict) -> list:
         for g in guides:
             name = str(g.get("name", "?"))
             wall, fit = _num(g.get("min_wall_mm")), _num(g.get("fit_clearance_mm"))
-            if wall is None or fit is None:
+            docking = str(g.get("role", "")).startswith("docking")  # a copy of the implant end: no fit gap
+            if wall is None or (fit is None and not docking):
                 missing.append(name)
                 continue
             if wall < MIN_GUIDE_WALL_MM:
                 issues.append(f"{name}: wall {wall:.2f} mm < {MIN_GUIDE_WALL_MM} mm")
-            if not lo <= fit <= hi:
+            if fit is not None and not lo <= fit <= hi:
                 issues.append(f"{name}: fit clearance {fit:.2f} mm outside {lo}-{hi} mm")
             sleeve = _num(g.get("sleeve_clearance_mm"))
             if sleeve is not None and not 0.0 <= sleeve <= 0.5:
