@@ -85,3 +85,18 @@ def test_coarse_masks_are_oversampled_so_volume_is_kept():
     assert surface.volume() == pytest.approx(mask.sum() * 27.0, rel=0.03)
     raw = mask_surface(mask, m, oversample=1)
     assert abs(raw.volume() - mask.sum() * 27.0) > abs(surface.volume() - mask.sum() * 27.0)
+
+
+def test_segments_sharing_a_labelmap_layer_read_back_separately(ctx, phantom):
+    ct = phantom.add_to_scene(ctx, "Phantom")
+    seg = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(ct)
+    ids = []
+    for label in (1, 2):
+        sid = seg.GetSegmentation().AddEmptySegment("", f"vertebra {label}")
+        set_segment_mask(seg, sid, phantom.vertebra_labels == label, ct)
+        ids.append(sid)
+    # Both live in one shared layer with label values 1 and 2; each reads back as itself.
+    assert seg.GetSegmentation().GetSegment(ids[1]).GetLabelValue() == 2
+    for label, sid in zip((1, 2), ids):
+        assert np.array_equal(get_segment_mask(seg, sid, ct), phantom.vertebra_labels == label)

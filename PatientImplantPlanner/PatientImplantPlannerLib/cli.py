@@ -141,7 +141,7 @@ def demo_plan():
 
 
 def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export_params=None, progress=None,
-             overwrite: bool = False) -> dict:
+             overwrite: bool = False, levels_path=None) -> dict:
     """CT + plan -> segmentation (unless given) -> design -> scene nodes -> export bundle. Returns a summary."""
     from .bonesegmentation import segment_bone
     from .bundle import ExportParameters, new_bundle_folder
@@ -151,10 +151,17 @@ def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export
     from .workflow import design_in_scene, export_in_scene
 
     prog = Progress(progress)
-    plan.validate()
-    folder = new_bundle_folder(out_parent, plan.case_id)
     ctx = create_headless_context()
     ct = load_ct(ctx, ct_path, progress=prog.sub(0.0, 0.05).report)
+    level_labels = None
+    if levels_path:
+        from .levelsource import fill_plan_points, load_level_labels
+        from .volumes import ijk_to_ras_matrix
+
+        level_labels = load_level_labels(ctx, levels_path, ct)
+        fill_plan_points(plan, *level_labels, ijk_to_ras_matrix(ct))
+    plan.validate()
+    folder = new_bundle_folder(out_parent, plan.case_id)
     if segmentation_path:
         seg_node, segment_id = _load_segmentation(ctx, segmentation_path)
         seg_record = {"source": os.path.abspath(segmentation_path)}
@@ -167,7 +174,8 @@ def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export
         seg_node, segment_id = seg.segmentation_node, seg.segment_id
         seg_record = {"parameters": seg_params.as_dict(), "volume_ml": seg.volume_mm3 / 1000.0,
                       "warnings": list(seg.warnings)}
-    result, nodes = design_in_scene(ctx, ct, seg_node, segment_id, plan, progress=prog.sub(0.3, 0.5).report)
+    result, nodes = design_in_scene(ctx, ct, seg_node, segment_id, plan, progress=prog.sub(0.3, 0.5).report,
+                                    level_labels=level_labels)
     bundle = export_in_scene(
         ctx, result, nodes, ct, seg_node, segment_id, folder=folder,
         export_params=export_params or ExportParameters(), segmentation_record=seg_record, overwrite=overwrite,
@@ -217,7 +225,7 @@ def cmd_plan(args) -> int:
     params = ExportParameters(coordinate_system=args.coordinates, formats=tuple(args.formats), parts=tuple(args.parts))
     if args.no_report:
         params.parts = tuple(p for p in params.parts if p != "report")
-    summary = run_plan(args.ct, plan, args.out, args.segmentation, params, ProgressBar())
+    summary = run_plan(args.ct, plan, args.out, args.segmentation, params, ProgressBar(), levels_path=args.levels)
     print(json.dumps(summary, indent=2))
     print(f"Export written to {os.path.abspath(summary['folder'])}")
     return 0
@@ -312,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--plan", required=True, help="plan JSON (schema: docs/plan-schema.md)")
     pl.add_argument("--out", required=True, help="parent folder; a new <case>_<date-time> folder is made in it")
     pl.add_argument("--segmentation", help="existing bone segmentation (.seg.nrrd) to use instead of segmenting")
+    pl.add_argument("--levels", help="vertebra labels as the level source: a .seg.nrrd with segments named like "
+                    "'vertebrae_L1', or a TotalSegmentator labelmap on the CT grid; the plan's level names pick the "
+                    "ends and its points may be omitted")
     pl.add_argument("--coordinates", choices=["LPS", "RAS"], default="LPS", help="coordinates of the mesh files")
     pl.add_argument("--formats", nargs="+", choices=["stl", "3mf"], default=["stl"], help="mesh file formats")
     pl.add_argument("--no-report", action="store_true", help="skip the design record")

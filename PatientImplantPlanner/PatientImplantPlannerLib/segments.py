@@ -54,6 +54,6 @@ def get_segment_mask(segmentation_node, segment_id: str, reference_volume) -> np
     out.GetPointData().GetScalars().Fill(0)
     if labelmap.GetPointData().GetScalars() is not None:
         slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(labelmap, out, out)
-    label_value = segmentation_node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
     arr = vtk_to_numpy(out.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0])
-    return arr == label_value
+    # The copy holds this segment alone (as 1), even when it shares a labelmap layer with other segments.
+    return arr > 0

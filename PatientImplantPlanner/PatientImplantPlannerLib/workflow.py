@@ -26,17 +26,26 @@ def bone_mask_of(segmentation_node, segment_id: str, ct_node) -> np.ndarray:
     return mask
 
 
-def design_in_scene(ctx, ct_node, segmentation_node, segment_id: str, plan: Plan, progress=None):
+def design_in_scene(ctx, ct_node, segmentation_node, segment_id: str, plan: Plan, progress=None,
+                    level_labels=None):
     """Design the implant and create/update the plan's nodes. Returns (PlanResult, PlanNodes).
 
+    ``level_labels`` (label map on the CT grid, {level name: value}), e.g. from levelsource, defines the vertebrae
+    instead of separating them from the bone; the plan's level names then pick the ends if it has no points.
     Nothing in the scene changes if the design fails (it is computed before any node is touched).
     """
+    from .levelsource import fill_plan_points
     from .planscene import apply_to_scene
     from .volumes import array, ijk_to_ras_matrix
 
     prog = Progress(progress)
     mask = bone_mask_of(segmentation_node, segment_id, ct_node)
-    result = design_implant(plan, array(ct_node), ijk_to_ras_matrix(ct_node), mask, progress=prog.sub(0, 0.9).report)
+    m = ijk_to_ras_matrix(ct_node)
+    label_map, label_values = level_labels if level_labels is not None else (None, None)
+    if label_map is not None:
+        fill_plan_points(plan, label_map, label_values, m)
+    result = design_implant(plan, array(ct_node), m, mask, progress=prog.sub(0, 0.9).report,
+                            label_map=label_map, label_values=label_values)
     prog.report(0.95, "Updating scene")
     nodes = apply_to_scene(ctx, result, ct_node)
     prog.report(1.0, "Implant designed")
