@@ -81,7 +81,7 @@ def run_segment(args, progress=None) -> dict:
     _check_out_dir(args.out, args.overwrite)
     prog = Progress(progress)
     ctx = create_headless_context()
-    ct = load_ct(ctx, args.ct, progress=prog.sub(0.0, 0.1).report)
+    ct = load_ct(ctx, args.ct, series_uid=args.series_uid, progress=prog.sub(0.0, 0.1).report)
     params = BoneSegmentationParameters(
         threshold_min=args.threshold[0],
         threshold_max=args.threshold[1],
@@ -141,7 +141,7 @@ def demo_plan():
 
 
 def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export_params=None, progress=None,
-             overwrite: bool = False, levels_path=None) -> dict:
+             overwrite: bool = False, levels_path=None, series_uid=None) -> dict:
     """CT + plan -> segmentation (unless given) -> design -> scene nodes -> export bundle. Returns a summary."""
     from .bonesegmentation import segment_bone
     from .bundle import ExportParameters, new_bundle_folder
@@ -152,7 +152,7 @@ def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export
 
     prog = Progress(progress)
     ctx = create_headless_context()
-    ct = load_ct(ctx, ct_path, progress=prog.sub(0.0, 0.05).report)
+    ct = load_ct(ctx, ct_path, series_uid=series_uid, progress=prog.sub(0.0, 0.05).report)
     level_labels = None
     if levels_path:
         from .levelsource import fill_plan_points, load_level_labels
@@ -225,7 +225,8 @@ def cmd_plan(args) -> int:
     params = ExportParameters(coordinate_system=args.coordinates, formats=tuple(args.formats), parts=tuple(args.parts))
     if args.no_report:
         params.parts = tuple(p for p in params.parts if p != "report")
-    summary = run_plan(args.ct, plan, args.out, args.segmentation, params, ProgressBar(), levels_path=args.levels)
+    summary = run_plan(args.ct, plan, args.out, args.segmentation, params, ProgressBar(), levels_path=args.levels,
+                       series_uid=args.series_uid)
     print(json.dumps(summary, indent=2))
     print(f"Export written to {os.path.abspath(summary['folder'])}")
     return 0
@@ -268,6 +269,7 @@ def cmd_demo_segment(args) -> int:
         smoothing=0.0,
         coordinates="LPS",
         triangles=None,
+        series_uid=None,
     )
     t0 = time.time()
     summary = run_segment(seg_args, ProgressBar())
@@ -306,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--coordinates", choices=["LPS", "RAS"], default="LPS", help="STL coordinate system")
     seg.add_argument("--triangles", type=int, default=None, help="decimate the STL to about this many triangles")
     seg.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty folder")
+    seg.add_argument("--series-uid", help="DICOM folder with several series: the SeriesInstanceUID to load")
     seg.set_defaults(func=cmd_segment)
 
     pl = sub.add_parser(
@@ -326,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--coordinates", choices=["LPS", "RAS"], default="LPS", help="coordinates of the mesh files")
     pl.add_argument("--formats", nargs="+", choices=["stl", "3mf"], default=["stl"], help="mesh file formats")
     pl.add_argument("--no-report", action="store_true", help="skip the design record")
+    pl.add_argument("--series-uid", help="DICOM folder with several series: the SeriesInstanceUID to load")
     pl.add_argument("--parts", nargs="+", choices=list(ALL_PARTS), default=list(ALL_PARTS),
                     help="which parts to export (default: all)")
     pl.set_defaults(func=cmd_plan)
