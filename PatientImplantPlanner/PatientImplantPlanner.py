@@ -96,7 +96,9 @@ seed point on the bone to keep and, in contrast CT, exclude points on vessels to
 the work to an ROI. Then export the bone model as a binary STL (LPS by default) with a manifest.
 <br><br>
 <b>Levels and axis</b>: place one point in the body of the last healthy vertebra above the defect and one in the first
-below, name the levels, choose the placement and click <i>Design implant</i>. The spinal axis (curve), the endplates
+below, name the levels, choose the placement and click <i>Design implant</i>. With a segmentation that has one segment
+per vertebra (e.g. from TotalSegmentator, segments named "vertebrae_L1"...) as <i>Vertebra labels</i>, the level names
+pick the end vertebrae and the points are optional. The spinal axis (curve), the endplates
 (planes) and the screws (lines) appear as markups in the plan's folder: drag them and the implant follows.
 <b>Implant</b>, <b>Screws</b>, <b>Variants</b>: strut profile and dimensions, screw type and layout, oversized
 variants; changes are applied automatically, and the measurements and screw tables show the result.
@@ -235,6 +237,8 @@ class PatientImplantPlannerParameterNode:
     coordinateSystem - coordinate system of the written STL (LPS is what most CAD/printing software expects).
 
     Levels and axis:
+    levelSegmentation - optional segmentation with one segment per vertebra (e.g. TotalSegmentator's "vertebrae_L1"):
+        the level source instead of the bone; the level names then pick the end vertebrae and the points are optional.
     proximalPoint, distalPoint - one point in the body of the last healthy vertebra above / first below the defect.
     proximalLevel, distalLevel - their names (e.g. L1, L3), used in labels and the design record.
     caseId - identifies the plan (its scene folder "Implant plan <case ID>") and names the exported files.
@@ -276,6 +280,7 @@ class PatientImplantPlannerParameterNode:
     coordinateSystem: Annotated[str, Choice(["LPS", "RAS"])] = "LPS"
 
     # Levels and axis
+    levelSegmentation: Optional[vtkMRMLSegmentationNode]
     proximalPoint: vtkMRMLMarkupsFiducialNode
     distalPoint: vtkMRMLMarkupsFiducialNode
     proximalLevel: str = ""
@@ -352,6 +357,8 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self._planResult = None
         self._planNodes = None
         self._planInputs = None  # (CT, segmentation, segment ID) the shown plan was designed on
+        # (CT, vertebra labels or None) the shown plan was designed with: its redesigns use the same labels.
+        self._planLevelSource = None
         self._failedUpdate = None  # settings and markups of an update that failed: not retried automatically
         self._designButtonToolTip = ""
         self._designedSettings = None  # implant/screw/variant settings of the shown design
@@ -710,8 +717,8 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             missing = _("Select a CT volume first")
         elif not self._boneSegmentAvailable():
             missing = _("Segment the bone first")
-        elif not (p.proximalPoint and p.distalPoint):
-            missing = _("Select (or create) the proximal and distal vertebra points first")
+        elif not (p.levelSegmentation or (p.proximalPoint and p.distalPoint)):
+            missing = _("Select (or create) the proximal and distal vertebra points, or a vertebra segmentation, first")
         else:
             missing = ""
         self.ui.designImplantButton.enabled = not missing
@@ -729,7 +736,8 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
                 p.safetyMarginMm, p.convergenceDeg, p.variantsMm.strip())
 
     def onDesignImplantButton(self) -> None:
-        """Design the implant from the two vertebra points and the current settings (a fresh plan for the case)."""
+        """Design the implant from the two vertebra points (or the vertebra segmentation and level names) and the
+        current settings (a fresh plan for the case)."""
         p = self._parameterNode
         if self._busy or not self._dependenciesReady(_("Implant design")):
             return
@@ -737,10 +745,11 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         settings = self._settingsSnapshot()
         with self._engineCall(_("Implant design failed.")):
             self._setStatus(_("Designing implant..."))
-            plan = self.logic.planFromParameters(p)
+            levelLabels = self.logic.levelLabels(p.levelSegmentation, p.inputVolume)
+            plan = self.logic.planFromParameters(p, levelLabels)
             inputs = (p.inputVolume, p.boneSegmentation, p.boneSegmentId)
-            result, nodes = self.logic.designImplant(*inputs, plan, progress=self._onProgress)
-            self._setPlan(result, nodes, inputs, settings, screwsEdited=False)
+            result, nodes = self.logic.designImplant(*inputs, plan, progress=self._onProgress, levelLabels=levelLabels)
+            self._setPlan(result, nodes, inputs, settings, screwsEdited=False, levelLabels=levelLabels)
             self._setPlanStatus(_("Implant designed."))
         self._scheduleUpdateIfSettingsChanged()
 
@@ -789,10 +798,20 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         p = self._parameterNode
         settings = self._settingsSnapshot()
         resetScrews = self._screwsShouldReset(caseId)
+        levelLabels = self._levelLabelsFor(caseId, inputs[0])
         result, nodes = self.logic.regenerate(caseId, *inputs, progress=self._onProgress, resetScrews=resetScrews,
-                                              **self.logic.designSettings(p))
-        self._setPlan(result, nodes, inputs, settings, screwsEdited=self._screwsEdited and not resetScrews)
+                                              levelLabels=levelLabels, **self.logic.designSettings(p))
+        self._setPlan(result, nodes, inputs, settings, screwsEdited=self._screwsEdited and not resetScrews,
+                      levelLabels=levelLabels)
         return result, nodes
+
+    def _levelLabelsFor(self, caseId: str, ctNode):
+        """Vertebra labels for a redesign: the shown plan's own (None if it was designed without) when it is this
+        case on this CT; otherwise (a plan loaded with the scene) from the selected vertebra segmentation."""
+        source, result = self._planLevelSource, self._planResult
+        if source is not None and result is not None and result.plan.case_id == caseId and source[0] is ctNode:
+            return source[1]
+        return self.logic.levelLabels(self._parameterNode.levelSegmentation, ctNode)
 
     def _updateAttempt(self):
         """What an update is made from: settings and markups positions (an update that failed on exactly these is
@@ -810,9 +829,10 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             return True
         return not self._screwsEdited
 
-    def _setPlan(self, result, nodes, inputs, settings, screwsEdited: bool) -> None:
+    def _setPlan(self, result, nodes, inputs, settings, screwsEdited: bool, levelLabels=None) -> None:
         """Show a new design: keep it, observe its markups for edits, fill the result displays."""
         self._planResult, self._planNodes, self._planInputs = result, nodes, inputs
+        self._planLevelSource = (inputs[0], levelLabels)
         self._failedUpdate = None
         self._designedSettings = settings
         self._screwsEdited = screwsEdited
@@ -825,7 +845,7 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         if self._regenerateTimer is not None:
             self._regenerateTimer.stop()
         self._unobservePlanNodes()
-        self._planResult = self._planNodes = self._planInputs = self._failedUpdate = None
+        self._planResult = self._planNodes = self._planInputs = self._failedUpdate = self._planLevelSource = None
         self._designedSettings = self._designedGeometry = None
         self._screwsEdited = self._interacting = False
         self._lastBundle = None
@@ -1138,9 +1158,12 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
             ) from None
 
     @staticmethod
-    def vertebraPoint(node, which: str) -> list:
-        """RAS position of the first control point of a point list; PlanError naming the fix if there is none."""
+    def vertebraPoint(node, which: str, optional: bool = False) -> Optional[list]:
+        """RAS position of the first control point of a point list; PlanError naming the fix if there is none
+        (None if ``optional``: vertebra labels then give the point)."""
         if node is None or node.GetNumberOfControlPoints() < 1:
+            if optional:
+                return None
             raise PlanError(_("No {which} vertebra point is placed.").format(which=which),
                             _("Place a point in the body of the {which} vertebra (Levels and axis panel).").format(
                                 which=which))
@@ -1189,22 +1212,57 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
             "placement": p.placement.value,
         }
 
-    def planFromParameters(self, p):
+    @staticmethod
+    def levelNames(p) -> tuple:
+        """(proximal, distal) level names as typed; with a vertebra segmentation as the level source they are
+        required (they pick the segments) and normalised like the segment names ("l1", "vertebrae_L1" -> "L1")."""
+        names = ((p.proximalLevel or "").strip(), (p.distalLevel or "").strip())
+        if p.levelSegmentation is None:
+            return names
+        from PatientImplantPlannerLib.levelsource import vertebra_name
+
+        empty = [which for which, name in zip((_("proximal"), _("distal")), names) if not name]
+        if empty:
+            raise PlanError(
+                _("The level name is empty ({which}): with a vertebra segmentation as the level source the level "
+                  "names pick the end vertebrae.").format(which=", ".join(empty)),
+                _("Type the names of the end vertebrae as in the segmentation's segments (e.g. L1 and L3 for "
+                  "'vertebrae_L1' and 'vertebrae_L3'), or set Vertebra labels to None and place the points."))
+        return tuple(vertebra_name(name) or name for name in names)
+
+    def levelLabels(self, levelSegNode, ctNode):
+        """(label map on the CT grid, {level name: value}) from a segmentation with one segment per vertebra (the
+        design's level source instead of the bone); None without a segmentation."""
+        if levelSegNode is None:
+            return None
+        from PatientImplantPlannerLib.levelsource import labels_from_segmentation
+
+        return labels_from_segmentation(levelSegNode, ctNode)
+
+    def planFromParameters(self, p, levelLabels=None):
         """A validated engine Plan from the parameter node: vertebra points and names, case ID, placement, implant,
-        screws, variants, and the bone segmentation parameters that made the bone segment (for the record)."""
+        screws, variants, and the bone segmentation parameters that made the bone segment (for the record).
+
+        With a vertebra segmentation (levelSegmentation) the points are optional and the level names required: a
+        missing point is put in the named vertebra of ``levelLabels`` (made from levelSegmentation on the CT if not
+        given)."""
         from PatientImplantPlannerLib.bonesegmentation import BoneSegmentationParameters
+        from PatientImplantPlannerLib.levelsource import fill_plan_points
         from PatientImplantPlannerLib.plan import Plan
+        from PatientImplantPlannerLib.volumes import ijk_to_ras_matrix
 
         caseId = (p.caseId or "").strip()
         if not caseId:
             raise PlanError(_("The case ID is empty."), _("Type a case ID (it names the plan and exported files)."))
         settings = self.designSettings(p)
+        proximalLevel, distalLevel = self.levelNames(p)
+        pointsOptional = p.levelSegmentation is not None
         plan = Plan(
             case_id=caseId,
-            proximal_level=(p.proximalLevel or "").strip(),
-            distal_level=(p.distalLevel or "").strip(),
-            proximal_point_ras=self.vertebraPoint(p.proximalPoint, _("proximal")),
-            distal_point_ras=self.vertebraPoint(p.distalPoint, _("distal")),
+            proximal_level=proximalLevel,
+            distal_level=distalLevel,
+            proximal_point_ras=self.vertebraPoint(p.proximalPoint, _("proximal"), optional=pointsOptional),
+            distal_point_ras=self.vertebraPoint(p.distalPoint, _("distal"), optional=pointsOptional),
             implant=settings["implant"],
             screws=settings["screws"],
             variants_mm=settings["variantsMm"],
@@ -1213,30 +1271,38 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
         record = json.loads(p.boneSegmentationRecord or "{}").get("bone_segmentation")
         if record:
             plan.segmentation = BoneSegmentationParameters.from_dict(record)
+        if pointsOptional and (plan.proximal_point_ras is None or plan.distal_point_ras is None):
+            if p.inputVolume is None:
+                raise PlanError(_("No CT is selected."), _("Select the CT (Bone segmentation panel)."))
+            labelMap, values = levelLabels or self.levelLabels(p.levelSegmentation, p.inputVolume)
+            fill_plan_points(plan, labelMap, values, ijk_to_ras_matrix(p.inputVolume))
         plan.validate()
         return plan
 
-    def designImplant(self, ctNode, segNode, segmentId: str, plan, progress=None):
+    def designImplant(self, ctNode, segNode, segmentId: str, plan, progress=None, levelLabels=None):
         """Design the plan's implant and create/update its nodes in the scene; returns (PlanResult, PlanNodes).
-        The scene is not touched if the design fails."""
+        levelLabels: vertebra labels from levelLabels() (they define the vertebrae; the plan's level names pick the
+        ends where it has no points). The scene is not touched if the design fails."""
         from PatientImplantPlannerLib import workflow
 
-        return workflow.design_in_scene(self.context(), ctNode, segNode, segmentId, plan, progress=progress)
+        return workflow.design_in_scene(self.context(), ctNode, segNode, segmentId, plan, progress=progress,
+                                        level_labels=levelLabels)
 
     def regenerate(self, caseId: str, ctNode, segNode, segmentId: str, progress=None, implant=None, screws=None,
-                   variantsMm=None, placement=None, resetScrews: bool = False):
+                   variantsMm=None, placement=None, resetScrews: bool = False, levelLabels=None):
         """Redesign the plan of ``caseId`` from its nodes in the scene, with the user's edits of axis, endplates and
         screws; returns (PlanResult, PlanNodes).
 
         implant, screws, variantsMm, placement: new settings replacing the plan's (None keeps them).
         resetScrews: lay the screws out again instead of keeping the screw lines in the scene.
+        levelLabels: the vertebra labels the plan was designed with (None: levels from the bone).
         """
         from PatientImplantPlannerLib import workflow
         from PatientImplantPlannerLib.planscene import plan_from_scene
 
         ctx = self.context()
         settings = {"implant": implant, "screws": screws, "variants_mm": variantsMm, "placement": placement}
-        if not resetScrews and all(value is None for value in settings.values()):
+        if not resetScrews and levelLabels is None and all(value is None for value in settings.values()):
             return workflow.regenerate_in_scene(ctx, caseId, ctNode, segNode, segmentId, progress=progress)
         plan = plan_from_scene(ctx, caseId, read_edits=True)
         for name, value in settings.items():
@@ -1244,7 +1310,8 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
                 setattr(plan, name, value)
         if resetScrews:
             plan.trajectories = None
-        return workflow.design_in_scene(ctx, ctNode, segNode, segmentId, plan, progress=progress)
+        return workflow.design_in_scene(ctx, ctNode, segNode, segmentId, plan, progress=progress,
+                                        level_labels=levelLabels)
 
     def hasPlan(self, caseId: str) -> bool:
         """Whether the scene holds a plan folder for this case ID."""
@@ -1371,6 +1438,8 @@ class PatientImplantPlannerTest(ScriptedLoadableModuleTest):
         self.test_LoadSampleCT()
         self.setUp()
         self.test_DesignImplantPhantom()
+        self.setUp()
+        self.test_DesignFromVertebraLabels()
         self.setUp()
         self.test_ExportBundlePhantom()
 
@@ -1517,6 +1586,66 @@ class PatientImplantPlannerTest(ScriptedLoadableModuleTest):
         self.assertAlmostEqual(edited.nominal.length_mm - result.nominal.length_mm, 1.5, delta=0.1)
         self.assertEqual(editedNodes.models["nominal"].GetID(), nodes.models["nominal"].GetID())
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodeCount)
+        self.delayDisplay("Test passed")
+
+    @staticmethod
+    def vertebraLabelSegmentation(phantom, ctNode, name: str = "VertebraLabels"):
+        """A segmentation with one segment per phantom vertebra, named as TotalSegmentator names them
+        ("vertebrae_L1", ...), like its output loaded in Slicer."""
+        from PatientImplantPlannerLib.segments import set_segment_mask
+
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+        node.SetReferenceImageGeometryParameterFromVolumeNode(ctNode)
+        for vertebra in phantom.vertebrae:
+            segmentId = node.GetSegmentation().AddEmptySegment("", f"vertebrae_{vertebra.name}")
+            set_segment_mask(node, segmentId, phantom.vertebra_labels == vertebra.label, ctNode)
+        return node
+
+    def test_DesignFromVertebraLabels(self):
+        """Vertebra segments as the level source, no points placed: the level names pick the ends, the endplates
+        are those of the named vertebrae, and a redesign with the same labels gives the same implant."""
+        import numpy as np
+
+        from PatientImplantPlannerLib.phantom import make_spine_phantom
+        from PatientImplantPlannerLib.segments import set_segment_mask
+
+        self.delayDisplay("Designing from vertebra segments without points")
+        logic = PatientImplantPlannerLogic()
+        phantom = make_spine_phantom(spacing=1.0, levels=("L1", "L2", "L3"))
+        ctNode = phantom.add_to_scene(logic.context(), "PhantomCT")
+        bone = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Bone")
+        boneId = bone.GetSegmentation().AddEmptySegment("bone", "bone")
+        set_segment_mask(bone, boneId, phantom.bone_mask, ctNode)
+
+        p = logic.getParameterNode()
+        p.levelSegmentation = self.vertebraLabelSegmentation(phantom, ctNode)
+        p.caseId = "SELFTEST-LABELS"
+        p.proximalLevel, p.distalLevel = "L1", ""
+        with self.assertRaises(PlanError) as raised:
+            logic.planFromParameters(p)
+        self.assertIn("level name is empty (distal)", raised.exception.problem)
+        p.inputVolume = ctNode
+        p.distalLevel = "vertebrae_L3"  # normalised like the segment names
+        labels = logic.levelLabels(p.levelSegmentation, ctNode)
+        self.assertEqual(set(labels[1]), {"L1", "L2", "L3"})
+        plan = logic.planFromParameters(p, labels)
+        self.assertEqual((plan.proximal_level, plan.distal_level), ("L1", "L3"))
+        # The labels put the missing points in the named vertebrae.
+        for point, level in ((plan.proximal_point_ras, "L1"), (plan.distal_point_ras, "L3")):
+            i, j, k = np.round(phantom.ras_to_ijk([point])[0]).astype(int)
+            self.assertEqual(phantom.vertebra_labels[k, j, i], phantom.vertebra(level).label)
+
+        result, nodes = logic.designImplant(ctNode, bone, boneId, plan, levelLabels=labels)
+        self.assertEqual(result.levels.intermediate_levels, ["L2"])
+        # The endplates are those of the named vertebrae (measured: 0.5 mm and 0.001 mm from the phantom's).
+        for found, truth in ((result.proximal_endplate, phantom.vertebra("L1").inferior_endplate),
+                             (result.distal_endplate, phantom.vertebra("L3").superior_endplate)):
+            self.assertLess(float(np.linalg.norm(found.centre - truth.centre)), 1.5)
+            self.assertGreater(float(found.normal @ truth.normal), 0.95)
+
+        again, _nodes = logic.regenerate(p.caseId, ctNode, bone, boneId, levelLabels=labels, resetScrews=True,
+                                         **logic.designSettings(p))
+        self.assertAlmostEqual(again.nominal.length_mm, result.nominal.length_mm, delta=0.05)
         self.delayDisplay("Test passed")
 
     def test_ExportBundlePhantom(self):

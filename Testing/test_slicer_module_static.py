@@ -1440,3 +1440,92 @@ def test_widget_designs_follows_edits_and_exports(slicer_module, monkeypatch, tm
     w._clearPlan()
     line.SetNthControlPointPositionWorld(0, *entry)
     assert not timer.active and w._planResult is None
+
+
+def test_labels_self_test_can_fail(slicer_module, monkeypatch):
+    """A logic that mixes up the vertebra names of the segmentation (L1 <-> L3) makes the labels self-test fail."""
+    pytest.importorskip(f"{ENGINE}.levelsource")
+    logic_cls = slicer_module.PatientImplantPlannerLogic
+    real = logic_cls.levelLabels
+
+    def swapped(self, *args, **kwargs):
+        label_map, values = real(self, *args, **kwargs)
+        return label_map, {**values, "L1": values["L3"], "L3": values["L1"]}
+
+    monkeypatch.setattr(logic_cls, "levelLabels", swapped)
+    case = slicer_module.PatientImplantPlannerTest()
+    case.setUp()
+    with pytest.raises(AssertionError):
+        case.test_DesignFromVertebraLabels()
+
+
+def test_widget_designs_from_vertebra_labels_without_points(slicer_module, monkeypatch):
+    """With a vertebra segmentation as the level source and no points: the design button is enabled, empty level
+    names are refused in the error dialog (problem + fix), named levels design the implant, and a dragged endplate
+    regenerates with the same labels; without the segmentation the points are required again."""
+    from unittest import mock
+
+    import numpy as np
+    import slicer
+
+    from PatientImplantPlannerLib.phantom import make_spine_phantom
+    from PatientImplantPlannerLib.segments import set_segment_mask
+
+    dialogs = []
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kwargs: dialogs.append(text))
+    monkeypatch.setattr(slicer, "qSlicerMarkupsPlaceWidget", types.SimpleNamespace(ForcePlaceSingleMarkup=1),
+                        raising=False)
+    w = slicer_module.PatientImplantPlannerWidget()
+    w.ui = mock.MagicMock()
+    w.logic = slicer_module.PatientImplantPlannerLogic()
+    for setup in (w._setupLevelsPanel, w._setupImplantPanel, w._setupScrewsPanel, w._setupVariantsPanel,
+                  w._setupExportBundlePanel, w._setupStatusArea):
+        setup()
+    labelsUsed = []
+    realRegenerate = w.logic.regenerate
+
+    def regenerate(*args, **kwargs):
+        labelsUsed.append(kwargs.get("levelLabels"))
+        return realRegenerate(*args, **kwargs)
+
+    w.logic.regenerate = regenerate
+
+    phantom = make_spine_phantom(spacing=1.0, levels=("L1", "L2", "L3"))
+    ct = phantom.add_to_scene(w.logic.context(), "PhantomCT")
+    bone = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Bone")
+    boneId = bone.GetSegmentation().AddEmptySegment("bone", "bone")
+    set_segment_mask(bone, boneId, phantom.bone_mask, ct)
+    p = w._parameterNode = w.logic.getParameterNode()
+    p.inputVolume, p.boneSegmentation, p.boneSegmentId = ct, bone, boneId
+    p.levelSegmentation = slicer_module.PatientImplantPlannerTest.vertebraLabelSegmentation(phantom, ct)
+    p.caseId = "WIDGET-LABELS"
+    w._onParameterNodeModified()
+    assert w.ui.designImplantButton.enabled is True  # no points placed
+
+    w.onDesignImplantButton()
+    assert len(dialogs) == 1 and w._planResult is None
+    assert "level name is empty (proximal, distal)" in dialogs[0] and "'vertebrae_L1'" in dialogs[0]
+    assert w.ui.statusLabel.text.startswith("Implant design failed.")
+
+    p.proximalLevel, p.distalLevel = "L1", "L3"
+    w.onDesignImplantButton()
+    assert len(dialogs) == 1 and w._planResult is not None, w.ui.statusLabel.text
+    labels = w._planLevelSource[1]
+    assert set(labels[1]) == {"L1", "L2", "L3"}
+    nominal = w._planResult.nominal.length_mm
+    distalTruth = phantom.vertebra("L3").superior_endplate
+    assert np.linalg.norm(w._planResult.distal_endplate.centre - distalTruth.centre) < 1.5
+
+    # Another vertebra segmentation selected meanwhile does not change the shown plan's level source.
+    p.levelSegmentation = None
+    plane = w._planNodes.distal_endplate
+    centre = np.zeros(3)
+    plane.GetCenterWorld(centre)
+    plane.SetCenterWorld(*(centre - 1.5 * w._planResult.distal_endplate.normal))
+    w._regenerateTimer.fire()
+    assert len(dialogs) == 1, w.ui.statusLabel.text
+    assert labelsUsed and labelsUsed[-1] is labels
+    assert w._planResult.nominal.length_mm - nominal == pytest.approx(1.5, abs=0.1)
+
+    w._onParameterNodeModified()
+    assert w.ui.designImplantButton.enabled is False  # no labels: the points are needed again
