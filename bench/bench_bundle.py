@@ -1,0 +1,219 @@
+"""Benchmark: the full export bundle of the phantom plan, and lattice generation time against layer volume.
+
+The plan is the demo's (L1-L3 phantom at 0.7 mm, 10 x 5 mm curved plate in front of L2, variants +2/+3/+4 mm),
+designed on our own bone segmentation of the phantom. The bundle is ``export_bundle`` with the default
+``ExportParameters()``: implant with porous layers, three variants, docking guides per end and size, two drill
+guides, check model, bone model and the design record (HTML + PDF). Printed: its per-step seconds
+(``BundleResult.seconds``) and the peak memory of each step. Then lattice generation on elliptic footplates of
+three sizes (``lattice_benchmark_rows``), each with its own peak memory.
+
+Peak memory is the kernel's high-water mark of this process (VmHWM), reset before each step through
+/proc/self/clear_refs, so it is the largest resident size reached during that step (baseline included).
+Run once; figures are printed, never asserted. Usage:
+
+    .venv/bin/python bench/bench_bundle.py [--spacing 0.7] [--plates 20x14 30x22 40x30]
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+# Progress message prefixes of export_bundle -> the BundleResult.seconds key of the step they start.
+BUNDLE_STEPS = (
+    ("Implant ", "implants_and_lattice"),
+    ("Guides", "guides"),
+    ("Check model", "check_and_bone_models"),
+    ("Writing and verifying", "write_and_verify"),
+    ("Design record", "report"),
+    ("Exported ", "end"),
+)
+
+
+class PeakMemory:
+    """Per-step peak resident memory from the kernel's high-water mark, reset at each step start, and the wall
+    time between step starts. (After a reset ``ru_maxrss`` no longer holds the process peak: use ``peak_mb``.)"""
+
+    def __init__(self):
+        self.steps = {}  # name -> (window seconds, peak RSS MB)
+        self.current = None
+        self.t0 = 0.0
+
+    @staticmethod
+    def _status(key: str) -> float:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024.0
+        return float("nan")
+
+    def rss_mb(self) -> float:
+        return self._status("VmRSS")
+
+    def peak_mb(self) -> float:
+        return max(peak for _, peak in self.steps.values())
+
+    def start(self, name: str) -> None:
+        self.stop()
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset VmHWM to the current RSS (Linux >= 4.0)
+        except OSError:
+            pass
+        self.current = name
+        self.t0 = time.perf_counter()
+
+    def stop(self) -> None:
+        if self.current is not None:
+            self.steps[self.current] = (time.perf_counter() - self.t0, self._status("VmHWM"))
+        self.current = None
+
+    def progress(self, _fraction: float, message: str) -> None:
+        for prefix, step in BUNDLE_STEPS:
+            if message.startswith(prefix):
+                if step != self.current:
+                    if step == "end":
+                        self.stop()
+                    else:
+                        self.start(step)
+                return
+
+
+def design_phantom_plan(spacing: float):
+    """(phantom, bone mask, PlanResult, seconds of segmentation, seconds of design)."""
+    from PatientImplantPlannerLib.bonesegmentation import BoneSegmentationParameters, segment_bone
+    from PatientImplantPlannerLib.context import create_headless_context
+    from PatientImplantPlannerLib.implant import ImplantParameters
+    from PatientImplantPlannerLib.phantom import make_spine_phantom
+    from PatientImplantPlannerLib.plan import Plan, design_implant
+
+    phantom = make_spine_phantom(spacing=spacing, levels=("L1", "L2", "L3"))
+    ctx = create_headless_context()
+    ct = phantom.add_to_scene(ctx)
+    t0 = time.perf_counter()
+    seeds = [tuple(phantom.body_point(n)) for n in ("L1", "L2", "L3")]
+    mask = segment_bone(ctx, ct, BoneSegmentationParameters(seeds_ras=seeds)).mask
+    t_seg = time.perf_counter() - t0
+    plan = Plan(
+        case_id="BENCH-L2",
+        proximal_level="L1",
+        distal_level="L3",
+        proximal_point_ras=[float(v) for v in phantom.body_point("L1")],
+        distal_point_ras=[float(v) for v in phantom.body_point("L3")],
+        implant=ImplantParameters(profile="curved_plate", width_mm=10.0, depth_mm=5.0),
+        placement="anterior",
+    )
+    t1 = time.perf_counter()
+    result = design_implant(plan, phantom.array, phantom.ijk_to_ras, mask)
+    return phantom, mask, result, t_seg, time.perf_counter() - t1
+
+
+def bench_bundle(spacing: float) -> None:
+    from PatientImplantPlannerLib.bundle import ExportParameters, export_bundle
+
+    phantom, mask, result, t_seg, t_design = design_phantom_plan(spacing)
+    print(f"phantom L1-L3 {list(phantom.array.shape)} voxels [k, j, i] at {spacing} mm; bone segmentation "
+          f"{t_seg:.1f} s and design {t_design:.1f} s before the export (not part of the figures below)")
+    mem = PeakMemory()
+    baseline = mem.rss_mb()
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        bundle = export_bundle(result, mask, phantom.ijk_to_ras, out_parent=tmp, params=ExportParameters(),
+                               ct_array=phantom.array, progress=mem.progress)
+        wall = time.perf_counter() - t0
+        mem.stop()
+        files = sorted(os.listdir(bundle.folder))
+        total_bytes = sum(os.path.getsize(os.path.join(bundle.folder, f)) for f in files)
+    print()
+    print(f"export_bundle, default ExportParameters(): {len(bundle.parts)} parts, {len(files)} files, "
+          f"{total_bytes / 1e6:.1f} MB, {wall:.1f} s wall; process RSS before the export {baseline:.0f} MB")
+    print("step                      BundleResult.seconds  window s  peak RSS MB   (window: from this step's "
+          "progress message to the next one)")
+    for key, seconds in bundle.seconds.items():
+        window, peak = mem.steps.get(key, (float("nan"), float("nan")))
+        print(f"{key:<26}{seconds:>20.2f}{window:>10.2f}{peak:>13.0f}")
+    rest = bundle.seconds["total"] - sum(v for k, v in bundle.seconds.items() if k != "total")
+    print(f"not in BundleResult.seconds: {rest:.2f} s (file_safe + require_valid of every part, after the check "
+          "model: inside its window)")
+    print(f"peak memory of the export: {mem.peak_mb():.0f} MB")
+    print()
+    print("parts:")
+    for p in bundle.parts:
+        print(f"  {p.name:<44}{p.role:<28}{p.mesh.n_triangles:>10d} triangles{p.mesh.volume():>12.0f} mm3")
+    print()
+    print("porous layers in the bundle (the variants reuse each end's lattice, moved):")
+    for row in bundle.lattice:
+        print(f"  {row['end']:<9} layer {row['layer_mm']:.2f} mm, {row['layer_volume_mm3']:.0f} mm3, "
+              f"{row['seconds']:.2f} s; porosity {row['measured_porosity']:.3f} (target {row['target_porosity']}), "
+              f"pore {row['measured_pore_um']:.0f} um (target {row['target_pore_um']:.0f})")
+
+
+def lattice_row(plate) -> dict:
+    """One row of lattice_benchmark_rows in this process, with the peak memory of that row alone."""
+    from PatientImplantPlannerLib.lattice import LatticeParameters, lattice_benchmark_rows
+
+    mem = PeakMemory()
+    mem.start("calibration")
+    t0 = time.perf_counter()
+    LatticeParameters().calibration()  # once per process and cached: not part of a plate's figures
+    calibration_s = time.perf_counter() - t0
+    mem.stop()
+    before = mem.rss_mb()
+    mem.start("plate")
+    row = lattice_benchmark_rows(plates_mm=(plate,))[0]
+    mem.stop()
+    row.update(rss_before_mb=before, peak_rss_mb=mem.steps["plate"][1], calibration_s=calibration_s,
+               calibration_peak_mb=mem.steps["calibration"][1])
+    return row
+
+
+def bench_lattice(plates) -> None:
+    """Each plate in a fresh subprocess, so its peak memory is its own."""
+    print()
+    print("lattice generation on elliptic footplates (3 mm plate, default 1.5 mm gyroid layer, 550 um / 70 %), "
+          "each in its own process:")
+    print(f"{'plate mm':<20}{'layer mm3':>10}{'voxels':>11}{'triangles':>11}{'s':>7}{'s/cm3':>7}{'peak MB':>9}"
+          f"{'+MB':>7}{'B/voxel':>8}{'porosity':>9}{'pore um':>8}")
+    for da, dl in plates:
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--lattice-plate", f"{da}x{dl}"],
+                              capture_output=True, text=True, check=False)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")]
+        if not lines:
+            raise RuntimeError(f"lattice plate {da}x{dl} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+        row = json.loads(lines[0][4:])
+        volume = row["layer_volume_mm3"]
+        extra = row["peak_rss_mb"] - row["rss_before_mb"]
+        calibration = f"{row['calibration_s']:.1f} s, peak {row['calibration_peak_mb']:.0f} MB"
+        print(f"{row['plate_mm']:<20}{volume:>10.0f}{row['voxels']:>11d}{row['triangles']:>11d}{row['seconds']:>7.2f}"
+              f"{row['seconds'] / volume * 1000.0:>7.2f}{row['peak_rss_mb']:>9.0f}{extra:>7.0f}"
+              f"{extra * 2**20 / row['voxels']:>8.0f}{row['measured_porosity']:>9.3f}"
+              f"{row['measured_pore_size_um']:>8.0f}")
+    print(f"unit-cell calibration, once per process before the plate (not in the rows): {calibration}")
+    print("(s: apply_porous_layer's own time incl. pore measurement; "
+          "+MB: peak minus the process's memory before; "
+          "B/voxel: that per sampled voxel)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spacing", type=float, default=0.7)
+    parser.add_argument("--plates", nargs="+", default=["20x14", "30x22", "40x30"],
+                        help="elliptic footplate diameters AxL in mm for the lattice table")
+    parser.add_argument("--skip-bundle", action="store_true", help="only the lattice table")
+    parser.add_argument("--lattice-plate", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.lattice_plate:
+        print("ROW " + json.dumps(lattice_row(tuple(float(v) for v in args.lattice_plate.split("x")))))
+        return
+    plates = [tuple(float(v) for v in p.lower().split("x")) for p in args.plates]
+    print("run once on a shared 2-core machine (another engineer's tests were running at the same time)")
+    if not args.skip_bundle:
+        bench_bundle(args.spacing)
+    bench_lattice(plates)
+
+
+if __name__ == "__main__":
+    main()
