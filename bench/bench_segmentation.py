@@ -135,7 +135,7 @@ def run_ours(ct_path: str, out_dir: str, seeds) -> dict:
     t["segment"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     export = export_bone_model(ctx, result.segmentation_node, result.segment_id, out_dir, reference_volume=ct,
-                               progress=marks.progress)
+                               progress=marks.progress, mask=result.mask)
     t["surface+stl"] = time.perf_counter() - t2
     t["total"] = time.perf_counter() - t0
     marks.mark("end")

@@ -41,11 +41,12 @@ def mask_surface(
     """
     import vtk
 
-    idx = np.argwhere(mask)
-    if len(idx) == 0:
+    if not mask.any():
         raise GeometryError("The segment is empty: there is no surface to export.", "Segment the bone first.")
-    lo = idx.min(axis=0)
-    hi = idx.max(axis=0) + 1
+    # Bounding box from axis projections (cheaper than listing every voxel of a large mask).
+    spans = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    lo = np.array([sp_[0] for sp_ in spans])
+    hi = np.array([sp_[-1] + 1 for sp_ in spans])
     crop = mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
     spacing = np.linalg.norm(ijk_to_ras[:3, :3], axis=0)
     factor = oversample or (2 if spacing.max() > COARSE_VOXEL_MM else 1)
@@ -64,7 +65,7 @@ def mask_surface(
         smoother.NonManifoldSmoothingOn()
         smoother.Update()
         surface = meshlib.from_polydata(smoother.GetOutput())
-    surface = meshlib.merge_duplicate_vertices(surface)
+    # Flying-edges output already shares its points: no welding needed.
     # Padded, oversampled grid index -> original continuous ijk -> RAS.
     grid_to_ijk = np.eye(4)
     grid_to_ijk[:3, :3] = np.eye(3) / factor
@@ -102,11 +103,13 @@ def export_bone_model(
     parameters: Optional[dict] = None,
     progress=None,
     reference_volume=None,
+    mask: Optional[np.ndarray] = None,
 ) -> BoneExportResult:
     """Write ``<name>.stl`` and ``<name>_manifest.json`` (or ``manifest.json`` for name "bone") into ``out_dir``.
 
     Refuses to overwrite either file unless ``overwrite``; both are written atomically and the STL is read
-    back and verified (watertight, manifold, outward, volume) before the manifest is written.
+    back and verified (watertight, manifold, outward, volume) before the manifest is written. ``mask`` (the
+    segment on the reference grid, e.g. BoneSegmentationResult.mask) saves reading it back from the node.
     """
     prog = Progress(progress)
     coordinate_system = coordinate_system.upper()
@@ -123,8 +126,9 @@ def export_bone_model(
         raise PlannerError(f"Segment {segment_id!r} is not in {segmentation_node.GetName()}.", "Segment bone first.")
     reference_volume = reference_volume or _reference_volume(segmentation_node)
 
-    prog.report(0.05, "Reading bone segment")
-    mask = get_segment_mask(segmentation_node, segment_id, reference_volume)
+    if mask is None:
+        prog.report(0.05, "Reading bone segment")
+        mask = get_segment_mask(segmentation_node, segment_id, reference_volume)
     ijk_to_ras = ijk_to_ras_matrix(reference_volume)
     segment_volume = float(mask.sum()) * float(abs(np.linalg.det(ijk_to_ras[:3, :3])))
     prog.report(0.2, "Extracting surface")

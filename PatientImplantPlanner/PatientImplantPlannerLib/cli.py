@@ -109,6 +109,7 @@ def run_segment(args, progress=None) -> dict:
         parameters={"ct": os.path.abspath(args.ct), "segmentation": params.as_dict()},
         progress=prog.sub(0.6, 1.0).report,
         reference_volume=ct,
+        mask=result.mask,
     )
     return {
         "segmentation": seg_path,
