@@ -111,9 +111,10 @@ def test_voxel_budget_refused_before_allocation(plate, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("the field was allocated before the budget check")
 
+    absurd = LatticeParameters(pore_size_um=300, voxel_mm=0.005, max_voxels=60_000_000)
+    absurd.calibration()  # the one-cell calibration (small, cached) may run; the layer's field must not
     monkeypatch.setattr(lattice, "gyroid", forbidden)
     monkeypatch.setattr(lattice, "voxelise", forbidden)
-    absurd = LatticeParameters(pore_size_um=300, voxel_mm=0.005, max_voxels=60_000_000)
     r = PLATE_FRAME[:3, :3]
     with pytest.raises(PlanError, match=r"voxels \(\d+(\.\d+)? GB\) > budget"):
         apply_porous_layer(plate, PLATE_FRAME[:3, 3], r[:, 2], params=absurd, anterior=r[:, 0])

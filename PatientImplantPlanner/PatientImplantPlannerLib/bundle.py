@@ -134,7 +134,7 @@ def build_parts(result, bone_mask, ijk_to_ras, lattice_params=None, guide_params
     """All printable parts of a plan as meshes (RAS), verified; no files written."""
     from .boneexport import mask_surface
     from .guides import GuideParameters, guides_for_plan
-    from .lattice import LatticeParameters, apply_porous_layer
+    from .lattice import LatticeParameters, apply_porous_layers
 
     params = params or ExportParameters()
     lattice_params = lattice_params or LatticeParameters()
@@ -148,26 +148,18 @@ def build_parts(result, bone_mask, ijk_to_ras, lattice_params=None, guide_params
         t0 = time.perf_counter()
         solids = {label: geom.mesh for label, _, geom in sizes}
         if "lattice" in params.parts:
-            # End by end, then size by size: the variants' footplates are the nominal's, moved, so each end's
-            # contoured lattice is made once and reused (the lattice module caches the last one).
-            n_ends = len(result.nominal.porous_regions)
-            for e in range(n_ends):
-                for n, (label, extra, geom) in enumerate(sizes):
-                    region = geom.porous_regions[e]
-                    prog.report(0.45 * (e * len(sizes) + n) / (n_ends * len(sizes)),
-                                f"Implant {label}: porous layer, {region.end} end")
-                    lat = apply_porous_layer(
-                        solids[label],
-                        region.centre,
-                        region.normal,
-                        thickness_mm=region.thickness_mm,
-                        params=lattice_params,
-                        footprint_radii=(region.radius_ap, region.radius_lr),
-                        anterior=region.anterior,
-                        measure=extra == 0,  # variants carry the same lattice, moved with their footplate
-                    )
-                    solids[label] = lat.mesh
-                    if extra == 0:
+            # Both ends at once per size; the variants' footplates are the nominal's, moved, so the lattice module
+            # makes each end's lattice once and fuses it to every size.
+            for n, (label, extra, geom) in enumerate(sizes):
+                sub = prog.sub(0.45 * n / len(sizes), 0.45 * (n + 1) / len(sizes))
+                sub.report(0.0, f"Implant {label}: porous layers")
+                # A Manifold: file_safe below takes it as it is, and every part is verified after it.
+                solids[label], rows = apply_porous_layers(
+                    geom.mesh, geom.porous_regions, lattice_params, measure=extra == 0, progress=sub.report,
+                    as_manifold=True,
+                )
+                if extra == 0:
+                    for region, lat in zip(geom.porous_regions, rows):
                         lattice_rows.append(
                             {
                                 "size": "all sizes",

@@ -394,50 +394,48 @@ def _box(m3d, lo, hi):
 # ---- the porous layer --------------------------------------------------------------------------------
 
 
-def apply_porous_layer(
-    solid: TriMesh,
-    centre,
-    normal,
-    thickness_mm: Optional[float] = None,
-    params: Optional[LatticeParameters] = None,
-    footprint_radii: Optional[Sequence[float]] = None,
-    anterior=None,
-    progress: Optional[Callable[[float, str], None]] = None,
-    measure: bool = True,
-) -> LatticeResult:
-    """Make the bone-contact layer of ``solid`` porous and return the fused part with measurements.
+@dataclass
+class _Piece:
+    """One contact layer's lattice, in world coordinates, ready to be fused to the core."""
 
-    ``solid``: the implant (or a footplate) as a closed TriMesh, RAS mm. The layer is the part of the solid within
-    ``thickness_mm`` (default ``params.layer_thickness_mm``) of the contact plane through ``centre`` whose
-    ``normal`` points out of the implant into bone, limited to the ellipse ``footprint_radii`` = (radius along
-    ``anterior``, radius along lateral) around ``centre`` if given. Result = (solid - layer) + (layer & lattice);
-    the lattice reaches ``params.overlap_mm`` into the core so it fuses; pieces not touching the core are dropped.
+    piece: object  # Manifold: lattice within the layer, reaching overlap_mm into the core
+    zone: object  # Manifold: the layer's prism (footprint x beyond -thickness); the core is the part minus it
+    to_pf: np.ndarray  # world -> plane frame
+    region_pf: object  # Manifold: the part within the layer, plane frame (for the pore measurement)
+    level: float
+    cell: float
+    layer_volume: float
+    voxels: int
+    h: float
 
-    The contoured lattice is cached by its region in the plane frame, so the oversized variants (the same footplate,
-    moved) reuse it. ``measure`` False skips the pore-size measurement (NaN), e.g. for variants of a measured part.
-    """
-    t0 = time.perf_counter()
-    m3d = require_manifold3d()
+
+def _layer_params(params, thickness_mm):
     params = params or LatticeParameters()
     if thickness_mm is not None:
         params = LatticeParameters.from_dict({**params.as_dict(), "layer_thickness_mm": float(thickness_mm)})
     params.validate()
+    return params
+
+
+def _check_footprint(footprint_radii, anterior):
     if footprint_radii is not None:
         if len(footprint_radii) != 2 or min(footprint_radii) <= 0:
             raise PlanError(f"Footprint radii {footprint_radii} are invalid.", "Give two positive radii in mm.")
         if anterior is None and abs(footprint_radii[0] - footprint_radii[1]) > 1e-9:
             raise PlanError("An elliptic footprint needs the anterior direction.", "Pass anterior=(x, y, z).")
-    prog = Progress(progress)
-    th, ov = params.layer_thickness_mm, params.overlap_mm
-    cal = params.calibration()
-    cell = params.cell_size_mm()
-    h = params.step_mm()
 
+
+def _porous_piece(m3d, part_world, centre, normal, anterior, footprint_radii, params, prog) -> _Piece:
+    """The lattice of one contact layer of ``part_world`` (a Manifold), made in the layer's plane frame.
+
+    The contoured lattice is cached by its region in the plane frame: the oversized variants carry the same
+    footplates, moved, so each end's lattice is made once per export.
+    """
+    th, ov = params.layer_thickness_mm, params.overlap_mm
     # Everything in the plane frame: the contact plane is w = 0, bone is w > 0.
     to_pf = plane_frame(centre, normal, anterior)
-    prog.report(0.02, "Porous layer: preparing the part")
-    part = to_manifold(solid.transformed(to_pf))
-    n_parts = len(part.decompose())
+    from_pf = np.linalg.inv(to_pf)
+    part = part_world.transform(to_pf[:3, :])
     bbox = part.bounding_box()
     layer_zone = _zone(m3d, -th, bbox, footprint_radii)
     region = part ^ layer_zone
@@ -456,17 +454,20 @@ def apply_porous_layer(
     lattice_region = part ^ _zone(m3d, -th - ov, bbox, footprint_radii)
     rb = np.asarray(lattice_region.bounding_box(), dtype=float)
     n_vox = estimate_voxels([rb[:3], rb[3:]], params)  # raises before any allocation
-
-    axes = _grid(rb[:3], rb[3:], h)
-    shape = tuple(len(a) for a in axes)
-    key = (tuple(np.round(rb, 6)), round(float(lattice_region.volume()), 3), tuple(sorted(params.as_dict().items())))
+    cal = params.calibration()
+    cell = params.cell_size_mm()
+    h = params.step_mm()
+    # Rounded to 1 um and 0.1 mm3: the same footplate moved to a variant's position differs by float32 noise.
+    key = (tuple(np.round(rb, 3)), round(float(lattice_region.volume()), 1), tuple(sorted(params.as_dict().items())))
     cached = _CHUNK_CACHE.get(key)
     if cached is not None:
-        prog.report(0.3, "Porous layer: reusing the lattice of the same footplate")
-        chunk, level = cached
+        prog.report(0.5, "Porous layer: reusing the lattice of the same footplate")
+        piece, level = cached
     else:
         # Sample the field over the lattice region's box only, closed off with void values at the border.
         prog.report(0.1, f"Porous layer: sampling the gyroid field ({n_vox:,} voxels)")
+        axes = _grid(rb[:3], rb[3:], h)
+        shape = tuple(len(a) for a in axes)
         origin = [a[0] for a in axes]
         values = _implicit(gyroid(*[2.0 * np.pi * a / cell for a in axes]), params.kind)
         # Fit the level to this layer (a thin layer is not a whole number of cells thick): the quantile of the
@@ -478,74 +479,159 @@ def apply_porous_layer(
         values[[0, -1]] = 1.0
         values[:, [0, -1]] = 1.0
         values[:, :, [0, -1]] = 1.0
-
         prog.report(0.3, "Porous layer: contouring the lattice")
         # Merge nearly coplanar triangles within 10 um (a titanium printer resolves ~50 um): 25 % fewer
         # triangles, porosity and pore size unchanged (measured).
         chunk = _lattice_manifold(m3d, _flying_edges(values, origin, h)).simplify(SIMPLIFY_MM)
         del values
-        _CHUNK_CACHE.clear()  # one lattice at a time: they are large
-        _CHUNK_CACHE[key] = (chunk, level)
+        piece = chunk ^ lattice_region
+        del chunk
+        if len(_CHUNK_CACHE) >= _CACHE_SIZE:  # lattices are large: keep the last few (both ends of an implant)
+            _CHUNK_CACHE.pop(next(iter(_CHUNK_CACHE)))
+        _CHUNK_CACHE[key] = (piece, level)
+    return _Piece(piece.transform(from_pf[:3, :]), layer_zone.transform(from_pf[:3, :]), to_pf, region, level, cell,
+                  float(layer_volume), int(n_vox), float(h))
 
-    prog.report(0.5, "Porous layer: fusing the lattice to the core")
-    core = part - layer_zone
-    fused = core + (chunk ^ lattice_region)
-    pieces = sorted(fused.decompose(), key=lambda p: -p.volume())
-    del chunk, fused  # the lattice is the bulk of the memory: keep one copy at a time
-    kept, dropped = pieces[:n_parts], [p for p in pieces[n_parts:] if p.volume() > 0]
+
+def _fuse(m3d, part, pieces: list):
+    """(part minus every layer zone) plus every lattice piece; pieces not attached to the core are dropped."""
+    n_parts = len(part.decompose())
+    core = part
+    for p in pieces:
+        core = core - p.zone
+    fused = m3d.Manifold.batch_boolean([core] + [p.piece for p in pieces], m3d.OpType.Add)
+    parts = sorted(fused.decompose(), key=lambda q: -q.volume())
+    kept, dropped = parts[:n_parts], [q for q in parts[n_parts:] if q.volume() > 0]
     result = m3d.Manifold.compose(kept) if len(kept) > 1 else kept[0]
-    fragments = (len(dropped), float(sum(p.volume() for p in dropped)))
-    del pieces, kept, dropped
-    layer = result ^ layer_zone
-    measured_porosity = 1.0 - layer.volume() / layer_volume
+    return result, (len(dropped), float(sum(q.volume() for q in dropped)))
 
-    if measure:
-        prog.report(0.75, "Porous layer: measuring the pore size")
-        pores = _measure_part_pores(m3d, result, region, params.kind, cell, level)
-    else:
-        pores = np.zeros(0)
 
-    from_pf = np.linalg.inv(to_pf)
-    mesh = from_manifold(result).transformed(from_pf)
-    del result
-    layer_mesh = from_manifold(layer).transformed(from_pf)
-    del layer
-    problems = verify_closed(mesh)
-    if problems:
-        raise GeometryError(f"The porous part failed verification: {'; '.join(problems)}.",
-                            "Try a slightly different pore size or voxel size; report this as a bug.")
-    strut_um = cal.strut_per_cell * cell * 1000.0
+def _layer_result(m3d, result, piece: _Piece, params, measure, fragments, seconds, layer_mesh=True) -> LatticeResult:
+    # The lattice's part of the layer (the core is outside the zone; dropped fragments are a few mm3 at most).
+    layer = piece.piece ^ piece.zone if measure or layer_mesh else None
+    measured_porosity = 1.0 - layer.volume() / piece.layer_volume if layer is not None else float("nan")
+    pores = (
+        _measure_part_pores(m3d, result.transform(piece.to_pf[:3, :]), piece.region_pf, params.kind, piece.cell,
+                            piece.level)
+        if measure
+        else np.zeros(0)
+    )
+    cal = params.calibration()
+    strut_um = cal.strut_per_cell * piece.cell * 1000.0
     warnings = []
     if strut_um < MIN_PRINTABLE_STRUT_UM:
         warnings.append(
             f"Lattice struts are about {strut_um:.0f} um thick, below the {MIN_PRINTABLE_STRUT_UM:.0f} um titanium "
             "powder-bed fusion builds reliably: raise the pore size or lower the porosity."
         )
-    prog.report(1.0, "Porous layer: done")
     return LatticeResult(
-        mesh=mesh,
-        layer_mesh=layer_mesh,
+        mesh=None,
+        layer_mesh=from_manifold(layer) if layer_mesh and layer is not None else None,
         measured_porosity=float(measured_porosity),
         measured_pore_size_um=float(pores.mean() * 1000.0) if len(pores) else float("nan"),
-        cell_size_mm=float(cell),
-        level=level,
-        layer_volume_mm3=float(layer_volume),
-        voxels=int(np.prod(shape)),
-        seconds=time.perf_counter() - t0,
-        voxel_mm=float(h),
+        cell_size_mm=float(piece.cell),
+        level=piece.level,
+        layer_volume_mm3=piece.layer_volume,
+        voxels=piece.voxels,
+        seconds=seconds,
+        voxel_mm=piece.h,
         strut_size_um=float(strut_um),
         pore_count=int(len(pores)),
         fragments_removed=fragments[0],
         fragments_volume_mm3=fragments[1],
-        triangles=mesh.n_triangles,
         warnings=warnings,
     )
 
 
+def _verified(result) -> TriMesh:
+    mesh = from_manifold(result)
+    problems = verify_closed(mesh)
+    if problems:
+        raise GeometryError(f"The porous part failed verification: {'; '.join(problems)}.",
+                            "Try a slightly different pore size or voxel size; report this as a bug.")
+    return mesh
+
+
+def apply_porous_layer(
+    solid: TriMesh,
+    centre,
+    normal,
+    thickness_mm: Optional[float] = None,
+    params: Optional[LatticeParameters] = None,
+    footprint_radii: Optional[Sequence[float]] = None,
+    anterior=None,
+    progress: Optional[Callable[[float, str], None]] = None,
+    measure: bool = True,
+) -> LatticeResult:
+    """Make the bone-contact layer of ``solid`` porous and return the fused part with measurements.
+
+    ``solid``: the implant (or a footplate) as a closed TriMesh, RAS mm. The layer is the part of the solid within
+    ``thickness_mm`` (default ``params.layer_thickness_mm``) of the contact plane through ``centre`` whose
+    ``normal`` points out of the implant into bone, limited to the ellipse ``footprint_radii`` = (radius along
+    ``anterior``, radius along lateral) around ``centre`` if given. Result = (solid - layer) + (layer & lattice);
+    the lattice reaches ``params.overlap_mm`` into the core so it fuses; pieces not touching the core are dropped.
+    ``measure`` False skips the pore-size measurement (NaN), e.g. for variants of a measured part.
+    """
+    t0 = time.perf_counter()
+    m3d = require_manifold3d()
+    params = _layer_params(params, thickness_mm)
+    _check_footprint(footprint_radii, anterior)
+    prog = Progress(progress)
+    prog.report(0.02, "Porous layer: preparing the part")
+    part = to_manifold(solid)
+    piece = _porous_piece(m3d, part, centre, normal, anterior, footprint_radii, params, prog.sub(0.02, 0.5))
+    prog.report(0.5, "Porous layer: fusing the lattice to the core")
+    result, fragments = _fuse(m3d, part, [piece])
+    prog.report(0.75, "Porous layer: measuring")
+    out = _layer_result(m3d, result, piece, params, measure, fragments, 0.0)
+    out.mesh = _verified(result)
+    out.triangles = out.mesh.n_triangles
+    out.seconds = time.perf_counter() - t0
+    prog.report(1.0, "Porous layer: done")
+    return out
+
+
+def apply_porous_layers(solid: TriMesh, regions: Sequence, params: Optional[LatticeParameters] = None,
+                        measure: bool = True, progress=None, as_manifold: bool = False) -> tuple:
+    """Porous layers on several contact faces at once; returns (fused part, [LatticeResult per region]).
+
+    The fused part is a verified TriMesh, or with ``as_manifold`` the manifold3d.Manifold itself (for a caller that
+    processes and verifies it further, e.g. the export: it saves two conversions of a million-triangle mesh).
+    Without ``measure`` the results carry no porosity, pore size or layer mesh (variants of a measured part).
+
+    ``regions``: objects with centre, normal (out of the implant), anterior, radius_ap, radius_lr and thickness_mm
+    (implant.PorousRegion). Each layer's lattice is made on the plain part (its cache serves the oversized variants,
+    whose footplates are the nominal's, moved), then all are fused to the core in one union: much cheaper than
+    adding them one after the other to a part already carrying a million-triangle lattice.
+    """
+    t0 = time.perf_counter()
+    m3d = require_manifold3d()
+    prog = Progress(progress)
+    part = to_manifold(solid)
+    pieces, layer_params = [], []
+    for n, r in enumerate(regions):
+        lp = _layer_params(params, r.thickness_mm)
+        footprint = (r.radius_ap, r.radius_lr)
+        _check_footprint(footprint, r.anterior)
+        sub = prog.sub(0.6 * n / len(regions), 0.6 * (n + 1) / len(regions))
+        pieces.append(_porous_piece(m3d, part, r.centre, r.normal, r.anterior, footprint, lp, sub))
+        layer_params.append(lp)
+    prog.report(0.6, "Porous layers: fusing the lattices to the core")
+    result, fragments = _fuse(m3d, part, pieces)
+    prog.report(0.8, "Porous layers: measuring")
+    seconds = time.perf_counter() - t0
+    rows = [_layer_result(m3d, result, p, lp, measure, fragments, seconds, layer_mesh=False)
+            for p, lp in zip(pieces, layer_params)]
+    out = result if as_manifold else _verified(result)
+    prog.report(1.0, "Porous layers: done")
+    return out, rows
+
+
 SIMPLIFY_MM = 0.01
 
-# The last contoured lattice, keyed by its region (plane frame) and parameters: variants reuse it.
+# The last contoured lattices (lattice within its region, plane frame), keyed by region and parameters.
 _CHUNK_CACHE: dict = {}
+_CACHE_SIZE = 4
 
 
 def _fit_level(region_mask: np.ndarray, axes, h: float, cell: float, params: LatticeParameters,
