@@ -250,9 +250,11 @@ def build_parts(result, bone_mask, ijk_to_ras, lattice_params=None, guide_params
                 )
             )
         seconds["check_and_bone_models"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     for p in parts:
         p.mesh = meshlib.file_safe(p.mesh)  # survives float32 rounding and welding in the file
         meshlib.require_valid(p.mesh, p.name)
+    seconds["file_safe_and_verify"] = time.perf_counter() - t0
     return parts, lattice_rows, seconds
 
 
