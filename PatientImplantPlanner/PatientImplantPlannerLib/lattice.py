@@ -62,7 +62,7 @@ THICKNESS_RANGE_MM = (0.3, 5.0)
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 VOXELS_PER_CELL = 9 + _GOLDEN  # ~10.6 samples a cell; irrational so grid and cell never share a phase (5 % pore drift)
 MIN_VOXELS_PER_CELL = 8  # coarser sampling does not resolve the struts
-BYTES_PER_VOXEL = 450  # peak memory per sampled voxel, measured (380 on a 40 x 30 mm plate): mostly the meshes
+BYTES_PER_VOXEL = 600  # measured peak 520-920 bytes per sampled voxel (field, meshes, booleans)
 MEASURE_MAX_VOXELS = 4_000_000  # pore size is measured in a central window at most this large
 MEASURE_SAMPLES_PER_CELL = 24 + _GOLDEN  # pore-size measurement sampling (within ~2 % of 48 samples a cell)
 LEVEL_FIT_POINTS = 400_000  # random points in the layer the level is fitted on (porosity standard error < 0.1 pt)
@@ -79,7 +79,7 @@ class LatticeParameters:
     porosity: float = 0.70
     kind: str = "gyroid"
     voxel_mm: Optional[float] = None  # sampling step; default cell_size / 10
-    max_voxels: int = 15_000_000  # budget for the sampled layer box (~400 bytes a voxel at peak: ~6 GB)
+    max_voxels: int = 10_000_000  # budget for one layer box: ~6 GB at peak; a 60 x 45 mm footplate at defaults
     overlap_mm: float = 0.15  # how far the lattice reaches into the solid core so both fuse (>= 0.1 mm)
 
     def validate(self) -> None:
