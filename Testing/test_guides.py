@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from measure import basis, fit_circle
 
 from PatientImplantPlannerLib.anatomy import Endplate
 from PatientImplantPlannerLib.errors import PlanError
@@ -127,17 +128,6 @@ def region(geom, end):
     return np.asarray(r.centre), -np.asarray(r.normal)
 
 
-def fit_circle(pts):
-    a = np.column_stack([2 * pts, np.ones(len(pts))])
-    b = (pts**2).sum(axis=1)
-    cx, cy, c = np.linalg.lstsq(a, b, rcond=None)[0]
-    return np.array([cx, cy]), float(np.sqrt(c + cx * cx + cy * cy))
-
-
-def basis(d):
-    u = np.cross(d, [1.0, 0, 0] if abs(d[0]) < 0.9 else [0, 1.0, 0])
-    u /= np.linalg.norm(u)
-    return u, np.cross(d, u)
 
 
 # ---- text ----------------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ endplate planes, screw holes, oversized variants, no twist, and every degenerate
 
 import numpy as np
 import pytest
+from measure import basis, fit_circle
 
 from PatientImplantPlannerLib.anatomy import Endplate
 from PatientImplantPlannerLib.errors import GeometryError, PlanError
@@ -62,18 +63,6 @@ def local_slice(mesh, origin, x, y):
     return [np.asarray(p) for p in to_manifold(mesh).transform(m).slice(0.0).to_polygons()]
 
 
-def fit_circle(pts):
-    """Algebraic (Kasa) circle fit: centre, radius."""
-    a = np.column_stack([2 * pts, np.ones(len(pts))])
-    b = (pts**2).sum(axis=1)
-    cx, cy, c = np.linalg.lstsq(a, b, rcond=None)[0]
-    return np.array([cx, cy]), float(np.sqrt(c + cx * cx + cy * cy))
-
-
-def basis(d):
-    u = np.cross(d, [1.0, 0, 0] if abs(d[0]) < 0.9 else [0, 1.0, 0])
-    u /= np.linalg.norm(u)
-    return u, np.cross(d, u)
 
 
 def measure_hole(mesh, hole, plate, depth):
