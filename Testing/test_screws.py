@@ -366,3 +366,19 @@ def test_bad_inputs_raise_clear_errors(ctx):
     nodes[0].SetNthControlPointPositionWorld(1, 0.0, 0.0, 0.0)
     with pytest.raises(PlanError, match="zero length"):
         trajectories_from_markups(nodes)
+
+
+@pytest.mark.parametrize("gap_mm, far_beyond_gap", [(1.0, True), (5.0, False)])
+def test_segmentation_holes_are_not_the_far_cortex_but_real_gaps_are(gap_mm, far_beyond_gap):
+    """A one-voxel hole in the bone mask is bridged; a 5 mm gap (a disc, a joint) ends the bone."""
+    ct, mask, m = block(40.0)
+    z = np.arange(mask.shape[0]) * 0.5
+    hole = (z >= 20.0) & (z < 20.0 + gap_mm)
+    mask[hole] = False
+    ct[hole] = 20
+    t = Trajectory("proximal left", "proximal", [0, 0, 0.0], [0, 0, 30.0])
+    p = plan_screw(t, ct, mask, m, "3.5 cancellous", ScrewParameters())
+    if far_beyond_gap:
+        assert p.far_cortex_mm == pytest.approx(50.0 - 0.5, abs=0.01)  # the block's real end
+    else:
+        assert p.far_cortex_mm == pytest.approx(19.75 - 0.25, abs=0.01)  # stops before the gap

@@ -19,6 +19,8 @@ ENDS = ("proximal", "distal")
 DEFAULT_TARGET_MM = 30.0  # the markups line's second point: far enough to show the direction clearly
 SAMPLE_STEP_MM = 0.25  # ray sampling; halved for voxels finer than 0.5 mm
 MASK_LEVEL = 0.5  # the trilinear mask's 0.5 level lies halfway between bone and non-bone voxel centres
+GAP_BRIDGE_MM = 2.0  # gaps in the bone mask shorter than this (or than GAP_BRIDGE_VOXELS voxels) are not the far cortex
+GAP_BRIDGE_VOXELS = 1.0
 RIM_LINES = 8  # lines on the screw's outer thread diameter checked for breaches besides the axis
 MAX_TRACE_MM = 400.0
 HU_BANDS = ("lt130", "130to250", "gt250")
@@ -430,12 +432,29 @@ class _Volume:
         return _trilinear(self.ct, self.ijk(pts), -1024.0)
 
 
+def _bridge_gaps(inside: np.ndarray, max_gap: int) -> np.ndarray:
+    """Fill runs of False no longer than ``max_gap`` samples that have True on both sides."""
+    if max_gap <= 0 or inside.all() or not inside.any():
+        return inside
+    out = inside.copy()
+    idx = np.flatnonzero(inside)
+    gaps = np.diff(idx) - 1
+    for start, g in zip(idx[:-1], gaps):
+        if 0 < g <= max_gap:
+            out[start + 1 : start + 1 + g] = True
+    return out
+
+
 def _crossings(vol: _Volume, p: np.ndarray, d: np.ndarray, s_max: float) -> tuple:
     """(first entry, first exit after it) distances where the mask crosses MASK_LEVEL along p + s d, refined by
     bisection; None for either when it does not happen within s_max (exit None = still in bone at s_max)."""
     n = max(int(np.ceil(s_max / vol.step)), 1)
     s = np.linspace(0.0, s_max, n + 1)
     inside = vol.bone(p + s[:, None] * d) >= MASK_LEVEL
+    # A short gap inside bone is a hole in the segmentation (e.g. one voxel under a concave endplate on a thick-
+    # slice CT), not the far cortex: bridge gaps shorter than GAP_BRIDGE_VOXELS voxels (at least GAP_BRIDGE_MM).
+    bridge = max(GAP_BRIDGE_MM, GAP_BRIDGE_VOXELS * float(vol.spacing.max()))
+    inside = _bridge_gaps(inside, int(np.floor(bridge / (s[1] - s[0]))) if n else 0)
 
     def refine(lo, hi, want_inside_at_hi):
         for _ in range(24):
