@@ -112,3 +112,22 @@ def test_ras_and_3mf_outputs(designed, tmp_path):
     stl = next(e for e in b.files if e["file"].endswith(".stl") and e["role"] == "implant")
     raw = M.read_stl(os.path.join(b.folder, stl["file"]), "RAS")  # RAS: no flip on reading
     np.testing.assert_allclose(raw.bounds(), result.nominal.mesh.bounds(), atol=1e-3)
+
+
+def test_a_failed_export_leaves_no_half_written_folder(designed, tmp_path, monkeypatch):
+    import PatientImplantPlannerLib.bundle as bundle_module
+
+    ph, result = designed
+
+    def broken_report(*args, **kwargs):
+        raise RuntimeError("renderer crashed")
+
+    monkeypatch.setattr(bundle_module, "_write_report", broken_report)
+    with pytest.raises(RuntimeError, match="renderer crashed"):
+        export_bundle(result, ph.bone_mask, ph.ijk_to_ras, out_parent=str(tmp_path),
+                      params=ExportParameters(parts=("implant", "report")))
+    assert os.listdir(tmp_path) == []  # neither the bundle nor its temporary folder
+    ok = export_bundle(result, ph.bone_mask, ph.ijk_to_ras, out_parent=str(tmp_path),
+                       params=ExportParameters(parts=("implant",)))
+    assert os.listdir(tmp_path) == [os.path.basename(ok.folder)]
+    assert verify_manifest(ok.manifest_path) == []

@@ -9,6 +9,7 @@ coordinate system, units, measurements, check results and sha256 of every file.
 
 import datetime
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -291,51 +292,71 @@ def export_bundle(
     parts, lattice_rows, seconds = build_parts(
         result, bone_mask, ijk_to_ras, lattice_params, guide_params, params, prog.sub(0.0, 0.75).report
     )
-    os.makedirs(folder, exist_ok=True)
-    cs = params.coordinate_system.upper()
-    case = _safe(result.plan.case_id)
-    entries = []
-    prog.report(0.78, "Writing and verifying files")
-    t0 = time.perf_counter()
-    for p in parts:
-        material_tag = _safe(p.material.split(" ")[0]) if p.material else ""
-        stem = "_".join(x for x in (case, p.name, material_tag) if x)
-        for fmt in params.formats:
-            path = os.path.join(folder, f"{stem}.{fmt}")
-            entries.append(_write_and_verify(p, path, fmt, cs, overwrite))
-    seconds["write_and_verify"] = time.perf_counter() - t0
-    manifest_path = os.path.join(folder, "manifest.json")
-    bundle = BundleResult(folder, manifest_path, entries, parts, lattice=lattice_rows, seconds=seconds)
-    if "report" in params.parts:
-        prog.report(0.9, "Design record")
+    # Written into a temporary sibling folder and renamed into place when complete: a failed export leaves no
+    # half-written bundle (only overwriting an existing non-empty folder writes in place).
+    final = os.path.abspath(folder)
+    in_place = os.path.isdir(final) and bool(os.listdir(final))
+    partial = f".{os.path.basename(final)}.partial-{os.getpid()}"
+    work = final if in_place else os.path.join(os.path.dirname(final), partial)
+    os.makedirs(work, exist_ok=True)
+    try:
+        cs = params.coordinate_system.upper()
+        case = _safe(result.plan.case_id)
+        entries = []
+        prog.report(0.78, "Writing and verifying files")
         t0 = time.perf_counter()
-        record = design_record(result, entries, lattice_rows, parts, ct_description, segmentation_record, cs)
-        bundle.report_html, bundle.report_pdf = _write_report(
-            record, result, parts, bone_mask, ijk_to_ras, ct_array, folder, overwrite
+        for p in parts:
+            material_tag = _safe(p.material.split(" ")[0]) if p.material else ""
+            stem = "_".join(x for x in (case, p.name, material_tag) if x)
+            for fmt in params.formats:
+                path = os.path.join(work, f"{stem}.{fmt}")
+                entries.append(_write_and_verify(p, path, fmt, cs, overwrite))
+        seconds["write_and_verify"] = time.perf_counter() - t0
+        manifest_path = os.path.join(work, "manifest.json")
+        bundle = BundleResult(work, manifest_path, entries, parts, lattice=lattice_rows, seconds=seconds)
+        if "report" in params.parts:
+            prog.report(0.9, "Design record")
+            t0 = time.perf_counter()
+            record = design_record(result, entries, lattice_rows, parts, ct_description, segmentation_record, cs)
+            bundle.report_html, bundle.report_pdf = _write_report(
+                record, result, parts, bone_mask, ijk_to_ras, ct_array, work, overwrite
+            )
+            for path, role in ((bundle.report_html, "design record (HTML)"),
+                               (bundle.report_pdf, "design record (PDF)")):
+                entries.append(_plain_entry(path, role))
+            seconds["report"] = time.perf_counter() - t0
+        if extra_writer is not None:
+            for path, role in extra_writer(work):
+                entries.append(_plain_entry(path, role))
+        manifest = build_manifest(
+            entries,
+            result.plan.to_dict(),
+            kind="implant export bundle",
+            extra={
+                "case_id": result.plan.case_id,
+                "coordinate_system": cs,
+                "units": "mm",
+                "measurements": _jsonable(result.measurements),
+                "lattice": lattice_rows,
+                "export": params.as_dict(),
+                "warnings": list(result.warnings),
+            },
         )
-        for path, role in ((bundle.report_html, "design record (HTML)"), (bundle.report_pdf, "design record (PDF)")):
-            entries.append(_plain_entry(path, role))
-        seconds["report"] = time.perf_counter() - t0
-    if extra_writer is not None:
-        for path, role in extra_writer(folder):
-            entries.append(_plain_entry(path, role))
-    manifest = build_manifest(
-        entries,
-        result.plan.to_dict(),
-        kind="implant export bundle",
-        extra={
-            "case_id": result.plan.case_id,
-            "coordinate_system": cs,
-            "units": "mm",
-            "measurements": _jsonable(result.measurements),
-            "lattice": lattice_rows,
-            "export": params.as_dict(),
-            "warnings": list(result.warnings),
-        },
-    )
-    write_manifest(manifest_path, manifest, overwrite=overwrite)
+        write_manifest(manifest_path, manifest, overwrite=overwrite)
+    except BaseException:
+        if not in_place:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    if not in_place:
+        if os.path.isdir(final):
+            os.rmdir(final)  # empty (checked above)
+        os.replace(work, final)
+        bundle.folder, bundle.manifest_path = final, os.path.join(final, "manifest.json")
+        if bundle.report_html:
+            bundle.report_html = os.path.join(final, os.path.basename(bundle.report_html))
+            bundle.report_pdf = os.path.join(final, os.path.basename(bundle.report_pdf))
     seconds["total"] = time.perf_counter() - t_start
-    prog.report(1.0, f"Exported {len(entries)} files to {folder}")
+    prog.report(1.0, f"Exported {len(entries)} files to {final}")
     return bundle
 
 
