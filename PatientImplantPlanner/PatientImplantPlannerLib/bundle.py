@@ -9,7 +9,6 @@ coordinate system, units, measurements, check results and sha256 of every file.
 
 import datetime
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -20,6 +19,7 @@ from . import mesh as meshlib
 from .errors import GeometryError, OutputExistsError, PlannerError
 from .manifest import build_manifest, mesh_file_entry, write_manifest
 from .progress import Progress
+from .staging import moved, staged_folder
 
 IMPLANT_MATERIAL = "Ti6Al4V ELI"
 GUIDE_MATERIAL = "PA12"
@@ -292,14 +292,9 @@ def export_bundle(
     parts, lattice_rows, seconds = build_parts(
         result, bone_mask, ijk_to_ras, lattice_params, guide_params, params, prog.sub(0.0, 0.75).report
     )
-    # Written into a temporary sibling folder and renamed into place when complete: a failed export leaves no
-    # half-written bundle (only overwriting an existing non-empty folder writes in place).
+    # Built in a temporary folder renamed into place when complete: a failed export leaves nothing half-written.
     final = os.path.abspath(folder)
-    in_place = os.path.isdir(final) and bool(os.listdir(final))
-    partial = f".{os.path.basename(final)}.partial-{os.getpid()}"
-    work = final if in_place else os.path.join(os.path.dirname(final), partial)
-    os.makedirs(work, exist_ok=True)
-    try:
+    with staged_folder(final) as work:
         cs = params.coordinate_system.upper()
         case = _safe(result.plan.case_id)
         entries = []
@@ -343,18 +338,9 @@ def export_bundle(
             },
         )
         write_manifest(manifest_path, manifest, overwrite=overwrite)
-    except BaseException:
-        if not in_place:
-            shutil.rmtree(work, ignore_errors=True)
-        raise
-    if not in_place:
-        if os.path.isdir(final):
-            os.rmdir(final)  # empty (checked above)
-        os.replace(work, final)
-        bundle.folder, bundle.manifest_path = final, os.path.join(final, "manifest.json")
-        if bundle.report_html:
-            bundle.report_html = os.path.join(final, os.path.basename(bundle.report_html))
-            bundle.report_pdf = os.path.join(final, os.path.basename(bundle.report_pdf))
+    bundle.folder, bundle.manifest_path = final, os.path.join(final, "manifest.json")
+    bundle.report_html = moved(bundle.report_html, work, final)
+    bundle.report_pdf = moved(bundle.report_pdf, work, final)
     seconds["total"] = time.perf_counter() - t_start
     prog.report(1.0, f"Exported {len(entries)} files to {final}")
     return bundle

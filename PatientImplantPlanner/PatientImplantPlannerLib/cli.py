@@ -76,6 +76,7 @@ def run_segment(args, progress=None) -> dict:
     from .context import create_headless_context
     from .ctimport import load_ct
     from .progress import Progress
+    from .staging import moved, staged_folder
     from .workflow import write_segmentation
 
     _check_out_dir(args.out, args.overwrite)
@@ -94,27 +95,27 @@ def run_segment(args, progress=None) -> dict:
         smoothing_mm=args.smoothing,
     )
     result = segment_bone(ctx, ct, params, progress=prog.sub(0.1, 0.6).report)
-    os.makedirs(args.out, exist_ok=True)
-    seg_path = os.path.join(args.out, "bone.seg.nrrd")
-    write_segmentation(result.segmentation_node, seg_path, args.overwrite)
-    export = export_bone_model(
-        ctx,
-        result.segmentation_node,
-        result.segment_id,
-        args.out,
-        name="bone",
-        coordinate_system=args.coordinates,
-        target_triangles=args.triangles,
-        overwrite=args.overwrite,
-        parameters={"ct": os.path.abspath(args.ct), "segmentation": params.as_dict()},
-        progress=prog.sub(0.6, 1.0).report,
-        reference_volume=ct,
-        mask=result.mask,
-    )
+    with staged_folder(args.out) as work:  # all three files or none
+        write_segmentation(result.segmentation_node, os.path.join(work, "bone.seg.nrrd"), args.overwrite)
+        export = export_bone_model(
+            ctx,
+            result.segmentation_node,
+            result.segment_id,
+            work,
+            name="bone",
+            coordinate_system=args.coordinates,
+            target_triangles=args.triangles,
+            overwrite=args.overwrite,
+            parameters={"ct": os.path.abspath(args.ct), "segmentation": params.as_dict()},
+            progress=prog.sub(0.6, 1.0).report,
+            reference_volume=ct,
+            mask=result.mask,
+        )
+    seg_path = os.path.join(os.path.abspath(args.out), "bone.seg.nrrd")
     return {
         "segmentation": seg_path,
-        "stl": export.stl_path,
-        "manifest": export.manifest_path,
+        "stl": moved(export.stl_path, work, args.out),
+        "manifest": moved(export.manifest_path, work, args.out),
         "bone_volume_ml": round(result.volume_mm3 / 1000.0, 2),
         "triangles": export.check.n_triangles,
         "watertight": export.check.watertight,
