@@ -84,11 +84,12 @@ class PeakMemory:
 
 def design_phantom_plan(spacing: float):
     """(phantom, bone mask, PlanResult, seconds of segmentation, seconds of design)."""
+    from bench_plan import demo_like_plan
+
     from PatientImplantPlannerLib.bonesegmentation import BoneSegmentationParameters, segment_bone
     from PatientImplantPlannerLib.context import create_headless_context
-    from PatientImplantPlannerLib.implant import ImplantParameters
     from PatientImplantPlannerLib.phantom import make_spine_phantom
-    from PatientImplantPlannerLib.plan import Plan, design_implant
+    from PatientImplantPlannerLib.plan import design_implant
 
     phantom = make_spine_phantom(spacing=spacing, levels=("L1", "L2", "L3"))
     ctx = create_headless_context()
@@ -97,15 +98,7 @@ def design_phantom_plan(spacing: float):
     seeds = [tuple(phantom.body_point(n)) for n in ("L1", "L2", "L3")]
     mask = segment_bone(ctx, ct, BoneSegmentationParameters(seeds_ras=seeds)).mask
     t_seg = time.perf_counter() - t0
-    plan = Plan(
-        case_id="BENCH-L2",
-        proximal_level="L1",
-        distal_level="L3",
-        proximal_point_ras=[float(v) for v in phantom.body_point("L1")],
-        distal_point_ras=[float(v) for v in phantom.body_point("L3")],
-        implant=ImplantParameters(profile="curved_plate", width_mm=10.0, depth_mm=5.0),
-        placement="anterior",
-    )
+    plan = demo_like_plan(phantom)  # the same plan as the plan benchmark
     t1 = time.perf_counter()
     result = design_implant(plan, phantom.array, phantom.ijk_to_ras, mask)
     return phantom, mask, result, t_seg, time.perf_counter() - t1
