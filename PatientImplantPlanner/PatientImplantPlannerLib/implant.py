@@ -48,6 +48,11 @@ class ImplantParameters:
     # Footplate centre moved anteriorly from the endplate centre: a plate lying on the anterior bodies docks with
     # protrusions reaching back onto the anterior part of each endplate (published case 2).
     footplate_offset_anterior_mm: float = 0.0
+    # ... and laterally, in the path frame (lateral = caudal tangent x anterior: the patient's right).
+    footplate_offset_lateral_mm: float = 0.0
+    # The profile turned about the path (degrees from anterior towards lateral): a plate placed anterolaterally
+    # faces the bodies with its concave side.
+    profile_angle_deg: float = 0.0
     footplate_thickness_mm: float = 3.0
     porous_layer_mm: float = 1.5  # depth of the bone-contact layer marked porous (lattice comes later)
     profile_segments: int = 48  # tessellation of round outlines
@@ -82,9 +87,12 @@ class ImplantParameters:
                 bad("plate_curvature_radius_mm", r, f"between depth/2 + 1 mm ({d / 2 + 1:.1f}) and 1000 mm")
             if w / 2 >= 0.95 * (r + d / 2):
                 bad("width_mm", w, f"below {1.9 * (r + d / 2):.1f} mm for this curvature (the arc would close)")
-        for name in ("offset_anterior_mm", "offset_lateral_mm", "footplate_offset_anterior_mm"):
+        for name in ("offset_anterior_mm", "offset_lateral_mm", "footplate_offset_anterior_mm",
+                     "footplate_offset_lateral_mm"):
             if abs(getattr(self, name)) > 50.0:
                 bad(name, getattr(self, name), "between -50 and 50 mm")
+        if abs(self.profile_angle_deg) > 180.0:
+            bad("profile_angle_deg", self.profile_angle_deg, "between -180 and 180 degrees")
         if not 0.0 < self.footplate_fraction <= 1.0:
             bad("footplate_fraction", self.footplate_fraction, "in (0, 1]")
         if not 0.5 <= self.footplate_thickness_mm <= 20.0:
@@ -197,7 +205,16 @@ def _drop_repeats(poly: np.ndarray, tol: float = 1e-9) -> np.ndarray:
 
 def profile_polygon(params: ImplantParameters) -> np.ndarray:
     """The strut cross-section as a (P, 2) polygon in (anterior, lateral) mm, counter-clockwise, its bounding
-    box centred on the path."""
+    box centred on the path, turned by ``profile_angle_deg``."""
+    poly = _unturned_profile(params)
+    a = np.radians(params.profile_angle_deg)
+    if a == 0.0:
+        return poly
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    return poly @ rot.T
+
+
+def _unturned_profile(params: ImplantParameters) -> np.ndarray:
     params.validate()
     n = int(params.profile_segments)
     if params.profile == "circle":
@@ -461,18 +478,26 @@ def _frame_matrix(x: np.ndarray, y: np.ndarray, z: np.ndarray, origin: np.ndarra
     return np.column_stack([x, y, z, origin])
 
 
-def _footplate(plate: Endplate, params: ImplantParameters):
+def _footplate(plate: Endplate, params: ImplantParameters, end: str):
     """Elliptic plate, contact face on the endplate plane centred on the endplate centre, thickness into the gap."""
     m3d = require_manifold3d()
     ra, rl = params.footplate_fraction * plate.radius_ap, params.footplate_fraction * plate.radius_lr
     n = max(64, int(params.profile_segments))
     solid = m3d.CrossSection.circle(1.0, n).scale((ra, rl)).extrude(params.footplate_thickness_mm)
-    return solid.transform(_frame_matrix(plate.anterior, plate.lateral, plate.normal, footplate_centre(plate, params)))
+    centre = footplate_centre(plate, params, end)
+    return solid.transform(_frame_matrix(plate.anterior, plate.lateral, plate.normal, centre))
 
 
-def footplate_centre(plate: Endplate, params: ImplantParameters) -> np.ndarray:
-    """Centre of the footplate's contact face: on the endplate plane, shifted anteriorly if asked."""
-    return plate.centre + params.footplate_offset_anterior_mm * plate.anterior
+def path_lateral(plate: Endplate, end: str) -> np.ndarray:
+    """The implant path frame's lateral direction at an end: the proximal endplate's own lateral, the distal
+    endplate's opposite (its normal points the other way along the path)."""
+    return plate.lateral if end == "proximal" else -plate.lateral
+
+
+def footplate_centre(plate: Endplate, params: ImplantParameters, end: str = "proximal") -> np.ndarray:
+    """Centre of the footplate's contact face: on the endplate plane, shifted anteriorly / laterally if asked."""
+    return (plate.centre + params.footplate_offset_anterior_mm * plate.anterior
+            + params.footplate_offset_lateral_mm * path_lateral(plate, end))
 
 
 def _hole_cylinder(hole: HoleSpec, segments: int):
@@ -505,7 +530,7 @@ def _validate_holes(holes) -> list:
 def _check_footprint(poly: np.ndarray, params: ImplantParameters, plates) -> None:
     """The strut (profile + offset) must not be wider than either footplate in either direction."""
     a = poly[:, 0] + params.offset_anterior_mm - params.footplate_offset_anterior_mm
-    lat = poly[:, 1] + params.offset_lateral_mm
+    lat = poly[:, 1] + params.offset_lateral_mm - params.footplate_offset_lateral_mm
     ext_a, ext_l = float(np.abs(a).max()), float(np.abs(lat).max())
     for name, plate in plates:
         fa, fl = params.footplate_fraction * plate.radius_ap, params.footplate_fraction * plate.radius_lr
@@ -600,7 +625,7 @@ def build_implant(
     if strut.is_empty():
         raise GeometryError("The strut vanished when trimmed to the footplates.", "Check the endplates and axis.")
 
-    fp_prox, fp_dist = _footplate(proximal, params), _footplate(distal_v, params)
+    fp_prox, fp_dist = _footplate(proximal, params, "proximal"), _footplate(distal_v, params, "distal")
     solid = m3d.Manifold.batch_boolean([strut, fp_prox, fp_dist], m3d.OpType.Add)
 
     cut, removed = [], []
@@ -639,7 +664,7 @@ def build_implant(
     porous = [
         PorousRegion(
             end,
-            footplate_centre(plate, params),
+            footplate_centre(plate, params, end),
             -plate.normal,
             plate.anterior.copy(),
             params.footplate_fraction * plate.radius_lr,

@@ -264,6 +264,11 @@ def _clear_of_strut(offset2: np.ndarray, u: np.ndarray, conv: float, head_cleara
     return bool(np.linalg.norm(pts, axis=1).min() >= shaft_clearance)
 
 
+def _rotate2(v, angle_rad: float) -> np.ndarray:
+    c, s = np.cos(angle_rad), np.sin(angle_rad)
+    return np.array([c * v[0] - s * v[1], s * v[0] + c * v[1]])
+
+
 def default_trajectories(
     proximal: Endplate,
     distal: Endplate,
@@ -275,21 +280,25 @@ def default_trajectories(
     strut_offset_lateral_mm: float = 0.0,
     footplate_offset_anterior_mm: float = 0.0,
     pattern_offset_anterior_mm: Optional[float] = None,
+    footplate_offset_lateral_mm: float = 0.0,
+    pattern_offset_lateral_mm: float = 0.0,
+    pattern_angle_deg: float = 0.0,
 ) -> list:
     """``per_end`` screws per footplate, proximal first, placed around the strut and aimed into each vertebral body.
 
-    Offsets are measured from the endplate centre; ``footplate_offset_anterior_mm`` moves the footplate forward (a
-    plate lying on the anterior bodies). A strut standing in the outer half of the footplate (or beside it) does not
-    centre the pattern: the screws then centre on the footplate, behind the strut, where the body is.
-    ``pattern_offset_anterior_mm`` puts the pattern's centre at that distance in front of the endplate centre.
+    Offsets are measured from the endplate centre in the implant's path frame (anterior; lateral = caudal tangent x
+    anterior, which is the proximal endplate's lateral and the distal endplate's opposite);
+    ``footplate_offset_*`` move the footplate (a plate lying on the anterior or lateral bodies). A strut standing
+    in the outer half of the footplate (or beside it) does not centre the pattern: the screws then centre on the
+    footplate, behind the strut, where the body is. ``pattern_offset_*`` put the pattern's centre at that offset
+    from the endplate centre, and ``pattern_angle_deg`` turns the pattern with a strut placed around the body.
 
-    Placement: symmetric left/right of the strut centre (endplate centre + strut offsets; the endplate centre
-    when the strut stands beside the footplate) at ``lateral_fraction`` x the footplate's lateral semi-axis, pushed
-    away from the strut until the screw head clears it (radius ``strut_radius_mm``, the strut profile's bounding
-    radius) and the driver's line clears it too. The hole must keep a HOLE_WALL_MM wall to the footplate rim;
-    PlanError if it cannot. A third screw goes anterior on the midline, four sit at the corners of a rectangle.
-    ``strut_offset_lateral_mm`` is in the implant's path frame (lateral = tangent x anterior), which is the
-    endplate's lateral at the proximal end and its opposite at the distal end.
+    Placement: symmetric either side of the strut centre at ``lateral_fraction`` x the footplate's semi-axis,
+    pushed away from the strut until the screw head clears it (radius ``strut_radius_mm``, the strut profile's
+    bounding radius) and the driver's line clears it too. The hole must keep a HOLE_WALL_MM wall to the footplate
+    rim. Where ``per_end`` screws do not fit, fewer are placed (down to one, which may sit at the pattern's centre)
+    and a note says so; PlanError only when not even one screw fits. A third screw goes on the pattern's midline
+    towards the strut, four sit at the corners of a rectangle.
 
     Direction: into the body (-normal) tilted by ``convergence_deg`` towards the body's centre line. Why 10
     degrees converging by default: converging (toe-in) screws triangulate, which resists pull-out better than
@@ -308,47 +317,66 @@ def default_trajectories(
     if not np.isfinite(strut_radius_mm) or strut_radius_mm < 0:
         raise PlanError(f"Strut radius {strut_radius_mm!r} mm is invalid.", "Use the strut profile's bounding radius.")
     conv = np.radians(params.convergence_deg)
+    turn = np.radians(pattern_angle_deg)
     hole_r = (st.diameter_mm + params.hole_clearance_mm) / 2
     head_clearance = strut_radius_mm + st.head_mm / 2 + HEAD_STRUT_GAP_MM
     shaft_clearance = strut_radius_mm + st.diameter_mm / 2 + HEAD_STRUT_GAP_MM  # a driver is about as wide
     out = []
     for end, plate, lat_sign in (("proximal", proximal, 1.0), ("distal", distal, -1.0)):
         fa, fl = footplate_fraction * plate.radius_ap, footplate_fraction * plate.radius_lr
-        fp_centre = plate.centre + footplate_offset_anterior_mm * plate.anterior
-        # Positions below are relative to the footplate centre.
-        strut = np.array([strut_offset_anterior_mm - footplate_offset_anterior_mm, lat_sign * strut_offset_lateral_mm])
+        fp_centre = (plate.centre + footplate_offset_anterior_mm * plate.anterior
+                     + footplate_offset_lateral_mm * lat_sign * plate.lateral)
+        # Positions below are in the endplate's (anterior, lateral) plane, relative to the footplate centre.
+        fp = np.array([footplate_offset_anterior_mm, lat_sign * footplate_offset_lateral_mm])
+        strut = np.array([strut_offset_anterior_mm, lat_sign * strut_offset_lateral_mm]) - fp
         # Screws sit around the strut where it stands in the middle of the footplate; a strut near or beyond its
-        # rim (anterior placement) leaves the footplate centre for them.
+        # rim (placement on the bodies) leaves the footplate centre for them.
         centre = strut if (strut[0] / fa) ** 2 + (strut[1] / fl) ** 2 < 0.25 else np.zeros(2)
         if pattern_offset_anterior_mm is not None:
-            centre = np.array([pattern_offset_anterior_mm - footplate_offset_anterior_mm, 0.0])
-        placed = []
-        for a0, l0 in _layout(int(params.per_end), fl, fa, params.lateral_fraction):
-            pos = centre + np.array([a0, l0])
-            tilt = unit(pos - centre)  # outward from the pattern's centre line; the screw tilts towards -tilt
-            push = unit(pos - strut) if np.linalg.norm(pos - strut) > 1e-9 else tilt
-            while not _clear_of_strut(pos - strut, tilt, conv, head_clearance, shaft_clearance):
-                pos = pos + 0.25 * push
-                if np.linalg.norm(pos - centre) > 2 * max(fa, fl):
-                    break
-            if not _hole_fits_footplate(pos[0], pos[1], tilt, conv, hole_r, t, fa, fl):
-                raise PlanError(
-                    f"No room for the {end} {st.name} screws on the {end} footplate "
-                    f"({fa:.1f} x {fl:.1f} mm semi-axes): clear of a {strut_radius_mm:.1f} mm-radius strut the hole "
-                    f"would come within {HOLE_WALL_MM:.0f} mm of the footplate's rim.",
-                    "Use the smaller screw, fewer screws per end, a slimmer strut or a larger footplate_fraction, "
-                    "or place the screws by hand.",
-                )
-            placed.append((pos, tilt))
-        heads = [p for p, _ in placed]
-        for i in range(len(heads)):
-            for j in range(i + 1, len(heads)):
-                if np.linalg.norm(heads[i] - heads[j]) < st.head_mm + HEAD_STRUT_GAP_MM:
-                    raise PlanError(
-                        f"The {end} screw heads would overlap ({st.head_mm:.1f} mm heads "
-                        f"{np.linalg.norm(heads[i] - heads[j]):.1f} mm apart).",
-                        "Use fewer screws per end or a larger lateral_fraction.",
-                    )
+            centre = np.array([pattern_offset_anterior_mm, lat_sign * pattern_offset_lateral_mm]) - fp
+
+        def place(layout, centre=centre, strut=strut, lat_sign=lat_sign, fa=fa, fl=fl):
+            placed = []
+            for a0, l0 in layout:
+                off = _rotate2(np.array([a0, l0]), turn)
+                pos = centre + np.array([off[0], lat_sign * off[1]])
+                away = centre - strut if np.linalg.norm(centre - strut) > 1e-9 else np.array([-1.0, 0.0])
+                tilt = unit(pos - centre) if np.linalg.norm(pos - centre) > 1e-9 else unit(away)
+                push = unit(pos - strut) if np.linalg.norm(pos - strut) > 1e-9 else tilt
+                while not _clear_of_strut(pos - strut, tilt, conv, head_clearance, shaft_clearance):
+                    pos = pos + 0.25 * push
+                    if np.linalg.norm(pos - centre) > 2 * max(fa, fl):
+                        break
+                if not _hole_fits_footplate(pos[0], pos[1], tilt, conv, hole_r, t, fa, fl):
+                    return None
+                placed.append((pos, tilt))
+            heads = [p for p, _ in placed]
+            for i in range(len(heads)):
+                for j in range(i + 1, len(heads)):
+                    if np.linalg.norm(heads[i] - heads[j]) < st.head_mm + HEAD_STRUT_GAP_MM:
+                        return None
+            return placed
+
+        placed = None
+        for n in range(int(params.per_end), 0, -1):
+            placed = place(_layout(n, fl, fa, params.lateral_fraction))
+            if placed is None and n == 1:
+                placed = place([(0.0, 0.0)])  # one screw in the pattern's centre
+            if placed is not None:
+                break
+        if placed is None:
+            raise PlanError(
+                f"No room for even one {st.name} screw on the {end} footplate ({fa:.1f} x {fl:.1f} mm "
+                f"semi-axes): clear of a {strut_radius_mm:.1f} mm-radius strut the hole would come within "
+                f"{HOLE_WALL_MM:.0f} mm of the footplate's rim.",
+                "Raise implant.footplate_fraction (up to 1.0), use a slimmer strut (implant.width_mm / diameter_mm)"
+                + (", choose screws.screw_type '3.5 cancellous'" if st.diameter_mm > 3.5 else "")
+                + ", or place the screws by hand (edit the screw lines).",
+            )
+        notes = []
+        if len(placed) < params.per_end:
+            notes.append(f"only {len(placed)} of {params.per_end} screws fit on the {end} footplate "
+                         f"({fa:.1f} x {fl:.1f} mm semi-axes) clear of the strut")
         names = []
         for pos, u in placed:
             offset = pos[0] * plate.anterior + pos[1] * plate.lateral
@@ -359,7 +387,7 @@ def default_trajectories(
             if name in names:
                 name = f"{name} {len(names) + 1}"
             names.append(name)
-            out.append(Trajectory(name, end, entry, entry + DEFAULT_TARGET_MM * direction))
+            out.append(Trajectory(name, end, entry, entry + DEFAULT_TARGET_MM * direction, notes=list(notes)))
     return out
 
 

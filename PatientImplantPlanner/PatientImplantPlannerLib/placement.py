@@ -1,0 +1,231 @@
+"""Where the strut goes around the vertebral bodies: an angle about the spinal axis (0 = anterior, +90 = the
+patient's right, -90 = the left), the strut lying a bone gap outside the bone found in that direction, the
+footplates reaching back from it onto the endplates, and the keep-out anatomy kept at a clearance.
+
+Automatic placement tries every angle from -90 to +90 degrees, measures the clearance of the strut and footplates
+to every keep-out structure on a distance field, and takes the middle of the widest run of angles that keeps the
+required clearance (so it stays clear of both neighbours, and a mirrored patient gets the mirrored plan). Without
+keep-out structures every angle passes and the strut goes anterior. Numpy only, no scene access.
+"""
+
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from .anatomy import Endplate
+from .errors import PlanError
+from .implant import ImplantParameters, path_frames, profile_polygon
+
+NAMED_ANGLES = {
+    "anterior": 0.0,
+    "anterolateral_right": 45.0,
+    "lateral_right": 90.0,
+    "anterolateral_left": -45.0,
+    "lateral_left": -90.0,
+}
+AUTO_STEP_DEG = 5.0
+AUTO_RANGE_DEG = 90.0
+FOOTPLATE_BACK = 0.25  # footplates reach this x the endplate's radius (in the strut's direction) behind its centre
+SCREW_PATTERN = 0.15  # ... and their screws centre this x that radius towards the strut
+BONE_REACH = 1.5  # bone farther from the axis than this x the larger endplate radius is not "the body" (ribs)
+FIELD_MARGIN_MM = 0.5  # the 1 mm placement field may differ from the 0.5 mm measurement by this much
+CLEARANCE_CAP_MM = 3.0  # clearance beyond required + this does not make an angle better
+
+
+@dataclass
+class Placement:
+    angle_deg: float
+    offset_mm: float  # strut centre line from the spinal axis, in the angle's direction
+    parameters: ImplantParameters  # the implant parameters to build (offsets, footplates, profile turned)
+    screw_pattern: dict  # keyword arguments for screws.default_trajectories' pattern
+    how: str  # "automatic", "fixed", "named"
+    clearance_mm: Optional[float] = None  # estimated on the placement field (None: no keep-out structures)
+    nearest: str = ""
+    by_angle: list = field(default_factory=list)  # [(angle, clearance or None, nearest)] tried
+
+    def as_dict(self) -> dict:
+        return {"angle_deg": self.angle_deg, "offset_mm": round(self.offset_mm, 2), "how": self.how,
+                "estimated_clearance_mm": None if self.clearance_mm is None else round(self.clearance_mm, 2),
+                "nearest_structure": self.nearest}
+
+
+def angle_name(angle_deg: float) -> str:
+    a = float(angle_deg)
+    if abs(a) < 22.5:
+        return "anterior"
+    side = "right" if a > 0 else "left"
+    return f"anterolateral {side}" if abs(a) < 67.5 else f"lateral {side}"
+
+
+def _extent(ra: float, rl: float, angle: float) -> float:
+    """The support of an (ra, rl) ellipse in the in-plane direction at ``angle`` from anterior."""
+    return float(np.hypot(ra * np.cos(angle), rl * np.sin(angle)))
+
+
+class _Bone:
+    """Spine bone between the footplate zones in the path frame: (anterior, lateral) coordinates of each voxel."""
+
+    def __init__(self, axis, proximal, distal, bone_mask, ijk_to_ras, keep_mm):
+        self.ok = False
+        if bone_mask is None:
+            return
+        axis = np.asarray(axis, dtype=float)
+        k, j, i = np.nonzero(bone_mask)
+        m = np.asarray(ijk_to_ras, dtype=float)
+        pts = np.stack([i, j, k], axis=1) @ m[:3, :3].T + m[:3, 3]
+        inside = ((pts - proximal.centre) @ proximal.normal > keep_mm) & (
+            (pts - distal.centre) @ distal.normal > keep_mm)
+        pts = pts[inside]
+        if len(pts) == 0:
+            return
+        frames = path_frames(axis, proximal, distal)
+        _, nearest = cKDTree(axis).query(pts)
+        rel = pts - axis[nearest]
+        self.a = np.einsum("ij,ij->i", rel, frames[nearest, 0])
+        self.l = np.einsum("ij,ij->i", rel, frames[nearest, 1])
+        reach = BONE_REACH * max(proximal.radius_ap, proximal.radius_lr, distal.radius_ap, distal.radius_lr)
+        near = np.hypot(self.a, self.l) <= reach
+        self.a, self.l = self.a[near], self.l[near]
+        self.half_voxel = float(np.linalg.norm(m[:3, :3], axis=0).max()) / 2.0
+        self.ok = len(self.a) > 0
+
+    def front(self, angle: float, half_band: float) -> Optional[float]:
+        """How far the bone reaches from the axis in the direction ``angle``, within +-half_band across it."""
+        if not self.ok:
+            return None
+        u = self.a * np.cos(angle) + self.l * np.sin(angle)
+        v = -self.a * np.sin(angle) + self.l * np.cos(angle)
+        band = np.abs(v) <= half_band
+        if not band.any():
+            return None
+        return float(u[band].max()) + self.half_voxel  # voxel centres: the surface is half a voxel further
+
+
+def _parameters_at(implant: ImplantParameters, proximal: Endplate, distal: Endplate, angle_deg: float,
+                   bone: _Bone, bone_gap_mm: float) -> tuple:
+    """(implant parameters, offset, screw pattern) of a strut at ``angle_deg`` lying ``bone_gap_mm`` off the bone."""
+    ang = np.radians(angle_deg)
+    turned = replace(implant, profile_angle_deg=float(angle_deg))
+    base = profile_polygon(replace(implant, profile_angle_deg=0.0))
+    front, back = float(base[:, 0].max()), float(-base[:, 0].min())
+    half_width = float(np.abs(base[:, 1]).max())
+    r = min(_extent(p.radius_ap, p.radius_lr, ang) for p in (proximal, distal))
+    bone_front = bone.front(ang, half_width + 2.0)
+    if bone_front is None:
+        bone_front = max(_extent(p.radius_ap, p.radius_lr, ang) for p in (proximal, distal))
+    offset = bone_front + back + bone_gap_mm
+    rear = -FOOTPLATE_BACK * r
+    semi = (offset + front - rear) / 2.0
+    fraction = min(1.0, max(implant.footplate_fraction, semi / r))
+    centre = offset + front - fraction * r  # the footplate's outer edge flush with the strut's outer face
+    u = np.array([np.cos(ang), np.sin(ang)])
+    params = replace(turned, offset_anterior_mm=float(offset * u[0]), offset_lateral_mm=float(offset * u[1]),
+                     footplate_offset_anterior_mm=float(centre * u[0]),
+                     footplate_offset_lateral_mm=float(centre * u[1]), footplate_fraction=float(fraction))
+    pattern = {"pattern_offset_anterior_mm": float(SCREW_PATTERN * r * u[0]),
+               "pattern_offset_lateral_mm": float(SCREW_PATTERN * r * u[1]),
+               "pattern_angle_deg": float(angle_deg)}
+    return params, float(offset), pattern
+
+
+def _sample_points(axis, proximal, distal, params: ImplantParameters, extra_mm: float) -> np.ndarray:
+    """Points on the strut's outline along the gap and over both footplates (contact and free faces), the distal
+    one also where the largest oversized variant puts it."""
+    axis = np.asarray(axis, dtype=float)
+    frames = path_frames(axis, proximal, distal)
+    poly = profile_polygon(params) + np.array([params.offset_anterior_mm, params.offset_lateral_mm])
+    keep = ((axis - proximal.centre) @ proximal.normal > 0) & ((axis - distal.centre) @ distal.normal > 0)
+    step = max(1, len(axis) // 60)
+    idx = np.flatnonzero(keep)[::step]
+    strut = (axis[idx, None, :] + poly[None, :, 0, None] * frames[idx, None, 0]
+             + poly[None, :, 1, None] * frames[idx, None, 1]).reshape(-1, 3)
+    pts = [strut]
+    t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+    rings = np.concatenate([s * np.stack([np.cos(t), np.sin(t)], axis=1) for s in (0.35, 0.7, 1.0)])
+    down = axis[-1] - axis[-2] if len(axis) > 1 else -distal.normal
+    down = down / max(np.linalg.norm(down), 1e-9)
+    for end, plate, shifts in (("proximal", proximal, (0.0,)), ("distal", distal, (0.0, extra_mm))):
+        lat = plate.lateral if end == "proximal" else -plate.lateral
+        c0 = plate.centre + params.footplate_offset_anterior_mm * plate.anterior + (
+            params.footplate_offset_lateral_mm * lat)
+        ra, rl = params.footplate_fraction * plate.radius_ap, params.footplate_fraction * plate.radius_lr
+        disc = rings[:, :1] * ra * plate.anterior + rings[:, 1:] * rl * plate.lateral
+        for s in shifts:
+            for h in (0.0, params.footplate_thickness_mm):
+                pts.append(c0 + s * down + h * plate.normal + disc)
+    return np.concatenate(pts)
+
+
+def place_strut(implant: ImplantParameters, axis, proximal: Endplate, distal: Endplate, bone_mask, ijk_to_ras,
+                keep_out=None, placement: str = "auto", angle_deg: Optional[float] = None,
+                required_clearance_mm: float = 2.0, bone_gap_mm: float = 1.0, largest_variant_mm: float = 0.0,
+                field=None) -> Placement:
+    """The strut's place around the bodies. ``placement`` "auto" searches the angle; a named placement
+    (NAMED_ANGLES) or ``angle_deg`` fixes it (the clearance is then measured, not enforced here)."""
+    keep_mm = implant.footplate_thickness_mm + 1.0
+    bone = _Bone(axis, proximal, distal, bone_mask, ijk_to_ras, keep_mm)
+    if angle_deg is not None:
+        angles, how = [float(angle_deg)], "fixed"
+    elif placement in NAMED_ANGLES:
+        angles, how = [NAMED_ANGLES[placement]], "named"
+    elif placement == "auto":
+        angles = list(np.arange(-AUTO_RANGE_DEG, AUTO_RANGE_DEG + 1e-9, AUTO_STEP_DEG))
+        how = "automatic"
+    else:
+        raise PlanError(f"Unknown placement {placement!r}.",
+                        f"Choose auto, axis or one of {', '.join(NAMED_ANGLES)} (or set placement_angle_deg).")
+    structures = keep_out is not None and len(keep_out.structures) > 0
+    if structures and field is None:
+        pad = 60.0
+        ax = np.asarray(axis, dtype=float)
+        field = keep_out.distance_field(ax.min(axis=0) - pad, ax.max(axis=0) + pad)
+    tried = []
+    for a in angles:
+        params, offset, pattern = _parameters_at(implant, proximal, distal, a, bone, bone_gap_mm)
+        clearance, nearest = None, ""
+        if structures:
+            d, which = field.sample(_sample_points(axis, proximal, distal, params, largest_variant_mm))
+            k = int(np.argmin(d))
+            clearance = float(d[k]) if np.isfinite(d[k]) else None
+            nearest = field.names[int(which[k])] if which[k] >= 0 else ""
+        tried.append((a, clearance, nearest, params, offset, pattern))
+    if how != "automatic" or not structures:
+        pick = len(tried) // 2 if how == "automatic" else 0  # no structures: the middle angle, anterior
+        a, c, n, params, offset, pattern = tried[pick]
+    else:
+        need = required_clearance_mm + FIELD_MARGIN_MM
+        ok = [c is None or c >= need for _, c, *_ in tried]
+        runs, start = [], None
+        for i, good in enumerate(ok + [False]):
+            if good and start is None:
+                start = i
+            if not good and start is not None:
+                runs.append((start, i - 1))
+                start = None
+        if not runs:
+            best = max(tried, key=lambda r: -np.inf if r[1] is None else r[1])
+            raise PlanError(
+                f"No strut position around the vertebral bodies keeps {required_clearance_mm:g} mm from the "
+                f"keep-out anatomy: the best, {angle_name(best[0])} ({best[0]:+.0f} deg), comes within "
+                f"{best[1]:.1f} mm of the {best[2].replace('_', ' ')}.",
+                "Lower keep_out_clearance_mm (plan) / --clearance, make the strut slimmer (implant width_mm or "
+                "diameter_mm), reduce anterior_clearance_mm (the gap to the bone), or fix placement_angle_deg "
+                "and accept the clearance in accepted_risks.",
+            )
+
+        # Widest run; among equally wide runs the one nearest anterior. Its middle angle (mirror-symmetric).
+        def key(run):
+            mid = 0.5 * (tried[run[0]][0] + tried[run[1]][0])
+            return (run[1] - run[0], -abs(mid))
+
+        lo, hi = max(runs, key=key)
+        scores = [min(tried[i][1] if tried[i][1] is not None else np.inf, need + CLEARANCE_CAP_MM)
+                  for i in range(lo, hi + 1)]
+        mids = [i for i in range(lo, hi + 1)]
+        centre = 0.5 * (tried[lo][0] + tried[hi][0])
+        i = min(mids, key=lambda i: (abs(tried[i][0] - centre), -scores[i - lo], abs(tried[i][0])))
+        a, c, n, params, offset, pattern = tried[i]
+    return Placement(angle_deg=float(a), offset_mm=offset, parameters=params, screw_pattern=pattern, how=how,
+                     clearance_mm=c, nearest=n, by_angle=[(t[0], t[1], t[2]) for t in tried])
