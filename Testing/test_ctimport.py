@@ -19,7 +19,7 @@ from PatientImplantPlannerLib.ctimport import (
     load_ct,
     validate_ct,
 )
-from PatientImplantPlannerLib.errors import InputFileError, NotCTError
+from PatientImplantPlannerLib.errors import InputFileError, NotCTError, PlanError
 from PatientImplantPlannerLib.volumes import array, ijk_to_ras_matrix
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -119,7 +119,7 @@ def test_dicom_folder_matches_sorted_series_reader(ctx):
     assert info.spacing == pytest.approx((0.9765625, 0.9765625, 2.0))
     assert info.slice_thickness == pytest.approx(3.0)  # nominal thickness from the header, not the 2 mm spacing
     assert info.path == os.path.abspath(DICOM_DIR)
-    assert info.series_note == ""
+    assert info.series_note == "took (no series UID) (CT, 20 slices, 'CT Body 3.0'): the only image series"
 
 
 def test_dicom_with_shuffled_names_gives_same_volume(ctx, tmp_path):
@@ -188,7 +188,7 @@ def test_non_ct_modality_series_needs_allow_non_ct(ctx, tmp_path):
     sorted_files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(DICOM_DIR)
     write_copy_series(sorted_files[:4], str(tmp_path), NEW_UID, modality="MR", description="mr")
     before = node_ids(ctx.scene)
-    with pytest.raises(NotCTError, match="MR, not CT.*allow_non_ct"):
+    with pytest.raises(NotCTError, match="MR, not CT.*--allow-non-ct"):
         load_ct(ctx, str(tmp_path))
     assert node_ids(ctx.scene) == before
     node = load_ct(ctx, str(tmp_path), allow_non_ct=True)
@@ -211,10 +211,10 @@ def test_choose_series_prefers_largest_ct():
     body = DicomSeriesInfo("1.3", "CT Body", "CT", 120, [])
     chosen, note = choose_series([pet, body, scout])
     assert chosen is body
-    assert note == "folder holds 3 series; took 1.3 (CT, 120 slices): the CT series with the most slices"
+    assert note == "folder holds 3 series; took 1.3 (CT, 120 slices, 'CT Body'): the CT series with the most slices"
     chosen, note = choose_series([scout, body])
     assert chosen is body and note.endswith(": the most slices")
-    assert choose_series([scout]) == (scout, "")
+    assert choose_series([scout]) == (scout, "took 1.1 (CT, 2 slices, 'Topogram'): the only image series")
     assert choose_series([pet, body], series_uid="1.2")[0] is pet
 
 
@@ -239,11 +239,11 @@ def bad_inputs(tmp_path):
     mr = rng.uniform(0, 1200, (12, 16, 16)).astype(np.int16)
     return {
         "missing": (str(tmp_path / "nope.nrrd"), InputFileError, "does not exist"),
-        "garbage": (str(garbage), InputFileError, "Cannot read .* damaged or not in a supported format"),
+        "garbage": (str(garbage), InputFileError, "is damaged: its header has no valid .sizes. field"),
         "no_dicom": (str(no_dicom), InputFileError, "No DICOM image series"),
         "2d": (write_volume(tmp_path / "slice.nrrd", rng.integers(-1000, 1000, (1, 16, 16)).astype(np.int16)),
                NotCTError, "needs a 3D CT volume"),
-        "mr_like": (write_volume(tmp_path / "mr.nii.gz", mr), NotCTError, "air at about -1000 HU.*allow_non_ct"),
+        "mr_like": (write_volume(tmp_path / "mr.nii.gz", mr), NotCTError, "air at about -1000 HU.*--allow-non-ct"),
         "constant": (write_volume(tmp_path / "zero.nrrd", np.zeros((8, 8, 8), np.int16)), NotCTError, "empty"),
     }
 
@@ -312,3 +312,66 @@ def test_localizer_in_series_is_dropped_and_noted(ctx, tmp_path):
     node = load_ct(ctx, str(tmp_path))
     assert "dropped 1 file(s) with a different slice orientation" in describe_ct(node).series_note
     assert_same_as_sitk(node, sitk.ReadImage(list(sorted_files[:5])))
+
+
+# ------------------------------------------------------------------------------- integrity and geometry checks
+
+
+@pytest.mark.parametrize("name, compressed", [("ct.nii.gz", True), ("ct.nii", False), ("ct.nrrd", False),
+                                              ("ct.nrrd", True), ("ct.mha", False), ("ct.mha", True)])
+def test_truncated_file_is_refused_not_read_as_zeros(ctx, tmp_path, sample_small, name, compressed):
+    path = tmp_path / name
+    sitk.WriteImage(sample_small, str(path), useCompression=compressed)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    before = node_ids(ctx.scene)
+    with pytest.raises(InputFileError, match="is damaged: .*(compressed data is incomplete|40 x 40 x 30 voxels)"):
+        load_ct(ctx, str(path))
+    assert node_ids(ctx.scene) == before
+    path.write_bytes(data)  # the same file complete loads
+    assert_same_as_sitk(load_ct(ctx, str(path)), sample_small)
+
+
+def test_detached_nrrd_with_short_data_file_is_refused(ctx, tmp_path, sample_small):
+    sitk.WriteImage(sample_small, str(tmp_path / "ct.nhdr"))
+    raw = next(p for p in tmp_path.iterdir() if p.suffix == ".raw")
+    raw.write_bytes(raw.read_bytes()[:-2])
+    with pytest.raises(InputFileError, match="96,000 bytes of data|192,000 bytes of data"):
+        load_ct(ctx, str(tmp_path / "ct.nhdr"))
+
+
+@pytest.mark.parametrize("spacing", [(50.0, 50.0, 50.0), (0.01, 0.01, 1.0)])
+def test_implausible_voxel_size_is_refused(ctx, tmp_path, sample_small, spacing):
+    image = sitk.Image(sample_small)
+    image.SetSpacing(spacing)
+    path = str(tmp_path / "ct.nrrd")
+    sitk.WriteImage(image, path)
+    with pytest.raises(NotCTError, match="voxels of .* outside 0.05-10 mm"):
+        load_ct(ctx, path)
+
+
+def test_thick_slices_warn_then_need_acceptance_above_the_largest_variant(ctx, tmp_path, sample_small):
+    image = sitk.Image(sample_small)
+    image.SetSpacing((0.3, 0.3, 5.0))
+    path = str(tmp_path / "thick.nrrd")
+    sitk.WriteImage(image, path)
+    # Without a plan limit (Slicer module, segment command) a warning with the length uncertainty.
+    notes = describe_ct(load_ct(ctx, path)).notes
+    assert notes == ["CT slice thickness 5.00 mm is above 1.25 mm: the endplates are located to about +/-2.5 mm "
+                     "each, so the implant length is uncertain by up to 5.0 mm."]
+    before = node_ids(ctx.scene)
+    with pytest.raises(PlanError, match="slice thickness is 5.00 mm, more than the largest oversized variant "
+                                        r"\(\+4 mm\).*--accept-thick-slices"):
+        load_ct(ctx, path, max_slice_mm=4.0)
+    assert node_ids(ctx.scene) == before
+    accepted = describe_ct(load_ct(ctx, path, max_slice_mm=4.0, accept_thick_slices=True)).notes
+    assert len(accepted) == 1 and "accepted by the user (--accept-thick-slices)" in accepted[0]
+    # The bundled 3 mm sample is within the default +4 mm variant: a warning only.
+    assert "3.00 mm is above 1.25 mm" in describe_ct(load_ct(ctx, SAMPLE_CT, max_slice_mm=4.0)).notes[0]
+
+
+def test_point_outside_the_volume_is_named_as_given(ctx):
+    with pytest.raises(PlanError, match=r"The proximal point \(proximal_point_ras\) at \(0, 0, 900\) RAS lies "
+                                        "outside the CT volume.*Correct the proximal point"):
+        load_ct(ctx, SAMPLE_CT, points=[("proximal point (proximal_point_ras)", (0.0, 0.0, 900.0))])
+    load_ct(ctx, SAMPLE_CT, points=[("seed", (-7.0, 146.3, 304.3))])

@@ -11,12 +11,13 @@ Anything added to the scene by a load that fails is removed again, so a failed i
 """
 
 import os
+import struct
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 
-from .errors import InputFileError, NotCTError
+from .errors import InputFileError, NotCTError, PlanError
 from .progress import Progress, ProgressCallback
 
 VOLUME_EXTENSIONS = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
@@ -24,6 +25,13 @@ ATTR_SOURCE = "PatientImplantPlanner.SourcePath"
 ATTR_SERIES_UID = "PatientImplantPlanner.SeriesUID"
 ATTR_SERIES_NOTE = "PatientImplantPlanner.SeriesNote"
 ATTR_SLICE_THICKNESS = "PatientImplantPlanner.SliceThickness"
+ATTR_INPUT_NOTES = "PatientImplantPlanner.InputNotes"  # slice-thickness warnings/acceptance, one per line
+
+# Plausible CT voxels: below 0.05 mm or above 10 mm the header's units or spacing are wrong (not a patient CT).
+VOXEL_RANGE_MM = (0.05, 10.0)
+# The reference cases used 1 mm slices. Above this the endplates, and so the implant length, are uncertain by about
+# a slice (half a slice at each end); above the largest oversized variant the variants cannot absorb it.
+THIN_SLICE_MM = 1.25
 
 # CT in Hounsfield units: air about -1000, fat about -100. Values at or below PADDING_HU are the fill some
 # scanners put outside the scan circle (-2048, -3024), never tissue.
@@ -56,6 +64,7 @@ class CTInfo:
     slice_thickness: float
     series_uid: str = ""
     series_note: str = ""
+    notes: list = field(default_factory=list)  # input-check warnings (slice thickness), for the record
 
 
 # ----------------------------------------------------------------------------------------------- DICOM series
@@ -152,7 +161,7 @@ def _slice_geometry(files: list):
 
 
 def choose_series(series: list, series_uid: Optional[str] = None, folder: str = "") -> tuple:
-    """The series to load and a note saying which and why (empty when there was only one).
+    """The series to load and a note saying which and why (for the summary, the manifest and the record).
 
     With ``series_uid`` that series; otherwise the CT series with the most files (scouts and dose reports come
     in small series), or the largest series if none says CT.
@@ -163,21 +172,20 @@ def choose_series(series: list, series_uid: Optional[str] = None, folder: str = 
     if series_uid:
         for s in series:
             if s.series_uid == series_uid:
-                note = "" if len(series) == 1 else (
-                    f"folder holds {len(series)} series; took {_uid(s)} ({s.modality or '?'}, "
-                    f"{s.n_files} slices): selected by series UID")
-                return s, note
+                return s, _series_note(s, series, "selected by series UID")
         raise InputFileError(f"Series UID '{series_uid}' is not in folder '{folder}'.",
                              "Pick one of the series found there: " + _series_listing(series) + ".")
     cts = [s for s in series if s.modality == "CT"]
     pool = cts or series
     why = "the CT series with the most slices" if 0 < len(cts) < len(series) else "the most slices"
     chosen = max(pool, key=lambda s: s.n_files)
-    if len(series) == 1:
-        return chosen, ""
-    note = (f"folder holds {len(series)} series; took {_uid(chosen)} ({chosen.modality or '?'}, "
-            f"{chosen.n_files} slices): {why}")
-    return chosen, note
+    return chosen, _series_note(chosen, series, why if len(series) > 1 else "the only image series")
+
+
+def _series_note(chosen: DicomSeriesInfo, series: list, why: str) -> str:
+    held = f"folder holds {len(series)} series; " if len(series) > 1 else ""
+    return (f"{held}took {_uid(chosen)} ({chosen.modality or '?'}, {chosen.n_files} slices, "
+            f"'{chosen.description}'): {why}")
 
 
 def _uid(s: DicomSeriesInfo) -> str:
@@ -227,6 +235,243 @@ def _regular_slices(files: list) -> tuple:
             "the anatomy.",
             "Load the series in Slicer's DICOM module with acquisition geometry regularization and save it as NRRD.")
     return files, note, positions, normal
+
+
+# ------------------------------------------------------------------------------------------------ file integrity
+
+_CHUNK = 1 << 22
+# NIfTI-1 datatype codes are not needed: bitpix is in the header. NRRD/MetaImage element sizes by type name.
+_NRRD_BYTES = {1: ("char", "int8"), 2: ("short", "int16"), 8: ("longlong", "long long", "int64", "double")}
+_MET_BYTES = {"CHAR": 1, "UCHAR": 1, "SHORT": 2, "USHORT": 2, "INT": 4, "UINT": 4, "LONG": 4, "ULONG": 4,
+              "FLOAT": 4, "LONG_LONG": 8, "ULONG_LONG": 8, "DOUBLE": 8}
+
+
+def check_file_integrity(path: str) -> None:
+    """Refuse a truncated or corrupt NIfTI/NRRD/MetaImage file before it is read: the compressed stream must end
+    properly and hold at least the voxel bytes the header announces. (The readers otherwise fill missing slices with
+    zeros, which look like soft tissue.) Formats or encodings it does not know are left to the reader."""
+    lower = path.lower()
+    if lower.endswith((".nii", ".nii.gz")):
+        _check_nifti(path)
+    elif lower.endswith((".nrrd", ".nhdr")):
+        _check_nrrd(path)
+    elif lower.endswith((".mha", ".mhd")):
+        _check_metaimage(path)
+
+
+def _damaged(path: str, what: str) -> InputFileError:
+    return InputFileError(
+        f"'{path}' is damaged: {what}. It would load with missing slices read as 0 HU.",
+        "Copy or export the CT again (an interrupted download or copy truncates the file), then retry.")
+
+
+def _stream_length(path: str, offset: int, codec: str) -> int:
+    """Bytes in the file after ``offset``, decompressed with ``codec`` ('raw', 'gzip', 'bzip2', 'zlib') to the end
+    of its stream; InputFileError if the stream is cut short or corrupt."""
+    import bz2
+    import gzip
+    import zlib
+
+    if codec == "raw":
+        return max(os.path.getsize(path) - offset, 0)
+    total = 0
+    with open(path, "rb") as raw:
+        raw.seek(offset)
+        try:
+            if codec == "zlib":
+                d = zlib.decompressobj()
+                while chunk := raw.read(_CHUNK):
+                    total += len(d.decompress(chunk))
+                total += len(d.flush())
+                if not d.eof:
+                    raise EOFError("compressed data ended before the end-of-stream marker")
+            else:
+                opener = gzip.GzipFile if codec == "gzip" else bz2.BZ2File
+                with opener(fileobj=raw, mode="rb") as f:
+                    while chunk := f.read(_CHUNK):
+                        total += len(chunk)
+        except (EOFError, OSError, zlib.error) as exc:
+            raise _damaged(path, f"its compressed data is incomplete or corrupt ({exc})") from None
+    return total
+
+
+def _require_bytes(path: str, have: int, need: int, dims) -> None:
+    if have < need:
+        shape = " x ".join(str(int(d)) for d in dims)
+        raise _damaged(path, f"the header announces {shape} voxels ({need:,} bytes of data) but the file holds "
+                             f"{have:,} bytes ({100.0 * have / max(need, 1):.0f} %)")
+
+
+def _check_nifti(path: str) -> None:
+    import gzip
+
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            header = f.read(540)
+    except (EOFError, OSError) as exc:
+        raise _damaged(path, f"its header cannot be read ({exc})") from None
+    for endian in "<>":
+        if len(header) >= 4 and struct.unpack(endian + "i", header[:4])[0] in (348, 540):
+            break
+    else:
+        raise _damaged(path, "it has no NIfTI header")
+    if struct.unpack(endian + "i", header[:4])[0] == 348:
+        dims = struct.unpack(endian + "8h", header[40:56])
+        bitpix = struct.unpack(endian + "h", header[72:74])[0]
+        offset = int(struct.unpack(endian + "f", header[108:112])[0])
+    else:
+        if len(header) < 540:
+            raise _damaged(path, "its NIfTI-2 header is incomplete")
+        bitpix = struct.unpack(endian + "h", header[14:16])[0]
+        dims = struct.unpack(endian + "8q", header[16:80])
+        offset = struct.unpack(endian + "q", header[168:176])[0]
+    n = max(min(int(dims[0]), 7), 0)
+    shape = [max(int(d), 1) for d in dims[1 : n + 1]]
+    need = max(offset, 0) + int(np.prod(shape, dtype=np.int64)) * max(int(bitpix), 8) // 8
+    have = _stream_length(path, 0, "gzip" if path.lower().endswith(".gz") else "raw")
+    _require_bytes(path, have, need, shape)
+
+
+def _text_header(path: str, stop) -> tuple:
+    """(lines, byte offset after the header) of a text header ending at the first line where ``stop(line)``."""
+    lines, offset = [], 0
+    with open(path, "rb") as f:
+        for raw in f:
+            offset += len(raw)
+            line = raw.decode("latin-1").rstrip("\r\n")
+            if stop(line) or offset > 1 << 20:
+                lines.append(line)
+                break
+            lines.append(line)
+    return lines, offset
+
+
+def _check_nrrd(path: str) -> None:
+    lines, offset = _text_header(path, lambda line: line == "")
+    if not lines or not lines[0].startswith("NRRD"):
+        raise _damaged(path, "it has no NRRD header")
+    fields = {}
+    for line in lines[1:]:
+        if ":" in line and not line.startswith("#") and ":=" not in line:
+            key, value = line.split(":", 1)
+            fields[key.strip().lower()] = value.strip()
+    try:
+        sizes = [int(v) for v in fields["sizes"].split()]
+    except (KeyError, ValueError):
+        raise _damaged(path, "its header has no valid 'sizes' field") from None
+    kind = fields.get("type", "").lower()
+    size = next((n for n, names in _NRRD_BYTES.items() if any(name in kind for name in names)), 4)
+    encoding = fields.get("encoding", "raw").lower()
+    codec = {"raw": "raw", "gzip": "gzip", "gz": "gzip", "bzip2": "bzip2", "bz2": "bzip2"}.get(encoding)
+    data_file = fields.get("data file") or fields.get("datafile")
+    skips = ("line skip", "lineskip", "byte skip", "byteskip")
+    if codec is None or any(k in fields for k in skips) or (data_file and " " in data_file.strip()):
+        return  # text/hex encodings, skips and file lists: left to the reader
+    if data_file:
+        path, offset = os.path.join(os.path.dirname(path), data_file.strip()), 0
+        if not os.path.isfile(path):
+            raise InputFileError(f"The NRRD header names a data file '{data_file}' that does not exist.",
+                                 "Keep the .nhdr file and its data file together in one folder.")
+    _require_bytes(path, _stream_length(path, offset, codec), int(np.prod(sizes, dtype=np.int64)) * size, sizes)
+
+
+def _check_metaimage(path: str) -> None:
+    lines, offset = _text_header(path, lambda line: line.replace(" ", "").lower().startswith("elementdatafile="))
+    fields = {}
+    for line in lines:
+        if "=" in line:
+            key, value = line.split("=", 1)
+            fields[key.strip().lower()] = value.strip()
+    try:
+        dims = [int(v) for v in fields["dimsize"].split()]
+        size = _MET_BYTES[fields["elementtype"].upper().replace("MET_", "")]
+        channels = int(fields.get("elementnumberofchannels", "1"))
+    except (KeyError, ValueError):
+        raise _damaged(path, "its MetaImage header has no valid DimSize/ElementType") from None
+    data_file = fields.get("elementdatafile", "")
+    if data_file.upper() != "LOCAL":
+        if " " in data_file or data_file.upper().startswith("LIST"):
+            return  # slice lists: left to the reader
+        path, offset = os.path.join(os.path.dirname(path), data_file), 0
+        if not os.path.isfile(path):
+            raise InputFileError(f"The MetaImage header names a data file '{data_file}' that does not exist.",
+                                 "Keep the .mhd file and its data file together in one folder.")
+    codec = "zlib" if fields.get("compresseddata", "false").lower() == "true" else "raw"
+    need = int(np.prod(dims, dtype=np.int64)) * size * channels
+    _require_bytes(path, _stream_length(path, offset, codec), need, dims)
+
+
+# --------------------------------------------------------------------------------------------- geometry checks
+
+
+def check_geometry(volume_node, max_slice_mm: Optional[float] = None, accept_thick_slices: bool = False) -> list:
+    """Refuse implausible voxel sizes; warn about slices thicker than THIN_SLICE_MM with the implant-length
+    uncertainty they imply; refuse (PlanError) slices thicker than ``max_slice_mm`` (the plan's largest oversized
+    variant) unless ``accept_thick_slices``. Returns the notes for the record (warning or acceptance)."""
+    spacing = [float(v) for v in volume_node.GetSpacing()]
+    name = volume_node.GetName()
+    lo, hi = VOXEL_RANGE_MM
+    if not all(np.isfinite(v) and lo <= v <= hi for v in spacing):
+        raise NotCTError(
+            f"Volume '{name}' has voxels of {_mm(spacing)} mm: outside {lo:g}-{hi:g} mm, so its spacing (or unit) in "
+            "the header is wrong or this is not a patient CT.",
+            "Fix the spacing in the file header (Slicer: Volumes module > Volume information), or export the CT "
+            "again from the scanner or PACS.")
+    thickness = _slice_mm(volume_node)
+    if thickness <= THIN_SLICE_MM:
+        return []
+    uncertainty = (f"the endplates are located to about +/-{thickness / 2:.1f} mm each, so the implant length is "
+                   f"uncertain by up to {thickness:.1f} mm")
+    if max_slice_mm is not None and thickness > max_slice_mm:
+        variant = f"the largest oversized variant (+{max_slice_mm:g} mm)" if max_slice_mm > 0 else "no variant"
+        if not accept_thick_slices:
+            raise PlanError(
+                f"The CT's slice thickness is {thickness:.2f} mm, more than {variant}: {uncertainty}, which the "
+                "oversized variants cannot absorb.",
+                "Use a CT reconstructed with thinner slices (1 mm, as the reference cases), add a larger variant "
+                "(the plan's variants_mm), or pass --accept-thick-slices to plan with it anyway (the design record "
+                "states it).")
+        return [f"CT slice thickness {thickness:.2f} mm is more than {variant}; accepted by the user "
+                f"(--accept-thick-slices): {uncertainty}."]
+    return [f"CT slice thickness {thickness:.2f} mm is above {THIN_SLICE_MM:g} mm: {uncertainty}."]
+
+
+def _slice_mm(volume_node) -> float:
+    """The thicker of the header's slice thickness and the spacing along superior-inferior (the axis the implant
+    length is measured along)."""
+    info = describe_ct(volume_node)
+    import vtk
+
+    directions = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASDirectionMatrix(directions)
+    axis = int(np.argmax([abs(directions.GetElement(2, c)) for c in range(3)]))
+    return max(float(info.slice_thickness), float(info.spacing[axis]))
+
+
+def _mm(values) -> str:
+    return " x ".join(f"{v:g}" for v in values)
+
+
+def check_points_inside(volume_node, points) -> None:
+    """PlanError naming the input (e.g. "proximal point (proximal_point_ras)") for a point outside the volume.
+    ``points``: [(label, (R, A, S))]."""
+    import vtk
+
+    ras_to_ijk = vtk.vtkMatrix4x4()
+    volume_node.GetRASToIJKMatrix(ras_to_ijk)
+    m = np.array([[ras_to_ijk.GetElement(r, c) for c in range(4)] for r in range(4)])
+    dims = np.array(volume_node.GetImageData().GetDimensions(), dtype=float)
+    bounds = [0.0] * 6
+    volume_node.GetRASBounds(bounds)
+    for label, p in points:
+        ijk = m[:3, :3] @ np.asarray(p, dtype=float) + m[:3, 3]
+        if np.any(ijk < -0.5) or np.any(ijk > dims - 0.5):
+            span = ", ".join(f"{axis} {bounds[2 * i]:.0f} to {bounds[2 * i + 1]:.0f}" for i, axis in enumerate("RAS"))
+            raise PlanError(
+                f"The {label} at ({', '.join(f'{v:g}' for v in p)}) RAS lies outside the CT volume ({span} mm).",
+                f"Correct the {label}: RAS millimetres as Slicer shows them (not LPS or voxel indices), inside "
+                "this CT.")
 
 
 # ------------------------------------------------------------------------------------------------- scene safety
@@ -334,12 +579,15 @@ def _grid_matches_headers(node, positions: np.ndarray) -> bool:
 
 
 def load_ct(ctx, path, name: Optional[str] = None, series_uid: Optional[str] = None, allow_non_ct: bool = False,
-            progress: Optional[ProgressCallback] = None):
+            progress: Optional[ProgressCallback] = None, max_slice_mm: Optional[float] = None,
+            accept_thick_slices: bool = False, points=()):
     """Load a CT volume file or DICOM folder into ``ctx.scene`` and validate it.
 
-    Returns the ``vtkMRMLScalarVolumeNode``. Raises ``InputFileError`` (missing, unreadable, no DICOM, unknown
-    series UID, broken slice geometry) or ``NotCTError`` (2D, constant, not Hounsfield units, non-CT DICOM
-    modality unless ``allow_non_ct``). After an error the scene holds exactly the nodes it held before.
+    Returns the ``vtkMRMLScalarVolumeNode``. Raises ``InputFileError`` (missing, truncated, unreadable, no DICOM,
+    unknown series UID, broken slice geometry), ``NotCTError`` (2D, constant, implausible voxel size, not Hounsfield
+    units, non-CT DICOM modality unless ``allow_non_ct``) or ``PlanError`` (slices thicker than ``max_slice_mm``
+    unless ``accept_thick_slices``; one of ``points`` [(label, RAS)] outside the volume). Slice-thickness warnings
+    are kept on the node (``input_notes``). After an error the scene holds exactly the nodes it held before.
     """
     prog = progress if isinstance(progress, Progress) else Progress(progress)
     path = os.path.abspath(os.path.expanduser(os.fspath(path))) if path not in (None, "") else ""
@@ -361,7 +609,8 @@ def load_ct(ctx, path, name: Optional[str] = None, series_uid: Optional[str] = N
         if series is not None:
             if series.modality and series.modality != "CT" and not allow_non_ct:
                 raise NotCTError(f"DICOM series {_uid(series)} is {series.modality}, not CT.",
-                                 "Choose the CT series (series_uid=...), or pass allow_non_ct=True to use it anyway.")
+                                 "Choose the CT series (--series-uid), or pass --allow-non-ct to use it anyway "
+                                 "(allow_non_ct=True in Python).")
             node, drop_note = _load_dicom(ctx, series, name or series.description or "CT", prog)
             note = "; ".join(n for n in (note, drop_note) if n)
             node.SetAttribute(ATTR_SERIES_UID, series.series_uid)
@@ -371,11 +620,17 @@ def load_ct(ctx, path, name: Optional[str] = None, series_uid: Optional[str] = N
             if note:
                 node.SetAttribute(ATTR_SERIES_NOTE, note)
         else:
+            prog.report(0.1, f"Checking {os.path.basename(path)} is complete")
+            check_file_integrity(path)
             prog.report(0.3, f"Reading {os.path.basename(path)}")
             node = _load_file(ctx, path, name or _default_name(path))
         node.SetAttribute(ATTR_SOURCE, path)
-        prog.report(0.85, "Checking CT intensities")
+        prog.report(0.85, "Checking CT geometry and intensities")
+        notes = check_geometry(node, max_slice_mm, accept_thick_slices)
+        check_points_inside(node, points)
         validate_ct(node, allow_non_ct=allow_non_ct)
+        if notes:
+            node.SetAttribute(ATTR_INPUT_NOTES, "\n".join(notes))
     except BaseException:
         _remove_new_nodes(ctx.scene, before)
         raise
@@ -440,8 +695,8 @@ def validate_ct(volume_node, allow_non_ct: bool = False) -> None:
             f"Volume '{name}' does not look like a CT in Hounsfield units: its values run from {lo:g} to {hi:g}, "
             f"with no air (a CT has air at about -1000 HU) and no fat (about -100 HU). It may be an MR, PET or "
             "a CT stored without its rescale to HU (then air is at 0 and every value needs -1024).",
-            "Load the CT in HU, or pass allow_non_ct=True to use this volume anyway (bone thresholds then "
-            "have to be set by hand).")
+            "Load the CT in HU, or pass --allow-non-ct to use this volume anyway (allow_non_ct=True in Python; "
+            "bone thresholds then have to be set by hand).")
 
 
 # ------------------------------------------------------------------------------------------------------ report
@@ -476,4 +731,11 @@ def describe_ct(volume_node) -> CTInfo:
         slice_thickness=float(slice_thickness),
         series_uid=volume_node.GetAttribute(ATTR_SERIES_UID) or "",
         series_note=volume_node.GetAttribute(ATTR_SERIES_NOTE) or "",
+        notes=input_notes(volume_node),
     )
+
+
+def input_notes(volume_node) -> list:
+    """The warnings ``load_ct`` kept on the volume (slice thickness and its length uncertainty, or its acceptance)."""
+    text = volume_node.GetAttribute(ATTR_INPUT_NOTES) or ""
+    return [line for line in text.splitlines() if line]

@@ -32,3 +32,23 @@ class GeometryError(PlannerError):
 
 class PlanError(PlannerError):
     """Implant plan inputs or parameters are invalid."""
+
+
+class OutputWriteError(PlannerError):
+    """The output location cannot be written (permissions, read-only or full disk, a file where a folder goes)."""
+
+
+def from_os_error(exc: OSError) -> PlannerError:
+    """The PlannerError for a file-system failure, naming the path and what the user can do about it."""
+    import errno
+
+    where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return OutputWriteError(f"The disk is full: could not write{where} ({reason}). Nothing of this run was kept.",
+                                "Free space on that disk, or write to another disk with --out.")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return OutputWriteError(f"No permission to write{where} ({reason}). Nothing of this run was kept.",
+                                "Choose a folder you can write to with --out, or change the folder's permissions.")
+    return OutputWriteError(f"File system error at{where or ' an output path'}: {reason}.",
+                            "Check the path and the disk, then run the command again.")
