@@ -56,6 +56,9 @@ def _default_drills() -> dict:
     return {"3.5": 2.5, "6.5": 3.2}
 
 
+STUB_RANGE_MM = (2.0, 60.0)
+
+
 @dataclass
 class GuideParameters:
     """Shape of the PA12 guides. Ranges are checked by ``validate``; clearances depend on the printer."""
@@ -91,7 +94,7 @@ class GuideParameters:
             ):
                 bad(f.name, v, "to a finite number")
         ranges = {
-            "stub_length_mm": (2.0, 60.0),
+            "stub_length_mm": STUB_RANGE_MM,
             "handle_length_mm": (10.0, 200.0),
             "handle_diameter_mm": (4.0, 30.0),
             "label_height_mm": (2.0, 20.0),
@@ -384,10 +387,15 @@ def docking_guide(geom, params, end: str, level: str, size_label: str, gp: Guide
     path, frames, s = _end_path(geom, end)
     cut_at = t + float(gp.stub_length_mm)
     if cut_at > s[-1] - t - 1.0:
+        room = s[-1] - 2 * t - 1.0
+        where = "(--stub-length on the command line, or the plan's outputs.guides.stub_length_mm)"
         raise PlanError(
             f"The docking guide's stub ({gp.stub_length_mm:g} mm beyond a {t:g} mm footplate) would reach the other "
             f"footplate of this {s[-1]:.0f} mm implant.",
-            f"Set stub_length_mm below {max(s[-1] - 2 * t - 1.0, 0):.0f} mm.",
+            f"Set the stub length below {room:.0f} mm {where}."
+            if room >= STUB_RANGE_MM[0]
+            else f"The implant leaves no room for the shortest stub ({STUB_RANGE_MM[0]:g} mm): export without "
+            "docking guides (--parts without docking_guides, or the plan's outputs.parts).",
         )
     point, rot = _frame_at(path, frames, s, cut_at)
     d = rot[2]
