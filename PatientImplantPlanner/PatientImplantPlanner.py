@@ -231,7 +231,7 @@ class PatientImplantPlannerParameterNode:
     smoothingMm - Gaussian smoothing of the result (mm, 0 = none).
     boneSegmentation - output segmentation (created if none is selected).
     boneSegmentId - segment holding the bone in boneSegmentation (set by the segmentation step).
-    boneSegmentationRecord - JSON of the CT name and engine parameters that made the bone segment (for the manifest).
+    boneSegmentationRecord - how the bone segment was made (record.SegmentationInfo as JSON), for the design record.
     show3D - show the bone surface in the 3D view after segmentation.
     exportFolder - folder for the bone STL and its manifest.
     coordinateSystem - coordinate system of the written STL (LPS is what most CAD/printing software expects).
@@ -615,6 +615,8 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     def onSegmentBoneButton(self) -> None:
         """Segment the bone with the current parameters."""
+        from PatientImplantPlannerLib.record import SegmentationInfo
+
         p = self._parameterNode
         with self._engineCall(_("Bone segmentation failed.")):
             self._setStatus(_("Segmenting bone..."))
@@ -630,8 +632,8 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             result = self.logic.segmentBone(p.inputVolume, params, p.boneSegmentation, progress=self._onProgress)
             p.boneSegmentation = result.segmentation_node
             p.boneSegmentId = result.segment_id
-            p.boneSegmentationRecord = json.dumps(
-                {"ct": p.inputVolume.GetName(), "bone_segmentation": result.parameters.as_dict()})
+            p.boneSegmentationRecord = SegmentationInfo.from_segmentation(
+                result, ct_name=p.inputVolume.GetName()).to_json()
             # The segmentation shows the result now; give the slice views the full CT back.
             p.previewThreshold = False
             if p.show3D:
@@ -655,6 +657,8 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     def onExportBoneButton(self) -> None:
         """Export the bone segment as STL + manifest; ask before overwriting an earlier export."""
+        from PatientImplantPlannerLib.record import SegmentationInfo
+
         p = self._parameterNode
         if not ensureDependencies():
             self._setStatus(_("Export needs the Python package manifold3d; it is not installed."))
@@ -666,7 +670,7 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
                 segmentId=p.boneSegmentId,
                 outDir=str(p.exportFolder),
                 coordinateSystem=p.coordinateSystem,
-                parameters=json.loads(p.boneSegmentationRecord or "{}"),
+                parameters=SegmentationInfo.from_json(p.boneSegmentationRecord).as_dict(),
                 progress=self._onProgress,
             )
             try:
@@ -1043,6 +1047,8 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     def onExportBundleButton(self) -> None:
         """Write the export bundle of the case's plan into a new folder."""
+        from PatientImplantPlannerLib.record import SegmentationInfo
+
         p = self._parameterNode
         if self._busy or not self._dependenciesReady(_("Export")):
             return
@@ -1053,7 +1059,7 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             bundle = self.logic.exportBundle(
                 result, nodes, *self._planInputs, str(p.bundleFolder),
                 exportParams, latticeParams, guideParams, progress=self._onProgress,
-                segmentationRecord=json.loads(p.boneSegmentationRecord or "{}") or None)
+                segmentation=SegmentationInfo.from_json(p.boneSegmentationRecord))
             self._lastBundle = bundle
             self.ui.bundleResultLabel.text = _("{files} files in {folder}").format(files=len(bundle.files),
                                                                                    folder=bundle.folder)
@@ -1249,6 +1255,7 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
         from PatientImplantPlannerLib.bonesegmentation import BoneSegmentationParameters
         from PatientImplantPlannerLib.levelsource import fill_plan_points
         from PatientImplantPlannerLib.plan import Plan
+        from PatientImplantPlannerLib.record import SegmentationInfo
         from PatientImplantPlannerLib.volumes import ijk_to_ras_matrix
 
         caseId = (p.caseId or "").strip()
@@ -1268,9 +1275,9 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
             variants_mm=settings["variantsMm"],
             placement=settings["placement"],
         )
-        record = json.loads(p.boneSegmentationRecord or "{}").get("bone_segmentation")
-        if record:
-            plan.segmentation = BoneSegmentationParameters.from_dict(record)
+        segmentationParameters = SegmentationInfo.from_json(p.boneSegmentationRecord).parameters
+        if segmentationParameters:
+            plan.segmentation = BoneSegmentationParameters.from_dict(segmentationParameters)
         if pointsOptional and (plan.proximal_point_ras is None or plan.distal_point_ras is None):
             if p.inputVolume is None:
                 raise PlanError(_("No CT is selected."), _("Select the CT (Bone segmentation panel)."))
@@ -1403,7 +1410,7 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
         return exportParams, latticeParams, guideParams
 
     def exportBundle(self, result, nodes, ctNode, segNode, segmentId: str, outParent: str, exportParams=None,
-                     latticeParams=None, guideParams=None, progress=None, segmentationRecord=None):
+                     latticeParams=None, guideParams=None, progress=None, segmentation=None):
         """Write the export bundle of a designed plan into a new folder in ``outParent``; returns the BundleResult
         (folder, manifest_path, files, report_html, ...)."""
         from PatientImplantPlannerLib import workflow
@@ -1411,7 +1418,7 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
         return workflow.export_in_scene(
             self.context(), result, nodes, ctNode, segNode, segmentId, out_parent=outParent,
             export_params=exportParams, lattice_params=latticeParams, guide_params=guideParams,
-            segmentation_record=segmentationRecord, progress=progress)
+            segmentation=segmentation, progress=progress)
 
 
 #

@@ -19,6 +19,8 @@ from . import mesh as meshlib
 from .errors import GeometryError, OutputExistsError, PlannerError
 from .manifest import build_manifest, mesh_file_entry, write_manifest
 from .progress import Progress
+from .record import DesignRecord, build_design_record
+from .record import jsonable as _jsonable
 from .staging import moved, staged_folder
 
 IMPLANT_MATERIAL = "Ti6Al4V ELI"
@@ -371,73 +373,10 @@ def _plain_entry(path: str, role: str) -> dict:
     return {"file": os.path.basename(path), "role": role, "sha256": sha256_of(path), "bytes": os.path.getsize(path)}
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    return obj
-
-
-def design_record(result, entries, lattice_rows, parts, ct_description, segmentation_record, cs) -> dict:
-    """Everything the design record shows, from this plan's values."""
-    from .manifest import software_info
-
-    plan = result.plan
-    screws = []
-    for sp in result.screws:
-        d = sp.as_dict()
-        d["level"] = result.proximal_endplate.level if sp.trajectory.end == "proximal" else result.distal_endplate.level
-        screws.append(d)
-    guides = [
-        {
-            "name": p.name,
-            "role": p.role,
-            "end": p.end,
-            "size_label": p.size_label,
-            "material": p.material,
-            "volume_mm3": p.mesh.volume(),
-            "min_wall_mm": p.extra.get("min_wall_mm"),
-            "fit_clearance_mm": p.extra.get("fit_clearance_mm"),
-            "sleeve_clearance_mm": p.extra.get("sleeve_clearance_mm"),
-        }
-        for p in parts
-        if "guide" in p.role
-    ]
-    return _jsonable(
-        {
-            "case_id": plan.case_id,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "software": software_info(),
-            "ct": ct_description or {},
-            "segmentation": segmentation_record or {"parameters": plan.segmentation.as_dict()},
-            "levels": {
-                "proximal": result.proximal_endplate.level,
-                "distal": result.distal_endplate.level,
-                "proximal_endplate": result.proximal_endplate.as_dict(),
-                "distal_endplate": result.distal_endplate.as_dict(),
-            },
-            "implant": {
-                "parameters": plan.implant.as_dict(),
-                "measurements": result.measurements,
-                "material": IMPLANT_MATERIAL,
-            },
-            "screws": screws,
-            "variants": [
-                {"label": f"+{k:g} mm", "extra_mm": k, "length_mm": g.length_mm, "volume_mm3": g.mesh.volume()}
-                for k, g in sorted(result.variants.items())
-            ],
-            "lattice": lattice_rows,
-            "guides": guides,
-            "files": entries,
-            "warnings": list(result.warnings),
-            "coordinate_system": cs,
-        }
-    )
+def design_record(result, entries, lattice_rows, parts, ct_description, segmentation, cs) -> DesignRecord:
+    """Everything the design record shows, from this plan's values (``segmentation``: a record.SegmentationInfo)."""
+    return build_design_record(result, segmentation, ct_description, entries, lattice_rows, parts, cs,
+                               IMPLANT_MATERIAL)
 
 
 def _write_report(record, result, parts, bone_mask, ijk_to_ras, ct_array, folder, overwrite):

@@ -6,18 +6,23 @@ Runs the same engine functions as the Slicer module on a headless scene, for bat
 import argparse
 import datetime
 import json
+import math
 import os
+import shutil
 import sys
 import time
 
 from .bundle import ALL_PARTS
-from .errors import PlannerError
+from .errors import OutputWriteError, PlannerError, from_os_error
+from .staging import interrupts_raise
 
 # Points (RAS mm) in the bundled sample CT, found from its reference vertebra labels: a bone voxel of the L3 body
 # (segmentation seed) and the centres of the L1 and L3 vertebral bodies (the healthy levels of the demo plan).
 SAMPLE_L3_SEED_RAS = (-7.0, 146.3, 304.3)
 SAMPLE_L1_BODY_RAS = (-6.5, 125.1, 386.2)
 SAMPLE_L3_BODY_RAS = (-5.0, 146.0, 315.6)
+MIN_TRIANGLES = 1000  # a decimated bone model below this is no longer the bone's shape
+MIN_FREE_MB = 100  # refuse to start on a nearly full disk (a plan bundle with lattices takes hundreds of MB)
 
 
 def sample_ct_path() -> str:
@@ -62,27 +67,88 @@ def _new_output_folder(base: str, prefix: str) -> str:
 
 
 def _check_out_dir(out_dir: str, overwrite: bool) -> None:
-    if os.path.isfile(out_dir):
-        raise PlannerError(f"--out {out_dir} is a file.", "Give a folder path.")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise OutputWriteError(f"--out {out_dir} is an existing file, not a folder.",
+                               "Give a folder path with --out (it is created if missing).")
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
         raise PlannerError(
             f"Output folder {out_dir} exists and is not empty.", "Choose a new folder, or pass --overwrite."
         )
+    _check_writable(out_dir)
+
+
+def _check_out_parent(out_parent: str) -> None:
+    """``--out`` of plan/demo: a folder (made if missing) in which a new bundle folder is created."""
+    if os.path.exists(out_parent) and not os.path.isdir(out_parent):
+        raise OutputWriteError(f"--out {out_parent} is an existing file, not a folder.",
+                               "Give a folder with --out; a new <case>_<date-time> folder is made in it.")
+    _check_writable(out_parent)
+
+
+def _check_writable(folder: str) -> None:
+    """Before any work: the nearest existing folder on the way to ``folder`` is a writable folder with space."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise OutputWriteError(f"--out {folder} goes through {existing}, which is a file, not a folder.",
+                               "Give a folder path with --out.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputWriteError(f"No permission to write in {existing} (for --out {folder}).",
+                               "Choose a folder you can write to with --out, or change the folder's permissions.")
+    free_mb = shutil.disk_usage(existing).free / 1e6
+    if free_mb < MIN_FREE_MB:
+        raise OutputWriteError(f"The disk of {existing} has only {free_mb:.0f} MB free (at least {MIN_FREE_MB} MB "
+                               "are needed).", "Free space on that disk, or write to another disk with --out.")
+
+
+def _finite(values) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
+def _check_segment_args(args) -> None:
+    """The segment command's numbers, before the CT is read."""
+    lo, hi = args.threshold
+    if not _finite(args.threshold) or lo >= hi:
+        raise PlannerError(f"--threshold {lo:g} {hi:g} is not a range (the low value must be below the high one).",
+                           "Give --threshold LO HI in HU with LO < HI, e.g. --threshold 226 3071.")
+    for option, points in (("--seed", args.seed), ("--exclude-seed", args.exclude_seed)):
+        for p in points or []:
+            if not _finite(p):
+                raise PlannerError(f"{option} {' '.join(f'{v:g}' for v in p)} is not a point.",
+                                   f"Give {option} as three finite numbers R A S in mm.")
+    if args.roi and (not _finite(args.roi) or min(args.roi[3:]) <= 0):
+        raise PlannerError(f"--roi {' '.join(f'{v:g}' for v in args.roi)} is not a box.",
+                           "Give --roi R A S SIZE_R SIZE_A SIZE_S: a centre and three positive sizes in mm.")
+    if args.triangles is not None and args.triangles < MIN_TRIANGLES:
+        raise PlannerError(f"--triangles {args.triangles} is too few for a bone model.",
+                           f"Give at least {MIN_TRIANGLES} triangles, or leave --triangles out to keep the full "
+                           "resolution.")
+    if not math.isfinite(args.min_island) or args.min_island < 0:
+        raise PlannerError(f"--min-island {args.min_island:g} is not a volume.",
+                           "Give --min-island in mm3, 0 or more (default 1000).")
+    if not math.isfinite(args.smoothing) or not 0 <= args.smoothing <= 10:
+        raise PlannerError(f"--smoothing {args.smoothing:g} mm is out of range.",
+                           "Give --smoothing between 0 (off) and 10 mm.")
 
 
 def run_segment(args, progress=None) -> dict:
     from .boneexport import export_bone_model
     from .bonesegmentation import BoneSegmentationParameters, segment_bone
     from .context import create_headless_context
-    from .ctimport import load_ct
+    from .ctimport import describe_ct, load_ct
     from .progress import Progress
     from .staging import moved, staged_folder
     from .workflow import write_segmentation
 
+    _check_segment_args(args)
     _check_out_dir(args.out, args.overwrite)
     prog = Progress(progress)
     ctx = create_headless_context()
-    ct = load_ct(ctx, args.ct, series_uid=args.series_uid, progress=prog.sub(0.0, 0.1).report)
+    points = [("--seed", p) for p in args.seed or []] + [("--exclude-seed", p) for p in args.exclude_seed or []]
+    ct = load_ct(ctx, args.ct, series_uid=args.series_uid, progress=prog.sub(0.0, 0.1).report,
+                 allow_non_ct=args.allow_non_ct, points=points)
+    ct_info = describe_ct(ct)
     params = BoneSegmentationParameters(
         threshold_min=args.threshold[0],
         threshold_max=args.threshold[1],
@@ -106,7 +172,8 @@ def run_segment(args, progress=None) -> dict:
             coordinate_system=args.coordinates,
             target_triangles=args.triangles,
             overwrite=args.overwrite,
-            parameters={"ct": os.path.abspath(args.ct), "segmentation": params.as_dict()},
+            parameters={"ct": os.path.abspath(args.ct), "ct_series": ct_info.series_note,
+                        "ct_notes": ct_info.notes, "segmentation": params.as_dict()},
             progress=prog.sub(0.6, 1.0).report,
             reference_volume=ct,
             mask=result.mask,
@@ -119,7 +186,8 @@ def run_segment(args, progress=None) -> dict:
         "bone_volume_ml": round(result.volume_mm3 / 1000.0, 2),
         "triangles": export.check.n_triangles,
         "watertight": export.check.watertight,
-        "warnings": list(result.warnings),
+        "ct_series": ct_info.series_note,
+        "warnings": ct_info.notes + list(result.warnings),
     }
 
 
@@ -143,18 +211,21 @@ def demo_plan():
 
 
 def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export_params=None, progress=None,
-             overwrite: bool = False, levels_path=None, series_uid=None) -> dict:
-    """CT + plan -> segmentation (unless given) -> design -> scene nodes -> export bundle. Returns a summary."""
+             overwrite: bool = False, levels_path=None, series_uid=None, lattice_params=None, guide_params=None,
+             ct_checks=None) -> dict:
+    """CT + plan -> segmentation (unless given) -> design -> scene nodes -> export bundle. Returns a summary.
+    ``ct_checks``: keyword arguments of ``load_ct`` (see ``_ct_checks``)."""
     from .bonesegmentation import segment_bone
     from .bundle import ExportParameters, new_bundle_folder
     from .context import create_headless_context
-    from .ctimport import load_ct
+    from .ctimport import describe_ct, load_ct
     from .progress import Progress
+    from .record import SegmentationInfo
     from .workflow import design_in_scene, export_in_scene
 
     prog = Progress(progress)
     ctx = create_headless_context()
-    ct = load_ct(ctx, ct_path, series_uid=series_uid, progress=prog.sub(0.0, 0.05).report)
+    ct = load_ct(ctx, ct_path, series_uid=series_uid, progress=prog.sub(0.0, 0.05).report, **(ct_checks or {}))
     level_labels = None
     if levels_path:
         from .levelsource import fill_plan_points, load_level_labels
@@ -166,7 +237,7 @@ def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export
     folder = new_bundle_folder(out_parent, plan.case_id)
     if segmentation_path:
         seg_node, segment_id = _load_segmentation(ctx, segmentation_path)
-        seg_record = {"source": os.path.abspath(segmentation_path)}
+        seg_info = SegmentationInfo(source=os.path.abspath(segmentation_path))
     else:
         seg_params = plan.segmentation
         if not seg_params.seeds_ras:
@@ -174,14 +245,15 @@ def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export
             seg_params.seeds_ras = [tuple(p) for p in (plan.proximal_point_ras, plan.distal_point_ras) if p]
         seg = segment_bone(ctx, ct, seg_params, progress=prog.sub(0.05, 0.3).report)
         seg_node, segment_id = seg.segmentation_node, seg.segment_id
-        seg_record = {"parameters": seg_params.as_dict(), "volume_ml": seg.volume_mm3 / 1000.0,
-                      "warnings": list(seg.warnings)}
+        seg_info = SegmentationInfo.from_segmentation(seg, ct.GetName())
     result, nodes = design_in_scene(ctx, ct, seg_node, segment_id, plan, progress=prog.sub(0.3, 0.5).report,
                                     level_labels=level_labels)
+    ct_info = describe_ct(ct)
+    result.warnings[:0] = ct_info.notes  # slice thickness: into the manifest and the design record
     bundle = export_in_scene(
         ctx, result, nodes, ct, seg_node, segment_id, folder=folder,
-        export_params=export_params or ExportParameters(), segmentation_record=seg_record, overwrite=overwrite,
-        progress=prog.sub(0.5, 1.0).report,
+        export_params=export_params or ExportParameters(), segmentation=seg_info, overwrite=overwrite,
+        progress=prog.sub(0.5, 1.0).report, lattice_params=lattice_params, guide_params=guide_params,
     )
     m = result.measurements
     return {
@@ -189,6 +261,7 @@ def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export
         "manifest": bundle.manifest_path,
         "report": bundle.report_html,
         "files": len(bundle.files),
+        "ct_series": ct_info.series_note,
         "implant_length_mm": round(m["length_mm"], 2),
         "implant_volume_ml": round(m["volume_mm3"] / 1000.0, 3),
         "mass_g": round(m["mass_g"], 2),
@@ -219,16 +292,58 @@ def _load_segmentation(ctx, path: str):
     return node, segment_id
 
 
-def cmd_plan(args) -> int:
-    from .bundle import ExportParameters
-    from .plan import Plan
+def _plan_outputs(plan, args=None) -> tuple:
+    """(export, lattice, guide parameters): the plan's ``outputs`` with the command line's options over them. The
+    plan's ``outputs`` is set to what is used, so the plan saved in the bundle says what was exported."""
+    from .planschema import output_parameters
 
+    export, lattice, guides = output_parameters(plan.outputs)
+    if args is not None:
+        export.formats = tuple(args.formats) if args.formats else export.formats
+        export.parts = tuple(args.parts) if args.parts else export.parts
+        export.coordinate_system = args.coordinates or export.coordinate_system
+        if args.no_report:
+            export.parts = tuple(p for p in export.parts if p != "report")
+        if args.stub_length is not None:
+            guides.stub_length_mm = args.stub_length
+    for params in (export, lattice, guides):
+        params.validate()
+    if not export.parts:
+        raise PlannerError("Nothing is selected for export.", "Give --parts (or the plan's outputs.parts) with at "
+                           f"least one of {', '.join(ALL_PARTS)}.")
+    plan.outputs = {**export.as_dict(), "lattice": lattice.as_dict(), "guides": guides.as_dict()}
+    return export, lattice, guides
+
+
+def _ct_checks(plan, allow_non_ct: bool = False, accept_thick_slices: bool = False) -> dict:
+    """load_ct's checks for this plan: slices no thicker than its largest variant (or THIN_SLICE_MM without
+    variants), and every point it gives inside the CT, named as the plan names it."""
+    from .ctimport import THIN_SLICE_MM
+
+    points = [(f"{end} point ({end}_point_ras)", p)
+              for end, p in (("proximal", plan.proximal_point_ras), ("distal", plan.distal_point_ras)) if p is not None]
+    for key, label in (("seeds_ras", "seed"), ("exclude_seeds_ras", "exclude seed")):
+        points += [(f"{label} (segmentation.{key}[{i}])", p) for i, p in enumerate(getattr(plan.segmentation, key))]
+    return {"allow_non_ct": allow_non_ct, "accept_thick_slices": accept_thick_slices,
+            "max_slice_mm": max(plan.variants_mm, default=THIN_SLICE_MM), "points": points}
+
+
+def cmd_plan(args) -> int:
+    from .errors import InputFileError
+    from .plan import Plan
+    from .planschema import check_plan
+
+    # Everything that can be checked without the CT first: the plan (keys, types, ranges), options, paths.
     plan = Plan.load(args.plan)
-    params = ExportParameters(coordinate_system=args.coordinates, formats=tuple(args.formats), parts=tuple(args.parts))
-    if args.no_report:
-        params.parts = tuple(p for p in params.parts if p != "report")
-    summary = run_plan(args.ct, plan, args.out, args.segmentation, params, ProgressBar(), levels_path=args.levels,
-                       series_uid=args.series_uid)
+    export, lattice, guides = _plan_outputs(plan, args)
+    check_plan(plan, points_from_levels=bool(args.levels))
+    for option, path in (("CT", args.ct), ("--segmentation", args.segmentation), ("--levels", args.levels)):
+        if path and not os.path.exists(path):
+            raise InputFileError(f"{option} path '{path}' does not exist.", f"Check the {option} path.")
+    _check_out_parent(args.out)
+    summary = run_plan(args.ct, plan, args.out, args.segmentation, export, ProgressBar(), levels_path=args.levels,
+                       series_uid=args.series_uid, lattice_params=lattice, guide_params=guides,
+                       ct_checks=_ct_checks(plan, args.allow_non_ct, args.accept_thick_slices))
     print(json.dumps(summary, indent=2))
     print(f"Export written to {os.path.abspath(summary['folder'])}")
     return 0
@@ -248,7 +363,11 @@ def cmd_segment(args) -> int:
 
 def cmd_demo(args) -> int:
     t0 = time.time()
-    summary = run_plan(sample_ct_path(), demo_plan(), args.out, progress=ProgressBar())
+    plan = demo_plan()
+    _check_out_parent(args.out)
+    export, lattice, guides = _plan_outputs(plan)
+    summary = run_plan(sample_ct_path(), plan, args.out, export_params=export, progress=ProgressBar(),
+                       lattice_params=lattice, guide_params=guides, ct_checks=_ct_checks(plan))
     summary["total_seconds"] = round(time.time() - t0, 1)
     print(json.dumps(summary, indent=2))
     print(f"Demo output (STL files, manifest.json, design_record.html/.pdf) written to "
@@ -257,6 +376,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_demo_segment(args) -> int:
+    _check_out_parent(args.out)
     out = _new_output_folder(args.out, "demo")
     seg_args = argparse.Namespace(
         ct=sample_ct_path(),
@@ -272,6 +392,7 @@ def cmd_demo_segment(args) -> int:
         coordinates="LPS",
         triangles=None,
         series_uid=None,
+        allow_non_ct=False,
     )
     t0 = time.time()
     summary = run_segment(seg_args, ProgressBar())
@@ -279,6 +400,10 @@ def cmd_demo_segment(args) -> int:
     print(json.dumps(summary, indent=2))
     print(f"Demo output written to {os.path.abspath(out)}")
     return 0
+
+
+ALLOW_NON_CT_HELP = ("use a volume that does not look like a CT in Hounsfield units, or a non-CT DICOM series "
+                     "(bone thresholds then have to be set by hand)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -308,9 +433,12 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--min-island", type=float, default=1000.0, help="remove bone pieces below this size, mm3")
     seg.add_argument("--smoothing", type=float, default=0.0, help="Gaussian smoothing of the mask, mm (0 = off)")
     seg.add_argument("--coordinates", choices=["LPS", "RAS"], default="LPS", help="STL coordinate system")
-    seg.add_argument("--triangles", type=int, default=None, help="decimate the STL to about this many triangles")
+    seg.add_argument("--triangles", type=int, default=None,
+                     help=f"decimate the STL to about this many triangles (at least {MIN_TRIANGLES})")
     seg.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty folder")
-    seg.add_argument("--series-uid", help="DICOM folder with several series: the SeriesInstanceUID to load")
+    seg.add_argument("--series-uid", help="DICOM folder with several series: the SeriesInstanceUID to load "
+                     "(default: the CT series with the most slices; the summary and manifest name the one used)")
+    seg.add_argument("--allow-non-ct", action="store_true", help=ALLOW_NON_CT_HELP)
     seg.set_defaults(func=cmd_segment)
 
     pl = sub.add_parser(
@@ -328,12 +456,23 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--levels", help="vertebra labels as the level source: a .seg.nrrd with segments named like "
                     "'vertebrae_L1', or a TotalSegmentator labelmap on the CT grid; the plan's level names pick the "
                     "ends and its points may be omitted")
-    pl.add_argument("--coordinates", choices=["LPS", "RAS"], default="LPS", help="coordinates of the mesh files")
-    pl.add_argument("--formats", nargs="+", choices=["stl", "3mf"], default=["stl"], help="mesh file formats")
+    pl.add_argument("--coordinates", choices=["LPS", "RAS"], default=None,
+                    help="coordinates of the mesh files (default: the plan's outputs.coordinate_system, else LPS)")
+    pl.add_argument("--formats", nargs="+", choices=["stl", "3mf"], default=None,
+                    help="mesh file formats (default: the plan's outputs.formats, else stl)")
     pl.add_argument("--no-report", action="store_true", help="skip the design record")
-    pl.add_argument("--series-uid", help="DICOM folder with several series: the SeriesInstanceUID to load")
-    pl.add_argument("--parts", nargs="+", choices=list(ALL_PARTS), default=list(ALL_PARTS),
-                    help="which parts to export (default: all)")
+    pl.add_argument("--series-uid", help="DICOM folder with several series: the SeriesInstanceUID to load "
+                    "(default: the CT series with the most slices; the summary, manifest and record name the one used)")
+    pl.add_argument("--parts", nargs="+", choices=list(ALL_PARTS), default=None,
+                    help="which parts to export (default: the plan's outputs.parts, else all)")
+    pl.add_argument("--stub-length", type=float, default=None, metavar="MM",
+                    help="docking guide: strut stub kept beyond the footplate, 2-60 mm (default: the plan's "
+                    "outputs.guides.stub_length_mm, else 15)")
+    pl.add_argument("--allow-non-ct", action="store_true", help=ALLOW_NON_CT_HELP)
+    pl.add_argument("--accept-thick-slices", action="store_true",
+                    help="plan on a CT whose slices are thicker than the largest oversized variant (the implant "
+                    "length is then uncertain by more than the variants absorb); the manifest and design record "
+                    "state it")
     pl.set_defaults(func=cmd_plan)
 
     wp = sub.add_parser("write-demo-plan", help="Write the demo plan JSON (a starting point for your own plan).",
@@ -354,15 +493,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run a subcommand. Every refusal and failure the user can act on ends with exit code 2 and a message naming
+    the problem and the fix (no traceback); SIGINT/SIGTERM remove partial output and end with one line."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with interrupts_raise():
+            return args.func(args)
     except PlannerError as exc:
-        print(f"error: {exc.problem}", file=sys.stderr)
-        if exc.fix:
-            print(f"  fix: {exc.fix}", file=sys.stderr)
+        error = exc
+    except OSError as exc:  # permissions, full disk, ... wherever they happen
+        error = from_os_error(exc)
+    except KeyboardInterrupt as exc:  # staging.Interrupted (SIGTERM) is one too
+        print(f"error: interrupted ({exc or 'SIGINT'}): partial output removed, nothing written; run the command "
+              "again to produce it.", file=sys.stderr)
         return 2
+    print(f"error: {error.problem}", file=sys.stderr)
+    if error.fix:
+        print(f"  fix: {error.fix}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The design record (technical-file report) of an implant export, as self-contained HTML and as PDF.
 
-``write_report(record, images, out_dir)`` turns the export step's record (plain dict of this plan's values) into
+``write_report(record, images, out_dir)`` turns the export's record (record.DesignRecord, or its plain-dict shape) into
 one document model (sections of paragraphs, key-value tables, tables and pictures) rendered twice, so the HTML and
 the PDF always say the same thing. Every value comes from the record; a missing one is written "n/a". Statuses in
 the risk checklist are derived from the record by explicit rules (see ``risk_checklist``), never assumed.
@@ -15,6 +15,7 @@ from typing import Optional
 
 from .errors import OutputExistsError
 from .mesh import atomic_write_bytes
+from .record import DesignRecord
 
 REPORT_SECTIONS = [
     "Case and input CT",
@@ -454,6 +455,8 @@ def _section_segmentation(doc: _Doc, r: dict) -> None:
             ("Surface smoothing", fmt(p.get("smoothing_mm"), 2, "mm")),
             ("Segmented bone volume", fmt(_get(r, "segmentation", "volume_ml"), 1, "ml")),
         ]
+        # Where a segment not made by this planner came from (its parameters are then unknown).
+        + ([("Source", fmt(_get(r, "segmentation", "source")))] if _get(r, "segmentation", "source") else [])
     )
     doc.para(
         "The reference cases segmented bone with an initial threshold of 226 HU (the common 'Bone' preset); "
@@ -1172,15 +1175,17 @@ def _pdf(doc: _Doc, record: dict) -> bytes:
 
 
 def write_report(
-    record: dict, images: dict, out_dir: str, basename: str = "design_record", overwrite: bool = False
+    record, images: dict, out_dir: str, basename: str = "design_record", overwrite: bool = False
 ) -> tuple:
     """Write ``<basename>.html`` (self-contained, pictures embedded) and ``<basename>.pdf`` into ``out_dir``.
+
+    ``record``: a record.DesignRecord, or its ``as_dict()`` shape (parts of it may be missing: shown "n/a").
 
     ``images``: {key: path or (path, caption)}; known keys "render_3d", "ct_sagittal", "ct_coronal" get standard
     captions. Refuses (OutputExistsError, nothing written) if either file exists unless ``overwrite``. Both files
     are written atomically. Returns (html_path, pdf_path).
     """
-    record = dict(record or {})
+    record = record.as_dict() if isinstance(record, DesignRecord) else dict(record or {})
     html_path = os.path.join(os.fspath(out_dir), basename + ".html")
     pdf_path = os.path.join(os.fspath(out_dir), basename + ".pdf")
     if not overwrite:

@@ -6,6 +6,7 @@ export_in_scene: a designed plan -> a new export bundle folder (parts, markups, 
 """
 
 import os
+from dataclasses import replace
 from typing import Optional
 
 import numpy as np
@@ -13,6 +14,8 @@ import numpy as np
 from .errors import PlanError
 from .plan import Plan, PlanResult, design_implant
 from .progress import Progress
+from .record import SegmentationInfo, ct_fields
+from .volumes import array, ijk_to_ras_matrix, voxel_volume_mm3
 
 
 def bone_mask_of(segmentation_node, segment_id: str, ct_node) -> np.ndarray:
@@ -36,7 +39,6 @@ def design_in_scene(ctx, ct_node, segmentation_node, segment_id: str, plan: Plan
     """
     from .levelsource import fill_plan_points
     from .planscene import apply_to_scene
-    from .volumes import array, ijk_to_ras_matrix
 
     prog = Progress(progress)
     mask = bone_mask_of(segmentation_node, segment_id, ct_node)
@@ -63,9 +65,19 @@ def regenerate_in_scene(ctx, case_id: str, ct_node, segmentation_node, segment_i
 def ct_description(ct_node) -> dict:
     from .ctimport import describe_ct
 
-    info = describe_ct(ct_node)
-    keys = ("path", "dimensions", "spacing", "origin_ras", "hu_range", "slice_thickness", "series_note")
-    return {k: getattr(info, k) for k in keys}
+    return ct_fields(describe_ct(ct_node))
+
+
+def segmentation_info(info: Optional[SegmentationInfo], plan: Plan, segmentation_node, bone_mask: np.ndarray,
+                      ct_node) -> SegmentationInfo:
+    """The record's segmentation: ``info`` (how it was made), else the plan's parameters; the bone volume is
+    measured on the mask being exported, so a segment edited after it was made is recorded as it is."""
+    if info is None:
+        info = SegmentationInfo(parameters=plan.segmentation.as_dict())
+    elif info.parameters is None and not info.source:
+        info = replace(info, source=f"segmentation '{segmentation_node.GetName()}' in the scene "
+                                    "(not segmented by this planner)")
+    return info.with_volume(float(bone_mask.sum()) * voxel_volume_mm3(ct_node) / 1000.0)
 
 
 def export_in_scene(
@@ -80,16 +92,16 @@ def export_in_scene(
     export_params=None,
     lattice_params=None,
     guide_params=None,
-    segmentation_record: Optional[dict] = None,
+    segmentation: Optional[SegmentationInfo] = None,
     overwrite: bool = False,
     progress=None,
 ):
     """Write the export bundle of a designed plan (see bundle.export_bundle) plus its markups, plan and
-    segmentation; returns the BundleResult."""
+    segmentation; returns the BundleResult. ``segmentation`` says how the bone segment was made (for the design
+    record); without it the plan's segmentation parameters are recorded."""
     from .bundle import export_bundle
     from .planscene import write_plan_markups
     from .segments import get_segment_mask
-    from .volumes import array, ijk_to_ras_matrix
 
     case = result.plan.case_id
     mask = get_segment_mask(segmentation_node, segment_id, ct_node)
@@ -115,7 +127,7 @@ def export_in_scene(
         guide_params=guide_params,
         ct_array=array(ct_node),
         ct_description=ct_description(ct_node),
-        segmentation_record=segmentation_record,
+        segmentation_record=segmentation_info(segmentation, result.plan, segmentation_node, mask, ct_node),
         overwrite=overwrite,
         progress=progress,
         extra_writer=extra_files,
