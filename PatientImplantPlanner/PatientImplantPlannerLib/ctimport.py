@@ -626,9 +626,9 @@ def load_ct(ctx, path, name: Optional[str] = None, series_uid: Optional[str] = N
             node = _load_file(ctx, path, name or _default_name(path))
         node.SetAttribute(ATTR_SOURCE, path)
         prog.report(0.85, "Checking CT geometry and intensities")
+        validate_ct(node, allow_non_ct=allow_non_ct)
         notes = check_geometry(node, max_slice_mm, accept_thick_slices)
         check_points_inside(node, points)
-        validate_ct(node, allow_non_ct=allow_non_ct)
         if notes:
             node.SetAttribute(ATTR_INPUT_NOTES, "\n".join(notes))
     except BaseException:
