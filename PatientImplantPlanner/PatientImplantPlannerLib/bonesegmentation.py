@@ -35,7 +35,16 @@ BONE_TERMINOLOGY = (
 )
 _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 _PEEL_MAX_VOXEL_MM = 1.5
-_CORE_CLEARANCE_MM = 5.0  # vessel voxels this far from bright bone are seeded as excluded
+# Separation from contrast structures (see _separate_excluded).
+_POOL_STATS_MM = 4.0  # intensity statistics of an exclude seed's pool within this radius
+_POOL_MIN_TOL_HU = 100.0  # a pool's band is its median +- max(3 SD, this)
+_POOL_RADIUS_MM = 2.5  # pools are at least this thick (aorta ~25 mm, heart); cortex in the band is thinner
+_POOL_CLEARANCE_MM = 5.0  # column voxels this far from a pool are seeded as bone
+_COLUMN_WINDOW_MM = 45.0  # vertebra outlines are followed within this of the column's centre (ribs, kidneys cut)
+_COLUMN_MARGIN_MM = 15.0  # bone beyond this from the outlines is not spine (heart >= 28 mm, SVC >= 46 mm away)
+_DISC_MEMORY_MM = 15.0  # outlines carry over this far along the axis (a lumbar disc is ~10 mm)
+_CANAL_RIM_MM = 1.5  # sub-threshold voxels this close (in-plane) to an enclosed fluid hole are not bone
+_FOOTPRINT_CLOSING_MM = 2.0  # in-plane closing of cortex gaps before filling the outlines
 _ENCLOSED_REACH_MM = 30.0  # a seed inside a vertebral body (radius ~20 mm) is within this of its cortex
 
 
@@ -57,7 +66,9 @@ class BoneSegmentationParameters:
     cancellous_max_depth_mm: float = 15.0  # ... up to this far from the thresholded shell (stops leaks)
     cavity_min_hu: float = 60.0  # enclosed cavities are filled unless their median is below (canal: CSF, fat)
     closing_mm: float = 3.0  # in-plane closing of shell gaps before looking for enclosed voxels (not added itself)
-    seed_snap_mm: float = 3.0  # a seed off the threshold is moved to the nearest bone voxel within this
+    # A seed off the threshold is moved to the nearest bone voxel, never further than this (mm); a seed in cancellous
+    # bone enclosed by cortex (the middle of a vertebral body) is not moved. Exclude seeds likewise. Range 0-10.
+    seed_snap_mm: float = 3.0
     # Remove sub-threshold voxels outside the cortex; None = when voxels resolve the cortex (<= 1.5 mm). On thicker
     # slices the cortex is smeared below the threshold and those voxels are mostly bone.
     peel_rim: Optional[bool] = None
@@ -350,7 +361,10 @@ def _snap_seeds(labels, sizes, min_island_vox, seeds, points, grid, sub, params,
             snapped.append(None)
             continue
         w, dist = hit
-        warnings.append(f"The {kind} at {_fmt(p)} RAS was moved {dist:.1f} mm to the {how} bone voxel.")
+        if how == "nearest":
+            warnings.append(f"The {kind} at {_fmt(p)} RAS was moved {dist:.1f} mm to the nearest bone voxel.")
+        # An enclosed seed stays where it is: it selects the cortex around it (``w`` only names that piece) and
+        # the interior filling puts the seed point itself inside the segment.
         snapped.append(np.asarray(w))
     return snapped
 
@@ -403,44 +417,168 @@ def _paint_balls(labels: np.ndarray, region: np.ndarray, centres, value: int, ba
         labels[win][b & region[win]] = value
 
 
-def _separate_excluded(ct, region, seeds, excludes, spacing_kji, min_island_vox) -> np.ndarray:
-    """Bone part of ``region`` (one thresholded component holding bone and excluded structures), by GrowCut.
+def _separate_excluded(
+    ct, region, seeds, origins, excludes, spacing_kji, min_island_vox, snap_mm, bone_like_hu
+) -> np.ndarray:
+    """Bone part of ``region`` (thresholded voxels holding bone and the structures to exclude).
 
-    Bone seeds are the user's seeds plus every voxel brighter than the excluded structures can be (their mean
-    around the exclude seeds + 5 SD, at least +150 HU): cortical bone of vertebrae that touch the seeded one only
-    through the vessel is then kept too. Exclude seeds are grown over the excluded structure's core first.
-    Bone pieces below the minimum island size (e.g. calcified plaques) are dropped unless they hold a user seed.
+    Contrast blood (aorta, heart, great veins: 300-500 HU, some veins brighter than cortex) touches the vertebral
+    bodies and, through ribs, clavicles and shoulders, the rest of the skeleton, so neither a threshold nor a single
+    pair of competing seeds separates it (measured on a contrast chest CT: 66 ml of heart, 90 % of the superior vena
+    cava). Three steps:
+
+    1. Blood pools: each exclude seed's intensity band, opened by a ball of ``_POOL_RADIUS_MM`` (thin cortex in the
+       band drops out) and reconstructed from the seed: the aorta, the heart and the pools touching them.
+    2. The column: the vertebra outlines followed slice by slice from the keep seeds (``_column_footprint``).
+       Thresholded voxels further than ``_COLUMN_MARGIN_MM`` from it are never bone (ribs beyond, shoulders, veins
+       reached through them); bone there would not count as spine anyway.
+    3. Slicer's GrowCut between bone seeds (thresholded voxels of the column at least ``_POOL_CLEARANCE_MM`` from
+       a pool) and background seeds (the pools and everything outside the column): it only decides the band where
+       bone and blood touch.
+
+    ``seeds`` are the snapped bone seed voxels (on thresholded voxels), ``origins`` the seed points as given.
     """
     import scipy.ndimage as ndi
 
+    pools = _blood_pools(ct, region, excludes, spacing_kji)
+    column = _column_footprint(ct, region, pools, origins, spacing_kji, snap_mm, bone_like_hu)
+    if not column.any():
+        return np.zeros_like(region)
+    margin = np.maximum(np.round(_COLUMN_MARGIN_MM / spacing_kji), 1).astype(int)
+    zone = ndi.maximum_filter(column.view(np.uint8), size=tuple(2 * margin + 1)).view(bool)
     labels = np.zeros(region.shape, np.uint8)
+    labels[region & ~zone] = 2
+    labels[pools] = 2
+    labels[region & column & ~pools & ~_near(pools, _POOL_CLEARANCE_MM, spacing_kji)] = 1
     ball = _ball(max(1.5, float(spacing_kji.max())), spacing_kji)
+    _paint_balls(labels, region & ~pools, seeds, 1, ball)
     _paint_balls(labels, region, excludes, 2, ball)
-    excluded_hu = ct[labels == 2].astype(np.float32)
-    mean, sd = float(excluded_hu.mean()), float(excluded_hu.std())
-    bright = region & (ct > mean + max(5.0 * sd, 150.0))
-    labels[bright & (labels == 0)] = 1
-    # Growing sums intensity steps, so along a long vessel noise adds up until the bone seeds next to it win. The
-    # vessel's core (its intensity, away from bright bone, connected to an exclude seed) is seeded as excluded, so
-    # the competition only decides the band where bone and vessel touch.
-    tolerance = max(3.0 * sd, 75.0)
-    core = region & (ct >= mean - tolerance) & (ct <= mean + tolerance)
-    core &= ~_near(bright, _CORE_CLEARANCE_MM, spacing_kji)
-    lab, _ = ndi.label(core, structure=_CONNECTIVITY_26)
-    ids = sorted({int(lab[tuple(w)]) for w in excludes} - {0})
-    if ids:
-        labels[np.isin(lab, ids)] = 2
-    del lab, core
-    _paint_balls(labels, region, seeds, 1, ball)
-    _paint_balls(labels, region, excludes, 2, ball)
-    grown = _grow_cut(ct, labels, region, spacing_kji) == 1
-    grown &= region
+    # GrowCut only where something is undecided: the box of the column's zone.
+    bb = _bbox(zone, (1, 1, 1), zone.shape)
+    grown = np.zeros_like(region)
+    grown[bb] = _grow_cut(ct[bb], labels[bb], region[bb] | (labels[bb] > 0), spacing_kji) == 1
+    grown &= region & zone
     lab, n = ndi.label(grown, structure=_CONNECTIVITY_26)
     ok = np.bincount(lab[grown], minlength=n + 1) >= min_island_vox
     for v in seeds:
         ok[lab[tuple(v)]] = True
     ok[0] = False
     return ok[lab]
+
+
+def _blood_pools(ct, region, excludes, spacing_kji) -> np.ndarray:
+    """Voxels of the contrast-filled pools holding the exclude seeds (see ``_separate_excluded``)."""
+    import scipy.ndimage as ndi
+
+    stats_r = np.maximum(np.round(_POOL_STATS_MM / spacing_kji), 1).astype(int)
+    bands = []
+    for w in excludes:
+        lo, hi = np.maximum(w - stats_r, 0), np.minimum(w + stats_r + 1, ct.shape)
+        vals = ct[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].astype(np.float32)
+        med = float(np.median(vals))
+        q1, q3 = np.percentile(vals, [25, 75])
+        tol = max(3.0 * float(q3 - q1) / 1.349, _POOL_MIN_TOL_HU)
+        bands.append([med - tol, med + tol, [w]])
+    # Seeds whose bands overlap share one pass (aorta and heart: one connected pool).
+    bands.sort(key=lambda b: b[0])
+    merged = []
+    for b in bands:
+        if merged and b[0] <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b[1])
+            merged[-1][2] += b[2]
+        else:
+            merged.append(b)
+    r = np.maximum(np.round(_POOL_RADIUS_MM / spacing_kji), 1).astype(int)
+    size = tuple(2 * r + 1)
+    pools = np.zeros(region.shape, bool)
+    for lo_hu, hi_hu, group in merged:
+        band = (ct >= lo_hu) & (ct <= hi_hu)
+        core = ndi.minimum_filter(band.view(np.uint8), size=size).view(bool)
+        lab, n = ndi.label(core)
+        keep = np.zeros(n + 1, bool)
+        for w in group:
+            lo, hi = np.maximum(w - r, 0), np.minimum(w + r + 1, ct.shape)
+            keep[np.unique(lab[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]])] = True
+        keep[0] = False
+        del core
+        pools |= ndi.maximum_filter(keep[lab].view(np.uint8), size=size).view(bool) & band
+    return pools
+
+
+def _column_footprint(ct, region, pools, origins, spacing_kji, snap_mm, bone_hu) -> np.ndarray:
+    """Axial outlines of the vertebrae (body, canal, arch) followed slice by slice from each seed.
+
+    Each slice's thresholded voxels (blood pools removed) are closed in-plane and their holes filled, giving solid
+    vertebra outlines; a slice keeps the outlines that overlap those of the slices just before it (within
+    ``_DISC_MEMORY_MM``, enough to cross a disc), inside a window of ``_COLUMN_WINDOW_MM`` around the column's
+    centre, which follows the outlines (ribs leaving the window are cut).
+    """
+    import scipy.ndimage as ndi
+
+    nk = region.shape[0]
+    sp_ji = np.asarray(spacing_kji[1:])
+    half = np.ceil(_COLUMN_WINDOW_MM / sp_ji).astype(int)
+    disk = _disk(_FOOTPRINT_CLOSING_MM, sp_ji)
+    pad = max(disk.shape) // 2 + 1
+    memory = max(1, int(np.ceil(_DISC_MEMORY_MM / spacing_kji[0])))
+    grow = _disk(1.5, sp_ji)
+    pool_rim = _disk(1.0, sp_ji)
+    foot = np.zeros(region.shape, bool)
+    yy, xx = np.ogrid[-half[0] : half[0] + 1, -half[1] : half[1] + 1]
+    in_circle = (yy * sp_ji[0]) ** 2 + (xx * sp_ji[1]) ** 2 <= _COLUMN_WINDOW_MM**2
+
+    def outlines(k, centre):
+        c = np.round(centre).astype(int)
+        lo = c - half
+        win = tuple(slice(max(a, 0), min(a + 2 * h + 1, n)) for a, h, n in zip(lo, half, region.shape[1:]))
+        circle = in_circle[tuple(slice(w.start - a, w.stop - a) for w, a in zip(win, lo))]
+        # Cancellous level, lightly smoothed: a thin osteopenic cortex has gaps at the bone threshold.
+        smooth = ndi.gaussian_filter(ct[k][win].astype(np.float32), 1.0 / sp_ji)
+        sl = (smooth >= bone_hu) & ~ndi.binary_dilation(pools[k][win], pool_rim) & circle
+        closed = ndi.binary_closing(np.pad(sl, pad), structure=disk)[pad:-pad, pad:-pad] | sl
+        lab, _ = ndi.label(closed | _holes(closed), structure=np.ones((3, 3), bool))
+        return win, lab
+
+    for origin in origins:
+        k0 = int(np.clip(round(origin[0]), 0, nk - 1))
+        start = np.asarray(origin[1:], float)
+        win, lab = outlines(k0, start)
+        v = np.round(start).astype(int) - [w.start for w in win]
+        hit = _nearest_label(lab, v, snap_mm, sp_ji)
+        if hit is None:
+            continue
+        foot[k0][win] |= lab == hit
+        for step in (1, -1):
+            centre = start.copy()
+            last = k0
+            k = k0 + step
+            while 0 <= k < nk and abs(k - last) <= memory:
+                win, lab = outlines(k, centre)
+                ks = slice(min(k - step * memory, k - step), max(k - step * memory, k - step) + 1)
+                ks = slice(max(ks.start, 0), min(ks.stop, nk))
+                ref = ndi.binary_dilation(foot[ks][(slice(None),) + win].any(axis=0), grow)
+                ids = np.unique(lab[ref])
+                ids = ids[ids > 0]
+                if len(ids):
+                    now = np.isin(lab, ids)
+                    foot[k][win] |= now
+                    centroid = np.argwhere(now).mean(axis=0) + [w.start for w in win]
+                    centre = 0.7 * centre + 0.3 * centroid  # damped: a rib in one slice barely moves it
+                    last = k
+                k += step
+    return foot
+
+
+def _nearest_label(lab, v, radius_mm, spacing):
+    """Label at 2D index v, or the nearest non-zero label within radius_mm; None if there is none."""
+    if 0 <= v[0] < lab.shape[0] and 0 <= v[1] < lab.shape[1] and lab[v[0], v[1]]:
+        return int(lab[v[0], v[1]])
+    idx = np.argwhere(lab > 0)
+    if len(idx) == 0:
+        return None
+    d = np.linalg.norm((idx - v) * spacing, axis=1)
+    n = int(np.argmin(d))
+    return int(lab[tuple(idx[n])]) if d[n] <= radius_mm else None
 
 
 # -------------------------------------------------------------------------------------------- filling
@@ -532,6 +670,7 @@ def _fill_interior(shell, blocked, ct, params, spacing_kji, progress: Progress) 
     progress.report(0.6, "Filling enclosed cavities per slice")
     disk = _disk(params.closing_mm, spacing_kji[1:]) if params.closing_mm > 0 else None
     candidates = np.zeros_like(filled)
+    fluid = np.zeros_like(filled)  # enclosed holes that look like fluid or fat: the spinal canal
     for k in range(filled.shape[0]):
         sl = filled[k]
         if not sl.any():
@@ -551,8 +690,10 @@ def _fill_interior(shell, blocked, ct, params, spacing_kji, progress: Progress) 
                 with_hole = np.zeros(n + 1, bool)
                 with_hole[np.unique(lab[holes])] = True
                 with_hole[0] = False
-                cand |= _holes_by_median(closed, ct[k], params.cavity_min_hu, holes)
+                marrow = _holes_by_median(closed, ct[k], params.cavity_min_hu, holes)
+                cand |= marrow
                 cand |= (holes | (gaps & with_hole[lab])) & bone_like
+                fluid[k] = holes & ~marrow
         cand |= _holes_by_median(sl | cand, ct[k], params.cavity_min_hu)
         cand &= ~blocked[k]
     # A slice's hole is inside the bone only if bone or hole continues above and below it; the disc slice next
@@ -561,6 +702,12 @@ def _fill_interior(shell, blocked, ct, params, spacing_kji, progress: Progress) 
     two_sided = np.zeros_like(inside)
     two_sided[1:-1] = inside[:-2] & inside[2:]
     filled |= candidates & two_sided
+    if fluid.any() and float(spacing_kji[1:].max()) <= _PEEL_MAX_VOXEL_MM:
+        # Where pixels resolve the canal's cortical wall, sub-threshold voxels facing an enclosed fluid hole are CSF
+        # and cord partial volume, not bone (0.7 mm pixels, chest CT: 3 % of the cord otherwise; on 3 mm pixels
+        # they are mostly bone).
+        near = ndi.binary_dilation(fluid, _disk(_CANAL_RIM_MM, spacing_kji[1:])[None])
+        filled &= ~(near & ~shell)
     peel = params.peel_rim if params.peel_rim is not None else float(spacing_kji.max()) <= _PEEL_MAX_VOXEL_MM
     if peel:
         # Where voxels resolve the cortex, the threshold marks the bone surface: peel the partial-volume rim the
@@ -668,6 +815,7 @@ def segment_bone(ctx, ct_node, params=None, segmentation_node=None, progress=Non
         warnings.append(f"The exclude seed at {_fmt(p)} RAS is far from any thresholded voxel; it was ignored.")
     excludes = [v - t_off for v in excludes if not (np.any(v < t_off) or np.any(v >= t_off + t_size))]
     seeds = [v - t_off for v in seeds]
+    origins = list(seeds)  # as given: snapping may move a seed by up to seed_snap_mm
     thr, sub = thr[tb], sub[tb]
     box = tuple(slice(b.start + t.start, b.start + t.stop) for b, t in zip(box, tb))
     timings["threshold"] = time.perf_counter() - t0
@@ -715,7 +863,10 @@ def segment_bone(ctx, ct_node, params=None, segmentation_node=None, progress=Non
         bb = _bbox(kept, (2, 2, 2), kept.shape)
         off = np.array([s.start for s in bb])
         grown = _separate_excluded(
-            sub[bb], kept[bb], [v - off for v in seeds], [w - off for w in live_excludes], sp, min_island_vox
+            sub[bb], kept[bb], [v - off for v in seeds], [np.clip(v - off, 0, np.array(kept[bb].shape) - 1)
+                                                         for v in origins],
+            [w - off for w in live_excludes], sp, min_island_vox, params.seed_snap_mm,
+            min(params.cancellous_min_hu, params.threshold_min),
         )
         kept = np.zeros_like(kept)
         kept[bb] = grown
@@ -761,6 +912,12 @@ def segment_bone(ctx, ct_node, params=None, segmentation_node=None, progress=Non
             "The bone segmentation is empty after removing small islands and smoothing.",
             "Lower min_island_mm3 or smoothing_mm, or check the seeds and the threshold.",
         )
+    for v, p in zip(origins, params.seeds_ras):
+        if _nearest_on(result.view(np.uint8), np.array([False, True]), v - off, params.seed_snap_mm, sp) is None:
+            warnings.append(
+                f"The seed at {_fmt(p)} RAS is more than {params.seed_snap_mm:g} mm from the segmented bone; "
+                "check that it lies on the bone to keep."
+            )
     mask = np.zeros(ct.shape, bool)
     full_bb = tuple(slice(b.start + o.start, b.stop + o.start) for b, o in zip(bb, box))
     mask[full_bb] = result
