@@ -107,3 +107,83 @@ def test_plan_command_on_a_phantom_writes_parts_markups_and_manifest(tmp_path, c
     assert max(lengths) > min(lengths) + 3.5  # +4 mm variant is longer along S
     axis = json.load(open(os.path.join(folder, "CLI-1_spinal-axis.mrk.json")))
     assert axis["markups"][0]["type"] == "Curve"
+
+
+def phantom_plan(tmp_path, spacing=1.0, **changes):
+    """A phantom CT and a plan file for it (anterior curved plate L1-L3), with plan attributes ``changes``."""
+    from PatientImplantPlannerLib.phantom import make_spine_phantom
+    from PatientImplantPlannerLib.plan import Plan
+
+    ph = make_spine_phantom(spacing=spacing, levels=("L1", "L2", "L3"))
+    ct = str(tmp_path / "phantom.nrrd")
+    ph.write(ct)
+    plan = Plan(case_id="CLI-2", proximal_level="L1", distal_level="L3", placement="anterior",
+                proximal_point_ras=list(ph.body_point("L1")), distal_point_ras=list(ph.body_point("L3")))
+    plan.implant.profile, plan.implant.width_mm, plan.implant.depth_mm = "curved_plate", 10.0, 5.0
+    for key, value in changes.items():
+        setattr(plan, key, value)
+    plan.save(str(tmp_path / "plan.json"))
+    return ct, str(tmp_path / "plan.json")
+
+
+def bundle_of(capsys) -> str:
+    return capsys.readouterr().out.strip().splitlines()[-1].split(" to ")[-1]
+
+
+def test_plan_outputs_are_honoured_and_the_command_line_overrides_them(tmp_path, capsys):
+    ct, plan_path = phantom_plan(tmp_path, outputs={"formats": ["3mf"], "parts": ["implant", "docking_guides"],
+                                                    "coordinate_system": "RAS", "lattice": {"porosity": 0.6},
+                                                    "guides": {"stub_length_mm": 8.0}})
+    assert main(["plan", ct, "--plan", plan_path, "--out", str(tmp_path / "exports"), "--stub-length", "9"]) == 0
+    folder = bundle_of(capsys)
+    manifest = json.load(open(os.path.join(folder, "manifest.json")))
+    meshes = [e for e in manifest["files"] if "triangles" in e]
+    assert meshes and all(e["file"].endswith(".3mf") and e["coordinate_system"] == "RAS" for e in meshes)
+    roles = sorted({e["role"] for e in meshes})
+    assert "implant" in roles and not any("variant" in r for r in roles) and any("docking" in r for r in roles)
+    assert not any(f.endswith((".stl", ".html")) for f in os.listdir(folder))  # no STL, no record: not asked for
+    # The plan written into the bundle says what was exported: the plan's outputs, the CLI's stub length.
+    used = json.load(open(os.path.join(folder, "CLI-2_plan.json")))["outputs"]
+    assert used["formats"] == ["3mf"] and used["parts"] == ["implant", "docking_guides"]
+    assert used["lattice"]["porosity"] == 0.6 and used["guides"]["stub_length_mm"] == 9.0
+    assert manifest["export"]["formats"] == ["3mf"]
+
+
+def test_thick_slices_are_refused_then_accepted_and_recorded(tmp_path, capsys):
+    ct, plan_path = phantom_plan(tmp_path, spacing=(1.0, 1.0, 2.0), variants_mm=[1.0])
+    argv = ["plan", ct, "--plan", plan_path, "--out", str(tmp_path / "exports"), "--parts", "implant", "report"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "slice thickness is 2.00 mm, more than the largest oversized variant (+1 mm)" in err
+    assert "--accept-thick-slices" in err and not (tmp_path / "exports").exists()
+    assert main([*argv, "--accept-thick-slices"]) == 0
+    folder = bundle_of(capsys)
+    statement = "more than the largest oversized variant (+1 mm); accepted by the user (--accept-thick-slices)"
+    assert any(statement in w for w in json.load(open(os.path.join(folder, "manifest.json")))["warnings"])
+    assert statement in open(os.path.join(folder, "design_record.html"), encoding="utf-8").read()
+
+
+def test_segment_names_the_dicom_series_in_summary_and_manifest(tmp_path, capsys):
+    from conftest import DICOM_DIR
+
+    out = tmp_path / "bone"
+    assert main(["segment", DICOM_DIR, "--out", str(out), "--seed", "-0.49", "143.57", "-804.5"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    series = "took (no series UID) (CT, 20 slices, 'CT Body 3.0'): the only image series"
+    assert summary["ct_series"] == series
+    assert json.load(open(out / "manifest.json"))["parameters"]["ct_series"] == series
+    assert "3.00 mm is above 1.25 mm" in summary["warnings"][0]  # 3 mm slices: a warning, not a refusal
+
+
+def test_allow_non_ct_segments_a_volume_without_hounsfield_units(tmp_path, capsys):
+    import SimpleITK as sitk
+    from test_bad_inputs import BONE_CENTRE, tiny_ct
+
+    path = str(tmp_path / "shifted.nrrd")
+    sitk.WriteImage(tiny_ct() + 2000, path)  # air at 1000: not HU
+    argv = ["segment", path, "--out", str(tmp_path / "bone"), "--seed", *map(str, BONE_CENTRE),
+            "--threshold", "2500", "3000", "--no-fill"]  # interior filling works in HU
+    assert main(argv) == 2
+    assert "--allow-non-ct" in capsys.readouterr().err
+    assert main([*argv, "--allow-non-ct"]) == 0
+    assert json.loads(capsys.readouterr().out)["bone_volume_ml"] == pytest.approx(15 * 15 * 23 / 1000.0, rel=0.05)
