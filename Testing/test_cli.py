@@ -159,7 +159,9 @@ def test_thick_slices_are_refused_then_accepted_and_recorded(tmp_path, capsys):
     assert main([*argv, "--accept-thick-slices"]) == 0
     folder = bundle_of(capsys)
     statement = "more than the largest oversized variant (+1 mm); accepted by the user (--accept-thick-slices)"
-    assert any(statement in w for w in json.load(open(os.path.join(folder, "manifest.json")))["warnings"])
+    manifest = json.load(open(os.path.join(folder, "manifest.json")))
+    assert any(statement in w for w in manifest["warnings"])
+    assert manifest["ct"]["slice_thickness"] == 2.0 and manifest["ct"]["path"] == os.path.abspath(ct)
     assert statement in open(os.path.join(folder, "design_record.html"), encoding="utf-8").read()
 
 

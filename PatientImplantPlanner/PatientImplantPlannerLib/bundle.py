@@ -336,6 +336,7 @@ def export_bundle(
                 "measurements": _jsonable(result.measurements),
                 "lattice": lattice_rows,
                 "export": params.as_dict(),
+                "ct": _jsonable(ct_description or {}),  # which CT (DICOM series and why), grid, slice thickness
                 "warnings": list(result.warnings),
             },
         )
