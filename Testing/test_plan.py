@@ -64,8 +64,25 @@ def test_design_matches_phantom_truth(phantom, anterior_result):
 
 
 def test_axis_strut_through_intact_vertebra_is_reported(phantom):
-    r = design_implant(make_plan(phantom), phantom.array, phantom.ijk_to_ras, phantom.bone_mask)
+    r = design_implant(make_plan(phantom, placement="axis"), phantom.array, phantom.ijk_to_ras, phantom.bone_mask)
     assert r.measurements["interference_mm3"] > 1000.0  # the L2 body is in the way of a strut on the axis
+    assert any("intersects" in w for w in r.warnings)
+
+
+def test_interference_counts_bone_the_segmentation_missed(phantom):
+    """Seeded in the two docking vertebrae only (the CLI's default), the segment may lack the intact L2 between
+    them: the interference is still measured against all bone of the CT there."""
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(phantom.bone_mask)
+    ends = {labels[tuple(np.rint(phantom.ras_to_ijk([phantom.body_point(n)])[0][::-1]).astype(int))]
+            for n in ("L1", "L3")}
+    seeded = np.isin(labels, list(ends - {0}))
+    l2 = phantom.vertebra_labels == phantom.vertebra("L2").label
+    seeded &= ~l2  # as if the seeds never reached L2
+    assert seeded.any() and not (seeded & l2).any()
+    r = design_implant(make_plan(phantom, placement="axis"), phantom.array, phantom.ijk_to_ras, seeded)
+    assert r.measurements["interference_mm3"] > 1000.0
     assert any("intersects" in w for w in r.warnings)
 
 

@@ -478,12 +478,28 @@ def _frame_matrix(x: np.ndarray, y: np.ndarray, z: np.ndarray, origin: np.ndarra
     return np.column_stack([x, y, z, origin])
 
 
+def _placed_on_bodies(params: ImplantParameters) -> bool:
+    """A strut placed against the bodies: its footplates are moved off the endplate centre towards it."""
+    return bool(params.footplate_offset_anterior_mm or params.footplate_offset_lateral_mm)
+
+
 def _footplate(plate: Endplate, params: ImplantParameters, end: str):
-    """Elliptic plate, contact face on the endplate plane centred on the endplate centre, thickness into the gap."""
+    """Elliptic plate, contact face on the endplate plane centred on the endplate centre, thickness into the gap.
+    A strut placed against the bodies also gets a pad of its own cross-section under its end, so the footplate
+    carries the whole strut even where the strut stands out beyond the ellipse."""
     m3d = require_manifold3d()
     ra, rl = params.footplate_fraction * plate.radius_ap, params.footplate_fraction * plate.radius_lr
     n = max(64, int(params.profile_segments))
-    solid = m3d.CrossSection.circle(1.0, n).scale((ra, rl)).extrude(params.footplate_thickness_mm)
+    shape = m3d.CrossSection.circle(1.0, n).scale((ra, rl))
+    if _placed_on_bodies(params):
+        sign = 1.0 if end == "proximal" else -1.0  # path lateral -> this endplate's lateral
+        sec = profile_polygon(params) + np.array([params.offset_anterior_mm - params.footplate_offset_anterior_mm,
+                                                  params.offset_lateral_mm - params.footplate_offset_lateral_mm])
+        sec[:, 1] *= sign
+        if sign < 0:
+            sec = sec[::-1]  # mirroring flips the winding
+        shape = shape + m3d.CrossSection([np.ascontiguousarray(sec, dtype=float)])
+    solid = shape.extrude(params.footplate_thickness_mm)
     centre = footplate_centre(plate, params, end)
     return solid.transform(_frame_matrix(plate.anterior, plate.lateral, plate.normal, centre))
 
@@ -571,7 +587,8 @@ def build_implant(
     holes = _validate_holes(holes)
     t = float(params.footplate_thickness_mm)
     poly = profile_polygon(params)
-    _check_footprint(poly, params, (("proximal", proximal), ("distal", distal)))
+    if not _placed_on_bodies(params):
+        _check_footprint(poly, params, (("proximal", proximal), ("distal", distal)))
 
     # Oversize "in the axial direction": the distal end moves along the axis where it meets the distal endplate
     # (not along the endplate normal, which a lordotic or tilted endplate turns away from the axis).

@@ -108,8 +108,12 @@ class KeepOut:
         pts = np.stack([gx.ravel(), gy.ravel(), gz.ravel()], axis=1)
         ijk = np.rint(pts @ inv[:3, :3].T + inv[:3, 3]).astype(np.int64)
         flat = out.reshape(-1)
+        kji = ijk[:, ::-1]
+        k_lo, k_hi = kji.min(axis=0), kji.max(axis=0)
         for n, s in enumerate(self.structures):
-            local = ijk[:, ::-1] - s.offset
+            if np.any(s.offset > k_hi) or np.any(s.offset + np.array(s.mask.shape) <= k_lo):
+                continue  # the structure's box misses the grid
+            local = kji - s.offset
             ok = np.all((local >= 0) & (local < np.array(s.mask.shape)), axis=1)
             if not ok.any():
                 continue
@@ -150,14 +154,21 @@ class KeepOut:
         centres = mesh.vertices[mesh.faces].mean(axis=1)
         samples = np.vstack([mesh.vertices, centres])
         out = {}
+        from scipy.spatial import cKDTree
+
+        at = np.clip(np.rint((samples - lo) / pitch).astype(int), 0, np.array(labels.shape) - 1)
+        sample_label = labels[at[:, 0], at[:, 1], at[:, 2]]
         for n, s in enumerate(self.structures):
             m = labels == n + 1
             if not m.any():
                 out[s.name] = {"clearance_mm": None, "overlap_mm3": 0.0}  # farther than the margin
                 continue
-            d = ndimage.distance_transform_edt(~m, sampling=pitch) - pitch / 2
-            d[m] = -pitch / 2
-            clearance = float(ndimage.map_coordinates(d, ((samples - lo) / pitch).T, order=1, mode="nearest").min())
+            # Distance to the structure's boundary voxel centres, less half a grid step (the surface between).
+            rim = np.argwhere(m & ~ndimage.binary_erosion(m))
+            d, _ = cKDTree(lo + rim * pitch).query(samples)
+            d = d - pitch / 2
+            d[sample_label == n + 1] = -pitch / 2
+            clearance = float(d.min())
             overlap = float((inside & m).sum()) * pitch**3
             if overlap > 0:
                 clearance = min(clearance, -pitch / 2)
@@ -314,8 +325,22 @@ def _canal(bone: np.ndarray, ijk_to_ras, axis_points=None) -> Optional[tuple]:
     return _crop(np.isin(lab, big))
 
 
-def from_ct(ct: np.ndarray, ijk_to_ras, bone_mask=None, exclude_seeds_ras=(), axis_points=None) -> KeepOut:
-    """Keep-out structures the CT itself shows: vessels / heart from each exclude seed, the airway, the canal."""
+def _box_around(points, ijk_to_ras, shape, pad_mm: float) -> tuple:
+    """Index box (slices, origin) of the CT covering the RAS points plus pad_mm."""
+    inv = np.linalg.inv(ijk_to_ras)
+    p = np.asarray(points, float)
+    lo_r, hi_r = p.min(axis=0) - pad_mm, p.max(axis=0) + pad_mm
+    corners = np.array([[x, y, z] for x in (lo_r[0], hi_r[0]) for y in (lo_r[1], hi_r[1]) for z in (lo_r[2], hi_r[2])])
+    kji = (corners @ inv[:3, :3].T + inv[:3, 3])[:, ::-1]
+    lo = np.clip(np.floor(kji.min(axis=0)).astype(int), 0, np.array(shape))
+    hi = np.clip(np.ceil(kji.max(axis=0)).astype(int) + 1, 0, np.array(shape))
+    return tuple(slice(a, b) for a, b in zip(lo, hi)), lo
+
+
+def from_ct(ct: np.ndarray, ijk_to_ras, bone_mask=None, exclude_seeds_ras=(), axis_points=None,
+            pad_mm: float = 60.0) -> KeepOut:
+    """Keep-out structures the CT itself shows: vessels / heart from each exclude seed, the airway, the canal
+    (airway and canal searched within ``pad_mm`` of the spinal axis when it is given)."""
     m = np.asarray(ijk_to_ras, float)
     spacing_kji = np.linalg.norm(m[:3, :3], axis=0)[::-1]
     inv = np.linalg.inv(m)
@@ -333,14 +358,33 @@ def from_ct(ct: np.ndarray, ijk_to_ras, bone_mask=None, exclude_seeds_ras=(), ax
                 "Click the exclude seed inside the aorta or the heart's contrast-filled chambers.")
         region, lo = grown
         crop, clo = _crop(region)
-        ko.structures.append(Structure(f"vessel_or_heart_{n + 1}", "exclude seed", crop, clo + lo))
-    air = _airway(ct, spacing_kji, m)
+        ko.structures.append(Structure(f"exclude_seed_{n + 1}_vessel", "exclude seed", crop, clo + lo))
+    box, box_lo = (tuple(slice(0, n) for n in ct.shape), np.zeros(3, int))
+    if axis_points is not None and len(axis_points):
+        box, box_lo = _box_around(axis_points, m, ct.shape, pad_mm)
+    sub_m = m.copy()
+    sub_m[:3, 3] = m[:3, :3] @ box_lo[::-1] + m[:3, 3]
+    air = _airway(ct[box], spacing_kji, sub_m) if axis_points is None else _airway_near(ct, spacing_kji, m, box)
     if air is not None:
         ko.structures.append(Structure("trachea", "CT air", air[0], air[1]))
-    canal = _canal(bone_mask, m, axis_points)
+    canal = _canal(bone_mask[box], sub_m, axis_points) if bone_mask is not None else None
     if canal is not None:
-        ko.structures.append(Structure("spinal_canal", "bony ring", canal[0], canal[1]))
+        ko.structures.append(Structure("spinal_canal", "bony ring", canal[0], canal[1] + box_lo))
     ko.not_checked = {name: "not visible on CT without labels" for name in NOT_VISIBLE_WITHOUT_LABELS}
     if not exclude_seeds_ras:
         ko.not_checked["aorta / heart"] = "no exclude seed in them and no labels"
     return ko
+
+
+def _airway_near(ct, spacing_kji, ijk_to_ras, box):
+    """The airway found on the whole scan (it starts at the top slices), kept only if it comes near the axis box."""
+    air = _airway(ct, spacing_kji, ijk_to_ras)
+    if air is None:
+        return None
+    crop, lo = air
+    hi = lo + np.array(crop.shape)
+    b_lo = np.array([s.start for s in box])
+    b_hi = np.array([s.stop for s in box])
+    if np.any(hi <= b_lo) or np.any(lo >= b_hi):
+        return None
+    return air

@@ -68,6 +68,8 @@ class LevelsResult:
     distal_endplate: Endplate  # distal.superior_endplate, normal towards the proximal vertebra
     warnings: list = field(default_factory=list)
     intermediate_levels: list = field(default_factory=list)  # names where known ("" otherwise)
+    # Each docking vertebra as (bool crop [k, j, i], crop origin): its label, or its body isolated from the bone.
+    docking: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------- grid helpers
@@ -643,6 +645,10 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
                 walked.append((grid.to_ras(np.argwhere(labels[box] == values[name]).mean(axis=0) + lo)[0], None))
                 warnings.append(f"Vertebra {name} could not be measured; the centre of its label is used.")
         intermediate_levels = list(names)
+        docking = {}
+        for end, v in (("proximal", v_prox), ("distal", v_dist)):
+            box, lo = _label_box(labels, v, boxes)
+            docking[end] = (labels[box] == v, np.asarray(lo))
     else:
         s_prox = _require_seed(mask, grid, p_prox, "proximal")
         s_dist = _require_seed(mask, grid, p_dist, "distal")
@@ -660,6 +666,8 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
         prog.report(0.5, "Looking for vertebrae between them")
         walked = _walk(mask, grid, prox, dist, warnings)
         intermediate_levels = [""] * len(walked)
+        docking = {"proximal": (prox_body.body, np.asarray(prox_body.offset)),
+                   "distal": (dist_body.body, np.asarray(dist_body.offset))}
     _check_distinct(prox, dist, False, proximal_name, distal_name)
     warnings += prox.warnings + dist.warnings
     centres = np.array([c for c, _ in walked]).reshape(-1, 3)
@@ -677,7 +685,7 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
     return LevelsResult(proximal=prox, distal=dist, intermediate_centres=centres, axis_control_points=control,
                         axis_points=axis_points, proximal_endplate=prox.inferior_endplate,
                         distal_endplate=dist.superior_endplate, warnings=warnings,
-                        intermediate_levels=intermediate_levels)
+                        intermediate_levels=intermediate_levels, docking=docking)
 
 
 def _contains(b: _Body, seed_kji) -> bool:

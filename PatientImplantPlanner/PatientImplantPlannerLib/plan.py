@@ -19,15 +19,16 @@ from .anatomy import Endplate
 from .bonesegmentation import BoneSegmentationParameters
 from .errors import PlanError
 from .implant import ImplantParameters
+from .placement import NAMED_ANGLES
 from .planschema import validate_plan_dict
 from .progress import Progress
 from .screws import ScrewParameters
 
 SCHEMA_VERSION = 1
 MAX_VARIANT_MM = 30.0
-PLACEMENTS = ("axis", "anterior")
-ANTERIOR_FOOTPLATE_BACK = 0.25  # anterior placement: footplates reach this x AP radius behind the endplate centre
-ANTERIOR_SCREW_PATTERN = 0.15  # ... and their screws centre this x AP radius in front of it
+# "auto": around the bodies at the angle that keeps the keep-out clearance; "axis": on the spinal axis (the
+# defect resected); or a named angle around the bodies (placement.NAMED_ANGLES).
+PLACEMENTS = ("auto", "axis", *NAMED_ANGLES)
 TITANIUM_DENSITY_G_CM3 = 4.43  # Ti6Al4V ELI
 
 
@@ -46,11 +47,18 @@ class Plan:
     implant: ImplantParameters = field(default_factory=ImplantParameters)
     screws: ScrewParameters = field(default_factory=ScrewParameters)
     variants_mm: list = field(default_factory=lambda: [2.0, 3.0, 4.0])
-    # "axis": strut along the spinal axis (the defect is resected, e.g. a corpectomy); "anterior": the strut lies
-    # in front of the vertebral bodies (offset = body depth + clearance) and the footplates reach back onto the
-    # endplates, as the curved plate of published case 2.
-    placement: str = "axis"
-    anterior_clearance_mm: float = 1.0
+    # "auto" (default): the strut lies against the vertebral bodies (a bone gap outside them) at the angle around
+    # the axis that keeps keep_out_clearance_mm from the keep-out anatomy, footplates reaching back onto the
+    # endplates, as the curved plate of published case 2; "axis": along the spinal axis (the defect is resected,
+    # e.g. a corpectomy); "anterior", "anterolateral_right", ...: against the bodies at that angle.
+    placement: str = "auto"
+    placement_angle_deg: Optional[float] = None  # fixes the angle (0 anterior, +90 patient's right, -90 left)
+    anterior_clearance_mm: float = 1.0  # gap between the vertebral bodies and a strut placed against them
+    keep_out_clearance_mm: float = 2.0  # required distance from every keep-out structure
+    keep_out_structures: Optional[list] = None  # names to keep out from the labels (None: all known ones)
+    # Safety findings the user accepts explicitly (ids as listed by the planner, e.g. "clearance:aorta",
+    # "screw:proximal left", "slice_thickness"); each is written into the design record.
+    accepted_risks: list = field(default_factory=list)
     # Overrides from user edits in the scene; None = use what the planner detects.
     axis_control_points: Optional[list] = None
     proximal_endplate: Optional[dict] = None
@@ -91,6 +99,18 @@ class Plan:
                 )
         if self.placement not in PLACEMENTS:
             raise PlanError(f"Unknown placement {self.placement!r}.", f"Choose one of {', '.join(PLACEMENTS)}.")
+        if self.placement_angle_deg is not None and not (
+            isinstance(self.placement_angle_deg, (int, float)) and -180.0 <= self.placement_angle_deg <= 180.0
+        ):
+            raise PlanError(f"placement_angle_deg = {self.placement_angle_deg!r} is invalid.",
+                            "Set placement_angle_deg between -180 and 180 degrees (0 anterior, +90 the patient's "
+                            "right), or null for the automatic angle.")
+        if not 0.0 <= float(self.keep_out_clearance_mm) <= 20.0:
+            raise PlanError(f"keep_out_clearance_mm = {self.keep_out_clearance_mm!r} is invalid.",
+                            "Set keep_out_clearance_mm between 0 and 20 mm (default 2).")
+        if not 0.0 <= float(self.anterior_clearance_mm) <= 20.0:
+            raise PlanError(f"anterior_clearance_mm = {self.anterior_clearance_mm!r} is invalid.",
+                            "Set anterior_clearance_mm (the gap between bone and strut) between 0 and 20 mm.")
         if len(set(self.variants_mm)) != len(self.variants_mm):
             raise PlanError(f"Variant lengths repeat: {self.variants_mm}.", "List each extra length once.")
         if self.axis_control_points is not None and len(self.axis_control_points) < 2:
@@ -113,7 +133,11 @@ class Plan:
             "screws": self.screws.as_dict(),
             "variants_mm": [float(v) for v in self.variants_mm],
             "placement": self.placement,
+            "placement_angle_deg": None if self.placement_angle_deg is None else float(self.placement_angle_deg),
             "anterior_clearance_mm": float(self.anterior_clearance_mm),
+            "keep_out_clearance_mm": float(self.keep_out_clearance_mm),
+            "keep_out_structures": None if self.keep_out_structures is None else list(self.keep_out_structures),
+            "accepted_risks": list(self.accepted_risks),
             "axis_control_points": None
             if self.axis_control_points is None
             else [_floats(p) for p in self.axis_control_points],
@@ -137,7 +161,8 @@ class Plan:
         known = {
             "case_id", "proximal_level", "distal_level", "proximal_point_ras", "distal_point_ras", "variants_mm",
             "axis_control_points", "proximal_endplate", "distal_endplate", "trajectories", "outputs",
-            "placement", "anterior_clearance_mm",
+            "placement", "anterior_clearance_mm", "placement_angle_deg", "keep_out_clearance_mm",
+            "keep_out_structures", "accepted_risks",
         }
         kwargs = {k: d[k] for k in known if k in d and d[k] is not None}
         if "segmentation" in d:
@@ -183,6 +208,7 @@ class PlanResult:
     levels: object = None  # levels.LevelsResult when detected
     seconds: dict = field(default_factory=dict)
     implant_parameters: object = None  # the ImplantParameters built (placement applied)
+    blocking: list = field(default_factory=list)  # [(id, message)] safety findings not accepted: export refuses
 
 
 def _strut_interference_mm3(implant_mesh, proximal: Endplate, distal: Endplate, bone_mask, ijk_to_ras, keep_mm):
@@ -203,8 +229,9 @@ def _strut_interference_mm3(implant_mesh, proximal: Endplate, distal: Endplate, 
     corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
     ijk = corners @ inv[:3, :3].T + inv[:3, 3]
     i0 = np.clip(np.floor(ijk.min(axis=0)).astype(int), 0, None)
-    i1 = np.minimum(np.ceil(ijk.max(axis=0)).astype(int) + 1, np.array(bone_mask.shape[::-1]))
-    sub = bone_mask[i0[2] : i1[2], i0[1] : i1[1], i0[0] : i1[0]]
+    i1 = np.minimum(np.ceil(ijk.max(axis=0)).astype(int) + 1, np.array(np.shape(bone_mask)[::-1]))
+    box = (slice(i0[2], i1[2]), slice(i0[1], i1[1]), slice(i0[0], i1[0]))
+    sub = bone_mask[box] if not callable(bone_mask) else bone_mask(box)
     if not sub.any():
         return 0.0
     shift = np.eye(4)
@@ -213,10 +240,99 @@ def _strut_interference_mm3(implant_mesh, proximal: Endplate, distal: Endplate, 
     return float((core ^ bone).volume())
 
 
-def design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress=None, label_map=None, label_values=None):
-    """Levels -> axis -> endplates -> screws -> nominal implant -> variants -> measurements (no scene access)."""
+class _AllBone:
+    """Every bone voxel of the CT in a box, for the interference check: the segment plus the voxels at or above the
+    bone threshold with their enclosed cancellous interior (filled slice by slice), so an intact vertebra the seeds
+    never reached counts too; less the keep-out structures (contrast blood is as bright as bone)."""
+
+    shape = property(lambda self: self.mask.shape)
+
+    def __init__(self, ct_array, bone_mask, threshold_hu: float, keep_out=None):
+        self.ct, self.mask, self.threshold, self.keep_out = ct_array, bone_mask, threshold_hu, keep_out
+
+    def __call__(self, box, pad: int = 40):
+        from scipy import ndimage
+
+        # Fill in a wider box: the cortical ring around the implant's box must be whole to enclose its interior.
+        wide = tuple(slice(max(b.start - pad, 0), min(b.stop + pad, n)) for b, n in zip(box, self.mask.shape))
+        bone = np.asarray(self.mask[wide], dtype=bool) | (np.asarray(self.ct[wide]) >= self.threshold)
+        in_slice = np.zeros((3, 3, 3), dtype=bool)
+        in_slice[1] = ndimage.generate_binary_structure(2, 1)
+        bone = ndimage.binary_fill_holes(bone, structure=in_slice)
+        bone = bone[tuple(slice(b.start - w.start, b.stop - w.start) for b, w in zip(box, wide))]
+        if self.keep_out is not None:
+            lo = np.array([b.start for b in box])
+            for s in self.keep_out.structures:
+                a = np.maximum(s.offset, lo)
+                b = np.minimum(s.offset + np.array(s.mask.shape), [b.stop for b in box])
+                if np.any(b <= a):
+                    continue
+                bone[tuple(slice(x - y, z - y) for x, y, z in zip(a, lo, b))] &= ~s.mask[
+                    tuple(slice(x - o, z - o) for x, o, z in zip(a, s.offset, b))]
+        return bone
+
+
+def _docking_masks(levels, shape) -> dict:
+    """{end: full-size bool mask of the docking vertebra} from the level detection, or {} without it."""
+    out = {}
+    for end, (crop, lo) in (getattr(levels, "docking", None) or {}).items():
+        full = np.zeros(shape, dtype=bool)
+        full[tuple(slice(int(a), int(a) + n) for a, n in zip(lo, crop.shape))] = crop
+        out[end] = full
+    return out
+
+
+def safety_findings(plan: Plan, measured: dict, screw_plans, keep_out) -> tuple:
+    """(safety dict for the measurements / manifest, [(id, message)] findings that block export unless accepted)."""
+    required = float(plan.keep_out_clearance_mm)
+    clearance = {k: v["clearance_mm"] for k, v in measured.items()}
+    overlap = {k: v["overlap_mm3"] for k, v in measured.items()}
+    findings = []
+    for name, c in clearance.items():
+        if c is not None and c < required:
+            inside = f", {overlap[name]:.0f} mm3 inside it" if overlap[name] > 0 else ""
+            findings.append((f"clearance:{name}", f"the implant comes within {c:.1f} mm of the "
+                             f"{name.replace('_', ' ')} (required {required:g} mm{inside})"))
+    for sp in screw_plans:
+        if sp.breach:
+            findings.append((f"screw:{sp.trajectory.name}", f"screw '{sp.trajectory.name}' leaves its docking "
+                             f"vertebra (breach at {sp.breach_at_mm:.1f} mm)"))
+        elif sp.raw_length_mm < sp.screw_type.min_length_mm:
+            findings.append((f"screw:{sp.trajectory.name}", f"no catalogue screw fits '{sp.trajectory.name}' "
+                             f"({sp.raw_length_mm:.1f} mm of bone)"))
+    accepted = [f for f in findings if f[0] in plan.accepted_risks]
+    safety = {
+        "required_clearance_mm": required,
+        "clearance_mm": clearance,
+        "overlap_mm3": overlap,
+        "keep_out": keep_out.describe() if keep_out is not None else {"source": "none", "structures": {},
+                                                                      "not_checked": {"all": "no keep-out anatomy"}},
+        "findings": [{"id": i, "message": m, "accepted": (i, m) in accepted} for i, m in findings],
+        "accepted": [i for i, _ in accepted],
+    }
+    return safety, [f for f in findings if f not in accepted]
+
+
+def require_accepted(result) -> None:
+    """Refuse to export a plan with safety findings the user has not accepted (plan.accepted_risks)."""
+    open_findings = getattr(result, "blocking", None) or []
+    if open_findings:
+        listing = "; ".join(m for _, m in open_findings)
+        ids = ", ".join(f'"{i}"' for i, _ in open_findings)
+        raise PlanError(
+            f"The plan is not safe to export: {listing}.",
+            "Change the plan (placement angle, clearance, screws) or, if you accept it as the surgeon, add "
+            f"{ids} to the plan's accepted_risks (CLI: --accept-risk ID; GUI: Accept); the record states it.",
+        )
+
+
+def design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress=None, label_map=None, label_values=None,
+                   keep_out=None):
+    """Levels -> axis -> endplates -> placement -> screws -> nominal implant -> variants -> measurements and
+    safety (no scene access). ``keep_out`` (keepout.KeepOut) is the anatomy to stay clear of."""
     from .implant import build_implant, measurements, profile_polygon
     from .levels import detect_levels, smooth_axis
+    from .placement import place_strut
     from .screws import Trajectory, default_trajectories, hole_specs, plan_screws
 
     plan.validate()
@@ -257,7 +373,27 @@ def design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress=None, l
     distal.level = distal.level or plan.distal_level
     seconds["levels"] = time.perf_counter() - t0
 
-    implant_params = placed_implant_parameters(plan, proximal, distal, axis, bone_mask, ijk_to_ras)
+    if keep_out is None:
+        # No labels: what the CT shows (vessels from the exclude seeds, the airway, the canal) is kept out.
+        from .keepout import from_ct
+
+        keep_out = from_ct(np.asarray(ct_array), ijk_to_ras, np.asarray(bone_mask, dtype=bool),
+                           plan.segmentation.exclude_seeds_ras, axis_points=axis)
+    prog.report(0.2, "Placing the strut clear of the keep-out anatomy")
+    t1 = time.perf_counter()
+    placement = None
+    pattern = {}
+    if plan.placement == "axis" and plan.placement_angle_deg is None:
+        implant_params = plan.implant
+    else:
+        placement = place_strut(
+            plan.implant, axis, proximal, distal, bone_mask, ijk_to_ras, keep_out=keep_out,
+            placement=plan.placement if plan.placement != "axis" else "anterior",
+            angle_deg=plan.placement_angle_deg, required_clearance_mm=plan.keep_out_clearance_mm,
+            bone_gap_mm=plan.anterior_clearance_mm, largest_variant_mm=max(plan.variants_mm, default=0.0),
+        )
+        implant_params, pattern = placement.parameters, placement.screw_pattern
+    seconds["placement"] = time.perf_counter() - t1
 
     prog.report(0.3, "Planning screws")
     t1 = time.perf_counter()
@@ -277,12 +413,14 @@ def design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress=None, l
             strut_radius_mm=float(np.linalg.norm(profile_polygon(implant_params), axis=1).max()),
             strut_offset_lateral_mm=implant_params.offset_lateral_mm,
             footplate_offset_anterior_mm=implant_params.footplate_offset_anterior_mm,
-            # Behind an anterior plate the screws go into the middle of the body, clear of the anterior cortex.
-            pattern_offset_anterior_mm=ANTERIOR_SCREW_PATTERN * min(proximal.radius_ap, distal.radius_ap)
-            if plan.placement == "anterior"
-            else None,
+            footplate_offset_lateral_mm=implant_params.footplate_offset_lateral_mm,
+            **pattern,
         )
-    screw_plans = plan_screws(trajectories, ct_array, bone_mask, ijk_to_ras, plan.screws)
+    docking = _docking_masks(levels, np.shape(bone_mask))
+    if not docking:
+        warnings.append("Screw lengths are limited by the bone along each screw only (no detected docking "
+                        "vertebrae for user-given endplates): check in the CT that no screw reaches the next disc.")
+    screw_plans = plan_screws(trajectories, ct_array, bone_mask, ijk_to_ras, plan.screws, docking_masks=docking)
     for sp in screw_plans:
         warnings.extend(f"{sp.trajectory.name}: {w}" for w in sp.warnings)
     holes = hole_specs(screw_plans)
@@ -293,33 +431,47 @@ def design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress=None, l
     nominal = build_implant(axis, proximal, distal, implant_params, holes=holes)
     variants = {}
     for i, extra in enumerate(sorted(plan.variants_mm)):
-        prog.report(0.6 + 0.3 * i / max(len(plan.variants_mm), 1), f"Building +{extra:g} mm variant")
+        prog.report(0.6 + 0.2 * i / max(len(plan.variants_mm), 1), f"Building +{extra:g} mm variant")
         variants[float(extra)] = build_implant(
             axis, proximal, distal, implant_params, holes=holes, extra_length_mm=extra
         )
     seconds["implant_and_variants"] = time.perf_counter() - t2
 
-    prog.report(0.9, "Measuring")
+    prog.report(0.8, "Measuring clearances and interference")
     t3 = time.perf_counter()
     m = measurements(nominal, implant_params, density_g_cm3=TITANIUM_DENSITY_G_CM3)
+    all_bone = _AllBone(ct_array, bone_mask, plan.segmentation.threshold_min, keep_out)
     m["interference_mm3"] = _strut_interference_mm3(
-        nominal.mesh, proximal, distal, bone_mask, ijk_to_ras, keep_mm=implant_params.footplate_thickness_mm + 1.0
+        nominal.mesh, proximal, distal, all_bone, ijk_to_ras, keep_mm=implant_params.footplate_thickness_mm + 1.0
     )
     m["placement"] = plan.placement
+    m["placement_detail"] = placement.as_dict() if placement is not None else {"angle_deg": None, "how": "axis"}
     m["strut_offset_anterior_mm"] = implant_params.offset_anterior_mm
+    m["strut_offset_lateral_mm"] = implant_params.offset_lateral_mm
     m["footplate_offset_anterior_mm"] = implant_params.footplate_offset_anterior_mm
     if m["interference_mm3"] > 1.0:
         warnings.append(
-            f"The implant intersects {m['interference_mm3']:.0f} mm3 of bone outside the footplates: "
-            "move the axis or increase the strut offset."
+            f"The implant intersects {m['interference_mm3']:.0f} mm3 of bone outside the footplates (all bone of "
+            "the CT between the docking levels): move the axis, change the placement or increase the strut offset."
         )
+    # Clearance of the nominal implant and the largest variant (its distal footplate sits deeper).
+    measured = {}
+    if keep_out is not None and keep_out.structures:
+        shapes = [nominal] + ([variants[max(variants)]] if variants else [])
+        for geom in shapes:
+            for name, v in keep_out.measure(geom.mesh).items():
+                old = measured.get(name)
+                c = v["clearance_mm"]
+                if old is None or (c is not None and (old["clearance_mm"] is None or c < old["clearance_mm"])):
+                    measured[name] = v
+    m["safety"], blocking = safety_findings(plan, measured, screw_plans, keep_out)
     m["screws"] = [sp.as_dict() for sp in screw_plans]
     m["variants"] = {
         f"+{k:g} mm": {"length_mm": v.length_mm, "volume_mm3": v.mesh.volume()} for k, v in variants.items()
     }
     seconds["measurements"] = time.perf_counter() - t3
     prog.report(1.0, "Implant designed")
-    return PlanResult(
+    result = PlanResult(
         plan=plan,
         axis_points=np.asarray(axis),
         axis_control_points=control,
@@ -334,60 +486,6 @@ def design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress=None, l
         levels=levels,
         seconds=seconds,
         implant_parameters=implant_params,
+        blocking=blocking,
     )
-
-
-def placed_implant_parameters(plan: Plan, proximal: Endplate, distal: Endplate, axis=None, bone_mask=None,
-                              ijk_to_ras=None) -> ImplantParameters:
-    """The implant parameters actually built. For "anterior" placement: the strut lies ``anterior_clearance_mm``
-    in front of the bone found in front of the gap (the bodies, discs and osteophytes in the strut's lateral band;
-    the endplates' radii if no bone is given), and the footplates reach from the strut's front face back to
-    ANTERIOR_FOOTPLATE_BACK x the endplate's AP radius behind the endplate centre."""
-    from dataclasses import replace
-
-    from .implant import profile_polygon
-
-    if plan.placement != "anterior":
-        return plan.implant
-    poly = profile_polygon(plan.implant)
-    front, back = float(poly[:, 0].max()), float(-poly[:, 0].min())
-    half_width = float(np.abs(poly[:, 1]).max())
-    bone_front = max(proximal.radius_ap, distal.radius_ap)
-    if bone_mask is not None and axis is not None:
-        measured = _bone_front_of_gap(axis, proximal, distal, bone_mask, ijk_to_ras, half_width + 2.0,
-                                      plan.implant.footplate_thickness_mm + 1.0)
-        if measured is not None:
-            bone_front = measured
-    offset = bone_front + back + plan.anterior_clearance_mm
-    r_ap = min(proximal.radius_ap, distal.radius_ap)
-    rear = -ANTERIOR_FOOTPLATE_BACK * r_ap
-    semi = (offset + front - rear) / 2.0
-    fraction = min(1.0, max(plan.implant.footplate_fraction, semi / r_ap))
-    centre = offset + front - fraction * r_ap  # front edge flush with the strut's front face
-    return replace(plan.implant, offset_anterior_mm=offset, footplate_offset_anterior_mm=centre,
-                   footplate_fraction=fraction)
-
-
-def _bone_front_of_gap(axis, proximal, distal, bone_mask, ijk_to_ras, half_band, keep_mm):
-    """How far bone reaches anteriorly from the axis between the footplate zones, within +-half_band laterally."""
-    from scipy.spatial import cKDTree
-
-    from .implant import path_frames
-
-    axis = np.asarray(axis, dtype=float)
-    k, j, i = np.nonzero(bone_mask)
-    pts = np.stack([i, j, k], axis=1) @ ijk_to_ras[:3, :3].T + ijk_to_ras[:3, 3]
-    inside = ((pts - proximal.centre) @ proximal.normal > keep_mm) & ((pts - distal.centre) @ distal.normal > keep_mm)
-    pts = pts[inside]
-    if len(pts) == 0:
-        return None
-    frames = path_frames(axis, proximal, distal)
-    _, nearest = cKDTree(axis).query(pts)
-    rel = pts - axis[nearest]
-    a = np.einsum("ij,ij->i", rel, frames[nearest, 0])
-    lat = np.einsum("ij,ij->i", rel, frames[nearest, 1])
-    band = np.abs(lat) <= half_band
-    if not band.any():
-        return None
-    voxel = float(np.linalg.norm(ijk_to_ras[:3, :3], axis=0).max())
-    return float(a[band].max()) + voxel / 2.0  # voxel centres: the bone surface is half a voxel further
+    return result

@@ -646,12 +646,24 @@ def plan_screw(trajectory: Trajectory, ct_array, bone_mask, ijk_to_ras, screw_ty
     )
 
 
-def plan_screws(trajectories, ct_array, bone_mask, ijk_to_ras, params: ScrewParameters) -> list:
-    """plan_screw for each trajectory with the parameters' screw type (the volume is checked once)."""
+def plan_screws(trajectories, ct_array, bone_mask, ijk_to_ras, params: ScrewParameters,
+                docking_masks: Optional[dict] = None) -> list:
+    """plan_screw for each trajectory with the parameters' screw type (each volume is checked once).
+
+    ``docking_masks`` {end: bool array on the CT grid} limits each end's screws to its docking vertebra (its label,
+    or its body isolated from the bone): the far cortex is then where the screw would leave that vertebra
+    (its far endplate, its walls), never the disc and the next vertebra beyond."""
     params.validate()
     st = screw_type(params.screw_type)
-    vol = _Volume(ct_array, bone_mask, ijk_to_ras)
-    return [plan_screw(t, ct_array, bone_mask, ijk_to_ras, st, params, _volume=vol) for t in trajectories]
+    volumes = {}
+    out = []
+    for t in trajectories:
+        mask = (docking_masks or {}).get(t.end, bone_mask)
+        key = id(mask)
+        if key not in volumes:
+            volumes[key] = _Volume(ct_array, mask, ijk_to_ras)
+        out.append(plan_screw(t, ct_array, mask, ijk_to_ras, st, params, _volume=volumes[key]))
+    return out
 
 
 def hole_specs(plans) -> list:
