@@ -4,6 +4,8 @@ The phantom's ground truth gives exact Dice and leak fractions; every bad input 
 and leave the scene as it was.
 """
 
+import re
+
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
@@ -80,6 +82,31 @@ def test_seed_and_exclude_seed_give_the_vertebrae_without_vessel_or_table(ctx, p
     assert result.voxel_count == np.count_nonzero(mask)
     assert result.volume_mm3 == pytest.approx(result.voxel_count * 0.7**3)
     assert messages and messages[-1][0] == pytest.approx(1.0) and all(m for _, m in messages)
+
+
+def test_seeds_move_at_most_seed_snap_mm(ctx, phantom):
+    ct = phantom.add_to_scene(ctx, "Phantom")
+    l2 = phantom.vertebra("L2")
+    # 2 mm to the right of L2's body (soft tissue; the vessel is on the left).
+    off_bone = tuple(l2.body_centre + np.array([l2.superior_endplate.radius_lr + 2.0, 0.0, 0.0]))
+    with pytest.raises(SegmentationError, match="not on bone"):
+        segment_bone(ctx, ct, BoneSegmentationParameters(seeds_ras=[off_bone], seed_snap_mm=1.0))
+    result = segment_bone(ctx, ct, BoneSegmentationParameters(seeds_ras=[off_bone], seed_snap_mm=3.0))
+    moved = [float(re.search(r"moved ([0-9.]+) mm", w).group(1)) for w in result.warnings if "moved" in w]
+    print(result.warnings)
+    assert len(moved) == 1 and 1.0 < moved[0] <= 3.0
+    depth = ndi.distance_transform_edt(~result.mask, sampling=phantom.spacing[::-1])
+    i, j, k = np.round(phantom.ras_to_ijk(off_bone)[0]).astype(int)
+    assert depth[k, j, i] <= 3.0
+    assert _fraction(result.mask, phantom.vertebra_labels == 2) > 0.97
+    # A seed in the cancellous core (below the threshold, enclosed by the cortex) is not moved: it selects the bone
+    # around it and ends up inside the segment.
+    centre = phantom.body_point("L2")
+    i, j, k = np.round(phantom.ras_to_ijk(centre)[0]).astype(int)
+    assert phantom.array[k, j, i] < 226
+    inside = segment_bone(ctx, ct, BoneSegmentationParameters(seeds_ras=[tuple(centre)], seed_snap_mm=0.0))
+    assert not any("moved" in w or "from the segmented bone" in w for w in inside.warnings)
+    assert inside.mask[k, j, i]
 
 
 def _segment_tag(segment, name):
