@@ -323,37 +323,36 @@ def test_read_only_output_folder_is_refused_before_work(inputs, tmp_path):
 # ---- interrupted while writing: a subprocess pauses inside the staged folder, then gets the signal
 
 SLOW_WRITER = """
-import sys, time
-from PatientImplantPlannerLib import cli, workflow
+import importlib, sys, time
+from PatientImplantPlannerLib import cli
 
-write = workflow.write_segmentation
+module_name, function = sys.argv[1].rsplit(".", 1)
+module = importlib.import_module("PatientImplantPlannerLib." + module_name)
+write = getattr(module, function)
 
 
 def write_then_wait(*args, **kwargs):  # the signal arrives while the staged folder holds a file
-    write(*args, **kwargs)
+    result = write(*args, **kwargs)
     time.sleep(120)
+    return result
 
 
-workflow.write_segmentation = write_then_wait
-sys.exit(cli.main(sys.argv[1:]))
+setattr(module, function, write_then_wait)
+sys.exit(cli.main(sys.argv[2:]))
 """
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_while_writing_leaves_nothing_behind(inputs, tmp_path, sig):
-    ct = shutil.copy(inputs["ct"], tmp_path / "ct.nii.gz")
-    before = snapshot(tmp_path)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SLOW_WRITER, "segment", ct, "--out", str(tmp_path / "out"), "--seed",
-         *map(str, BONE_CENTRE)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    staged = None
-    deadline = time.monotonic() + 120
-    while staged is None and proc.poll() is None and time.monotonic() < deadline:
-        partial = [p for p in os.listdir(tmp_path) if ".partial-" in p]
-        if partial and os.path.exists(tmp_path / partial[0] / "bone.seg.nrrd"):
-            staged = tmp_path / partial[0]
+def interrupt_while_writing(folder, writer: str, written: str, argv, sig) -> str:
+    """Run the CLI with ``writer`` pausing after it wrote; signal it once a staged folder in ``folder`` holds a
+    file ending in ``written``. Returns stderr after checking the exit code."""
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, writer, *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    staged, deadline = False, time.monotonic() + 300
+    while not staged and proc.poll() is None and time.monotonic() < deadline:
+        for dirpath, _dirs, files in os.walk(folder):
+            staged = staged or (".partial-" in dirpath and any(f.endswith(written) for f in files))
         time.sleep(0.05)
-    assert staged is not None, proc.communicate(timeout=10)
+    assert staged, proc.communicate(timeout=10)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
@@ -361,4 +360,29 @@ def test_signal_while_writing_leaves_nothing_behind(inputs, tmp_path, sig):
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert lines == [f"error: interrupted ({sig.name}): partial output removed, nothing written; run the command "
                      "again to produce it."]
+    return err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_while_writing_leaves_nothing_behind(inputs, tmp_path, sig):
+    ct = shutil.copy(inputs["ct"], tmp_path / "ct.nii.gz")
+    before = snapshot(tmp_path)
+    interrupt_while_writing(tmp_path, "workflow.write_segmentation", "bone.seg.nrrd",
+                            ["segment", ct, "--out", str(tmp_path / "out"), "--seed", *map(str, BONE_CENTRE)], sig)
     assert snapshot(tmp_path) == before  # no .partial-PID folder, no out folder
+
+
+def test_sigterm_while_writing_an_export_bundle_leaves_nothing_behind(tmp_path):
+    from PatientImplantPlannerLib.phantom import make_spine_phantom
+    from PatientImplantPlannerLib.plan import Plan
+
+    ph = make_spine_phantom(spacing=1.0, levels=("L1", "L2", "L3"))
+    ct = ph.write(str(tmp_path / "phantom.nrrd"))
+    Plan(case_id="KILL", proximal_level="L1", distal_level="L3", proximal_point_ras=list(ph.body_point("L1")),
+         distal_point_ras=list(ph.body_point("L3"))).save(str(tmp_path / "plan.json"))
+    (tmp_path / "exports").mkdir()
+    before = snapshot(tmp_path)
+    interrupt_while_writing(tmp_path / "exports", "bundle._write_and_verify", ".stl",
+                            ["plan", ct, "--plan", str(tmp_path / "plan.json"), "--out", str(tmp_path / "exports"),
+                             "--parts", "implant", "variants"], signal.SIGTERM)
+    assert snapshot(tmp_path) == before  # no KILL_<date> folder, no .partial folder with unchecked STL files
