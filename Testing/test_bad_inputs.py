@@ -380,9 +380,8 @@ def test_sigterm_while_writing_an_export_bundle_leaves_nothing_behind(tmp_path):
     ct = ph.write(str(tmp_path / "phantom.nrrd"))
     Plan(case_id="KILL", proximal_level="L1", distal_level="L3", proximal_point_ras=list(ph.body_point("L1")),
          distal_point_ras=list(ph.body_point("L3"))).save(str(tmp_path / "plan.json"))
-    (tmp_path / "exports").mkdir()
     before = snapshot(tmp_path)
-    interrupt_while_writing(tmp_path / "exports", "bundle._write_and_verify", ".stl",
+    interrupt_while_writing(tmp_path, "bundle._write_and_verify", ".stl",
                             ["plan", ct, "--plan", str(tmp_path / "plan.json"), "--out", str(tmp_path / "exports"),
                              "--parts", "implant", "variants"], signal.SIGTERM)
-    assert snapshot(tmp_path) == before  # no KILL_<date> folder, no .partial folder with unchecked STL files
+    assert snapshot(tmp_path) == before  # no exports/ made for it, no .partial folder with unchecked STLs

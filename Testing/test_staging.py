@@ -35,3 +35,12 @@ def test_non_empty_folder_is_written_in_place(tmp_path):
         assert work == str(final)
         (final / "new.txt").write_text("new")
     assert sorted(os.listdir(final)) == ["new.txt", "old.txt"]
+
+
+def test_failure_also_removes_the_parent_folders_it_made(tmp_path):
+    final = tmp_path / "new" / "deeper" / "export"
+    with pytest.raises(KeyboardInterrupt):
+        with staged_folder(str(final)) as work:
+            (tmp_path / work / "half.stl").write_text("half")
+            raise KeyboardInterrupt("SIGTERM")
+    assert os.listdir(tmp_path) == []

@@ -47,6 +47,7 @@ def staged_folder(final: str):
         yield final
         return
     work = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.partial-{os.getpid()}")
+    created = _missing_ancestors(work)
     os.makedirs(work, exist_ok=True)
     try:
         yield work
@@ -55,7 +56,21 @@ def staged_folder(final: str):
         os.replace(work, final)  # one rename: the folder appears complete or not at all
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
+        for folder in created:  # parents made for it, deepest first, unless something else is in them now
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
         raise
+
+
+def _missing_ancestors(path: str) -> list:
+    missing = []
+    parent = os.path.dirname(path)
+    while parent and not os.path.exists(parent) and parent != os.path.dirname(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    return missing
 
 
 def moved(path: str, work: str, final: str) -> str:
