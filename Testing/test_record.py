@@ -1,52 +1,15 @@
 """The design record exported through the CLI path: one record shape, every section filled.
 
 The Slicer widget's path (its segment, design and export handlers) is exported and checked the same way in
-test_slicer_module_widget.py with ``check_exported_record``.
+test_slicer_module_widget.py (checks in recordcheck.py).
 """
 
-import html
 import json
-import os
-import re
 
 import numpy as np
-import pytest
+from recordcheck import check_exported_record, record_sections, segment_volume_ml
 
 from PatientImplantPlannerLib.record import SegmentationInfo
-from PatientImplantPlannerLib.report import REPORT_SECTIONS
-
-
-def record_sections(html_path: str) -> dict:
-    """{section title: its visible text, cells separated by ' | '} of an exported design record."""
-    text = open(html_path, encoding="utf-8").read()
-    text = re.sub(r'src="data:[^"]+"', "", text)
-    chunks = re.split(r'<h2 id="s\d+">\d+\. ([^<]+)</h2>', text)[1:]
-    sections = {}
-    for title, body in zip(chunks[::2], chunks[1::2]):
-        visible = re.sub(r"(\s*\|\s*)+", " | ", re.sub(r"<[^>]+>", " | ", body)).strip(" |")
-        sections[html.unescape(title)] = html.unescape(visible)
-    return sections
-
-
-def check_exported_record(html_path: str, bone_volume_ml: float, screw_names: list) -> dict:
-    """The checks both export paths must pass; returns the sections for path-specific ones."""
-    s = record_sections(html_path)
-    assert list(s) == REPORT_SECTIONS
-    assert all(s.values()), [t for t, body in s.items() if not body]
-    seg = s["Bone segmentation"]
-    assert "Threshold | 226 to 3071 HU" in seg and "n/a to n/a" not in seg
-    volume = float(re.search(r"Segmented bone volume \| ([\d.]+) ml", seg).group(1))
-    assert volume == pytest.approx(bone_volume_ml, abs=0.1)
-    assert re.search(r"Bone segmentation \| OK \| Bone volume [\d.]+ ml", s["Risk checklist"])
-    assert "TO DO | Bone" not in s["Risk checklist"] and "No bone volume" not in s["Risk checklist"]
-    assert "Slice thickness | 1.00 mm" in s["Case and input CT"]
-    # Each screw row names its screw, end and type (the record's screw shape is the one the table reads).
-    for name in screw_names:
-        assert re.search(rf"{re.escape(name)} \| (proximal|distal) \| L\d \| 3\.5 mm cancellous \(small fragment\) "
-                         r"\| 3\.5 \|", s["Screws"]), (name, s["Screws"])
-    assert "Length (endplate to endplate) | " in s["Implant design"] and "Mass | n/a" not in s["Implant design"]
-    assert "+2 mm | 2.0 |" in s["Oversized variants"]
-    return s
 
 
 def test_cli_record_has_every_section_and_the_segmentation(tmp_path):
@@ -64,24 +27,13 @@ def test_cli_record_has_every_section_and_the_segmentation(tmp_path):
     summary = run_plan(ct, plan, str(tmp_path / "exports"),
                        export_params=ExportParameters(parts=("implant", "drill_guides", "report")))
     # The volume shown is the exported segmentation's, read back from its file.
-    s = check_exported_record(summary["report"], bone_volume_ml=_segment_volume_ml(summary["folder"]),
+    s = check_exported_record(summary["report"], bone_volume_ml=segment_volume_ml(summary["folder"]),
                               screw_names=[sc["name"] for sc in summary["screws"]])
     assert "drill guide" in s["Surgical guides"]
 
 
 def _truth_ml(phantom) -> float:
     return float(phantom.bone_mask.sum()) * float(np.prod(phantom.spacing)) / 1000.0
-
-
-def _segment_volume_ml(folder: str) -> float:
-    """Bone volume of the exported .seg.nrrd, read back independently of the engine."""
-    import SimpleITK as sitk
-
-    (name,) = [f for f in os.listdir(folder) if f.endswith(".seg.nrrd")]
-    image = sitk.ReadImage(os.path.join(folder, name))
-    voxels = int((sitk.GetArrayViewFromImage(image) > 0).sum())
-    sx, sy, sz = image.GetSpacing()
-    return voxels * sx * sy * sz / 1000.0
 
 
 def test_record_from_a_loaded_segmentation_names_its_source_and_measures_it(ctx, tmp_path):

@@ -1,0 +1,400 @@
+"""The Slicer module file imported with stand-ins for the GUI-only packages (slicer_stand_ins.py) and run on the
+headless Slicer core: its metadata, logic, self-test (and that each self-test can fail), and the widget's handlers
+with a mock ui, including the design record exported through them.
+"""
+
+import os
+import types
+
+import pytest
+from recordcheck import check_exported_record, segment_volume_ml
+from slicer_module_checks import ENGINE, UI_FILE, ui_combo_items
+from slicer_stand_ins import import_module_under_test, widget_under_test
+
+
+@pytest.fixture
+def slicer_module(ctx, tmp_path, monkeypatch):
+    """The module file imported against the headless core; the engine context is the test's fresh scene."""
+    return import_module_under_test(ctx, tmp_path, monkeypatch)
+
+
+def test_module_metadata_at_runtime(slicer_module):
+    parent = types.SimpleNamespace()
+    slicer_module.PatientImplantPlanner(parent)
+    assert parent.title == "Patient Implant Planner"
+    assert parent.categories == ["Planning"]
+    assert "TotalSegmentator" in parent.acknowledgementText  # the sample data attribution
+    import slicer
+
+    assert slicer.app.connected == ("startupCompleted()", slicer_module.registerSampleData)
+
+
+def test_ensure_dependencies_never_installs_in_testing_mode(slicer_module, monkeypatch):
+    import slicer
+
+    calls = []
+    monkeypatch.setattr(slicer.util, "pip_install", lambda *a, **k: calls.append(a))
+    assert slicer_module.ensureDependencies() is True  # manifold3d is installed here
+    monkeypatch.setitem(slicer_module.REQUIRED_PACKAGES, "surely_not_installed_pkg", "surely_not_installed_pkg")
+    assert slicer_module.ensureDependencies() is False
+    assert calls == []
+
+
+def test_sample_data_registration_loads_the_bundled_ct_without_network(slicer_module):
+    """registerSampleData()'s file:// URI and checksum work with urllib, as Slicer's SampleData uses them."""
+    slicer_module.PatientImplantPlannerTest().test_LoadSampleCT()
+
+
+def test_self_test_runs_on_the_headless_core(slicer_module):
+    """The module's own self-test, run here: phantom segmentation + export, and the sample CT via SampleData."""
+    pytest.importorskip(f"{ENGINE}.bonesegmentation")
+    pytest.importorskip(f"{ENGINE}.phantom")
+    case = slicer_module.PatientImplantPlannerTest()
+    case.runTest()
+
+
+
+
+def test_planning_defaults_are_the_engine_defaults(slicer_module):
+    """A fresh parameter node gives exactly the engine's default implant, screws, variants, placement and export
+    settings, and the GUI's fixed lists (screw types, export parts, enums) match the engine's."""
+    from PatientImplantPlannerLib.bundle import ALL_PARTS, ExportParameters
+    from PatientImplantPlannerLib.guides import GuideParameters
+    from PatientImplantPlannerLib.implant import PROFILES, ImplantParameters
+    from PatientImplantPlannerLib.lattice import LatticeParameters
+    from PatientImplantPlannerLib.plan import PLACEMENTS, Plan
+    from PatientImplantPlannerLib.screws import SCREW_CATALOGUE, ScrewParameters
+
+    logic = slicer_module.PatientImplantPlannerLogic()
+    p = logic.getParameterNode()
+    assert logic.implantParameters(p) == ImplantParameters()
+    assert logic.screwParameters(p) == ScrewParameters()
+    plan = Plan()
+    assert logic.parseVariants(p.variantsMm) == plan.variants_mm
+    assert (p.placement.value, p.caseId) == (plan.placement, plan.case_id)
+    assert logic.bundleParameters(p) == (ExportParameters(), LatticeParameters(), GuideParameters())
+    assert slicer_module.SCREW_TYPES == list(SCREW_CATALOGUE)
+    assert set(slicer_module.EXPORT_PART_FIELDS) == set(ALL_PARTS)
+    assert [m.value for m in slicer_module.Placement] == list(PLACEMENTS)
+    assert [m.value for m in slicer_module.StrutProfile] == list(PROFILES)
+    # The .ui previews what the parameter node connectors will list.
+    assert ui_combo_items(UI_FILE, "placementComboBox") == [m.label() for m in slicer_module.Placement]
+    assert ui_combo_items(UI_FILE, "profileComboBox") == [m.label() for m in slicer_module.StrutProfile]
+    assert ui_combo_items(UI_FILE, "screwTypeComboBox") == slicer_module.SCREW_TYPES
+
+
+def test_plan_and_export_settings_name_the_problem(slicer_module):
+    """Missing points, bad variant text and an empty export selection are refused with problem + fix."""
+    import slicer
+    import vtk
+
+    from PatientImplantPlannerLib.errors import PlanError, PlannerError
+
+    logic = slicer_module.PatientImplantPlannerLogic()
+    p = logic.getParameterNode()
+    with pytest.raises(PlanError, match="No proximal vertebra point") as e:
+        logic.planFromParameters(p)
+    assert "Place a point" in e.value.fix
+    for name, z in (("proximalPoint", 30.0), ("distalPoint", -30.0)):
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+        node.AddControlPoint(vtk.vtkVector3d(1.0, 2.0, z))
+        setattr(p, name, node)
+    p.variantsMm = "2, three"
+    with pytest.raises(PlanError, match="not numbers"):
+        logic.planFromParameters(p)
+    p.variantsMm = "2, 40"
+    with pytest.raises(PlanError, match="40"):
+        logic.planFromParameters(p)
+    p.variantsMm = ""
+    plan = logic.planFromParameters(p)
+    assert plan.variants_mm == [] and plan.proximal_point_ras == [1.0, 2.0, 30.0]
+    p.exportStl = False
+    with pytest.raises(PlannerError, match="No file format"):
+        logic.bundleParameters(p)
+    p.exportStl, p.export3mf = True, True
+    for field in slicer_module.EXPORT_PART_FIELDS.values():
+        setattr(p, field, False)
+    with pytest.raises(PlannerError, match="No part"):
+        logic.bundleParameters(p)
+    p.exportDrillGuides = True
+    export, _lattice, _guides = logic.bundleParameters(p)
+    assert export.parts == ("drill_guides",) and export.formats == ("stl", "3mf")
+
+
+
+
+
+
+def test_widget_designs_follows_edits_and_exports(slicer_module, monkeypatch, tmp_path):
+    """The widget's handlers on a phantom, with a mock ui and the update timer fired by hand: design, a dragged
+    endplate and a moved screw regenerate (the screw stays where the user put it), a bad variant text fails once
+    without a dialog and without retry loops, a good one applies, export writes the bundle, and after the plan is
+    cleared edits no longer trigger updates."""
+
+    import numpy as np
+    import slicer
+    import vtk
+
+    from PatientImplantPlannerLib.phantom import make_spine_phantom
+
+    w, dialogs = widget_under_test(slicer_module, monkeypatch)
+    timer = w._regenerateTimer
+    assert timer.interval == slicer_module.AUTO_UPDATE_DELAY_MS
+
+    phantom = make_spine_phantom(spacing=1.0, levels=("L1", "L2", "L3"))
+    ct = phantom.add_to_scene(w.logic.context(), "PhantomCT")
+    seeds = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "BoneSeeds")
+    for level in ("L1", "L2", "L3"):
+        seeds.AddControlPoint(vtk.vtkVector3d(*phantom.body_point(level)))
+    bone = w.logic.segmentBone(ct, w.logic.boneSegmentationParameters(seedNode=seeds))
+    p = w._parameterNode = w.logic.getParameterNode()
+    p.inputVolume, p.boneSegmentation, p.boneSegmentId = ct, bone.segmentation_node, bone.segment_id
+    for name, level in (("proximal", "L1"), ("distal", "L3")):
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+        node.AddControlPoint(vtk.vtkVector3d(*phantom.body_point(level)))
+        setattr(p, f"{name}Point", node)
+    p.caseId, p.placement = "WIDGET-1", slicer_module.Placement.anterior
+    p.implantProfile, p.widthMm, p.depthMm = slicer_module.StrutProfile.curved_plate, 10.0, 5.0
+    p.bundleFolder = tmp_path / "exports"
+    w._onParameterNodeModified()
+    assert w.ui.designImplantButton.enabled is True
+
+    w.onDesignImplantButton()
+    assert dialogs == [] and w._planResult is not None, w.ui.statusLabel.text
+    assert w.ui.statusLabel.text.startswith("Implant designed.")
+    nominal = w._planResult.nominal.length_mm
+    assert not timer.active
+
+    # Drag the distal endplate 1.5 mm: the observer schedules an update, firing it lengthens the implant.
+    # (The test holds no PlanNodes of its own: headless, a removed model that Python still references keeps its
+    # subject hierarchy item, and the engine would then find it.)
+    plane = w._planNodes.distal_endplate
+    centre = np.zeros(3)
+    plane.GetCenterWorld(centre)
+    plane.SetCenterWorld(*(centre - 1.5 * w._planResult.distal_endplate.normal))
+    assert timer.active and not w._screwsEdited
+    timer.fire()
+    assert w._planResult.nominal.length_mm - nominal == pytest.approx(1.5, abs=0.1)
+    assert w.ui.statusLabel.text.startswith("Implant updated.")
+
+    # Move a screw's entry: it is kept on the redesign.
+    line = w._planNodes.screws[0]
+    entry = np.zeros(3)
+    line.GetNthControlPointPositionWorld(0, entry)
+    moved = entry + np.array([0.0, 0.0, 0.5])
+    line.SetNthControlPointPositionWorld(0, *moved)
+    assert timer.active and w._screwsEdited
+    timer.fire()
+    assert dialogs == [], w.ui.statusLabel.text
+    after = np.zeros(3)
+    w._planNodes.screws[0].GetNthControlPointPositionWorld(0, after)
+    np.testing.assert_allclose(after, moved, atol=1e-6)
+
+    # A bad variant text: one quiet failure (status + warnings, no dialog), no automatic retry.
+    p.variantsMm = "2, x"
+    w._onParameterNodeModified()
+    assert timer.active
+    timer.fire()
+    assert dialogs == [] and "not numbers" in w.ui.statusLabel.text
+    assert "not numbers" in w.ui.planWarningsLabel.text
+    w._onParameterNodeModified()
+    assert not timer.active
+    p.variantsMm = "3"
+    w._onParameterNodeModified()
+    timer.fire()
+    assert set(w._planNodes.models) == {"nominal", "+3 mm"}
+
+    # While a handle is dragged nothing is scheduled; the drop schedules one update.
+    markups = slicer.vtkMRMLMarkupsNode
+    axis = w._planNodes.axis
+    axis.InvokeCustomModifiedEvent(markups.PointStartInteractionEvent)
+    point = np.zeros(3)
+    axis.GetNthControlPointPositionWorld(1, point)
+    axis.SetNthControlPointPositionWorld(1, *(point + np.array([0.0, 0.3, 0.0])))
+    assert not timer.active
+    axis.InvokeCustomModifiedEvent(markups.PointEndInteractionEvent)
+    assert timer.active
+
+    # Export with that update still pending: it is applied first, with a setting changed meanwhile.
+    p.variantsMm = "3, 4"
+    for field in ("exportLattice", "exportReport", "exportCheckModel", "exportBoneModel", "exportDockingGuides"):
+        setattr(p, field, False)
+    w.onExportBundleButton()
+    assert dialogs == [] and w._lastBundle is not None, w.ui.statusLabel.text
+    assert not timer.active
+    written = sorted(os.listdir(w._lastBundle.folder))
+    assert {"WIDGET-1_implant_plus3mm_Ti6Al4V.stl", "WIDGET-1_implant_plus4mm_Ti6Al4V.stl", "manifest.json"} <= set(
+        written)
+    assert w.ui.openReportButton.enabled is True
+
+    # A new scene: no plan, no observers.
+    w._clearPlan()
+    line.SetNthControlPointPositionWorld(0, *entry)
+    assert not timer.active and w._planResult is None
+
+
+
+
+def test_widget_designs_from_vertebra_labels_without_points(slicer_module, monkeypatch):
+    """With a vertebra segmentation as the level source and no points: the design button is enabled, empty level
+    names are refused in the error dialog (problem + fix), named levels design the implant, and a dragged endplate
+    regenerates with the same labels; without the segmentation the points are required again."""
+
+    import numpy as np
+    import slicer
+
+    from PatientImplantPlannerLib.phantom import make_spine_phantom
+    from PatientImplantPlannerLib.segments import set_segment_mask
+
+    w, dialogs = widget_under_test(slicer_module, monkeypatch)
+    labelsUsed = []
+    realRegenerate = w.logic.regenerate
+
+    def regenerate(*args, **kwargs):
+        labelsUsed.append(kwargs.get("levelLabels"))
+        return realRegenerate(*args, **kwargs)
+
+    w.logic.regenerate = regenerate
+
+    phantom = make_spine_phantom(spacing=1.0, levels=("L1", "L2", "L3"))
+    ct = phantom.add_to_scene(w.logic.context(), "PhantomCT")
+    bone = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Bone")
+    boneId = bone.GetSegmentation().AddEmptySegment("bone", "bone")
+    set_segment_mask(bone, boneId, phantom.bone_mask, ct)
+    p = w._parameterNode = w.logic.getParameterNode()
+    p.inputVolume, p.boneSegmentation, p.boneSegmentId = ct, bone, boneId
+    p.levelSegmentation = slicer_module.PatientImplantPlannerTest.vertebraLabelSegmentation(phantom, ct)
+    p.caseId = "WIDGET-LABELS"
+    w._onParameterNodeModified()
+    assert w.ui.designImplantButton.enabled is True  # no points placed
+
+    w.onDesignImplantButton()
+    assert len(dialogs) == 1 and w._planResult is None
+    assert "level name is empty (proximal, distal)" in dialogs[0] and "'vertebrae_L1'" in dialogs[0]
+    assert w.ui.statusLabel.text.startswith("Implant design failed.")
+
+    p.proximalLevel, p.distalLevel = "L1", "L3"
+    w.onDesignImplantButton()
+    assert len(dialogs) == 1 and w._planResult is not None, w.ui.statusLabel.text
+    labels = w._planLevelSource[1]
+    assert set(labels[1]) == {"L1", "L2", "L3"}
+    nominal = w._planResult.nominal.length_mm
+    distalTruth = phantom.vertebra("L3").superior_endplate
+    assert np.linalg.norm(w._planResult.distal_endplate.centre - distalTruth.centre) < 1.5
+
+    # Another vertebra segmentation selected meanwhile does not change the shown plan's level source.
+    p.levelSegmentation = None
+    plane = w._planNodes.distal_endplate
+    centre = np.zeros(3)
+    plane.GetCenterWorld(centre)
+    plane.SetCenterWorld(*(centre - 1.5 * w._planResult.distal_endplate.normal))
+    w._regenerateTimer.fire()
+    assert len(dialogs) == 1, w.ui.statusLabel.text
+    assert labelsUsed and labelsUsed[-1] is labels
+    assert w._planResult.nominal.length_mm - nominal == pytest.approx(1.5, abs=0.1)
+
+    w._onParameterNodeModified()
+    assert w.ui.designImplantButton.enabled is False  # no labels: the points are needed again
+
+
+# ------------------------------------------------------------------------- each self-test can fail
+
+
+def _half_volume(real):
+    def half_volume(self, *args, **kwargs):
+        result = real(self, *args, **kwargs)
+        result.volume_mm3 *= 0.5
+        return result
+
+    return half_volume
+
+
+def _without_a_variant(real):
+    def without_a_variant(self, *args, **kwargs):
+        result, nodes = real(self, *args, **kwargs)
+        nodes.models.pop("+4 mm")
+        return result, nodes
+
+    return without_a_variant
+
+
+def _with_an_unlisted_file(real):
+    def with_an_unlisted_file(self, *args, **kwargs):
+        bundle = real(self, *args, **kwargs)
+        with open(os.path.join(bundle.folder, "unlisted.stl"), "wb") as f:
+            f.write(b"solid")
+        return bundle
+
+    return with_an_unlisted_file
+
+
+def _swapped_levels(real):
+    def swapped(self, *args, **kwargs):
+        label_map, values = real(self, *args, **kwargs)
+        return label_map, {**values, "L1": values["L3"], "L3": values["L1"]}
+
+    return swapped
+
+
+# self-test -> (engine module it needs, logic method, how that method is broken)
+SELF_TEST_BREAKS = {
+    "test_BoneSegmentationPhantom": ("bonesegmentation", "segmentBone", _half_volume),  # a wrong bone volume
+    "test_DesignImplantPhantom": ("workflow", "designImplant", _without_a_variant),  # a variant model lost
+    "test_ExportBundlePhantom": ("workflow", "exportBundle", _with_an_unlisted_file),  # a file not in the manifest
+    "test_DesignFromVertebraLabels": ("levelsource", "levelLabels", _swapped_levels),  # L1 <-> L3 mixed up
+}
+
+
+@pytest.mark.parametrize("self_test", list(SELF_TEST_BREAKS))
+def test_self_test_can_fail(slicer_module, monkeypatch, self_test):
+    """A logic broken as listed in SELF_TEST_BREAKS makes that self-test fail."""
+    engine_module, method, breaker = SELF_TEST_BREAKS[self_test]
+    pytest.importorskip(f"{ENGINE}.{engine_module}")
+    logic_cls = slicer_module.PatientImplantPlannerLogic
+    monkeypatch.setattr(logic_cls, method, breaker(getattr(logic_cls, method)))
+    case = slicer_module.PatientImplantPlannerTest()
+    case.setUp()
+    with pytest.raises(AssertionError):
+        getattr(case, self_test)()
+
+
+# ------------------------------------------------------------------------- the design record from the widget
+
+
+def test_widget_exports_a_record_with_its_segmentation(slicer_module, monkeypatch, tmp_path):
+    """Segment, design and export with the widget's own handlers: the record shows the threshold the bone was
+    segmented with and its measured volume, not 'n/a to n/a HU' and 'TO DO' (issue 8), and every section is
+    filled."""
+    import slicer
+    import vtk
+
+    from PatientImplantPlannerLib.phantom import make_spine_phantom
+
+    w, dialogs = widget_under_test(slicer_module, monkeypatch)
+    phantom = make_spine_phantom(spacing=1.0, levels=("L1", "L2", "L3"))
+    ct = phantom.add_to_scene(w.logic.context(), "PhantomCT")
+    p = w._parameterNode = w.logic.getParameterNode()
+    p.inputVolume = ct
+    p.seedPoints = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "BoneSeeds")
+    for level in ("L1", "L2", "L3"):
+        p.seedPoints.AddControlPoint(vtk.vtkVector3d(*phantom.body_point(level)))
+    w.onSegmentBoneButton()
+    assert dialogs == [] and p.boneSegmentation is not None, w.ui.statusLabel.text
+
+    for name, level in (("proximal", "L1"), ("distal", "L3")):
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+        node.AddControlPoint(vtk.vtkVector3d(*phantom.body_point(level)))
+        setattr(p, f"{name}Point", node)
+    p.caseId, p.placement = "WIDGET-REC", slicer_module.Placement.anterior
+    p.proximalLevel, p.distalLevel = "L1", "L3"
+    p.implantProfile, p.widthMm, p.depthMm = slicer_module.StrutProfile.curved_plate, 10.0, 5.0
+    w.onDesignImplantButton()
+    assert dialogs == [] and w._planResult is not None, w.ui.statusLabel.text
+
+    for part, field in slicer_module.EXPORT_PART_FIELDS.items():
+        setattr(p, field, part in ("implant", "drill_guides", "report"))
+    p.bundleFolder = tmp_path / "exports"
+    w.onExportBundleButton()
+    assert dialogs == [] and w._lastBundle is not None, w.ui.statusLabel.text
+    check_exported_record(w._lastBundle.report_html, bone_volume_ml=segment_volume_ml(w._lastBundle.folder),
+                          screw_names=[s.trajectory.name for s in w._planResult.screws])
