@@ -5,7 +5,7 @@ import pytest
 from scipy import ndimage
 
 from PatientImplantPlannerLib.anatomy import distance_to_polyline
-from PatientImplantPlannerLib.phantom import make_spine_phantom
+from PatientImplantPlannerLib.phantom import KEEP_OUT_LABELS, make_spine_phantom, mirror_lr_phantom
 
 BONE_HU = 226
 FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity: the stricter test of separation
@@ -238,3 +238,108 @@ def test_bad_parameters_are_refused():
         make_spine_phantom(levels=("L1", "L2"), kyphosis_deg=40)
     with pytest.raises(ValueError):
         make_spine_phantom(levels=("L1",), kyphosis_deg=10)
+
+
+# ---------------------------------------------------------------------------------------- mediastinum, mirror
+
+CHEST_LEVELS = ("T3", "T4", "T5", "T6", "T7", "T8")
+
+
+@pytest.fixture(scope="module")
+def chest():
+    return make_spine_phantom(spacing=1.0, levels=CHEST_LEVELS, with_mediastinum=True)
+
+
+def _at_level(ph, mask, name):
+    """RAS points of mask's voxels in the axial slice through the body centre of vertebra ``name``."""
+    k = int(round(ph.ras_to_ijk(ph.vertebra(name).body_centre)[0][2]))
+    jj, ii = np.nonzero(mask[k])
+    return ph.ijk_to_ras_points(np.stack([ii, jj, np.full(len(ii), k)], axis=1))
+
+
+def _inner_hu(ph, mask):
+    return float(np.median(ph.array[ndimage.binary_erosion(mask, iterations=2)]))
+
+
+def test_mediastinum_lies_where_it_does_in_patients(chest):
+    ph = chest
+    labels = ph.keepout_labels
+    assert set(np.unique(labels)) == {0, *KEEP_OUT_LABELS.values()}
+    assert not (labels.astype(bool) & ph.bone_mask).any()
+    masks = {name: labels == v for name, v in KEEP_OUT_LABELS.items()}
+    assert np.array_equal(ph.vessel_mask, masks["aorta"])
+    assert 300 <= _inner_hu(ph, masks["aorta"]) <= 450
+    assert 200 <= _inner_hu(ph, masks["heart"]) <= 400
+    assert abs(_inner_hu(ph, masks["esophagus"]) - 40) < 15
+    assert _inner_hu(ph, masks["trachea"]) < -900
+    assert abs(_inner_hu(ph, masks["spinal_cord"]) - 30) < 15
+    bone_dist = ndimage.distance_transform_edt(~ph.bone_mask, sampling=ph.spacing[::-1])
+    for v in ph.vertebrae:
+        c, front = v.body_centre, v.body_centre[1] + v.superior_endplate.radius_ap
+        pts = {name: _at_level(ph, m, v.name) for name, m in masks.items()}
+        # The descending aorta from T4 down: anterolateral LEFT (R < 0) of the body, touching it.
+        if v.name == "T3":
+            assert len(pts["aorta"]) == 0
+        else:
+            aorta = pts["aorta"].mean(axis=0)
+            assert aorta[0] < c[0] - 10 and aorta[1] > c[1]
+        # The oesophagus just in front of the body, a little to the right; the trachea in front of it down to T4.
+        eso = pts["esophagus"].mean(axis=0)
+        assert 0 < eso[0] - c[0] < 6 and front < eso[1] < front + 15
+        if v.name in ("T3", "T4"):
+            assert pts["trachea"].mean(axis=0)[1] > eso[1] + 10
+        else:
+            assert len(pts["trachea"]) == 0
+        # The heart in front of T5-T8, anterior of the oesophagus and the aorta, left of the midline, not on bone.
+        if v.name in ("T3", "T4"):
+            assert len(pts["heart"]) == 0
+        else:
+            heart = pts["heart"].mean(axis=0)
+            assert heart[1] > eso[1] + 20 and heart[1] > aorta[1] + 10 and heart[0] < c[0]
+        # The cord in the canal.
+        i, j, k = np.round(ph.ras_to_ijk(v.canal_centre)[0]).astype(int)
+        assert labels[k, j, i] == KEEP_OUT_LABELS["spinal_cord"]
+    assert bone_dist[masks["heart"]].min() > 10.0
+    assert bone_dist[masks["esophagus"]].min() > 1.0
+    # The aorta touches the bodies: one component with them at the bone threshold, as in contrast CT.
+    lab = _components(ph)
+    aorta_comp, share = _main_component(lab, masks["aorta"])
+    assert share > 0.99
+    assert all(_main_component(lab, ph.vertebra_labels == v.label)[0] == aorta_comp for v in ph.vertebrae[1:])
+
+
+def test_label_values_follow_totalsegmentator(chest):
+    values = chest.vertebra_label_values()
+    assert values == {"T3": 41, "T4": 40, "T5": 39, "T6": 38, "T7": 37, "T8": 36}
+    anatomy = chest.anatomy_labels()
+    for v in chest.vertebrae:
+        i, j, k = np.round(chest.ras_to_ijk(v.body_centre)[0]).astype(int)
+        assert anatomy[k, j, i] == values[v.name]
+        assert np.array_equal(anatomy == values[v.name], chest.vertebra_labels == v.label)
+    keep = chest.keepout_labels > 0
+    assert np.array_equal(anatomy[keep], chest.keepout_labels[keep])
+    # Off by default: the plain phantom has no keep-out structures.
+    assert not make_spine_phantom(spacing=1.0, levels=("T6", "T7")).keepout_labels.any()
+
+
+def test_mirror_lr_flips_voxels_and_truth(chest):
+    mirrored = make_spine_phantom(spacing=1.0, levels=CHEST_LEVELS, with_mediastinum=True, mirror_lr=True)
+    assert mirrored.info["mirror_lr"] and not chest.info["mirror_lr"]
+    assert np.allclose(mirrored.ijk_to_ras, chest.ijk_to_ras)
+    for name in ("array", "bone_mask", "vertebra_labels", "vessel_mask", "body_mask", "keepout_labels"):
+        assert np.array_equal(getattr(mirrored, name), getattr(chest, name)[:, :, ::-1]), name
+    # The grid is symmetric about the spine, so flipping the voxels mirrors the anatomy about x = 0.
+    flip = np.array([-1.0, 1.0, 1.0])
+    for a, b in zip(chest.vertebrae, mirrored.vertebrae):
+        assert np.allclose(b.body_centre, a.body_centre * flip)
+        assert np.allclose(b.superior_endplate.normal, a.superior_endplate.normal * flip)
+        assert np.allclose(b.pedicle_centres, (a.pedicle_centres * flip)[::-1])
+        assert b.pedicle_centres[0][0] > b.pedicle_centres[1][0]  # [right, left]
+        for p in b.pedicle_centres:
+            i, j, k = np.round(mirrored.ras_to_ijk(p)[0]).astype(int)
+            assert mirrored.vertebra_labels[k, j, i] == b.label
+        aorta = _at_level(mirrored, mirrored.vessel_mask, b.name)
+        if len(aorta):
+            assert aorta.mean(axis=0)[0] > b.body_centre[0] + 10  # on the right now
+    assert np.allclose(mirrored.axis_points, chest.axis_points * flip)
+    assert np.array_equal(mirror_lr_phantom(mirrored).array, chest.array)

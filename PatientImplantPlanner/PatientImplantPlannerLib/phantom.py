@@ -36,15 +36,23 @@ POSTERIOR_HU = 650.0  # thin posterior elements are mostly cortical bone
 PEDICLE_CORE_HU = 200.0
 TABLE_HU = 450.0
 VESSEL_HU = 400.0  # contrast-filled aorta, inside the range of bone
+HEART_HU = 320.0  # contrast blood pool (200-400 HU in contrast CT)
+ESOPHAGUS_HU = 40.0  # soft tissue: invisible against the mediastinum, as in CT without oral contrast
+CORD_HU = 30.0
 MIN_HU, MAX_HU = -1024, 3071
 
 CORTEX_MM = 1.2
+ESOPHAGUS_RADIUS_MM = 6.0
+TRACHEA_RADIUS_MM = 8.0
+# TotalSegmentator ("total") values of the keep-out structures in ``SpinePhantom.keepout_labels``.
+KEEP_OUT_LABELS = {"esophagus": 15, "trachea": 16, "heart": 51, "aorta": 52, "spinal_cord": 79}
 VESSEL_RADIUS_MM = 11.0
 FACET_GAP_MM = 3.0
 MARGIN_MM = 10.0  # air around the outermost structure
 SKIN_HALF_LR_MM = 55.0
 SKIN_HALF_AP_MM = 57.0
 SKIN_CENTRE_AP_MM = -15.0  # the torso outline is centred this far anterior (+) of the spinal axis
+CHEST_HALF_AP_MM, CHEST_CENTRE_AP_MM = 86.0, 14.0  # with the mediastinum: room for the heart in front of the spine
 FAT_MM = 6.0
 TABLE_GAP_MM = 8.0  # >= 5 mm of clean air even after partial volume
 TABLE_THICKNESS_MM = 9.0
@@ -97,6 +105,8 @@ class SpinePhantom:
     vertebrae: list  # [VertebraTruth], proximal first
     axis_points: np.ndarray  # (N, 3) RAS, <= 1 mm apart, proximal first
     body_mask: np.ndarray = None  # bool: vertebral bodies only (cortex + core)
+    # uint8, KEEP_OUT_LABELS values where a keep-out structure's centre-of-voxel is inside it (never on bone).
+    keepout_labels: np.ndarray = None
     kyphosis_deg: float = 0.0
     seed: int = 0
     info: dict = field(default_factory=dict)
@@ -135,6 +145,26 @@ class SpinePhantom:
 
     def write_labels(self, path: str) -> str:
         return _write_image(self.vertebra_labels, self.ijk_to_ras, path)
+
+    def vertebra_label_values(self) -> dict:
+        """{vertebra name: TotalSegmentator value} of the phantom's vertebrae (T6 -> 38, L1 -> 31)."""
+        from .levelsource import TOTALSEGMENTATOR_VERTEBRAE
+
+        values = {name: v for v, name in TOTALSEGMENTATOR_VERTEBRAE.items()}
+        return {v.name: values[v.name] for v in self.vertebrae}
+
+    def anatomy_labels(self) -> np.ndarray:
+        """A TotalSegmentator-like label map: vertebrae (their TotalSegmentator values) and keep-out structures."""
+        out = np.zeros(self.vertebra_labels.shape, np.uint8)
+        if self.keepout_labels is not None:
+            out[:] = self.keepout_labels
+        values = self.vertebra_label_values()
+        for v in self.vertebrae:
+            out[self.vertebra_labels == v.label] = values[v.name]
+        return out
+
+    def write_anatomy_labels(self, path: str) -> str:
+        return _write_image(self.anatomy_labels(), self.ijk_to_ras, path)
 
 
 def _add_volume(ctx, array, ijk_to_ras, name, class_name="vtkMRMLScalarVolumeNode"):
@@ -378,7 +408,10 @@ class _Grid:
         self.ni, self.nj, self.nk = (int(x) for x in n)
         di, dj, dk = self.spacing
         # i runs from the right edge leftwards, j from the front backwards, k upwards.
-        self.origin = np.array([self.lo[0] + (self.ni - 1) * di, self.lo[1] + (self.nj - 1) * dj, self.lo[2]])
+        # Left-right symmetric about the middle of the requested range (x = 0, the spine): mirroring the voxels
+        # left-right is then exactly mirroring the anatomy.
+        x_mid = 0.5 * (self.lo[0] + float(hi[0]))
+        self.origin = np.array([x_mid + 0.5 * (self.ni - 1) * di, self.lo[1] + (self.nj - 1) * dj, self.lo[2]])
         self.ijk_to_ras = np.array(
             [[-di, 0, 0, self.origin[0]], [0, -dj, 0, self.origin[1]], [0, 0, dk, self.origin[2]], [0, 0, 0, 1.0]]
         )
@@ -426,6 +459,8 @@ def make_spine_phantom(
     noise_hu: float = 15.0,
     seed: int = 0,
     pad_outside_fov=None,
+    with_mediastinum: bool = False,
+    mirror_lr: bool = False,
 ) -> SpinePhantom:
     """Build a synthetic spine CT with its ground truth.
 
@@ -438,6 +473,12 @@ def make_spine_phantom(
     noise_hu: standard deviation of the Gaussian noise. seed: makes texture and noise reproducible.
     pad_outside_fov: if set (e.g. -2048), the grid becomes square in the axial plane and voxels outside its
         inscribed circle (the scan field of view) get this value.
+    with_mediastinum: contrast-CT mediastinum in its real places, by level name: the descending aorta
+        (``VESSEL_HU``) anterolateral-left of and touching the bodies from T4 down, the heart (``HEART_HU``) in front
+        of T5-T9, the oesophagus (soft tissue) just anterior-right of the cervical and thoracic bodies, the trachea
+        (air) in front of it down to T4, the spinal cord (``CORD_HU``) in the canal down to L1. Their voxels are
+        labelled in ``keepout_labels`` (``KEEP_OUT_LABELS``, TotalSegmentator numbering).
+    mirror_lr: the same phantom mirrored left-right (aorta on the right); truth points mirrored too.
     """
     levels = tuple(levels)
     if not levels or len(set(levels)) != len(levels):
@@ -477,14 +518,18 @@ def make_spine_phantom(
     z_lo, z_hi = bone_corners[:, 2].min() - MARGIN_MM, bone_corners[:, 2].max() + MARGIN_MM
     order = np.argsort(axis_points[:, 2])
 
+    skin_half_ap, skin_centre = (
+        (CHEST_HALF_AP_MM, CHEST_CENTRE_AP_MM) if with_mediastinum else (SKIN_HALF_AP_MM, SKIN_CENTRE_AP_MM)
+    )
+
     def skin_centre_y(z):
-        return np.interp(z, axis_points[order, 2], axis_points[order, 1]) + SKIN_CENTRE_AP_MM
+        return np.interp(z, axis_points[order, 2], axis_points[order, 1]) + skin_centre
 
     zs = np.linspace(z_lo, z_hi, 200)
     yc_min, yc_max = skin_centre_y(zs).min(), skin_centre_y(zs).max()
-    table_top = yc_min - SKIN_HALF_AP_MM - TABLE_GAP_MM
-    y_lo = (table_top - TABLE_THICKNESS_MM if with_table else yc_min - SKIN_HALF_AP_MM) - MARGIN_MM
-    y_hi = yc_max + SKIN_HALF_AP_MM + MARGIN_MM
+    table_top = yc_min - skin_half_ap - TABLE_GAP_MM
+    y_lo = (table_top - TABLE_THICKNESS_MM if with_table else yc_min - skin_half_ap) - MARGIN_MM
+    y_hi = yc_max + skin_half_ap + MARGIN_MM
     x_half = SKIN_HALF_LR_MM + MARGIN_MM
     fov = None
     if pad_outside_fov is not None:
@@ -499,8 +544,8 @@ def make_spine_phantom(
     yc = skin_centre_y(grid.z).astype(np.float32)
     dx = grid.x[None, None, :]
     dy = grid.y[None, :, None] - yc[:, None, None]
-    _paint(values, _sd_ellipse(dx, dy, SKIN_HALF_LR_MM, SKIN_HALF_AP_MM), FAT_HU, width)
-    _paint(values, _sd_ellipse(dx, dy, SKIN_HALF_LR_MM - FAT_MM, SKIN_HALF_AP_MM - FAT_MM), SOFT_TISSUE_HU, width)
+    _paint(values, _sd_ellipse(dx, dy, SKIN_HALF_LR_MM, skin_half_ap), FAT_HU, width)
+    _paint(values, _sd_ellipse(dx, dy, SKIN_HALF_LR_MM - FAT_MM, skin_half_ap - FAT_MM), SOFT_TISSUE_HU, width)
     del dx, dy
 
     table_mask = np.zeros(grid.shape, dtype=bool)
@@ -509,15 +554,18 @@ def make_spine_phantom(
         _paint(values, np.broadcast_to(d_table, grid.shape), TABLE_HU, width)
         table_mask |= d_table < 0
 
-    # Tubes along the column, one segment per level between the mid-disc planes: disc, canal, vessel.
+    # Tubes along the column, one segment per level between the mid-disc planes: disc, canal, vessel, mediastinum.
     vessel_mask = np.zeros(grid.shape, dtype=bool)
+    keepout = np.zeros(grid.shape, dtype=np.uint8)
     for idx, lv in enumerate(column):
         p = _posterior_layout(lv)
         cv, canal_lr, canal_ap = p["canal"]
         vu, vv = _vessel_centre_uv(lv, overlap)
         r = VESSEL_RADIUS_MM
-        u_lo = min(-lv.half_lr, vu - r) - 2.0 if with_vessel else -lv.half_lr - 2.0
-        v_hi = max(lv.half_ap, vv + r) + 2.0 if with_vessel else lv.half_ap + 2.0
+        tubes = _mediastinal_tubes(lv, p["canal"]) if with_mediastinum else {}
+        aorta = with_vessel or (with_mediastinum and _in_levels(lv.name, "T4-T12", "L1-L5"))
+        u_lo = min(-lv.half_lr, vu - r) - 2.0 if aorta else -lv.half_lr - 2.0
+        v_hi = max([lv.half_ap] + [vv + r] * aorta + [c[1] + radii[1] for c, radii, _ in tubes.values()]) + 2.0
         reach = abs(v_hi) + abs(cv - canal_ap) + abs(u_lo)
         tilt = np.tan(np.radians(abs(per_disc)) / 2) * reach + 2.0
         # The end segments run on to the grid's top or bottom.
@@ -547,11 +595,20 @@ def make_spine_phantom(
         sub = values[ks, js, is_]
         _paint(sub, np.where(inside, _sd_ellipse(u, v, lv.half_lr, lv.half_ap), big), DISC_HU, width)
         _paint(sub, np.where(inside, _sd_ellipse(u, v - cv, canal_lr, canal_ap), big), CSF_HU, width)
-        if with_vessel:
+        ko = keepout[ks, js, is_]
+        if aorta:
             d_vessel = np.where(inside, _sd_ellipse(u - vu, v - vv, r, r), big)
             _paint(sub, d_vessel, VESSEL_HU, width)
             vessel_mask[ks, js, is_] |= d_vessel < 0
+            if with_mediastinum:
+                ko[d_vessel < 0] = KEEP_OUT_LABELS["aorta"]
+        for name, (c, radii, hu) in tubes.items():
+            d = np.where(inside, _sd_ellipse(u - c[0], v - c[1], *radii), big)
+            _paint(sub, d, hu, width)
+            ko[d < 0] = KEEP_OUT_LABELS[name]
         values[ks, js, is_] = sub
+    if with_mediastinum:
+        _paint_heart(values, keepout, grid, column, width)
 
     # Bone, painted last: posterior elements, then the body over the pedicle roots.
     bone_mask = np.zeros(grid.shape, dtype=bool)
@@ -593,6 +650,7 @@ def make_spine_phantom(
     array = np.clip(np.rint(values), MIN_HU, MAX_HU).astype(np.int16)
     del values
     vessel_mask &= ~bone_mask
+    keepout[bone_mask] = 0
     if fov is not None:
         y_mid, radius = fov
         outside = (grid.x[None, :] ** 2 + (grid.y[:, None] - y_mid) ** 2) > radius**2
@@ -600,8 +658,9 @@ def make_spine_phantom(
         for m in (table_mask, vessel_mask, bone_mask, body_mask):
             m[:, outside] = False
         labels[:, outside] = 0
+        keepout[:, outside] = 0
 
-    return SpinePhantom(
+    ph = SpinePhantom(
         array=array,
         ijk_to_ras=grid.ijk_to_ras,
         spacing=spacing,
@@ -612,6 +671,7 @@ def make_spine_phantom(
         vertebrae=truths,
         axis_points=axis_points,
         body_mask=body_mask,
+        keepout_labels=keepout,
         kyphosis_deg=float(kyphosis_deg),
         seed=seed,
         info={
@@ -620,8 +680,100 @@ def make_spine_phantom(
             "with_vessel": with_vessel,
             "pad_outside_fov": pad_outside_fov,
             "levels": levels,
+            "with_mediastinum": with_mediastinum,
+            "mirror_lr": False,
         },
     )
+    return mirror_lr_phantom(ph) if mirror_lr else ph
+
+
+def mirror_lr_phantom(ph: SpinePhantom) -> SpinePhantom:
+    """The phantom mirrored left-right: voxels flipped along i (the grid is symmetric about x = 0) and every truth
+    point and direction with R negated; pedicles stay ordered [right, left]."""
+    from dataclasses import replace
+
+    x_ends = ph.ijk_to_ras_points([[0, 0, 0], [ph.array.shape[2] - 1, 0, 0]])[:, 0]
+    if not np.isclose(x_ends[0], -x_ends[1]):
+        raise ValueError("The phantom's grid is not symmetric about x = 0; it cannot be mirrored by flipping.")
+    flip = np.array([-1.0, 1.0, 1.0])
+
+    def voxels(m):
+        return None if m is None else np.ascontiguousarray(m[:, :, ::-1])
+
+    def endplate(e):
+        return Endplate(e.centre * flip, e.normal * flip, e.anterior * flip, e.radius_lr, e.radius_ap, e.level)
+
+    truths = [
+        replace(
+            v,
+            body_centre=v.body_centre * flip,
+            superior_endplate=endplate(v.superior_endplate),
+            inferior_endplate=endplate(v.inferior_endplate),
+            axis_direction=v.axis_direction * flip,
+            canal_centre=None if v.canal_centre is None else v.canal_centre * flip,
+            pedicle_centres=None if v.pedicle_centres is None else (v.pedicle_centres * flip)[::-1].copy(),
+        )
+        for v in ph.vertebrae
+    ]
+    masks = {k: voxels(getattr(ph, k)) for k in ("array", "bone_mask", "vertebra_labels", "table_mask", "vessel_mask",
+                                                  "body_mask", "keepout_labels")}
+    return replace(ph, vertebrae=truths, axis_points=ph.axis_points * flip,
+                   info={**ph.info, "mirror_lr": not ph.info.get("mirror_lr", False)}, **masks)
+
+
+def _in_levels(name: str, *ranges) -> bool:
+    """Whether vertebra ``name`` lies in one of the ranges ("T4-T12", "C1-C7"), same region only."""
+    region, n = name[:1].upper(), int(name[1:])
+    for r in ranges:
+        a, b = r.split("-")
+        if region == a[0] and int(a[1:]) <= n <= int(b[1:]):
+            return True
+    return False
+
+
+def _mediastinal_tubes(lv: _Level, canal) -> dict:
+    """{name: ((u, v) centre, (radius_u, radius_v), HU)} of the tubes running along level ``lv`` (local frame)."""
+    cv, canal_lr, canal_ap = canal
+    tubes = {}
+    v_eso = lv.half_ap + 1.5 + ESOPHAGUS_RADIUS_MM  # 1.5 mm of tissue in front of the body, a little to the right
+    if _in_levels(lv.name, "C1-C7", "T1-T12"):
+        tubes["esophagus"] = ((3.0, v_eso), (ESOPHAGUS_RADIUS_MM, ESOPHAGUS_RADIUS_MM), ESOPHAGUS_HU)
+    if _in_levels(lv.name, "C1-C7", "T1-T4"):  # the carina is at T4-T5
+        v_tr = v_eso + ESOPHAGUS_RADIUS_MM + 1.0 + TRACHEA_RADIUS_MM
+        tubes["trachea"] = ((0.0, v_tr), (TRACHEA_RADIUS_MM, TRACHEA_RADIUS_MM), AIR_HU)
+    if _in_levels(lv.name, "C1-C7", "T1-T12", "L1-L1"):  # the conus ends at L1-L2; cauda equina (CSF) below
+        tubes["spinal_cord"] = ((0.0, cv), (0.55 * canal_lr, 0.55 * canal_ap), CORD_HU)
+    return tubes
+
+
+def _paint_heart(values, keepout, grid, column, width) -> None:
+    """The heart: a contrast blood pool in front of T5-T9 (those present), behind the sternum, left of the midline,
+    separated from the oesophagus and the aorta by a few mm of tissue."""
+    mid = [lv for lv in column if _in_levels(lv.name, "T5-T9")]
+    if not mid:
+        return
+    top = mid[0].centre - mid[0].axis * (mid[0].height / 2 + mid[0].disc_above / 2)
+    bottom = mid[-1].centre + mid[-1].axis * (mid[-1].height / 2 + mid[-1].disc_below / 2)
+    axis = unit(bottom - top)
+    lateral = np.array([1.0, 0.0, 0.0])
+    anterior = unit(np.mean([lv.anterior for lv in mid], axis=0))
+    r_lr, r_ap, r_si = 30.0, 22.0, 0.5 * float(np.linalg.norm(bottom - top)) + 5.0
+    gap = max(lv.half_ap for lv in mid) + 1.5 + 2 * ESOPHAGUS_RADIUS_MM + 1.5
+    centre = 0.5 * (top + bottom) + anterior * (gap + r_ap) - lateral * 8.0
+    ks, js, is_ = grid.box([centre - max(r_lr, r_ap, r_si), centre + max(r_lr, r_ap, r_si)], width)
+    y, z = grid.yz(ks, js)
+    dx = (grid.x[is_] - centre[0])[None, None, :]
+    dy, dz = (y - centre[1])[..., None], (z - centre[2])[..., None]
+    a = dx
+    b = dy * anterior[1] + dz * anterior[2]
+    c = dy * axis[1] + dz * axis[2]
+    g = np.sqrt((a / r_lr) ** 2 + (b / r_ap) ** 2 + (c / r_si) ** 2)
+    grad = np.sqrt((a / r_lr**2) ** 2 + (b / r_ap**2) ** 2 + (c / r_si**2) ** 2)
+    d = ((g - 1.0) * g / np.maximum(grad, 1e-9)).astype(np.float32)
+    sub = values[ks, js, is_]
+    _paint(sub, d, HEART_HU, width)
+    values[ks, js, is_] = sub
+    keepout[ks, js, is_][d < 0] = KEEP_OUT_LABELS["heart"]
 
 
 def _truth(lv: _Level, label: int) -> VertebraTruth:
