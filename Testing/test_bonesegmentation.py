@@ -231,3 +231,33 @@ def test_parameters_from_markups_and_dict_round_trip(ctx):
 def test_threshold_preview_mask():
     a = np.array([[[100, 226, 3071, 3072]]], dtype=np.int16)
     assert threshold_preview_mask(a, 226, 3071).tolist() == [[[False, True, True, False]]]
+
+
+def _deepest_point(ph, mask):
+    """RAS point of the voxel furthest inside mask (a click deep inside a structure)."""
+    depth = ndi.distance_transform_edt(mask, sampling=ph.spacing[::-1])
+    k, j, i = np.unravel_index(np.argmax(depth), depth.shape)
+    return tuple(ph.ijk_to_ras_points([[i, j, k]])[0])
+
+
+@pytest.mark.parametrize("mirror", [False, True], ids=["aorta left", "mirrored: aorta right"])
+def test_mediastinal_phantom_keep_seed_and_exclude_seeds_in_aorta_and_heart(ctx, mirror):
+    from PatientImplantPlannerLib.phantom import KEEP_OUT_LABELS
+
+    ph = make_spine_phantom(spacing=1.0, levels=("T5", "T6", "T7", "T8"), with_mediastinum=True, mirror_lr=mirror)
+    ct = ph.add_to_scene(ctx, "Chest phantom")
+    structures = {name: ph.keepout_labels == v for name, v in KEEP_OUT_LABELS.items() if name != "trachea"}
+    params = BoneSegmentationParameters(
+        seeds_ras=[tuple(ph.body_point("T6"))],
+        exclude_seeds_ras=[_deepest_point(ph, structures["aorta"]), _deepest_point(ph, structures["heart"])],
+    )
+    result = segment_bone(ctx, ct, params)
+    figures = {name: _fraction(result.mask, m) for name, m in structures.items()}
+    bone = ph.bone_mask & (ph.array >= 226)
+    print(", ".join(f"{k} {v:.2%}" for k, v in figures.items()), f"bone kept {_fraction(result.mask, bone):.2%}",
+          result.timings_s)
+    assert all(f <= 0.01 for f in figures.values())
+    assert _fraction(result.mask, bone) >= 0.97
+    # 0.946 measured; the same small thoracic vertebrae at 1 mm without any contrast give 0.949 with a seed in every
+    # body (partial-volume rim), and 0.71 here without exclude seeds (aorta and heart taken).
+    assert _dice(result.mask, ph.bone_mask) >= 0.93
