@@ -18,6 +18,7 @@ import numpy as np
 from . import mesh as meshlib
 from .errors import GeometryError, OutputExistsError, PlannerError
 from .manifest import build_manifest, mesh_file_entry, write_manifest
+from .plan import require_accepted
 from .progress import Progress
 from .record import DesignRecord, build_design_record
 from .record import jsonable as _jsonable
@@ -284,6 +285,7 @@ def export_bundle(
     """
     params = params or ExportParameters()
     params.validate()
+    require_accepted(result)  # unaccepted safety findings refuse the export before anything is built
     if folder is None:
         if out_parent is None:
             raise PlannerError("No export location given.", "Pass out_parent (a new folder is made in it) or folder.")
@@ -338,6 +340,8 @@ def export_bundle(
                 "export": params.as_dict(),
                 "ct": _jsonable(ct_description or {}),  # which CT (DICOM series and why), grid, slice thickness
                 "warnings": list(result.warnings),
+                # Clearance and overlap per keep-out structure, findings and what the user accepted.
+                "safety": _jsonable(result.measurements.get("safety", {})),
             },
         )
         write_manifest(manifest_path, manifest, overwrite=overwrite)

@@ -212,7 +212,7 @@ def demo_plan():
 
 def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export_params=None, progress=None,
              overwrite: bool = False, levels_path=None, series_uid=None, lattice_params=None, guide_params=None,
-             ct_checks=None) -> dict:
+             ct_checks=None, keep_out_path=None) -> dict:
     """CT + plan -> segmentation (unless given) -> design -> scene nodes -> export bundle. Returns a summary.
     ``ct_checks``: keyword arguments of ``load_ct`` (see ``_ct_checks``)."""
     from .bonesegmentation import segment_bone
@@ -234,6 +234,7 @@ def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export
         level_labels = load_level_labels(ctx, levels_path, ct)
         fill_plan_points(plan, *level_labels, ijk_to_ras_matrix(ct))
     plan.validate()
+    keep_out = _keep_out(ctx, ct, plan, keep_out_path, levels_path, level_labels)
     folder = new_bundle_folder(out_parent, plan.case_id)
     if segmentation_path:
         seg_node, segment_id = _load_segmentation(ctx, segmentation_path)
@@ -247,7 +248,7 @@ def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export
         seg_node, segment_id = seg.segmentation_node, seg.segment_id
         seg_info = SegmentationInfo.from_segmentation(seg, ct.GetName())
     result, nodes = design_in_scene(ctx, ct, seg_node, segment_id, plan, progress=prog.sub(0.3, 0.5).report,
-                                    level_labels=level_labels)
+                                    level_labels=level_labels, keep_out=keep_out)
     ct_info = describe_ct(ct)
     result.warnings[:0] = ct_info.notes  # slice thickness: into the manifest and the design record
     bundle = export_in_scene(
@@ -269,9 +270,31 @@ def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export
         "screws": [{"name": sp.trajectory.name, "length_mm": sp.length_mm, "breach": sp.breach}
                    for sp in result.screws],
         "variants_mm": sorted(result.variants),
+        "placement": m.get("placement_detail"),
+        "safety": {k: m["safety"][k] for k in ("required_clearance_mm", "clearance_mm", "overlap_mm3", "accepted")}
+        | {"not_checked": m["safety"]["keep_out"]["not_checked"]},
         "warnings": list(result.warnings),
         "seconds": {k: round(v, 2) for k, v in {**result.seconds, **bundle.seconds}.items()},
     }
+
+
+def _keep_out(ctx, ct, plan, keep_out_path, levels_path, level_labels):
+    """The keep-out anatomy: --keep-out (a TotalSegmentator labelmap, or a .seg.nrrd with structures named like
+    'aorta'), else the --levels labelmap's soft-tissue structures, else None (design then uses what the CT shows)."""
+    from .keepout import from_labels
+    from .volumes import ijk_to_ras_matrix
+
+    names = plan.keep_out_structures
+    m = ijk_to_ras_matrix(ct)
+    if keep_out_path:
+        from .levelsource import load_keep_out_labels
+
+        label_map, values = load_keep_out_labels(ctx, keep_out_path, ct)
+        return from_labels(label_map, m, values, names)
+    if levels_path and level_labels is not None and not levels_path.lower().endswith(".seg.nrrd"):
+        ko = from_labels(level_labels[0], m, None, names)
+        return ko if ko.structures else None
+    return None
 
 
 def _load_segmentation(ctx, path: str):
@@ -337,13 +360,20 @@ def cmd_plan(args) -> int:
     plan = Plan.load(args.plan)
     export, lattice, guides = _plan_outputs(plan, args)
     check_plan(plan, points_from_levels=bool(args.levels))
-    for option, path in (("CT", args.ct), ("--segmentation", args.segmentation), ("--levels", args.levels)):
+    if args.clearance is not None:
+        plan.keep_out_clearance_mm = float(args.clearance)
+    plan.accepted_risks = list(plan.accepted_risks) + [r for r in (args.accept_risk or [])
+                                                       if r not in plan.accepted_risks]
+    plan.validate_safety_options()
+    for option, path in (("CT", args.ct), ("--segmentation", args.segmentation), ("--levels", args.levels),
+                         ("--keep-out", args.keep_out)):
         if path and not os.path.exists(path):
             raise InputFileError(f"{option} path '{path}' does not exist.", f"Check the {option} path.")
     _check_out_parent(args.out)
     summary = run_plan(args.ct, plan, args.out, args.segmentation, export, ProgressBar(), levels_path=args.levels,
                        series_uid=args.series_uid, lattice_params=lattice, guide_params=guides,
-                       ct_checks=_ct_checks(plan, args.allow_non_ct, args.accept_thick_slices))
+                       ct_checks=_ct_checks(plan, args.allow_non_ct, args.accept_thick_slices),
+                       keep_out_path=args.keep_out)
     print(json.dumps(summary, indent=2))
     print(f"Export written to {os.path.abspath(summary['folder'])}")
     return 0
@@ -469,6 +499,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="docking guide: strut stub kept beyond the footplate, 2-60 mm (default: the plan's "
                     "outputs.guides.stub_length_mm, else 15)")
     pl.add_argument("--allow-non-ct", action="store_true", help=ALLOW_NON_CT_HELP)
+    pl.add_argument("--keep-out", metavar="LABELS",
+                    help="keep-out anatomy: a TotalSegmentator labelmap on the CT grid or a .seg.nrrd with segments "
+                         "named like 'aorta', 'heart', 'esophagus', 'trachea', 'spinal_cord' (default: the --levels "
+                         "labelmap's soft-tissue structures, else what the CT shows from the exclude seeds)")
+    pl.add_argument("--clearance", type=float, metavar="MM",
+                    help="required clearance from every keep-out structure (plan: keep_out_clearance_mm, default 2)")
+    pl.add_argument("--accept-risk", action="append", metavar="ID",
+                    help="accept a safety finding by its id (e.g. clearance:aorta, screw:proximal left); repeatable; "
+                         "written into the design record (plan: accepted_risks)")
     pl.add_argument("--accept-thick-slices", action="store_true",
                     help="plan on a CT whose slices are thicker than the largest oversized variant (the implant "
                     "length is then uncertain by more than the variants absorb); the manifest and design record "

@@ -64,8 +64,8 @@ def labels_from_labelmap(label_array: np.ndarray) -> tuple:
     return np.asarray(label_array), {TOTALSEGMENTATOR_VERTEBRAE[v]: v for v in sorted(present)}
 
 
-def load_level_labels(ctx, path: str, ct_node) -> tuple:
-    """Read a .seg.nrrd (named segments) or a labelmap file on the CT's grid; returns (label map, values)."""
+def _read_label_file(ctx, path: str, ct_node, what: str, from_segmentation, from_labelmap):
+    """Read a .seg.nrrd (named segments) or a labelmap file on the CT's grid through the given converters."""
     import os
 
     import slicer
@@ -73,18 +73,18 @@ def load_level_labels(ctx, path: str, ct_node) -> tuple:
     from .volumes import array, ijk_to_ras_matrix
 
     if not os.path.isfile(path):
-        raise InputFileError(f"Vertebra label file not found: {path}.", "Check the path.")
+        raise InputFileError(f"{what.capitalize()} file not found: {path}.", "Check the path.")
     if path.lower().endswith(".seg.nrrd"):
-        node = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Vertebra labels")
+        node = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", what)
         storage = slicer.vtkMRMLSegmentationStorageNode()
         storage.SetFileName(path)
         try:
             if not storage.ReadData(node):
                 raise InputFileError(f"Could not read the segmentation {path}.", "Give a .seg.nrrd saved by Slicer.")
-            return labels_from_segmentation(node, ct_node)
+            return from_segmentation(node, ct_node)
         finally:
             ctx.scene.RemoveNode(node)
-    node = ctx.volumes_logic.AddArchetypeVolume(path, "Vertebra labels", 1)  # 1: load as labelmap
+    node = ctx.volumes_logic.AddArchetypeVolume(path, what, 1)  # 1: load as labelmap
     if node is None:
         raise InputFileError(f"Could not read the labelmap {path}.", "Give a NIfTI/NRRD labelmap.")
     try:
@@ -92,12 +92,49 @@ def load_level_labels(ctx, path: str, ct_node) -> tuple:
             ijk_to_ras_matrix(node), ijk_to_ras_matrix(ct_node), atol=1e-3
         ):
             raise PlanError(
-                "The vertebra labelmap is not on the CT's voxel grid.",
+                f"The {what} labelmap is not on the CT's voxel grid.",
                 "Resample it onto the CT (e.g. Slicer's Resample Image (BRAINS) with nearest neighbour).",
             )
-        return labels_from_labelmap(array(node).copy())
+        return from_labelmap(array(node).copy())
     finally:
         ctx.scene.RemoveNode(node)
+
+
+def load_level_labels(ctx, path: str, ct_node) -> tuple:
+    """Read a .seg.nrrd (named segments) or a labelmap file on the CT's grid; returns (label map, values)."""
+    return _read_label_file(ctx, path, ct_node, "vertebra labels", labels_from_segmentation, labels_from_labelmap)
+
+
+def keep_out_from_segmentation(segmentation_node, ct_node) -> tuple:
+    """(label map on the CT grid, {structure: value}) from segments named like keep-out structures ('aorta')."""
+    from .keepout import keep_out_name
+    from .segments import get_segment_mask
+
+    segmentation = segmentation_node.GetSegmentation()
+    labels, values = None, {}
+    for n in range(segmentation.GetNumberOfSegments()):
+        sid = segmentation.GetNthSegmentID(n)
+        name = keep_out_name(segmentation.GetSegment(sid).GetName())
+        if name is None or name in values:
+            continue
+        mask = get_segment_mask(segmentation_node, sid, ct_node)
+        if labels is None:
+            labels = np.zeros(mask.shape, dtype=np.uint8)
+        values[name] = len(values) + 1
+        labels[mask] = values[name]
+    if not values:
+        raise PlanError(
+            f"The segmentation {segmentation_node.GetName()!r} has no keep-out structures.",
+            "Name its segments like 'aorta', 'heart', 'esophagus', 'trachea', 'spinal_cord' (TotalSegmentator).",
+        )
+    return labels, values
+
+
+def load_keep_out_labels(ctx, path: str, ct_node) -> tuple:
+    """Keep-out anatomy from a file: (label map, {structure: value}); a labelmap uses TotalSegmentator numbering
+    (values None)."""
+    return _read_label_file(ctx, path, ct_node, "keep-out labels", keep_out_from_segmentation,
+                            lambda a: (a, None))
 
 
 def level_point(label_map: np.ndarray, ijk_to_ras: np.ndarray, value: int) -> np.ndarray:

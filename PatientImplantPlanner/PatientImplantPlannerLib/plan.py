@@ -105,9 +105,7 @@ class Plan:
             raise PlanError(f"placement_angle_deg = {self.placement_angle_deg!r} is invalid.",
                             "Set placement_angle_deg between -180 and 180 degrees (0 anterior, +90 the patient's "
                             "right), or null for the automatic angle.")
-        if not 0.0 <= float(self.keep_out_clearance_mm) <= 20.0:
-            raise PlanError(f"keep_out_clearance_mm = {self.keep_out_clearance_mm!r} is invalid.",
-                            "Set keep_out_clearance_mm between 0 and 20 mm (default 2).")
+        self.validate_safety_options()
         if not 0.0 <= float(self.anterior_clearance_mm) <= 20.0:
             raise PlanError(f"anterior_clearance_mm = {self.anterior_clearance_mm!r} is invalid.",
                             "Set anterior_clearance_mm (the gap between bone and strut) between 0 and 20 mm.")
@@ -117,6 +115,16 @@ class Plan:
             raise PlanError("The spinal axis needs at least two points.", "Add control points to the axis curve.")
         self.implant.validate()
         self.screws.validate()
+
+    def validate_safety_options(self) -> None:
+        """The keep-out options alone (the CLI checks them before reading the CT)."""
+        if not 0.0 <= float(self.keep_out_clearance_mm) <= 20.0:
+            raise PlanError(f"keep_out_clearance_mm = {self.keep_out_clearance_mm!r} is invalid.",
+                            "Set keep_out_clearance_mm (or --clearance) between 0 and 20 mm (default 2).")
+        bad = [r for r in self.accepted_risks if not isinstance(r, str) or ":" not in r and r != "slice_thickness"]
+        if bad:
+            raise PlanError(f"Accepted risks {bad} are not finding ids.",
+                            "Use the ids the planner lists, e.g. 'clearance:aorta' or 'screw:proximal left'.")
 
     def to_dict(self) -> dict:
         return {

@@ -30,12 +30,13 @@ def bone_mask_of(segmentation_node, segment_id: str, ct_node) -> np.ndarray:
 
 
 def design_in_scene(ctx, ct_node, segmentation_node, segment_id: str, plan: Plan, progress=None,
-                    level_labels=None):
+                    level_labels=None, keep_out=None):
     """Design the implant and create/update the plan's nodes. Returns (PlanResult, PlanNodes).
 
     ``level_labels`` (label map on the CT grid, {level name: value}), e.g. from levelsource, defines the vertebrae
     instead of separating them from the bone; the plan's level names then pick the ends if it has no points.
-    Nothing in the scene changes if the design fails (it is computed before any node is touched).
+    ``keep_out`` (keepout.KeepOut): the anatomy to keep clear of; None = what the CT shows (exclude seeds,
+    airway, canal). Nothing in the scene changes if the design fails (it is computed before any node is touched).
     """
     from .levelsource import fill_plan_points
     from .planscene import apply_to_scene
@@ -47,7 +48,7 @@ def design_in_scene(ctx, ct_node, segmentation_node, segment_id: str, plan: Plan
     if label_map is not None:
         fill_plan_points(plan, label_map, label_values, m)
     result = design_implant(plan, array(ct_node), m, mask, progress=prog.sub(0, 0.9).report,
-                            label_map=label_map, label_values=label_values)
+                            label_map=label_map, label_values=label_values, keep_out=keep_out)
     prog.report(0.95, "Updating scene")
     nodes = apply_to_scene(ctx, result, ct_node)
     prog.report(1.0, "Implant designed")
