@@ -1,9 +1,11 @@
 """Pictures for the design record: an offscreen 3D render of bone + implant, and CT slices with mesh outlines.
 
-Both work headless (VTK offscreen through EGL or OSMesa for 3D; numpy/scipy/Pillow for the CT slices) and
-write PNG files. Orientation follows radiology conventions so a reviewer reads them without a legend:
-superior up; sagittal slices with anterior on the image left; coronal slices with the patient's right on the
-image left; the 3D view from the patient's front-left by default.
+``render_slicer_view`` renders scene nodes through Slicer's own 3D displayable managers (the look of Slicer's 3D
+view); ``render_scene`` renders engine meshes with plain VTK. Both work headless (VTK offscreen through EGL or
+OSMesa for 3D; numpy/scipy/Pillow for the CT slices) and write PNG files. Orientation follows radiology
+conventions so a reviewer reads them without a legend: superior up; sagittal slices with anterior on the image
+left; coronal slices with the patient's right on the image left; the 3D view from the patient's front-left by
+default.
 """
 
 from typing import Sequence
@@ -121,7 +123,6 @@ def render_scene(
     and is framed on all meshes; a scale bar is drawn (exact in parallel projection). Returns ``path``.
     """
     import vtk
-    from vtk.util.numpy_support import vtk_to_numpy
 
     from .mesh import to_polydata
 
@@ -170,8 +171,14 @@ def render_scene(
         renderer.SetOcclusionRatio(0.0)
     renderer.UseFXAAOn()
 
-    # Parallel projection framed on the bounding box corners projected onto the view plane.
-    bounds = _union_bounds(items)
+    scale = _frame_parallel(renderer.GetActiveCamera(), _union_bounds(items), view, width, height)
+    renderer.ResetCameraClippingRange()
+    return _write_window_png(window, path, scale, overwrite)
+
+
+def _frame_parallel(camera, bounds: np.ndarray, view: str, width: int, height: int) -> float:
+    """Point ``camera`` from ``view`` (superior up) in parallel projection framed on ``bounds`` ([lo, hi] RAS, the
+    box corners projected onto the view plane); returns the parallel scale (half the image height in mm)."""
     centre = bounds.mean(axis=0)
     toward_camera = np.asarray(VIEWS[view], dtype=float)
     toward_camera /= np.linalg.norm(toward_camera)
@@ -182,13 +189,18 @@ def render_scene(
     half_h = np.abs(corners @ up).max()
     radius = float(np.linalg.norm(bounds[1] - bounds[0])) / 2 + 1.0
     scale = 1.08 * max(half_h, half_w * height / width, 1.0)
-    camera = renderer.GetActiveCamera()
     camera.SetFocalPoint(*centre)
     camera.SetPosition(*(centre + toward_camera * (3 * radius + 50.0)))
     camera.SetViewUp(*up)
     camera.ParallelProjectionOn()
     camera.SetParallelScale(scale)
-    renderer.ResetCameraClippingRange()
+    return scale
+
+
+def _write_window_png(window, path: str, scale: float, overwrite: bool) -> str:
+    """Render ``window``, read it back and write it as a PNG with a scale bar (exact in parallel projection)."""
+    import vtk
+    from vtk.util.numpy_support import vtk_to_numpy
 
     window.Render()
     grab = vtk.vtkWindowToImageFilter()
@@ -207,6 +219,72 @@ def render_scene(
     _draw_scale_bar(ImageDraw.Draw(pil), h / (2 * scale), w, h, colour=(60, 60, 60))
     atomic_write_bytes(path, _png_bytes(np.asarray(pil)), overwrite=overwrite)
     return path
+
+
+# ---- Slicer's own 3D view --------------------------------------------------------------------------------
+
+# The 3D view displayable managers for what the planner puts in the scene (Slicer registers these for its views):
+# camera and view settings, models, segmentations (closed surfaces), markups (curve, planes, lines, labels).
+SLICER_3D_MANAGERS = ("vtkMRMLCameraDisplayableManager", "vtkMRMLViewDisplayableManager",
+                      "vtkMRMLModelDisplayableManager", "vtkMRMLSegmentationsDisplayableManager3D",
+                      "vtkMRMLMarkupsDisplayableManager")
+SLICER_VIEW_LAYOUT = "PatientImplantPlannerRecord"  # its own view and camera nodes: the user's views stay put
+
+
+def render_slicer_view(scene, app_logic, path: str, size=(1000, 800), view: str = "anterior-oblique",
+                       frame_ras=None, overwrite: bool = False) -> str:
+    """Render the visible nodes of ``scene`` as Slicer's 3D view shows them and write a PNG.
+
+    Slicer's own displayable managers draw the nodes offscreen (models, segmentations' closed surfaces, markups
+    with their glyphs and labels), so the picture is what a user sees; the camera looks from ``view`` (a key of
+    VIEWS) in parallel projection, framed on the visible nodes (or on the box ``frame_ras`` = [lo, hi] RAS, so that
+    several pictures share one framing), with a scale bar. Inside Slicer pass
+    ``slicer.mrmlScene`` and the application logic; headless a context.PlannerContext's scene and app_logic. A view
+    node and camera of its own are added for the render and removed after. Returns ``path``.
+    """
+    import slicer
+    import vtk
+
+    if view not in VIEWS:
+        raise ValueError(f"Unknown view {view!r}; choose one of {', '.join(VIEWS)}")
+    width, height = int(size[0]), int(size[1])
+    factory = slicer.vtkMRMLThreeDViewDisplayableManagerFactory.GetInstance()
+    factory.SetMRMLApplicationLogic(app_logic)
+    for name in SLICER_3D_MANAGERS:
+        if not factory.IsDisplayableManagerRegistered(name):
+            factory.RegisterDisplayableManager(name)
+    view_node = scene.AddNewNodeByClass("vtkMRMLViewNode", SLICER_VIEW_LAYOUT)
+    view_node.SetLayoutName(SLICER_VIEW_LAYOUT)
+    view_node.SetBackgroundColor(*BACKGROUND_RGB)
+    view_node.SetBackgroundColor2(*BACKGROUND_RGB)
+    view_node.SetBoxVisible(False)
+    view_node.SetAxisLabelsVisible(False)
+    renderer = vtk.vtkRenderer()
+    window = vtk.vtkRenderWindow()
+    window.SetOffScreenRendering(1)
+    window.SetSize(width, height)
+    window.SetMultiSamples(0)  # as render_scene: multisampled offscreen buffers read back black on some drivers
+    window.AddRenderer(renderer)
+    interactor = vtk.vtkRenderWindowInteractor()  # the markups widgets need one, even never started
+    interactor.SetRenderWindow(window)
+    group = factory.InstantiateDisplayableManagers(renderer)
+    try:
+        group.SetMRMLDisplayableNode(view_node)
+        window.Render()  # the managers build their actors; only then are the visible bounds known
+        visible = np.array(renderer.ComputeVisiblePropBounds(), dtype=float).reshape(3, 2).T
+        if not np.all(np.isfinite(visible)) or np.any(visible[1] < visible[0]):
+            raise ValueError("Nothing visible to render in the scene's 3D view.")
+        lo_hi = visible if frame_ras is None else np.asarray(frame_ras, dtype=float)
+        scale = _frame_parallel(renderer.GetActiveCamera(), lo_hi, view, width, height)
+        renderer.ResetCameraClippingRange()
+        return _write_window_png(window, path, scale, overwrite)
+    finally:
+        group.SetMRMLDisplayableNode(None)
+        cameras = scene.GetNodesByClass("vtkMRMLCameraNode")
+        for camera in [cameras.GetItemAsObject(i) for i in range(cameras.GetNumberOfItems())]:
+            if camera.GetLayoutName() == SLICER_VIEW_LAYOUT:
+                scene.RemoveNode(camera)
+        scene.RemoveNode(view_node)
 
 
 # ---- CT slice with outlines ------------------------------------------------------------------------------
