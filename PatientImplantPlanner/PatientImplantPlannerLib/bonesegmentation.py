@@ -4,11 +4,14 @@ Steps (all on uint8/bool crops of the CT, never on float copies of the whole vol
 
 1. Threshold (default 226..3071 HU, the "Bone" preset of InVesalius/Mimics) inside the ROI box.
 2. With seeds: keep the 26-connected components that contain the seeds. "Keep the largest island" would keep
-   the CT table or a contrast-filled aorta, so seeds decide what is bone.
-3. With exclude seeds: contrast vessels and the heart (300-500 HU) touch the vertebral bodies and are one
-   component with them at 226 HU; no threshold or erosion separates them. Slicer's GrowCut
-   (``vtkImageGrowCutSegment``, competitive shortest-path growing) splits the component between the bone seeds
-   and the exclude seeds, restricted to the thresholded voxels and to the component's bounding box.
+   the CT table or a contrast-filled aorta, so seeds decide what is bone. A seed off the threshold moves to the
+   nearest bone voxel within ``seed_snap_mm``, never further; a seed in cancellous bone enclosed by cortex (the
+   middle of a vertebral body) stays where it is and selects the bone around it.
+3. With exclude seeds: contrast vessels and the heart (300-500 HU, some veins far brighter) touch the vertebral
+   bodies and, through ribs and shoulders, the whole skeleton: one component at 226 HU that no threshold or erosion
+   separates. The blood pools are grown from the exclude seeds, the vertebral column is followed slice by slice
+   from the keep seeds (bone further than 15 mm from it never counts), and Slicer's GrowCut
+   (``vtkImageGrowCutSegment``, competitive shortest-path growing) decides only where bone and blood touch.
 4. Fill the interior: osteopenic cancellous bone (100-200 HU) is below 226 HU, so the threshold gives mostly the
    cortical shell, and on thick slices even the shell has gaps. Voxels above a lower cancellous threshold that are
    connected to the shell and near it are added (never voxels of other thresholded structures), then enclosed
