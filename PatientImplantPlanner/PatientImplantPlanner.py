@@ -196,11 +196,24 @@ def ensureDependencies() -> bool:
 class Placement(enum.Enum):
     """Where the strut lies (the engine's Plan.placement); ``label`` is what the combobox shows."""
 
+    auto = "auto"
     axis = "axis"
     anterior = "anterior"
+    anterolateral_right = "anterolateral_right"
+    lateral_right = "lateral_right"
+    anterolateral_left = "anterolateral_left"
+    lateral_left = "lateral_left"
 
     def label(self) -> str:
-        return {"axis": _("Along the spinal axis"), "anterior": _("Against the anterior vertebral bodies")}[self.value]
+        return {
+            "auto": _("Around the bodies, clear of keep-out anatomy (automatic)"),
+            "axis": _("Along the spinal axis"),
+            "anterior": _("Against the anterior vertebral bodies"),
+            "anterolateral_right": _("Anterolateral right"),
+            "lateral_right": _("Lateral right"),
+            "anterolateral_left": _("Anterolateral left"),
+            "lateral_left": _("Lateral left"),
+        }[self.value]
 
 
 class StrutProfile(enum.Enum):
@@ -242,7 +255,7 @@ class PatientImplantPlannerParameterNode:
     proximalPoint, distalPoint - one point in the body of the last healthy vertebra above / first below the defect.
     proximalLevel, distalLevel - their names (e.g. L1, L3), used in labels and the design record.
     caseId - identifies the plan (its scene folder "Implant plan <case ID>") and names the exported files.
-    placement - strut along the spinal axis, or lying against the anterior vertebral bodies.
+    placement - automatic around the bodies clear of keep-out anatomy, along the spinal axis, or a fixed angle.
     autoUpdate - redesign automatically after edits of the plan's markups or of implant/screw/variant settings.
 
     Implant (engine ImplantParameters; ranges as its validate()):
@@ -286,7 +299,7 @@ class PatientImplantPlannerParameterNode:
     proximalLevel: str = ""
     distalLevel: str = ""
     caseId: str = "CASE-001"
-    placement: Placement = Placement.axis
+    placement: Placement = Placement.auto
     autoUpdate: bool = True
 
     # Implant
@@ -953,7 +966,7 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self.ui.depthSpinBox.enabled = profile != StrutProfile.circle
         self.ui.cornerRadiusSpinBox.enabled = profile == StrutProfile.rounded_rectangle
         self.ui.plateCurvatureRadiusSpinBox.enabled = profile == StrutProfile.curved_plate
-        self.ui.offsetAnteriorSpinBox.enabled = p.placement != Placement.anterior
+        self.ui.offsetAnteriorSpinBox.enabled = p.placement == Placement.axis  # placement sets it otherwise
 
     #
     # Panel: Screws
