@@ -40,8 +40,8 @@ _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 _PEEL_MAX_VOXEL_MM = 1.5
 # Separation from contrast structures (see _separate_excluded).
 _POOL_STATS_MM = 4.0  # intensity statistics of an exclude seed's pool within this radius
-_POOL_MIN_TOL_HU = 100.0  # a pool's band is its median +- max(3 SD, this)
-_POOL_RADIUS_MM = 2.5  # pools are at least this thick (aorta ~25 mm, heart); cortex in the band is thinner
+_POOL_MIN_TOL_HU = 150.0  # a pool's band is its median +- max(3 SD, this)
+_POOL_RADIUS_MM = 2.0  # pools are at least this thick (aorta ~25 mm, heart); cortex in the band is thinner
 _POOL_CLEARANCE_MM = 5.0  # column voxels this far from a pool are seeded as bone
 _COLUMN_WINDOW_MM = 45.0  # vertebra outlines are followed within this of the column's centre (ribs, kidneys cut)
 _COLUMN_MARGIN_MM = 15.0  # bone beyond this from the outlines is not spine (heart >= 28 mm, SVC >= 46 mm away)
