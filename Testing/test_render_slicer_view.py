@@ -15,7 +15,7 @@ MIN_PIXELS = {"model": 5000, "segmentation": 20000, "curve": 100, "planes": 300,
 @pytest.fixture(scope="module")
 def planned():
     """A designed phantom plan in a headless scene, the bone shown in 3D as the module shows it."""
-    from PatientImplantPlannerLib.boneexport import show_bone_in_3d
+    from PatientImplantPlannerLib.boneexport import mask_surface, show_bone_in_3d
     from PatientImplantPlannerLib.bonesegmentation import BoneSegmentationParameters, segment_bone
     from PatientImplantPlannerLib.context import create_headless_context
     from PatientImplantPlannerLib.phantom import make_spine_phantom
@@ -39,7 +39,7 @@ def planned():
         "planes": [nodes.proximal_endplate, nodes.distal_endplate],
         "lines": list(nodes.screws),
     }
-    yield ctx, kinds, nodes
+    yield ctx, kinds, nodes, result, mask_surface(seg.mask, ph.ijk_to_ras)
     ctx.scene.Clear(True)
 
 
@@ -73,7 +73,7 @@ def drawn(image) -> np.ndarray:
 
 @pytest.mark.parametrize("kind", list(MIN_PIXELS))
 def test_each_kind_of_planner_node_is_drawn_by_slicer(planned, tmp_path, kind):
-    ctx, kinds, _ = planned
+    ctx, kinds, *_ = planned
     image = render_only(ctx, kinds[kind], tmp_path / f"{kind}.png")
     mask = drawn(image)
     assert mask.sum() >= MIN_PIXELS[kind], f"{kind}: only {mask.sum()} pixels drawn"
@@ -101,7 +101,7 @@ def hue_distance(a, b) -> float:
 def test_nodes_are_drawn_where_they_lie(planned, tmp_path):
     """From the front with superior up, in one framing (the bone's box): the proximal endplate and screws above
     the distal ones, the axis vertical and between them."""
-    ctx, kinds, nodes = planned
+    ctx, kinds, nodes, *_ = planned
     box = np.zeros(6)
     kinds["segmentation"][0].GetRASBounds(box)
     frame = box.reshape(3, 2).T
@@ -124,7 +124,7 @@ def test_nodes_are_drawn_where_they_lie(planned, tmp_path):
 
 
 def test_the_render_leaves_the_scene_as_it_was(planned, tmp_path):
-    ctx, kinds, _ = planned
+    ctx, kinds, *_ = planned
     count = ctx.scene.GetNumberOfNodes()
     render.render_slicer_view(ctx.scene, ctx.app_logic, str(tmp_path / "all.png"))
     assert ctx.scene.GetNumberOfNodes() == count
@@ -135,7 +135,7 @@ def test_without_the_markups_manager_markups_are_not_drawn(planned, tmp_path, mo
     """The check can fail: a view without Slicer's markups displayable manager shows no curve."""
     import slicer
 
-    ctx, kinds, _ = planned
+    ctx, kinds, *_ = planned
     factory = slicer.vtkMRMLThreeDViewDisplayableManagerFactory.GetInstance()
     name = "vtkMRMLMarkupsDisplayableManager"
     monkeypatch.setattr(render, "SLICER_3D_MANAGERS", tuple(m for m in render.SLICER_3D_MANAGERS if m != name))
@@ -145,3 +145,28 @@ def test_without_the_markups_manager_markups_are_not_drawn(planned, tmp_path, mo
             render_only(ctx, kinds["curve"], tmp_path / "curve.png")
     finally:
         factory.RegisterDisplayableManager(name)
+
+
+def test_the_record_picture_shows_the_plan_as_slicer_does(planned, tmp_path):
+    """render_plan_view (the design record's 3D picture) draws the plan's nodes in a scene of its own: the implant
+    in its colour, the markups (screws, axis, planes) in Slicer's markups red, the bone around them; the user's
+    scene and slicer.mrmlScene are left alone."""
+    import slicer
+
+    from PatientImplantPlannerLib.planscene import IMPLANT_COLOR
+
+    ctx, kinds, _, result, bone_mesh = planned
+    count = ctx.scene.GetNumberOfNodes()
+    path = render.render_plan_view(result, bone_mesh, str(tmp_path / "record.png"), size=(600, 500), view="anterior")
+    assert ctx.scene.GetNumberOfNodes() == count and slicer.mrmlScene is ctx.scene
+    image = np.asarray(Image.open(path).convert("RGB")).astype(float)
+    mask = drawn(image.astype(np.uint8))
+    hue = image / np.maximum(image.sum(axis=2, keepdims=True), 1.0)
+    implant = mask & (np.linalg.norm(hue - np.array(IMPLANT_COLOR) / sum(IMPLANT_COLOR), axis=2) < 0.01)
+    r, g, b = image[..., 0], image[..., 1], image[..., 2]
+    markups_red = mask & (r - g > 60) & (r - b > 60)
+    # Translucent bone over the background: still warm (red and green above blue), unlike grey titanium or the
+    # bluish-white background.
+    bone = mask & (r - b > 12) & (g - b > 6) & ~markups_red
+    assert implant.sum() > 2000 and bone.sum() > 2000 and markups_red.sum() > 300, (
+        implant.sum(), bone.sum(), markups_red.sum())

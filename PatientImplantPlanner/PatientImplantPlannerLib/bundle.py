@@ -388,7 +388,7 @@ def _write_report(record, result, parts, bone_mask, ijk_to_ras, ct_array, folder
     import tempfile
 
     from .boneexport import mask_surface
-    from .render import BONE_RGB, OUTLINE_IMPLANT_RGB, TITANIUM_RGB, render_ct_slice_with_outline, render_scene
+    from .render import OUTLINE_IMPLANT_RGB, render_ct_slice_with_outline, render_plan_view
     from .report import write_report
 
     implant = result.nominal.mesh
@@ -396,10 +396,7 @@ def _write_report(record, result, parts, bone_mask, ijk_to_ras, ct_array, folder
         images = {}
         segment = _spine_segment_mask(bone_mask, ijk_to_ras, result, 30.0)
         spine = meshlib.decimate(mask_surface(segment, ijk_to_ras), 150_000) if segment.any() else None
-        meshes = [(implant, TITANIUM_RGB, 1.0)]
-        if spine is not None:
-            meshes.insert(0, (spine, BONE_RGB, 1.0))
-        images["render_3d"] = render_scene(meshes, os.path.join(tmp, "render_3d.png"))
+        images["render_3d"] = render_plan_view(result, spine, os.path.join(tmp, "render_3d.png"))
         if ct_array is not None:
             centre = implant.vertices.mean(axis=0)
             for plane in ("sagittal", "coronal"):

@@ -249,6 +249,8 @@ def render_slicer_view(scene, app_logic, path: str, size=(1000, 800), view: str 
         raise ValueError(f"Unknown view {view!r}; choose one of {', '.join(VIEWS)}")
     width, height = int(size[0]), int(size[1])
     factory = slicer.vtkMRMLThreeDViewDisplayableManagerFactory.GetInstance()
+    # A singleton Slicer's own views share: its application logic is put back after our managers are made.
+    previous_logic = factory.GetMRMLApplicationLogic()
     factory.SetMRMLApplicationLogic(app_logic)
     for name in SLICER_3D_MANAGERS:
         if not factory.IsDisplayableManagerRegistered(name):
@@ -259,6 +261,7 @@ def render_slicer_view(scene, app_logic, path: str, size=(1000, 800), view: str 
     view_node.SetBackgroundColor2(*BACKGROUND_RGB)
     view_node.SetBoxVisible(False)
     view_node.SetAxisLabelsVisible(False)
+    view_node.SetUseDepthPeeling(True)  # translucent bone with the screws inside it
     renderer = vtk.vtkRenderer()
     window = vtk.vtkRenderWindow()
     window.SetOffScreenRendering(1)
@@ -268,6 +271,7 @@ def render_slicer_view(scene, app_logic, path: str, size=(1000, 800), view: str 
     interactor = vtk.vtkRenderWindowInteractor()  # the markups widgets need one, even never started
     interactor.SetRenderWindow(window)
     group = factory.InstantiateDisplayableManagers(renderer)
+    factory.SetMRMLApplicationLogic(previous_logic)
     try:
         group.SetMRMLDisplayableNode(view_node)
         window.Render()  # the managers build their actors; only then are the visible bounds known
@@ -432,3 +436,37 @@ def render_ct_slice_with_outline(
     pil = framed
     atomic_write_bytes(path, _png_bytes(np.asarray(pil)), overwrite=overwrite)
     return path
+
+
+def render_plan_view(result, bone_mesh, path: str, size=(1000, 800), view: str = "anterior-oblique",
+                     bone_opacity: float = 0.45, overwrite: bool = False) -> str:
+    """The plan ``result`` (plan.PlanResult) as the Slicer module shows it: its implant, spinal axis, endplate planes
+    and screw lines (the nodes planscene makes) with ``bone_mesh`` (TriMesh, RAS) translucent around them, rendered
+    by render_slicer_view in a scene of its own, so it works wherever the plan came from and never touches the
+    user's scene. Returns ``path``.
+    """
+    import slicer
+    import vtk
+
+    from .context import create_headless_context
+    from .planscene import _set_model, apply_to_scene
+
+    caller_scene = getattr(slicer, "mrmlScene", None)
+    ctx = create_headless_context()
+    slicer.mrmlScene = caller_scene  # create_headless_context points slicer.util at its scene: not wanted here
+    try:
+        apply_to_scene(ctx, result)
+        if bone_mesh is not None and len(bone_mesh.faces):
+            bone = ctx.scene.AddNewNodeByClass("vtkMRMLModelNode", "Bone")
+            _set_model(ctx, bone, bone_mesh, BONE_RGB)
+            # Smooth shading as Slicer's segmentation surfaces have (a voxel surface without normals looks faceted).
+            normals = vtk.vtkPolyDataNormals()
+            normals.SetInputData(bone.GetPolyData())
+            normals.SplittingOff()
+            normals.ConsistencyOff()  # our meshes are already consistently outward
+            normals.Update()
+            bone.SetAndObservePolyData(normals.GetOutput())
+            bone.GetDisplayNode().SetOpacity(bone_opacity)
+        return render_slicer_view(ctx.scene, ctx.app_logic, path, size=size, view=view, overwrite=overwrite)
+    finally:
+        ctx.scene.Clear(True)

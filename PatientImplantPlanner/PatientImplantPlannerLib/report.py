@@ -795,7 +795,8 @@ def _section_risks(doc: _Doc, r: dict) -> None:
 
 
 IMAGE_CAPTIONS = {
-    "render_3d": "3D view of spine and implant, from the patient's front-left (anterior-oblique), superior up.",
+    "render_3d": "3D view as Slicer shows the plan: spine (translucent), implant, spinal axis, endplate planes and "
+    "screw trajectories, from the patient's front-left (anterior-oblique), superior up.",
     "ct_sagittal": "Sagittal CT slice through the implant centre (bone window: level 400, width 1500 HU); implant "
     "outline cyan, bone surface yellow; anterior on the left, superior up.",
     "ct_coronal": "Coronal CT slice through the implant centre (bone window: level 400, width 1500 HU); implant "
