@@ -4,14 +4,19 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench env clean-env
+.PHONY: demo test test-fast lint bench env clean-env
 
 demo: $(STAMP)
 	$(VENV)/bin/implant-planner demo --out output
 
-test: $(STAMP)
+# The whole suite in two steps: the fast tests (a few minutes on 2 cores), then the long real-CT runs marked slow
+# (the contrast chest CT is fetched into a cache on first use). `make test-fast` runs the first step only.
+test: test-fast
+	$(PY) -m pytest -n 2 -q -m slow Testing
+
+test-fast: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -n 2 -q Testing
+	$(PY) -m pytest -n 2 -q -m "not slow" Testing
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
