@@ -430,8 +430,9 @@ def _separate_excluded(
     pair of competing seeds separates it (measured on a contrast chest CT: 66 ml of heart, 90 % of the superior vena
     cava). Three steps:
 
-    1. Blood pools: each exclude seed's intensity band, opened by a ball of ``_POOL_RADIUS_MM`` (thin cortex in the
-       band drops out) and reconstructed from the seed: the aorta, the heart and the pools touching them.
+    1. Blood pools: each exclude seed's intensity band, opened by a box of half-size ``_POOL_RADIUS_MM`` (thin
+       cortex in the band drops out) and reconstructed from the seed: the aorta, the heart and the pools touching
+       them.
     2. The column: the vertebra outlines followed slice by slice from the keep seeds (``_column_footprint``).
        Thresholded voxels further than ``_COLUMN_MARGIN_MM`` from it are never bone (ribs beyond, shoulders, veins
        reached through them); bone there would not count as spine anyway.
@@ -447,10 +448,10 @@ def _separate_excluded(
     import scipy.ndimage as ndi
 
     t = time.perf_counter()
-    pools = _blood_pools(ct, region, excludes, spacing_kji)
+    pools = _blood_pools(ct, excludes, spacing_kji)
     timings["growcut: blood pools"] = time.perf_counter() - t
     t = time.perf_counter()
-    column = _column_footprint(ct, region, pools, origins, spacing_kji, snap_mm, bone_like_hu)
+    column = _column_footprint(ct, pools, origins, spacing_kji, snap_mm, bone_like_hu)
     timings["growcut: column"] = time.perf_counter() - t
     t = time.perf_counter()
     if not column.any():
@@ -478,7 +479,7 @@ def _separate_excluded(
     return ok[lab]
 
 
-def _blood_pools(ct, region, excludes, spacing_kji) -> np.ndarray:
+def _blood_pools(ct, excludes, spacing_kji) -> np.ndarray:
     """Voxels of the contrast-filled pools holding the exclude seeds (see ``_separate_excluded``)."""
     import scipy.ndimage as ndi
 
@@ -502,7 +503,7 @@ def _blood_pools(ct, region, excludes, spacing_kji) -> np.ndarray:
             merged.append(b)
     r = np.maximum(np.round(_POOL_RADIUS_MM / spacing_kji), 1).astype(int)
     size = tuple(2 * r + 1)
-    pools = np.zeros(region.shape, bool)
+    pools = np.zeros(ct.shape, bool)
     for lo_hu, hi_hu, group in merged:
         band = (ct >= lo_hu) & (ct <= hi_hu)
         core = ndi.minimum_filter(band.view(np.uint8), size=size).view(bool)
@@ -517,17 +518,18 @@ def _blood_pools(ct, region, excludes, spacing_kji) -> np.ndarray:
     return pools
 
 
-def _column_footprint(ct, region, pools, origins, spacing_kji, snap_mm, bone_hu) -> np.ndarray:
+def _column_footprint(ct, pools, origins, spacing_kji, snap_mm, bone_hu) -> np.ndarray:
     """Axial outlines of the vertebrae (body, canal, arch) followed slice by slice from each seed.
 
-    Each slice's thresholded voxels (blood pools removed) are closed in-plane and their holes filled, giving solid
-    vertebra outlines; a slice keeps the outlines that overlap those of the slices just before it (within
-    ``_DISC_MEMORY_MM``, enough to cross a disc), inside a window of ``_COLUMN_WINDOW_MM`` around the column's
-    centre, which follows the outlines (ribs leaving the window are cut).
+    Each slice's voxels at or above ``bone_hu`` (cancellous level, lightly smoothed; blood pools removed) are closed
+    in-plane and their holes filled, giving solid vertebra outlines; the seed's slice keeps the outline holding the
+    seed (or within ``snap_mm`` of it); each next slice keeps the outlines that overlap those of the slices just
+    before it (within ``_DISC_MEMORY_MM``, enough to cross a disc), inside a window of ``_COLUMN_WINDOW_MM`` around
+    the column's centre, which follows the outlines (ribs leaving the window are cut).
     """
     import scipy.ndimage as ndi
 
-    nk = region.shape[0]
+    nk = ct.shape[0]
     sp_ji = np.asarray(spacing_kji[1:])
     half = np.ceil(_COLUMN_WINDOW_MM / sp_ji).astype(int)
     disk = _disk(_FOOTPRINT_CLOSING_MM, sp_ji)
@@ -535,14 +537,14 @@ def _column_footprint(ct, region, pools, origins, spacing_kji, snap_mm, bone_hu)
     memory = max(1, int(np.ceil(_DISC_MEMORY_MM / spacing_kji[0])))
     grow = _disk(1.5, sp_ji)
     pool_rim = _disk(1.0, sp_ji)
-    foot = np.zeros(region.shape, bool)
+    foot = np.zeros(ct.shape, bool)
     yy, xx = np.ogrid[-half[0] : half[0] + 1, -half[1] : half[1] + 1]
     in_circle = (yy * sp_ji[0]) ** 2 + (xx * sp_ji[1]) ** 2 <= _COLUMN_WINDOW_MM**2
 
     def outlines(k, centre):
         c = np.round(centre).astype(int)
         lo = c - half
-        win = tuple(slice(max(a, 0), min(a + 2 * h + 1, n)) for a, h, n in zip(lo, half, region.shape[1:]))
+        win = tuple(slice(max(a, 0), min(a + 2 * h + 1, n)) for a, h, n in zip(lo, half, ct.shape[1:]))
         circle = in_circle[tuple(slice(w.start - a, w.stop - a) for w, a in zip(win, lo))]
         # Cancellous level, lightly smoothed: a thin osteopenic cortex has gaps at the bone threshold.
         smooth = ndi.gaussian_filter(ct[k][win].astype(np.float32), 1.0 / sp_ji)
