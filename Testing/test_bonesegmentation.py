@@ -261,3 +261,23 @@ def test_mediastinal_phantom_keep_seed_and_exclude_seeds_in_aorta_and_heart(ctx,
     # 0.946 measured; the same small thoracic vertebrae at 1 mm without any contrast give 0.949 with a seed in every
     # body (partial-volume rim), and 0.71 here without exclude seeds (aorta and heart taken).
     assert _dice(result.mask, ph.bone_mask) >= 0.93
+
+
+def test_blood_pools_take_thick_contrast_pools_not_thin_cortex():
+    """The exclude seeds' pools: a thick 400 HU pool touching a 2 mm, 400 HU plate (cortex in the band) and a
+    3.5 mm tube. The pool is the thick part only; the seed in the tube is reported as too thin."""
+    from PatientImplantPlannerLib.bonesegmentation import _blood_pools
+
+    sp = np.array([0.7, 0.7, 0.7])
+    ct = np.full((40, 60, 60), 40, np.int16)
+    zz, yy, xx = np.ogrid[:40, :60, :60]
+    pool = (zz - 20) ** 2 + (yy - 20) ** 2 + (xx - 20) ** 2 <= 12**2
+    plate = (np.abs(xx - 34) <= 1) & (yy < 40) & (zz > 5) & (zz < 35)  # touches the pool, 3 voxels thick
+    tube = ((yy - 50) ** 2 + (xx - 45) ** 2 <= 2**2) & (zz > 2)
+    ct[pool | plate | tube] = 400
+    thin = []
+    pools = _blood_pools(ct, [np.array([20, 20, 20]), np.array([20, 50, 45])], sp, thin)
+    assert np.count_nonzero(pools & pool) / np.count_nonzero(pool) > 0.95
+    assert not (pools & plate & ~pool).any()
+    assert not (pools & tube).any()
+    assert thin == [1]

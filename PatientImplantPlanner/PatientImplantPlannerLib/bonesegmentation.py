@@ -421,8 +421,8 @@ def _paint_balls(labels: np.ndarray, region: np.ndarray, centres, value: int, ba
 
 
 def _separate_excluded(
-    ct, region, seeds, origins, excludes, spacing_kji, min_island_vox, snap_mm, bone_like_hu, timings
-) -> np.ndarray:
+    ct, region, seeds, origins, excludes, spacing_kji, min_island_vox, snap_mm, bone_like_hu, timings, thin
+) -> Optional[np.ndarray]:
     """Bone part of ``region`` (thresholded voxels holding bone and the structures to exclude).
 
     Contrast blood (aorta, heart, great veins: 300-500 HU, some veins brighter than cortex) touches the vertebral
@@ -441,21 +441,22 @@ def _separate_excluded(
        bone and blood touch.
 
     ``seeds`` are the snapped bone seed voxels (on thresholded voxels), ``origins`` the seed points as given;
-    ``timings`` gets the seconds of the three steps.
+    ``timings`` gets the seconds of the three steps, ``thin`` the indices of exclude seeds in structures too thin
+    for a pool. None when no vertebra outline holds a keep seed.
     """
     import time
 
     import scipy.ndimage as ndi
 
     t = time.perf_counter()
-    pools = _blood_pools(ct, excludes, spacing_kji)
+    pools = _blood_pools(ct, excludes, spacing_kji, thin)
     timings["growcut: blood pools"] = time.perf_counter() - t
     t = time.perf_counter()
     column = _column_footprint(ct, pools, origins, spacing_kji, snap_mm, bone_like_hu)
     timings["growcut: column"] = time.perf_counter() - t
     t = time.perf_counter()
     if not column.any():
-        return np.zeros_like(region)
+        return None
     margin = np.maximum(np.round(_COLUMN_MARGIN_MM / spacing_kji), 1).astype(int)
     zone = ndi.maximum_filter(column.view(np.uint8), size=tuple(2 * margin + 1)).view(bool)
     labels = np.zeros(region.shape, np.uint8)
@@ -479,8 +480,9 @@ def _separate_excluded(
     return ok[lab]
 
 
-def _blood_pools(ct, excludes, spacing_kji) -> np.ndarray:
-    """Voxels of the contrast-filled pools holding the exclude seeds (see ``_separate_excluded``)."""
+def _blood_pools(ct, excludes, spacing_kji, thin) -> np.ndarray:
+    """Voxels of the contrast-filled pools holding the exclude seeds (see ``_separate_excluded``); indices of seeds
+    without a pool (a structure thinner than the opening) are appended to ``thin``."""
     import scipy.ndimage as ndi
 
     stats_r = np.maximum(np.round(_POOL_STATS_MM / spacing_kji), 1).astype(int)
@@ -491,7 +493,7 @@ def _blood_pools(ct, excludes, spacing_kji) -> np.ndarray:
         med = float(np.median(vals))
         q1, q3 = np.percentile(vals, [25, 75])
         tol = max(3.0 * float(q3 - q1) / 1.349, _POOL_MIN_TOL_HU)
-        bands.append([med - tol, med + tol, [w]])
+        bands.append([med - tol, med + tol, [len(bands)]])
     # Seeds whose bands overlap share one pass (aorta and heart: one connected pool).
     bands.sort(key=lambda b: b[0])
     merged = []
@@ -509,9 +511,12 @@ def _blood_pools(ct, excludes, spacing_kji) -> np.ndarray:
         core = ndi.minimum_filter(band.view(np.uint8), size=size).view(bool)
         lab, n = ndi.label(core)
         keep = np.zeros(n + 1, bool)
-        for w in group:
-            lo, hi = np.maximum(w - r, 0), np.minimum(w + r + 1, ct.shape)
-            keep[np.unique(lab[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]])] = True
+        for index in group:
+            lo, hi = np.maximum(excludes[index] - r, 0), np.minimum(excludes[index] + r + 1, ct.shape)
+            ids = np.unique(lab[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]])
+            keep[ids] = True
+            if not ids.any():
+                thin.append(index)
         keep[0] = False
         del core
         pools |= ndi.maximum_filter(keep[lab].view(np.uint8), size=size).view(bool) & band
@@ -869,19 +874,33 @@ def segment_bone(ctx, ct_node, params=None, segmentation_node=None, progress=Non
 
     # 3. Competitive growing against exclude seeds, on the bounding box of the kept component(s).
     t = time.perf_counter()
-    live_excludes = [w for w in excludes if w is not None and kept[tuple(w)]]
+    live = [(w, p) for w, p in zip(excludes, near_points) if w is not None and kept[tuple(w)]]
+    live_excludes = [w for w, _ in live]
     if len(live_excludes) < len([w for w in excludes if w is not None]):
         warnings.append("Exclude seeds on structures not connected to the seeded bone were not needed.")
     if live_excludes:
         progress.report(0.2, "Separating bone from touching structures (GrowCut)")
+        thin: list = []
         bb = _bbox(kept, (2, 2, 2), kept.shape)
         off = np.array([s.start for s in bb])
         grown = _separate_excluded(
             sub[bb], kept[bb], [v - off for v in seeds], [np.clip(v - off, 0, np.array(kept[bb].shape) - 1)
                                                          for v in origins],
             [w - off for w in live_excludes], sp, min_island_vox, params.seed_snap_mm,
-            min(params.cancellous_min_hu, params.threshold_min), timings,
+            min(params.cancellous_min_hu, params.threshold_min), timings, thin,
         )
+        for index in thin:
+            warnings.append(
+                f"The exclude seed at {_fmt(live[index][1])} RAS lies in a structure thinner than "
+                f"{2 * _POOL_RADIUS_MM:g} mm or of uneven density; only the bone next to it could be separated. "
+                "Put exclude seeds in the aorta and the heart."
+            )
+        if grown is None:
+            raise SegmentationError(
+                "No vertebra outline was found around the seed(s) "
+                + ", ".join(_fmt(p) for p in params.seeds_ras) + " RAS to separate from the exclude-seed structures.",
+                f"Put the seed inside a vertebral body (or within seed_snap_mm = {params.seed_snap_mm:g} mm of one).",
+            )
         kept = np.zeros_like(kept)
         kept[bb] = grown
         if not kept.any():
