@@ -24,6 +24,8 @@ VERTEBRAE = range(26, 51)  # TotalSegmentator: 26 = S1 ... 50 = C1
 KEEP_OUT = {"aorta": 52, "heart": 51, "superior_vena_cava": 62, "inferior_vena_cava": 63, "spinal_cord": 79}
 MAX_CONTAMINATION = 0.01
 MIN_BONE_KEPT = 0.97
+# Each test takes 5-15 s, the module ~50 s with the CT load: with the other real-CT runs, in `make test`'s second step.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
