@@ -1,4 +1,4 @@
-"""Run the three benchmarks one after the other, each in its own subprocess, and print everything (``make bench``).
+"""Run the benchmarks one after the other, each in its own subprocess, and print everything (``make bench``).
 
 They run sequentially on purpose: the figures are wall times and peak memory, and the machine has only a few cores.
 Exits 0 when every benchmark ran (missed targets are reported in the output, not as failures); non-zero if one
@@ -11,7 +11,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BENCHMARKS = ("bench_segmentation.py", "bench_plan.py", "bench_bundle.py")
+BENCHMARKS = ("bench_segmentation.py", "bench_plan.py", "bench_bundle.py", "bench_fe.py")
 
 
 def _source_state() -> str:

@@ -510,7 +510,7 @@ def stress_field(sol: Solution, u: np.ndarray) -> StressField:
     wsum = np.bincount(tets.ravel(), weights=np.repeat(vol, 4), minlength=len(sol.mesh.points))
     vertex_vm = acc / np.maximum(wsum, 1e-30)
     disp = np.stack([u[b.nodal_dofs[c]] for c in range(3)], axis=1)
-    return StressField(vertex_vm, vm, weight, np.asarray(b.global_coordinates().value), s, disp)
+    return StressField(vertex_vm, vm, weight, np.asarray(b.mapping.F(b.X)), s, disp)
 
 
 # ---- one size, the rod, a whole plan ------------------------------------------------------------------------------
