@@ -342,6 +342,8 @@ def export_bundle(
                 "warnings": list(result.warnings),
                 # Clearance and overlap per keep-out structure, findings and what the user accepted.
                 "safety": _jsonable(result.measurements.get("safety", {})),
+                # Finite-element check per size (fe.py), when it ran.
+                **({"fe": _jsonable(result.fe)} if getattr(result, "fe", None) else {}),
             },
         )
         write_manifest(manifest_path, manifest, overwrite=overwrite)

@@ -217,6 +217,7 @@ class PlanResult:
     seconds: dict = field(default_factory=dict)
     implant_parameters: object = None  # the ImplantParameters built (placement applied)
     blocking: list = field(default_factory=list)  # [(id, message)] safety findings not accepted: export refuses
+    fe: Optional[dict] = None  # {size label: fe figures} when the finite-element check ran (fe.PlanFE.manifest())
 
 
 def _strut_interference_mm3(implant_mesh, proximal: Endplate, distal: Endplate, bone_mask, ijk_to_ras, keep_mm):
