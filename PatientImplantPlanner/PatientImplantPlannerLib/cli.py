@@ -23,6 +23,7 @@ SAMPLE_L1_BODY_RAS = (-6.5, 125.1, 386.2)
 SAMPLE_L3_BODY_RAS = (-5.0, 146.0, 315.6)
 MIN_TRIANGLES = 1000  # a decimated bone model below this is no longer the bone's shape
 MIN_FREE_MB = 100  # refuse to start on a nearly full disk (a plan bundle with lattices takes hundreds of MB)
+FE_LOAD_N = 500.0  # finite-element check: axial load of the reference case (fe.DEFAULT_LOAD_N; fe is imported lazily)
 
 
 def sample_ct_path() -> str:
@@ -212,7 +213,7 @@ def demo_plan():
 
 def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export_params=None, progress=None,
              overwrite: bool = False, levels_path=None, series_uid=None, lattice_params=None, guide_params=None,
-             ct_checks=None, keep_out_path=None) -> dict:
+             ct_checks=None, keep_out_path=None, fe_load_N=None) -> dict:
     """CT + plan -> segmentation (unless given) -> design -> scene nodes -> export bundle. Returns a summary.
     ``ct_checks``: keyword arguments of ``load_ct`` (see ``_ct_checks``)."""
     from .bonesegmentation import segment_bone
@@ -251,6 +252,10 @@ def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export
                                     level_labels=level_labels, keep_out=keep_out)
     ct_info = describe_ct(ct)
     result.warnings[:0] = ct_info.notes  # slice thickness: into the manifest and the design record
+    if fe_load_N:  # finite-element check of every size; its figures go into the manifest under "fe"
+        from .fe import analyse_plan
+
+        result.fe = analyse_plan(result, load_N=float(fe_load_N), progress=prog.sub(0.5, 0.5).report).manifest()
     bundle = export_in_scene(
         ctx, result, nodes, ct, seg_node, segment_id, folder=folder,
         export_params=export_params or ExportParameters(), segmentation=seg_info, overwrite=overwrite,
@@ -373,7 +378,7 @@ def cmd_plan(args) -> int:
     summary = run_plan(args.ct, plan, args.out, args.segmentation, export, ProgressBar(), levels_path=args.levels,
                        series_uid=args.series_uid, lattice_params=lattice, guide_params=guides,
                        ct_checks=_ct_checks(plan, args.allow_non_ct, args.accept_thick_slices),
-                       keep_out_path=args.keep_out)
+                       keep_out_path=args.keep_out, fe_load_N=args.fe_load if args.fe else None)
     print(json.dumps(summary, indent=2))
     print(f"Export written to {os.path.abspath(summary['folder'])}")
     return 0
@@ -397,7 +402,8 @@ def cmd_demo(args) -> int:
     _check_out_parent(args.out)
     export, lattice, guides = _plan_outputs(plan)
     summary = run_plan(sample_ct_path(), plan, args.out, export_params=export, progress=ProgressBar(),
-                       lattice_params=lattice, guide_params=guides, ct_checks=_ct_checks(plan))
+                       lattice_params=lattice, guide_params=guides, ct_checks=_ct_checks(plan),
+                       fe_load_N=None if getattr(args, "no_fe", False) else FE_LOAD_N)
     summary["total_seconds"] = round(time.time() - t0, 1)
     print(json.dumps(summary, indent=2))
     print(f"Demo output (STL files, manifest.json, design_record.html/.pdf) written to "
@@ -512,6 +518,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="plan on a CT whose slices are thicker than the largest oversized variant (the implant "
                     "length is then uncertain by more than the variants absorb); the manifest and design record "
                     "state it")
+    pl.add_argument("--fe", action="store_true",
+                    help="finite-element strength check of every size (axial load, von Mises stress, stiffness and "
+                    "strength vs a 5.5 mm titanium rod); figures in manifest.json under 'fe' (about a minute)")
+    pl.add_argument("--fe-load", type=float, default=FE_LOAD_N, metavar="N",
+                    help=f"axial load of the finite-element check in newtons (default {FE_LOAD_N:g})")
     pl.set_defaults(func=cmd_plan)
 
     wp = sub.add_parser("write-demo-plan", help="Write the demo plan JSON (a starting point for your own plan).",
@@ -527,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="output", help="parent folder for the new demo folder (default: output)")
     demo.add_argument("--segment-only", action="store_true", help="only segment the spine and export the bone model")
+    demo.add_argument("--no-fe", action="store_true", help="skip the finite-element check (about a minute)")
     demo.set_defaults(func=lambda a: cmd_demo_segment(a) if a.segment_only else cmd_demo(a))
     return parser
 
