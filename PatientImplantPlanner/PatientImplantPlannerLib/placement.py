@@ -184,6 +184,12 @@ def place_strut(implant: ImplantParameters, axis, proximal: Endplate, distal: En
     tried = []
     for a in angles:
         params, offset, pattern = _parameters_at(implant, proximal, distal, a, bone, bone_gap_mm)
+        if how == "automatic":
+            try:
+                params.validate()
+            except PlanError:  # bone reaches too far that way (ribs, osteophytes): no strut there
+                tried.append((a, -np.inf, "bone", params, offset, pattern))
+                continue
         clearance, nearest = None, ""
         if structures:
             d, which = field.sample(_sample_points(axis, proximal, distal, params, largest_variant_mm))
@@ -191,12 +197,12 @@ def place_strut(implant: ImplantParameters, axis, proximal: Endplate, distal: En
             clearance = float(d[k]) if np.isfinite(d[k]) else None
             nearest = field.names[int(which[k])] if which[k] >= 0 else ""
         tried.append((a, clearance, nearest, params, offset, pattern))
-    if how != "automatic" or not structures:
+    if how != "automatic" or not structures and all(t[1] is None for t in tried):
         pick = len(tried) // 2 if how == "automatic" else 0  # no structures: the middle angle, anterior
         a, c, n, params, offset, pattern = tried[pick]
     else:
         need = required_clearance_mm + FIELD_MARGIN_MM
-        ok = [c is None or c >= need for _, c, *_ in tried]
+        ok = [c is None or c >= need for _, c, *_ in tried]  # None: no structure near
         runs, start = [], None
         for i, good in enumerate(ok + [False]):
             if good and start is None:
@@ -205,7 +211,13 @@ def place_strut(implant: ImplantParameters, axis, proximal: Endplate, distal: En
                 runs.append((start, i - 1))
                 start = None
         if not runs:
-            best = max(tried, key=lambda r: -np.inf if r[1] is None else r[1])
+            best = max(tried, key=lambda r: np.inf if r[1] is None else r[1])
+            if not np.isfinite(best[1]):
+                raise PlanError(
+                    "Bone reaches more than 50 mm from the spinal axis at every angle around the bodies, so no strut "
+                    "can lie against them.",
+                    "Check the bone segmentation (exclude seeds in contrast vessels, an ROI around the spine) and the "
+                    "vertebra points, or use placement 'axis'.")
             raise PlanError(
                 f"No strut position around the vertebral bodies keeps {required_clearance_mm:g} mm from the "
                 f"keep-out anatomy: the best, {angle_name(best[0])} ({best[0]:+.0f} deg), comes within "
