@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from conftest import LUMBAR_LABELS, LUMBAR_LEVELS
+from scipy import ndimage
 
 from PatientImplantPlannerLib import levels
 from PatientImplantPlannerLib.anatomy import distance_to_polyline
@@ -239,3 +240,30 @@ def test_lumbar_ct_L1_to_L3(lumbar, mode):
     assert label_at(labels, m, r.axis_points[0]) == lv["L1"] and label_at(labels, m, r.axis_points[-1]) == lv["L3"]
     if mode == "labels":
         assert r.intermediate_levels == ["L2"]
+
+
+def test_points_in_different_vertebrae_are_never_merged():
+    """Bridged discs (as on thick slices or a contaminated segment) join L1, L2 and L3 into one piece of bone:
+    points in L1 and L3 still give two vertebrae, cut at the disc spaces, with endplates near the truth."""
+    ph = make_spine_phantom(spacing=(0.8, 0.8, 1.0))
+    mask = ph.bone_mask.copy()
+    k, j, i = np.nonzero(ph.vertebra_labels > 0)
+    # Fill a thin core through the discs: a 5 mm column along the spine joins the bodies.
+    centres = np.array([ph.body_point(n) for n in ("L1", "L2", "L3")])
+    grid_pts = np.stack([i, j, k], axis=1)
+    lo, hi = grid_pts.min(axis=0), grid_pts.max(axis=0)
+    ii, jj, kk = np.meshgrid(*[np.arange(a, b + 1) for a, b in zip(lo, hi)], indexing="ij")
+    pts = np.stack([ii, jj, kk], axis=-1).reshape(-1, 3)
+    ras = pts @ ph.ijk_to_ras[:3, :3].T + ph.ijk_to_ras[:3, 3]
+    near = distance_to_polyline(ras, centres) < 12.0  # the discs bridged over most of their area
+    mask[pts[near, 2], pts[near, 1], pts[near, 0]] = True
+    assert ndimage.label(mask)[1] < ndimage.label(ph.bone_mask)[1]  # really bridged
+    found = levels.detect_levels(mask, ph.ijk_to_ras, ph.body_point("L1"), ph.body_point("L3"), "L1", "L3",
+                                 ct_array=ph.array)
+    # With the discs filled with "bone" the faces can only be placed within the disc space (the cut is at its
+    # darkest, middle part): each found endplate lies between the two true ones bounding that disc.
+    for found_ep, upper, lower in ((found.proximal_endplate, "L1", "L2"), (found.distal_endplate, "L2", "L3")):
+        top, bottom = ph.vertebra(upper).inferior_endplate, ph.vertebra(lower).superior_endplate
+        assert (found_ep.centre - top.centre) @ top.normal > -1.0
+        assert (found_ep.centre - bottom.centre) @ bottom.normal > -1.0
+    assert any("separated at the disc" in w for w in found.warnings)

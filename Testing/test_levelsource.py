@@ -97,3 +97,14 @@ def test_missing_levels_are_refused(ctx, lumbar):
     empty.GetSegmentation().AddEmptySegment("", "liver")
     with pytest.raises(PlanError, match="no vertebra segments"):
         labels_from_segmentation(empty, ct)
+
+
+def test_level_name_contradicting_the_labels_is_an_error(ctx, lumbar):
+    """A clicked point in L1 named "T4" (engraved on the parts) is refused, naming both and the fix."""
+    ct, _, seg = lumbar
+    labels = load_level_labels(ctx, LUMBAR_LABELS, ct)
+    plan = demo_plan()  # points in L1 and L3
+    plan.proximal_level = "T4"
+    with pytest.raises(PlanError, match="lies in L1.*names the proximal level T4") as err:
+        design_in_scene(ctx, ct, seg.segmentation_node, seg.segment_id, plan, level_labels=labels)
+    assert "proximal_level" in err.value.fix

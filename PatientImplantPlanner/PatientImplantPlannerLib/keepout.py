@@ -25,6 +25,8 @@ MEASURE_MARGIN_MM = 15.0
 FIELD_PITCH_MM = 1.0  # placement searches on a coarser distance field
 AIRWAY_HU = -950.0  # tracheal air; lung parenchyma (about -850 HU) stays above it
 VESSEL_HU = (130.0, 900.0)  # contrast-filled blood pool, grown from an exclude seed
+CANAL_AREA_MM2 = (20.0, 600.0)  # cross-section of a spinal canal hole in one axial slice
+CANAL_BEHIND_AXIS_MM = 8.0  # the canal starts behind the body: at least this far posterior of the body centres
 
 # TotalSegmentator "total" task (v2) numbering and names of the structures a spinal implant must stay clear of.
 TOTALSEGMENTATOR_KEEP_OUT = {
@@ -296,27 +298,39 @@ def _canal(bone: np.ndarray, ijk_to_ras, axis_points=None) -> Optional[tuple]:
     holes = np.zeros_like(bone)
     moved = np.moveaxis(bone, kji_axis, 0)
     out = np.moveaxis(holes, kji_axis, 0)
+    spacing = np.linalg.norm(m[:3, :3], axis=0)[::-1]
+    pixel_mm2 = float(np.prod(np.delete(spacing, kji_axis)))
     for s in range(moved.shape[0]):
         sl = moved[s]
-        if sl.any():
-            out[s] = ndimage.binary_fill_holes(sl) & ~sl
+        if not sl.any():
+            continue
+        holes2d, n = ndimage.label(ndimage.binary_fill_holes(sl) & ~sl)
+        if n == 0:
+            continue
+        # A canal's cross-section is about 1-4 cm2; the chest cavity enclosed by ribs and sternum is far larger.
+        area = ndimage.sum(np.ones_like(holes2d), holes2d, range(1, n + 1)) * pixel_mm2
+        keep = [i + 1 for i in range(n) if CANAL_AREA_MM2[0] <= area[i] <= CANAL_AREA_MM2[1]]
+        if keep:
+            out[s] = np.isin(holes2d, keep)
     if not holes.any():
         return None
     if axis_points is not None and len(axis_points):
-        # Keep holes within 35 mm of the spinal axis (the body's own cancellous holes are filled already).
-        idx = np.argwhere(holes)
-        pts = idx[:, ::-1] @ m[:3, :3].T + m[:3, 3]
+        # Keep holes within 35 mm of the spinal axis and behind it: the canal lies behind the body; holes around
+        # the axis are the body's own cancellous interior where the segment left it unfilled.
         from scipy.spatial import cKDTree
 
-        d, _ = cKDTree(np.asarray(axis_points, float)).query(pts)
-        keep = idx[d <= 35.0]
+        axis = np.asarray(axis_points, float)
+        idx = np.argwhere(holes)
+        pts = idx[:, ::-1] @ m[:3, :3].T + m[:3, 3]
+        d, near = cKDTree(axis).query(pts)
+        behind = (pts - axis[near]) @ np.array([0.0, 1.0, 0.0]) <= -CANAL_BEHIND_AXIS_MM
+        keep = idx[(d <= 35.0) & behind]
         holes = np.zeros_like(holes)
         holes[tuple(keep.T)] = True
     lab, n = ndimage.label(holes)
     if n == 0:
         return None
     sizes = ndimage.sum(holes, lab, range(1, n + 1))
-    spacing = np.linalg.norm(m[:3, :3], axis=0)[::-1]
     vox = float(np.prod(spacing))
     # A canal stretch is at least ~100 mm3 (a 10 mm disc of 3.5 mm radius); smaller holes are vessels' foramina.
     big = [v + 1 for v in range(n) if sizes[v] * vox >= 100.0]

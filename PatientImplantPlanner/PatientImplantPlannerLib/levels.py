@@ -42,6 +42,8 @@ FACE_CENTRAL = 0.65  # endplate fit uses the face inside this fraction of the fo
 MAX_CORE_TO_HEIGHT = 0.35  # an opening radius above this fraction of the body height is redone at...
 REDO_CORE_TO_HEIGHT = 0.3  # ...this fraction (a free body gets about 0.26: half of half its height)
 SEED_SEARCH_MM = 5.0  # a clicked point may miss the bone by this much
+THICK_SLICE_MM = 1.5  # slices above this (and much thicker than the pixels): labelled docking faces refitted
+MIN_LEVEL_SEPARATION_MM = 15.0  # points farther apart than this are never in the same vertebra (bodies 17-30 mm)
 CONTROL_STEP_LEVELS = 0.55  # axis control points at most this many level spacings apart
 
 
@@ -378,6 +380,38 @@ def _measure_body(b: _Body, grid: _Grid, level: str, cranial_hint) -> VertebraMe
                                body_height=height, warnings=warnings)
 
 
+def _column_face(b: _Body, grid: _Grid, endplate: Endplate, column_mm: float = 2.0, label=None) -> Endplate:
+    """Refit a docking endplate from the body's voxels themselves: per ``column_mm`` column along the endplate's
+    normal the outermost voxel, the central 70 % of the footprint, a least-squares plane, its centre moved half
+    a voxel outward (voxel centre -> face). On thick slices this follows the labelled face more closely than the
+    smoothed surface does (no blur across 2.5 mm slices)."""
+    pts = grid.to_ras(b.voxels_kji())
+    n, a = endplate.normal, endplate.anterior
+    lat = np.cross(n, a)
+    if label is not None:
+        # The whole labelled vertebra in front of the isolated body's posterior wall (the opening loses the rim).
+        crop, lo = label
+        whole = grid.to_ras(np.argwhere(crop) + lo)
+        pts = whole[whole @ a >= (pts @ a).min() - 0.5]
+    h = pts @ n
+    key = np.floor(pts @ a / column_mm).astype(np.int64) * 1_000_003 + np.floor(pts @ lat / column_mm).astype(np.int64)
+    order = np.lexsort((-h, key))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = key[order][1:] != key[order][:-1]
+    face = pts[order[first]]
+    fa, fl = face @ a, face @ lat
+    r = np.hypot((fa - fa.mean()) / (np.ptp(fa) + 1e-9) * 2, (fl - fl.mean()) / (np.ptp(fl) + 1e-9) * 2)
+    face = face[r < 0.7]
+    if len(face) < 10:
+        return endplate
+    centre, normal = _fit_plane(face)
+    normal = normal if normal @ n > 0 else -normal
+    if np.degrees(np.arccos(np.clip(normal @ n, -1, 1))) > 15.0:
+        return endplate  # not a face (a fragment or a tilted rim): keep the surface fit
+    centre = centre + grid.half_voxel_along(normal) * normal
+    return Endplate(centre, normal, a, endplate.radius_lr, endplate.radius_ap, endplate.level)
+
+
 def _measured(make_body, grid, level, cranial_hint):
     """Isolate and measure a body; redo with a smaller opening if the first one was too deep for its height.
 
@@ -482,7 +516,8 @@ def _require_seed(mask, grid, point, which):
 
 
 def _profile(mask, grid, path, radius):
-    """Fraction of bone on a disc of ``radius`` across the path at each path point."""
+    """Fraction of bone on a disc of ``radius`` across the path at each path point (the mean value across it
+    when ``mask`` is a CT array)."""
     tangent = np.gradient(path, axis=0)
     tangent /= np.maximum(np.linalg.norm(tangent, axis=1, keepdims=True), 1e-9)
     ref = np.where(np.abs(tangent[:, :1]) < 0.9, [[1.0, 0, 0]], [[0, 1.0, 0]])
@@ -497,10 +532,37 @@ def _profile(mask, grid, path, radius):
         q = path + radius * (u * e1 + v * e2)
         kji = np.round(grid.to_kji(q)).astype(int)
         ok = np.all((kji >= 0) & (kji < shape), axis=1)
-        inside = np.zeros(len(path), dtype=bool)
+        inside = np.zeros(len(path), dtype=float)
         inside[ok] = mask[tuple(kji[ok].T)]
         hits += inside
     return hits / len(offsets)
+
+
+def _cut_at_discs(mask, grid, p_prox, p_dist, ct=None, radius_mm: float = 8.0, cut_radius_mm: float = 45.0):
+    """A copy of the mask with a one-voxel slab removed across the spine at each disc space between two points:
+    the clear local minima across the line of the CT's mean value (discs are darker than bone) or, without the CT,
+    of the bone fraction, over a disc of ``radius_mm``."""
+    line = np.linspace(p_prox, p_dist, max(int(np.linalg.norm(p_dist - p_prox) / 0.5), 8))
+    frac = _profile(mask if ct is None else ct, grid, line, radius_mm)
+    frac = ndimage.uniform_filter1d(frac, 5)
+    inner = np.arange(len(line))
+    inner = inner[(inner > 0.1 * len(line)) & (inner < 0.9 * len(line))]
+    # A disc: a local minimum clearly below the profile's median (bone fraction: half of it; HU: 80 HU below).
+    low = 0.5 * np.median(frac) if ct is None else np.median(frac) - 80.0
+    window = max(int(round(6.0 / 0.5)), 1)  # a minimum within +-6 mm: one per disc
+    cuts = [i for i in inner if frac[i] == frac[max(i - window, 0): i + window + 1].min() and frac[i] < low]
+    out = np.array(mask, dtype=bool, copy=True)  # no clear disc: nothing is cut (one vertebra after all)
+    u = unit(p_dist - p_prox)
+    half = 0.5 * float(grid.spacing_ijk.max())
+    for i in cuts:
+        c = line[i]
+        box, lo = _crop_box(out.shape, grid.to_kji(c)[0], (cut_radius_mm + 2 * half) / grid.spacing_kji)
+        pts = grid.to_ras(np.argwhere(np.ones(out[box].shape, dtype=bool)) + lo).reshape(out[box].shape + (3,))
+        rel = pts - c
+        along = rel @ u
+        radial = np.linalg.norm(rel - along[..., None] * u, axis=-1)
+        out[box] &= ~((np.abs(along) <= half) & (radial <= cut_radius_mm))
+    return out
 
 
 def _runs(flags):
@@ -579,7 +641,7 @@ def _check_distinct(prox, dist, same_body, prox_name, dist_name):
 
 def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, proximal_name: str = "",
                   distal_name: str = "", label_map=None, label_values: Optional[dict] = None,
-                  progress=None) -> LevelsResult:
+                  progress=None, ct_array=None) -> LevelsResult:
     """Measure the proximal and distal vertebrae, the bodies between them and the spinal axis.
 
     ``bone_mask`` is a bool array [k, j, i] of filled bone; with ``label_map``/``label_values`` ({name: value},
@@ -620,7 +682,15 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
                                     f"Place the {which} point inside a vertebral body.")
             found_name = names_by_value.get(value, "")
             if name and found_name and name != found_name:
-                warnings.append(f"The {which} point lies in {found_name}, not in {name}; {found_name} is used.")
+                # The name is engraved on the implant and guides: a mismatch with the labels is an error.
+                raise PlanError(
+                    f"The {which} point lies in {found_name} according to the vertebra labels, but the plan names "
+                    f"the {which} level {name}.",
+                    f"Set {which}_level to {found_name}, or move the {which} point into {name}.")
+            if name and name not in values and names_by_value:
+                raise PlanError(f"The plan names the {which} level {name}, which the vertebra labels do not contain "
+                                f"({', '.join(sorted(values))}).",
+                                f"Set {which}_level to the labelled vertebra the implant docks on.")
             ends.append((value, seed, found_name or name))
         (v_prox, s_prox, proximal_name), (v_dist, s_dist, distal_name) = ends
         if v_prox == v_dist:
@@ -631,6 +701,13 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
         prog.report(0.3, "Measuring the distal vertebra")
         dist_body, dist = _measured(lambda t: _body_of_label(labels, v_dist, boxes, grid, s_dist, t), grid,
                                     distal_name, cranial)
+        # With labels on thick slices the docking faces are refitted from the labelled body's own voxels (the
+        # smoothed surface blurs a face across a 2.5 mm slice; on fine grids it is the better fit).
+        thick = grid.spacing_ijk.max() > THICK_SLICE_MM and grid.spacing_ijk.max() > 1.8 * grid.spacing_ijk.min()
+        for v, body, m, attr in ((v_prox, prox_body, prox, "inferior_endplate"),
+                                 (v_dist, dist_body, dist, "superior_endplate")) if thick else ():
+            box, lo = _label_box(labels, v, boxes)
+            setattr(m, attr, _column_face(body, grid, getattr(m, attr), label=(labels[box] == v, lo)))
         prog.report(0.5, "Measuring the vertebrae between them")
         names = _label_intermediates(labels, boxes, grid, values, names_by_value, v_prox, v_dist, prox, dist)
         walked, cur_dir = [], prox.axis_direction
@@ -656,6 +733,15 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
         prox_body, prox = _measured(lambda t: _body_at(mask, grid, s_prox, t), grid, proximal_name, cranial)
         prog.report(0.3, "Measuring the distal vertebra")
         dist_body, dist = _measured(lambda t: _body_at(mask, grid, s_dist, t), grid, distal_name, cranial)
+        if (_contains(prox_body, s_dist) or _contains(dist_body, s_prox)) and (
+                np.linalg.norm(p_prox - p_dist) >= MIN_LEVEL_SEPARATION_MM):
+            # Points this far apart are in different vertebrae: the bodies merged through bridged discs (thick
+            # slices, osteophytes, a contaminated segment). Cut the bone at the disc spaces between them, again.
+            mask = _cut_at_discs(mask, grid, p_prox, p_dist, ct_array)
+            prox_body, prox = _measured(lambda t: _body_at(mask, grid, s_prox, t), grid, proximal_name, cranial)
+            dist_body, dist = _measured(lambda t: _body_at(mask, grid, s_dist, t), grid, distal_name, cranial)
+            warnings.append("The bone was continuous between the two vertebrae; it was separated at the disc "
+                            "spaces (the narrowest bone across the spine). Check the endplates.")
         if _contains(prox_body, s_dist) or _contains(dist_body, s_prox):
             _check_distinct(None, None, True, proximal_name, distal_name)
         for body, seed, which in ((prox_body, s_prox, "proximal"), (dist_body, s_dist, "distal")):

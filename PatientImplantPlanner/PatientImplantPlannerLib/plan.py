@@ -368,6 +368,7 @@ def design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress=None, l
             distal_name=plan.distal_level,
             label_map=label_map,
             label_values=label_values,
+            ct_array=ct_array,
         )
         warnings.extend(levels.warnings)
     control = (
