@@ -34,7 +34,17 @@ from scipy.spatial import cKDTree
 from .anatomy import distance_to_polyline
 from .errors import GeometryError, OutputExistsError, PlanError
 from .lattice import LatticeParameters, gyroid
-from .mesh import TriMesh, check_mesh, from_manifold, isosurface, read_stl, require_manifold3d, to_manifold, write_stl
+from .mesh import (
+    TriMesh,
+    check_mesh,
+    file_safe,
+    from_manifold,
+    isosurface,
+    read_stl,
+    require_manifold3d,
+    to_manifold,
+    write_stl,
+)
 from .screws import ScrewParameters, Trajectory, hole_specs, plan_screws
 
 SYMMETRY_POINTS = 30000  # surface points registered (a deterministic subsample)
@@ -739,6 +749,18 @@ def _two_bodies(a: TriMesh, b: TriMesh) -> TriMesh:
     return TriMesh(np.vstack([a.vertices, b.vertices]), np.vstack([a.faces, b.faces + len(a.vertices)]))
 
 
+def _for_file(mesh: TriMesh) -> TriMesh:
+    """mesh.file_safe, then without the zero-volume slivers its simplification can leave (measured: 2 pieces of
+    -2e-6 mm3 on a lattice), which would count as bodies of their own."""
+    safe = file_safe(mesh)
+    pieces = to_manifold(safe).decompose()
+    kept = [p for p in pieces if p.volume() > 1e-3]
+    if len(kept) == len(pieces):
+        return safe
+    m3d = require_manifold3d()
+    return from_manifold(kept[0] if len(kept) == 1 else m3d.Manifold.batch_boolean(kept, m3d.OpType.Add))
+
+
 def run_mirror_defect(ct_array, ijk_to_ras, bone_mask, params, out_folder: str, resection_mask=None,
                       coordinate_system: str = "LPS") -> dict:
     """Plan the mirror-defect implant and write its verified STL files and ``manifest.json`` to a new folder.
@@ -758,13 +780,14 @@ def run_mirror_defect(ct_array, ijk_to_ras, bone_mask, params, out_folder: str, 
                                 "Choose a new folder; nothing existing is overwritten.")
     result = build_envelope(bone_mask, ijk_to_ras, params, resection_mask)
     structure = build_structure(ct_array, ijk_to_ras, result, params)
-    parts = {"implant": structure.implant, "implant_envelope": result.envelope, "defect": result.defect,
-             "remaining_bone_local": result.remaining_bone,
-             "check_model": _two_bodies(result.remaining_bone, structure.implant)}
+    # file_safe: float32 STL welding must not merge a lattice's pinch points into non-manifold edges.
+    implant, bone = _for_file(structure.implant), _for_file(result.remaining_bone)
+    parts = {"implant": implant, "implant_envelope": _for_file(result.envelope), "defect": _for_file(result.defect),
+             "remaining_bone_local": bone, "check_model": _two_bodies(bone, implant)}
     if structure.dense is not None:
-        parts["implant_dense"] = structure.dense
+        parts["implant_dense"] = _for_file(structure.dense)
     if structure.porous_zone is not None:
-        parts["implant_porous_zone"] = structure.porous_zone
+        parts["implant_porous_zone"] = _for_file(structure.porous_zone)
     parent = os.path.dirname(out_folder)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-mirror-defect-", dir=parent)
