@@ -294,6 +294,9 @@ class PatientImplantPlannerParameterNode:
 
     # Levels and axis
     levelSegmentation: Optional[vtkMRMLSegmentationNode]
+    keepOutSegmentation: Optional[vtkMRMLSegmentationNode]
+    keepOutClearanceMm: Annotated[float, WithinRange(0, 20)] = 2.0
+    acceptedRisks: str = ""
     proximalPoint: vtkMRMLMarkupsFiducialNode
     distalPoint: vtkMRMLMarkupsFiducialNode
     proximalLevel: str = ""
@@ -750,7 +753,8 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         return (p.placement, p.implantProfile, p.diameterMm, p.widthMm, p.depthMm, p.cornerRadiusMm,
                 p.plateCurvatureRadiusMm, p.offsetAnteriorMm, p.offsetLateralMm, p.footplateFraction,
                 p.footplateThicknessMm, p.porousLayerMm, p.screwType, p.screwsPerEnd, p.holeClearanceMm,
-                p.safetyMarginMm, p.convergenceDeg, p.variantsMm.strip())
+                p.safetyMarginMm, p.convergenceDeg, p.variantsMm.strip(), p.keepOutClearanceMm,
+                p.acceptedRisks.strip(), p.keepOutSegmentation)
 
     def onDesignImplantButton(self) -> None:
         """Design the implant from the two vertebra points (or the vertebra segmentation and level names) and the
@@ -765,7 +769,8 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             levelLabels = self.logic.levelLabels(p.levelSegmentation, p.inputVolume)
             plan = self.logic.planFromParameters(p, levelLabels)
             inputs = (p.inputVolume, p.boneSegmentation, p.boneSegmentId)
-            result, nodes = self.logic.designImplant(*inputs, plan, progress=self._onProgress, levelLabels=levelLabels)
+            result, nodes = self.logic.designImplant(*inputs, plan, progress=self._onProgress, levelLabels=levelLabels,
+                                                     keepOut=self.logic.keepOut(p, p.inputVolume))
             self._setPlan(result, nodes, inputs, settings, screwsEdited=False, levelLabels=levelLabels)
             self._setPlanStatus(_("Implant designed."))
         self._scheduleUpdateIfSettingsChanged()
@@ -817,7 +822,8 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         resetScrews = self._screwsShouldReset(caseId)
         levelLabels = self._levelLabelsFor(caseId, inputs[0])
         result, nodes = self.logic.regenerate(caseId, *inputs, progress=self._onProgress, resetScrews=resetScrews,
-                                              levelLabels=levelLabels, **self.logic.designSettings(p))
+                                              levelLabels=levelLabels, keepOut=self.logic.keepOut(p, inputs[0]),
+                                              **self.logic.designSettings(p))
         self._setPlan(result, nodes, inputs, settings, screwsEdited=self._screwsEdited and not resetScrews,
                       levelLabels=levelLabels)
         return result, nodes
@@ -1229,7 +1235,26 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
             "screws": self.screwParameters(p),
             "variantsMm": self.parseVariants(p.variantsMm),
             "placement": p.placement.value,
+            "keepOutClearanceMm": float(p.keepOutClearanceMm),
+            "acceptedRisks": self.parseAcceptedRisks(p.acceptedRisks),
         }
+
+    @staticmethod
+    def parseAcceptedRisks(text: str) -> list:
+        """'clearance:aorta, screw:proximal left' -> ['clearance:aorta', 'screw:proximal left']."""
+        return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+    def keepOut(self, p, ctNode):
+        """The keep-out anatomy for a design on ``ctNode`` (engine: workflow.keep_out_for), cached while the
+        segmentations and the CT are unchanged (a redesign after each drag must not rebuild it)."""
+        from PatientImplantPlannerLib import workflow
+
+        key = tuple((n.GetID(), n.GetMTime()) if n is not None else None
+                    for n in (p.keepOutSegmentation, p.levelSegmentation, ctNode))
+        cached = getattr(self, "_keepOutCache", None)
+        if cached is None or cached[0] != key:
+            self._keepOutCache = (key, workflow.keep_out_for(ctNode, p.keepOutSegmentation, p.levelSegmentation))
+        return self._keepOutCache[1]
 
     @staticmethod
     def levelNames(p) -> tuple:
@@ -1287,6 +1312,8 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
             screws=settings["screws"],
             variants_mm=settings["variantsMm"],
             placement=settings["placement"],
+            keep_out_clearance_mm=settings["keepOutClearanceMm"],
+            accepted_risks=settings["acceptedRisks"],
         )
         segmentationParameters = SegmentationInfo.from_json(p.boneSegmentationRecord).parameters
         if segmentationParameters:
@@ -1299,17 +1326,19 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
         plan.validate()
         return plan
 
-    def designImplant(self, ctNode, segNode, segmentId: str, plan, progress=None, levelLabels=None):
+    def designImplant(self, ctNode, segNode, segmentId: str, plan, progress=None, levelLabels=None, keepOut=None):
         """Design the plan's implant and create/update its nodes in the scene; returns (PlanResult, PlanNodes).
         levelLabels: vertebra labels from levelLabels() (they define the vertebrae; the plan's level names pick the
-        ends where it has no points). The scene is not touched if the design fails."""
+        ends where it has no points); keepOut: the anatomy to keep clear of (keepOut()). The scene is not touched if
+        the design fails."""
         from PatientImplantPlannerLib import workflow
 
         return workflow.design_in_scene(self.context(), ctNode, segNode, segmentId, plan, progress=progress,
-                                        level_labels=levelLabels)
+                                        level_labels=levelLabels, keep_out=keepOut)
 
     def regenerate(self, caseId: str, ctNode, segNode, segmentId: str, progress=None, implant=None, screws=None,
-                   variantsMm=None, placement=None, resetScrews: bool = False, levelLabels=None):
+                   variantsMm=None, placement=None, resetScrews: bool = False, levelLabels=None,
+                   keepOutClearanceMm=None, acceptedRisks=None, keepOut=None):
         """Redesign the plan of ``caseId`` from its nodes in the scene, with the user's edits of axis, endplates and
         screws; returns (PlanResult, PlanNodes).
 
@@ -1321,9 +1350,11 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
         from PatientImplantPlannerLib.planscene import plan_from_scene
 
         ctx = self.context()
-        settings = {"implant": implant, "screws": screws, "variants_mm": variantsMm, "placement": placement}
+        settings = {"implant": implant, "screws": screws, "variants_mm": variantsMm, "placement": placement,
+                    "keep_out_clearance_mm": keepOutClearanceMm, "accepted_risks": acceptedRisks}
         if not resetScrews and levelLabels is None and all(value is None for value in settings.values()):
-            return workflow.regenerate_in_scene(ctx, caseId, ctNode, segNode, segmentId, progress=progress)
+            return workflow.regenerate_in_scene(ctx, caseId, ctNode, segNode, segmentId, progress=progress,
+                                                keep_out=keepOut)
         plan = plan_from_scene(ctx, caseId, read_edits=True)
         for name, value in settings.items():
             if value is not None:
@@ -1331,7 +1362,7 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
         if resetScrews:
             plan.trajectories = None
         return workflow.design_in_scene(ctx, ctNode, segNode, segmentId, plan, progress=progress,
-                                        level_labels=levelLabels)
+                                        level_labels=levelLabels, keep_out=keepOut)
 
     def hasPlan(self, caseId: str) -> bool:
         """Whether the scene holds a plan folder for this case ID."""

@@ -144,6 +144,7 @@ def _fill_table(table, result: PlanResult) -> None:
         rows.append((f"Screw {sp.trajectory.name} in > 250 HU", 100.0 * sp.grade.get("gt250", 0.0), "%"))
     for extra, geom in sorted(result.variants.items()):
         rows.append((f"Variant +{extra:g} mm length", geom.length_mm, "mm"))
+    rows += _safety_rows(m.get("safety") or {}, m.get("placement_detail") or {})
     table.RemoveAllColumns()
     cols = []
     for name in ("Measurement", "Value", "Unit"):
@@ -154,8 +155,31 @@ def _fill_table(table, result: PlanResult) -> None:
     for label, value, unit in rows:
         r = table.AddEmptyRow()
         table.SetCellText(r, 0, label)
-        table.SetCellText(r, 1, "" if value is None else f"{float(value):.3f}".rstrip("0").rstrip("."))
+        text = value if isinstance(value, str) else f"{float(value):.3f}".rstrip("0").rstrip(".")
+        table.SetCellText(r, 1, "" if value is None else text)
         table.SetCellText(r, 2, unit)
+
+
+def _safety_rows(safety: dict, placement: dict) -> list:
+    """Measurements-table rows of the keep-out check: placement, clearance per structure (those within the
+    measuring margin), overlap, what was not checked and every finding with its id (blocking or accepted)."""
+    rows = []
+    if placement.get("angle_deg") is not None:
+        rows.append((f"Placement angle ({placement.get('how', '')})", placement["angle_deg"], "deg"))
+    if not safety:
+        return rows
+    rows.append(("Required keep-out clearance", safety.get("required_clearance_mm"), "mm"))
+    for name, c in (safety.get("clearance_mm") or {}).items():
+        if c is not None:
+            rows.append((f"Clearance to {name.replace('_', ' ')}", c, "mm"))
+        overlap = (safety.get("overlap_mm3") or {}).get(name) or 0.0
+        if overlap > 0:
+            rows.append((f"Implant inside {name.replace('_', ' ')}", overlap, "mm3"))
+    for name, why in ((safety.get("keep_out") or {}).get("not_checked") or {}).items():
+        rows.append((f"Not checked: {name.replace('_', ' ')}", why, ""))
+    for f in safety.get("findings") or []:
+        rows.append((f"Finding {f['id']}", f["message"], "accepted" if f["accepted"] else "blocks export"))
+    return rows
 
 
 def apply_to_scene(ctx, result: PlanResult, ct_node=None) -> PlanNodes:

@@ -55,12 +55,34 @@ def design_in_scene(ctx, ct_node, segmentation_node, segment_id: str, plan: Plan
     return result, nodes
 
 
-def regenerate_in_scene(ctx, case_id: str, ct_node, segmentation_node, segment_id: str, progress=None):
+def regenerate_in_scene(ctx, case_id: str, ct_node, segmentation_node, segment_id: str, progress=None,
+                        keep_out=None):
     """Re-design from the plan stored in the scene, with the user's edits of its markups."""
     from .planscene import plan_from_scene
 
     plan = plan_from_scene(ctx, case_id, read_edits=True)
-    return design_in_scene(ctx, ct_node, segmentation_node, segment_id, plan, progress)
+    return design_in_scene(ctx, ct_node, segmentation_node, segment_id, plan, progress, keep_out=keep_out)
+
+
+def keep_out_for(ct_node, keep_out_segmentation=None, level_segmentation=None, names=None):
+    """The keep-out anatomy for a design in the scene: the keep-out segmentation's structures (segments named like
+    'aorta'), else the level segmentation's such segments (a TotalSegmentator result holds both), else None (the
+    design then keeps out what the CT shows: exclude-seed vessels, airway, canal)."""
+    from .errors import PlanError
+    from .keepout import from_labels
+    from .levelsource import keep_out_from_segmentation
+
+    for node, required in ((keep_out_segmentation, True), (level_segmentation, False)):
+        if node is None:
+            continue
+        try:
+            labels, values = keep_out_from_segmentation(node, ct_node)
+        except PlanError:
+            if required:
+                raise
+            continue
+        return from_labels(labels, ijk_to_ras_matrix(ct_node), values, names)
+    return None
 
 
 def ct_description(ct_node) -> dict:

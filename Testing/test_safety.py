@@ -1,0 +1,91 @@
+"""Keep-out measurement and the safety gate, on synthetic geometry with known answers: the clearance and overlap
+of a mesh against a labelled structure, findings that block export until accepted, and the measurements-table rows
+the GUI shows."""
+
+import numpy as np
+import pytest
+
+from PatientImplantPlannerLib.errors import PlanError
+from PatientImplantPlannerLib.keepout import from_labels, keep_out_name
+from PatientImplantPlannerLib.mesh import TriMesh
+from PatientImplantPlannerLib.plan import Plan, require_accepted, safety_findings
+from PatientImplantPlannerLib.planscene import _safety_rows
+
+
+def _box(lo, hi) -> TriMesh:
+    lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+    v = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    f = np.array([[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
+                  [2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]])
+    return TriMesh(v, f)
+
+
+@pytest.fixture(scope="module")
+def aorta_slab():
+    """A 1 mm grid with an 'aorta' (TotalSegmentator value 52) filling x >= 10 mm."""
+    labels = np.zeros((40, 40, 40), dtype=np.int16)  # [k, j, i]
+    labels[:, :, 10:] = 52
+    return from_labels(labels, np.eye(4))
+
+
+def test_clearance_and_overlap_are_measured(aorta_slab):
+    assert aorta_slab.names == ["aorta"]
+    # The structure's voxel centres start at x = 10; its surface lies half a voxel before (9.5 mm).
+    near = aorta_slab.measure(_box([2, 5, 5], [6.5, 20, 20]))["aorta"]
+    assert near["clearance_mm"] == pytest.approx(3.0, abs=0.3)
+    assert near["overlap_mm3"] == 0.0
+    inside = aorta_slab.measure(_box([8, 5, 5], [14, 20, 20]))["aorta"]
+    assert inside["clearance_mm"] < 0
+    # The labelled voxels fill x >= 9.5 mm: 4.5 x 15 x 15 mm = 1012.5 mm3 of the box is inside; counted on the
+    # 0.5 mm grid (points on the box's faces included), so it comes out a little larger, never smaller.
+    assert 1012.5 <= inside["overlap_mm3"] <= 1.2 * 1012.5
+
+
+def test_findings_block_export_until_accepted(aorta_slab):
+    plan = Plan(case_id="SAFE-1", keep_out_clearance_mm=2.0)
+    measured = aorta_slab.measure(_box([8, 5, 5], [14, 20, 20]))
+    safety, blocking = safety_findings(plan, measured, [], aorta_slab)
+    assert [i for i, _ in blocking] == ["clearance:aorta"]
+    assert safety["findings"][0]["accepted"] is False
+
+    class Result:
+        pass
+
+    result = Result()
+    result.blocking = blocking
+    with pytest.raises(PlanError, match="not safe to export") as err:
+        require_accepted(result)
+    assert "accepted_risks" in err.value.fix and '"clearance:aorta"' in err.value.fix
+
+    plan.accepted_risks = ["clearance:aorta"]
+    safety, blocking = safety_findings(plan, measured, [], aorta_slab)
+    assert blocking == [] and safety["accepted"] == ["clearance:aorta"]
+    result.blocking = blocking
+    require_accepted(result)  # no error once accepted
+
+
+def test_table_rows_show_clearances_and_findings(aorta_slab):
+    plan = Plan(case_id="SAFE-2")
+    safety, _ = safety_findings(plan, aorta_slab.measure(_box([8, 5, 5], [14, 20, 20])), [], aorta_slab)
+    rows = _safety_rows(safety, {"angle_deg": 70.0, "how": "automatic"})
+    labels = [r[0] for r in rows]
+    assert "Placement angle (automatic)" in labels
+    assert "Clearance to aorta" in labels and "Implant inside aorta" in labels
+    finding = [r for r in rows if r[0] == "Finding clearance:aorta"]
+    assert finding and finding[0][2] == "blocks export"
+
+
+def test_structure_names_are_recognised():
+    assert keep_out_name("Aorta") == "aorta"
+    assert keep_out_name("oesophagus") == "esophagus"
+    assert keep_out_name("spinal cord") == "spinal_cord"
+    assert keep_out_name("vertebrae_L1") is None
+
+
+def test_safety_options_are_checked_before_any_work():
+    with pytest.raises(PlanError, match="keep_out_clearance_mm"):
+        Plan(keep_out_clearance_mm=50.0).validate_safety_options()
+    with pytest.raises(PlanError, match="finding ids"):
+        Plan(accepted_risks=["aorta"]).validate_safety_options()
+    with pytest.raises(PlanError, match="placement_angle_deg"):
+        Plan(proximal_point_ras=[0, 0, 0], distal_point_ras=[0, 0, -30], placement_angle_deg=400.0).validate()
