@@ -486,8 +486,8 @@ def build_envelope(bone_mask: np.ndarray, ijk_to_ras, params: MirrorDefectParame
     envelope, crumbs = _drop_crumbs(envelope)
     if crumbs >= 1.0:
         warnings.append(f"{crumbs:.1f} mm3 of small envelope pieces (< 1 % of the largest) were dropped")
-    remaining_ct = bone & ~(resection.signed(_ras(ijk_to_ras, np.indices(bone.shape).reshape(3, -1).T))
-                            > 0).reshape(bone.shape)
+    remaining_ct = bone.copy()  # only bone voxels are evaluated: a full-CT index grid would need gigabytes
+    remaining_ct[tuple(np.argwhere(bone)[removed].T)] = False
     result = DefectResult(plane, envelope, remaining_mesh, defect_mesh, {}, grid, env, dist, region, remaining_ct,
                           warnings)
     result.measurements = measure(result, params)
@@ -739,6 +739,33 @@ def build_structure(ct_array, ijk_to_ras, result: DefectResult, params: MirrorDe
     figures["implant_volume_mm3"] = round(implant.volume(), 2)
     figures["implant_triangles"] = int(implant.n_triangles)
     return StructureResult(implant, dense, zone, mode, plans, figures, warnings)
+
+
+def example_parameters() -> dict:
+    """A left hemisacrectomy on the bundled sample CT (3 mm, L5 to the pelvis), as a plan would give it.
+
+    The resected block: left of 5 mm beside the midline, medial of the sacroiliac joint (x = -48), behind the
+    pubis (A < 145), above the lower sacrum (S > 140) and below the L5-S1 disc (a horizontal cap at S = 242 and a
+    plane along the S1 endplate, tilted 30 degrees). The strut runs from the S1 endplate side down to the ilium,
+    the rod seat sits on the implant's posterior face (towards L3), and the two 6.5 mm screws cross into the
+    remaining S1 body (checked breach-free on this CT; iliac screws need a filled bone segmentation)."""
+    remove = "positive"
+    return {
+        "resection_planes": [
+            {"origin_ras": [-5.0, 0.0, 0.0], "normal_ras": [-1.0, 0.0, 0.0], "remove": remove},
+            {"origin_ras": [-48.0, 0.0, 0.0], "normal_ras": [1.0, 0.0, 0.0], "remove": remove},
+            {"origin_ras": [0.0, 145.0, 0.0], "normal_ras": [0.0, -1.0, 0.0], "remove": remove},
+            {"origin_ras": [0.0, 0.0, 140.0], "normal_ras": [0.0, 0.0, 1.0], "remove": remove},
+            {"origin_ras": [0.0, 0.0, 242.0], "normal_ras": [0.0, 0.0, -1.0], "remove": remove},
+            {"origin_ras": [0.0, 120.0, 244.0], "normal_ras": [0.0, -0.5, -0.866], "remove": remove},
+        ],
+        "grid_mm": 1.0,  # a third of the CT's 3 mm voxel
+        "struts": [[[-12.0, 118.0, 236.0], [-44.0, 90.0, 200.0]]],
+        "rod": {"point_ras": [-24.0, 57.7, 202.0], "direction_ras": [0.0, 0.3, 1.0]},
+        "screws": [{"name": "S1 upper", "entry": [-35.0, 110.0, 225.0], "target": [10.0, 110.0, 225.0]},
+                   {"name": "S1 lower", "entry": [-35.0, 105.0, 215.0], "target": [10.0, 105.0, 215.0]}],
+        "screw_parameters": {"screw_type": "6.5 cancellous"},
+    }
 
 
 # ---- the whole run: files and a manifest-like summary -----------------------------------------------------------
