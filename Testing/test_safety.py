@@ -89,3 +89,19 @@ def test_safety_options_are_checked_before_any_work():
         Plan(accepted_risks=["aorta"]).validate_safety_options()
     with pytest.raises(PlanError, match="placement_angle_deg"):
         Plan(proximal_point_ras=[0, 0, 0], distal_point_ras=[0, 0, -30], placement_angle_deg=400.0).validate()
+
+
+def test_record_checklist_row_follows_the_measured_clearances(aorta_slab):
+    from PatientImplantPlannerLib.report import ATTENTION, OK, TODO, risk_checklist
+
+    def row(safety):
+        rows = risk_checklist({"implant": {"measurements": {"safety": safety}}})
+        return next(r for r in rows if r[0] == "Clearance to keep-out anatomy")
+
+    plan = Plan(case_id="SAFE-3")
+    clear, _ = safety_findings(plan, aorta_slab.measure(_box([2, 5, 5], [6.5, 20, 20])), [], aorta_slab)
+    assert row(clear)[1] == OK and "Closest: aorta" in row(clear)[2]
+    plan.accepted_risks = ["clearance:aorta"]
+    accepted, _ = safety_findings(plan, aorta_slab.measure(_box([8, 5, 5], [14, 20, 20])), [], aorta_slab)
+    assert row(accepted)[1] == ATTENTION and "Accepted by the user" in row(accepted)[2]
+    assert row(None)[1] == TODO

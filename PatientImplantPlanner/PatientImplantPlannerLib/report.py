@@ -22,6 +22,7 @@ REPORT_SECTIONS = [
     "Bone segmentation",
     "Implant design",
     "Screws",
+    "Keep-out anatomy",
     "Oversized variants",
     "Porous bone-contact interface",
     "Surgical guides",
@@ -231,6 +232,8 @@ def risk_checklist(record: dict) -> list:
             f"Bone volume {vol:.1f} ml from the recorded parameters." if vol else "No bone volume recorded.",
         )
     )
+
+    rows.append(_keep_out_row(m.get("safety")))
 
     inter = _num(m.get("interference_mm3"))
     if inter is None:
@@ -581,6 +584,58 @@ def _section_screws(doc: _Doc, r: dict) -> None:
     )
 
 
+def _keep_out_row(safety) -> tuple:
+    """Checklist row from the measured clearances: OK when every checked structure keeps the required clearance,
+    ATTENTION for an accepted finding or a structure not checked, TO DO when nothing was measured."""
+    if not safety:
+        return ("Clearance to keep-out anatomy", TODO, "No keep-out structures measured.")
+    req = _num(safety.get("required_clearance_mm"))
+    measured = {k: v for k, v in (safety.get("clearance_mm") or {}).items() if v is not None}
+    findings = safety.get("findings") or []
+    not_checked = (safety.get("keep_out") or {}).get("not_checked") or {}
+    worst = min(measured.items(), key=lambda kv: kv[1]) if measured else None
+    basis = (f"Closest: {worst[0].replace('_', ' ')} {worst[1]:.1f} mm (required {req:g} mm), measured on the "
+             "nominal implant and the largest variant." if worst else "No structure within 15 mm of the implant.")
+    if findings:
+        basis += " Accepted by the user: " + "; ".join(f["message"] for f in findings if f.get("accepted")) + "."
+    if not_checked:
+        basis += " Not checked: " + ", ".join(k.replace("_", " ") for k in not_checked) + " (confirm on the CT)."
+    status = ATTENTION if findings or not_checked else OK
+    return ("Clearance to keep-out anatomy", status, basis)
+
+
+def _section_keep_out(doc: _Doc, r: dict) -> None:
+    doc.section("Keep-out anatomy")
+    m = _get(r, "implant", "measurements", default={}) or {}
+    safety = m.get("safety") or {}
+    placement = m.get("placement_detail") or {}
+    if placement.get("angle_deg") is not None:
+        doc.para(f"Strut placed {fmt(placement.get('how'))} at {fmt(placement.get('angle_deg'))} degrees around the "
+                 "spinal axis (0 anterior, +90 the patient's right), lying against the vertebral bodies.")
+    if not safety:
+        doc.para("No keep-out structures were measured: n/a.")
+        return
+    ko = safety.get("keep_out") or {}
+    rows = []
+    for name, c in (safety.get("clearance_mm") or {}).items():
+        overlap = (safety.get("overlap_mm3") or {}).get(name) or 0.0
+        ok = c is None or c >= (safety.get("required_clearance_mm") or 0.0)
+        rows.append([name.replace("_", " "), fmt((ko.get("structures") or {}).get(name)),
+                     "> 15" if c is None else fmt(c, 1), fmt(overlap, 0), OK if ok else ATTENTION])
+    doc.table(["Structure", "Source", "Clearance (mm)", "Inside implant (mm³)", "Status"], rows, [30, 18, 17, 20, 15],
+              status_col=4)
+    doc.para(f"Required clearance {fmt(safety.get('required_clearance_mm'))} mm from every structure, measured on "
+             "the exported nominal implant and its largest variant (0.5 mm grid, labels by nearest neighbour).")
+    not_checked = ko.get("not_checked") or {}
+    if not_checked:
+        doc.bullets([f"Not checked: {k.replace('_', ' ')} ({v}); confirm its clearance on the CT."
+                     for k, v in not_checked.items()])
+    findings = safety.get("findings") or []
+    if findings:
+        doc.bullets([f"{f['id']}: {f['message']} ({'accepted by the user' if f.get('accepted') else 'not accepted'})"
+                     for f in findings])
+
+
 def _section_variants(doc: _Doc, r: dict) -> None:
     doc.section("Oversized variants")
     m = _get(r, "implant", "measurements", default={}) or {}
@@ -733,8 +788,8 @@ def design_considerations(r: dict) -> list:
             f"Implant volume inside bone {fmt(m.get('interference_mm3'), 2)} mm³; strut {section_text}; footplate "
             f"thickness {fmt(p.get('footplate_thickness_mm'))} mm",
             f"The implant must not occupy bone beyond its planned contact surfaces (limit {MAX_INTERFERENCE_MM3} "
-            "mm³, measured by exact mesh booleans). Clearance to vessels, nerves and the spinal canal is to be "
-            "confirmed by the surgeon on the CT slices and the 3D view.",
+            "mm³, measured by exact mesh booleans). Clearance to vessels, airway, oesophagus and the spinal cord is "
+            "measured per structure (section Keep-out anatomy); structures not checked are listed there.",
         ),
         (
             "Material",
@@ -890,6 +945,7 @@ def build_document(record: dict, images: dict) -> _Doc:
     _section_segmentation(doc, r)
     _section_implant(doc, r)
     _section_screws(doc, r)
+    _section_keep_out(doc, r)
     _section_variants(doc, r)
     _section_lattice(doc, r)
     _section_guides(doc, r)
