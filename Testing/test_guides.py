@@ -13,10 +13,12 @@ from PatientImplantPlannerLib.anatomy import Endplate
 from PatientImplantPlannerLib.errors import PlanError
 from PatientImplantPlannerLib.guides import (
     GuideParameters,
+    check_docking_room,
     docking_guide,
     drill_guide,
     guides_for_plan,
     strut_deviation_mm,
+    stub_room_mm,
 )
 from PatientImplantPlannerLib.implant import HoleSpec, ImplantParameters, build_implant
 from PatientImplantPlannerLib.mesh import TriMesh, check_mesh, from_manifold, to_manifold, to_polydata
@@ -381,8 +383,19 @@ def test_bad_guide_inputs_are_refused(kyphotic):
     hugging = Traj("hugging", "proximal", centre + T * n + 7.8 * lateral, -n)
     with pytest.raises(PlanError, match="close to the strut"):
         drill_guide(nominal, "proximal", [hugging], [SCREW_D], "nominal", gp)
-    with pytest.raises(PlanError, match="stub"):
-        docking_guide(nominal, params, "proximal", "T12", "nominal", GuideParameters(stub_length_mm=60.0))
+    # A stub longer than the implant allows adapts: it stops 1 mm short of the other footplate.
+    room = stub_room_mm(nominal, "proximal")
+    assert 2.0 < room < 60.0
+    long_stub = docking_guide(nominal, params, "proximal", "T12", "nominal", GuideParameters(stub_length_mm=60.0))
+    fitted = docking_guide(nominal, params, "proximal", "T12", "nominal", GuideParameters(stub_length_mm=room))
+    assert long_stub.mesh.volume() == pytest.approx(fitted.mesh.volume(), rel=1e-6)
+    # An implant with no room for the shortest stub is refused before any part is built.
+    axis = np.array([[0.0, 0.0, 10.0], [0.0, 0.0, -10.0]])
+    short = build_implant(axis, Endplate([0, 0, 4.25], [0, 0, -1.0], [0, 1.0, 0], R_LR, R_AP),
+                          Endplate([0, 0, -4.25], [0, 0, 1.0], [0, 1.0, 0], R_LR, R_AP), ImplantParameters())
+    with pytest.raises(PlanError, match="docking guide needs a strut stub") as err:
+        check_docking_room([short])
+    assert "docking_guides" in err.value.fix
     with pytest.raises(PlanError, match="Unknown guide parameter"):
         GuideParameters.from_dict({"stub_mm": 3})
     gp2 = GuideParameters.from_dict(GuideParameters(drill_diameters={"3.5": 2.7}).as_dict())

@@ -286,6 +286,10 @@ def export_bundle(
     params = params or ExportParameters()
     params.validate()
     require_accepted(result)  # unaccepted safety findings refuse the export before anything is built
+    if "docking_guides" in params.parts:
+        from .guides import check_docking_room
+
+        check_docking_room([result.nominal, *result.variants.values()])
     if folder is None:
         if out_parent is None:
             raise PlannerError("No export location given.", "Pass out_parent (a new folder is made in it) or folder.")

@@ -375,6 +375,27 @@ def _contact_face(mesh: TriMesh, seat: _Seat, tol: float = 1e-3) -> TriMesh:
 # ---- docking trial guide ---------------------------------------------------------------------------------------
 
 
+def stub_room_mm(geom, end: str) -> float:
+    """The longest stub a docking guide of this implant end can keep: up to 1 mm short of the other footplate."""
+    seat = _seat(geom, end)
+    _, _, s = _end_path(geom, end)
+    return float(s[-1] - 2 * seat.thickness - 1.0)
+
+
+def check_docking_room(geoms, ends=ENDS) -> None:
+    """Refuse, before any lattice or export work, an implant too short for even the shortest docking stub."""
+    for geom in geoms:
+        for end in ends:
+            room = stub_room_mm(geom, end)
+            if room < STUB_RANGE_MM[0]:
+                raise PlanError(
+                    f"The {end} docking guide needs a strut stub of at least {STUB_RANGE_MM[0]:g} mm, but this "
+                    f"implant leaves only {max(room, 0):.1f} mm between its footplates.",
+                    "Export without docking guides (--parts without docking_guides, or the plan's outputs.parts), "
+                    "or use thinner footplates (implant.footplate_thickness_mm).",
+                )
+
+
 def docking_guide(geom, params, end: str, level: str, size_label: str, gp: GuideParameters) -> Guide:
     """The implant's ``end`` in PA12: footplate with its screw holes and a strut stub, cut from the implant solid
     (its docking face is the implant's), plus a handle along the strut with the label on its anterior flat."""
@@ -385,18 +406,8 @@ def docking_guide(geom, params, end: str, level: str, size_label: str, gp: Guide
     seat = _seat(geom, end)
     t = seat.thickness
     path, frames, s = _end_path(geom, end)
-    cut_at = t + float(gp.stub_length_mm)
-    if cut_at > s[-1] - t - 1.0:
-        room = s[-1] - 2 * t - 1.0
-        where = "(--stub-length on the command line, or the plan's outputs.guides.stub_length_mm)"
-        raise PlanError(
-            f"The docking guide's stub ({gp.stub_length_mm:g} mm beyond a {t:g} mm footplate) would reach the other "
-            f"footplate of this {s[-1]:.0f} mm implant.",
-            f"Set the stub length below {room:.0f} mm {where}."
-            if room >= STUB_RANGE_MM[0]
-            else f"The implant leaves no room for the shortest stub ({STUB_RANGE_MM[0]:g} mm): export without "
-            "docking guides (--parts without docking_guides, or the plan's outputs.parts).",
-        )
+    # A stub longer than the implant allows adapts to it (it stops 1 mm short of the other footplate).
+    cut_at = t + min(float(gp.stub_length_mm), stub_room_mm(geom, end))
     point, rot = _frame_at(path, frames, s, cut_at)
     d = rot[2]
     implant = to_manifold(geom.mesh)
