@@ -48,6 +48,21 @@ def test_symmetry_plane_found_within_1mm_and_1deg(phantom, left):
     assert left.measurements["symmetry_plane"]["residual_mm"] == pytest.approx(plane.residual_mm, abs=1e-3)
 
 
+def test_symmetry_plane_found_when_one_side_is_missing(phantom):
+    """A bone already lacking its left hemisacrum (21 % of the bone, as after tumour destruction): the trimmed
+    reflection ICP still finds the plane."""
+    planes = phantom.hemisacrectomy_planes("left")
+    kji = np.argwhere(phantom.bone_mask)
+    ras = md.voxel_centres_ras(phantom.ijk_to_ras, kji)
+    gone = np.min([(ras - p["origin_ras"]) @ np.asarray(p["normal_ras"]) for p in planes], axis=0) > 0
+    bone = phantom.bone_mask.copy()
+    bone[tuple(kji[gone].T)] = False
+    plane = md.find_symmetry_plane(bone, phantom.ijk_to_ras)
+    assert np.degrees(np.arccos(min(1.0, abs(plane.normal @ phantom.plane_normal)))) <= 1.0
+    assert abs((phantom.plane_origin - plane.origin) @ plane.normal) <= 1.0
+    assert plane.matched_fraction < 0.9  # the missing side shows in the figures
+
+
 def test_left_hemisacrectomy_implant_fills_the_defect(phantom, left):
     m = left.measurements
     assert check_mesh(left.envelope).ok and check_mesh(left.defect).ok
@@ -57,7 +72,7 @@ def test_left_hemisacrectomy_implant_fills_the_defect(phantom, left):
     # Independent of the engine's meshes: no voxel of the true remaining bone has its centre in the implant.
     planes = phantom.hemisacrectomy_planes("left")
     kji = np.argwhere(phantom.bone_mask)
-    ras = md._ras(phantom.ijk_to_ras, kji)
+    ras = md.voxel_centres_ras(phantom.ijk_to_ras, kji)
     removed = np.min([(ras - p["origin_ras"]) @ np.asarray(p["normal_ras"]) for p in planes], axis=0) > 0
     lo, hi = left.envelope.bounds()
     near = ~removed & np.all((ras > lo - 1) & (ras < hi + 1), axis=1)
@@ -109,6 +124,7 @@ def test_structure_skin_strut_connector_and_screw(phantom, left):
     assert s.mode == "zone" and any("porous zone" in w for w in s.warnings)  # 10^8 lattice samples: over budget
     for mesh in (s.implant, s.dense, s.porous_zone):
         assert check_mesh(mesh).ok
+    assert s.figures["implant_bone_overlap_mm3"] <= 1.0  # the connector and holes keep the clearance
     mid = np.mean(strut, axis=0)
     assert _inside(s.dense, mid)[0]  # the strut is dense
     assert not _inside(s.porous_zone, mid)[0]
@@ -231,14 +247,14 @@ def test_lumbar_ct_left_s1_resection_envelope():
     """The bundled 3 mm CT (L5, sacrum, pelvis): a plausible plane and an envelope for a painted left S1 half."""
     ct, m, bone, labels = _lumbar()
     s1 = labels == 26
-    x = md._ras(m, np.indices(bone.shape).reshape(3, -1).T)[:, 0].reshape(bone.shape)
-    s1_centre = md._ras(m, np.argwhere(s1)).mean(axis=0)
+    x = md.voxel_centres_ras(m, np.indices(bone.shape).reshape(3, -1).T)[:, 0].reshape(bone.shape)
+    s1_centre = md.voxel_centres_ras(m, np.argwhere(s1)).mean(axis=0)
     resection = s1 & (x < s1_centre[0] - 5.0)
     result = md.build_envelope(bone, m, md.MirrorDefectParameters(grid_mm=1.0), resection_mask=resection)
     plane, meas = result.plane, result.measurements
     assert abs(plane.normal[0]) > np.cos(np.radians(10.0))  # left-right, as the patient lies on the table
     for name in (26, 27):  # S1 and L5 centres lie on the mid-sagittal plane (within a voxel or two)
-        c = md._ras(m, np.argwhere(labels == name)).mean(axis=0)
+        c = md.voxel_centres_ras(m, np.argwhere(labels == name)).mean(axis=0)
         assert abs((c - plane.origin) @ plane.normal) < 6.0
     assert plane.residual_mm < 3.0  # about the 3 mm voxel
     assert 0.7 <= meas["implant_volume_mm3"] / meas["defect_volume_mm3"] <= 1.1, meas
@@ -252,7 +268,7 @@ def test_lumbar_ct_example_plan_end_to_end(tmp_path):
     out = tmp_path / "hemisacrectomy"
     manifest = md.run_mirror_defect(ct, m, bone, md.example_parameters(), str(out))
     d = manifest["defect"]
-    assert d["bone_overlap_mm3"] <= 1.0
+    assert d["bone_overlap_mm3"] <= 1.0 and d["structure"]["implant_bone_overlap_mm3"] <= 1.0
     assert 0.85 <= d["implant_volume_mm3"] / d["defect_volume_mm3"] <= 1.05, d
     assert d["structure"]["mode"] == "zone"  # a 30 cm3 porous body is far over the lattice budget
     assert {f["role"] for f in manifest["files"]} >= {"implant", "implant_dense", "implant_porous_zone",

@@ -199,7 +199,8 @@ class SymmetryPlane:
                 "found_automatically": self.found}
 
 
-def _ras(ijk_to_ras, kji) -> np.ndarray:
+def voxel_centres_ras(ijk_to_ras, kji) -> np.ndarray:
+    """RAS of voxel indices given as [k, j, i] rows (numpy order)."""
     m = np.asarray(ijk_to_ras, dtype=float)
     return kji[:, ::-1].astype(float) @ m[:3, :3].T + m[:3, 3]
 
@@ -207,7 +208,7 @@ def _ras(ijk_to_ras, kji) -> np.ndarray:
 def surface_points(bone_mask: np.ndarray, ijk_to_ras) -> np.ndarray:
     """RAS centres of the bone's boundary voxels (bone with a non-bone 6-neighbour)."""
     mask = np.asarray(bone_mask, bool)
-    return _ras(ijk_to_ras, np.argwhere(mask & ~ndimage.binary_erosion(mask, border_value=0)))
+    return voxel_centres_ras(ijk_to_ras, np.argwhere(mask & ~ndimage.binary_erosion(mask, border_value=0)))
 
 
 def _reflection_fit(p: np.ndarray, q: np.ndarray) -> tuple:
@@ -427,7 +428,7 @@ def build_envelope(bone_mask: np.ndarray, ijk_to_ras, params: MirrorDefectParame
         raise PlanError("The bone mask is empty.", "Segment the bone first.")
     for n, (o, nn) in enumerate(resection.planes):
         _require_cuts(surf, o, nn, f"Resection plane {n + 1}")
-    centres = _ras(ijk_to_ras, np.argwhere(bone))
+    centres = voxel_centres_ras(ijk_to_ras, np.argwhere(bone))
     removed = resection.signed(centres) > 0
     if not removed.any():
         raise PlanError("The resection is empty: it removes no bone.",
@@ -737,6 +738,13 @@ def build_structure(ct_array, ijk_to_ras, result: DefectResult, params: MirrorDe
         dense = finish(dense, True)
     zone = finish(zone, False)
     figures["implant_volume_mm3"] = round(implant.volume(), 2)
+    # The finished part (connector, holes) against the remaining bone: the envelope's clearance must survive.
+    overlap = (to_manifold(implant) ^ to_manifold(result.remaining_bone)).volume() if len(result.remaining_bone.faces) \
+        else 0.0
+    figures["implant_bone_overlap_mm3"] = round(float(overlap), 4)
+    if overlap > 1.0:
+        warnings.append(f"the finished implant overlaps the remaining bone by {overlap:.1f} mm3 (rod connector or "
+                        "strut beyond the envelope): move the rod seat away from the bone")
     figures["implant_triangles"] = int(implant.n_triangles)
     return StructureResult(implant, dense, zone, mode, plans, figures, warnings)
 
