@@ -105,3 +105,23 @@ def test_record_checklist_row_follows_the_measured_clearances(aorta_slab):
     accepted, _ = safety_findings(plan, aorta_slab.measure(_box([8, 5, 5], [14, 20, 20])), [], aorta_slab)
     assert row(accepted)[1] == ATTENTION and "Accepted by the user" in row(accepted)[2]
     assert row(None)[1] == TODO
+
+
+def test_axial_slice_tints_keep_out_structures(tmp_path, aorta_slab):
+    """The record's axial pictures tint each keep-out structure: the tinted pixels are where the structure is."""
+    from PIL import Image
+
+    from PatientImplantPlannerLib.render import render_ct_slice_with_outline
+
+    ct = np.full((40, 40, 40), 40, dtype=np.int16)  # soft tissue everywhere, [k, j, i] = [z, y, x] on a 1 mm grid
+    s = aorta_slab.structures[0]
+    path = render_ct_slice_with_outline(ct, np.eye(4), [(_box([2, 5, 5], [6.5, 20, 20]), (0, 1, 1), 1.0)],
+                                        str(tmp_path / "axial.png"), plane="axial", center_ras=[5.0, 12.0, 12.0],
+                                        overlays=[(s.mask, s.offset, (1.0, 0.0, 0.0))], pixel_mm=0.5, margin_mm=8.0)
+    img = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    red = (img[:, :, 0] - img[:, :, 1] > 60) & (img[:, :, 0] - img[:, :, 2] > 60)
+    cyan = (img[:, :, 1] > 200) & (img[:, :, 2] > 200) & (img[:, :, 0] < 80)
+    assert red.sum() > 500 and cyan.sum() > 50
+    # Radiological convention, the patient's right (+x in RAS) on the image's left: the structure (x >= 9.5) lies
+    # left of the implant (x 2-6.5).
+    assert np.nonzero(red)[1].mean() < np.nonzero(cyan)[1].mean()

@@ -390,6 +390,40 @@ def design_record(result, entries, lattice_rows, parts, ct_description, segmenta
                                IMPLANT_MATERIAL)
 
 
+KEEP_OUT_COLOURS = [("red", (0.95, 0.2, 0.2)), ("blue", (0.2, 0.45, 1.0)), ("green", (0.2, 0.85, 0.3)),
+                    ("orange", (1.0, 0.6, 0.1)), ("purple", (0.8, 0.3, 0.9)), ("teal", (0.1, 0.85, 0.85))]
+
+
+def _keep_out_slices(result, ct_array, ijk_to_ras, tmp) -> dict:
+    """Axial CT slices at each footplate and where the implant comes closest to a keep-out structure, the
+    structures tinted (each its own colour, named in the caption) and the implant outlined."""
+    from .render import OUTLINE_IMPLANT_RGB, render_ct_slice_with_outline
+
+    ko = getattr(result, "keep_out", None)
+    safety = result.measurements.get("safety") or {}
+    if ko is None or not ko.structures:
+        return {}
+    near = [s for s in ko.structures if (safety.get("clearance_mm") or {}).get(s.name) is not None]
+    colours = {s.name: KEEP_OUT_COLOURS[i % len(KEEP_OUT_COLOURS)] for i, s in enumerate(near)}
+    legend = ", ".join(f"{s.name.replace('_', ' ')} {colours[s.name][0]}" for s in near) or "none near"
+    overlays = [(s.mask, s.offset, colours[s.name][1]) for s in near]
+    clearance = {k: v for k, v in (safety.get("clearance_mm") or {}).items() if v is not None}
+    spots = [("proximal footplate", result.nominal.porous_regions[0].centre),
+             ("distal footplate", result.nominal.porous_regions[-1].centre)]
+    if clearance:
+        name = min(clearance, key=clearance.get)
+        spots.append((f"narrowest clearance ({name.replace('_', ' ')} {clearance[name]:.1f} mm)",
+                      np.asarray(safety["closest_ras"][name], float)))
+    images = {}
+    for n, (what, centre) in enumerate(spots):
+        path = render_ct_slice_with_outline(ct_array, ijk_to_ras, [(result.nominal.mesh, OUTLINE_IMPLANT_RGB, 1.0)],
+                                            os.path.join(tmp, f"ct_axial_{n}.png"), plane="axial",
+                                            center_ras=centre, overlays=overlays, margin_mm=30.0)
+        images[f"ct_axial_{n}"] = (path, f"Axial CT slice at the {what}: implant outline cyan; keep-out structures "
+                                         f"tinted ({legend}); patient's right on the left, anterior up.")
+    return images
+
+
 def _write_report(record, result, parts, bone_mask, ijk_to_ras, ct_array, folder, overwrite):
     import tempfile
 
@@ -410,4 +444,5 @@ def _write_report(record, result, parts, bone_mask, ijk_to_ras, ct_array, folder
                     ct_array, ijk_to_ras, [(implant, OUTLINE_IMPLANT_RGB, 1.0)], os.path.join(tmp, f"ct_{plane}.png"),
                     plane=plane, center_ras=centre,
                 )
+            images.update(_keep_out_slices(result, ct_array, ijk_to_ras, tmp))
         return write_report(record, images, folder, basename="design_record", overwrite=overwrite)

@@ -171,10 +171,12 @@ class KeepOut:
             d = d - pitch / 2
             d[sample_label == n + 1] = -pitch / 2
             clearance = float(d.min())
+            closest = samples[int(np.argmin(d))]
             overlap = float((inside & m).sum()) * pitch**3
             if overlap > 0:
                 clearance = min(clearance, -pitch / 2)
-            out[s.name] = {"clearance_mm": round(clearance, 2), "overlap_mm3": round(overlap, 1)}
+            out[s.name] = {"clearance_mm": round(clearance, 2), "overlap_mm3": round(overlap, 1),
+                           "closest_ras": [round(float(x), 2) for x in closest]}
         return out
 
 

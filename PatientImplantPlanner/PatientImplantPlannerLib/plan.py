@@ -217,6 +217,7 @@ class PlanResult:
     seconds: dict = field(default_factory=dict)
     implant_parameters: object = None  # the ImplantParameters built (placement applied)
     blocking: list = field(default_factory=list)  # [(id, message)] safety findings not accepted: export refuses
+    keep_out: object = None  # keepout.KeepOut the plan was checked against (for the record's pictures)
     fe: Optional[dict] = None  # {size label: fe figures} when the finite-element check ran (fe.PlanFE.manifest())
 
 
@@ -295,6 +296,7 @@ def safety_findings(plan: Plan, measured: dict, screw_plans, keep_out) -> tuple:
     """(safety dict for the measurements / manifest, [(id, message)] findings that block export unless accepted)."""
     required = float(plan.keep_out_clearance_mm)
     clearance = {k: v["clearance_mm"] for k, v in measured.items()}
+    closest = {k: v.get("closest_ras") for k, v in measured.items() if v.get("clearance_mm") is not None}
     overlap = {k: v["overlap_mm3"] for k, v in measured.items()}
     findings = []
     for name, c in clearance.items():
@@ -314,6 +316,7 @@ def safety_findings(plan: Plan, measured: dict, screw_plans, keep_out) -> tuple:
         "required_clearance_mm": required,
         "clearance_mm": clearance,
         "overlap_mm3": overlap,
+        "closest_ras": closest,  # where on the implant each structure comes closest
         "keep_out": keep_out.describe() if keep_out is not None else {"source": "none", "structures": {},
                                                                       "not_checked": {"all": "no keep-out anatomy"}},
         "findings": [{"id": i, "message": m, "accepted": (i, m) in accepted} for i, m in findings],
@@ -497,5 +500,6 @@ def design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress=None, l
         seconds=seconds,
         implant_parameters=implant_params,
         blocking=blocking,
+        keep_out=keep_out,
     )
     return result

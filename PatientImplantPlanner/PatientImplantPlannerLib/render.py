@@ -40,8 +40,11 @@ VIEWS = {
 SLICE_AXES = {
     "sagittal": (np.array([0.0, -1.0, 0.0]), np.array([0.0, 0.0, 1.0])),
     "coronal": (np.array([-1.0, 0.0, 0.0]), np.array([0.0, 0.0, 1.0])),
+    "axial": (np.array([-1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])),
 }
-SLICE_LABELS = {"sagittal": ("A", "P"), "coronal": ("R", "L")}  # (image left, image right)
+SLICE_LABELS = {"sagittal": ("A", "P"), "coronal": ("R", "L"), "axial": ("R", "L")}  # (image left, image right)
+SLICE_TOP_BOTTOM = {"sagittal": ("S", "I"), "coronal": ("S", "I"), "axial": ("A", "P")}
+OVERLAY_ALPHA = 0.45  # keep-out structures tint the CT this much
 
 
 def _rgb01(rgb) -> tuple:
@@ -359,8 +362,10 @@ def render_ct_slice_with_outline(
     pixel_mm: float = 0.5,
     margin_mm: float = 40.0,
     overwrite: bool = False,
+    overlays=(),
 ) -> str:
-    """Reformat a sagittal or coronal CT slice and draw each mesh's intersection contour on it; write a PNG.
+    """Reformat a sagittal, coronal or axial CT slice and draw each mesh's intersection contour on it; write a PNG.
+    ``overlays``: [(bool crop [k, j, i], crop origin (k, j, i), rgb)] tint the voxels of labelled structures.
 
     ``ct_array`` is indexed [k, j, i]; ``ijk_to_ras`` is its 4x4 matrix. ``meshes``: [(TriMesh RAS, rgb[, _])]
     with the implant FIRST: the slice goes through ``center_ras``, by default the centre of the first mesh's
@@ -401,7 +406,17 @@ def render_ct_slice_with_outline(
     hu = map_coordinates(ct, [ijk[:, 2], ijk[:, 1], ijk[:, 0]], order=1, mode="constant", cval=air, output=np.float32)
     level, width = float(window[0]), float(window[1])
     grey = np.clip((hu.reshape(nrows, ncols) - (level - width / 2)) / max(width, 1e-6) * 255.0, 0, 255)
-    pil = Image.fromarray(np.repeat(grey.astype(np.uint8)[:, :, None], 3, axis=2), "RGB")
+    rgb_img = np.repeat(grey[:, :, None], 3, axis=2)
+    kji = np.rint(ijk[:, ::-1]).astype(np.int64)
+    for crop, offset, colour in overlays:
+        local = kji - np.asarray(offset)
+        ok = np.all((local >= 0) & (local < np.array(crop.shape)), axis=1)
+        hit = np.zeros(len(kji), dtype=bool)
+        hit[ok] = crop[local[ok, 0], local[ok, 1], local[ok, 2]]
+        hit = hit.reshape(nrows, ncols)
+        tint = np.array([255 * c for c in _rgb01(colour)], dtype=np.float32)
+        rgb_img[hit] = (1 - OVERLAY_ALPHA) * rgb_img[hit] + OVERLAY_ALPHA * tint
+    pil = Image.fromarray(rgb_img.astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(pil)
 
     def to_px(points):
@@ -425,8 +440,9 @@ def render_ct_slice_with_outline(
     fw, fh = framed.size
     draw.text((pad / 2, pad + nrows / 2), left, fill=(255, 255, 255), font=font, anchor="mm")
     draw.text((fw - pad / 2, pad + nrows / 2), right, fill=(255, 255, 255), font=font, anchor="mm")
-    draw.text((fw / 2, pad / 2), "S", fill=(255, 255, 255), font=font, anchor="mm")
-    draw.text((fw / 2, nrows + 1.5 * pad), "I", fill=(255, 255, 255), font=font, anchor="mm")
+    top, bottom = SLICE_TOP_BOTTOM[plane]
+    draw.text((fw / 2, pad / 2), top, fill=(255, 255, 255), font=font, anchor="mm")
+    draw.text((fw / 2, nrows + 1.5 * pad), bottom, fill=(255, 255, 255), font=font, anchor="mm")
     length_mm = _nice_length(0.25 * ncols * pixel_mm)
     x0, y0 = pad, fh - pad / 2
     draw.line([(x0, y0), (x0 + length_mm / pixel_mm, y0)], fill=(255, 255, 255), width=3)
