@@ -125,3 +125,35 @@ def test_axial_slice_tints_keep_out_structures(tmp_path, aorta_slab):
     # Radiological convention, the patient's right (+x in RAS) on the image's left: the structure (x >= 9.5) lies
     # left of the implant (x 2-6.5).
     assert np.nonzero(red)[1].mean() < np.nonzero(cyan)[1].mean()
+
+
+def test_keep_out_from_a_scene_segmentation(ctx):
+    """The GUI's keep-out source: segments named like structures ('Aorta', 'oesophagus') become keep-out structures
+    on the CT grid; a segmentation with none is refused when chosen as the keep-out source, skipped as the level
+    segmentation (which need not hold any)."""
+    from PatientImplantPlannerLib.phantom import make_spine_phantom
+    from PatientImplantPlannerLib.segments import set_segment_mask
+    from PatientImplantPlannerLib.workflow import keep_out_for
+
+    ph = make_spine_phantom(spacing=2.0, levels=("L1", "L2"), noise_hu=0.0)
+    ct = ph.add_to_scene(ctx)
+    seg = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "TotalSegmentator")
+    aorta = np.zeros(ph.array.shape, dtype=bool)
+    aorta[:, :5, :5] = True
+    oesophagus = np.zeros_like(aorta)
+    oesophagus[:, -5:, -5:] = True
+    for name, mask in (("Aorta", aorta), ("vertebrae_L1", ph.vertebra_labels == 1), ("oesophagus", oesophagus)):
+        sid = seg.GetSegmentation().AddEmptySegment("", name)
+        set_segment_mask(seg, sid, mask, ct)
+    ko = keep_out_for(ct, None, seg)
+    assert sorted(ko.names) == ["aorta", "esophagus"]
+    full = np.zeros(ph.array.shape, dtype=bool)
+    s = next(x for x in ko.structures if x.name == "aorta")
+    full[tuple(slice(o, o + n) for o, n in zip(s.offset, s.mask.shape))] = s.mask
+    assert np.array_equal(full, aorta)
+    bones_only = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "vertebrae")
+    set_segment_mask(bones_only, bones_only.GetSegmentation().AddEmptySegment("", "vertebrae_L1"),
+                     ph.vertebra_labels == 1, ct)
+    assert keep_out_for(ct, None, bones_only) is None
+    with pytest.raises(PlanError, match="no keep-out structures"):
+        keep_out_for(ct, bones_only, None)

@@ -29,15 +29,16 @@ def vertebra_name(text: str) -> Optional[str]:
     return f"{m.group(1).upper()}{int(m.group(2))}"
 
 
-def labels_from_segmentation(segmentation_node, ct_node) -> tuple:
-    """(label map uint8 [k, j, i] on the CT grid, {level name: value}) from a segmentation's vertebra segments."""
+def _named_segments(segmentation_node, ct_node, canonical, what: str, naming: str) -> tuple:
+    """(label map uint8 [k, j, i] on the CT grid, {name: value}) from the segments whose names ``canonical``
+    recognises (first segment of each name wins); PlanError naming ``what`` is missing otherwise."""
     from .segments import get_segment_mask
 
     segmentation = segmentation_node.GetSegmentation()
     labels, values = None, {}
     for n in range(segmentation.GetNumberOfSegments()):
         sid = segmentation.GetNthSegmentID(n)
-        name = vertebra_name(segmentation.GetSegment(sid).GetName())
+        name = canonical(segmentation.GetSegment(sid).GetName())
         if name is None or name in values:
             continue
         mask = get_segment_mask(segmentation_node, sid, ct_node)
@@ -46,11 +47,14 @@ def labels_from_segmentation(segmentation_node, ct_node) -> tuple:
         values[name] = len(values) + 1
         labels[mask] = values[name]
     if not values:
-        raise PlanError(
-            f"The segmentation {segmentation_node.GetName()!r} has no vertebra segments.",
-            "Use a segmentation whose segments are named like 'vertebrae_L1' or 'L1' (e.g. from TotalSegmentator).",
-        )
+        raise PlanError(f"The segmentation {segmentation_node.GetName()!r} has no {what}.",
+                        f"Use a segmentation whose segments are named like {naming} (e.g. from TotalSegmentator).")
     return labels, values
+
+
+def labels_from_segmentation(segmentation_node, ct_node) -> tuple:
+    """(label map uint8 [k, j, i] on the CT grid, {level name: value}) from a segmentation's vertebra segments."""
+    return _named_segments(segmentation_node, ct_node, vertebra_name, "vertebra segments", "'vertebrae_L1' or 'L1'")
 
 
 def labels_from_labelmap(label_array: np.ndarray) -> tuple:
@@ -108,26 +112,9 @@ def load_level_labels(ctx, path: str, ct_node) -> tuple:
 def keep_out_from_segmentation(segmentation_node, ct_node) -> tuple:
     """(label map on the CT grid, {structure: value}) from segments named like keep-out structures ('aorta')."""
     from .keepout import keep_out_name
-    from .segments import get_segment_mask
 
-    segmentation = segmentation_node.GetSegmentation()
-    labels, values = None, {}
-    for n in range(segmentation.GetNumberOfSegments()):
-        sid = segmentation.GetNthSegmentID(n)
-        name = keep_out_name(segmentation.GetSegment(sid).GetName())
-        if name is None or name in values:
-            continue
-        mask = get_segment_mask(segmentation_node, sid, ct_node)
-        if labels is None:
-            labels = np.zeros(mask.shape, dtype=np.uint8)
-        values[name] = len(values) + 1
-        labels[mask] = values[name]
-    if not values:
-        raise PlanError(
-            f"The segmentation {segmentation_node.GetName()!r} has no keep-out structures.",
-            "Name its segments like 'aorta', 'heart', 'esophagus', 'trachea', 'spinal_cord' (TotalSegmentator).",
-        )
-    return labels, values
+    return _named_segments(segmentation_node, ct_node, keep_out_name, "keep-out structures",
+                           "'aorta', 'heart', 'esophagus', 'trachea', 'spinal_cord'")
 
 
 def load_keep_out_labels(ctx, path: str, ct_node) -> tuple:
