@@ -705,13 +705,21 @@ def build_structure(ct_array, ijk_to_ras, result: DefectResult, params: MirrorDe
     else:
         implant = result.envelope
         if dense is not None:
-            zone = from_manifold(to_manifold(result.envelope) - to_manifold(dense))
+            # Slivers of zone left between the skin and the bone-facing faces (hundreds on a 3 mm CT) are too
+            # thin to hold a lattice: they join the dense part, so dense + zone is still exactly the envelope.
+            env_m = to_manifold(result.envelope)
+            zone, slivers = _drop_crumbs(from_manifold(env_m - to_manifold(dense)))
+            if slivers:
+                dense = from_manifold(env_m - to_manifold(zone))
     v_env, v_dense = result.envelope.volume(), (dense.volume() if dense is not None else 0.0)
     figures = {"mode": mode, "dense_volume_mm3": round(v_dense, 2), "lattice": lp.as_dict(),
                "cell_size_mm": round(lp.cell_size_mm(), 4)}
     if mode == "lattice":
         figures["measured_porosity"] = round(1.0 - (implant.volume() - v_dense) / max(v_env - v_dense, 1e-9), 4)
-    holes = [_cylinder(m3d, h.entry - 5.0 * h.direction, h.direction, h.length_mm + 5.0, 0.5 * h.diameter_mm)
+    # Each hole runs back from the screw's entry right through the implant, so the screw goes in from outside
+    # wherever along its line the entry was put.
+    back = float(np.linalg.norm(b[1] - b[0])) + 5.0
+    holes = [_cylinder(m3d, h.entry - back * h.direction, h.direction, h.length_mm + back, 0.5 * h.diameter_mm)
              for h in hole_specs(plans)]
     cut = m3d.Manifold.batch_boolean(([cut] if cut is not None else []) + holes, m3d.OpType.Add) \
         if (cut is not None or holes) else None
@@ -749,14 +757,18 @@ def build_structure(ct_array, ijk_to_ras, result: DefectResult, params: MirrorDe
     return StructureResult(implant, dense, zone, mode, plans, figures, warnings)
 
 
+EXAMPLE_BONE_SEED_RAS = (-0.5, 106.0, 221.0)  # in the S1 body of the bundled sample CT
+
+
 def example_parameters() -> dict:
     """A left hemisacrectomy on the bundled sample CT (3 mm, L5 to the pelvis), as a plan would give it.
 
     The resected block: left of 5 mm beside the midline, medial of the sacroiliac joint (x = -48), behind the
     pubis (A < 145), above the lower sacrum (S > 140) and below the L5-S1 disc (a horizontal cap at S = 242 and a
     plane along the S1 endplate, tilted 30 degrees). The strut runs from the S1 endplate side down to the ilium,
-    the rod seat sits on the implant's posterior face (towards L3), and the two 6.5 mm screws cross into the
-    remaining S1 body (checked breach-free on this CT; iliac screws need a filled bone segmentation)."""
+    the rod seat sits on the implant's posterior face (towards L3), one 6.5 mm screw crosses into the remaining S1
+    body and one runs into the ilium. Checked breach-free on this CT with the bone segmented by ``segment_bone``
+    from the seed ``EXAMPLE_BONE_SEED_RAS`` in S1, which a plan's segmentation block should give."""
     remove = "positive"
     return {
         "resection_planes": [
@@ -770,8 +782,8 @@ def example_parameters() -> dict:
         "grid_mm": 1.0,  # a third of the CT's 3 mm voxel
         "struts": [[[-12.0, 118.0, 236.0], [-44.0, 90.0, 200.0]]],
         "rod": {"point_ras": [-24.0, 57.7, 202.0], "direction_ras": [0.0, 0.3, 1.0]},
-        "screws": [{"name": "S1 upper", "entry": [-35.0, 110.0, 225.0], "target": [10.0, 110.0, 225.0]},
-                   {"name": "S1 lower", "entry": [-35.0, 105.0, 215.0], "target": [10.0, 105.0, 215.0]}],
+        "screws": [{"name": "S1", "entry": [-35.0, 110.0, 220.0], "target": [14.2, 118.7, 220.0]},
+                   {"name": "ilium", "end": "distal", "entry": [-42.0, 90.0, 220.0], "target": [-78.2, 120.4, 203.8]}],
         "screw_parameters": {"screw_type": "6.5 cancellous"},
     }
 
@@ -792,8 +804,10 @@ def _for_file(mesh: TriMesh) -> TriMesh:
     kept = [p for p in pieces if p.volume() > 1e-3]
     if len(kept) == len(pieces):
         return safe
-    m3d = require_manifold3d()
-    return from_manifold(kept[0] if len(kept) == 1 else m3d.Manifold.batch_boolean(kept, m3d.OpType.Add))
+    out = from_manifold(kept[0])
+    for piece in kept[1:]:  # disjoint bodies side by side: a boolean union could weld the separated vertices again
+        out = _two_bodies(out, from_manifold(piece))
+    return out
 
 
 def run_mirror_defect(ct_array, ijk_to_ras, bone_mask, params, out_folder: str, resection_mask=None,
