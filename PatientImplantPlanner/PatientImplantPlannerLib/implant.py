@@ -431,6 +431,11 @@ def _axis_path(axis_points, proximal: Endplate, distal: Endplate) -> tuple:
     return path, (float(np.linalg.norm(d0)), float(np.linalg.norm(d1)))
 
 
+def gap_length(axis_points, proximal: Endplate, distal: Endplate) -> float:
+    """Length (mm) of the axis between the two endplates, as the implant is built along it."""
+    return polyline_length(_axis_path(axis_points, proximal, distal)[0])
+
+
 def _fold_ratio(path: np.ndarray, frames: np.ndarray, section: np.ndarray) -> tuple:
     """How close the swept section comes to folding over itself: max over the path of (reach of the section
     towards the centre of curvature) / (radius of curvature); the sweep self-intersects at 1. Only the side
@@ -483,22 +488,45 @@ def _placed_on_bodies(params: ImplantParameters) -> bool:
     return bool(params.footplate_offset_anterior_mm or params.footplate_offset_lateral_mm)
 
 
-def _footplate(plate: Endplate, params: ImplantParameters, end: str):
-    """Elliptic plate, contact face on the endplate plane centred on the endplate centre, thickness into the gap.
-    A strut placed against the bodies also gets a pad of its own cross-section under its end, so the footplate
-    carries the whole strut even where the strut stands out beyond the ellipse."""
-    m3d = require_manifold3d()
+def footplate_outlines(plate: Endplate, params: ImplantParameters, end: str) -> list:
+    """The footplate's outline as CCW polygons in the endplate's (anterior, lateral) plane, relative to the
+    footplate centre: the ellipse, and for a strut placed against the bodies a tongue that joins the strut to it
+    (the convex hull of the strut's cross-section and of the ellipse's rim facing it, as wide as the strut). The
+    ellipse stays on the endplate (placement.py sets its centre); only the strut-wide tongue leaves it, where the
+    strut itself stands, so the footplate never overhangs the bodies towards the anatomy around them, and the
+    tongue never reaches behind the footplate centre (towards the canal), however wide the strut."""
+    from scipy.spatial import ConvexHull
+
     ra, rl = params.footplate_fraction * plate.radius_ap, params.footplate_fraction * plate.radius_lr
     n = max(64, int(params.profile_segments))
-    shape = m3d.CrossSection.circle(1.0, n).scale((ra, rl))
+    t = 2 * np.pi * np.arange(n) / n
+    out = [np.column_stack([ra * np.cos(t), rl * np.sin(t)])]
     if _placed_on_bodies(params):
         sign = 1.0 if end == "proximal" else -1.0  # path lateral -> this endplate's lateral
-        sec = profile_polygon(params) + np.array([params.offset_anterior_mm - params.footplate_offset_anterior_mm,
-                                                  params.offset_lateral_mm - params.footplate_offset_lateral_mm])
-        sec[:, 1] *= sign
-        if sign < 0:
-            sec = sec[::-1]  # mirroring flips the winding
-        shape = shape + m3d.CrossSection([np.ascontiguousarray(sec, dtype=float)])
+        to_strut = np.array([params.offset_anterior_mm - params.footplate_offset_anterior_mm,
+                             sign * (params.offset_lateral_mm - params.footplate_offset_lateral_mm)])
+        sec = profile_polygon(params) * np.array([1.0, sign]) + to_strut
+        dist = float(np.linalg.norm(to_strut))
+        if dist < 1e-9:
+            out.append(sec if sign > 0 else sec[::-1])  # mirroring flips the winding
+            return out
+        e = to_strut / dist
+        across = np.array([-e[1], e[0]])
+        half = float(np.abs((sec - to_strut) @ across).max())
+        rim = out[0][(out[0] @ e >= 0) & (np.abs(out[0] @ across) <= half)]
+        # The rim point towards the strut, pulled 1 mm in, as wide as the strut: overlap even for a thin strut.
+        reach = 1.0 / np.hypot(e[0] / ra, e[1] / rl)
+        inner = (reach - min(1.0, reach / 2)) * e + np.outer([-half, 0.0, half], across)
+        pts = np.vstack([sec, rim, inner])
+        out.append(pts[ConvexHull(pts).vertices])  # counter-clockwise in 2-D
+    return out
+
+
+def _footplate(plate: Endplate, params: ImplantParameters, end: str):
+    """Plate of ``footplate_outlines``, contact face on the endplate plane, thickness into the gap: it carries the
+    whole strut even where the strut stands out beyond the endplate."""
+    m3d = require_manifold3d()
+    shape = m3d.CrossSection([np.ascontiguousarray(p, dtype=float) for p in footplate_outlines(plate, params, end)])
     solid = shape.extrude(params.footplate_thickness_mm)
     centre = footplate_centre(plate, params, end)
     return solid.transform(_frame_matrix(plate.anterior, plate.lateral, plate.normal, centre))
@@ -605,7 +633,8 @@ def build_implant(
         raise PlanError(
             f"The gap between the endplates is only {length:.1f} mm along the axis, too short for two "
             f"{t:.1f} mm footplates and a strut.",
-            "Check the endplates (they should bound the defect) or use thinner footplates.",
+            "Check the endplates (they should bound the defect) or set implant.footplate_thickness_mm to at "
+            f"most {max(np.floor((length - 1.0) / 2 * 10) / 10, 0.5):.1f} mm.",
         )
     # Offset the centre line in the twist-free frame, then re-clip it to the contact planes.
     axis_frames = path_frames(axis, proximal, distal_v)

@@ -16,7 +16,14 @@ from scipy.spatial import cKDTree
 
 from .anatomy import Endplate
 from .errors import PlanError
-from .implant import ImplantParameters, path_frames, profile_polygon
+from .implant import (
+    ImplantParameters,
+    footplate_centre,
+    footplate_outlines,
+    gap_length,
+    path_frames,
+    profile_polygon,
+)
 
 NAMED_ANGLES = {
     "anterior": 0.0,
@@ -27,11 +34,12 @@ NAMED_ANGLES = {
 }
 AUTO_STEP_DEG = 5.0
 AUTO_RANGE_DEG = 90.0
-FOOTPLATE_BACK = 0.25  # footplates reach this x the endplate's radius (in the strut's direction) behind its centre
-SCREW_PATTERN = 0.15  # ... and their screws centre this x that radius towards the strut
+SCREW_PATTERN = 0.15  # screws centre this x the endplate's radius (in the strut's direction) towards the strut
 BONE_REACH = 1.5  # bone farther from the axis than this x the larger endplate radius is not "the body" (ribs)
 FIELD_MARGIN_MM = 0.5  # the 1 mm placement field may differ from the 0.5 mm measurement by this much
 CLEARANCE_CAP_MM = 3.0  # clearance beyond required + this does not make an angle better
+MIN_FOOTPLATE_MM = 1.5  # footplates are not thinned below this to fit a short gap (adjacent levels)
+FRACTION_STEP = 0.05  # footplates grow by this fraction of the endplate until the screws fit
 
 
 @dataclass
@@ -103,27 +111,39 @@ class _Bone:
         return float(u[band].max()) + self.half_voxel  # voxel centres: the surface is half a voxel further
 
 
+def _inset(ra: float, rl: float, angle: float) -> float:
+    """How far an ellipse scaled by f and shifted by c in the direction ``angle`` may move: it stays inside the
+    (ra, rl) ellipse while c <= (1 - f) x this (the smallest support / projection over the outward normals)."""
+    u = np.array([np.cos(angle), np.sin(angle)])
+    t = np.linspace(0, 2 * np.pi, 720, endpoint=False)
+    n = np.stack([np.cos(t), np.sin(t)], axis=1)
+    proj = n @ u
+    ok = proj > 1e-6
+    return float(np.min(np.hypot(ra * n[ok, 0], rl * n[ok, 1]) / proj[ok]))
+
+
 def _parameters_at(implant: ImplantParameters, proximal: Endplate, distal: Endplate, angle_deg: float,
                    bone: _Bone, bone_gap_mm: float) -> tuple:
-    """(implant parameters, offset, screw pattern) of a strut at ``angle_deg`` lying ``bone_gap_mm`` off the bone."""
+    """(implant parameters, offset, screw pattern) of a strut at ``angle_deg`` lying ``bone_gap_mm`` off the bone.
+    The footplates keep their fraction of the endplate and move towards the strut only as far as they stay on
+    both endplates (an overhang would reach the vessels and organs around the bodies); the strut-wide tongue
+    of implant.footplate_outlines joins them to the strut."""
     ang = np.radians(angle_deg)
     turned = replace(implant, profile_angle_deg=float(angle_deg))
     base = profile_polygon(replace(implant, profile_angle_deg=0.0))
-    front, back = float(base[:, 0].max()), float(-base[:, 0].min())
+    back = float(-base[:, 0].min())
     half_width = float(np.abs(base[:, 1]).max())
     r = min(_extent(p.radius_ap, p.radius_lr, ang) for p in (proximal, distal))
     bone_front = bone.front(ang, half_width + 2.0)
     if bone_front is None:
         bone_front = max(_extent(p.radius_ap, p.radius_lr, ang) for p in (proximal, distal))
     offset = bone_front + back + bone_gap_mm
-    rear = -FOOTPLATE_BACK * r
-    semi = (offset + front - rear) / 2.0
-    fraction = min(1.0, max(implant.footplate_fraction, semi / r))
-    centre = offset + front - fraction * r  # the footplate's outer edge flush with the strut's outer face
+    fraction = implant.footplate_fraction
+    centre = (1.0 - fraction) * min(_inset(p.radius_ap, p.radius_lr, ang) for p in (proximal, distal))
     u = np.array([np.cos(ang), np.sin(ang)])
     params = replace(turned, offset_anterior_mm=float(offset * u[0]), offset_lateral_mm=float(offset * u[1]),
                      footplate_offset_anterior_mm=float(centre * u[0]),
-                     footplate_offset_lateral_mm=float(centre * u[1]), footplate_fraction=float(fraction))
+                     footplate_offset_lateral_mm=float(centre * u[1]))
     pattern = {"pattern_offset_anterior_mm": float(SCREW_PATTERN * r * u[0]),
                "pattern_offset_lateral_mm": float(SCREW_PATTERN * r * u[1]),
                "pattern_angle_deg": float(angle_deg)}
@@ -131,8 +151,8 @@ def _parameters_at(implant: ImplantParameters, proximal: Endplate, distal: Endpl
 
 
 def _sample_points(axis, proximal, distal, params: ImplantParameters, extra_mm: float) -> np.ndarray:
-    """Points on the strut's outline along the gap and over both footplates (contact and free faces), the distal
-    one also where the largest oversized variant puts it."""
+    """Points on the strut's outline along the gap and over both footplates (their outlines and inside them, on
+    the contact and free faces), the distal one also where the largest oversized variant puts it."""
     axis = np.asarray(axis, dtype=float)
     frames = path_frames(axis, proximal, distal)
     poly = profile_polygon(params) + np.array([params.offset_anterior_mm, params.offset_lateral_mm])
@@ -142,16 +162,12 @@ def _sample_points(axis, proximal, distal, params: ImplantParameters, extra_mm: 
     strut = (axis[idx, None, :] + poly[None, :, 0, None] * frames[idx, None, 0]
              + poly[None, :, 1, None] * frames[idx, None, 1]).reshape(-1, 3)
     pts = [strut]
-    t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
-    rings = np.concatenate([s * np.stack([np.cos(t), np.sin(t)], axis=1) for s in (0.35, 0.7, 1.0)])
     down = axis[-1] - axis[-2] if len(axis) > 1 else -distal.normal
     down = down / max(np.linalg.norm(down), 1e-9)
     for end, plate, shifts in (("proximal", proximal, (0.0,)), ("distal", distal, (0.0, extra_mm))):
-        lat = plate.lateral if end == "proximal" else -plate.lateral
-        c0 = plate.centre + params.footplate_offset_anterior_mm * plate.anterior + (
-            params.footplate_offset_lateral_mm * lat)
-        ra, rl = params.footplate_fraction * plate.radius_ap, params.footplate_fraction * plate.radius_lr
-        disc = rings[:, :1] * ra * plate.anterior + rings[:, 1:] * rl * plate.lateral
+        c0 = footplate_centre(plate, params, end)
+        outline = np.concatenate([s * o for o in footplate_outlines(plate, params, end) for s in (0.35, 0.7, 1.0)])
+        disc = outline[:, :1] * plate.anterior + outline[:, 1:] * plate.lateral
         for s in shifts:
             for h in (0.0, params.footplate_thickness_mm):
                 pts.append(c0 + s * down + h * plate.normal + disc)
@@ -241,3 +257,66 @@ def place_strut(implant: ImplantParameters, axis, proximal: Endplate, distal: En
         a, c, n, params, offset, pattern = tried[i]
     return Placement(angle_deg=float(a), offset_mm=offset, parameters=params, screw_pattern=pattern, how=how,
                      clearance_mm=c, nearest=n, by_angle=[(t[0], t[1], t[2]) for t in tried])
+
+
+def screw_layout_kwargs(params: ImplantParameters, pattern: Optional[dict] = None) -> dict:
+    """Keyword arguments of screws.default_trajectories (after the endplates, the footplate thickness and the screw
+    parameters) for an implant built with ``params`` and the placement's screw ``pattern``."""
+    return dict(footplate_fraction=params.footplate_fraction, strut_offset_anterior_mm=params.offset_anterior_mm,
+                strut_radius_mm=float(np.linalg.norm(profile_polygon(params), axis=1).max()),
+                strut_offset_lateral_mm=params.offset_lateral_mm,
+                footplate_offset_anterior_mm=params.footplate_offset_anterior_mm,
+                footplate_offset_lateral_mm=params.footplate_offset_lateral_mm, **(pattern or {}))
+
+
+def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal: Endplate, screw_params,
+                   pattern: Optional[dict] = None) -> tuple:
+    """(implant parameters, notes): the footplates adapted to the anatomy instead of refusing the plan.
+
+    - A gap shorter than two footplates and a strut (adjacent levels: the disc only) gets thinner footplates,
+      down to MIN_FOOTPLATE_MM (and the porous layer no thicker than them).
+    - Footplates too small for the screws beside the strut grow, FRACTION_STEP at a time up to the whole endplate
+      (fraction 1.0), until ``per_end`` screws fit, or else as many as fit at any size (at least one per end).
+      A footplate placed towards the strut keeps its edge where placement put it: its centre moves back as it
+      grows, so it stays on the endplate.
+    Each change is a note for the plan's warnings. When nothing helps the parameters are returned unchanged and
+    the design step refuses with its own message."""
+    from .screws import default_trajectories
+
+    notes = []
+    params = implant
+    t = params.footplate_thickness_mm
+    gap = gap_length(axis, proximal, distal)
+    if gap < 2 * t + 1.0:
+        thin = float(np.floor((gap - 1.0) / 2 * 10) / 10)
+        if thin >= MIN_FOOTPLATE_MM:
+            params = replace(params, footplate_thickness_mm=thin, porous_layer_mm=min(params.porous_layer_mm, thin))
+            notes.append(f"the gap between the endplates is {gap:.1f} mm: footplates thinned from {t:g} to "
+                         f"{thin:g} mm to fit it (set implant.footplate_thickness_mm to choose)")
+
+    def counts(p):
+        try:
+            trs = default_trajectories(proximal, distal, p.footplate_thickness_mm, screw_params,
+                                       **screw_layout_kwargs(p, pattern))
+        except PlanError:
+            return (0, 0)
+        return tuple(sum(tr.end == e for tr in trs) for e in ("proximal", "distal"))
+
+    f0 = params.footplate_fraction
+    best, best_n = params, counts(params)
+    want = int(screw_params.per_end)
+    f = f0
+    while min(best_n) < want and f < 1.0 - 1e-9:
+        f = min(1.0, f + FRACTION_STEP)
+        # The footplate centre lies (1 - f) x its reach from the endplate centre towards the strut.
+        scale = (1.0 - f) / (1.0 - f0)
+        grown = replace(params, footplate_fraction=float(f),
+                        footplate_offset_anterior_mm=params.footplate_offset_anterior_mm * scale,
+                        footplate_offset_lateral_mm=params.footplate_offset_lateral_mm * scale)
+        n = counts(grown)
+        if min(n) > min(best_n):
+            best, best_n = grown, n
+    if best is not params:
+        notes.append(f"footplates enlarged from {f0:.2f} to {best.footplate_fraction:.2f} of the endplate so that "
+                     f"{min(best_n)} screw(s) per end fit beside the strut (set implant.footplate_fraction to choose)")
+    return best, notes

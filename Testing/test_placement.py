@@ -1,0 +1,223 @@
+"""Strut placement around the vertebral bodies, measured on the designed meshes: footplates that stay on their
+endplates, automatic placement clear of the mediastinum of the chest phantom (distances computed here from the
+phantom's labels, not by keepout.KeepOut.measure), the mirrored phantom giving the mirrored plan, and a strut on
+the axis through intact vertebrae reported with its interference volume."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from scipy.spatial import cKDTree
+from test_guides import surface_samples
+
+from PatientImplantPlannerLib.implant import ImplantParameters, build_implant, footplate_centre, path_lateral
+from PatientImplantPlannerLib.keepout import from_labels
+from PatientImplantPlannerLib.lattice import voxelise
+from PatientImplantPlannerLib.levels import detect_levels
+from PatientImplantPlannerLib.mesh import check_mesh
+from PatientImplantPlannerLib.phantom import KEEP_OUT_LABELS, make_spine_phantom
+from PatientImplantPlannerLib.placement import fit_footplates, place_strut, screw_layout_kwargs
+from PatientImplantPlannerLib.plan import Plan, design_implant
+from PatientImplantPlannerLib.screws import ScrewParameters, default_trajectories
+
+LEVELS = ("T4", "T5", "T6", "T7", "T8")  # T4 brings the trachea's lower end into the scan
+PROXIMAL, DISTAL = "T5", "T8"
+REQUIRED_MM = 2.0
+
+
+def _plan(ph, placement="auto", **kw):
+    return Plan(case_id="PLACE", proximal_level=PROXIMAL, distal_level=DISTAL,
+                proximal_point_ras=list(ph.body_point(PROXIMAL)), distal_point_ras=list(ph.body_point(DISTAL)),
+                placement=placement, **kw)
+
+
+def _design(ph, placement="auto", bone_mask=None, **kw):
+    return design_implant(_plan(ph, placement, **kw), ph.array, ph.ijk_to_ras,
+                          ph.bone_mask if bone_mask is None else bone_mask,
+                          keep_out=from_labels(ph.keepout_labels, ph.ijk_to_ras))
+
+
+def _chest(mirror: bool):
+    ph = make_spine_phantom(spacing=1.0, levels=LEVELS, with_mediastinum=True, mirror_lr=mirror)
+    return ph, _design(ph)
+
+
+@pytest.fixture(scope="module")
+def chest():
+    return _chest(False)
+
+
+@pytest.fixture(scope="module")
+def mirrored():
+    return _chest(True)
+
+
+def _voxel_centres(ph, mask):
+    k, j, i = np.nonzero(mask)
+    return ph.ijk_to_ras_points(np.stack([i, j, k], axis=1))
+
+
+def clearances(ph, result) -> dict:
+    """{structure: clearance mm} of the nominal implant and the largest variant: the distance from points all over
+    their surfaces to the structure's voxel centres, less half a voxel (its surface lies between voxel centres)."""
+    shapes = (result.nominal, result.variants[max(result.variants)])
+    samples = np.vstack([surface_samples(g.mesh, 40000) for g in shapes])
+    half = 0.5 * max(ph.spacing)
+    out = {}
+    for name, value in KEEP_OUT_LABELS.items():
+        m = ph.keepout_labels == value
+        rim = m & ~ndimage.binary_erosion(m)
+        d, _ = cKDTree(_voxel_centres(ph, rim)).query(samples)
+        out[name] = float(d.min()) - half
+    return out
+
+
+def test_footplates_stay_on_their_endplates_at_every_angle():
+    """Around the bodies the footplate ellipse lies inside the endplate; only the strut-wide tongue joining it to
+    the strut leaves the endplate outline (where the strut itself stands)."""
+    ph = make_spine_phantom(spacing=1.0, levels=("L1", "L2", "L3"))
+    lv = detect_levels(ph.bone_mask, ph.ijk_to_ras, ph.body_point("L1"), ph.body_point("L3"))
+    implant = ImplantParameters(profile="curved_plate", width_mm=12.0, depth_mm=5.0)
+    half_width = 6.0
+    for angle in (-90.0, -45.0, 0.0, 30.0, 90.0):
+        pl = place_strut(implant, lv.axis_points, lv.proximal_endplate, lv.distal_endplate, ph.bone_mask,
+                         ph.ijk_to_ras, angle_deg=angle)
+        params = pl.parameters
+        geom = build_implant(lv.axis_points, lv.proximal_endplate, lv.distal_endplate, params)
+        for end, plate, fp in (("proximal", lv.proximal_endplate, geom.proximal_footplate),
+                               ("distal", lv.distal_endplate, geom.distal_footplate)):
+            contact = fp.vertices[np.abs((fp.vertices - plate.centre) @ plate.normal) < 1e-6]
+            a = (contact - plate.centre) @ plate.anterior
+            lat = (contact - plate.centre) @ plate.lateral
+            outside = (a / plate.radius_ap) ** 2 + (lat / plate.radius_lr) ** 2 > 1.0 + 1e-6
+            assert outside.any()  # the tongue reaches out to the strut
+            # Distance of the points off the endplate from the line between footplate centre and strut centre.
+            c = footplate_centre(plate, params, end) - plate.centre
+            lateral = path_lateral(plate, end)
+            s = plate.centre + params.offset_anterior_mm * plate.anterior + params.offset_lateral_mm * lateral
+            c2 = np.array([c @ plate.anterior, c @ plate.lateral])
+            s2 = np.array([(s - plate.centre) @ plate.anterior, (s - plate.centre) @ plate.lateral])
+            d = s2 - c2
+            rel = np.stack([a[outside], lat[outside]], axis=1) - c2
+            across = np.abs(rel[:, 0] * d[1] - rel[:, 1] * d[0]) / np.linalg.norm(d)
+            assert across.max() <= half_width + 0.5, (angle, end, across.max())
+            # The ellipse itself (all contact points farther than the tongue's half width from that line) is inside.
+            rel_all = np.stack([a, lat], axis=1) - c2
+            off_line = np.abs(rel_all[:, 0] * d[1] - rel_all[:, 1] * d[0]) / np.linalg.norm(d) > half_width + 0.5
+            assert not (outside & off_line).any()
+
+
+@pytest.mark.parametrize("which", ["chest", "mirrored"])
+def test_automatic_placement_keeps_clear_of_the_mediastinum(which, request):
+    ph, result = request.getfixturevalue(which)
+    assert result.measurements["placement_detail"]["how"] == "automatic"
+    assert result.blocking == []
+    measured = clearances(ph, result)
+    for name in ("aorta", "heart", "esophagus", "trachea", "spinal_cord"):
+        assert (ph.keepout_labels == KEEP_OUT_LABELS[name]).any(), name  # every structure is in the scan
+        assert measured[name] >= REQUIRED_MM, (name, measured[name])
+    assert {sp.trajectory.end for sp in result.screws} == {"proximal", "distal"}
+
+
+def test_mirrored_phantom_gives_the_mirrored_angle_and_the_same_clearances(chest, mirrored):
+    (plain, ref), (ph, result) = chest, mirrored
+    angle, ref_angle = (r.measurements["placement_detail"]["angle_deg"] for r in (result, ref))
+    assert abs(ref_angle) > 10.0  # clear of the midline structures: really to one side
+    assert abs(angle + ref_angle) <= 10.0, (angle, ref_angle)
+    got, want = clearances(ph, result), clearances(plain, ref)
+    for name in want:
+        assert abs(got[name] - want[name]) <= 0.5, (name, got[name], want[name])
+
+
+def test_strut_on_the_axis_through_intact_vertebrae_reports_its_interference():
+    """The strut on the axis goes through the intact T6 and T7 bodies; with a bone mask of the two docking
+    vertebrae only (as seeding them would give), the interference is still measured, and it matches the
+    labelled bone counted here inside the strut away from the footplates."""
+    ph = make_spine_phantom(spacing=1.0, levels=LEVELS, with_mediastinum=True)
+    docking = np.isin(ph.vertebra_labels, [ph.vertebra(PROXIMAL).label, ph.vertebra(DISTAL).label])
+    # Footplates covering the T5 / T8 endplates: a 12 mm strut on the axis leaves no room for screws at 0.7.
+    result = _design(ph, "axis", bone_mask=docking, implant=ImplantParameters(footplate_fraction=1.0))
+    reported = result.measurements["interference_mm3"]
+    assert any("intersects" in w for w in result.warnings)
+    mesh, h = result.nominal.mesh, 0.5
+    lo = mesh.vertices.min(axis=0)
+    inside = voxelise(mesh, lo, h, np.ceil((mesh.vertices.max(axis=0) - lo) / h).astype(int) + 1)
+    pts = lo + np.argwhere(inside) * h
+    keep = result.implant_parameters.footplate_thickness_mm + 1.0
+    for ep in (result.proximal_endplate, result.distal_endplate):
+        pts = pts[(pts - ep.centre) @ ep.normal > keep]
+    ijk = np.rint(ph.ras_to_ijk(pts)).astype(int)
+    between = [ph.vertebra(n).label for n in ("T6", "T7")]
+    counted = float(np.isin(ph.vertebra_labels[ijk[:, 2], ijk[:, 1], ijk[:, 0]], between).sum()) * h**3
+    assert counted > 2000.0  # two thoracic bodies crossed by a 12 mm strut
+    assert reported == pytest.approx(counted, rel=0.15)
+
+
+@pytest.fixture(scope="module")
+def thoracic_levels():
+    ph = make_spine_phantom(spacing=1.0, levels=("T5", "T6", "T7"))
+    return ph, detect_levels(ph.bone_mask, ph.ijk_to_ras, ph.body_point("T5"), ph.body_point("T7"))
+
+
+def _per_end(params, lv, screws, pattern=None):
+    trs = default_trajectories(lv.proximal_endplate, lv.distal_endplate, params.footplate_thickness_mm, screws,
+                               **screw_layout_kwargs(params, pattern))
+    return [sum(t.end == e for t in trs) for e in ("proximal", "distal")]
+
+
+def test_small_thoracic_footplates_grow_until_the_screws_fit(thoracic_levels):
+    """A 12 mm strut on the axis of T5 (22 x 29 mm endplate): at 0.7 of the endplate no 3.5 mm screw fits beside
+    it; the footplates grow (never beyond the endplate) until two per end do, and a note says so."""
+    ph, lv = thoracic_levels
+    implant, screws = ImplantParameters(), ScrewParameters(per_end=2)
+    with pytest.raises(Exception, match="No room"):
+        _per_end(implant, lv, screws)
+    params, notes = fit_footplates(implant, lv.axis_points, lv.proximal_endplate, lv.distal_endplate, screws)
+    assert 0.7 < params.footplate_fraction <= 1.0
+    assert _per_end(params, lv, screws) == [2, 2]
+    assert any("footplates enlarged" in n and "footplate_fraction" in n for n in notes)
+    # The smallest size that fits: one step less does not.
+    smaller = ImplantParameters(footplate_fraction=params.footplate_fraction - 0.05)
+    try:
+        assert min(_per_end(smaller, lv, screws)) < 2
+    except Exception as exc:  # noqa: BLE001 - "No room" is fewer than two as well
+        assert "No room" in str(exc)
+    # Footplates that already hold the screws are left alone.
+    same, none = fit_footplates(params, lv.axis_points, lv.proximal_endplate, lv.distal_endplate, screws)
+    assert same == params and none == []
+
+
+def test_footplates_placed_on_the_bodies_grow_within_the_endplate(thoracic_levels):
+    ph, lv = thoracic_levels
+    implant, screws = ImplantParameters(diameter_mm=12.0), ScrewParameters(per_end=4)
+    pl = place_strut(implant, lv.axis_points, lv.proximal_endplate, lv.distal_endplate, ph.bone_mask,
+                     ph.ijk_to_ras, angle_deg=60.0)
+    params, _ = fit_footplates(pl.parameters, lv.axis_points, lv.proximal_endplate, lv.distal_endplate, screws,
+                               pl.screw_pattern)
+    assert params.footplate_fraction >= pl.parameters.footplate_fraction
+    assert check_mesh(build_implant(lv.axis_points, lv.proximal_endplate, lv.distal_endplate, params).mesh).ok
+    for end, plate in (("proximal", lv.proximal_endplate), ("distal", lv.distal_endplate)):
+        # The ellipse part stays on the endplate: its centre plus its semi-axes reach no farther than the rim.
+        c = footplate_centre(plate, params, end) - plate.centre
+        a, lat = c @ plate.anterior, c @ plate.lateral
+        t = np.linspace(0, 2 * np.pi, 360)
+        ea = a + params.footplate_fraction * plate.radius_ap * np.cos(t)
+        el = lat + params.footplate_fraction * plate.radius_lr * np.sin(t)
+        assert ((ea / plate.radius_ap) ** 2 + (el / plate.radius_lr) ** 2).max() <= 1.0 + 1e-3
+
+
+def test_adjacent_levels_get_footplates_thin_enough_for_the_disc():
+    """Adjacent thoracic levels: the gap is the disc (about 6 mm), too short for two 3 mm footplates and a strut;
+    the footplates are thinned to fit it (not below 1.5 mm) and the implant builds."""
+    ph = make_spine_phantom(spacing=1.0, levels=("T6", "T7"))
+    lv = detect_levels(ph.bone_mask, ph.ijk_to_ras, ph.body_point("T6"), ph.body_point("T7"))
+    implant = ImplantParameters(diameter_mm=10.0)
+    with pytest.raises(Exception, match="footplate_thickness_mm"):
+        build_implant(lv.axis_points, lv.proximal_endplate, lv.distal_endplate, implant)
+    params, notes = fit_footplates(implant, lv.axis_points, lv.proximal_endplate, lv.distal_endplate,
+                                   ScrewParameters(per_end=1))
+    assert 1.5 <= params.footplate_thickness_mm < 3.0
+    assert params.porous_layer_mm <= params.footplate_thickness_mm
+    assert any("thinned" in n for n in notes)
+    geom = build_implant(lv.axis_points, lv.proximal_endplate, lv.distal_endplate, params)
+    gap = (lv.distal_endplate.centre - lv.proximal_endplate.centre) @ lv.proximal_endplate.normal
+    assert geom.length_mm == pytest.approx(gap, abs=1.0)
