@@ -203,6 +203,14 @@ def test_bad_inputs_are_refused_before_anything_is_written(phantom, tmp_path):
                                  "symmetry_plane": plane,
                                  "rod": {"point_ras": _local(phantom, -30, 5, 60), "direction_ras": [0, 0, 1]}},
              "rod seat .* outside")
+    near_box = _local(phantom, -30, 5 + 4.5 + 5.0, 25)  # 5 mm in front of the box's anterior face
+    _refused(phantom, tmp_path, {"resection_roi": {"center_ras": _local(phantom, -30, 5, 25), "size_mm": [9, 9, 9]},
+                                 "symmetry_plane": plane, "rod": {"point_ras": near_box, "direction_ras": [0, 0, 1]}},
+             r"rod seat .* lies [45]\.\d mm outside")
+    _refused(phantom, tmp_path, {"resection_roi": {"center_ras": _local(phantom, -30, 5, 25), "size_mm": [9, 9, 9]},
+                                 "symmetry_plane": plane,
+                                 "rod": {"point_ras": _local(phantom, -30, 5, 25), "direction_ras": [0, 0, 1]}},
+             "rod seat .* inside the implant")
     _refused(phantom, tmp_path, {"symmetry_plane": plane}, "No resection")
 
 

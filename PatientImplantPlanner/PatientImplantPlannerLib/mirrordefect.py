@@ -52,6 +52,7 @@ SYMMETRY_TRIM = 0.8  # share of best-matched points the plane is fitted to
 SYMMETRY_ITERATIONS = 40
 MIN_REMAINING_FRACTION = 0.05  # a resection leaving less than this of the bone "removes everything"
 ROD_SEAT_TOLERANCE_MM = 1.0  # the rod seat's base point may lie this far outside the envelope
+ROD_SEAT_MAX_DEPTH_MM = 3.0  # ... or this far inside it (a point clicked on the surface model lies on it)
 ROD_CLEARANCE_MM = 0.1  # rod channel diameter = rod + 2 x this
 SET_SCREW_DIAMETER_MM = 8.0
 CONNECTOR_WALL_MM = 3.0
@@ -613,21 +614,23 @@ def _connector(m3d, result: DefectResult, params: MirrorDefectParameters) -> tup
     """(boss to add, channel and set-screw hole to cut) of the rod connector, or (None, None)."""
     if params.rod is None:
         return None, None
-    g = result.grid
     p = np.asarray(params.rod["point_ras"], float)
-    inside = float(g.sample(result.envelope_field, p, -1e3)[0])
-    if inside < -ROD_SEAT_TOLERANCE_MM:
-        where = "outside the working grid" if inside <= -1e2 else f"{-inside:.1f} mm outside the implant"
-        raise PlanError(f"The rod seat at {np.round(p, 1).tolist()} (RAS) lies {where}.",
-                        "Click the rod seat on the implant's surface (within "
-                        f"{ROD_SEAT_TOLERANCE_MM:g} mm of it).")
-    # Outward normal: down the envelope field's gradient.
-    grad = np.array([g.sample(result.envelope_field, p + g.h * e, -1e3)[0]
-                     - g.sample(result.envelope_field, p - g.h * e, -1e3)[0] for e in np.eye(3)])
-    if np.linalg.norm(grad) < 1e-9:
-        raise PlanError("The rod seat lies where the implant's surface has no direction (deep inside).",
-                        "Click the rod seat on the implant's surface.")
-    n = -grad / np.linalg.norm(grad)
+    # Exact signed distance to the envelope mesh (the field saturates half a CT voxel from the surface); its
+    # gradient is the outward surface normal.
+    h = 0.25
+    probes = np.vstack([p, p + h * np.eye(3), p - h * np.eye(3)])
+    dist = _distance_to(result.envelope, probes)
+    if dist[0] > ROD_SEAT_TOLERANCE_MM:
+        raise PlanError(f"The rod seat at {np.round(p, 1).tolist()} (RAS) lies {dist[0]:.1f} mm outside the implant.",
+                        f"Click the rod seat on the implant's surface (within {ROD_SEAT_TOLERANCE_MM:g} mm of it).")
+    if dist[0] < -ROD_SEAT_MAX_DEPTH_MM:
+        raise PlanError(f"The rod seat at {np.round(p, 1).tolist()} (RAS) lies {-dist[0]:.1f} mm inside the implant, "
+                        "not on its surface.", "Click the rod seat on the implant's surface.")
+    grad = dist[1:4] - dist[4:7]
+    if np.linalg.norm(grad) < 1e-6:
+        raise PlanError("The rod seat lies where the implant's surface has no direction.",
+                        "Click the rod seat on a smooth part of the implant's surface.")
+    n = grad / np.linalg.norm(grad)
     d = _nonzero(params.rod["direction_ras"], "Rod direction")
     d = d - (d @ n) * n
     if np.linalg.norm(d) < 0.3:
@@ -708,6 +711,7 @@ def build_structure(ct_array, ijk_to_ras, result: DefectResult, params: MirrorDe
             # Slivers of zone left between the skin and the bone-facing faces (hundreds on a 3 mm CT) are too
             # thin to hold a lattice: they join the dense part, so dense + zone is still exactly the envelope.
             env_m = to_manifold(result.envelope)
+            dense = from_manifold(env_m ^ to_manifold(dense))  # not in the envelope's dropped crumbs
             zone, slivers = _drop_crumbs(from_manifold(env_m - to_manifold(dense)))
             if slivers:
                 dense = from_manifold(env_m - to_manifold(zone))
