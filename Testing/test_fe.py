@@ -144,7 +144,9 @@ def test_demo_von_mises_surface_and_picture(demo_fe, tmp_path):
     scalars = pd.GetPointData().GetScalars()
     assert scalars.GetName() == "von Mises (MPa)"
     assert scalars.GetNumberOfTuples() == pd.GetNumberOfPoints() > 1000
-    assert scalars.GetRange()[1] == pytest.approx(size.max_von_mises_MPa, rel=1e-5)
+    assert scalars.GetRange()[1] == pytest.approx(size.field.vertex_max_von_mises, rel=1e-5)
+    # The reported peak is a sphere average, so at most the vertex maximum.
+    assert size.max_von_mises_MPa <= size.field.vertex_max_von_mises
     path = fe.render_von_mises(size, str(tmp_path / "fe.png"))
     rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
     background = np.all(np.abs(rgb - rgb[2, 2]) < 8, axis=2)

@@ -17,9 +17,10 @@ Model (what the design record states):
   pressure (its rim is not held by anything), not the implant. Second case: a moment (7.5 N m) about the
   lateral axis (flexion) through the same platen.
 - Elements: quadratic tetrahedra (P2), mesh size from the thinnest wall; a uniform refinement checks convergence.
-- Figures: axial stiffness = force / platen travel; von Mises stress averaged at mesh vertices (max, as in the
-  picture) and the volume-weighted 99th percentile; first yield = load x yield / max (linear); the same pipeline
-  on a 5.5 mm titanium rod of the endplate-to-endplate length gives the stiffness and strength ratios.
+- Figures: axial stiffness = force / platen travel; peak von Mises stress = the largest average over a sphere of one
+  element size (sharp re-entrant corners are singular: their vertex values depend on the mesh), the vertex maximum
+  kept beside it; the volume-weighted 99th percentile; first yield = load x yield / peak (linear); the same
+  pipeline on a 5.5 mm titanium rod of the endplate-to-endplate length gives the stiffness and strength ratios.
 """
 
 import functools
@@ -496,11 +497,38 @@ class StressField:
     qp_weight: np.ndarray  # (nel, nqp) mm3
     qp_points: np.ndarray  # (3, nel, nqp)
     qp_stress: np.ndarray  # (3, 3, nel, nqp) MPa
+    vertices: np.ndarray  # (N, 3) mm
     displacement: np.ndarray  # (N, 3) mm at mesh vertices
+    peak_radius_mm: float = 0.0
+
+    @property
+    def vertex_max_von_mises(self) -> float:
+        return float(self.vertex_von_mises.max())
 
     @property
     def max_von_mises(self) -> float:
-        return float(self.vertex_von_mises.max())
+        """Peak von Mises stress: the largest volume average over a sphere of ``peak_radius_mm`` centred on a mesh
+        vertex (the vertex maximum when the radius is 0). A sharp re-entrant corner is singular in linear
+        elasticity, so its vertex value grows as elements shrink there (measured on the demo: 330-1450 MPa from
+        mesh to mesh); the sphere average converges with refinement. Printed corners are rounded anyway."""
+        if self.peak_radius_mm <= 0:
+            return self.vertex_max_von_mises
+        return float(self.sphere_average(self.peak_radius_mm).max())
+
+    def sphere_average(self, radius_mm: float, points=None) -> np.ndarray:
+        from scipy.spatial import cKDTree
+
+        qp = self.qp_points.reshape(3, -1).T
+        w = self.qp_weight.ravel()
+        wv = w * self.qp_von_mises.ravel()
+        centres = self.vertices if points is None else np.asarray(points, float)
+        hits = cKDTree(qp).query_ball_point(centres, radius_mm)
+        counts = np.array([len(h) for h in hits])
+        rows = np.repeat(np.arange(len(centres)), counts)
+        cols = np.concatenate([np.asarray(h, dtype=np.int64) for h in hits]) if counts.sum() else np.zeros(0, int)
+        num = np.bincount(rows, weights=wv[cols], minlength=len(centres))
+        den = np.bincount(rows, weights=w[cols], minlength=len(centres))
+        return np.where(den > 0, num / np.maximum(den, 1e-30), 0.0)
 
     def percentile_von_mises(self, q: float) -> float:
         """Volume-weighted percentile: the stress exceeded in (100 - q) % of the material."""
@@ -518,7 +546,7 @@ class StressField:
         return float((snn[sel] * self.qp_weight[sel]).sum() / self.qp_weight[sel].sum())
 
 
-def stress_field(sol: Solution, u: np.ndarray) -> StressField:
+def stress_field(sol: Solution, u: np.ndarray, peak_radius_mm: float = 0.0) -> StressField:
     from skfem import Basis
 
     b = sol.basis
@@ -535,7 +563,8 @@ def stress_field(sol: Solution, u: np.ndarray) -> StressField:
     wsum = np.bincount(tets.ravel(), weights=np.repeat(vol, 4), minlength=len(sol.mesh.points))
     vertex_vm = acc / np.maximum(wsum, 1e-30)
     disp = np.stack([u[b.nodal_dofs[c]] for c in range(3)], axis=1)
-    return StressField(vertex_vm, vm, weight, np.asarray(b.mapping.F(b.X)), s, disp)
+    return StressField(vertex_vm, vm, weight, np.asarray(b.mapping.F(b.X)), s, sol.mesh.points, disp,
+                       float(peak_radius_mm))
 
 
 # ---- one size, the rod, a whole plan ------------------------------------------------------------------------------
@@ -604,6 +633,8 @@ class SizeResult:
             "fatigue_source": self.material.fatigue_source,
             "yield_MPa": self.material.yield_MPa,
             "max_displacement_mm": float(self.max_displacement_mm),
+            "peak_stress_sphere_radius_mm": float(self.field.peak_radius_mm) if self.field is not None else None,
+            "vertex_max_von_mises_MPa": float(self.field.vertex_max_von_mises) if self.field is not None else None,
             "guided_axial_stiffness_N_per_mm": float(self.guided_axial_stiffness_N_per_mm),
             "first_yield_load_N": float(self.first_yield_load_N),
             "rod_first_yield_load_N": float(self.rod_first_yield_load_N),
@@ -647,7 +678,7 @@ def rod_result(length_mm: float, size_mm: float, load_N: float, material: Materi
     held = Face(np.zeros(3), np.array([0.0, 0.0, -1.0]))
     loaded = Face(np.array([0.0, 0.0, length_mm]), np.array([0.0, 0.0, 1.0]))
     sol = solve(tm, held, loaded, load_axis(held, loaded), material)
-    f = stress_field(sol, sol.displacement(load_N))
+    f = stress_field(sol, sol.displacement(load_N), peak_radius_mm=size_mm)
     return sol.axial_stiffness(), f.max_von_mises, sol
 
 
@@ -658,11 +689,11 @@ def analyse_solid(tm: TetMesh, held: Face, loaded: Face, label: str, load_N: flo
     axis = load_axis(held, loaded)
     sol = solve(tm, held, loaded, axis, material)
     u = sol.displacement(load_N)
-    fld = stress_field(sol, u)
+    fld = stress_field(sol, u, peak_radius_mm=size_mm)
     bend_vm = float("nan")
     if bending_Nm and anterior is not None:
         m_axis = lateral_axis(loaded, anterior)
-        bend_vm = stress_field(sol, sol.displacement(0.0, 1000.0 * bending_Nm * m_axis)).max_von_mises
+        bend_vm = stress_field(sol, sol.displacement(0.0, 1000.0 * bending_Nm * m_axis), size_mm).max_von_mises
     k_rod, vm_rod = _rod_figures(round(float(rod_length_mm), 3), float(size_mm), float(load_N), material)
     return SizeResult(
         label=label, load_N=float(load_N), axial_stiffness_N_per_mm=sol.axial_stiffness(),
