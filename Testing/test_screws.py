@@ -352,7 +352,12 @@ def test_bad_inputs_raise_clear_errors(ctx):
     other = Endplate([0, 0, -30.0], [0, 0, 1.0], [0, 1.0, 0], 12.0, 10.0)
     with pytest.raises(PlanError, match="No room") as err:
         default_trajectories(small, other, THICKNESS, ScrewParameters(screw_type="6.5 cancellous"))
-    assert "slimmer strut" in str(err.value)
+    assert "slimmer strut" in str(err.value) and "footplate_fraction" in err.value.fix
+    # A footplate already covering the endplate cannot grow: that fix is not offered.
+    with pytest.raises(PlanError, match="No room") as err:
+        default_trajectories(small, other, THICKNESS, ScrewParameters(screw_type="6.5 cancellous"),
+                             footplate_fraction=1.0, strut_radius_mm=9.0)
+    assert "footplate_fraction" not in err.value.fix and "trajectories" in err.value.fix
 
     # A markups line with a missing point or no end cannot be read back.
     line = ctx.scene.AddNewNodeByClass("vtkMRMLMarkupsLineNode", "stray line")

@@ -369,9 +369,11 @@ def default_trajectories(
                 f"No room for even one {st.name} screw on the {end} footplate ({fa:.1f} x {fl:.1f} mm "
                 f"semi-axes): clear of a {strut_radius_mm:.1f} mm-radius strut the hole would come within "
                 f"{HOLE_WALL_MM:.0f} mm of the footplate's rim.",
-                "Raise implant.footplate_fraction (up to 1.0), use a slimmer strut (implant.width_mm / diameter_mm)"
+                # Only fixes that are left: a footplate already covering the endplate cannot grow.
+                ("Raise implant.footplate_fraction (up to 1.0), use" if footplate_fraction < 1.0 else "Use")
+                + " a slimmer strut (implant.width_mm / diameter_mm)"
                 + (", choose screws.screw_type '3.5 cancellous'" if st.diameter_mm > 3.5 else "")
-                + ", or place the screws by hand (edit the screw lines).",
+                + ", or place the screws by hand (edit the screw lines: the plan's trajectories).",
             )
         notes = []
         if len(placed) < params.per_end:
