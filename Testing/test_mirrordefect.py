@@ -291,5 +291,7 @@ def test_lumbar_ct_example_plan_end_to_end(ctx, tmp_path):
                                                       "check_model", "defect", "implant_envelope"}
     for f in manifest["files"]:
         assert check_mesh(read_stl(str(out / f["file"]))).ok, f["file"]
+    implant = next(f for f in manifest["files"] if f["role"] == "implant")
+    assert implant["components"] == 1  # one printed part, no loose bits
     assert len(manifest["screws"]) == 2 and not any(s["breach"] for s in manifest["screws"])
     assert all(s["length_mm"] - s["bone_entry_mm"] >= 20 for s in manifest["screws"])  # held in the S1 body
