@@ -101,13 +101,19 @@ def test_right_resection_on_mirrored_phantom_gives_the_mirror_image(phantom, lef
     mirrored = mirror_lr_pelvis(phantom)
     params = md.MirrorDefectParameters(resection_planes=mirrored.hemisacrectomy_planes("right"))
     right = md.build_envelope(mirrored.bone_mask, mirrored.ijk_to_ras, params)
+    _assert_mirror_image(left.envelope, right.envelope, phantom.ijk_to_ras, phantom.array.shape[2])
+
+
+def _assert_mirror_image(left, right, ijk_to_ras, nx: int):
+    """``right``, flipped back across the grid's left-right middle, is ``left``: volumes within 2 %, symmetric
+    Hausdorff distance (vertex to vertex, an upper bound) <= 1.5 mm."""
     flip = np.diag([-1.0, 1.0, 1.0, 1.0])
-    flip[0, 3] = 2 * phantom.ijk_to_ras[0, 3] + phantom.ijk_to_ras[0, 0] * (phantom.array.shape[2] - 1)
-    back = right.envelope.transformed(flip)
-    a, b = left.envelope.volume(), back.volume()
+    flip[0, 3] = 2 * ijk_to_ras[0, 3] + ijk_to_ras[0, 0] * (nx - 1)
+    back = right.transformed(flip)
+    a, b = left.volume(), back.volume()
     assert abs(a - b) <= 0.02 * a, (a, b)
-    d_ab, _ = cKDTree(back.vertices).query(left.envelope.vertices)
-    d_ba, _ = cKDTree(left.envelope.vertices).query(back.vertices)
+    d_ab, _ = cKDTree(back.vertices).query(left.vertices)
+    d_ba, _ = cKDTree(left.vertices).query(back.vertices)
     assert max(d_ab.max(), d_ba.max()) <= 1.5, (d_ab.max(), d_ba.max())
 
 
@@ -251,14 +257,24 @@ def _lumbar():
     return ct, m, bone, labels
 
 
-def test_lumbar_ct_left_s1_resection_envelope():
-    """The bundled 3 mm CT (L5, sacrum, pelvis): a plausible plane and an envelope for a painted left S1 half."""
-    ct, m, bone, labels = _lumbar()
+def _s1_half_envelope(m, bone, labels, side: str):
+    """Envelope for a painted half of S1 (5 mm beside its centre), the plane found from the bone."""
     s1 = labels == 26
     x = md.voxel_centres_ras(m, np.indices(bone.shape).reshape(3, -1).T)[:, 0].reshape(bone.shape)
-    s1_centre = md.voxel_centres_ras(m, np.argwhere(s1)).mean(axis=0)
-    resection = s1 & (x < s1_centre[0] - 5.0)
-    result = md.build_envelope(bone, m, md.MirrorDefectParameters(grid_mm=1.0), resection_mask=resection)
+    centre = md.voxel_centres_ras(m, np.argwhere(s1)).mean(axis=0)
+    resection = s1 & ((x < centre[0] - 5.0) if side == "left" else (x > centre[0] + 5.0))
+    return md.build_envelope(bone, m, md.MirrorDefectParameters(grid_mm=1.0), resection_mask=resection)
+
+
+@pytest.fixture(scope="module")
+def lumbar_left():
+    ct, m, bone, labels = _lumbar()
+    return m, bone, labels, _s1_half_envelope(m, bone, labels, "left")
+
+
+def test_lumbar_ct_left_s1_resection_envelope(lumbar_left):
+    """The bundled 3 mm CT (L5, sacrum, pelvis): a plausible plane and an envelope for a painted left S1 half."""
+    m, bone, labels, result = lumbar_left
     plane, meas = result.plane, result.measurements
     assert abs(plane.normal[0]) > np.cos(np.radians(10.0))  # left-right, as the patient lies on the table
     for name in (26, 27):  # S1 and L5 centres lie on the mid-sagittal plane (within a voxel or two)
@@ -268,6 +284,13 @@ def test_lumbar_ct_left_s1_resection_envelope():
     assert 0.7 <= meas["implant_volume_mm3"] / meas["defect_volume_mm3"] <= 1.1, meas
     assert meas["bone_overlap_mm3"] <= 1.0
     assert meas["resection_surface_within_tolerance"] >= 0.8, meas
+
+
+def test_lumbar_ct_mirrored_gives_the_mirror_image(lumbar_left):
+    """The right S1 half on the left-right flipped CT gives the left implant, mirrored."""
+    m, bone, labels, left = lumbar_left
+    right = _s1_half_envelope(m, bone[:, :, ::-1].copy(), labels[:, :, ::-1].copy(), "right")
+    _assert_mirror_image(left.envelope, right.envelope, m, bone.shape[2])
 
 
 @pytest.mark.slow  # 25-45 s: CT load, segmentation, envelope, structure and nine verified files
