@@ -134,6 +134,18 @@ def _spine_segment_mask(bone_mask, ijk_to_ras, result, margin_mm):
     return out
 
 
+def _porous_cut_mm(implant_params, lattice_params, regions) -> Optional[float]:
+    """Depth below the contact planes at which every size is the same footplate slab: midway between the porous
+    layer (with its overlap into the core) and the top of the strut, which reaches into the footplate from below.
+    None when they leave no room (the lattice is then fused to each whole size)."""
+    from .implant import STRUT_OVERLAP_MM
+
+    t = float(implant_params.footplate_thickness_mm)
+    strut_top = t - min(STRUT_OVERLAP_MM, t / 2.0)
+    layer = max(float(r.thickness_mm) for r in regions) + float(lattice_params.overlap_mm)
+    return (layer + strut_top) / 2.0 if strut_top - layer >= 0.2 else None
+
+
 def build_parts(result, bone_mask, ijk_to_ras, lattice_params=None, guide_params=None, params=None, progress=None):
     """All printable parts of a plan as meshes (RAS), verified; no files written."""
     from .boneexport import mask_surface
@@ -153,14 +165,14 @@ def build_parts(result, bone_mask, ijk_to_ras, lattice_params=None, guide_params
         solids = {label: geom.mesh for label, _, geom in sizes}
         if "lattice" in params.parts:
             # Both ends at once per size; the variants' footplates are the nominal's, moved, so the lattice module
-            # makes each end's lattice once and fuses it to every size.
+            # makes each end (footplate slab above the cut, fused with its lattice) once and glues it to every size.
+            cut = _porous_cut_mm(result.plan.implant, lattice_params, result.nominal.porous_regions)
             for n, (label, extra, geom) in enumerate(sizes):
                 sub = prog.sub(0.45 * n / len(sizes), 0.45 * (n + 1) / len(sizes))
                 sub.report(0.0, f"Implant {label}: porous layers")
-                # A Manifold: file_safe below takes it as it is, and every part is verified after it.
                 solids[label], rows = apply_porous_layers(
                     geom.mesh, geom.porous_regions, lattice_params, measure=extra == 0, progress=sub.report,
-                    as_manifold=True,
+                    cut_mm=cut,
                 )
                 if extra == 0:
                     for region, lat in zip(geom.porous_regions, rows):

@@ -296,9 +296,11 @@ def file_safe(mesh, tolerance_mm: float = 1e-3, separation_mm: float = 5e-4) -> 
     any printer's resolution), and pinch points where the surface touches itself (distinct vertices, one
     position), separated by moving each such vertex ``separation_mm`` into its own solid along its normal.
     """
-    # A Manifold straight from a boolean is rebuilt from its mesh first: simplifying it directly left pinch
-    # vertices that could not be separated (measured on a lattice implant); the rebuilt one has none left.
-    out = from_manifold(to_manifold(mesh if isinstance(mesh, TriMesh) else from_manifold(mesh)).simplify(tolerance_mm))
+    out = mesh if isinstance(mesh, TriMesh) else from_manifold(mesh)
+    if _shortest_edge(out) < tolerance_mm:  # rebuilding and simplifying costs seconds a million triangles: if needed
+        # A Manifold straight from a boolean is rebuilt from its mesh first: simplifying it directly left pinch
+        # vertices that could not be separated (measured on a lattice implant); the rebuilt one has none left.
+        out = from_manifold(to_manifold(out).simplify(tolerance_mm))
     for _ in range(3):
         shared = _shares_float32_position(out.vertices)
         if not shared.any():
@@ -308,6 +310,14 @@ def file_safe(mesh, tolerance_mm: float = 1e-3, separation_mm: float = 5e-4) -> 
         v[shared] -= separation_mm * normals[shared]
         out = TriMesh(v, out.faces)
     return out
+
+
+def _shortest_edge(mesh: TriMesh) -> float:
+    v, f = mesh.vertices, mesh.faces
+    if len(f) == 0:
+        return float("inf")
+    return float(min(np.einsum("ij,ij->i", d, d).min() for d in (v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 1]],
+                                                                 v[f[:, 0]] - v[f[:, 2]])) ** 0.5)
 
 
 def _shares_float32_position(vertices: np.ndarray) -> np.ndarray:
