@@ -38,6 +38,7 @@ SCREW_PATTERN = 0.15  # screws centre this x the endplate's radius (in the strut
 BONE_REACH = 1.5  # bone farther from the axis than this x the larger endplate radius is not "the body" (ribs)
 FIELD_MARGIN_MM = 0.5  # the 1 mm placement field may differ from the 0.5 mm measurement by this much
 CLEARANCE_CAP_MM = 3.0  # clearance beyond required + this does not make an angle better
+CLEARANCE_MIN_FRACTION = 0.4  # footplates shrink towards the strut for clearance down to this fraction
 MIN_FOOTPLATE_MM = 1.5  # footplates are not thinned below this to fit a short gap (adjacent levels)
 FRACTION_STEP = 0.05  # footplates grow by this fraction of the endplate until the screws fit
 
@@ -197,27 +198,43 @@ def place_strut(implant: ImplantParameters, axis, proximal: Endplate, distal: En
         pad = 60.0
         ax = np.asarray(axis, dtype=float)
         field = keep_out.distance_field(ax.min(axis=0) - pad, ax.max(axis=0) + pad)
+    need = required_clearance_mm + FIELD_MARGIN_MM
+
+    def clearance_of(params):
+        if not structures:
+            return None, ""
+        d, which = field.sample(_sample_points(axis, proximal, distal, params, largest_variant_mm))
+        k = int(np.argmin(d))
+        return (float(d[k]) if np.isfinite(d[k]) else None), (field.names[int(which[k])] if which[k] >= 0 else "")
+
+    # Footplates that would come too close (a wide footplate reaching back towards the canal, or round the body
+    # towards a vessel) shrink towards the strut, down to CLEARANCE_MIN_FRACTION of the endplate.
+    fractions = [implant.footplate_fraction] + [f for f in np.arange(implant.footplate_fraction - 0.1,
+                                                                      CLEARANCE_MIN_FRACTION - 1e-9, -0.1)]
     tried = []
     for a in angles:
-        params, offset, pattern = _parameters_at(implant, proximal, distal, a, bone, bone_gap_mm)
-        if how == "automatic":
-            try:
-                params.validate()
-            except PlanError:  # bone reaches too far that way (ribs, osteophytes): no strut there
-                tried.append((a, -np.inf, "bone", params, offset, pattern))
-                continue
-        clearance, nearest = None, ""
-        if structures:
-            d, which = field.sample(_sample_points(axis, proximal, distal, params, largest_variant_mm))
-            k = int(np.argmin(d))
-            clearance = float(d[k]) if np.isfinite(d[k]) else None
-            nearest = field.names[int(which[k])] if which[k] >= 0 else ""
-        tried.append((a, clearance, nearest, params, offset, pattern))
+        best = None
+        for f in fractions:
+            params, offset, pattern = _parameters_at(replace(implant, footplate_fraction=float(f)), proximal, distal,
+                                                     a, bone, bone_gap_mm)
+            if how == "automatic":
+                try:
+                    params.validate()
+                except PlanError:  # bone reaches too far that way (ribs, osteophytes): no strut there
+                    best = best or (a, -np.inf, "bone", params, offset, pattern)
+                    break
+            clearance, nearest = clearance_of(params)
+            row = (a, clearance, nearest, params, offset, pattern)
+            if best is None or (clearance is not None and best[1] is not None and clearance > best[1]):
+                best = row
+            if clearance is None or clearance >= need:
+                best = row
+                break
+        tried.append(best)
     if how != "automatic" or not structures and all(t[1] is None for t in tried):
         pick = len(tried) // 2 if how == "automatic" else 0  # no structures: the middle angle, anterior
         a, c, n, params, offset, pattern = tried[pick]
     else:
-        need = required_clearance_mm + FIELD_MARGIN_MM
         ok = [c is None or c >= need for _, c, *_ in tried]  # None: no structure near
         runs, start = [], None
         for i, good in enumerate(ok + [False]):
