@@ -26,8 +26,8 @@ def test_rod_stiffness_and_axial_stress_match_beam_theory():
 
 
 def test_cantilever_tip_deflection_matches_beam_theory():
-    length, d, force = 60.0, 5.5, 10.0
-    tm = fe.cylinder_tets(d, length, 0.9)
+    length, d, force = 50.0, 5.5, 10.0
+    tm = fe.cylinder_tets(d, length, 1.2)  # measured: 0.4 % below beam theory (6300 quadratic tetrahedra)
     held = fe.Face(np.zeros(3), np.array([0.0, 0.0, -1.0]))
     tip = fe.Face(np.array([0.0, 0.0, length]), np.array([0.0, 0.0, 1.0]))
     # Transverse load on the tip through the platen's ball joint (free to rotate, like a beam's free end).
