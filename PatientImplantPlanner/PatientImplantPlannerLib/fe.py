@@ -375,7 +375,7 @@ def solve(tm: TetMesh, held: Face, loaded: Face, axis, material: Material = TI6A
           tol_mm: Optional[float] = None) -> Solution:
     """Assemble linear elasticity (P2) on ``tm``, hold the ``held`` face, bond the ``loaded`` face to a rigid platen
     with a ball joint at ``joint`` (default: the loaded face's centre) guided along ``axis``; solve the four unit
-    platen motions with algebraic multigrid (conjugate gradients)."""
+    platen motions (sparse LU, or multigrid-preconditioned conjugate gradients for large meshes)."""
     require_fe()
     from skfem import Basis, ElementTetP2, ElementVector, MeshTet, asm
     from skfem.models.elasticity import lame_parameters, linear_elasticity
@@ -787,7 +787,6 @@ def convergence_check(tm: TetMesh, held: Face, loaded: Face, material: Material 
 def von_mises_surface(size: SizeResult):
     """vtkPolyData of the analysed solid's surface (RAS mm) with the point scalar "von Mises (MPa)" (active), for a
     Slicer model node with a colour map."""
-    import vtk
     from vtk.util.numpy_support import numpy_to_vtk
 
     from .mesh import to_polydata
@@ -800,7 +799,6 @@ def von_mises_surface(size: SizeResult):
     arr.SetName("von Mises (MPa)")
     pd.GetPointData().AddArray(arr)
     pd.GetPointData().SetActiveScalars("von Mises (MPa)")
-    del vtk
     return pd
 
 
