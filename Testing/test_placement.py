@@ -166,7 +166,8 @@ def _per_end(params, lv, screws, pattern=None):
 
 def test_small_thoracic_footplates_grow_until_the_screws_fit(thoracic_levels):
     """A 12 mm strut on the axis of T5 (22 x 29 mm endplate): at 0.7 of the endplate no 3.5 mm screw fits beside
-    it; the footplates grow (never beyond the endplate) until two per end do, and a note says so."""
+    it; without keep-out anatomy the footplates grow (never beyond the endplate) until two per end do, and a note
+    says so."""
     ph, lv = thoracic_levels
     implant, screws = ImplantParameters(), ScrewParameters(per_end=2)
     with pytest.raises(Exception, match="No room"):
@@ -184,6 +185,30 @@ def test_small_thoracic_footplates_grow_until_the_screws_fit(thoracic_levels):
     # Footplates that already hold the screws are left alone.
     same, none = fit_footplates(params, lv.axis_points, lv.proximal_endplate, lv.distal_endplate, screws)
     assert same == params and none == []
+
+
+def test_footplates_do_not_grow_into_the_keep_out_clearance():
+    """On the mediastinum phantom a strut on the axis of T5 needs larger footplates for its screws; they grow only
+    while they keep the required clearance: from the cord behind the body to 0.85 of the endplate with 1 mm
+    required, not with 4 mm (the size the screws need would be nearer); not at all towards the aorta lying
+    against the body (1.5 mm from the 0.7 footplate already)."""
+    ph = make_spine_phantom(spacing=1.0, levels=("T5", "T6", "T7"), with_mediastinum=True)
+    lv = detect_levels(ph.bone_mask, ph.ijk_to_ras, ph.body_point("T5"), ph.body_point("T7"))
+    screws, implant = ScrewParameters(per_end=2), ImplantParameters(diameter_mm=10.0)
+    ends = (lv.axis_points, lv.proximal_endplate, lv.distal_endplate, screws)
+    free, _ = fit_footplates(implant, *ends)
+    assert free.footplate_fraction > 0.75
+    cord = from_labels(ph.keepout_labels, ph.ijk_to_ras, names=["spinal_cord"])
+    fractions = {}
+    for required in (1.0, 4.0):
+        params, _ = fit_footplates(implant, *ends, keep_out=cord, required_clearance_mm=required)
+        fractions[required] = params.footplate_fraction
+        geom = build_implant(lv.axis_points, lv.proximal_endplate, lv.distal_endplate, params)
+        assert cord.measure(geom.mesh)["spinal_cord"]["clearance_mm"] >= required
+    assert fractions[1.0] == free.footplate_fraction and fractions[4.0] < free.footplate_fraction
+    everything = from_labels(ph.keepout_labels, ph.ijk_to_ras)
+    params, notes = fit_footplates(implant, *ends, keep_out=everything, required_clearance_mm=2.0)
+    assert params.footplate_fraction == 0.7 and notes == []
 
 
 def test_footplates_placed_on_the_bodies_grow_within_the_endplate(thoracic_levels):

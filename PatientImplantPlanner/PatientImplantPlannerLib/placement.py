@@ -41,6 +41,7 @@ CLEARANCE_CAP_MM = 3.0  # clearance beyond required + this does not make an angl
 CLEARANCE_MIN_FRACTION = 0.4  # footplates shrink towards the strut for clearance down to this fraction
 MIN_FOOTPLATE_MM = 1.5  # footplates are not thinned below this to fit a short gap (adjacent levels)
 FRACTION_STEP = 0.05  # footplates grow by this fraction of the endplate until the screws fit
+FIELD_PAD_MM = 60.0  # the placement field reaches this far around the axis
 
 
 @dataclass
@@ -175,6 +176,23 @@ def _sample_points(axis, proximal, distal, params: ImplantParameters, extra_mm: 
     return np.concatenate(pts)
 
 
+def keep_out_field(keep_out, axis):
+    """The placement's distance field to the keep-out structures around the axis (None without structures)."""
+    if keep_out is None or not keep_out.structures:
+        return None
+    ax = np.asarray(axis, dtype=float)
+    return keep_out.distance_field(ax.min(axis=0) - FIELD_PAD_MM, ax.max(axis=0) + FIELD_PAD_MM)
+
+
+def _clearance(field, axis, proximal, distal, params, extra_mm) -> tuple:
+    """(clearance mm or None when nothing is near, nearest structure) of the implant ``params`` describes."""
+    if field is None:
+        return None, ""
+    d, which = field.sample(_sample_points(axis, proximal, distal, params, extra_mm))
+    k = int(np.argmin(d))
+    return (float(d[k]) if np.isfinite(d[k]) else None), (field.names[int(which[k])] if which[k] >= 0 else "")
+
+
 def place_strut(implant: ImplantParameters, axis, proximal: Endplate, distal: Endplate, bone_mask, ijk_to_ras,
                 keep_out=None, placement: str = "auto", angle_deg: Optional[float] = None,
                 required_clearance_mm: float = 2.0, bone_gap_mm: float = 1.0, largest_variant_mm: float = 0.0,
@@ -195,17 +213,11 @@ def place_strut(implant: ImplantParameters, axis, proximal: Endplate, distal: En
                         f"Choose auto, axis or one of {', '.join(NAMED_ANGLES)} (or set placement_angle_deg).")
     structures = keep_out is not None and len(keep_out.structures) > 0
     if structures and field is None:
-        pad = 60.0
-        ax = np.asarray(axis, dtype=float)
-        field = keep_out.distance_field(ax.min(axis=0) - pad, ax.max(axis=0) + pad)
+        field = keep_out_field(keep_out, axis)
     need = required_clearance_mm + FIELD_MARGIN_MM
 
     def clearance_of(params):
-        if not structures:
-            return None, ""
-        d, which = field.sample(_sample_points(axis, proximal, distal, params, largest_variant_mm))
-        k = int(np.argmin(d))
-        return (float(d[k]) if np.isfinite(d[k]) else None), (field.names[int(which[k])] if which[k] >= 0 else "")
+        return _clearance(field if structures else None, axis, proximal, distal, params, largest_variant_mm)
 
     # Footplates that would come too close (a wide footplate reaching back towards the canal, or round the body
     # towards a vessel) shrink towards the strut, down to CLEARANCE_MIN_FRACTION of the endplate.
@@ -287,15 +299,18 @@ def screw_layout_kwargs(params: ImplantParameters, pattern: Optional[dict] = Non
 
 
 def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal: Endplate, screw_params,
-                   pattern: Optional[dict] = None) -> tuple:
+                   pattern: Optional[dict] = None, keep_out=None, required_clearance_mm: float = 2.0,
+                   largest_variant_mm: float = 0.0, field=None) -> tuple:
     """(implant parameters, notes): the footplates adapted to the anatomy instead of refusing the plan.
 
     - A gap shorter than two footplates and a strut (adjacent levels: the disc only) gets thinner footplates,
       down to MIN_FOOTPLATE_MM (and the porous layer no thicker than them).
-    - Footplates too small for the screws beside the strut grow, FRACTION_STEP at a time up to the whole endplate
-      (fraction 1.0), until ``per_end`` screws fit, or else as many as fit at any size (at least one per end).
-      A footplate placed towards the strut keeps its edge where placement put it: its centre moves back as it
-      grows, so it stays on the endplate.
+    - Footplates too small for the screws beside the strut grow, FRACTION_STEP at a time, until ``per_end`` screws
+      fit, or else as many as fit at any size (at least one per end), up to the whole endplate: a footplate placed
+      towards the strut keeps its edge there (its centre moves back as it grows, so it stays on the endplate).
+      Growth stops before a size comes nearer the keep-out structures (``keep_out`` or its ``field``: the canal
+      or cord behind a centred footplate, vessels beside a placed one) than ``required_clearance_mm`` (or than
+      the starting size, if that was already nearer).
     Each change is a note for the plan's warnings. When nothing helps the parameters are returned unchanged and
     the design step refuses with its own message."""
     from .screws import default_trajectories
@@ -319,6 +334,11 @@ def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal:
             return (0, 0)
         return tuple(sum(tr.end == e for tr in trs) for e in ("proximal", "distal"))
 
+    if field is None:
+        field = keep_out_field(keep_out, axis)
+    start, _ = _clearance(field, axis, proximal, distal, params, largest_variant_mm)
+    floor = required_clearance_mm + FIELD_MARGIN_MM if start is None else min(
+        start, required_clearance_mm + FIELD_MARGIN_MM)
     f0 = params.footplate_fraction
     best, best_n = params, counts(params)
     want = int(screw_params.per_end)
@@ -330,6 +350,9 @@ def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal:
         grown = replace(params, footplate_fraction=float(f),
                         footplate_offset_anterior_mm=params.footplate_offset_anterior_mm * scale,
                         footplate_offset_lateral_mm=params.footplate_offset_lateral_mm * scale)
+        c, _ = _clearance(field, axis, proximal, distal, grown, largest_variant_mm)
+        if c is not None and c < floor:
+            break  # larger footplates only come nearer
         n = counts(grown)
         if min(n) > min(best_n):
             best, best_n = grown, n
