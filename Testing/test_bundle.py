@@ -49,6 +49,9 @@ def test_every_file_is_listed_checked_and_matches_its_checksum(bundle):
         path = os.path.join(bundle.folder, entry["file"])
         check = M.check_mesh(M.read_stl(path, entry["coordinate_system"]))
         assert check.ok, (entry["file"], check.problems)
+        assert check.n_degenerate == 0, entry["file"]  # no zero-area triangles for a slicer to drop
+        if "implant" in entry["role"] or "guide" in entry["role"]:
+            assert check.n_components == 1, entry["file"]  # one printed body, no loose lattice bits
         assert entry["checks"]["ok"] and entry["units"] == "mm" and entry["coordinate_system"] == "LPS"
         assert check.volume_mm3 == pytest.approx(entry["volume_mm3"], rel=1e-4)
         assert entry["sha256"] == sha256_of(path)

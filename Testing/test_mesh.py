@@ -96,3 +96,32 @@ def test_file_safe_separates_touching_surfaces_so_the_file_stays_manifold(tmp_pa
     back = M.check_mesh(M.read_stl(str(tmp_path / "safe.stl")))
     assert back.ok, back.problems
     assert back.volume_mm3 == pytest.approx(2000.0, rel=1e-4)
+
+
+def test_degenerate_triangles_are_counted_and_file_safe_removes_them():
+    import manifold3d as m3d
+
+    cube = M.from_manifold(m3d.Manifold.cube([10, 10, 10]))
+    f = cube.faces
+    a, b, c = f[0]
+    twin = next(i for i, row in enumerate(f) if i != 0 and a in row and b in row)
+    o = next(x for x in f[twin] if x not in (a, b))
+    # Edge (a, b) split at its midpoint p in both of its faces, plus a zero-area fin (p, a, b) / (p, b, a) on it.
+    p = len(cube.vertices)
+    vertices = np.vstack([cube.vertices, (cube.vertices[a] + cube.vertices[b]) / 2])
+    rest = np.delete(f, [0, twin], axis=0)
+    faces = np.vstack([rest, [[a, p, c], [p, b, c], [b, p, o], [p, a, o], [p, a, b], [p, b, a]]])
+    check = M.check_mesh(M.TriMesh(vertices, faces))
+    assert check.n_degenerate == 2
+    safe = M.file_safe(M.TriMesh(vertices, faces))
+    assert M.check_mesh(safe).ok and M.check_mesh(safe).n_degenerate == 0
+    assert safe.volume() == pytest.approx(1000.0, rel=1e-6)
+
+
+def test_read_stl_welds_exactly_equal_positions_only(tmp_path):
+    c = _cylinder()
+    M.write_stl(c, str(tmp_path / "c.stl"), "RAS")
+    back = M.read_stl(str(tmp_path / "c.stl"), "RAS")
+    assert len(back.vertices) == len(c.vertices) and back.n_triangles == c.n_triangles
+    np.testing.assert_array_equal(np.sort(back.vertices.astype(np.float32), axis=0),
+                                  np.sort(c.vertices.astype(np.float32), axis=0))

@@ -147,7 +147,45 @@ def _porous_cut_mm(implant_params, lattice_params, regions) -> Optional[float]:
 
 
 def build_parts(result, bone_mask, ijk_to_ras, lattice_params=None, guide_params=None, params=None, progress=None):
-    """All printable parts of a plan as meshes (RAS), verified; no files written."""
+    """All printable parts of a plan as meshes (RAS), verified; no files written. Returns (parts, lattice rows,
+    seconds per step). The export takes them one at a time from :func:`iter_parts` instead."""
+    lattice_rows, seconds = [], {}
+    parts = []
+    for part in iter_parts(result, bone_mask, ijk_to_ras, lattice_params, guide_params, params, progress,
+                           lattice_rows, seconds):
+        meshlib.require_valid(part.mesh, part.name)
+        parts.append(part)
+    return parts, lattice_rows, seconds
+
+
+class _Clock:
+    """Seconds per step of a generator, without the time its consumer spends between the parts it yields."""
+
+    def __init__(self, seconds: dict):
+        self.seconds, self.key, self.t0 = seconds, None, 0.0
+
+    def start(self, key: str) -> None:
+        self.stop()
+        self.key, self.t0 = key, time.perf_counter()
+        self.seconds.setdefault(key, 0.0)
+
+    def stop(self) -> None:
+        if self.key is not None:
+            self.seconds[self.key] += time.perf_counter() - self.t0
+            self.key = None
+
+    def paused(self, part):
+        """Yield ``part`` with the clock stopped, then go on with the same step."""
+        key = self.key
+        self.stop()
+        yield part
+        self.start(key)
+
+
+def iter_parts(result, bone_mask, ijk_to_ras, lattice_params=None, guide_params=None, params=None, progress=None,
+               lattice_rows=None, seconds=None):
+    """The printable parts of a plan one at a time (RAS meshes, made file-safe), so a caller can write and drop each
+    before the next is built; ``lattice_rows`` and ``seconds`` (lists / dicts given by the caller) are filled in."""
     from .boneexport import mask_surface
     from .guides import GuideParameters, guides_for_plan
     from .lattice import LatticeParameters, apply_porous_layers
@@ -156,57 +194,38 @@ def build_parts(result, bone_mask, ijk_to_ras, lattice_params=None, guide_params
     lattice_params = lattice_params or LatticeParameters()
     guide_params = guide_params or GuideParameters()
     prog = Progress(progress)
-    parts, lattice_rows, seconds = [], [], {}
+    lattice_rows = [] if lattice_rows is None else lattice_rows
+    clock = _Clock({} if seconds is None else seconds)
+
+    def ready(part):  # file-safe (survives float32 rounding and welding in the file), then handed over
+        part.mesh = meshlib.file_safe(part.mesh)
+        yield from clock.paused(part)
+
     sizes = [("nominal", 0.0, result.nominal)]
     if "variants" in params.parts:
         sizes += [(f"+{extra:g} mm", extra, geom) for extra, geom in sorted(result.variants.items())]
     if "implant" in params.parts:
-        t0 = time.perf_counter()
-        solids = {label: geom.mesh for label, _, geom in sizes}
-        if "lattice" in params.parts:
-            # Both ends at once per size; the variants' footplates are the nominal's, moved, so the lattice module
-            # makes each end (footplate slab above the cut, fused with its lattice) once and glues it to every size.
-            cut = _porous_cut_mm(result.plan.implant, lattice_params, result.nominal.porous_regions)
-            for n, (label, extra, geom) in enumerate(sizes):
+        clock.start("implants_and_lattice")
+        # Both ends at once per size; the variants' footplates are the nominal's, moved, so the lattice module
+        # makes each end (footplate slab above the cut, fused with its lattice) once and glues it to every size.
+        cut = _porous_cut_mm(result.plan.implant, lattice_params, result.nominal.porous_regions)
+        for n, (label, extra, geom) in enumerate(sizes):
+            solid = geom.mesh
+            if "lattice" in params.parts:
                 sub = prog.sub(0.45 * n / len(sizes), 0.45 * (n + 1) / len(sizes))
                 sub.report(0.0, f"Implant {label}: porous layers")
-                solids[label], rows = apply_porous_layers(
-                    geom.mesh, geom.porous_regions, lattice_params, measure=extra == 0, progress=sub.report,
-                    cut_mm=cut,
-                )
+                solid, rows = apply_porous_layers(geom.mesh, geom.porous_regions, lattice_params, measure=extra == 0,
+                                                  progress=sub.report, cut_mm=cut)
                 if extra == 0:
-                    for region, lat in zip(geom.porous_regions, rows):
-                        lattice_rows.append(
-                            {
-                                "size": "all sizes",
-                                "end": region.end,
-                                "kind": lattice_params.kind,
-                                "target_pore_um": lattice_params.pore_size_um,
-                                "measured_pore_um": lat.measured_pore_size_um,
-                                "target_porosity": lattice_params.porosity,
-                                "measured_porosity": lat.measured_porosity,
-                                "cell_size_mm": lat.cell_size_mm,
-                                "layer_mm": region.thickness_mm,
-                                "layer_volume_mm3": lat.layer_volume_mm3,
-                                "seconds": lat.seconds,
-                                "warnings": list(lat.warnings),
-                            }
-                        )
-        for label, extra, geom in sizes:
-            parts.append(
-                ExportedPart(
-                    f"implant_{_size_tag(label)}",
-                    "implant" if extra == 0 else "implant oversized variant",
-                    IMPLANT_MATERIAL,
-                    label,
-                    "",
-                    solids[label],
-                    {"length_mm": round(geom.length_mm, 3), "extra_length_mm": extra},
-                )
-            )
-        seconds["implants_and_lattice"] = time.perf_counter() - t0
+                    lattice_rows.extend(_lattice_row(region, lat, lattice_params)
+                                        for region, lat in zip(geom.porous_regions, rows))
+            yield from ready(ExportedPart(
+                f"implant_{_size_tag(label)}", "implant" if extra == 0 else "implant oversized variant",
+                IMPLANT_MATERIAL, label, "", solid,
+                {"length_mm": round(geom.length_mm, 3), "extra_length_mm": extra},
+            ))
     if "docking_guides" in params.parts or "drill_guides" in params.parts:
-        t0 = time.perf_counter()
+        clock.start("guides")
         prog.report(0.5, "Guides")
         variants = {k: v for k, v in result.variants.items()} if "variants" in params.parts else {}
         guides = guides_for_plan(
@@ -223,55 +242,54 @@ def build_parts(result, bone_mask, ijk_to_ras, lattice_params=None, guide_params
             wanted = "docking_guides" if g.role.startswith("docking") else "drill_guides"
             if wanted not in params.parts:
                 continue
-            parts.append(
-                ExportedPart(
-                    f"{g.role.replace(' ', '-')}_{g.end}_{_size_tag(g.size_label)}",
-                    g.role,
-                    g.material,
-                    g.size_label,
-                    g.end,
-                    g.mesh,
-                    {
-                        "label_text": g.label_text,
-                        "min_wall_mm": round(float(g.min_wall_mm), 3),
-                        **(
-                            {"fit_clearance_mm": guide_params.fit_clearance_mm,
-                             "sleeve_clearance_mm": guide_params.sleeve_clearance_mm}
-                            if g.role.startswith("drill")
-                            else {}
-                        ),
-                    },
-                )
-            )
-        seconds["guides"] = time.perf_counter() - t0
+            yield from ready(ExportedPart(
+                f"{g.role.replace(' ', '-')}_{g.end}_{_size_tag(g.size_label)}",
+                g.role,
+                g.material,
+                g.size_label,
+                g.end,
+                g.mesh,
+                {
+                    "label_text": g.label_text,
+                    "min_wall_mm": round(float(g.min_wall_mm), 3),
+                    **(
+                        {"fit_clearance_mm": guide_params.fit_clearance_mm,
+                         "sleeve_clearance_mm": guide_params.sleeve_clearance_mm}
+                        if g.role.startswith("drill")
+                        else {}
+                    ),
+                },
+            ))
     if "check_model" in params.parts or "bone_model" in params.parts:
-        t0 = time.perf_counter()
+        clock.start("check_and_bone_models")
         prog.report(0.7, "Check model")
-        segment = _spine_segment_mask(bone_mask, ijk_to_ras, result, params.spine_margin_mm)
         if "bone_model" in params.parts:
-            bone = mask_surface(bone_mask, ijk_to_ras)
-            bone = meshlib.decimate(bone, params.bone_model_triangles)
-            parts.append(ExportedPart("bone-model", "bone model", "", "", "", bone))
+            bone = meshlib.decimate(mask_surface(bone_mask, ijk_to_ras), params.bone_model_triangles)
+            yield from ready(ExportedPart("bone-model", "bone model", "", "", "", bone))
         if "check_model" in params.parts:
+            segment = _spine_segment_mask(bone_mask, ijk_to_ras, result, params.spine_margin_mm)
             spine = meshlib.decimate(mask_surface(segment, ijk_to_ras), params.check_model_triangles)
             combined = meshlib.to_manifold(spine) + meshlib.to_manifold(result.nominal.mesh)
-            parts.append(
-                ExportedPart(
-                    "check-model_spine-and-implant",
-                    "check model",
-                    CHECK_MODEL_MATERIAL,
-                    "nominal",
-                    "",
-                    meshlib.from_manifold(combined),
-                )
-            )
-        seconds["check_and_bone_models"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for p in parts:
-        p.mesh = meshlib.file_safe(p.mesh)  # survives float32 rounding and welding in the file
-        meshlib.require_valid(p.mesh, p.name)
-    seconds["file_safe_and_verify"] = time.perf_counter() - t0
-    return parts, lattice_rows, seconds
+            yield from ready(ExportedPart("check-model_spine-and-implant", "check model", CHECK_MODEL_MATERIAL,
+                                          "nominal", "", meshlib.from_manifold(combined)))
+    clock.stop()
+
+
+def _lattice_row(region, lat, lattice_params) -> dict:
+    return {
+        "size": "all sizes",
+        "end": region.end,
+        "kind": lattice_params.kind,
+        "target_pore_um": lattice_params.pore_size_um,
+        "measured_pore_um": lat.measured_pore_size_um,
+        "target_porosity": lattice_params.porosity,
+        "measured_porosity": lat.measured_porosity,
+        "cell_size_mm": lat.cell_size_mm,
+        "layer_mm": region.thickness_mm,
+        "layer_volume_mm3": lat.layer_volume_mm3,
+        "seconds": lat.seconds,
+        "warnings": list(lat.warnings),
+    }
 
 
 def export_bundle(
@@ -309,24 +327,26 @@ def export_bundle(
     _check_folder(folder, overwrite)
     prog = Progress(progress)
     t_start = time.perf_counter()
-    parts, lattice_rows, seconds = build_parts(
-        result, bone_mask, ijk_to_ras, lattice_params, guide_params, params, prog.sub(0.0, 0.75).report
-    )
     # Built in a temporary folder renamed into place when complete: a failed export leaves nothing half-written.
     final = os.path.abspath(folder)
+    lattice_rows, seconds, parts, entries = [], {"write_and_verify": 0.0}, [], []
     with staged_folder(final) as work:
         cs = params.coordinate_system.upper()
         case = _safe(result.plan.case_id)
-        entries = []
-        prog.report(0.78, "Writing and verifying files")
-        t0 = time.perf_counter()
-        for p in parts:
+        # One part at a time: built, written, read back and verified; an oversized implant's mesh (millions of
+        # triangles with its lattice) is then released, so at most one of them is held at once.
+        for p in iter_parts(result, bone_mask, ijk_to_ras, lattice_params, guide_params, params,
+                            prog.sub(0.0, 0.75).report, lattice_rows, seconds):
+            t0 = time.perf_counter()
             material_tag = _safe(p.material.split(" ")[0]) if p.material else ""
             stem = "_".join(x for x in (case, p.name, material_tag) if x)
             for fmt in params.formats:
                 path = os.path.join(work, f"{stem}.{fmt}")
                 entries.append(_write_and_verify(p, path, fmt, cs, overwrite))
-        seconds["write_and_verify"] = time.perf_counter() - t0
+            if p.role == "implant oversized variant":
+                p.mesh = None  # in its file now; the record needs only the nominal implant and the guides
+            parts.append(p)
+            seconds["write_and_verify"] += time.perf_counter() - t0
         manifest_path = os.path.join(work, "manifest.json")
         bundle = BundleResult(work, manifest_path, entries, parts, lattice=lattice_rows, seconds=seconds)
         if "report" in params.parts:
@@ -381,8 +401,13 @@ def _write_and_verify(part: ExportedPart, path: str, fmt: str, cs: str, overwrit
         write_3mf(part.mesh, path, part.name, cs, overwrite=overwrite)
         back = read_3mf(path, cs)
     check = meshlib.check_mesh(back)
-    if not check.ok:
-        raise GeometryError(f"{os.path.basename(path)} failed verification after writing: {check.problems}.",
+    problems = list(check.problems)
+    if check.n_degenerate:
+        problems.append(f"{check.n_degenerate} degenerate (zero-area) triangles")
+    if check.n_components != 1 and ("implant" in part.role or "guide" in part.role):
+        problems.append(f"{check.n_components} separate shells (a printed part must be one body)")
+    if problems:
+        raise GeometryError(f"{os.path.basename(path)} failed verification after writing: {problems}.",
                             "This is a bug: please report it with the plan file.")
     if abs(check.volume_mm3 - part.mesh.volume()) > 1e-3 * max(part.mesh.volume(), 1.0):
         raise GeometryError(f"{os.path.basename(path)}: volume changed on writing.", "Report this bug.")

@@ -23,9 +23,16 @@ _RELS = (
 )
 
 
+def _rows(template: str, values: np.ndarray) -> str:
+    """``template`` filled with each row of ``values``: numpy's C formatting (savetxt), not a Python loop a row."""
+    buf = io.StringIO()
+    np.savetxt(buf, values, fmt=template, newline="")
+    return buf.getvalue()
+
+
 def model_xml(mesh: TriMesh, name: str) -> str:
-    verts = "".join(f'<vertex x="{x:.6f}" y="{y:.6f}" z="{z:.6f}"/>' for x, y, z in mesh.vertices)
-    tris = "".join(f'<triangle v1="{a}" v2="{b}" v3="{c}"/>' for a, b, c in mesh.faces)
+    verts = _rows('<vertex x="%.6f" y="%.6f" z="%.6f"/>', mesh.vertices)
+    tris = _rows('<triangle v1="%d" v2="%d" v3="%d"/>', mesh.faces)
     safe = name.replace("&", "and").replace("<", "").replace(">", "").replace('"', "")
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -53,16 +60,17 @@ def write_3mf(mesh: TriMesh, path: str, name: str, coordinate_system: str = "LPS
 
 
 def read_3mf(path: str, coordinate_system: str = "LPS") -> TriMesh:
-    """Read back the first object of a 3MF written by write_3mf (for verification), in RAS."""
-    import xml.etree.ElementTree as ET
+    """Read back the first object of a 3MF written by write_3mf (for verification), in RAS. The model's attributes
+    are parsed with regular expressions over the whole text (an element tree of millions of nodes takes gigabytes)."""
+    import re
 
-    ns = {"m": "http://schemas.microsoft.com/3dmanufacturing/core/2015/02"}
     with zipfile.ZipFile(path) as z:
-        root = ET.fromstring(z.read("3D/3dmodel.model"))
-    if root.get("unit") != "millimeter":
-        raise ValueError(f"{path}: 3MF unit is {root.get('unit')!r}, expected millimeter")
-    v = np.array([[float(e.get(a)) for a in "xyz"] for e in root.iterfind(".//m:vertex", ns)])
-    f = np.array([[int(e.get(a)) for a in ("v1", "v2", "v3")] for e in root.iterfind(".//m:triangle", ns)])
+        text = z.read("3D/3dmodel.model")
+    unit = re.search(rb'<model[^>]*\bunit="([^"]*)"', text)
+    if unit is None or unit.group(1) != b"millimeter":
+        raise ValueError(f"{path}: 3MF unit is {unit and unit.group(1)!r}, expected millimeter")
+    v = np.array(re.findall(rb'<vertex x="([^"]+)" y="([^"]+)" z="([^"]+)"', text), dtype=float).reshape(-1, 3)
+    f = np.array(re.findall(rb'<triangle v1="(\d+)" v2="(\d+)" v3="(\d+)"', text), dtype=np.int64).reshape(-1, 3)
     mesh = TriMesh(v, f)
     if coordinate_system.upper() == "LPS":
         m = np.eye(4)
