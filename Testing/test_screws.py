@@ -387,3 +387,16 @@ def test_segmentation_holes_are_not_the_far_cortex_but_real_gaps_are(gap_mm, far
         assert p.far_cortex_mm == pytest.approx(50.0 - 0.5, abs=0.01)  # the block's real end
     else:
         assert p.far_cortex_mm == pytest.approx(19.75 - 0.25, abs=0.01)  # stops before the gap
+
+
+def test_one_screw_goes_beside_a_wide_strut_when_it_does_not_fit_in_front():
+    """Strut on the axis of a wide, shallow footplate (14 x 8.4 mm semi-axes): a single screw does not fit in front
+    of it (the footplate is too shallow there) but does beside it, where the two-screw layout would put one."""
+    prox = Endplate([0, 0, 10.0], [0, 0, -1.0], [0, 1.0, 0], 20.0, 12.0)
+    dist = Endplate([0, 0, -30.0], [0, 0, 1.0], [0, 1.0, 0], 20.0, 12.0)
+    trs = default_trajectories(prox, dist, THICKNESS, ScrewParameters(per_end=1), strut_radius_mm=6.4)
+    assert [t.end for t in trs] == ["proximal", "distal"]
+    for t, plate in zip(trs, (prox, dist)):
+        offset = t.entry - plate.centre - THICKNESS * plate.normal
+        assert abs(offset @ plate.lateral) > 6.4 + 3.0 and abs(offset @ plate.anterior) < 1e-6
+        assert "left" in t.name or "right" in t.name

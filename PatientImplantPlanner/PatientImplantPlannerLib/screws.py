@@ -361,7 +361,12 @@ def default_trajectories(
         for n in range(int(params.per_end), 0, -1):
             placed = place(_layout(n, fl, fa, params.lateral_fraction))
             if placed is None and n == 1:
-                placed = place([(0.0, 0.0)])  # one screw in the pattern's centre
+                # One screw beside a wide strut: where the two-screw layout puts them (the footplate is widest
+                # there), the side with more room; else in the pattern's centre.
+                lat = params.lateral_fraction * fl
+                sides = [p for p in (place([(0.0, lat)]), place([(0.0, -lat)])) if p is not None]
+                placed = max(sides, key=lambda p: float(np.linalg.norm(p[0][0] - strut))) if sides \
+                    else place([(0.0, 0.0)])
             if placed is not None:
                 break
         if placed is None:
