@@ -100,3 +100,36 @@ def test_segments_sharing_a_labelmap_layer_read_back_separately(ctx, phantom):
     assert seg.GetSegmentation().GetSegment(ids[1]).GetLabelValue() == 2
     for label, sid in zip((1, 2), ids):
         assert np.array_equal(get_segment_mask(seg, sid, ct), phantom.vertebra_labels == label)
+
+
+def _mean_distance(points, surface) -> float:
+    import vtk
+    from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
+
+    dist = vtk.vtkImplicitPolyDataDistance()
+    dist.SetInput(M.to_polydata(surface))
+    out = vtk.vtkDoubleArray()
+    dist.FunctionValue(numpy_to_vtk(np.ascontiguousarray(points), deep=True), out)
+    return float(np.abs(vtk_to_numpy(out)).mean())
+
+
+@pytest.mark.parametrize("spacing", [0.7, 3.0])
+def test_bone_model_is_smoothed_like_slicer_and_keeps_only_real_pieces(spacing):
+    from PatientImplantPlannerLib.boneexport import bone_model_surface
+
+    ph = make_spine_phantom(spacing=spacing, levels=("L1", "L2"), noise_hu=0.0)
+    mask = ph.bone_mask.copy()
+    mask[1:3, 1:3, 1:3] = True  # a speck of a few voxels: debris, not bone
+    raw = mask_surface(mask, ph.ijk_to_ras)
+    smooth = bone_model_surface(mask, ph.ijk_to_ras, min_island_mm3=1000.0)
+    check = M.check_mesh(smooth)
+    assert check.ok, check.problems
+    assert check.n_degenerate == 0
+    big = mask_surface(ph.bone_mask, ph.ijk_to_ras)
+    assert check.n_components == M.check_mesh(big).n_components  # the speck is gone, every vertebra kept
+    voxel = float(np.abs(np.linalg.det(ph.ijk_to_ras[:3, :3]))) ** (1 / 3)
+    moved = _mean_distance(smooth.vertices, raw)
+    print(f"{spacing} mm: mean distance to the unsmoothed surface {moved:.3f} mm, volume "
+          f"{smooth.volume():.0f} vs {big.volume():.0f} mm3")
+    assert 0.02 * voxel < moved <= 0.5 * voxel  # smoothed (the staircase is gone), not shrunk away
+    assert smooth.volume() == pytest.approx(big.volume(), rel=0.02)

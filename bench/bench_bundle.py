@@ -2,13 +2,15 @@
 
 The plan is the demo's (L1-L3 phantom at 0.7 mm, 10 x 5 mm curved plate in front of L2, variants +2/+3/+4 mm),
 designed on our own bone segmentation of the phantom. The bundle is ``export_bundle`` with the default
-``ExportParameters()``: implant with porous layers, three variants, docking guides per end and size, two drill
-guides, check model, bone model and the design record (HTML + PDF). Printed: its per-step seconds
-(``BundleResult.seconds``) and the peak memory of each step. Then lattice generation on elliptic footplates of
-three sizes (``lattice_benchmark_rows``), each with its own peak memory.
+``ExportParameters()`` with STL and 3MF: implant with porous layers, three variants, docking guides per end and
+size, two drill guides, check model, bone model and the design record (HTML + PDF). Printed against the figures of
+the same bundle before issue 9 (``PREVIOUS``): per-step seconds (``BundleResult.seconds``; parts are built, written
+and verified one at a time, so the steps interleave), the export's peak memory, and every mesh file's size,
+triangles and shells. Then lattice generation on elliptic footplates of three sizes (``lattice_benchmark_rows``),
+each with its own peak memory.
 
-Peak memory is the kernel's high-water mark of this process (VmHWM), reset before each step through
-/proc/self/clear_refs, so it is the largest resident size reached during that step (baseline included).
+Peak memory is the kernel's high-water mark of this process (VmHWM), reset before the export (and before each
+plate) through /proc/self/clear_refs, so it is the largest resident size reached then (baseline included).
 Run once; figures are printed, never asserted. Usage:
 
     .venv/bin/python bench/bench_bundle.py [--spacing 0.7] [--plates 20x14 30x22 40x30]
@@ -21,16 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-
-# Progress message prefixes of export_bundle -> the BundleResult.seconds key of the step they start.
-BUNDLE_STEPS = (
-    ("Implant ", "implants_and_lattice"),
-    ("Guides", "guides"),
-    ("Check model", "check_and_bone_models"),
-    ("Writing and verifying", "write_and_verify"),
-    ("Design record", "report"),
-    ("Exported ", "end"),
-)
 
 
 class PeakMemory:
@@ -71,16 +63,6 @@ class PeakMemory:
             self.steps[self.current] = (time.perf_counter() - self.t0, self._status("VmHWM"))
         self.current = None
 
-    def progress(self, _fraction: float, message: str) -> None:
-        for prefix, step in BUNDLE_STEPS:
-            if message.startswith(prefix):
-                if step != self.current:
-                    if step == "end":
-                        self.stop()
-                    else:
-                        self.start(step)
-                return
-
 
 def design_phantom_plan(spacing: float):
     """(phantom, bone mask, PlanResult, seconds of segmentation, seconds of design)."""
@@ -104,6 +86,18 @@ def design_phantom_plan(spacing: float):
     return phantom, mask, result, t_seg, time.perf_counter() - t1
 
 
+# The same bundle before issue 9 (commit aaa4981 with its fixes, docs/performance.md section 3), same machine kind.
+PREVIOUS = {
+    "total s": 74.2,
+    "implants_and_lattice s": 32.3,
+    "file_safe_and_verify s": 27.0,
+    "write_and_verify s": 13.1,
+    "peak MB": 3893,
+    "implant triangles": 1_830_000,
+    "implant STL MB": 92.0,
+}
+
+
 def bench_bundle(spacing: float) -> None:
     from PatientImplantPlannerLib.bundle import ExportParameters, export_bundle
 
@@ -113,29 +107,33 @@ def bench_bundle(spacing: float) -> None:
     mem = PeakMemory()
     baseline = mem.rss_mb()
     with tempfile.TemporaryDirectory() as tmp:
+        mem.start("export")
         t0 = time.perf_counter()
-        bundle = export_bundle(result, mask, phantom.ijk_to_ras, out_parent=tmp, params=ExportParameters(),
-                               ct_array=phantom.array, progress=mem.progress)
-        wall = time.perf_counter() - t0
+        cpu0 = time.process_time()
+        bundle = export_bundle(result, mask, phantom.ijk_to_ras, out_parent=tmp,
+                               params=ExportParameters(formats=("stl", "3mf")), ct_array=phantom.array)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         mem.stop()
         files = sorted(os.listdir(bundle.folder))
-        total_bytes = sum(os.path.getsize(os.path.join(bundle.folder, f)) for f in files)
+        sizes = {f: os.path.getsize(os.path.join(bundle.folder, f)) for f in files}
+    total_bytes = sum(sizes.values())
     print()
-    print(f"export_bundle, default ExportParameters(): {len(bundle.parts)} parts, {len(files)} files, "
-          f"{total_bytes / 1e6:.1f} MB, {wall:.1f} s wall; process RSS before the export {baseline:.0f} MB")
-    print("step                      BundleResult.seconds  window s  peak RSS MB   (window: from this step's "
-          "progress message to the next one)")
+    print(f"export_bundle, STL + 3MF: {len(bundle.parts)} parts, {len(files)} files, {total_bytes / 1e6:.1f} MB, "
+          f"{wall:.1f} s wall, {cpu:.1f} s CPU (this process); RSS before the export {baseline:.0f} MB")
+    print(f"{'step':<26}{'now s':>10}{'before s':>10}")
     for key, seconds in bundle.seconds.items():
-        window, peak = mem.steps.get(key, (float("nan"), float("nan")))
-        print(f"{key:<26}{seconds:>20.2f}{window:>10.2f}{peak:>13.0f}")
-    rest = bundle.seconds["total"] - sum(v for k, v in bundle.seconds.items() if k != "total")
-    print(f"not in BundleResult.seconds: {rest:.2f} s (file_safe + require_valid of every part, after the check "
-          "model: inside its window)")
-    print(f"peak memory of the export: {mem.peak_mb():.0f} MB")
+        before = PREVIOUS.get(f"{'total' if key == 'total' else key} s")
+        print(f"{key:<26}{seconds:>10.2f}{before if before is not None else float('nan'):>10.1f}")
+    print(f"{'peak memory MB':<26}{mem.steps['export'][1]:>10.0f}{PREVIOUS['peak MB']:>10.0f}")
+    print("(the before figures are STL only; the 3MF files are written and read back as well now)")
     print()
-    print("parts:")
-    for p in bundle.parts:
-        print(f"  {p.name:<44}{p.role:<28}{p.mesh.n_triangles:>10d} triangles{p.mesh.volume():>12.0f} mm3")
+    print(f"{'file':<64}{'MB':>8}{'triangles':>11}{'shells':>7}")
+    for e in bundle.files:
+        if e["file"].endswith((".stl", ".3mf")):
+            c = e.get("checks", {})
+            print(f"{e['file']:<64}{sizes[e['file']] / 1e6:>8.2f}{c.get('triangles', 0):>11d}"
+                  f"{c.get('components', 0):>7d}")
+    print(f"before: each implant {PREVIOUS['implant triangles']:,} triangles, {PREVIOUS['implant STL MB']:.0f} MB STL")
     print()
     print("porous layers in the bundle (the variants reuse each end's lattice, moved):")
     for row in bundle.lattice:

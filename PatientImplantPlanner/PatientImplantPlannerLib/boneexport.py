@@ -77,6 +77,58 @@ def mask_surface(
     return surface
 
 
+# Slicer's default closed-surface smoothing (segmentation smoothing factor 0.5): windowed sinc, pass band
+# 10^(-4 x 0.5), 20 iterations, coordinates normalised, boundary and feature edges not smoothed.
+SLICER_SMOOTHING_FACTOR = 0.5
+SLICER_SMOOTHING_ITERATIONS = 20
+
+
+def bone_model_surface(mask: np.ndarray, ijk_to_ras: np.ndarray, min_island_mm3: float = 1000.0) -> meshlib.TriMesh:
+    """The bone model as a Slicer user expects it: the mask's surface smoothed like Slicer's default closed surface
+    (no staircase on coarse CT), one shell per piece of at least ``min_island_mm3`` (the segmentation's island
+    size): smaller pieces, and the shells of enclosed cavities, are left out, so nothing prints as loose debris."""
+    surface = _smoothed(mask_surface(mask, ijk_to_ras))
+    return keep_pieces(surface, min_island_mm3)
+
+
+def _smoothed(surface: meshlib.TriMesh) -> meshlib.TriMesh:
+    import vtk
+
+    smoother = vtk.vtkWindowedSincPolyDataFilter()
+    smoother.SetInputData(meshlib.to_polydata(surface))
+    smoother.SetNumberOfIterations(SLICER_SMOOTHING_ITERATIONS)
+    smoother.SetPassBand(10.0 ** (-4.0 * SLICER_SMOOTHING_FACTOR))
+    smoother.NormalizeCoordinatesOn()
+    smoother.BoundarySmoothingOff()
+    smoother.FeatureEdgeSmoothingOff()
+    smoother.NonManifoldSmoothingOn()
+    smoother.Update()
+    return meshlib.TriMesh(meshlib.from_polydata(smoother.GetOutput()).vertices, surface.faces)
+
+
+def keep_pieces(surface: meshlib.TriMesh, min_volume_mm3: float) -> meshlib.TriMesh:
+    """The closed shells of ``surface`` enclosing at least ``min_volume_mm3`` (cavity shells, negative, dropped)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    f, v = surface.faces, surface.vertices
+    n = len(v)
+    graph = coo_matrix((np.ones(2 * len(f)), (np.concatenate([f[:, 0], f[:, 1]]), np.concatenate([f[:, 1], f[:, 2]]))),
+                       shape=(n, n))
+    _, label = connected_components(graph, directed=False)
+    shell = label[f[:, 0]]
+    signed = np.einsum("ij,ij->i", v[f[:, 0]], np.cross(v[f[:, 1]], v[f[:, 2]])) / 6.0
+    volume = np.bincount(shell, weights=signed, minlength=label.max() + 1)
+    keep = volume[shell] >= min_volume_mm3
+    if not keep.any():
+        raise GeometryError(f"No piece of the bone surface encloses {min_volume_mm3:g} mm3.",
+                            "Lower the island size or check the segmentation.")
+    used = np.zeros(n, dtype=bool)
+    used[f[keep]] = True
+    remap = np.cumsum(used) - 1
+    return meshlib.TriMesh(v[used], remap[f[keep]])
+
+
 def segment_surface(segmentation_node, segment_id: str, reference_volume, **kwargs) -> meshlib.TriMesh:
     mask = get_segment_mask(segmentation_node, segment_id, reference_volume)
     return mask_surface(mask, ijk_to_ras_matrix(reference_volume), **kwargs)

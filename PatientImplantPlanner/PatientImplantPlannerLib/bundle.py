@@ -186,7 +186,7 @@ def iter_parts(result, bone_mask, ijk_to_ras, lattice_params=None, guide_params=
                lattice_rows=None, seconds=None):
     """The printable parts of a plan one at a time (RAS meshes, made file-safe), so a caller can write and drop each
     before the next is built; ``lattice_rows`` and ``seconds`` (lists / dicts given by the caller) are filled in."""
-    from .boneexport import mask_surface
+    from .boneexport import bone_model_surface
     from .guides import GuideParameters, guides_for_plan
     from .lattice import LatticeParameters, apply_porous_layers
 
@@ -263,12 +263,14 @@ def iter_parts(result, bone_mask, ijk_to_ras, lattice_params=None, guide_params=
     if "check_model" in params.parts or "bone_model" in params.parts:
         clock.start("check_and_bone_models")
         prog.report(0.7, "Check model")
+        # Smoothed like Slicer's default closed surface, pieces below the segmentation's island size left out.
+        island = float(result.plan.segmentation.min_island_mm3)
         if "bone_model" in params.parts:
-            bone = meshlib.decimate(mask_surface(bone_mask, ijk_to_ras), params.bone_model_triangles)
+            bone = meshlib.decimate(bone_model_surface(bone_mask, ijk_to_ras, island), params.bone_model_triangles)
             yield from ready(ExportedPart("bone-model", "bone model", "", "", "", bone))
         if "check_model" in params.parts:
             segment = _spine_segment_mask(bone_mask, ijk_to_ras, result, params.spine_margin_mm)
-            spine = meshlib.decimate(mask_surface(segment, ijk_to_ras), params.check_model_triangles)
+            spine = meshlib.decimate(bone_model_surface(segment, ijk_to_ras, island), params.check_model_triangles)
             combined = meshlib.to_manifold(spine) + meshlib.to_manifold(result.nominal.mesh)
             yield from ready(ExportedPart("check-model_spine-and-implant", "check model", CHECK_MODEL_MATERIAL,
                                           "nominal", "", meshlib.from_manifold(combined)))
