@@ -344,7 +344,8 @@ def file_safe(mesh, tolerance_mm: float = 1e-3, separation_mm: float = 5e-4) -> 
     """
     out = mesh if isinstance(mesh, TriMesh) else from_manifold(mesh)
     # Rebuilding and simplifying costs seconds a million triangles: only when there is something to collapse.
-    if _shortest_edge(out) < tolerance_mm or degenerate_faces(out).any():
+    as_stored = TriMesh(out.vertices.astype(np.float32), out.faces)  # a thin sliver can flatten to no area in float32
+    if _shortest_edge(out) < tolerance_mm or degenerate_faces(as_stored).any():
         # A Manifold straight from a boolean is rebuilt from its mesh first: simplifying it directly left pinch
         # vertices that could not be separated (measured on a lattice implant); the rebuilt one has none left.
         out = from_manifold(to_manifold(out).simplify(tolerance_mm))
@@ -356,7 +357,26 @@ def file_safe(mesh, tolerance_mm: float = 1e-3, separation_mm: float = 5e-4) -> 
         v = out.vertices.copy()
         v[shared] -= separation_mm * normals[shared]
         out = TriMesh(v, out.faces)
-    return out
+    return _collapse_specks(out)
+
+
+def _collapse_specks(mesh: TriMesh) -> TriMesh:
+    """Triangles that are still degenerate in float32 after simplifying (a few, with um-long edges that the
+    simplification could not collapse) shrunk to a point, the neighbours they flatten dropped; kept only if the mesh
+    stays closed and clean, else returned unchanged (the export's check then refuses the file)."""
+    bad = degenerate_faces(TriMesh(mesh.vertices.astype(np.float32), mesh.faces))
+    if not bad.any():
+        return mesh
+    target = np.arange(len(mesh.vertices))
+    for a, b, c in mesh.faces[bad]:
+        target[target == target[b]] = target[a]
+        target[target == target[c]] = target[a]
+    f = target[mesh.faces]
+    f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])]
+    out = TriMesh(mesh.vertices, f)
+    clean = len(f) and closed_edges(f, len(mesh.vertices)) and not degenerate_faces(
+        TriMesh(mesh.vertices.astype(np.float32), f)).any()
+    return out if clean else mesh
 
 
 def _shortest_edge(mesh: TriMesh) -> float:
