@@ -74,3 +74,25 @@ def test_segmentation_info_reads_what_earlier_scenes_stored():
     info = SegmentationInfo(parameters=params, volume_ml=12.5, ct_name="CT1", warnings=["w"])
     assert SegmentationInfo.from_json(info.to_json()) == info
     assert SegmentationInfo.from_json("") == SegmentationInfo()
+
+
+def test_fe_figures_fill_the_record_and_drive_the_checklist():
+    """With the FE check's per-size figures the record's FE entry is done (no 'TO DO'), its summary names the lowest
+    safety factor, and the checklist row is OK above 1 and ATTENTION below."""
+    from PatientImplantPlannerLib.record import fe_check
+    from PatientImplantPlannerLib.report import ATTENTION, OK, TODO, risk_checklist
+
+    def size(sf):
+        return {"load_N": 500.0, "axial_stiffness_N_per_mm": 1400.0, "rod_axial_stiffness_N_per_mm": 52000.0,
+                "stiffness_ratio_vs_rod": 0.027, "max_von_mises_MPa": 795.0 / sf, "p99_von_mises_MPa": 200.0,
+                "safety_factor_yield": sf, "strength_ratio_vs_rod": 1.2, "tetrahedra": 7000,
+                "porous_layer": "left out"}
+
+    def row(entry):
+        return next(r for r in risk_checklist({"fe_check": entry}) if r[0].startswith("FE check"))
+
+    good = fe_check({"nominal": size(3.1), "+4 mm": size(2.9)})
+    assert good["done"] and good["min_safety_factor_yield"] == 2.9 and "+4 mm" in good["summary"]
+    assert row(good)[1] == OK and "2.90" in row(good)[2]
+    assert row(fe_check({"nominal": size(0.8)}))[1] == ATTENTION
+    assert fe_check(None) == {} and row({})[1] == TODO

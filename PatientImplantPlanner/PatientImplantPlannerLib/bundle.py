@@ -484,4 +484,13 @@ def _write_report(record, result, parts, bone_mask, ijk_to_ras, ct_array, folder
                     plane=plane, center_ras=centre,
                 )
             images.update(_keep_out_slices(result, ct_array, ijk_to_ras, tmp))
+        fe = getattr(result, "fe_analysis", None)
+        if fe is not None and "nominal" in fe.sizes:
+            from .fe import render_von_mises
+
+            nominal = fe.sizes["nominal"]
+            images["fe_von_mises"] = (
+                render_von_mises(nominal, os.path.join(tmp, "fe_von_mises.png")),
+                f"Von Mises stress (MPa) on the nominal implant under {nominal.load_N:g} N axial load (finite-element "
+                "check; porous layer left out), from the patient's front-left; blue low, red high.")
         return write_report(record, images, folder, basename="design_record", overwrite=overwrite)

@@ -255,7 +255,8 @@ def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export
     if fe_load_N:  # finite-element check of every size; its figures go into the manifest under "fe"
         from .fe import analyse_plan
 
-        result.fe = analyse_plan(result, load_N=float(fe_load_N), progress=prog.sub(0.5, 0.5).report).manifest()
+        result.fe_analysis = analyse_plan(result, load_N=float(fe_load_N), progress=prog.sub(0.5, 0.5).report)
+        result.fe = result.fe_analysis.manifest()
     bundle = export_in_scene(
         ctx, result, nodes, ct, seg_node, segment_id, folder=folder,
         export_params=export_params or ExportParameters(), segmentation=seg_info, overwrite=overwrite,

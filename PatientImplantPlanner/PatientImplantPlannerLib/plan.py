@@ -219,6 +219,7 @@ class PlanResult:
     blocking: list = field(default_factory=list)  # [(id, message)] safety findings not accepted: export refuses
     keep_out: object = None  # keepout.KeepOut the plan was checked against (for the record's pictures)
     fe: Optional[dict] = None  # {size label: fe figures} when the finite-element check ran (fe.PlanFE.manifest())
+    fe_analysis: object = None  # the fe.PlanFE behind them (its stress fields make the record's picture)
 
 
 def _strut_interference_mm3(implant_mesh, proximal: Endplate, distal: Endplate, bone_mask, ijk_to_ras, keep_mm):

@@ -97,6 +97,7 @@ class DesignRecord:
     files: list  # manifest entries
     warnings: list
     coordinate_system: str
+    fe_check: dict = field(default_factory=dict)  # {"done", "sizes": {label: fe figures}, "summary"} when it ran
 
     def as_dict(self) -> dict:
         """Plain values (numpy converted), the shape report.py reads."""
@@ -164,4 +165,22 @@ def build_design_record(result, segmentation: Optional[SegmentationInfo], ct: Op
         files=list(files),
         warnings=list(result.warnings),
         coordinate_system=coordinate_system,
+        fe_check=fe_check(getattr(result, "fe", None)),
     )
+
+
+def fe_check(sizes: Optional[dict]) -> dict:
+    """The record's finite-element entry from the manifest's per-size figures (fe.PlanFE.manifest())."""
+    if not sizes:
+        return {}
+    worst = min(sizes.items(), key=lambda kv: kv[1]["safety_factor_yield"])
+    load = next(iter(sizes.values()))["load_N"]
+    return {
+        "done": True,
+        "sizes": sizes,
+        "load_N": load,
+        "min_safety_factor_yield": worst[1]["safety_factor_yield"],
+        "summary": f"{len(sizes)} sizes at {load:g} N axial load: lowest safety factor against yield "
+                   f"{worst[1]['safety_factor_yield']:.2f} ({worst[0]}), peak von Mises "
+                   f"{worst[1]['max_von_mises_MPa']:.0f} MPa; porous layer {worst[1]['porous_layer']}.",
+    }

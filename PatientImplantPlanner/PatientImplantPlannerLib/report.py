@@ -264,7 +264,9 @@ def risk_checklist(record: dict) -> list:
 
     fe = _get(record, "fe_check")
     if isinstance(fe, dict) and fe.get("done"):
-        rows.append(("FE check at 500 N axial load", OK, fmt(fe.get("summary", "Done (see FE report)."))))
+        sf = _num(fe.get("min_safety_factor_yield"))
+        rows.append((f"FE check at {fmt(fe.get('load_N'))} N axial load", OK if sf is not None and sf > 1.0
+                     else ATTENTION, fmt(fe.get("summary", "Done (see the FE section)."))))
     else:
         rows.append(
             (
@@ -533,7 +535,17 @@ def _section_implant(doc: _Doc, r: dict) -> None:
         )
     fe = r.get("fe_check")
     if isinstance(fe, dict) and fe.get("done"):
-        doc.para(f"FE check: {fmt(fe.get('summary'))}")
+        doc.para(f"FE check (linear elastic, Ti6Al4V ELI; distal contact face held, load along the spinal axis on "
+                 f"the proximal contact face): {fmt(fe.get('summary'))}")
+        doc.table(
+            ["Size", "Stiffness (N/mm)", "vs rod", "Peak / p99 von Mises (MPa)", "Safety factor (yield)",
+             "Strength vs rod", "Tetrahedra"],
+            [[label, fmt(v.get("axial_stiffness_N_per_mm"), 0), fmt(v.get("stiffness_ratio_vs_rod"), 3),
+              f"{fmt(v.get('max_von_mises_MPa'), 0)} / {fmt(v.get('p99_von_mises_MPa'), 0)}",
+              fmt(v.get("safety_factor_yield"), 2), fmt(v.get("strength_ratio_vs_rod"), 2), fmt(v.get("tetrahedra"))]
+             for label, v in (fe.get("sizes") or {}).items()],
+            [12, 14, 9, 20, 15, 14, 16],
+        )
     else:
         doc.para(
             f"An FE check of the final geometry at {FE_LOAD_N:.0f} N axial load, as done in the reference case, is "
