@@ -31,7 +31,9 @@ def _rows(template: str, values: np.ndarray) -> str:
 
 
 def model_xml(mesh: TriMesh, name: str) -> str:
-    verts = _rows('<vertex x="%.6f" y="%.6f" z="%.6f"/>', mesh.vertices)
+    # The float32 coordinates an STL stores, written exactly (9 significant digits): rounding to fixed decimals
+    # flattened two slivers of a lattice implant to zero area that file_safe had checked in float32.
+    verts = _rows('<vertex x="%.9g" y="%.9g" z="%.9g"/>', mesh.vertices.astype(np.float32))
     tris = _rows('<triangle v1="%d" v2="%d" v3="%d"/>', mesh.faces)
     safe = name.replace("&", "and").replace("<", "").replace(">", "").replace('"', "")
     return (
