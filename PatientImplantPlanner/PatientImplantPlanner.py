@@ -52,7 +52,8 @@ SAMPLE_NAME = "PatientImplantPlannerLumbarCT"
 SAMPLE_FILE = "example_ct.nii.gz"
 # Python packages the engine needs that Slicer does not bundle (numpy, scipy, SimpleITK, VTK and Pillow are
 # bundled), by import name: manifold3d for exact mesh booleans, fpdf2 for the PDF design record.
-REQUIRED_PACKAGES = {"manifold3d": "manifold3d>=3.0", "fpdf": "fpdf2>=2.7"}
+REQUIRED_PACKAGES = {"manifold3d": "manifold3d>=3.0", "fpdf": "fpdf2>=2.7", "skfem": "scikit-fem>=10",
+                     "wildmeshing": "wildmeshing>=0.4", "pyamg": "pyamg>=5"}
 # Keys of PatientImplantPlannerLib.screws.SCREW_CATALOGUE (the engine is not imported at module load; a test checks
 # that both lists agree).
 SCREW_TYPES = ["3.5 cancellous", "6.5 cancellous"]
@@ -176,8 +177,9 @@ def ensureDependencies() -> bool:
         return False
     text = _(
         "Patient Implant Planner needs the Python package(s) {packages}: manifold3d for exact mesh operations "
-        "(Apache-2.0) and fpdf2 for the PDF design record (LGPL-3.0); a few MB, downloaded from the Python Package "
-        "Index.\n\n"
+        "(Apache-2.0), fpdf2 for the PDF design record (LGPL-3.0), and scikit-fem (BSD-3), wildmeshing (fTetWild, "
+        "MPL-2.0) and pyamg (MIT) for the finite-element strength check; about 30 MB, downloaded from the Python "
+        "Package Index.\n\n"
         "Install now? Slicer may be unresponsive for up to a minute."
     ).format(packages=", ".join(missing))
     if not slicer.util.confirmOkCancelDisplay(text, windowTitle=_("Install Python packages")):
@@ -341,6 +343,7 @@ class PatientImplantPlannerParameterNode:
     exportCheckModel: bool = True
     exportBoneModel: bool = True
     exportReport: bool = True
+    runFECheck: bool = False
     latticePoreSizeUm: Annotated[float, WithinRange(300, 1000)] = 550.0
     latticePorosityPercent: Annotated[float, WithinRange(50, 85)] = 70.0
     fitClearanceMm: Annotated[float, WithinRange(0, 1)] = 0.2
@@ -1074,6 +1077,9 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         with self._engineCall(_("Export failed.")):
             exportParams, latticeParams, guideParams = self.logic.bundleParameters(p)
             result, nodes = self._currentPlan()
+            if p.runFECheck:
+                self._setStatus(_("Finite-element check of every size (1-3 minutes)..."))
+                self.logic.feCheck(result, nodes, progress=self._onProgress)
             self._setStatus(_("Exporting bundle..."))
             bundle = self.logic.exportBundle(
                 result, nodes, *self._planInputs, str(p.bundleFolder),
@@ -1452,6 +1458,13 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
         for params in (exportParams, latticeParams, guideParams):
             params.validate()
         return exportParams, latticeParams, guideParams
+
+    def feCheck(self, result, nodes, loadN: float = 500.0, progress=None):
+        """Finite-element check of every size of the plan: figures into the manifest and record, the nominal's
+        stress field as a model node, the figures in the measurements table (engine: workflow.fe_check_in_scene)."""
+        from PatientImplantPlannerLib import workflow
+
+        return workflow.fe_check_in_scene(self.context(), result, nodes, load_N=loadN, progress=progress)
 
     def exportBundle(self, result, nodes, ctNode, segNode, segmentId: str, outParent: str, exportParams=None,
                      latticeParams=None, guideParams=None, progress=None, segmentation=None):

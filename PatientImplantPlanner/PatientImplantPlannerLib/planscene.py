@@ -125,6 +125,23 @@ def _set_model(ctx, model, mesh, color) -> None:
     display.SetColor(*color)
 
 
+def show_von_mises(ctx, nodes: PlanNodes, case_id: str, surface_polydata) -> object:
+    """The FE check's stress field in the plan folder: a model node of the implant surface coloured by its
+    "von Mises (MPa)" point scalar (a rainbow colour map when the scene has Slicer's colour tables)."""
+    existing = _children(ctx, nodes.folder_item)
+    model = _node(ctx, nodes.folder_item, existing, "fe:von_mises", "vtkMRMLModelNode",
+                  f"{case_id} von Mises stress (MPa)")
+    model.SetAndObservePolyData(surface_polydata)
+    display = model.GetDisplayNode()
+    display.SetActiveScalarName("von Mises (MPa)")
+    display.SetScalarVisibility(True)
+    colour = ctx.scene.GetNodeByID("vtkMRMLColorTableNodeRainbow")
+    if colour is not None:
+        display.SetAndObserveColorNodeID(colour.GetID())
+    nodes.models["fe:von_mises"] = model
+    return model
+
+
 def _fill_table(table, result: PlanResult) -> None:
     import vtk
 
@@ -145,6 +162,11 @@ def _fill_table(table, result: PlanResult) -> None:
     for extra, geom in sorted(result.variants.items()):
         rows.append((f"Variant +{extra:g} mm length", geom.length_mm, "mm"))
     rows += _safety_rows(m.get("safety") or {}, m.get("placement_detail") or {})
+    for label, fe in (getattr(result, "fe", None) or {}).items():
+        rows.append((f"FE {label}: safety factor against yield at {fe['load_N']:g} N", fe["safety_factor_yield"], "x"))
+        rows.append((f"FE {label}: peak / p99 von Mises", f"{fe['max_von_mises_MPa']:.0f} / "
+                     f"{fe['p99_von_mises_MPa']:.0f}", "MPa"))
+        rows.append((f"FE {label}: axial stiffness vs 5.5 mm rod", fe["stiffness_ratio_vs_rod"], "x"))
     table.RemoveAllColumns()
     cols = []
     for name in ("Measurement", "Value", "Unit"):

@@ -64,6 +64,21 @@ def regenerate_in_scene(ctx, case_id: str, ct_node, segmentation_node, segment_i
     return design_in_scene(ctx, ct_node, segmentation_node, segment_id, plan, progress, keep_out=keep_out)
 
 
+def fe_check_in_scene(ctx, result: PlanResult, nodes, load_N: float = 500.0, progress=None):
+    """Run the finite-element check of every size (fe.analyse_plan), keep its figures on the result (manifest
+    "fe", design record), show the nominal's stress field as a model node and the figures in the measurements
+    table. Returns the fe.PlanFE."""
+    from .fe import analyse_plan, von_mises_surface
+    from .planscene import _fill_table, show_von_mises
+
+    result.fe_analysis = analyse_plan(result, load_N=float(load_N), progress=progress)
+    result.fe = result.fe_analysis.manifest()
+    show_von_mises(ctx, nodes, result.plan.case_id, von_mises_surface(result.fe_analysis.sizes["nominal"]))
+    if nodes.table is not None:
+        _fill_table(nodes.table, result)
+    return result.fe_analysis
+
+
 def keep_out_for(ct_node, keep_out_segmentation=None, level_segmentation=None, names=None):
     """The keep-out anatomy for a design in the scene: the keep-out segmentation's structures (segments named like
     'aorta'), else the level segmentation's such segments (a TotalSegmentator result holds both), else None (the
