@@ -13,7 +13,7 @@ import sys
 import time
 
 from .bundle import ALL_PARTS
-from .errors import OutputWriteError, PlannerError, from_os_error
+from .errors import OutputWriteError, PlanError, PlannerError, from_os_error
 from .staging import interrupts_raise
 
 # Points (RAS mm) in the bundled sample CT, found from its reference vertebra labels: a bone voxel of the L3 body
@@ -227,6 +227,8 @@ def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export
     prog = Progress(progress)
     ctx = create_headless_context()
     ct = load_ct(ctx, ct_path, series_uid=series_uid, progress=prog.sub(0.0, 0.05).report, **(ct_checks or {}))
+    if plan.kind == "mirror_defect":
+        return _run_mirror_defect(ctx, ct, plan, out_parent, segmentation_path, export_params, prog)
     level_labels = None
     if levels_path:
         from .levelsource import fill_plan_points, load_level_labels
@@ -282,6 +284,39 @@ def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export
         "warnings": list(result.warnings),
         "seconds": {k: round(v, 2) for k, v in {**result.seconds, **bundle.seconds}.items()},
     }
+
+
+def _run_mirror_defect(ctx, ct, plan, out_parent, segmentation_path, export_params, prog) -> dict:
+    """A mirror-defect plan: bone segment (given or from the plan's seeds) -> mirrordefect.run_mirror_defect into
+    a new folder (every file verified, the manifest with its "defect" block). Returns a summary."""
+    from .bonesegmentation import segment_bone
+    from .bundle import new_bundle_folder
+    from .mirrordefect import run_mirror_defect
+    from .segments import get_segment_mask
+    from .volumes import array, ijk_to_ras_matrix
+
+    plan.validate()
+    if segmentation_path:
+        seg_node, segment_id = _load_segmentation(ctx, segmentation_path)
+        mask = get_segment_mask(seg_node, segment_id, ct)
+    else:
+        if not plan.segmentation.seeds_ras:
+            raise PlanError("A mirror-defect plan needs a seed in the bone to segment (segmentation.seeds_ras).",
+                            "Add a point in the sacrum or pelvis to segmentation.seeds_ras, or give --segmentation.")
+        mask = segment_bone(ctx, ct, plan.segmentation, progress=prog.sub(0.05, 0.3).report).mask
+    folder = new_bundle_folder(out_parent, plan.case_id)
+    cs = export_params.coordinate_system if export_params is not None else "LPS"
+    prog.report(0.35, "Mirror-defect implant")
+    manifest = run_mirror_defect(array(ct), ijk_to_ras_matrix(ct), mask, plan.mirror_defect, folder,
+                                 coordinate_system=cs)
+    plan.save(os.path.join(folder, f"{plan.case_id}_plan.json"))
+    prog.report(1.0, "Done")
+    d = manifest.get("defect", {})
+    return {"folder": folder, "manifest": os.path.join(folder, "manifest.json"), "kind": "mirror_defect",
+            "files": len(manifest.get("files", [])),
+            "defect": {k: d.get(k) for k in ("symmetry_plane", "defect_volume_mm3", "implant_volume_mm3",
+                                             "bone_overlap_mm3", "contact_area_mm2", "max_gap_mm")},
+            "screws": manifest.get("screws"), "warnings": manifest.get("warnings", [])}
 
 
 def _keep_out(ctx, ct, plan, keep_out_path, levels_path, level_labels):
@@ -386,7 +421,15 @@ def cmd_plan(args) -> int:
 
 
 def cmd_write_demo_plan(args) -> int:
-    demo_plan().save(args.path)
+    if args.kind == "mirror_defect":
+        from .mirrordefect import EXAMPLE_BONE_SEED_RAS, example_parameters
+        from .plan import Plan
+
+        plan = Plan(case_id="DEMO-HEMISACRUM", kind="mirror_defect", mirror_defect=example_parameters())
+        plan.segmentation.seeds_ras = [list(EXAMPLE_BONE_SEED_RAS)]
+        plan.save(args.path)
+    else:
+        demo_plan().save(args.path)
     print(f"Plan written to {args.path}")
     return 0
 
@@ -529,6 +572,8 @@ def build_parser() -> argparse.ArgumentParser:
     wp = sub.add_parser("write-demo-plan", help="Write the demo plan JSON (a starting point for your own plan).",
                         description="Writes the plan used by `demo` to PATH (refuses to overwrite).")
     wp.add_argument("path", help="where to write the plan JSON")
+    wp.add_argument("--kind", choices=("strut", "mirror_defect"), default="strut",
+                    help="strut (default: the L2 demo) or mirror_defect (a left hemisacrectomy on the sample CT)")
     wp.set_defaults(func=cmd_write_demo_plan)
 
     demo = sub.add_parser(

@@ -30,6 +30,7 @@ MAX_VARIANT_MM = 30.0
 # defect resected); or a named angle around the bodies (placement.NAMED_ANGLES).
 PLACEMENTS = ("auto", "axis", *NAMED_ANGLES)
 TITANIUM_DENSITY_G_CM3 = 4.43  # Ti6Al4V ELI
+KINDS = ("strut", "mirror_defect")
 
 
 def _floats(p):
@@ -59,6 +60,10 @@ class Plan:
     # Safety findings the user accepts explicitly (ids as listed by the planner, e.g. "clearance:aorta",
     # "screw:proximal left", "slice_thickness"); each is written into the design record.
     accepted_risks: list = field(default_factory=list)
+    # "strut" (default): a strut along the spine between two vertebrae; "mirror_defect": a one-sided defect
+    # filled with the healthy side mirrored (mirrordefect.py; its parameters in ``mirror_defect``).
+    kind: str = "strut"
+    mirror_defect: dict = field(default_factory=dict)
     # Overrides from user edits in the scene; None = use what the planner detects.
     axis_control_points: Optional[list] = None
     proximal_endplate: Optional[dict] = None
@@ -68,6 +73,13 @@ class Plan:
     outputs: dict = field(default_factory=dict)
 
     def validate(self) -> None:
+        if self.kind not in KINDS:
+            raise PlanError(f"Unknown plan kind {self.kind!r}.", f"Set kind to one of {', '.join(KINDS)}.")
+        if self.kind == "mirror_defect":
+            from .mirrordefect import MirrorDefectParameters
+
+            MirrorDefectParameters.from_dict(self.mirror_defect).validate()
+            return  # the strut's levels, points, variants and screws do not apply
         if self.proximal_endplate is None and self.proximal_point_ras is None:
             raise PlanError(
                 "The plan has no proximal vertebra.",
@@ -146,6 +158,8 @@ class Plan:
             "keep_out_clearance_mm": float(self.keep_out_clearance_mm),
             "keep_out_structures": None if self.keep_out_structures is None else list(self.keep_out_structures),
             "accepted_risks": list(self.accepted_risks),
+            "kind": self.kind,
+            "mirror_defect": dict(self.mirror_defect),
             "axis_control_points": None
             if self.axis_control_points is None
             else [_floats(p) for p in self.axis_control_points],
@@ -170,7 +184,7 @@ class Plan:
             "case_id", "proximal_level", "distal_level", "proximal_point_ras", "distal_point_ras", "variants_mm",
             "axis_control_points", "proximal_endplate", "distal_endplate", "trajectories", "outputs",
             "placement", "anterior_clearance_mm", "placement_angle_deg", "keep_out_clearance_mm",
-            "keep_out_structures", "accepted_risks",
+            "keep_out_structures", "accepted_risks", "kind", "mirror_defect",
         }
         kwargs = {k: d[k] for k in known if k in d and d[k] is not None}
         if "segmentation" in d:
