@@ -622,8 +622,8 @@ def _section_keep_out(doc: _Doc, r: dict) -> None:
     safety = m.get("safety") or {}
     placement = m.get("placement_detail") or {}
     if placement.get("angle_deg") is not None:
-        doc.para(f"Strut placed {fmt(placement.get('how'))} at {fmt(placement.get('angle_deg'))} degrees around the "
-                 "spinal axis (0 anterior, +90 the patient's right), lying against the vertebral bodies.")
+        doc.para(f"Strut at {fmt(placement.get('angle_deg'))} degrees around the spinal axis (0 anterior, +90 the "
+                 f"patient's right; angle {fmt(placement.get('how'))}), lying against the vertebral bodies.")
     if not safety:
         doc.para("No keep-out structures were measured: n/a.")
         return
