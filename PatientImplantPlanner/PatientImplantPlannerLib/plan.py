@@ -357,9 +357,9 @@ def design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress=None, l
                    keep_out=None):
     """Levels -> axis -> endplates -> placement -> screws -> nominal implant -> variants -> measurements and
     safety (no scene access). ``keep_out`` (keepout.KeepOut) is the anatomy to stay clear of."""
-    from .implant import build_implant, measurements, profile_polygon
+    from .implant import build_implant, measurements
     from .levels import detect_levels, smooth_axis
-    from .placement import place_strut
+    from .placement import fit_footplates, place_strut, screw_layout_kwargs
     from .screws import Trajectory, default_trajectories, hole_specs, plan_screws
 
     plan.validate()
@@ -421,6 +421,11 @@ def design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress=None, l
             bone_gap_mm=plan.anterior_clearance_mm, largest_variant_mm=max(plan.variants_mm, default=0.0),
         )
         implant_params, pattern = placement.parameters, placement.screw_pattern
+    # Footplates thinned for a disc-only gap, grown (clear of the keep-out anatomy) until the screws fit.
+    implant_params, notes = fit_footplates(implant_params, axis, proximal, distal, plan.screws, pattern,
+                                           keep_out=keep_out, required_clearance_mm=plan.keep_out_clearance_mm,
+                                           largest_variant_mm=max(plan.variants_mm, default=0.0))
+    warnings.extend(notes)
     seconds["placement"] = time.perf_counter() - t1
 
     prog.report(0.3, "Planning screws")
@@ -431,19 +436,8 @@ def design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress=None, l
             for t in plan.trajectories
         ]
     else:
-        trajectories = default_trajectories(
-            proximal,
-            distal,
-            implant_params.footplate_thickness_mm,
-            plan.screws,
-            footplate_fraction=implant_params.footplate_fraction,
-            strut_offset_anterior_mm=implant_params.offset_anterior_mm,
-            strut_radius_mm=float(np.linalg.norm(profile_polygon(implant_params), axis=1).max()),
-            strut_offset_lateral_mm=implant_params.offset_lateral_mm,
-            footplate_offset_anterior_mm=implant_params.footplate_offset_anterior_mm,
-            footplate_offset_lateral_mm=implant_params.footplate_offset_lateral_mm,
-            **pattern,
-        )
+        trajectories = default_trajectories(proximal, distal, implant_params.footplate_thickness_mm, plan.screws,
+                                            **screw_layout_kwargs(implant_params, pattern))
     docking = _docking_masks(levels, np.shape(bone_mask))
     if not docking:
         warnings.append("Screw lengths are limited by the bone along each screw only (no detected docking "
