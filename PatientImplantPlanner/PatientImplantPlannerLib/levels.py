@@ -11,6 +11,9 @@ healthy vertebra below it (distal). From the bone mask (or a per-vertebra label 
   elements towards the body, checked against the patient's anterior);
 - walks from the proximal to the distal body collecting the vertebral bodies in between (missing ones, e.g. a
   corpectomy gap, are simply not found);
+- on thick slices (2-3 mm, no labels, the CT given) measures the two docking bodies from the CT instead: the disc
+  bands (endplate - disc - endplate, bright) along the axis, the body's cross-section between them, the docking
+  face fitted per column at the band's near edge; the bodies between are the spans between bands;
 - fits a smooth axis through the body centres whose end tangents are the measured axes of the two end
   vertebrae, so it follows kyphosis/lordosis/scoliosis even across a gap.
 
