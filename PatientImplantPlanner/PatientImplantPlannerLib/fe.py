@@ -34,7 +34,7 @@ from typing import Optional
 import numpy as np
 
 from .errors import GeometryError, PlannerError
-from .mesh import TriMesh, atomic_write_bytes, from_manifold, to_manifold
+from .mesh import TriMesh, from_manifold, to_manifold
 from .progress import Progress
 
 ROD_DIAMETER_MM = 5.5
@@ -806,9 +806,8 @@ def render_von_mises(size: SizeResult, path: str, size_px=(1000, 800), view: str
                      overwrite: bool = False, max_MPa: Optional[float] = None) -> str:
     """Offscreen PNG of the von Mises field on the implant surface, with a colour bar (MPa). Returns ``path``."""
     import vtk
-    from vtk.util.numpy_support import vtk_to_numpy
 
-    from .render import BACKGROUND_RGB, VIEWS, _png_bytes
+    from .render import BACKGROUND_RGB, _frame_parallel, _write_window_png
 
     pd = von_mises_surface(size)
     top = float(max_MPa or max(size.max_von_mises_MPa, 1e-6))
@@ -856,28 +855,8 @@ def render_von_mises(size: SizeResult, path: str, size_px=(1000, 800), view: str
     window.SetSize(int(size_px[0]), int(size_px[1]))
     window.AddRenderer(renderer)
     window.SetMultiSamples(0)
-    bounds = np.array(pd.GetBounds()).reshape(3, 2).T
-    centre = bounds.mean(axis=0)
-    toward = np.asarray(VIEWS[view], float)
-    toward /= np.linalg.norm(toward)
-    up = np.array([0.0, 0.0, 1.0])
-    radius = float(np.linalg.norm(bounds[1] - bounds[0])) / 2 + 1.0
-    cam = renderer.GetActiveCamera()
-    cam.SetFocalPoint(*centre)
-    cam.SetPosition(*(centre + toward * (3 * radius + 50.0)))
-    cam.SetViewUp(*up)
-    cam.ParallelProjectionOn()
-    cam.SetParallelScale(1.1 * radius)
+    # The same framing and PNG writer (with scale bar) as the record's other 3D pictures.
+    scale = _frame_parallel(renderer.GetActiveCamera(), np.array(pd.GetBounds()).reshape(3, 2).T, view,
+                            int(size_px[0]), int(size_px[1]))
     renderer.ResetCameraClippingRange()
-    window.Render()
-    grab = vtk.vtkWindowToImageFilter()
-    grab.SetInput(window)
-    grab.SetInputBufferTypeToRGB()
-    grab.ReadFrontBufferOff()
-    grab.Update()
-    img = grab.GetOutput()
-    w, hgt, _ = img.GetDimensions()
-    pixels = vtk_to_numpy(img.GetPointData().GetScalars()).reshape(hgt, w, -1)[::-1, :, :3].copy()
-    window.Finalize()
-    atomic_write_bytes(path, _png_bytes(pixels), overwrite=overwrite)
-    return path
+    return _write_window_png(window, path, scale, overwrite)
