@@ -54,3 +54,55 @@ def structure_names() -> dict:
     """{label value: structure name} of the chest label map (TotalSegmentator 'total' numbering)."""
     with open(os.path.join(chest_ct_dir(), "structures.csv"), newline="") as f:
         return {int(row["id"]): row["structure"] for row in csv.DictReader(f)}
+
+
+CORD = 79  # TotalSegmentator spinal_cord
+
+
+def voxel_centres(mask, ijk_to_ras):
+    """RAS centres of a [k, j, i] mask's voxels."""
+    import numpy as np
+
+    k, j, i = np.nonzero(mask)
+    return np.stack([i, j, k], axis=1) @ ijk_to_ras[:3, :3].T + ijk_to_ras[:3, 3]
+
+
+def label_body(labels, ijk_to_ras, value):
+    """A vertebra label's voxels in front of its body's posterior wall (found on the midline beside the cord),
+    with the local axis t (superior, from the cord), anterior a and lateral b."""
+    import numpy as np
+
+    pts = voxel_centres(labels == value, ijk_to_ras)
+    cord = voxel_centres(labels == CORD, ijk_to_ras)
+    c = cord[np.abs(cord[:, 2] - pts[:, 2].mean()) < 25]
+    t = np.linalg.svd(c - c.mean(axis=0))[2][0]
+    t = t if t[2] > 0 else -t
+    a = np.array([0.0, 1.0, 0.0]) - t[1] * t
+    a /= np.linalg.norm(a)
+    b = np.cross(t, a)
+    d = (pts - c.mean(axis=0)) @ a
+    wall = np.percentile(d[(np.abs((pts - c.mean(axis=0)) @ b) < 4) & (d > 0)], 1)
+    return pts[d >= wall - 0.5], t, a, b
+
+
+def reference_endplate(labels, ijk_to_ras, value, side):
+    """(centre, normal out of the body) of a vertebra's endplate from its label: per 2 x 2 mm column along the body's
+    axis the extreme voxel (lowest for the inferior endplate), the central 70 % of the footprint, a least-squares
+    plane, its centre moved half a voxel outward (voxel centre -> face). The same method as the shared
+    safety_eval.py's Labels.endplate."""
+    import numpy as np
+
+    body, t, a, b = label_body(labels, ijk_to_ras, value)
+    key = np.floor(body @ a / 2).astype(int) * 100000 + np.floor(body @ b / 2).astype(int)
+    order = np.lexsort((body @ t * (1 if side == "inferior" else -1), key))
+    first = np.ones(len(order), bool)
+    first[1:] = key[order][1:] != key[order][:-1]
+    face = body[order[first]]
+    fa, fb = face @ a, face @ b
+    face = face[np.hypot((fa - fa.mean()) / np.ptp(fa) * 2, (fb - fb.mean()) / np.ptp(fb) * 2) < 0.7]
+    centre = face.mean(axis=0)
+    n = np.linalg.svd(face - centre)[2][2]
+    n = n if n @ (-t if side == "inferior" else t) > 0 else -n
+    m = np.asarray(ijk_to_ras, float)
+    sp = np.linalg.norm(m[:3, :3], axis=0)
+    return centre + 0.5 * float(np.linalg.norm(sp * ((m[:3, :3] / sp).T @ n))) * n, n

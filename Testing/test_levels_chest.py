@@ -13,7 +13,7 @@ nearest to the body's centroid.
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from chestct import chest_ct_path, chest_labels_path
+from chestct import chest_ct_path, chest_labels_path, label_body, reference_endplate, voxel_centres
 from scipy import ndimage
 
 from PatientImplantPlannerLib import levels
@@ -24,7 +24,6 @@ from PatientImplantPlannerLib.volumes import array, ijk_to_ras_matrix
 pytestmark = pytest.mark.slow
 
 VERTEBRAE = {"T4": 40, "T5": 39, "T6": 38, "T7": 37, "T8": 36, "T9": 35}
-CORD = 79
 KEEP_T6 = (1.5, -74.4, -120.0)
 EXCLUDE = [(-21.0, -51.9, -112.5), (-63.9, 18.4, -182.5)]  # descending aorta beside T6, heart
 
@@ -51,49 +50,13 @@ def chest():
     ctx.scene.Clear(True)
 
 
-def _centres(mask, m):
-    k, j, i = np.nonzero(mask)
-    return np.stack([i, j, k], axis=1) @ m[:3, :3].T + m[:3, 3]
-
-
-def _body(labels, m, value):
-    """The label's voxels in front of the posterior body wall, and the local axis (superior) and anterior."""
-    pts = _centres(labels == value, m)
-    cord = _centres(labels == CORD, m)
-    c = cord[np.abs(cord[:, 2] - pts[:, 2].mean()) < 25]
-    t = np.linalg.svd(c - c.mean(axis=0))[2][0]
-    t = t if t[2] > 0 else -t
-    a = np.array([0.0, 1.0, 0.0]) - t[1] * t
-    a /= np.linalg.norm(a)
-    b = np.cross(t, a)
-    d = (pts - c.mean(axis=0)) @ a
-    wall = np.percentile(d[(np.abs((pts - c.mean(axis=0)) @ b) < 4) & (d > 0)], 1)
-    return pts[d >= wall - 0.5], t, a, b
-
-
-def _reference_endplate(labels, m, value, side):
-    body, t, a, b = _body(labels, m, value)
-    key = np.floor(body @ a / 2).astype(int) * 100000 + np.floor(body @ b / 2).astype(int)
-    order = np.lexsort((body @ t * (1 if side == "inferior" else -1), key))
-    first = np.ones(len(order), bool)
-    first[1:] = key[order][1:] != key[order][:-1]
-    face = body[order[first]]
-    fa, fb = face @ a, face @ b
-    face = face[np.hypot((fa - fa.mean()) / np.ptp(fa) * 2, (fb - fb.mean()) / np.ptp(fb) * 2) < 0.7]
-    centre = face.mean(axis=0)
-    n = np.linalg.svd(face - centre)[2][2]
-    n = n if n @ (-t if side == "inferior" else t) > 0 else -n
-    sp = np.linalg.norm(m[:3, :3], axis=0)
-    return centre + 0.5 * float(np.linalg.norm(sp * ((m[:3, :3] / sp).T @ n))) * n, n
-
-
 def _clicked_point(labels, m, value):
-    body, *_ = _body(labels, m, value)
+    body, *_ = label_body(labels, m, value)
     inv = np.linalg.inv(m)
     ijk = np.rint(body @ inv[:3, :3].T + inv[:3, 3]).astype(int)
     mask = np.zeros(labels.shape, bool)
     mask[ijk[:, 2], ijk[:, 1], ijk[:, 0]] = True
-    deep = _centres(mask & (ndimage.distance_transform_edt(mask, sampling=np.linalg.norm(m[:3, :3], axis=0)[::-1])
+    deep = voxel_centres(mask & (ndimage.distance_transform_edt(mask, sampling=np.linalg.norm(m[:3, :3], axis=0)[::-1])
                             >= 2.0), m)
     return deep[np.argmin(np.linalg.norm(deep - body.mean(axis=0), axis=1))]
 
@@ -123,7 +86,7 @@ def test_endplates_match_the_label_references(detected, end, request):
             "inferior face across the same disc; the fit lies between the two)")))
     ep, level, side = ((r.proximal_endplate, proximal, "inferior") if end == "proximal"
                        else (r.distal_endplate, distal, "superior"))
-    centre, normal = _reference_endplate(labels, m, VERTEBRAE[level], side)
+    centre, normal = reference_endplate(labels, m, VERTEBRAE[level], side)
     distance = float(np.linalg.norm(ep.centre - centre))
     angle = float(np.degrees(np.arccos(min(1.0, abs(float(ep.normal @ normal))))))
     print(f"{level} {side}: {distance:.2f} mm, {angle:.1f} deg")

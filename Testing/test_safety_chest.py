@@ -12,7 +12,7 @@ vertebrae >= 100 HU (the planner gets the labels as level source, so the segment
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from chestct import chest_ct_path, chest_labels_path
+from chestct import chest_ct_path, chest_labels_path, reference_endplate
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
@@ -144,36 +144,8 @@ def test_screws_stay_in_their_docking_vertebra(designed):
 
 
 def _reference_endplate(labels, m, level_value, side):
-    """Reference from the vertebral-body label: the label's voxels in front of the cord's level (the body), per
-    2 x 2 mm column along the body's axis the extreme voxel (lowest for the inferior endplate), the central 70 % of
-    the footprint, a least-squares plane; its centre moved half a voxel outward (voxel centre -> face)."""
-    pts = _voxel_centres(labels == level_value, m)
-    cord = _voxel_centres(labels == CORD, m)
-    c = cord[np.abs(cord[:, 2] - pts[:, 2].mean()) < 25]
-    t = np.linalg.svd(c - c.mean(axis=0))[2][0]
-    t = t if t[2] > 0 else -t
-    a = np.array([0.0, 1.0, 0.0]) - t[1] * t
-    a /= np.linalg.norm(a)
-    foot = c.mean(axis=0)
-    b = np.cross(t, a)
-    d = (pts - foot) @ a
-    wall = np.percentile(d[(np.abs((pts - foot) @ b) < 4) & (d > 0)], 1)  # the body's posterior wall
-    body = pts[d >= wall - 0.5]
-    key = np.floor(body @ a / 2).astype(int) * 100000 + np.floor(body @ b / 2).astype(int)
-    h = body @ t * (1 if side == "inferior" else -1)
-    order = np.lexsort((h, key))
-    first = np.ones(len(order), bool)
-    first[1:] = key[order][1:] != key[order][:-1]
-    face = body[order[first]]
-    fa, fb = face @ a, face @ b
-    r = np.hypot((fa - fa.mean()) / np.ptp(fa) * 2, (fb - fb.mean()) / np.ptp(fb) * 2)
-    face = face[r < 0.7]
-    centre = face.mean(axis=0)
-    n = np.linalg.svd(face - centre)[2][2]
-    n = n if n @ (-t if side == "inferior" else t) > 0 else -n
-    sp = np.linalg.norm(m[:3, :3], axis=0)
-    half_voxel = 0.5 * float(np.linalg.norm(sp * ((m[:3, :3] / sp).T @ n)))
-    return centre + half_voxel * n, n
+    """Reference from the vertebral-body label (chestct.reference_endplate, the shared safety_eval's method)."""
+    return reference_endplate(labels, m, level_value, side)
 
 
 def test_endplates_match_the_label_references(designed):
