@@ -45,7 +45,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from PatientImplantPlannerLib.errors import OutputExistsError, PlanError, PlannerError
+from PatientImplantPlannerLib.core.errors import OutputExistsError, PlanError, PlannerError
 
 SAMPLE_CATEGORY = "PatientImplantPlanner"
 SAMPLE_NAME = "PatientImplantPlannerLumbarCT"
@@ -54,10 +54,10 @@ SAMPLE_FILE = "example_ct.nii.gz"
 # bundled), by import name: manifold3d for exact mesh booleans, fpdf2 for the PDF design record.
 REQUIRED_PACKAGES = {"manifold3d": "manifold3d>=3.0", "fpdf": "fpdf2>=2.7", "skfem": "scikit-fem>=10",
                      "wildmeshing": "wildmeshing>=0.4", "pyamg": "pyamg>=5"}
-# Keys of PatientImplantPlannerLib.screws.SCREW_CATALOGUE (the engine is not imported at module load; a test checks
-# that both lists agree).
+# Keys of PatientImplantPlannerLib.design.screws.SCREW_CATALOGUE (the engine is not imported at module load; a test
+# checks that both lists agree).
 SCREW_TYPES = ["3.5 cancellous", "6.5 cancellous"]
-# Export part (PatientImplantPlannerLib.bundle.ALL_PARTS) -> parameter node field of its checkbox.
+# Export part (PatientImplantPlannerLib.export.bundle.ALL_PARTS) -> parameter node field of its checkbox.
 EXPORT_PART_FIELDS = {
     "implant": "exportImplant",
     "variants": "exportVariants",
@@ -152,7 +152,7 @@ def registerSampleData():
 
 
 def _sampleChecksum(path: str) -> str:
-    from PatientImplantPlannerLib.manifest import sha256_of
+    from PatientImplantPlannerLib.export.manifest import sha256_of
 
     return sha256_of(path)
 
@@ -634,7 +634,7 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     def onSegmentBoneButton(self) -> None:
         """Segment the bone with the current parameters."""
-        from PatientImplantPlannerLib.record import SegmentationInfo
+        from PatientImplantPlannerLib.record.designrecord import SegmentationInfo
 
         p = self._parameterNode
         with self._engineCall(_("Bone segmentation failed.")):
@@ -676,7 +676,7 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     def onExportBoneButton(self) -> None:
         """Export the bone segment as STL + manifest; ask before overwriting an earlier export."""
-        from PatientImplantPlannerLib.record import SegmentationInfo
+        from PatientImplantPlannerLib.record.designrecord import SegmentationInfo
 
         p = self._parameterNode
         if not ensureDependencies():
@@ -1069,7 +1069,7 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     def onExportBundleButton(self) -> None:
         """Write the export bundle of the case's plan into a new folder."""
-        from PatientImplantPlannerLib.record import SegmentationInfo
+        from PatientImplantPlannerLib.record.designrecord import SegmentationInfo
 
         p = self._parameterNode
         if self._busy or not self._dependenciesReady(_("Export")):
@@ -1125,7 +1125,7 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def context():
         """The engine's view of the running Slicer: its scene and module logics."""
-        from PatientImplantPlannerLib.context import context_from_slicer
+        from PatientImplantPlannerLib.scene.context import context_from_slicer
 
         return context_from_slicer()
 
@@ -1133,14 +1133,14 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
 
     def loadCT(self, path: str, name: Optional[str] = None, progress=None) -> vtkMRMLScalarVolumeNode:
         """Load and validate a CT file or DICOM folder."""
-        from PatientImplantPlannerLib.ctimport import load_ct
+        from PatientImplantPlannerLib.imaging.ctimport import load_ct
 
         return load_ct(self.context(), path, name=name, progress=progress)
 
     def boneSegmentationParameters(self, thresholdRange=(226.0, 3071.0), seedNode=None, excludeNode=None,
                                    roiNode=None, fillInterior=True, minIslandMm3=1000.0, smoothingMm=0.0):
         """Engine parameters from GUI values; seeds, exclude points and ROI are read from the markups nodes."""
-        from PatientImplantPlannerLib import bonesegmentation
+        from PatientImplantPlannerLib.imaging import bonesegmentation
 
         params = bonesegmentation.BoneSegmentationParameters(
             threshold_min=float(thresholdRange[0]),
@@ -1155,20 +1155,20 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
     def segmentBone(self, ctNode, params=None, segmentationNode=None, progress=None):
         """Segment the bone of ``ctNode``; returns the engine result (segmentation_node, segment_id, volume_mm3,
         warnings)."""
-        from PatientImplantPlannerLib.bonesegmentation import segment_bone
+        from PatientImplantPlannerLib.imaging.bonesegmentation import segment_bone
 
         return segment_bone(self.context(), ctNode, params=params, segmentation_node=segmentationNode,
                             progress=progress)
 
     def showBoneIn3D(self, segmentationNode) -> None:
-        from PatientImplantPlannerLib.boneexport import show_bone_in_3d
+        from PatientImplantPlannerLib.export.boneexport import show_bone_in_3d
 
         show_bone_in_3d(segmentationNode)
 
     def exportBone(self, segmentationNode, segmentId: str, outDir: str, coordinateSystem: str = "LPS",
                    overwrite: bool = False, parameters: Optional[dict] = None, progress=None):
         """Write the bone segment as a verified binary STL plus manifest; returns the engine result."""
-        from PatientImplantPlannerLib.boneexport import export_bone_model
+        from PatientImplantPlannerLib.export.boneexport import export_bone_model
 
         return export_bone_model(self.context(), segmentationNode, segmentId, outDir,
                                  coordinate_system=coordinateSystem, overwrite=overwrite, parameters=parameters,
@@ -1205,7 +1205,7 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def implantParameters(p):
         """Engine ImplantParameters from the parameter node."""
-        from PatientImplantPlannerLib.implant import ImplantParameters
+        from PatientImplantPlannerLib.design.implant import ImplantParameters
 
         return ImplantParameters(
             profile=p.implantProfile.value,
@@ -1224,7 +1224,7 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def screwParameters(p):
         """Engine ScrewParameters from the parameter node."""
-        from PatientImplantPlannerLib.screws import ScrewParameters
+        from PatientImplantPlannerLib.design.screws import ScrewParameters
 
         return ScrewParameters(
             screw_type=p.screwType,
@@ -1253,7 +1253,7 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
     def keepOut(self, p, ctNode):
         """The keep-out anatomy for a design on ``ctNode`` (engine: workflow.keep_out_for), cached while the
         segmentations and the CT are unchanged (a redesign after each drag must not rebuild it)."""
-        from PatientImplantPlannerLib import workflow
+        from PatientImplantPlannerLib.scene import workflow
 
         key = tuple((n.GetID(), n.GetMTime()) if n is not None else None
                     for n in (p.keepOutSegmentation, p.levelSegmentation, ctNode))
@@ -1269,7 +1269,7 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
         names = ((p.proximalLevel or "").strip(), (p.distalLevel or "").strip())
         if p.levelSegmentation is None:
             return names
-        from PatientImplantPlannerLib.levelsource import vertebra_name
+        from PatientImplantPlannerLib.imaging.levelsource import vertebra_name
 
         empty = [which for which, name in zip((_("proximal"), _("distal")), names) if not name]
         if empty:
@@ -1285,7 +1285,7 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
         design's level source instead of the bone); None without a segmentation."""
         if levelSegNode is None:
             return None
-        from PatientImplantPlannerLib.levelsource import labels_from_segmentation
+        from PatientImplantPlannerLib.imaging.levelsource import labels_from_segmentation
 
         return labels_from_segmentation(levelSegNode, ctNode)
 
@@ -1296,11 +1296,11 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
         With a vertebra segmentation (levelSegmentation) the points are optional and the level names required: a
         missing point is put in the named vertebra of ``levelLabels`` (made from levelSegmentation on the CT if not
         given)."""
-        from PatientImplantPlannerLib.bonesegmentation import BoneSegmentationParameters
-        from PatientImplantPlannerLib.levelsource import fill_plan_points
-        from PatientImplantPlannerLib.plan import Plan
-        from PatientImplantPlannerLib.record import SegmentationInfo
-        from PatientImplantPlannerLib.volumes import ijk_to_ras_matrix
+        from PatientImplantPlannerLib.design.plan import Plan
+        from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters
+        from PatientImplantPlannerLib.imaging.levelsource import fill_plan_points
+        from PatientImplantPlannerLib.record.designrecord import SegmentationInfo
+        from PatientImplantPlannerLib.scene.volumes import ijk_to_ras_matrix
 
         caseId = (p.caseId or "").strip()
         if not caseId:
@@ -1337,7 +1337,7 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
         levelLabels: vertebra labels from levelLabels() (they define the vertebrae; the plan's level names pick the
         ends where it has no points); keepOut: the anatomy to keep clear of (keepOut()). The scene is not touched if
         the design fails."""
-        from PatientImplantPlannerLib import workflow
+        from PatientImplantPlannerLib.scene import workflow
 
         return workflow.design_in_scene(self.context(), ctNode, segNode, segmentId, plan, progress=progress,
                                         level_labels=levelLabels, keep_out=keepOut)
@@ -1352,8 +1352,8 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
         resetScrews: lay the screws out again instead of keeping the screw lines in the scene.
         levelLabels: the vertebra labels the plan was designed with (None: levels from the bone).
         """
-        from PatientImplantPlannerLib import workflow
-        from PatientImplantPlannerLib.planscene import plan_from_scene
+        from PatientImplantPlannerLib.scene import workflow
+        from PatientImplantPlannerLib.scene.planfolder import plan_from_scene
 
         ctx = self.context()
         settings = {"implant": implant, "screws": screws, "variants_mm": variantsMm, "placement": placement,
@@ -1372,7 +1372,7 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
 
     def hasPlan(self, caseId: str) -> bool:
         """Whether the scene holds a plan folder for this case ID."""
-        from PatientImplantPlannerLib.planscene import find_plan_folder
+        from PatientImplantPlannerLib.scene.planfolder import find_plan_folder
 
         return bool(find_plan_folder(self.context(), caseId))
 
@@ -1441,9 +1441,9 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def bundleParameters(p) -> tuple:
         """(ExportParameters, LatticeParameters, GuideParameters) from the parameter node, validated."""
-        from PatientImplantPlannerLib.bundle import ALL_PARTS, ExportParameters
-        from PatientImplantPlannerLib.guides import GuideParameters
-        from PatientImplantPlannerLib.lattice import LatticeParameters
+        from PatientImplantPlannerLib.export.bundle import ALL_PARTS, ExportParameters
+        from PatientImplantPlannerLib.parts.guides import GuideParameters
+        from PatientImplantPlannerLib.parts.lattice import LatticeParameters
 
         formats = tuple(fmt for fmt, on in (("stl", p.exportStl), ("3mf", p.export3mf)) if on)
         if not formats:
@@ -1462,7 +1462,7 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
     def feCheck(self, result, nodes, loadN: float = 500.0, progress=None):
         """Finite-element check of every size of the plan: figures into the manifest and record, the nominal's
         stress field as a model node, the figures in the measurements table (engine: workflow.fe_check_in_scene)."""
-        from PatientImplantPlannerLib import workflow
+        from PatientImplantPlannerLib.scene import workflow
 
         return workflow.fe_check_in_scene(self.context(), result, nodes, load_N=loadN, progress=progress)
 
@@ -1470,7 +1470,7 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
                      latticeParams=None, guideParams=None, progress=None, segmentation=None):
         """Write the export bundle of a designed plan into a new folder in ``outParent``; returns the BundleResult
         (folder, manifest_path, files, report_html, ...)."""
-        from PatientImplantPlannerLib import workflow
+        from PatientImplantPlannerLib.scene import workflow
 
         return workflow.export_in_scene(
             self.context(), result, nodes, ctNode, segNode, segmentId, out_parent=outParent,
@@ -1513,7 +1513,7 @@ class PatientImplantPlannerTest(ScriptedLoadableModuleTest):
 
         import numpy as np
 
-        from PatientImplantPlannerLib.phantom import make_spine_phantom
+        from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
 
         self.delayDisplay("Building spine phantom")
         logic = PatientImplantPlannerLogic()
@@ -1576,7 +1576,7 @@ class PatientImplantPlannerTest(ScriptedLoadableModuleTest):
     def _designPhantomImplant(self, caseId: str):
         """Segment a 3-level phantom and design a curved plate against the anterior bodies from L1 to L3, through
         the logic and the parameter node as the GUI does. Returns (logic, parameters, ct, bone, result, nodes)."""
-        from PatientImplantPlannerLib.phantom import make_spine_phantom
+        from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
 
         logic = PatientImplantPlannerLogic()
         levels = ("L1", "L2", "L3")
@@ -1613,7 +1613,7 @@ class PatientImplantPlannerTest(ScriptedLoadableModuleTest):
         dragged endplate."""
         import numpy as np
 
-        from PatientImplantPlannerLib.mesh import check_mesh, from_polydata
+        from PatientImplantPlannerLib.core.mesh import check_mesh, from_polydata
 
         with self.assertRaises(PlannerError):
             PatientImplantPlannerLogic.parseVariants("2, three")
@@ -1656,7 +1656,7 @@ class PatientImplantPlannerTest(ScriptedLoadableModuleTest):
     def vertebraLabelSegmentation(phantom, ctNode, name: str = "VertebraLabels"):
         """A segmentation with one segment per phantom vertebra, named as TotalSegmentator names them
         ("vertebrae_L1", ...), like its output loaded in Slicer."""
-        from PatientImplantPlannerLib.segments import set_segment_mask
+        from PatientImplantPlannerLib.scene.segments import set_segment_mask
 
         node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
         node.SetReferenceImageGeometryParameterFromVolumeNode(ctNode)
@@ -1670,8 +1670,8 @@ class PatientImplantPlannerTest(ScriptedLoadableModuleTest):
         are those of the named vertebrae, and a redesign with the same labels gives the same implant."""
         import numpy as np
 
-        from PatientImplantPlannerLib.phantom import make_spine_phantom
-        from PatientImplantPlannerLib.segments import set_segment_mask
+        from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
+        from PatientImplantPlannerLib.scene.segments import set_segment_mask
 
         self.delayDisplay("Designing from vertebra segments without points")
         logic = PatientImplantPlannerLogic()
@@ -1716,7 +1716,7 @@ class PatientImplantPlannerTest(ScriptedLoadableModuleTest):
         """Export a phantom plan (no lattice, no report: quick) and check the manifest lists every file written."""
         import tempfile
 
-        from PatientImplantPlannerLib.manifest import verify_manifest
+        from PatientImplantPlannerLib.export.manifest import verify_manifest
 
         self.delayDisplay("Designing an implant on a spine phantom")
         logic, p, ctNode, bone, result, nodes = self._designPhantomImplant("SELFTEST-EXPORT")

@@ -15,7 +15,7 @@ LUMBAR_LEVELS = {"S1": 26, "L5": 27, "L4": 28, "L3": 29, "L2": 30, "L1": 31, "T1
 
 @pytest.fixture
 def ctx():
-    from PatientImplantPlannerLib.context import create_headless_context
+    from PatientImplantPlannerLib.scene.context import create_headless_context
 
     context = create_headless_context()
     yield context

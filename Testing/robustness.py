@@ -51,7 +51,7 @@ class Case:
 
 def random_case(seed: int, max_spacing: float = 1.5, min_spacing: float = 0.5) -> Case:
     """A plausible plan on a small phantom, deterministic for ``seed``."""
-    from PatientImplantPlannerLib.phantom import level_size
+    from PatientImplantPlannerLib.phantoms.spine import level_size
 
     rng = np.random.default_rng(seed)
     gap = int(rng.choice([1, 2, 3, 4], p=[0.2, 0.4, 0.25, 0.15]))  # 1 = adjacent (a disc only)
@@ -108,11 +108,11 @@ def random_case(seed: int, max_spacing: float = 1.5, min_spacing: float = 0.5) -
 def setting_names() -> dict:
     """{"plan": plan keys, "implant" / "screws" / "segmentation": their keys, "cli": long options of the plan
     command, "values": choice values a fix may quote (placements, profiles, screw types)}."""
-    from PatientImplantPlannerLib.bonesegmentation import BoneSegmentationParameters
     from PatientImplantPlannerLib.cli import build_parser
-    from PatientImplantPlannerLib.implant import PROFILES, ImplantParameters
-    from PatientImplantPlannerLib.plan import PLACEMENTS, Plan
-    from PatientImplantPlannerLib.screws import SCREW_CATALOGUE, ScrewParameters
+    from PatientImplantPlannerLib.design.implant import PROFILES, ImplantParameters
+    from PatientImplantPlannerLib.design.plan import PLACEMENTS, Plan
+    from PatientImplantPlannerLib.design.screws import SCREW_CATALOGUE, ScrewParameters
+    from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
@@ -171,20 +171,20 @@ def reason_of(problem: str) -> str:
 
 
 def make_phantom(case: Case):
-    from PatientImplantPlannerLib.phantom import make_spine_phantom
+    from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
 
     return make_spine_phantom(spacing=case.spacing, levels=case.levels, kyphosis_deg=case.kyphosis_deg,
                               with_mediastinum=case.mediastinum, seed=case.seed)
 
 
 def make_plan(case: Case, ph):
-    from PatientImplantPlannerLib.implant import ImplantParameters
-    from PatientImplantPlannerLib.plan import Plan
-    from PatientImplantPlannerLib.screws import ScrewParameters
+    from PatientImplantPlannerLib.design.implant import ImplantParameters
+    from PatientImplantPlannerLib.design.plan import Plan
+    from PatientImplantPlannerLib.design.screws import ScrewParameters
 
     exclude = []
     if case.mediastinum and case.keep_out == "ct":
-        from PatientImplantPlannerLib.phantom import KEEP_OUT_LABELS
+        from PatientImplantPlannerLib.phantoms.spine import KEEP_OUT_LABELS
 
         # One click deep inside the aorta and one in the heart where the phantom has them, as a user would.
         for name in ("aorta", "heart"):
@@ -211,9 +211,9 @@ def make_plan(case: Case, ph):
 
 
 def run_case(case: Case, names: dict = None) -> Outcome:
-    from PatientImplantPlannerLib.errors import PlannerError
-    from PatientImplantPlannerLib.keepout import from_labels
-    from PatientImplantPlannerLib.plan import design_implant
+    from PatientImplantPlannerLib.core.errors import PlannerError
+    from PatientImplantPlannerLib.design.plan import design_implant
+    from PatientImplantPlannerLib.imaging.keepout import from_labels
 
     names = names or setting_names()
     t0 = time.perf_counter()

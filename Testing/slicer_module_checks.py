@@ -39,7 +39,7 @@ SLICER_TOP_LEVEL = {"slicer", "qt", "ctk", "vtk"}
 # the engine may pull in manifold3d which is installed on first use).
 SLICER_IN_FUNCTIONS = SLICER_TOP_LEVEL | {"SampleData", "numpy", "scipy", "SimpleITK", ENGINE}
 # The engine module that is safe at top level: it has no third-party imports.
-ENGINE_TOP_LEVEL = {f"{ENGINE}.errors"}
+ENGINE_TOP_LEVEL = {f"{ENGINE}.core.errors"}
 # Installed on first use by ensureDependencies() only (import names).
 FIRST_USE_PACKAGES = {"manifold3d", "fpdf"}
 
@@ -377,11 +377,15 @@ def check_module_imports(py_path):
 
 
 def _engine_defines(module):
-    path = os.path.join(ENGINE_DIR, *module.split(".")) + ".py"
+    path = os.path.join(ENGINE_DIR, *module.split("."))
+    names = set()
+    if os.path.isdir(path):  # a sub-package: its modules and what its __init__ defines
+        names.update(f[:-3] for f in os.listdir(path) if f.endswith(".py"))
+        path = os.path.join(path, "__init__")
+    path += ".py"
     if not os.path.isfile(path):
         return None
     tree = _tree(path)
-    names = set()
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
             names.add(node.name)
@@ -712,7 +716,7 @@ ENGINE_FORBIDDEN_UTIL = {"errorDisplay", "warningDisplay", "infoDisplay", "confi
                          "childWidgetVariables", "mainWindow", "pip_install", "pip_uninstall", "showStatusMessage",
                          "tryWithErrorDisplay", "WaitCursor", "MessageDialog", "findChild", "findChildren"}
 # The one sanctioned bridge: context_from_slicer() wraps the running application's scene and logics.
-ENGINE_APP_BRIDGE = ("context.py", "context_from_slicer")
+ENGINE_APP_BRIDGE = (os.path.join("scene", "context.py"), "context_from_slicer")
 
 
 def _attributes_with_function(tree):

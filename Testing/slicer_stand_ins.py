@@ -15,7 +15,7 @@ from slicer_module_checks import MODULE_PY
 
 def stand_in_modules(tmp_path, ctx):
     """Minimal stand-ins for the GUI-only packages the module imports (the real ones need the Slicer app)."""
-    from PatientImplantPlannerLib.ctimport import load_ct
+    from PatientImplantPlannerLib.imaging.ctimport import load_ct
 
     def module(name, **attrs):
         m = types.ModuleType(name)
@@ -162,7 +162,7 @@ def import_module_under_test(ctx, tmp_path, monkeypatch):
     """The module file imported against the headless core with the stand-ins; the engine context is ``ctx``."""
     import slicer
 
-    import PatientImplantPlannerLib.context as context
+    import PatientImplantPlannerLib.scene.context as context
 
     stand_ins, app = stand_in_modules(tmp_path, ctx)
     for name, mod in stand_ins.items():

@@ -279,7 +279,7 @@ def test_disk_without_space_is_refused_before_work(inputs, tmp_path, capsys, mon
 
 
 def test_disk_full_while_writing_leaves_nothing(inputs, tmp_path, capsys, monkeypatch):
-    from PatientImplantPlannerLib import mesh
+    from PatientImplantPlannerLib.core import mesh
 
     def full(mesh_, path, *args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
@@ -367,21 +367,21 @@ def interrupt_while_writing(folder, writer: str, written: str, argv, sig) -> str
 def test_signal_while_writing_leaves_nothing_behind(inputs, tmp_path, sig):
     ct = shutil.copy(inputs["ct"], tmp_path / "ct.nii.gz")
     before = snapshot(tmp_path)
-    interrupt_while_writing(tmp_path, "workflow.write_segmentation", "bone.seg.nrrd",
+    interrupt_while_writing(tmp_path, "scene.workflow.write_segmentation", "bone.seg.nrrd",
                             ["segment", ct, "--out", str(tmp_path / "out"), "--seed", *map(str, BONE_CENTRE)], sig)
     assert snapshot(tmp_path) == before  # no .partial-PID folder, no out folder
 
 
 def test_sigterm_while_writing_an_export_bundle_leaves_nothing_behind(tmp_path):
-    from PatientImplantPlannerLib.phantom import make_spine_phantom
-    from PatientImplantPlannerLib.plan import Plan
+    from PatientImplantPlannerLib.design.plan import Plan
+    from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
 
     ph = make_spine_phantom(spacing=1.0, levels=("L1", "L2", "L3"))
     ct = ph.write(str(tmp_path / "phantom.nrrd"))
     Plan(case_id="KILL", proximal_level="L1", distal_level="L3", proximal_point_ras=list(ph.body_point("L1")),
          distal_point_ras=list(ph.body_point("L3"))).save(str(tmp_path / "plan.json"))
     before = snapshot(tmp_path)
-    interrupt_while_writing(tmp_path, "bundle._write_and_verify", ".stl",
+    interrupt_while_writing(tmp_path, "export.bundle._write_and_verify", ".stl",
                             ["plan", ct, "--plan", str(tmp_path / "plan.json"), "--out", str(tmp_path / "exports"),
                              "--parts", "implant", "variants"], signal.SIGTERM)
     assert snapshot(tmp_path) == before  # no exports/ made for it, no .partial folder with unchecked STLs

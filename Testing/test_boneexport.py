@@ -6,12 +6,12 @@ import os
 import numpy as np
 import pytest
 
-from PatientImplantPlannerLib import mesh as M
-from PatientImplantPlannerLib.boneexport import export_bone_model, mask_surface
-from PatientImplantPlannerLib.errors import OutputExistsError
-from PatientImplantPlannerLib.manifest import verify_manifest
-from PatientImplantPlannerLib.phantom import make_spine_phantom
-from PatientImplantPlannerLib.segments import get_segment_mask, set_segment_mask
+from PatientImplantPlannerLib.core import mesh as M
+from PatientImplantPlannerLib.core.errors import OutputExistsError
+from PatientImplantPlannerLib.export.boneexport import export_bone_model, mask_surface
+from PatientImplantPlannerLib.export.manifest import verify_manifest
+from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
+from PatientImplantPlannerLib.scene.segments import get_segment_mask, set_segment_mask
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def _mean_distance(points, surface) -> float:
 
 @pytest.mark.parametrize("spacing", [0.7, 3.0])
 def test_bone_model_is_smoothed_like_slicer_and_keeps_only_real_pieces(spacing):
-    from PatientImplantPlannerLib.boneexport import bone_model_surface
+    from PatientImplantPlannerLib.export.boneexport import bone_model_surface
 
     ph = make_spine_phantom(spacing=spacing, levels=("L1", "L2"), noise_hu=0.0)
     mask = ph.bone_mask.copy()

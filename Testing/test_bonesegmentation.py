@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-from PatientImplantPlannerLib.bonesegmentation import (
+from PatientImplantPlannerLib.core.errors import SegmentationError
+from PatientImplantPlannerLib.imaging.bonesegmentation import (
     BONE_COLOR,
     BONE_TERMINOLOGY,
     BoneSegmentationParameters,
@@ -18,9 +19,8 @@ from PatientImplantPlannerLib.bonesegmentation import (
     segment_bone,
     threshold_preview_mask,
 )
-from PatientImplantPlannerLib.errors import SegmentationError
-from PatientImplantPlannerLib.phantom import make_spine_phantom
-from PatientImplantPlannerLib.segments import get_segment_mask
+from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
+from PatientImplantPlannerLib.scene.segments import get_segment_mask
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +242,7 @@ def _deepest_point(ph, mask):
 
 @pytest.mark.parametrize("mirror", [False, True], ids=["aorta left", "mirrored: aorta right"])
 def test_mediastinal_phantom_keep_seed_and_exclude_seeds_in_aorta_and_heart(ctx, mirror):
-    from PatientImplantPlannerLib.phantom import KEEP_OUT_LABELS
+    from PatientImplantPlannerLib.phantoms.spine import KEEP_OUT_LABELS
 
     ph = make_spine_phantom(spacing=1.0, levels=("T5", "T6", "T7", "T8"), with_mediastinum=True, mirror_lr=mirror)
     ct = ph.add_to_scene(ctx, "Chest phantom")
@@ -266,7 +266,7 @@ def test_mediastinal_phantom_keep_seed_and_exclude_seeds_in_aorta_and_heart(ctx,
 def test_blood_pools_take_thick_contrast_pools_not_thin_cortex():
     """The exclude seeds' pools: a thick 400 HU pool touching a 2 mm, 400 HU plate (cortex in the band) and a
     3.5 mm tube. The pool is the thick part only; the seed in the tube is reported as too thin."""
-    from PatientImplantPlannerLib.bonesegmentation import _blood_pools
+    from PatientImplantPlannerLib.imaging.bonesegmentation import _blood_pools
 
     sp = np.array([0.7, 0.7, 0.7])
     ct = np.full((40, 60, 60), 40, np.int16)

@@ -5,9 +5,9 @@ import numpy as np
 import scipy.ndimage as ndi
 from conftest import LUMBAR_LABELS, LUMBAR_LEVELS, SAMPLE_CT
 
-from PatientImplantPlannerLib.bonesegmentation import BoneSegmentationParameters, segment_bone
-from PatientImplantPlannerLib.segments import get_segment_mask
-from PatientImplantPlannerLib.volumes import array, ijk_to_ras
+from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters, segment_bone
+from PatientImplantPlannerLib.scene.segments import get_segment_mask
+from PatientImplantPlannerLib.scene.volumes import array, ijk_to_ras
 
 LUMBAR = ("L1", "L2", "L3", "L4", "L5")
 

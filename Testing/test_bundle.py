@@ -6,14 +6,14 @@ import os
 import numpy as np
 import pytest
 
-from PatientImplantPlannerLib import mesh as M
-from PatientImplantPlannerLib.bundle import ExportParameters, export_bundle
-from PatientImplantPlannerLib.errors import OutputExistsError
-from PatientImplantPlannerLib.implant import ImplantParameters
-from PatientImplantPlannerLib.manifest import sha256_of, verify_manifest
-from PatientImplantPlannerLib.phantom import make_spine_phantom
-from PatientImplantPlannerLib.plan import Plan, design_implant
-from PatientImplantPlannerLib.threemf import read_3mf
+from PatientImplantPlannerLib.core import mesh as M
+from PatientImplantPlannerLib.core.errors import OutputExistsError
+from PatientImplantPlannerLib.design.implant import ImplantParameters
+from PatientImplantPlannerLib.design.plan import Plan, design_implant
+from PatientImplantPlannerLib.export.bundle import ExportParameters, export_bundle
+from PatientImplantPlannerLib.export.manifest import sha256_of, verify_manifest
+from PatientImplantPlannerLib.export.threemf import read_3mf
+from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_ras_and_3mf_outputs(designed, tmp_path):
 
 
 def test_a_failed_export_leaves_no_half_written_folder(designed, tmp_path, monkeypatch):
-    import PatientImplantPlannerLib.bundle as bundle_module
+    import PatientImplantPlannerLib.export.bundle as bundle_module
 
     ph, result = designed
 

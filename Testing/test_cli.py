@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import SAMPLE_CT
 
-from PatientImplantPlannerLib import mesh as M
 from PatientImplantPlannerLib.cli import SAMPLE_L3_SEED_RAS, build_parser, demo_plan, main
-from PatientImplantPlannerLib.manifest import verify_manifest
+from PatientImplantPlannerLib.core import mesh as M
+from PatientImplantPlannerLib.export.manifest import verify_manifest
 
 
 @pytest.mark.parametrize("command", ["segment", "plan", "demo", "write-demo-plan"])
@@ -80,8 +80,8 @@ def test_write_demo_plan_refuses_to_overwrite(tmp_path, capsys):
 
 
 def test_plan_command_on_a_phantom_writes_parts_markups_and_manifest(tmp_path, capsys):
-    from PatientImplantPlannerLib.phantom import make_spine_phantom
-    from PatientImplantPlannerLib.plan import Plan
+    from PatientImplantPlannerLib.design.plan import Plan
+    from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
 
     ph = make_spine_phantom(spacing=1.0, levels=("L1", "L2", "L3"))
     ct = tmp_path / "phantom.nrrd"
@@ -111,8 +111,8 @@ def test_plan_command_on_a_phantom_writes_parts_markups_and_manifest(tmp_path, c
 
 def phantom_plan(tmp_path, spacing=1.0, **changes):
     """A phantom CT and a plan file for it (anterior curved plate L1-L3), with plan attributes ``changes``."""
-    from PatientImplantPlannerLib.phantom import make_spine_phantom
-    from PatientImplantPlannerLib.plan import Plan
+    from PatientImplantPlannerLib.design.plan import Plan
+    from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
 
     ph = make_spine_phantom(spacing=spacing, levels=("L1", "L2", "L3"))
     ct = str(tmp_path / "phantom.nrrd")

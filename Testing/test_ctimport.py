@@ -10,7 +10,8 @@ import pytest
 import SimpleITK as sitk
 from conftest import DICOM_DIR, SAMPLE_CT
 
-from PatientImplantPlannerLib.ctimport import (
+from PatientImplantPlannerLib.core.errors import InputFileError, NotCTError, PlanError
+from PatientImplantPlannerLib.imaging.ctimport import (
     CTInfo,
     DicomSeriesInfo,
     choose_series,
@@ -19,8 +20,7 @@ from PatientImplantPlannerLib.ctimport import (
     load_ct,
     validate_ct,
 )
-from PatientImplantPlannerLib.errors import InputFileError, NotCTError, PlanError
-from PatientImplantPlannerLib.volumes import array, ijk_to_ras_matrix
+from PatientImplantPlannerLib.scene.volumes import array, ijk_to_ras_matrix
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 NEW_UID = "1.2.826.0.1.3680043.2.1125.99.1"

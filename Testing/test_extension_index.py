@@ -143,11 +143,11 @@ def test_guard_fails_on_unlisted_or_missing_files(broken):
         f.write("")
     with open(os.path.join(broken.module_dir, "Resources", "Icons", "extra.png"), "wb") as f:
         f.write(b"")
-    os.remove(os.path.join(broken.module_dir, ENGINE, "errors.py"))
+    os.remove(os.path.join(broken.module_dir, ENGINE, "core", "errors.py"))
     problems = check_module_cmake(broken.cmake, broken.module_dir)
     assert f"{ENGINE}/newfeature.py is not listed in MODULE_PYTHON_SCRIPTS" in problems
     assert "Resources/Icons/extra.png is not listed in MODULE_PYTHON_RESOURCES" in problems
-    assert f"{ENGINE}/errors.py is listed in MODULE_PYTHON_SCRIPTS but does not exist" in problems
+    assert f"{ENGINE}/core/errors.py is listed in MODULE_PYTHON_SCRIPTS but does not exist" in problems
 
 
 def test_guard_fails_on_missing_build_macro_pieces(broken):

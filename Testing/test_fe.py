@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from PatientImplantPlannerLib import fe
-from PatientImplantPlannerLib.errors import PlannerError
-from PatientImplantPlannerLib.implant import ImplantParameters, section_properties
-from PatientImplantPlannerLib.phantom import make_spine_phantom
-from PatientImplantPlannerLib.plan import Plan, design_implant
+from PatientImplantPlannerLib.analysis import fe
+from PatientImplantPlannerLib.core.errors import PlannerError
+from PatientImplantPlannerLib.design.implant import ImplantParameters, section_properties
+from PatientImplantPlannerLib.design.plan import Plan, design_implant
+from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
 
 E = fe.TI6AL4V_ELI.youngs_modulus_MPa
 ROD_AREA = np.pi * (fe.ROD_DIAMETER_MM / 2) ** 2
@@ -102,11 +102,11 @@ def test_bad_load_is_refused():
 def demo_fe():
     from conftest import SAMPLE_CT
 
-    from PatientImplantPlannerLib.bonesegmentation import segment_bone
     from PatientImplantPlannerLib.cli import demo_plan
-    from PatientImplantPlannerLib.context import create_headless_context
-    from PatientImplantPlannerLib.ctimport import load_ct
-    from PatientImplantPlannerLib.volumes import array, ijk_to_ras_matrix
+    from PatientImplantPlannerLib.imaging.bonesegmentation import segment_bone
+    from PatientImplantPlannerLib.imaging.ctimport import load_ct
+    from PatientImplantPlannerLib.scene.context import create_headless_context
+    from PatientImplantPlannerLib.scene.volumes import array, ijk_to_ras_matrix
 
     ctx = create_headless_context()
     ct = load_ct(ctx, SAMPLE_CT)

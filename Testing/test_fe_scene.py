@@ -4,11 +4,11 @@ as a model node in the plan folder, the figures in the measurements table."""
 import numpy as np
 import pytest
 
-from PatientImplantPlannerLib.implant import ImplantParameters
-from PatientImplantPlannerLib.phantom import make_spine_phantom
-from PatientImplantPlannerLib.plan import Plan
-from PatientImplantPlannerLib.segments import set_segment_mask
-from PatientImplantPlannerLib.workflow import design_in_scene, fe_check_in_scene
+from PatientImplantPlannerLib.design.implant import ImplantParameters
+from PatientImplantPlannerLib.design.plan import Plan
+from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
+from PatientImplantPlannerLib.scene.segments import set_segment_mask
+from PatientImplantPlannerLib.scene.workflow import design_in_scene, fe_check_in_scene
 
 pytestmark = pytest.mark.slow
 

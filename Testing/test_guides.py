@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from measure import basis, fit_circle
 
-from PatientImplantPlannerLib.anatomy import Endplate
-from PatientImplantPlannerLib.errors import PlanError
-from PatientImplantPlannerLib.guides import (
+from PatientImplantPlannerLib.core.anatomy import Endplate
+from PatientImplantPlannerLib.core.errors import PlanError
+from PatientImplantPlannerLib.core.mesh import TriMesh, check_mesh, from_manifold, to_manifold, to_polydata
+from PatientImplantPlannerLib.design.implant import HoleSpec, ImplantParameters, build_implant
+from PatientImplantPlannerLib.parts.guides import (
     GuideParameters,
     check_docking_room,
     docking_guide,
@@ -20,9 +22,7 @@ from PatientImplantPlannerLib.guides import (
     strut_deviation_mm,
     stub_room_mm,
 )
-from PatientImplantPlannerLib.implant import HoleSpec, ImplantParameters, build_implant
-from PatientImplantPlannerLib.mesh import TriMesh, check_mesh, from_manifold, to_manifold, to_polydata
-from PatientImplantPlannerLib.textmesh import text_mesh, text_outline, text_size
+from PatientImplantPlannerLib.parts.textmesh import text_mesh, text_outline, text_size
 
 # Lumbar-sized endplates (footplates 12.6 x 9.8 mm semi-axes) on a kyphotic arc: nothing lines up with RAS axes.
 R_LR, R_AP = 18.0, 14.0

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 from measure import basis, fit_circle
 
-from PatientImplantPlannerLib.anatomy import Endplate
-from PatientImplantPlannerLib.errors import GeometryError, PlanError
-from PatientImplantPlannerLib.implant import (
+from PatientImplantPlannerLib.core.anatomy import Endplate
+from PatientImplantPlannerLib.core.errors import GeometryError, PlanError
+from PatientImplantPlannerLib.core.mesh import check_mesh, to_manifold
+from PatientImplantPlannerLib.design.implant import (
     HoleSpec,
     ImplantParameters,
     build_implant,
@@ -15,7 +16,6 @@ from PatientImplantPlannerLib.implant import (
     profile_polygon,
     section_properties,
 )
-from PatientImplantPlannerLib.mesh import check_mesh, to_manifold
 
 # Lumbar-sized endplates (footplate semi-axes at fraction 0.7: 12.6 mm lateral, 9.8 mm antero-posterior).
 R_LR, R_AP = 18.0, 14.0

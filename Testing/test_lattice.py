@@ -4,10 +4,10 @@ result is one watertight piece, the solid core is untouched, and bad settings fa
 import numpy as np
 import pytest
 
-from PatientImplantPlannerLib import lattice
-from PatientImplantPlannerLib.errors import PlanError
-from PatientImplantPlannerLib.lattice import LatticeParameters, apply_porous_layer, elliptic_plate
-from PatientImplantPlannerLib.mesh import check_mesh, to_manifold
+from PatientImplantPlannerLib.core.errors import PlanError
+from PatientImplantPlannerLib.core.mesh import check_mesh, to_manifold
+from PatientImplantPlannerLib.parts import lattice
+from PatientImplantPlannerLib.parts.lattice import LatticeParameters, apply_porous_layer, elliptic_plate
 
 
 def _rotation(axis, degrees) -> np.ndarray:

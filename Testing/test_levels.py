@@ -5,10 +5,10 @@ import pytest
 from conftest import LUMBAR_LABELS, LUMBAR_LEVELS
 from scipy import ndimage
 
-from PatientImplantPlannerLib import levels
-from PatientImplantPlannerLib.anatomy import distance_to_polyline
-from PatientImplantPlannerLib.errors import PlanError
-from PatientImplantPlannerLib.phantom import make_spine_phantom
+from PatientImplantPlannerLib.core.anatomy import distance_to_polyline
+from PatientImplantPlannerLib.core.errors import PlanError
+from PatientImplantPlannerLib.imaging import levels
+from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
 
 LEVELS = ("T12", "L1", "L2", "L3")
 
@@ -191,7 +191,7 @@ def test_markups_round_trip(straight, ctx):
 
 @pytest.fixture
 def lumbar(ctx):
-    from PatientImplantPlannerLib import volumes
+    from PatientImplantPlannerLib.scene import volumes
 
     node = ctx.volumes_logic.AddArchetypeVolume(LUMBAR_LABELS, "labels")
     labels = np.array(volumes.array(node))

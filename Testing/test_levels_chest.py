@@ -16,10 +16,10 @@ import SimpleITK as sitk
 from chestct import chest_ct_path, chest_labels_path, label_body, reference_endplate, voxel_centres
 from scipy import ndimage
 
-from PatientImplantPlannerLib import levels
-from PatientImplantPlannerLib.bonesegmentation import BoneSegmentationParameters, segment_bone
-from PatientImplantPlannerLib.ctimport import load_ct
-from PatientImplantPlannerLib.volumes import array, ijk_to_ras_matrix
+from PatientImplantPlannerLib.imaging import levels
+from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters, segment_bone
+from PatientImplantPlannerLib.imaging.ctimport import load_ct
+from PatientImplantPlannerLib.scene.volumes import array, ijk_to_ras_matrix
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ EXCLUDE = [(-21.0, -51.9, -112.5), (-63.9, 18.4, -182.5)]  # descending aorta be
 
 @pytest.fixture(scope="module")
 def chest():
-    from PatientImplantPlannerLib.context import create_headless_context
+    from PatientImplantPlannerLib.scene.context import create_headless_context
 
     ctx = create_headless_context()
     node = load_ct(ctx, chest_ct_path(), name="ChestCT")

@@ -4,18 +4,18 @@ import numpy as np
 import pytest
 from conftest import LUMBAR_LABELS, SAMPLE_CT
 
-from PatientImplantPlannerLib.bonesegmentation import segment_bone
 from PatientImplantPlannerLib.cli import demo_plan
-from PatientImplantPlannerLib.ctimport import load_ct
-from PatientImplantPlannerLib.errors import PlanError
-from PatientImplantPlannerLib.levelsource import (
+from PatientImplantPlannerLib.core.errors import PlanError
+from PatientImplantPlannerLib.imaging.bonesegmentation import segment_bone
+from PatientImplantPlannerLib.imaging.ctimport import load_ct
+from PatientImplantPlannerLib.imaging.levelsource import (
     TOTALSEGMENTATOR_VERTEBRAE,
     labels_from_segmentation,
     load_level_labels,
     vertebra_name,
 )
-from PatientImplantPlannerLib.segments import set_segment_mask
-from PatientImplantPlannerLib.workflow import design_in_scene
+from PatientImplantPlannerLib.scene.segments import set_segment_mask
+from PatientImplantPlannerLib.scene.workflow import design_in_scene
 
 
 @pytest.mark.parametrize(
@@ -42,7 +42,7 @@ def lumbar(ctx):
 
 
 def test_labelmap_as_level_source_without_points(ctx, lumbar):
-    from PatientImplantPlannerLib.volumes import ijk_to_ras_matrix
+    from PatientImplantPlannerLib.scene.volumes import ijk_to_ras_matrix
 
     ct, plan, seg = lumbar
     label_map, values = load_level_labels(ctx, LUMBAR_LABELS, ct)

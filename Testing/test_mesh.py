@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from PatientImplantPlannerLib import mesh as M
-from PatientImplantPlannerLib.errors import GeometryError, OutputExistsError
+from PatientImplantPlannerLib.core import mesh as M
+from PatientImplantPlannerLib.core.errors import GeometryError, OutputExistsError
 
 
 def _cylinder(r=3.0, h=10.0, n=64):

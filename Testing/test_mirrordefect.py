@@ -8,10 +8,10 @@ import pytest
 from conftest import LUMBAR_LABELS, SAMPLE_CT
 from scipy.spatial import cKDTree
 
-from PatientImplantPlannerLib import mirrordefect as md
-from PatientImplantPlannerLib.errors import OutputExistsError, PlanError
-from PatientImplantPlannerLib.mesh import check_mesh, read_stl
-from PatientImplantPlannerLib.pelvisphantom import S1_TOP_W, _bone_distances, make_pelvis_phantom, mirror_lr_pelvis
+from PatientImplantPlannerLib.core.errors import OutputExistsError, PlanError
+from PatientImplantPlannerLib.core.mesh import check_mesh, read_stl
+from PatientImplantPlannerLib.design import mirrordefect as md
+from PatientImplantPlannerLib.phantoms.pelvis import S1_TOP_W, _bone_distances, make_pelvis_phantom, mirror_lr_pelvis
 
 CLEARANCE = 0.2
 
@@ -297,9 +297,9 @@ def test_lumbar_ct_mirrored_gives_the_mirror_image(lumbar_left):
 def test_lumbar_ct_example_plan_end_to_end(ctx, tmp_path):
     """The example (demo) left hemisacrectomy on the bundled CT, bone segmented as the CLI does it (one seed in
     S1, interior filled): every file written and verified."""
-    from PatientImplantPlannerLib.bonesegmentation import BoneSegmentationParameters, segment_bone
-    from PatientImplantPlannerLib.ctimport import load_ct
-    from PatientImplantPlannerLib.volumes import array, ijk_to_ras_matrix
+    from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters, segment_bone
+    from PatientImplantPlannerLib.imaging.ctimport import load_ct
+    from PatientImplantPlannerLib.scene.volumes import array, ijk_to_ras_matrix
 
     node = load_ct(ctx, SAMPLE_CT)
     bone = segment_bone(ctx, node, BoneSegmentationParameters(seeds_ras=[md.EXAMPLE_BONE_SEED_RAS])).mask

@@ -9,8 +9,8 @@ import sys
 import pytest
 from conftest import SAMPLE_CT
 
-from PatientImplantPlannerLib.errors import PlanError
-from PatientImplantPlannerLib.plan import Plan
+from PatientImplantPlannerLib.core.errors import PlanError
+from PatientImplantPlannerLib.design.plan import Plan
 
 CLI = [sys.executable, "-m", "PatientImplantPlannerLib"]
 

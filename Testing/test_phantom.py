@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from PatientImplantPlannerLib.anatomy import distance_to_polyline
-from PatientImplantPlannerLib.phantom import KEEP_OUT_LABELS, make_spine_phantom, mirror_lr_phantom
+from PatientImplantPlannerLib.core.anatomy import distance_to_polyline
+from PatientImplantPlannerLib.phantoms.spine import KEEP_OUT_LABELS, make_spine_phantom, mirror_lr_phantom
 
 BONE_HU = 226
 FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity: the stricter test of separation
@@ -105,7 +105,7 @@ def test_ijk_to_ras_maps_truth_to_the_intended_voxels(plain):
 
 @pytest.mark.parametrize("ext", [".nrrd", ".nii.gz"])
 def test_written_file_reloads_with_scene_geometry(ctx, tmp_path, plain, ext):
-    from PatientImplantPlannerLib.volumes import array, ijk_to_ras_matrix
+    from PatientImplantPlannerLib.scene.volumes import array, ijk_to_ras_matrix
 
     node = plain.add_to_scene(ctx, "direct")
     assert np.allclose(ijk_to_ras_matrix(node), plain.ijk_to_ras)

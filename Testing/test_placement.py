@@ -9,15 +9,15 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from test_guides import surface_samples
 
-from PatientImplantPlannerLib.implant import ImplantParameters, build_implant, footplate_centre, path_lateral
-from PatientImplantPlannerLib.keepout import from_labels
-from PatientImplantPlannerLib.lattice import voxelise
-from PatientImplantPlannerLib.levels import detect_levels
-from PatientImplantPlannerLib.mesh import check_mesh
-from PatientImplantPlannerLib.phantom import KEEP_OUT_LABELS, make_spine_phantom
-from PatientImplantPlannerLib.placement import fit_footplates, place_strut, screw_layout_kwargs
-from PatientImplantPlannerLib.plan import Plan, design_implant
-from PatientImplantPlannerLib.screws import ScrewParameters, default_trajectories
+from PatientImplantPlannerLib.core.mesh import check_mesh
+from PatientImplantPlannerLib.design.implant import ImplantParameters, build_implant, footplate_centre, path_lateral
+from PatientImplantPlannerLib.design.placement import fit_footplates, place_strut, screw_layout_kwargs
+from PatientImplantPlannerLib.design.plan import Plan, design_implant
+from PatientImplantPlannerLib.design.screws import ScrewParameters, default_trajectories
+from PatientImplantPlannerLib.imaging.keepout import from_labels
+from PatientImplantPlannerLib.imaging.levels import detect_levels
+from PatientImplantPlannerLib.parts.lattice import voxelise
+from PatientImplantPlannerLib.phantoms.spine import KEEP_OUT_LABELS, make_spine_phantom
 
 LEVELS = ("T4", "T5", "T6", "T7", "T8")  # T4 brings the trachea's lower end into the scan
 PROXIMAL, DISTAL = "T5", "T8"

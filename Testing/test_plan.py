@@ -5,13 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from PatientImplantPlannerLib.anatomy import distance_to_polyline
-from PatientImplantPlannerLib.errors import PlanError, PlannerError
-from PatientImplantPlannerLib.implant import ImplantParameters
-from PatientImplantPlannerLib.mesh import check_mesh
-from PatientImplantPlannerLib.phantom import make_spine_phantom
-from PatientImplantPlannerLib.plan import Plan, design_implant
-from PatientImplantPlannerLib.planscene import apply_to_scene, find_plan_folder, plan_from_scene
+from PatientImplantPlannerLib.core.anatomy import distance_to_polyline
+from PatientImplantPlannerLib.core.errors import PlanError, PlannerError
+from PatientImplantPlannerLib.core.mesh import check_mesh
+from PatientImplantPlannerLib.design.implant import ImplantParameters
+from PatientImplantPlannerLib.design.plan import Plan, design_implant
+from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
+from PatientImplantPlannerLib.scene.planfolder import apply_to_scene, find_plan_folder, plan_from_scene
 
 
 @pytest.fixture(scope="module")

@@ -5,18 +5,18 @@ import pytest
 import SimpleITK as sitk
 from conftest import LUMBAR_LABELS, LUMBAR_LEVELS, SAMPLE_CT
 
-from PatientImplantPlannerLib.boneexport import mask_surface
-from PatientImplantPlannerLib.bonesegmentation import segment_bone
 from PatientImplantPlannerLib.cli import demo_plan
-from PatientImplantPlannerLib.ctimport import load_ct
-from PatientImplantPlannerLib.mesh import check_mesh, to_manifold
-from PatientImplantPlannerLib.plan import design_implant
-from PatientImplantPlannerLib.volumes import array, ijk_to_ras_matrix
+from PatientImplantPlannerLib.core.mesh import check_mesh, to_manifold
+from PatientImplantPlannerLib.design.plan import design_implant
+from PatientImplantPlannerLib.export.boneexport import mask_surface
+from PatientImplantPlannerLib.imaging.bonesegmentation import segment_bone
+from PatientImplantPlannerLib.imaging.ctimport import load_ct
+from PatientImplantPlannerLib.scene.volumes import array, ijk_to_ras_matrix
 
 
 @pytest.fixture(scope="module")
 def demo(request):
-    from PatientImplantPlannerLib.context import create_headless_context
+    from PatientImplantPlannerLib.scene.context import create_headless_context
 
     ctx = create_headless_context()
     ct = load_ct(ctx, SAMPLE_CT)

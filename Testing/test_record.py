@@ -9,14 +9,14 @@ import json
 import numpy as np
 from recordcheck import check_exported_record, record_sections, segment_volume_ml
 
-from PatientImplantPlannerLib.record import SegmentationInfo
+from PatientImplantPlannerLib.record.designrecord import SegmentationInfo
 
 
 def test_cli_record_has_every_section_and_the_segmentation(tmp_path):
-    from PatientImplantPlannerLib.bundle import ExportParameters
     from PatientImplantPlannerLib.cli import run_plan
-    from PatientImplantPlannerLib.phantom import make_spine_phantom
-    from PatientImplantPlannerLib.plan import Plan
+    from PatientImplantPlannerLib.design.plan import Plan
+    from PatientImplantPlannerLib.export.bundle import ExportParameters
+    from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
 
     ph = make_spine_phantom(spacing=1.0, levels=("L1", "L2", "L3"))
     ct = ph.write(str(tmp_path / "phantom.nrrd"))
@@ -41,11 +41,11 @@ def test_record_from_a_loaded_segmentation_names_its_source_and_measures_it(ctx,
     its volume measured."""
     import slicer
 
-    from PatientImplantPlannerLib.bundle import ExportParameters
-    from PatientImplantPlannerLib.phantom import make_spine_phantom
-    from PatientImplantPlannerLib.plan import Plan
-    from PatientImplantPlannerLib.segments import set_segment_mask
-    from PatientImplantPlannerLib.workflow import design_in_scene, export_in_scene
+    from PatientImplantPlannerLib.design.plan import Plan
+    from PatientImplantPlannerLib.export.bundle import ExportParameters
+    from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
+    from PatientImplantPlannerLib.scene.segments import set_segment_mask
+    from PatientImplantPlannerLib.scene.workflow import design_in_scene, export_in_scene
 
     ph = make_spine_phantom(spacing=1.0, levels=("L1", "L2", "L3"))
     ct = ph.add_to_scene(ctx, "PhantomCT")
@@ -66,7 +66,7 @@ def test_record_from_a_loaded_segmentation_names_its_source_and_measures_it(ctx,
 
 def test_segmentation_info_reads_what_earlier_scenes_stored():
     """Scenes saved before the typed record stored {"ct": name, "bone_segmentation": parameters}."""
-    from PatientImplantPlannerLib.bonesegmentation import BoneSegmentationParameters
+    from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters
 
     params = BoneSegmentationParameters(threshold_min=250.0, seeds_ras=[(1.0, 2.0, 3.0)]).as_dict()
     old = SegmentationInfo.from_json(json.dumps({"ct": "CT1", "bone_segmentation": params}))
@@ -79,8 +79,8 @@ def test_segmentation_info_reads_what_earlier_scenes_stored():
 def test_fe_figures_fill_the_record_and_drive_the_checklist():
     """With the FE check's per-size figures the record's FE entry is done (no 'TO DO'), its summary names the lowest
     safety factor, and the checklist row is OK above 1 and ATTENTION below."""
-    from PatientImplantPlannerLib.record import fe_check
-    from PatientImplantPlannerLib.report import ATTENTION, OK, TODO, risk_checklist
+    from PatientImplantPlannerLib.record.designrecord import fe_check
+    from PatientImplantPlannerLib.record.report import ATTENTION, OK, TODO, risk_checklist
 
     def size(sf):
         return {"load_N": 500.0, "axial_stiffness_N_per_mm": 1400.0, "rod_axial_stiffness_N_per_mm": 52000.0,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from PatientImplantPlannerLib import render
+from PatientImplantPlannerLib.record import render
 
 MIN_PIXELS = {"model": 5000, "segmentation": 20000, "curve": 100, "planes": 300, "lines": 200}
 
@@ -15,12 +15,12 @@ MIN_PIXELS = {"model": 5000, "segmentation": 20000, "curve": 100, "planes": 300,
 @pytest.fixture(scope="module")
 def planned():
     """A designed phantom plan in a headless scene, the bone shown in 3D as the module shows it."""
-    from PatientImplantPlannerLib.boneexport import mask_surface, show_bone_in_3d
-    from PatientImplantPlannerLib.bonesegmentation import BoneSegmentationParameters, segment_bone
-    from PatientImplantPlannerLib.context import create_headless_context
-    from PatientImplantPlannerLib.phantom import make_spine_phantom
-    from PatientImplantPlannerLib.plan import Plan
-    from PatientImplantPlannerLib.workflow import design_in_scene
+    from PatientImplantPlannerLib.design.plan import Plan
+    from PatientImplantPlannerLib.export.boneexport import mask_surface, show_bone_in_3d
+    from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters, segment_bone
+    from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
+    from PatientImplantPlannerLib.scene.context import create_headless_context
+    from PatientImplantPlannerLib.scene.workflow import design_in_scene
 
     ctx = create_headless_context()
     ph = make_spine_phantom(spacing=1.0, levels=("L1", "L2", "L3"))
@@ -153,7 +153,7 @@ def test_the_record_picture_shows_the_plan_as_slicer_does(planned, tmp_path):
     scene and slicer.mrmlScene are left alone."""
     import slicer
 
-    from PatientImplantPlannerLib.planscene import IMPLANT_COLOR
+    from PatientImplantPlannerLib.scene.planfolder import IMPLANT_COLOR
 
     ctx, kinds, _, result, bone_mesh = planned
     count = ctx.scene.GetNumberOfNodes()

@@ -13,10 +13,10 @@ import zlib
 import numpy as np
 import pytest
 
-from PatientImplantPlannerLib import render
-from PatientImplantPlannerLib.errors import OutputExistsError
-from PatientImplantPlannerLib.mesh import TriMesh
-from PatientImplantPlannerLib.report import REPORT_SECTIONS, risk_checklist, write_report
+from PatientImplantPlannerLib.core.errors import OutputExistsError
+from PatientImplantPlannerLib.core.mesh import TriMesh
+from PatientImplantPlannerLib.record import render
+from PatientImplantPlannerLib.record.report import REPORT_SECTIONS, risk_checklist, write_report
 
 PX_MM = 0.5
 BOX_LO, BOX_HI = np.array([-15.0, -25.0, -35.0]), np.array([15.0, 5.0, 15.0])

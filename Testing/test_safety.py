@@ -5,11 +5,11 @@ the GUI shows."""
 import numpy as np
 import pytest
 
-from PatientImplantPlannerLib.errors import PlanError
-from PatientImplantPlannerLib.keepout import from_labels, keep_out_name
-from PatientImplantPlannerLib.mesh import TriMesh
-from PatientImplantPlannerLib.plan import Plan, require_accepted, safety_findings
-from PatientImplantPlannerLib.planscene import _safety_rows
+from PatientImplantPlannerLib.core.errors import PlanError
+from PatientImplantPlannerLib.core.mesh import TriMesh
+from PatientImplantPlannerLib.design.plan import Plan, require_accepted, safety_findings
+from PatientImplantPlannerLib.imaging.keepout import from_labels, keep_out_name
+from PatientImplantPlannerLib.scene.planfolder import _safety_rows
 
 
 def _box(lo, hi) -> TriMesh:
@@ -92,7 +92,7 @@ def test_safety_options_are_checked_before_any_work():
 
 
 def test_record_checklist_row_follows_the_measured_clearances(aorta_slab):
-    from PatientImplantPlannerLib.report import ATTENTION, OK, TODO, risk_checklist
+    from PatientImplantPlannerLib.record.report import ATTENTION, OK, TODO, risk_checklist
 
     def row(safety):
         rows = risk_checklist({"implant": {"measurements": {"safety": safety}}})
@@ -111,7 +111,7 @@ def test_axial_slice_tints_keep_out_structures(tmp_path, aorta_slab):
     """The record's axial pictures tint each keep-out structure: the tinted pixels are where the structure is."""
     from PIL import Image
 
-    from PatientImplantPlannerLib.render import render_ct_slice_with_outline
+    from PatientImplantPlannerLib.record.render import render_ct_slice_with_outline
 
     ct = np.full((40, 40, 40), 40, dtype=np.int16)  # soft tissue everywhere, [k, j, i] = [z, y, x] on a 1 mm grid
     s = aorta_slab.structures[0]
@@ -131,9 +131,9 @@ def test_keep_out_from_a_scene_segmentation(ctx):
     """The GUI's keep-out source: segments named like structures ('Aorta', 'oesophagus') become keep-out structures
     on the CT grid; a segmentation with none is refused when chosen as the keep-out source, skipped as the level
     segmentation (which need not hold any)."""
-    from PatientImplantPlannerLib.phantom import make_spine_phantom
-    from PatientImplantPlannerLib.segments import set_segment_mask
-    from PatientImplantPlannerLib.workflow import keep_out_for
+    from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
+    from PatientImplantPlannerLib.scene.segments import set_segment_mask
+    from PatientImplantPlannerLib.scene.workflow import keep_out_for
 
     ph = make_spine_phantom(spacing=2.0, levels=("L1", "L2"), noise_hu=0.0)
     ct = ph.add_to_scene(ctx)

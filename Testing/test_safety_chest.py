@@ -16,9 +16,9 @@ from chestct import chest_ct_path, chest_labels_path, reference_endplate
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from PatientImplantPlannerLib.keepout import from_labels
-from PatientImplantPlannerLib.levelsource import labels_from_labelmap, level_point
-from PatientImplantPlannerLib.plan import Plan, design_implant
+from PatientImplantPlannerLib.design.plan import Plan, design_implant
+from PatientImplantPlannerLib.imaging.keepout import from_labels
+from PatientImplantPlannerLib.imaging.levelsource import labels_from_labelmap, level_point
 
 pytestmark = pytest.mark.slow
 
@@ -109,7 +109,7 @@ def test_implant_keeps_clear_of_labelled_structures(designed):
 
 
 def test_strut_lies_against_the_bodies_not_through_intermediate_vertebrae(designed):
-    from PatientImplantPlannerLib.lattice import voxelise
+    from PatientImplantPlannerLib.parts.lattice import voxelise
 
     result, labels, m, proximal, distal, _ = designed
     order = list(VERTEBRAE)

@@ -7,10 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from PatientImplantPlannerLib.anatomy import Endplate, unit
-from PatientImplantPlannerLib.errors import PlanError
-from PatientImplantPlannerLib.phantom import make_spine_phantom
-from PatientImplantPlannerLib.screws import (
+from PatientImplantPlannerLib.core.anatomy import Endplate, unit
+from PatientImplantPlannerLib.core.errors import PlanError
+from PatientImplantPlannerLib.design.screws import (
     SCREW_CATALOGUE,
     ScrewParameters,
     Trajectory,
@@ -22,6 +21,7 @@ from PatientImplantPlannerLib.screws import (
     trajectories_from_markups,
     trajectories_to_markups,
 )
+from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
 
 SPACING = 0.7
 THICKNESS = 3.0
@@ -205,7 +205,7 @@ def test_plan_is_json_serialisable_and_holes_follow_screws(spine):
 
 
 def test_holes_cut_the_footplates_and_a_displaced_screw_misses(spine):
-    from PatientImplantPlannerLib.implant import ImplantParameters, build_implant
+    from PatientImplantPlannerLib.design.implant import ImplantParameters, build_implant
 
     ph, prox, dist, params, _, plans = spine
     geom = build_implant(ph.axis_points, prox, dist, ImplantParameters(), holes=hole_specs(plans))

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from chestct import chest_ct_path, chest_labels_path, structure_names
 
-from PatientImplantPlannerLib.bonesegmentation import BoneSegmentationParameters, segment_bone
-from PatientImplantPlannerLib.ctimport import load_ct
-from PatientImplantPlannerLib.volumes import array, ras_to_ijk
+from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters, segment_bone
+from PatientImplantPlannerLib.imaging.ctimport import load_ct
+from PatientImplantPlannerLib.scene.volumes import array, ras_to_ijk
 
 KEEP_T6 = (1.5, -74.4, -120.0)  # middle of the T6 body (cancellous, ~110 HU)
 EXCLUDE_AORTA = (-21.0, -51.9, -112.5)  # descending aorta beside T6
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 def chest():
     import SimpleITK as sitk
 
-    from PatientImplantPlannerLib.context import create_headless_context
+    from PatientImplantPlannerLib.scene.context import create_headless_context
 
     ctx = create_headless_context()
     ct = load_ct(ctx, chest_ct_path(), name="ChestCT")
@@ -51,7 +51,7 @@ def _ijk_to_ras(image) -> np.ndarray:
 
 def _on_grid(labels, labels_ijk_to_ras, ct):
     """The label array indexed like the CT node's array (the loader may store the slices in the other order)."""
-    from PatientImplantPlannerLib.volumes import ijk_to_ras_matrix
+    from PatientImplantPlannerLib.scene.volumes import ijk_to_ras_matrix
 
     t = np.linalg.inv(labels_ijk_to_ras) @ ijk_to_ras_matrix(ct)  # CT ijk -> label ijk
     assert np.allclose(np.abs(t[:3, :3]), np.eye(3), atol=1e-4), "label map not on the CT's grid"
@@ -119,8 +119,8 @@ def test_without_exclude_seeds_the_contrast_vessels_are_taken(chest):
 def test_left_right_mirrored_ct_gives_the_mirrored_segment(chest):
     """Nothing assumes the aorta is on the left: the CT flipped left-right (aorta on the right) gives the flipped
     segment with the same figures."""
-    from PatientImplantPlannerLib.phantom import _add_volume
-    from PatientImplantPlannerLib.volumes import ijk_to_ras_matrix
+    from PatientImplantPlannerLib.phantoms.spine import _add_volume
+    from PatientImplantPlannerLib.scene.volumes import ijk_to_ras_matrix
 
     ctx, ct, labels = chest
     m = ijk_to_ras_matrix(ct)

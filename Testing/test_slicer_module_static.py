@@ -191,12 +191,13 @@ def test_guard_fails_on_ui_default_that_differs(broken):
 
 def test_guard_fails_on_unsafe_imports(broken):
     edit(broken.py, "import qt\n", "import qt\nimport pandas\nimport manifold3d\n")
-    edit(broken.py, "from PatientImplantPlannerLib.errors import", "from PatientImplantPlannerLib.mesh import "
-          "TriMesh\nfrom PatientImplantPlannerLib.errors import")
+    edit(broken.py, "from PatientImplantPlannerLib.core.errors import",
+         "from PatientImplantPlannerLib.core.mesh import "
+          "TriMesh\nfrom PatientImplantPlannerLib.core.errors import")
     problems = check_module_imports(broken.py)
     assert any(p.startswith("pandas") for p in problems)
     assert any(p.startswith("manifold3d") for p in problems)
-    assert any(p.startswith("PatientImplantPlannerLib.mesh") for p in problems)
+    assert any(p.startswith("PatientImplantPlannerLib.core.mesh") for p in problems)
 
 
 def test_guard_fails_on_syntax_error(broken):
@@ -208,7 +209,7 @@ def test_guard_fails_on_misspelt_engine_and_util_names(broken):
     edit(broken.py, "import segment_bone", "import segment_bones")
     edit(broken.py, "slicer.util.confirmOkCancelDisplay(", "slicer.util.confirmOKCancelDisplay(")
     edit(broken.py, "slicer.util.errorDisplay(", "slicer.errorDisplay(")
-    assert check_engine_names_exist(broken.py) == [f"{ENGINE}.bonesegmentation has no segment_bones"]
+    assert check_engine_names_exist(broken.py) == [f"{ENGINE}.imaging.bonesegmentation has no segment_bones"]
     problems = check_slicer_util_names(broken.py)
     assert any("slicer.util.confirmOKCancelDisplay does not exist" in p for p in problems)
     assert any(p.startswith("slicer.errorDisplay") for p in problems)

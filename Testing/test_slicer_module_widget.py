@@ -8,7 +8,7 @@ import types
 
 import pytest
 from recordcheck import check_exported_record, segment_volume_ml
-from slicer_module_checks import ENGINE, UI_FILE, ui_combo_items
+from slicer_module_checks import UI_FILE, ui_combo_items
 from slicer_stand_ins import import_module_under_test, widget_under_test
 
 
@@ -47,8 +47,6 @@ def test_sample_data_registration_loads_the_bundled_ct_without_network(slicer_mo
 
 def test_self_test_runs_on_the_headless_core(slicer_module):
     """The module's own self-test, run here: phantom segmentation + export, and the sample CT via SampleData."""
-    pytest.importorskip(f"{ENGINE}.bonesegmentation")
-    pytest.importorskip(f"{ENGINE}.phantom")
     case = slicer_module.PatientImplantPlannerTest()
     case.runTest()
 
@@ -58,12 +56,12 @@ def test_self_test_runs_on_the_headless_core(slicer_module):
 def test_planning_defaults_are_the_engine_defaults(slicer_module):
     """A fresh parameter node gives exactly the engine's default implant, screws, variants, placement and export
     settings, and the GUI's fixed lists (screw types, export parts, enums) match the engine's."""
-    from PatientImplantPlannerLib.bundle import ALL_PARTS, ExportParameters
-    from PatientImplantPlannerLib.guides import GuideParameters
-    from PatientImplantPlannerLib.implant import PROFILES, ImplantParameters
-    from PatientImplantPlannerLib.lattice import LatticeParameters
-    from PatientImplantPlannerLib.plan import PLACEMENTS, Plan
-    from PatientImplantPlannerLib.screws import SCREW_CATALOGUE, ScrewParameters
+    from PatientImplantPlannerLib.design.implant import PROFILES, ImplantParameters
+    from PatientImplantPlannerLib.design.plan import PLACEMENTS, Plan
+    from PatientImplantPlannerLib.design.screws import SCREW_CATALOGUE, ScrewParameters
+    from PatientImplantPlannerLib.export.bundle import ALL_PARTS, ExportParameters
+    from PatientImplantPlannerLib.parts.guides import GuideParameters
+    from PatientImplantPlannerLib.parts.lattice import LatticeParameters
 
     logic = slicer_module.PatientImplantPlannerLogic()
     p = logic.getParameterNode()
@@ -88,7 +86,7 @@ def test_plan_and_export_settings_name_the_problem(slicer_module):
     import slicer
     import vtk
 
-    from PatientImplantPlannerLib.errors import PlanError, PlannerError
+    from PatientImplantPlannerLib.core.errors import PlanError, PlannerError
 
     logic = slicer_module.PatientImplantPlannerLogic()
     p = logic.getParameterNode()
@@ -135,7 +133,7 @@ def test_widget_designs_follows_edits_and_exports(slicer_module, monkeypatch, tm
     import slicer
     import vtk
 
-    from PatientImplantPlannerLib.phantom import make_spine_phantom
+    from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
 
     w, dialogs = widget_under_test(slicer_module, monkeypatch)
     timer = w._regenerateTimer
@@ -243,8 +241,8 @@ def test_widget_designs_from_vertebra_labels_without_points(slicer_module, monke
     import numpy as np
     import slicer
 
-    from PatientImplantPlannerLib.phantom import make_spine_phantom
-    from PatientImplantPlannerLib.segments import set_segment_mask
+    from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
+    from PatientImplantPlannerLib.scene.segments import set_segment_mask
 
     w, dialogs = widget_under_test(slicer_module, monkeypatch)
     labelsUsed = []
@@ -336,20 +334,19 @@ def _swapped_levels(real):
     return swapped
 
 
-# self-test -> (engine module it needs, logic method, how that method is broken)
+# self-test -> (logic method, how that method is broken)
 SELF_TEST_BREAKS = {
-    "test_BoneSegmentationPhantom": ("bonesegmentation", "segmentBone", _half_volume),  # a wrong bone volume
-    "test_DesignImplantPhantom": ("workflow", "designImplant", _without_a_variant),  # a variant model lost
-    "test_ExportBundlePhantom": ("workflow", "exportBundle", _with_an_unlisted_file),  # a file not in the manifest
-    "test_DesignFromVertebraLabels": ("levelsource", "levelLabels", _swapped_levels),  # L1 <-> L3 mixed up
+    "test_BoneSegmentationPhantom": ("segmentBone", _half_volume),  # a wrong bone volume
+    "test_DesignImplantPhantom": ("designImplant", _without_a_variant),  # a variant model lost
+    "test_ExportBundlePhantom": ("exportBundle", _with_an_unlisted_file),  # a file not in the manifest
+    "test_DesignFromVertebraLabels": ("levelLabels", _swapped_levels),  # L1 <-> L3 mixed up
 }
 
 
 @pytest.mark.parametrize("self_test", list(SELF_TEST_BREAKS))
 def test_self_test_can_fail(slicer_module, monkeypatch, self_test):
     """A logic broken as listed in SELF_TEST_BREAKS makes that self-test fail."""
-    engine_module, method, breaker = SELF_TEST_BREAKS[self_test]
-    pytest.importorskip(f"{ENGINE}.{engine_module}")
+    method, breaker = SELF_TEST_BREAKS[self_test]
     logic_cls = slicer_module.PatientImplantPlannerLogic
     monkeypatch.setattr(logic_cls, method, breaker(getattr(logic_cls, method)))
     case = slicer_module.PatientImplantPlannerTest()
@@ -368,7 +365,7 @@ def test_widget_exports_a_record_with_its_segmentation(slicer_module, monkeypatc
     import slicer
     import vtk
 
-    from PatientImplantPlannerLib.phantom import make_spine_phantom
+    from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
 
     w, dialogs = widget_under_test(slicer_module, monkeypatch)
     phantom = make_spine_phantom(spacing=1.0, levels=("L1", "L2", "L3"))

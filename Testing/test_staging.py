@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from PatientImplantPlannerLib.staging import moved, staged_folder
+from PatientImplantPlannerLib.export.staging import moved, staged_folder
 
 
 def test_success_renames_the_staged_folder_into_place(tmp_path):

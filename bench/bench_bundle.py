@@ -68,10 +68,10 @@ def design_phantom_plan(spacing: float):
     """(phantom, bone mask, PlanResult, seconds of segmentation, seconds of design)."""
     from bench_plan import demo_like_plan
 
-    from PatientImplantPlannerLib.bonesegmentation import BoneSegmentationParameters, segment_bone
-    from PatientImplantPlannerLib.context import create_headless_context
-    from PatientImplantPlannerLib.phantom import make_spine_phantom
-    from PatientImplantPlannerLib.plan import design_implant
+    from PatientImplantPlannerLib.design.plan import design_implant
+    from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters, segment_bone
+    from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
+    from PatientImplantPlannerLib.scene.context import create_headless_context
 
     phantom = make_spine_phantom(spacing=spacing, levels=("L1", "L2", "L3"))
     ctx = create_headless_context()
@@ -99,7 +99,7 @@ PREVIOUS = {
 
 
 def bench_bundle(spacing: float) -> None:
-    from PatientImplantPlannerLib.bundle import ExportParameters, export_bundle
+    from PatientImplantPlannerLib.export.bundle import ExportParameters, export_bundle
 
     phantom, mask, result, t_seg, t_design = design_phantom_plan(spacing)
     print(f"phantom L1-L3 {list(phantom.array.shape)} voxels [k, j, i] at {spacing} mm; bone segmentation "
@@ -144,7 +144,7 @@ def bench_bundle(spacing: float) -> None:
 
 def lattice_row(plate) -> dict:
     """One row of lattice_benchmark_rows in this process, with the peak memory of that row alone."""
-    from PatientImplantPlannerLib.lattice import LatticeParameters, lattice_benchmark_rows
+    from PatientImplantPlannerLib.parts.lattice import LatticeParameters, lattice_benchmark_rows
 
     mem = PeakMemory()
     mem.start("calibration")

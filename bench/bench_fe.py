@@ -31,13 +31,13 @@ def main() -> None:
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Testing"))
     from conftest import SAMPLE_CT
 
-    from PatientImplantPlannerLib import fe
-    from PatientImplantPlannerLib.bonesegmentation import segment_bone
+    from PatientImplantPlannerLib.analysis import fe
     from PatientImplantPlannerLib.cli import demo_plan
-    from PatientImplantPlannerLib.context import create_headless_context
-    from PatientImplantPlannerLib.ctimport import load_ct
-    from PatientImplantPlannerLib.plan import design_implant
-    from PatientImplantPlannerLib.volumes import array, ijk_to_ras_matrix
+    from PatientImplantPlannerLib.design.plan import design_implant
+    from PatientImplantPlannerLib.imaging.bonesegmentation import segment_bone
+    from PatientImplantPlannerLib.imaging.ctimport import load_ct
+    from PatientImplantPlannerLib.scene.context import create_headless_context
+    from PatientImplantPlannerLib.scene.volumes import array, ijk_to_ras_matrix
 
     t0 = time.perf_counter()
     ctx = create_headless_context()

@@ -23,8 +23,8 @@ IMPLANT_TARGET_S = 2.0
 
 def demo_like_plan(phantom):
     """The demo plan (cli.demo_plan) with the phantom's L1 and L3 body centres as the level points."""
-    from PatientImplantPlannerLib.implant import ImplantParameters
-    from PatientImplantPlannerLib.plan import Plan
+    from PatientImplantPlannerLib.design.implant import ImplantParameters
+    from PatientImplantPlannerLib.design.plan import Plan
 
     return Plan(
         case_id="BENCH-L2",
@@ -39,7 +39,7 @@ def demo_like_plan(phantom):
 
 def time_segmentation(ctx, ct, seeds) -> tuple:
     """(seconds, timings_s, mask) of one segment_bone run; its segmentation node is removed afterwards."""
-    from PatientImplantPlannerLib.bonesegmentation import BoneSegmentationParameters, segment_bone
+    from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters, segment_bone
 
     t0 = time.perf_counter()
     result = segment_bone(ctx, ct, BoneSegmentationParameters(seeds_ras=[tuple(s) for s in seeds]))
@@ -50,8 +50,8 @@ def time_segmentation(ctx, ct, seeds) -> tuple:
 
 def time_implants(result) -> float:
     """build_implant x (1 + variants) with the planned holes, as design_implant does it."""
-    from PatientImplantPlannerLib.implant import build_implant
-    from PatientImplantPlannerLib.screws import hole_specs
+    from PatientImplantPlannerLib.design.implant import build_implant
+    from PatientImplantPlannerLib.design.screws import hole_specs
 
     holes = hole_specs(result.screws)
     params = result.implant_parameters
@@ -69,9 +69,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from PatientImplantPlannerLib.context import create_headless_context
-    from PatientImplantPlannerLib.phantom import make_spine_phantom
-    from PatientImplantPlannerLib.plan import design_implant
+    from PatientImplantPlannerLib.design.plan import design_implant
+    from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
+    from PatientImplantPlannerLib.scene.context import create_headless_context
 
     t0 = time.perf_counter()
     phantom = make_spine_phantom(spacing=args.spacing, levels=("L1", "L2", "L3"))

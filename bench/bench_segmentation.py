@@ -53,7 +53,7 @@ OUR_STEPS = {
 
 
 def make_phantom(path: str, size, spacing: float) -> dict:
-    from PatientImplantPlannerLib.phantom import make_spine_phantom
+    from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
 
     n_levels = min(len(LEVELS), max(3, int(size[2] * spacing / LEVEL_PITCH_MM)))
     names = LEVELS[len(LEVELS) - n_levels:]
@@ -117,10 +117,10 @@ class _Marks:
 
 
 def run_ours(ct_path: str, out_dir: str, seeds) -> dict:
-    from PatientImplantPlannerLib.boneexport import export_bone_model
-    from PatientImplantPlannerLib.bonesegmentation import BoneSegmentationParameters, segment_bone
-    from PatientImplantPlannerLib.context import create_headless_context
-    from PatientImplantPlannerLib.ctimport import load_ct
+    from PatientImplantPlannerLib.export.boneexport import export_bone_model
+    from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters, segment_bone
+    from PatientImplantPlannerLib.imaging.ctimport import load_ct
+    from PatientImplantPlannerLib.scene.context import create_headless_context
 
     ctx = create_headless_context()
     marks = _Marks()
@@ -148,9 +148,9 @@ def run_slicer_default(ct_path: str, out_dir: str) -> dict:
     import slicer
     import vtk
 
-    from PatientImplantPlannerLib.context import create_headless_context
-    from PatientImplantPlannerLib.segments import set_segment_mask
-    from PatientImplantPlannerLib.volumes import array
+    from PatientImplantPlannerLib.scene.context import create_headless_context
+    from PatientImplantPlannerLib.scene.segments import set_segment_mask
+    from PatientImplantPlannerLib.scene.volumes import array
 
     ctx = create_headless_context()
     marks = _Marks()
@@ -205,7 +205,7 @@ def surface_distance(from_stl: str, to_stl: str) -> dict:
     import vtk
     from vtk.util.numpy_support import vtk_to_numpy
 
-    from PatientImplantPlannerLib.mesh import read_stl, to_polydata
+    from PatientImplantPlannerLib.core.mesh import read_stl, to_polydata
 
     source, target = read_stl(from_stl, "LPS"), read_stl(to_stl, "LPS")
     filt = vtk.vtkDistancePolyDataFilter()
@@ -238,11 +238,11 @@ def _warm_imports() -> None:
     import slicer  # noqa: F401
     import vtk  # noqa: F401
 
-    import PatientImplantPlannerLib.boneexport  # noqa: F401
-    import PatientImplantPlannerLib.bonesegmentation  # noqa: F401
-    import PatientImplantPlannerLib.ctimport  # noqa: F401
-    import PatientImplantPlannerLib.manifest  # noqa: F401
-    import PatientImplantPlannerLib.segments  # noqa: F401
+    import PatientImplantPlannerLib.export.boneexport  # noqa: F401
+    import PatientImplantPlannerLib.export.manifest  # noqa: F401
+    import PatientImplantPlannerLib.imaging.bonesegmentation  # noqa: F401
+    import PatientImplantPlannerLib.imaging.ctimport  # noqa: F401
+    import PatientImplantPlannerLib.scene.segments  # noqa: F401
 
 
 def _child(mode: str, args: list) -> None:

@@ -42,10 +42,10 @@ def _child() -> None:
         _on_grid,
     )
 
-    from PatientImplantPlannerLib.bonesegmentation import BoneSegmentationParameters, segment_bone
-    from PatientImplantPlannerLib.context import create_headless_context
-    from PatientImplantPlannerLib.ctimport import load_ct
-    from PatientImplantPlannerLib.volumes import array
+    from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters, segment_bone
+    from PatientImplantPlannerLib.imaging.ctimport import load_ct
+    from PatientImplantPlannerLib.scene.context import create_headless_context
+    from PatientImplantPlannerLib.scene.volumes import array
 
     ctx = create_headless_context()
     ct = load_ct(ctx, chest_ct_path(), name="ChestCT")

@@ -7,4 +7,4 @@ same code runs inside 3D Slicer (``context_from_slicer()``) and headless on the 
 
 __version__ = "0.1.0"
 
-from .errors import PlannerError  # noqa: F401
+from .core.errors import PlannerError  # noqa: F401

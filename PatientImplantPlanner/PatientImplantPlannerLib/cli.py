@@ -12,9 +12,9 @@ import shutil
 import sys
 import time
 
-from .bundle import ALL_PARTS
-from .errors import OutputWriteError, PlanError, PlannerError, from_os_error
-from .staging import interrupts_raise
+from .core.errors import OutputWriteError, PlanError, PlannerError, from_os_error
+from .export.bundle import ALL_PARTS
+from .export.staging import interrupts_raise
 
 # Points (RAS mm) in the bundled sample CT, found from its reference vertebra labels: a bone voxel of the L3 body
 # (segmentation seed) and the centres of the L1 and L3 vertebral bodies (the healthy levels of the demo plan).
@@ -134,13 +134,13 @@ def _check_segment_args(args) -> None:
 
 
 def run_segment(args, progress=None) -> dict:
-    from .boneexport import export_bone_model
-    from .bonesegmentation import BoneSegmentationParameters, segment_bone
-    from .context import create_headless_context
-    from .ctimport import describe_ct, load_ct
-    from .progress import Progress
-    from .staging import moved, staged_folder
-    from .workflow import write_segmentation
+    from .core.progress import Progress
+    from .export.boneexport import export_bone_model
+    from .export.staging import moved, staged_folder
+    from .imaging.bonesegmentation import BoneSegmentationParameters, segment_bone
+    from .imaging.ctimport import describe_ct, load_ct
+    from .scene.context import create_headless_context
+    from .scene.workflow import write_segmentation
 
     _check_segment_args(args)
     _check_out_dir(args.out, args.overwrite)
@@ -195,8 +195,8 @@ def run_segment(args, progress=None) -> dict:
 def demo_plan():
     """The demo plan: an L2 corpectomy-like gap bridged from the L1 inferior to the L3 superior endplate with a
     10 x 5 mm curved plate lying in front of the L2 body (L2 stays intact in this CT, so it must not be touched)."""
-    from .implant import ImplantParameters
-    from .plan import Plan
+    from .design.implant import ImplantParameters
+    from .design.plan import Plan
 
     plan = Plan(
         case_id="DEMO-L2",
@@ -216,13 +216,13 @@ def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export
              ct_checks=None, keep_out_path=None, fe_load_N=None) -> dict:
     """CT + plan -> segmentation (unless given) -> design -> scene nodes -> export bundle. Returns a summary.
     ``ct_checks``: keyword arguments of ``load_ct`` (see ``_ct_checks``)."""
-    from .bonesegmentation import segment_bone
-    from .bundle import ExportParameters, new_bundle_folder
-    from .context import create_headless_context
-    from .ctimport import describe_ct, load_ct
-    from .progress import Progress
-    from .record import SegmentationInfo
-    from .workflow import design_in_scene, export_in_scene
+    from .core.progress import Progress
+    from .export.bundle import ExportParameters, new_bundle_folder
+    from .imaging.bonesegmentation import segment_bone
+    from .imaging.ctimport import describe_ct, load_ct
+    from .record.designrecord import SegmentationInfo
+    from .scene.context import create_headless_context
+    from .scene.workflow import design_in_scene, export_in_scene
 
     prog = Progress(progress)
     ctx = create_headless_context()
@@ -231,8 +231,8 @@ def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export
         return _run_mirror_defect(ctx, ct, plan, out_parent, segmentation_path, export_params, prog)
     level_labels = None
     if levels_path:
-        from .levelsource import fill_plan_points, load_level_labels
-        from .volumes import ijk_to_ras_matrix
+        from .imaging.levelsource import fill_plan_points, load_level_labels
+        from .scene.volumes import ijk_to_ras_matrix
 
         level_labels = load_level_labels(ctx, levels_path, ct)
         fill_plan_points(plan, *level_labels, ijk_to_ras_matrix(ct))
@@ -255,7 +255,7 @@ def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export
     ct_info = describe_ct(ct)
     result.warnings[:0] = ct_info.notes  # slice thickness: into the manifest and the design record
     if fe_load_N:  # finite-element check of every size; its figures go into the manifest under "fe"
-        from .fe import analyse_plan
+        from .analysis.fe import analyse_plan
 
         result.fe_analysis = analyse_plan(result, load_N=float(fe_load_N), progress=prog.sub(0.5, 0.5).report)
         result.fe = result.fe_analysis.manifest()
@@ -289,11 +289,11 @@ def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export
 def _run_mirror_defect(ctx, ct, plan, out_parent, segmentation_path, export_params, prog) -> dict:
     """A mirror-defect plan: bone segment (given or from the plan's seeds) -> mirrordefect.run_mirror_defect into
     a new folder (every file verified, the manifest with its "defect" block). Returns a summary."""
-    from .bonesegmentation import segment_bone
-    from .bundle import new_bundle_folder
-    from .mirrordefect import run_mirror_defect
-    from .segments import get_segment_mask
-    from .volumes import array, ijk_to_ras_matrix
+    from .design.mirrordefect import run_mirror_defect
+    from .export.bundle import new_bundle_folder
+    from .imaging.bonesegmentation import segment_bone
+    from .scene.segments import get_segment_mask
+    from .scene.volumes import array, ijk_to_ras_matrix
 
     plan.validate()
     if segmentation_path:
@@ -322,13 +322,13 @@ def _run_mirror_defect(ctx, ct, plan, out_parent, segmentation_path, export_para
 def _keep_out(ctx, ct, plan, keep_out_path, levels_path, level_labels):
     """The keep-out anatomy: --keep-out (a TotalSegmentator labelmap, or a .seg.nrrd with structures named like
     'aorta'), else the --levels labelmap's soft-tissue structures, else None (design then uses what the CT shows)."""
-    from .keepout import from_labels
-    from .volumes import ijk_to_ras_matrix
+    from .imaging.keepout import from_labels
+    from .scene.volumes import ijk_to_ras_matrix
 
     names = plan.keep_out_structures
     m = ijk_to_ras_matrix(ct)
     if keep_out_path:
-        from .levelsource import load_keep_out_labels
+        from .imaging.levelsource import load_keep_out_labels
 
         label_map, values = load_keep_out_labels(ctx, keep_out_path, ct)
         return from_labels(label_map, m, values, names)
@@ -341,7 +341,7 @@ def _keep_out(ctx, ct, plan, keep_out_path, levels_path, level_labels):
 def _load_segmentation(ctx, path: str):
     import slicer
 
-    from .errors import InputFileError
+    from .core.errors import InputFileError
 
     if not os.path.isfile(path):
         raise InputFileError(f"Segmentation file not found: {path}.", "Check the path, or omit --segmentation.")
@@ -359,7 +359,7 @@ def _load_segmentation(ctx, path: str):
 def _plan_outputs(plan, args=None) -> tuple:
     """(export, lattice, guide parameters): the plan's ``outputs`` with the command line's options over them. The
     plan's ``outputs`` is set to what is used, so the plan saved in the bundle says what was exported."""
-    from .planschema import output_parameters
+    from .design.planschema import output_parameters
 
     export, lattice, guides = output_parameters(plan.outputs)
     if args is not None:
@@ -382,7 +382,7 @@ def _plan_outputs(plan, args=None) -> tuple:
 def _ct_checks(plan, allow_non_ct: bool = False, accept_thick_slices: bool = False) -> dict:
     """load_ct's checks for this plan: slices no thicker than its largest variant (or THIN_SLICE_MM without
     variants), and every point it gives inside the CT, named as the plan names it."""
-    from .ctimport import THIN_SLICE_MM
+    from .imaging.ctimport import THIN_SLICE_MM
 
     points = [(f"{end} point ({end}_point_ras)", p)
               for end, p in (("proximal", plan.proximal_point_ras), ("distal", plan.distal_point_ras)) if p is not None]
@@ -393,9 +393,9 @@ def _ct_checks(plan, allow_non_ct: bool = False, accept_thick_slices: bool = Fal
 
 
 def cmd_plan(args) -> int:
-    from .errors import InputFileError
-    from .plan import Plan
-    from .planschema import check_plan
+    from .core.errors import InputFileError
+    from .design.plan import Plan
+    from .design.planschema import check_plan
 
     # Everything that can be checked without the CT first: the plan (keys, types, ranges), options, paths.
     plan = Plan.load(args.plan)
@@ -422,8 +422,8 @@ def cmd_plan(args) -> int:
 
 def cmd_write_demo_plan(args) -> int:
     if args.kind == "mirror_defect":
-        from .mirrordefect import EXAMPLE_BONE_SEED_RAS, example_parameters
-        from .plan import Plan
+        from .design.mirrordefect import EXAMPLE_BONE_SEED_RAS, example_parameters
+        from .design.plan import Plan
 
         plan = Plan(case_id="DEMO-HEMISACRUM", kind="mirror_defect", mirror_defect=example_parameters())
         plan.segmentation.seeds_ras = [list(EXAMPLE_BONE_SEED_RAS)]

@@ -1,0 +1,362 @@
+"""Where the strut goes around the vertebral bodies: an angle about the spinal axis (0 = anterior, +90 = the
+patient's right, -90 = the left), the strut lying a bone gap outside the bone found in that direction, the
+footplates reaching back from it onto the endplates, and the keep-out anatomy kept at a clearance.
+
+Automatic placement tries every angle from -90 to +90 degrees, measures the clearance of the strut and footplates
+to every keep-out structure on a distance field, and takes the middle of the widest run of angles that keeps the
+required clearance (so it stays clear of both neighbours, and a mirrored patient gets the mirrored plan). Without
+keep-out structures every angle passes and the strut goes anterior. Numpy only, no scene access.
+"""
+
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from ..core.anatomy import Endplate
+from ..core.errors import PlanError
+from .implant import (
+    ImplantParameters,
+    footplate_centre,
+    footplate_outlines,
+    gap_length,
+    path_frames,
+    profile_polygon,
+)
+
+NAMED_ANGLES = {
+    "anterior": 0.0,
+    "anterolateral_right": 45.0,
+    "lateral_right": 90.0,
+    "anterolateral_left": -45.0,
+    "lateral_left": -90.0,
+}
+AUTO_STEP_DEG = 5.0
+AUTO_RANGE_DEG = 90.0
+SCREW_PATTERN = 0.15  # screws centre this x the endplate's radius (in the strut's direction) towards the strut
+BONE_REACH = 1.5  # bone farther from the axis than this x the larger endplate radius is not "the body" (ribs)
+FIELD_MARGIN_MM = 0.5  # the 1 mm placement field may differ from the 0.5 mm measurement by this much
+CLEARANCE_CAP_MM = 3.0  # clearance beyond required + this does not make an angle better
+CLEARANCE_MIN_FRACTION = 0.4  # footplates shrink towards the strut for clearance down to this fraction
+MIN_FOOTPLATE_MM = 1.5  # footplates are not thinned below this to fit a short gap (adjacent levels)
+FRACTION_STEP = 0.05  # footplates grow by this fraction of the endplate until the screws fit
+FIELD_PAD_MM = 60.0  # the placement field reaches this far around the axis
+
+
+@dataclass
+class Placement:
+    angle_deg: float
+    offset_mm: float  # strut centre line from the spinal axis, in the angle's direction
+    parameters: ImplantParameters  # the implant parameters to build (offsets, footplates, profile turned)
+    screw_pattern: dict  # keyword arguments for screws.default_trajectories' pattern
+    how: str  # "automatic", "fixed", "named"
+    clearance_mm: Optional[float] = None  # estimated on the placement field (None: no keep-out structures)
+    nearest: str = ""
+    by_angle: list = field(default_factory=list)  # [(angle, clearance or None, nearest)] tried
+
+    def as_dict(self) -> dict:
+        return {"angle_deg": self.angle_deg, "offset_mm": round(self.offset_mm, 2), "how": self.how,
+                "estimated_clearance_mm": None if self.clearance_mm is None else round(self.clearance_mm, 2),
+                "nearest_structure": self.nearest}
+
+
+def angle_name(angle_deg: float) -> str:
+    a = float(angle_deg)
+    if abs(a) < 22.5:
+        return "anterior"
+    side = "right" if a > 0 else "left"
+    return f"anterolateral {side}" if abs(a) < 67.5 else f"lateral {side}"
+
+
+def _extent(ra: float, rl: float, angle: float) -> float:
+    """The support of an (ra, rl) ellipse in the in-plane direction at ``angle`` from anterior."""
+    return float(np.hypot(ra * np.cos(angle), rl * np.sin(angle)))
+
+
+class _Bone:
+    """Spine bone between the footplate zones in the path frame: (anterior, lateral) coordinates of each voxel."""
+
+    def __init__(self, axis, proximal, distal, bone_mask, ijk_to_ras, keep_mm):
+        self.ok = False
+        if bone_mask is None:
+            return
+        axis = np.asarray(axis, dtype=float)
+        k, j, i = np.nonzero(bone_mask)
+        m = np.asarray(ijk_to_ras, dtype=float)
+        pts = np.stack([i, j, k], axis=1) @ m[:3, :3].T + m[:3, 3]
+        inside = ((pts - proximal.centre) @ proximal.normal > keep_mm) & (
+            (pts - distal.centre) @ distal.normal > keep_mm)
+        pts = pts[inside]
+        if len(pts) == 0:
+            return
+        frames = path_frames(axis, proximal, distal)
+        _, nearest = cKDTree(axis).query(pts)
+        rel = pts - axis[nearest]
+        self.a = np.einsum("ij,ij->i", rel, frames[nearest, 0])
+        self.l = np.einsum("ij,ij->i", rel, frames[nearest, 1])
+        reach = BONE_REACH * max(proximal.radius_ap, proximal.radius_lr, distal.radius_ap, distal.radius_lr)
+        near = np.hypot(self.a, self.l) <= reach
+        self.a, self.l = self.a[near], self.l[near]
+        self.half_voxel = float(np.linalg.norm(m[:3, :3], axis=0).max()) / 2.0
+        self.ok = len(self.a) > 0
+
+    def front(self, angle: float, half_band: float) -> Optional[float]:
+        """How far the bone reaches from the axis in the direction ``angle``, within +-half_band across it."""
+        if not self.ok:
+            return None
+        u = self.a * np.cos(angle) + self.l * np.sin(angle)
+        v = -self.a * np.sin(angle) + self.l * np.cos(angle)
+        band = np.abs(v) <= half_band
+        if not band.any():
+            return None
+        return float(u[band].max()) + self.half_voxel  # voxel centres: the surface is half a voxel further
+
+
+def _inset(ra: float, rl: float, angle: float) -> float:
+    """How far an ellipse scaled by f and shifted by c in the direction ``angle`` may move: it stays inside the
+    (ra, rl) ellipse while c <= (1 - f) x this (the smallest support / projection over the outward normals)."""
+    u = np.array([np.cos(angle), np.sin(angle)])
+    t = np.linspace(0, 2 * np.pi, 720, endpoint=False)
+    n = np.stack([np.cos(t), np.sin(t)], axis=1)
+    proj = n @ u
+    ok = proj > 1e-6
+    return float(np.min(np.hypot(ra * n[ok, 0], rl * n[ok, 1]) / proj[ok]))
+
+
+def _parameters_at(implant: ImplantParameters, proximal: Endplate, distal: Endplate, angle_deg: float,
+                   bone: _Bone, bone_gap_mm: float) -> tuple:
+    """(implant parameters, offset, screw pattern) of a strut at ``angle_deg`` lying ``bone_gap_mm`` off the bone.
+    The footplates keep their fraction of the endplate and move towards the strut only as far as they stay on
+    both endplates (an overhang would reach the vessels and organs around the bodies); the strut-wide tongue
+    of implant.footplate_outlines joins them to the strut."""
+    ang = np.radians(angle_deg)
+    turned = replace(implant, profile_angle_deg=float(angle_deg))
+    base = profile_polygon(replace(implant, profile_angle_deg=0.0))
+    back = float(-base[:, 0].min())
+    half_width = float(np.abs(base[:, 1]).max())
+    r = min(_extent(p.radius_ap, p.radius_lr, ang) for p in (proximal, distal))
+    bone_front = bone.front(ang, half_width + 2.0)
+    if bone_front is None:
+        bone_front = max(_extent(p.radius_ap, p.radius_lr, ang) for p in (proximal, distal))
+    offset = bone_front + back + bone_gap_mm
+    fraction = implant.footplate_fraction
+    centre = (1.0 - fraction) * min(_inset(p.radius_ap, p.radius_lr, ang) for p in (proximal, distal))
+    u = np.array([np.cos(ang), np.sin(ang)])
+    params = replace(turned, offset_anterior_mm=float(offset * u[0]), offset_lateral_mm=float(offset * u[1]),
+                     footplate_offset_anterior_mm=float(centre * u[0]),
+                     footplate_offset_lateral_mm=float(centre * u[1]))
+    pattern = {"pattern_offset_anterior_mm": float(SCREW_PATTERN * r * u[0]),
+               "pattern_offset_lateral_mm": float(SCREW_PATTERN * r * u[1]),
+               "pattern_angle_deg": float(angle_deg)}
+    return params, float(offset), pattern
+
+
+def _sample_points(axis, proximal, distal, params: ImplantParameters, extra_mm: float) -> np.ndarray:
+    """Points on the strut's outline along the gap and over both footplates (their outlines and inside them, on
+    the contact and free faces), the distal one also where the largest oversized variant puts it."""
+    axis = np.asarray(axis, dtype=float)
+    frames = path_frames(axis, proximal, distal)
+    poly = profile_polygon(params) + np.array([params.offset_anterior_mm, params.offset_lateral_mm])
+    keep = ((axis - proximal.centre) @ proximal.normal > 0) & ((axis - distal.centre) @ distal.normal > 0)
+    step = max(1, len(axis) // 60)
+    idx = np.flatnonzero(keep)[::step]
+    strut = (axis[idx, None, :] + poly[None, :, 0, None] * frames[idx, None, 0]
+             + poly[None, :, 1, None] * frames[idx, None, 1]).reshape(-1, 3)
+    pts = [strut]
+    down = axis[-1] - axis[-2] if len(axis) > 1 else -distal.normal
+    down = down / max(np.linalg.norm(down), 1e-9)
+    for end, plate, shifts in (("proximal", proximal, (0.0,)), ("distal", distal, (0.0, extra_mm))):
+        c0 = footplate_centre(plate, params, end)
+        outline = np.concatenate([s * o for o in footplate_outlines(plate, params, end) for s in (0.35, 0.7, 1.0)])
+        disc = outline[:, :1] * plate.anterior + outline[:, 1:] * plate.lateral
+        for s in shifts:
+            for h in (0.0, params.footplate_thickness_mm):
+                pts.append(c0 + s * down + h * plate.normal + disc)
+    return np.concatenate(pts)
+
+
+def keep_out_field(keep_out, axis):
+    """The placement's distance field to the keep-out structures around the axis (None without structures)."""
+    if keep_out is None or not keep_out.structures:
+        return None
+    ax = np.asarray(axis, dtype=float)
+    return keep_out.distance_field(ax.min(axis=0) - FIELD_PAD_MM, ax.max(axis=0) + FIELD_PAD_MM)
+
+
+def _clearance(field, axis, proximal, distal, params, extra_mm) -> tuple:
+    """(clearance mm or None when nothing is near, nearest structure) of the implant ``params`` describes."""
+    if field is None:
+        return None, ""
+    d, which = field.sample(_sample_points(axis, proximal, distal, params, extra_mm))
+    k = int(np.argmin(d))
+    return (float(d[k]) if np.isfinite(d[k]) else None), (field.names[int(which[k])] if which[k] >= 0 else "")
+
+
+def place_strut(implant: ImplantParameters, axis, proximal: Endplate, distal: Endplate, bone_mask, ijk_to_ras,
+                keep_out=None, placement: str = "auto", angle_deg: Optional[float] = None,
+                required_clearance_mm: float = 2.0, bone_gap_mm: float = 1.0, largest_variant_mm: float = 0.0,
+                field=None) -> Placement:
+    """The strut's place around the bodies. ``placement`` "auto" searches the angle; a named placement
+    (NAMED_ANGLES) or ``angle_deg`` fixes it (the clearance is then measured, not enforced here)."""
+    keep_mm = implant.footplate_thickness_mm + 1.0
+    bone = _Bone(axis, proximal, distal, bone_mask, ijk_to_ras, keep_mm)
+    if angle_deg is not None:
+        angles, how = [float(angle_deg)], "fixed"
+    elif placement in NAMED_ANGLES:
+        angles, how = [NAMED_ANGLES[placement]], "named"
+    elif placement == "auto":
+        angles = list(np.arange(-AUTO_RANGE_DEG, AUTO_RANGE_DEG + 1e-9, AUTO_STEP_DEG))
+        how = "automatic"
+    else:
+        raise PlanError(f"Unknown placement {placement!r}.",
+                        f"Choose auto, axis or one of {', '.join(NAMED_ANGLES)} (or set placement_angle_deg).")
+    structures = keep_out is not None and len(keep_out.structures) > 0
+    if structures and field is None:
+        field = keep_out_field(keep_out, axis)
+    need = required_clearance_mm + FIELD_MARGIN_MM
+
+    def clearance_of(params):
+        return _clearance(field if structures else None, axis, proximal, distal, params, largest_variant_mm)
+
+    # Footplates that would come too close (a wide footplate reaching back towards the canal, or round the body
+    # towards a vessel) shrink towards the strut, down to CLEARANCE_MIN_FRACTION of the endplate.
+    fractions = [implant.footplate_fraction] + [f for f in np.arange(implant.footplate_fraction - 0.1,
+                                                                      CLEARANCE_MIN_FRACTION - 1e-9, -0.1)]
+    tried = []
+    for a in angles:
+        best = None
+        for f in fractions:
+            params, offset, pattern = _parameters_at(replace(implant, footplate_fraction=float(f)), proximal, distal,
+                                                     a, bone, bone_gap_mm)
+            if how == "automatic":
+                try:
+                    params.validate()
+                except PlanError:  # bone reaches too far that way (ribs, osteophytes): no strut there
+                    best = best or (a, -np.inf, "bone", params, offset, pattern)
+                    break
+            clearance, nearest = clearance_of(params)
+            row = (a, clearance, nearest, params, offset, pattern)
+            if best is None or (clearance is not None and best[1] is not None and clearance > best[1]):
+                best = row
+            if clearance is None or clearance >= need:
+                best = row
+                break
+        tried.append(best)
+    if how != "automatic" or not structures and all(t[1] is None for t in tried):
+        pick = len(tried) // 2 if how == "automatic" else 0  # no structures: the middle angle, anterior
+        a, c, n, params, offset, pattern = tried[pick]
+    else:
+        ok = [c is None or c >= need for _, c, *_ in tried]  # None: no structure near
+        runs, start = [], None
+        for i, good in enumerate(ok + [False]):
+            if good and start is None:
+                start = i
+            if not good and start is not None:
+                runs.append((start, i - 1))
+                start = None
+        if not runs:
+            best = max(tried, key=lambda r: np.inf if r[1] is None else r[1])
+            if not np.isfinite(best[1]):
+                raise PlanError(
+                    "Bone reaches more than 50 mm from the spinal axis at every angle around the bodies, so no strut "
+                    "can lie against them.",
+                    "Check the bone segmentation (exclude seeds in contrast vessels, an ROI around the spine) and the "
+                    "vertebra points, or use placement 'axis'.")
+            raise PlanError(
+                f"No strut position around the vertebral bodies keeps {required_clearance_mm:g} mm from the "
+                f"keep-out anatomy: the best, {angle_name(best[0])} ({best[0]:+.0f} deg), comes within "
+                f"{best[1]:.1f} mm of the {best[2].replace('_', ' ')}.",
+                "Lower keep_out_clearance_mm (plan) / --clearance, make the strut slimmer (implant width_mm or "
+                "diameter_mm), reduce anterior_clearance_mm (the gap to the bone), or fix placement_angle_deg "
+                "and accept the clearance in accepted_risks.",
+            )
+
+        # Widest run; among equally wide runs the one nearest anterior. Its middle angle (mirror-symmetric).
+        def key(run):
+            mid = 0.5 * (tried[run[0]][0] + tried[run[1]][0])
+            return (run[1] - run[0], -abs(mid))
+
+        lo, hi = max(runs, key=key)
+        scores = [min(tried[i][1] if tried[i][1] is not None else np.inf, need + CLEARANCE_CAP_MM)
+                  for i in range(lo, hi + 1)]
+        mids = [i for i in range(lo, hi + 1)]
+        centre = 0.5 * (tried[lo][0] + tried[hi][0])
+        i = min(mids, key=lambda i: (abs(tried[i][0] - centre), -scores[i - lo], abs(tried[i][0])))
+        a, c, n, params, offset, pattern = tried[i]
+    return Placement(angle_deg=float(a), offset_mm=offset, parameters=params, screw_pattern=pattern, how=how,
+                     clearance_mm=c, nearest=n, by_angle=[(t[0], t[1], t[2]) for t in tried])
+
+
+def screw_layout_kwargs(params: ImplantParameters, pattern: Optional[dict] = None) -> dict:
+    """Keyword arguments of screws.default_trajectories (after the endplates, the footplate thickness and the screw
+    parameters) for an implant built with ``params`` and the placement's screw ``pattern``."""
+    return dict(footplate_fraction=params.footplate_fraction, strut_offset_anterior_mm=params.offset_anterior_mm,
+                strut_radius_mm=float(np.linalg.norm(profile_polygon(params), axis=1).max()),
+                strut_offset_lateral_mm=params.offset_lateral_mm,
+                footplate_offset_anterior_mm=params.footplate_offset_anterior_mm,
+                footplate_offset_lateral_mm=params.footplate_offset_lateral_mm, **(pattern or {}))
+
+
+def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal: Endplate, screw_params,
+                   pattern: Optional[dict] = None, keep_out=None, required_clearance_mm: float = 2.0,
+                   largest_variant_mm: float = 0.0, field=None) -> tuple:
+    """(implant parameters, notes): the footplates adapted to the anatomy instead of refusing the plan.
+
+    - A gap shorter than two footplates and a strut (adjacent levels: the disc only) gets thinner footplates,
+      down to MIN_FOOTPLATE_MM (and the porous layer no thicker than them).
+    - Footplates too small for the screws beside the strut grow, FRACTION_STEP at a time, until ``per_end`` screws
+      fit, or else as many as fit at any size (at least one per end), up to the whole endplate: a footplate placed
+      towards the strut keeps its edge there (its centre moves back as it grows, so it stays on the endplate).
+      Growth stops before a size comes nearer the keep-out structures (``keep_out`` or its ``field``: the canal
+      or cord behind a centred footplate, vessels beside a placed one) than ``required_clearance_mm`` (or than
+      the starting size, if that was already nearer).
+    Each change is a note for the plan's warnings. When nothing helps the parameters are returned unchanged and
+    the design step refuses with its own message."""
+    from .screws import default_trajectories
+
+    notes = []
+    params = implant
+    t = params.footplate_thickness_mm
+    gap = gap_length(axis, proximal, distal)
+    if gap < 2 * t + 1.0:
+        thin = float(np.floor((gap - 1.0) / 2 * 10) / 10)
+        if thin >= MIN_FOOTPLATE_MM:
+            params = replace(params, footplate_thickness_mm=thin, porous_layer_mm=min(params.porous_layer_mm, thin))
+            notes.append(f"the gap between the endplates is {gap:.1f} mm: footplates thinned from {t:g} to "
+                         f"{thin:g} mm to fit it (set implant.footplate_thickness_mm to choose)")
+
+    def counts(p):
+        try:
+            trs = default_trajectories(proximal, distal, p.footplate_thickness_mm, screw_params,
+                                       **screw_layout_kwargs(p, pattern))
+        except PlanError:
+            return (0, 0)
+        return tuple(sum(tr.end == e for tr in trs) for e in ("proximal", "distal"))
+
+    if field is None:
+        field = keep_out_field(keep_out, axis)
+    start, _ = _clearance(field, axis, proximal, distal, params, largest_variant_mm)
+    floor = required_clearance_mm + FIELD_MARGIN_MM if start is None else min(
+        start, required_clearance_mm + FIELD_MARGIN_MM)
+    f0 = params.footplate_fraction
+    best, best_n = params, counts(params)
+    want = int(screw_params.per_end)
+    f = f0
+    while min(best_n) < want and f < 1.0 - 1e-9:
+        f = min(1.0, f + FRACTION_STEP)
+        # The footplate centre lies (1 - f) x its reach from the endplate centre towards the strut.
+        scale = (1.0 - f) / (1.0 - f0)
+        grown = replace(params, footplate_fraction=float(f),
+                        footplate_offset_anterior_mm=params.footplate_offset_anterior_mm * scale,
+                        footplate_offset_lateral_mm=params.footplate_offset_lateral_mm * scale)
+        c, _ = _clearance(field, axis, proximal, distal, grown, largest_variant_mm)
+        if c is not None and c < floor:
+            break  # larger footplates only come nearer
+        n = counts(grown)
+        if min(n) > min(best_n):
+            best, best_n = grown, n
+    if best is not params:
+        notes.append(f"footplates enlarged from {f0:.2f} to {best.footplate_fraction:.2f} of the endplate so that "
+                     f"{min(best_n)} screw(s) per end fit beside the strut (set implant.footplate_fraction to choose)")
+    return best, notes

@@ -1,0 +1,406 @@
+"""Keep-out anatomy: the structures an implant must not touch (great vessels, heart, airway, oesophagus, spinal cord),
+their distance fields for placement, and the clearance / overlap of finished meshes against them.
+
+Sources, best first:
+- a label map or segmentation with TotalSegmentator names or numbering (``from_labels``);
+- without labels, what the CT shows (``from_ct``): contrast-filled vessels and heart grown from the exclude seeds,
+  the airway (air below AIRWAY_HU connected to the trachea at the top of the scan), and the spinal canal (the
+  hole enclosed by each vertebra's bony ring behind the body). Structures the CT cannot show (the oesophagus) are
+  listed as not checked.
+Everything is numpy on the CT's voxel grid ([k, j, i] arrays, a 4x4 IJK-to-RAS matrix); no scene access.
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+from scipy import ndimage
+
+from ..core.errors import PlanError
+from ..core.mesh import TriMesh
+
+DEFAULT_CLEARANCE_MM = 2.0
+MEASURE_PITCH_MM = 0.5  # clearance and overlap are measured on this isotropic grid around the mesh
+MEASURE_MARGIN_MM = 15.0
+FIELD_PITCH_MM = 1.0  # placement searches on a coarser distance field
+AIRWAY_HU = -950.0  # tracheal air; lung parenchyma (about -850 HU) stays above it
+VESSEL_HU = (130.0, 900.0)  # contrast-filled blood pool, grown from an exclude seed
+CANAL_AREA_MM2 = (20.0, 600.0)  # cross-section of a spinal canal hole in one axial slice
+CANAL_BEHIND_AXIS_MM = 8.0  # the canal starts behind the body: at least this far posterior of the body centres
+
+# TotalSegmentator "total" task (v2) numbering and names of the structures a spinal implant must stay clear of.
+TOTALSEGMENTATOR_KEEP_OUT = {
+    15: "esophagus",
+    16: "trachea",
+    51: "heart",
+    52: "aorta",
+    53: "pulmonary_vein",
+    54: "brachiocephalic_trunk",
+    55: "subclavian_artery_right",
+    56: "subclavian_artery_left",
+    57: "common_carotid_artery_right",
+    58: "common_carotid_artery_left",
+    59: "brachiocephalic_vein_left",
+    60: "brachiocephalic_vein_right",
+    61: "atrial_appendage_left",
+    62: "superior_vena_cava",
+    63: "inferior_vena_cava",
+    64: "portal_vein_and_splenic_vein",
+    65: "iliac_artery_left",
+    66: "iliac_artery_right",
+    67: "iliac_vena_left",
+    68: "iliac_vena_right",
+    79: "spinal_cord",
+}
+KEEP_OUT_NAMES = tuple(TOTALSEGMENTATOR_KEEP_OUT.values())
+# What the CT alone cannot show; named in the record as not checked when there are no labels.
+NOT_VISIBLE_WITHOUT_LABELS = ("esophagus",)
+
+
+def keep_out_name(text: str) -> Optional[str]:
+    """'aorta', 'Aorta', 'aorta (TotalSegmentator)' -> 'aorta'; a name that is no keep-out structure -> None."""
+    t = text.strip().lower().replace(" ", "_")
+    for name in KEEP_OUT_NAMES:
+        if t == name or t.startswith(name + "_(") or t.startswith(name + "("):
+            return name
+    aliases = {"oesophagus": "esophagus", "cord": "spinal_cord", "svc": "superior_vena_cava",
+               "ivc": "inferior_vena_cava"}
+    return aliases.get(t)
+
+
+@dataclass
+class Structure:
+    name: str
+    source: str  # "labels", "exclude seed", "CT air", "bony ring"
+    mask: np.ndarray  # bool crop [k, j, i]
+    offset: np.ndarray  # crop origin (k, j, i) in the CT grid
+
+    @property
+    def voxels(self) -> int:
+        return int(self.mask.sum())
+
+
+@dataclass
+class KeepOut:
+    """The keep-out structures of one CT, on its grid."""
+
+    ijk_to_ras: np.ndarray
+    shape: tuple  # CT array shape (k, j, i)
+    structures: list = field(default_factory=list)
+    not_checked: dict = field(default_factory=dict)  # {structure: why it was not checked}
+    source: str = ""
+
+    @property
+    def names(self) -> list:
+        return [s.name for s in self.structures]
+
+    def describe(self) -> dict:
+        return {"source": self.source, "structures": {s.name: s.source for s in self.structures},
+                "not_checked": dict(self.not_checked)}
+
+    # ---- sampling on an arbitrary isotropic grid ---------------------------------------------------------------
+
+    def _label_grid(self, lo, shape, pitch: float) -> np.ndarray:
+        """Structure index + 1 (0 = none) at the points lo + index * pitch (RAS), nearest-neighbour lookup;
+        array [x, y, z] (RAS axes)."""
+        out = np.zeros(tuple(int(s) for s in shape), dtype=np.int16)
+        inv = np.linalg.inv(self.ijk_to_ras)
+        xs = [lo[a] + pitch * np.arange(shape[a]) for a in range(3)]
+        gx, gy, gz = np.meshgrid(*xs, indexing="ij")
+        pts = np.stack([gx.ravel(), gy.ravel(), gz.ravel()], axis=1)
+        ijk = np.rint(pts @ inv[:3, :3].T + inv[:3, 3]).astype(np.int64)
+        flat = out.reshape(-1)
+        kji = ijk[:, ::-1]
+        k_lo, k_hi = kji.min(axis=0), kji.max(axis=0)
+        for n, s in enumerate(self.structures):
+            if np.any(s.offset > k_hi) or np.any(s.offset + np.array(s.mask.shape) <= k_lo):
+                continue  # the structure's box misses the grid
+            local = kji - s.offset
+            ok = np.all((local >= 0) & (local < np.array(s.mask.shape)), axis=1)
+            if not ok.any():
+                continue
+            hit = np.zeros(len(pts), dtype=bool)
+            hit[ok] = s.mask[local[ok, 0], local[ok, 1], local[ok, 2]]
+            flat[hit] = n + 1
+        return out
+
+    def distance_field(self, lo, hi, pitch: float = FIELD_PITCH_MM) -> "DistanceField":
+        """Distance (mm) from every point of the box [lo, hi] (RAS) to each structure and to the nearest one."""
+        lo = np.asarray(lo, dtype=float)
+        shape = np.maximum(np.ceil((np.asarray(hi, dtype=float) - lo) / pitch).astype(int) + 1, 2)
+        labels = self._label_grid(lo, shape, pitch)
+        if not labels.any():
+            return DistanceField(lo, pitch, np.full(labels.shape, np.inf, np.float32),
+                                 np.full(labels.shape, -1, np.int16), [s.name for s in self.structures])
+        # One transform for all structures: the distance to the nearest structure voxel centre, less half a grid
+        # step (the surface lies between), and which structure that voxel belongs to.
+        d, idx = ndimage.distance_transform_edt(labels == 0, sampling=pitch, return_indices=True)
+        which = labels[idx[0], idx[1], idx[2]].astype(np.int16) - 1
+        dist = (d - pitch / 2).astype(np.float32)
+        dist[labels > 0] = -pitch / 2
+        return DistanceField(lo, pitch, dist, which, [s.name for s in self.structures])
+
+    # ---- measuring a finished mesh -------------------------------------------------------------------------------
+
+    def measure(self, mesh: TriMesh, pitch: float = MEASURE_PITCH_MM) -> dict:
+        """{structure: {"clearance_mm", "overlap_mm3"}} of a closed mesh (RAS): the smallest distance from the
+        mesh's surface (vertices and face centres) to the structure, and the structure's volume inside the mesh,
+        both on a ``pitch`` grid (labels resampled by nearest neighbour). Negative clearance = inside."""
+        from ..parts.lattice import voxelise
+
+        lo = mesh.vertices.min(axis=0) - MEASURE_MARGIN_MM
+        hi = mesh.vertices.max(axis=0) + MEASURE_MARGIN_MM
+        shape = np.ceil((hi - lo) / pitch).astype(int) + 1
+        labels = self._label_grid(lo, shape, pitch)
+        inside = voxelise(mesh, lo, pitch, shape)
+        centres = mesh.vertices[mesh.faces].mean(axis=1)
+        samples = np.vstack([mesh.vertices, centres])
+        out = {}
+        from scipy.spatial import cKDTree
+
+        at = np.clip(np.rint((samples - lo) / pitch).astype(int), 0, np.array(labels.shape) - 1)
+        sample_label = labels[at[:, 0], at[:, 1], at[:, 2]]
+        for n, s in enumerate(self.structures):
+            m = labels == n + 1
+            if not m.any():
+                out[s.name] = {"clearance_mm": None, "overlap_mm3": 0.0}  # farther than the margin
+                continue
+            # Distance to the structure's boundary voxel centres, less half a grid step (the surface between).
+            rim = np.argwhere(m & ~ndimage.binary_erosion(m))
+            d, _ = cKDTree(lo + rim * pitch).query(samples)
+            d = d - pitch / 2
+            d[sample_label == n + 1] = -pitch / 2
+            clearance = float(d.min())
+            closest = samples[int(np.argmin(d))]
+            overlap = float((inside & m).sum()) * pitch**3
+            if overlap > 0:
+                clearance = min(clearance, -pitch / 2)
+            out[s.name] = {"clearance_mm": round(clearance, 2), "overlap_mm3": round(overlap, 1),
+                           "closest_ras": [round(float(x), 2) for x in closest]}
+        return out
+
+
+@dataclass
+class DistanceField:
+    lo: np.ndarray
+    pitch: float
+    distance: np.ndarray  # [x, y, z] mm to the nearest structure (inf: none in the box)
+    nearest: np.ndarray  # [x, y, z] index of that structure (-1: none)
+    names: list
+
+    def sample(self, points) -> tuple:
+        """(distance mm, nearest structure index) at RAS points (trilinear / nearest); points outside the box
+        get the box edge's values."""
+        q = (np.atleast_2d(points) - self.lo) / self.pitch
+        d = self.distance
+        if not np.isfinite(d).any():
+            return np.full(len(q), np.inf), np.full(len(q), -1)
+        finite = np.where(np.isfinite(d), d, 1e3)
+        dist = ndimage.map_coordinates(finite, q.T, order=1, mode="nearest")
+        idx = np.clip(np.rint(q).astype(int), 0, np.array(d.shape) - 1)
+        return dist, self.nearest[idx[:, 0], idx[:, 1], idx[:, 2]]
+
+
+def _crop(mask: np.ndarray, pad: int = 1) -> tuple:
+    idx = np.argwhere(mask)
+    lo = np.maximum(idx.min(axis=0) - pad, 0)
+    hi = np.minimum(idx.max(axis=0) + pad + 1, mask.shape)
+    return mask[tuple(slice(a, b) for a, b in zip(lo, hi))].copy(), lo
+
+
+def from_labels(label_map: np.ndarray, ijk_to_ras, values: Optional[dict] = None, names=None) -> KeepOut:
+    """Keep-out structures from a label map on the CT grid. ``values`` {name: label value} (default
+    TotalSegmentator numbering); ``names`` restricts them (default all keep-out structures present)."""
+    labels = np.asarray(label_map)
+    if values is None:
+        values = {name: v for v, name in TOTALSEGMENTATOR_KEEP_OUT.items()}
+    wanted = set(names) if names is not None else set(KEEP_OUT_NAMES)
+    ko = KeepOut(np.asarray(ijk_to_ras, float), labels.shape, source="labels")
+    boxes = ndimage.find_objects(labels.astype(np.int32)) if labels.dtype.kind in "iub" else None
+    for name, v in sorted(values.items(), key=lambda kv: kv[1]):
+        if name not in wanted:
+            continue
+        v = int(v)
+        box = boxes[v - 1] if boxes is not None and 0 < v <= len(boxes) else None
+        if box is None:
+            continue
+        m = labels[box] == v
+        if m.any():
+            ko.structures.append(Structure(name, "labels", m, np.array([b.start for b in box])))
+    return ko
+
+
+def _grow_vessel(ct: np.ndarray, bone: np.ndarray, seed_kji, spacing_kji, max_radius_mm: float = 90.0):
+    """Contrast-filled blood pool connected to the seed: VESSEL_HU voxels outside the bone, opened by one voxel
+    so that a thin bridge (a vessel wall touching bone or another organ) does not carry the region further."""
+    seed = np.asarray(seed_kji, int)
+    r = np.ceil(max_radius_mm / np.asarray(spacing_kji)).astype(int)
+    lo = np.maximum(seed - r, 0)
+    hi = np.minimum(seed + r + 1, ct.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    sub = ct[box]
+    pool = (sub >= VESSEL_HU[0]) & (sub <= VESSEL_HU[1])
+    if bone is not None:
+        pool &= ~bone[box]
+    opened = ndimage.binary_opening(pool, structure=ndimage.generate_binary_structure(3, 1))
+    lab, _ = ndimage.label(opened)
+    s = tuple(seed - lo)
+    v = lab[s]
+    if v == 0:
+        # The seed sits on the pool's rim: take the nearest opened component within 3 mm.
+        d, idx = ndimage.distance_transform_edt(lab == 0, sampling=spacing_kji, return_indices=True)
+        if d[s] > 3.0:
+            return None
+        v = lab[tuple(idx[:, s[0], s[1], s[2]])]
+    region = ndimage.binary_dilation(lab == v, structure=ndimage.generate_binary_structure(3, 1)) & pool
+    return region, lo
+
+
+def _airway(ct: np.ndarray, spacing_kji, ijk_to_ras) -> Optional[tuple]:
+    """Tracheal and main-bronchial air: AIRWAY_HU air components that reach the scan's top slices near the
+    midline (the trachea enters the chest there); None when the scan shows none."""
+    air = ct <= AIRWAY_HU
+    if not air.any():
+        return None
+    lab, n = ndimage.label(air)
+    if n == 0:
+        return None
+    m = np.asarray(ijk_to_ras, float)
+    sup_axis = int(np.argmax(np.abs(m[2, :3])))  # the index axis (i, j or k) closest to patient superior
+    top_index = ct.shape[::-1][sup_axis] - 1 if m[2, sup_axis] > 0 else 0
+    kji_axis = 2 - sup_axis
+    sl = [slice(None)] * 3
+    sl[kji_axis] = slice(top_index, top_index + 1) if top_index == 0 else slice(top_index - 2, top_index + 1)
+    top = lab[tuple(sl)]
+    # Outside air (around the patient) also reaches the top slices: keep components that do not touch the
+    # volume's side faces.
+    side = set()
+    for ax in range(3):
+        if ax == kji_axis:
+            continue
+        for face in (0, -1):
+            side |= set(np.unique(np.take(lab, face, axis=ax)).tolist())
+    candidates = [v for v in np.unique(top) if v and v not in side]
+    if not candidates:
+        return None
+    sizes = ndimage.sum(np.ones_like(lab), lab, candidates)
+    best = candidates[int(np.argmax(sizes))]
+    return _crop(lab == best)
+
+
+def _canal(bone: np.ndarray, ijk_to_ras, axis_points=None) -> Optional[tuple]:
+    """The spinal canal: per axial slice, the non-bone hole enclosed by the bone (the vertebral ring), taken
+    near the spinal axis and behind it. Approximate (a ring open at a slice is missed there); the cord lies
+    inside it."""
+    if bone is None or not bone.any():
+        return None
+    m = np.asarray(ijk_to_ras, float)
+    sup_axis = int(np.argmax(np.abs(m[2, :3])))
+    kji_axis = 2 - sup_axis
+    holes = np.zeros_like(bone)
+    moved = np.moveaxis(bone, kji_axis, 0)
+    out = np.moveaxis(holes, kji_axis, 0)
+    spacing = np.linalg.norm(m[:3, :3], axis=0)[::-1]
+    pixel_mm2 = float(np.prod(np.delete(spacing, kji_axis)))
+    for s in range(moved.shape[0]):
+        sl = moved[s]
+        if not sl.any():
+            continue
+        holes2d, n = ndimage.label(ndimage.binary_fill_holes(sl) & ~sl)
+        if n == 0:
+            continue
+        # A canal's cross-section is about 1-4 cm2; the chest cavity enclosed by ribs and sternum is far larger.
+        area = ndimage.sum(np.ones_like(holes2d), holes2d, range(1, n + 1)) * pixel_mm2
+        keep = [i + 1 for i in range(n) if CANAL_AREA_MM2[0] <= area[i] <= CANAL_AREA_MM2[1]]
+        if keep:
+            out[s] = np.isin(holes2d, keep)
+    if not holes.any():
+        return None
+    if axis_points is not None and len(axis_points):
+        # Keep holes within 35 mm of the spinal axis and behind it: the canal lies behind the body; holes around
+        # the axis are the body's own cancellous interior where the segment left it unfilled.
+        from scipy.spatial import cKDTree
+
+        axis = np.asarray(axis_points, float)
+        idx = np.argwhere(holes)
+        pts = idx[:, ::-1] @ m[:3, :3].T + m[:3, 3]
+        d, near = cKDTree(axis).query(pts)
+        behind = (pts - axis[near]) @ np.array([0.0, 1.0, 0.0]) <= -CANAL_BEHIND_AXIS_MM
+        keep = idx[(d <= 35.0) & behind]
+        holes = np.zeros_like(holes)
+        holes[tuple(keep.T)] = True
+    lab, n = ndimage.label(holes)
+    if n == 0:
+        return None
+    sizes = ndimage.sum(holes, lab, range(1, n + 1))
+    vox = float(np.prod(spacing))
+    # A canal stretch is at least ~100 mm3 (a 10 mm disc of 3.5 mm radius); smaller holes are vessels' foramina.
+    big = [v + 1 for v in range(n) if sizes[v] * vox >= 100.0]
+    if not big:
+        return None
+    return _crop(np.isin(lab, big))
+
+
+def _box_around(points, ijk_to_ras, shape, pad_mm: float) -> tuple:
+    """Index box (slices, origin) of the CT covering the RAS points plus pad_mm."""
+    inv = np.linalg.inv(ijk_to_ras)
+    p = np.asarray(points, float)
+    lo_r, hi_r = p.min(axis=0) - pad_mm, p.max(axis=0) + pad_mm
+    corners = np.array([[x, y, z] for x in (lo_r[0], hi_r[0]) for y in (lo_r[1], hi_r[1]) for z in (lo_r[2], hi_r[2])])
+    kji = (corners @ inv[:3, :3].T + inv[:3, 3])[:, ::-1]
+    lo = np.clip(np.floor(kji.min(axis=0)).astype(int), 0, np.array(shape))
+    hi = np.clip(np.ceil(kji.max(axis=0)).astype(int) + 1, 0, np.array(shape))
+    return tuple(slice(a, b) for a, b in zip(lo, hi)), lo
+
+
+def from_ct(ct: np.ndarray, ijk_to_ras, bone_mask=None, exclude_seeds_ras=(), axis_points=None,
+            pad_mm: float = 60.0) -> KeepOut:
+    """Keep-out structures the CT itself shows: vessels / heart from each exclude seed, the airway, the canal
+    (airway and canal searched within ``pad_mm`` of the spinal axis when it is given)."""
+    m = np.asarray(ijk_to_ras, float)
+    spacing_kji = np.linalg.norm(m[:3, :3], axis=0)[::-1]
+    inv = np.linalg.inv(m)
+    ko = KeepOut(m, ct.shape, source="CT")
+    for n, p in enumerate(exclude_seeds_ras):
+        kji = np.rint(inv[:3, :3] @ np.asarray(p, float) + inv[:3, 3])[::-1].astype(int)
+        if np.any(kji < 0) or np.any(kji >= np.array(ct.shape)):
+            raise PlanError(f"Exclude seed {n + 1} at {np.round(p, 1).tolist()} (RAS) is outside the CT.",
+                            "Move the exclude seed into the vessel or heart it marks.")
+        grown = _grow_vessel(ct, bone_mask, kji, spacing_kji)
+        if grown is None:
+            raise PlanError(
+                f"Exclude seed {n + 1} at {np.round(p, 1).tolist()} (RAS) is not in contrast-filled blood "
+                f"({VESSEL_HU[0]:g}-{VESSEL_HU[1]:g} HU).",
+                "Click the exclude seed inside the aorta or the heart's contrast-filled chambers.")
+        region, lo = grown
+        crop, clo = _crop(region)
+        ko.structures.append(Structure(f"exclude_seed_{n + 1}_vessel", "exclude seed", crop, clo + lo))
+    box, box_lo = (tuple(slice(0, n) for n in ct.shape), np.zeros(3, int))
+    if axis_points is not None and len(axis_points):
+        box, box_lo = _box_around(axis_points, m, ct.shape, pad_mm)
+    sub_m = m.copy()
+    sub_m[:3, 3] = m[:3, :3] @ box_lo[::-1] + m[:3, 3]
+    air = _airway(ct[box], spacing_kji, sub_m) if axis_points is None else _airway_near(ct, spacing_kji, m, box)
+    if air is not None:
+        ko.structures.append(Structure("trachea", "CT air", air[0], air[1]))
+    canal = _canal(bone_mask[box], sub_m, axis_points) if bone_mask is not None else None
+    if canal is not None:
+        ko.structures.append(Structure("spinal_canal", "bony ring", canal[0], canal[1] + box_lo))
+    ko.not_checked = {name: "not visible on CT without labels" for name in NOT_VISIBLE_WITHOUT_LABELS}
+    if not exclude_seeds_ras:
+        ko.not_checked["aorta / heart"] = "no exclude seed in them and no labels"
+    return ko
+
+
+def _airway_near(ct, spacing_kji, ijk_to_ras, box):
+    """The airway found on the whole scan (it starts at the top slices), kept only if it comes near the axis box."""
+    air = _airway(ct, spacing_kji, ijk_to_ras)
+    if air is None:
+        return None
+    crop, lo = air
+    hi = lo + np.array(crop.shape)
+    b_lo = np.array([s.start for s in box])
+    b_hi = np.array([s.stop for s in box])
+    if np.any(hi <= b_lo) or np.any(lo >= b_hi):
+        return None
+    return air

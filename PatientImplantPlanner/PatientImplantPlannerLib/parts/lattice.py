@@ -1,0 +1,1044 @@
+"""Porous bone-interface layer: a gyroid lattice fused to the solid core of an implant footplate.
+
+The bone-contact layer of a footplate (the part of the implant within ``layer_thickness_mm`` of the contact plane,
+optionally limited to an elliptic footprint) is replaced by a triply periodic minimal-surface lattice so bone can
+grow in. Published reference: pores 500-600 um, 70 % porosity.
+
+Which lattice. The gyroid "network" solid (solid where g(p) < t, g = sin x cos y + sin y cos z + sin z cos x,
+x = 2 pi p / L) is the default: calibrated on a unit cell, 70 % porosity with 550 um pores gives a 0.96 mm cell
+whose struts' largest inscribed spheres are about 0.32 mm across, comfortably printable by titanium powder-bed
+fusion (LPBF). The sheet gyroid (solid where |g| < t) splits the void into two labyrinths, so for the same pores
+and porosity it needs a 1.5 mm cell with walls only about 0.22 mm thick, at the limit of what titanium LPBF builds
+reliably; it is available as ``kind="sheet_gyroid"`` but not the default. Both have one connected solid and a
+connected void (no closed cells: powder can be removed, bone can grow through). A warning is returned when the
+calibrated strut (or wall) size is below 200 um (e.g. 300 um pores at 85 % porosity: ~100 um struts).
+
+Calibration (measured, not guessed). Porosity fixes the level t (a quantile of g over a period); pore size then
+fixes the cell L because the pore diameter scales with L: pore = c(t) * L, with c measured once per porosity on a
+periodic unit cell with the same pore measurement as used on the part, and cached (~0.2 s). On the part the level
+is re-fitted to the quantile of g at random points of the layer, so the porosity of a thin layer is hit even when
+it is not a whole number of cells thick.
+
+Definitions used for the measured figures:
+- porosity = 1 - (lattice volume inside the layer) / (volume of the layer region), from the exact meshes;
+- pore size = mean diameter of the maximal inscribed spheres of the void, one per pore: local maxima (3x3x3) of the
+  Euclidean distance transform of the void voxels, one per plateau, dropping any whose sphere contains the centre
+  of a larger one; diameter = 2 x distance from the void voxel centre to the nearest solid voxel centre, sampled at
+  about cell / 24.6 (within ~2 % of 48 samples a cell). On the part the result mesh is voxelised, sphere centres are
+  restricted to the layer, and outside the layer (bone side, core, outside the footprint) the lattice pattern is
+  continued: the figure is the pore size of the lattice as built, not of half-pores cut by the layer's faces.
+
+Measured on a 20 x 14 mm footplate (1.5 mm layer): porosity within 2 points and pore size within 3 % of the
+target over the whole range.
+
+Geometry is done in the plane frame (u = anterior, v = lateral, w = normal out of the implant into bone), from the
+implicit field, contoured once: on one grid over the lattice region's box (step cell / 9.6, at most 0.1 mm) the
+gyroid's first-order signed distance and the part's signed distance (exact next to its surface) are sampled, the
+part's limited to w >= -thickness - overlap and to the footprint; the lattice is {max(gyroid, part) < 0}, one VTK
+flying-edges contour. Its vertices on the gyroid are then moved onto the exact implicit surface (Newton steps) and
+the few edges whose midpoint is still more than 20 um off (tight struts) are bisected: chordal error against the
+exact gyroid mean 3 um, max 25 um at the defaults (tested), where the raw contour has up to ~31 um.
+The lattice is fused to the core (the part minus the layer; it reaches ``overlap_mm`` into it) with one manifold3d
+union, and pieces not touching the core are dropped. With ``cut_mm`` (the export) only each end's footplate slab
+above the cut is fused, once, and glued to every size along the cut loop: no boolean with the lattice per size.
+Below the layer the lattice stays 30 um inside the part's walls and at a footprint it reaches 50 um past it, so its
+cut faces never coincide with the core's (a union of near-coplanar faces leaves slivers).
+"""
+
+import functools
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from ..core.errors import GeometryError, PlanError
+from ..core.mesh import TriMesh, closed_edges, from_manifold, isosurface, require_manifold3d, to_manifold, to_polydata
+from ..core.progress import Progress
+
+KINDS = ("gyroid", "sheet_gyroid")
+PORE_RANGE_UM = (300.0, 1000.0)
+POROSITY_RANGE = (0.50, 0.85)
+THICKNESS_RANGE_MM = (0.3, 5.0)
+# Sampling steps are cell / (whole number + 0.618...): an irrational ratio puts the voxel grid at every phase of the
+# lattice, so nothing depends on where the part's box happens to start (with L / 12 exactly, measured pore sizes and
+# fitted levels moved by 5 % and 2 points between plates of different size).
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+VOXELS_PER_CELL = 9 + _GOLDEN  # ~9.6 samples a cell; irrational so grid and cell never share a phase (5 % pore drift)
+MIN_VOXELS_PER_CELL = 8  # coarser sampling does not resolve the struts
+# Where the lattice is cut (contact face, walls, holes) flying edges bevels the edge by up to about half a step:
+# the default step is at most 0.1 mm whatever the cell (large pores, sheet walls), so cut edges stay printer-sharp.
+MAX_STEP_MM = 0.1
+BYTES_PER_VOXEL = 600  # measured peak 520-920 bytes per sampled voxel (field, meshes, booleans)
+MEASURE_MAX_VOXELS = 4_000_000  # pore size is measured in a central window at most this large
+MEASURE_SAMPLES_PER_CELL = 24 + _GOLDEN  # pore-size measurement sampling (within ~2 % of 48 samples a cell)
+LEVEL_FIT_POINTS = 400_000  # random points in the layer the level is fitted on (porosity standard error < 0.1 pt)
+CALIBRATION_SAMPLES = 48  # samples per cell for the unit-cell porosity level
+MIN_PRINTABLE_STRUT_UM = 200.0  # below this titanium powder-bed fusion does not build struts reliably
+
+
+@dataclass
+class LatticeParameters:
+    """Porous layer settings. Defaults follow the published case: 550 um pores, 70 % porosity, 1.5 mm layer."""
+
+    layer_thickness_mm: float = 1.5
+    pore_size_um: float = 550.0
+    porosity: float = 0.70
+    kind: str = "gyroid"
+    voxel_mm: Optional[float] = None  # sampling step; default cell_size / 10
+    max_voxels: int = 10_000_000  # budget for one layer box: ~6 GB at peak; a 60 x 45 mm footplate at defaults
+    overlap_mm: float = 0.15  # how far the lattice reaches into the solid core so both fuse (>= 0.1 mm)
+
+    def validate(self) -> None:
+        """Raise PlanError naming the bad value and its allowed range."""
+
+        def bad(what: str, value, allowed: str) -> PlanError:
+            return PlanError(f"Lattice {what} {value} is out of range.", f"Use {allowed}.")
+
+        if self.kind not in KINDS:
+            raise PlanError(f"Unknown lattice kind {self.kind!r}.", f"Use one of {', '.join(KINDS)}.")
+        if not (PORE_RANGE_UM[0] <= self.pore_size_um <= PORE_RANGE_UM[1]):
+            raise bad("pore size (um)", self.pore_size_um, f"{PORE_RANGE_UM[0]:.0f}-{PORE_RANGE_UM[1]:.0f} um")
+        if not (POROSITY_RANGE[0] <= self.porosity <= POROSITY_RANGE[1]):
+            raise bad("porosity", self.porosity, f"a fraction {POROSITY_RANGE[0]}-{POROSITY_RANGE[1]} (e.g. 0.70)")
+        if not (THICKNESS_RANGE_MM[0] <= self.layer_thickness_mm <= THICKNESS_RANGE_MM[1]):
+            raise bad("layer thickness (mm)", self.layer_thickness_mm,
+                      f"{THICKNESS_RANGE_MM[0]}-{THICKNESS_RANGE_MM[1]} mm")
+        if self.voxel_mm is not None and not (0.005 <= self.voxel_mm <= 0.5):
+            raise bad("voxel size (mm)", self.voxel_mm, "0.005-0.5 mm, or leave it empty for about cell size / 12")
+        if self.voxel_mm is not None and self.voxel_mm > self.cell_size_mm() / MIN_VOXELS_PER_CELL:
+            raise PlanError(
+                f"Lattice voxel size {self.voxel_mm} mm is too coarse for a {self.cell_size_mm():.2f} mm cell.",
+                f"Use at most {self.cell_size_mm() / MIN_VOXELS_PER_CELL:.3f} mm, or leave it empty.",
+            )
+        if int(self.max_voxels) <= 0:
+            raise bad("voxel budget", self.max_voxels, "a positive number of voxels")
+        if not (0.1 <= self.overlap_mm <= 1.0):
+            raise bad("overlap into the core (mm)", self.overlap_mm, "0.1-1.0 mm")
+
+    def calibration(self) -> "Calibration":
+        return calibrate(self.kind, self.porosity)
+
+    def cell_size_mm(self) -> float:
+        """Gyroid cell size L giving the target pore size at the target porosity (unit-cell calibration)."""
+        return self.pore_size_um / 1000.0 / self.calibration().pore_per_cell
+
+    def step_mm(self) -> float:
+        return float(self.voxel_mm) if self.voxel_mm else min(self.cell_size_mm() / VOXELS_PER_CELL, MAX_STEP_MM)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LatticeParameters":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (d or {}).items() if k in names})
+
+
+@dataclass
+class LatticeResult:
+    mesh: TriMesh  # the whole part: solid core fused with the lattice layer, verified watertight
+    layer_mesh: TriMesh  # the lattice inside the layer only
+    measured_porosity: float  # 1 - lattice volume / layer volume, in the layer, from the meshes
+    measured_pore_size_um: float  # mean maximal-inscribed-sphere diameter of the void (see module docstring)
+    cell_size_mm: float
+    level: float  # t actually used (solid where g < t; sheet: |g| < t)
+    layer_volume_mm3: float
+    voxels: int  # samples of the layer box used to build the lattice
+    seconds: float
+    voxel_mm: float = 0.0
+    strut_size_um: float = 0.0  # calibrated mean maximal-inscribed-sphere diameter of the solid (min feature guide)
+    pore_count: int = 0  # inscribed-sphere maxima the pore size was averaged over
+    fragments_removed: int = 0  # lattice pieces not attached to the core, dropped
+    fragments_volume_mm3: float = 0.0
+    triangles: int = 0
+    warnings: list = field(default_factory=list)  # e.g. struts too thin to print
+
+    def summary(self) -> dict:
+        """Plain numbers for the design record (no meshes)."""
+        return {
+            "measured_porosity": round(self.measured_porosity, 4),
+            "measured_pore_size_um": round(self.measured_pore_size_um, 1),
+            "strut_size_um": round(self.strut_size_um, 1),
+            "cell_size_mm": round(self.cell_size_mm, 4),
+            "level": round(self.level, 4),
+            "layer_volume_mm3": round(self.layer_volume_mm3, 2),
+            "voxel_mm": round(self.voxel_mm, 4),
+            "voxels": int(self.voxels),
+            "triangles": int(self.triangles),
+            "pore_count": int(self.pore_count),
+            "fragments_removed": int(self.fragments_removed),
+            "fragments_volume_mm3": round(self.fragments_volume_mm3, 4),
+            "seconds": round(self.seconds, 2),
+            "warnings": list(self.warnings),
+        }
+
+
+# ---- the implicit field ------------------------------------------------------------------------------
+
+
+def gyroid(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """g on the grid x (nx,), y (ny,), z (nz,) in radians, as float32 (nx, ny, nz), built from 1-D sines."""
+    sx, cx = np.sin(x).astype(np.float32), np.cos(x).astype(np.float32)
+    sy, cy = np.sin(y).astype(np.float32), np.cos(y).astype(np.float32)
+    sz, cz = np.sin(z).astype(np.float32), np.cos(z).astype(np.float32)
+    out = np.empty((len(x), len(y), len(z)), dtype=np.float32)
+    for i in range(len(x)):  # one u-slice at a time keeps temporaries small
+        out[i] = sx[i] * cy[:, None] + np.outer(sy, cz) + cx[i] * sz[None, :]
+    return out
+
+
+def _implicit(g: np.ndarray, kind: str) -> np.ndarray:
+    """Field whose negative part is the solid, before subtracting the level: g, or |g| for the sheet."""
+    return np.abs(g, out=g) if kind == "sheet_gyroid" else g
+
+
+# ---- measurements ------------------------------------------------------------------------------------
+
+
+def measure_porosity(solid_mask: np.ndarray, region_mask: Optional[np.ndarray] = None) -> float:
+    """Void fraction of ``region_mask`` (whole array if None): 1 - solid voxels / region voxels."""
+    solid = np.asarray(solid_mask, dtype=bool)
+    if region_mask is None:
+        return float(1.0 - solid.mean())
+    region = np.asarray(region_mask, dtype=bool)
+    n = int(region.sum())
+    if n == 0:
+        raise GeometryError("The porosity region is empty.", "Check the layer lies inside the part.")
+    return float(1.0 - np.count_nonzero(solid & region) / n)
+
+
+def inscribed_sphere_diameters(void_mask: np.ndarray, voxel_mm: float,
+                               centre_mask: Optional[np.ndarray] = None) -> np.ndarray:
+    """Diameters (mm) of the maximal inscribed spheres of the void, one per pore.
+
+    Candidates are the local-maximum plateaus (3x3x3) of the void's Euclidean distance transform; a candidate is
+    kept only if no larger candidate lies inside its sphere (so voxel-noise bumps along a channel do not count as
+    pores); only centres in ``centre_mask`` count. The radius is the distance from a void voxel centre to the nearest
+    solid voxel centre. Discretisation: on gyroids the mean stays within about 2 % from 24 to 48 samples a cell;
+    on spheres sampled 25 times across it reads 0-7 % low depending on where the centre falls on the voxel grid
+    (3.4 % on average). The lattice calibration uses this same measurement, so the cell size absorbs the bias.
+    Outside the array counts as void.
+    """
+    from scipy import ndimage
+    from scipy.spatial import cKDTree
+
+    void = np.asarray(void_mask, dtype=bool)
+    dist = ndimage.distance_transform_edt(void).astype(np.float32)
+    peak = (dist > 0) & (dist == ndimage.maximum_filter(dist, size=3, mode="nearest"))
+    if centre_mask is not None:
+        peak &= np.asarray(centre_mask, dtype=bool)
+    labels, n = ndimage.label(peak, structure=np.ones((3, 3, 3)))
+    del peak
+    if n == 0:
+        return np.zeros(0)
+    index = np.arange(1, n + 1)
+    radius = np.asarray(ndimage.maximum(dist, labels, index), dtype=float)
+    where = np.asarray(ndimage.maximum_position(dist, labels, index), dtype=float).reshape(-1, 3)
+    # Dominance: drop a candidate whose sphere contains the centre of a strictly larger one.
+    tree = cKDTree(where)
+    keep = np.ones(n, dtype=bool)
+    for i, near in enumerate(tree.query_ball_point(where, radius - 1e-6)):
+        if len(near) > 1 and radius[near].max() > radius[i] + 1e-6:
+            keep[i] = False
+    return 2.0 * radius[keep] * voxel_mm
+
+
+def measure_pore_size(void_mask: np.ndarray, voxel_mm: float, centre_mask: Optional[np.ndarray] = None) -> float:
+    """Mean maximal-inscribed-sphere diameter of the void, in um (see :func:`inscribed_sphere_diameters`)."""
+    d = inscribed_sphere_diameters(void_mask, voxel_mm, centre_mask)
+    if len(d) == 0:
+        raise GeometryError("No pores found in the measured region.", "Check the lattice region is not solid.")
+    return float(d.mean() * 1000.0)
+
+
+# ---- unit-cell calibration ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Calibration:
+    kind: str
+    porosity: float
+    level: float  # t for a whole number of periods
+    pore_per_cell: float  # pore diameter / L
+    strut_per_cell: float  # solid inscribed-sphere diameter / L
+
+
+@functools.lru_cache(maxsize=1)
+def _level_field() -> np.ndarray:
+    n = CALIBRATION_SAMPLES
+    s = 2.0 * np.pi * (np.arange(n) + 0.5) / n
+    return gyroid(s, s, s)
+
+
+@functools.lru_cache(maxsize=128)
+def _calibrate(kind: str, porosity: float) -> Calibration:
+    n = MEASURE_SAMPLES_PER_CELL
+    # Level: exact quantile of the field over one period, finely sampled.
+    level = float(np.quantile(_implicit(_level_field().copy(), kind), 1.0 - porosity))
+    # Pore and strut size per cell: measured exactly as on the part, averaged over three grid phases;
+    # two periods are sampled so spheres centred in the middle period see their whole neighbourhood.
+    pores, struts = [], []
+    for phase in (0.5, 0.2, 0.8):
+        pos = (np.arange(int(2 * n)) + phase) / n - 0.5  # cell units
+        solid = _implicit(gyroid(*[2.0 * np.pi * pos] * 3), kind) < level
+        mid = (pos >= 0.0) & (pos < 1.0)
+        centre = mid[:, None, None] & mid[None, :, None] & mid[None, None, :]
+        pores.append(inscribed_sphere_diameters(~solid, 1.0 / n, centre))
+        struts.append(inscribed_sphere_diameters(solid, 1.0 / n, centre))
+    return Calibration(kind, porosity, level, float(np.concatenate(pores).mean()),
+                       float(np.concatenate(struts).mean()))
+
+
+def calibrate(kind: str, porosity: float) -> Calibration:
+    """Level t and pore/strut size per cell for a target porosity, measured on a periodic cell (cached)."""
+    if kind not in KINDS:
+        raise PlanError(f"Unknown lattice kind {kind!r}.", f"Use one of {', '.join(KINDS)}.")
+    return _calibrate(kind, round(float(porosity), 4))
+
+
+# ---- budget ------------------------------------------------------------------------------------------
+
+
+def estimate_voxels(bounds, params: Optional[LatticeParameters] = None, check: bool = True) -> int:
+    """Samples needed for a layer box ``bounds`` ([[min xyz], [max xyz]] or a size (3,), mm) at the parameters'
+    step. With ``check`` raises PlanError when it exceeds ``params.max_voxels`` - before anything is allocated.
+    """
+    params = params or LatticeParameters()
+    b = np.asarray(bounds, dtype=float)
+    size = b[1] - b[0] if b.ndim == 2 else b
+    h = params.step_mm()
+    n = int(np.prod(np.ceil(np.maximum(size, 0.0) / h).astype(np.int64) + 5))
+    if check and n > params.max_voxels:
+        gb = n * BYTES_PER_VOXEL / 1e9
+        raise PlanError(
+            f"The porous layer's requested resolution needs {n:,} voxels ({gb:.1f} GB) > budget of "
+            f"{int(params.max_voxels):,} voxels.",
+            "Raise the pore size or the voxel size, make the layer or footprint smaller, or raise the budget.",
+        )
+    return n
+
+
+# ---- geometry helpers --------------------------------------------------------------------------------
+
+
+def plane_frame(centre, normal, anterior=None) -> np.ndarray:
+    """4x4 transform world -> plane frame (u = anterior, v = normal x anterior, w = normal, origin = centre)."""
+    w = np.asarray(normal, dtype=float)
+    if np.linalg.norm(w) == 0:
+        raise PlanError("The contact plane normal is zero.", "Give the direction pointing out of the implant.")
+    w = w / np.linalg.norm(w)
+    a = np.asarray(anterior if anterior is not None else np.eye(3)[int(np.argmin(np.abs(w)))], dtype=float)
+    a = a - np.dot(a, w) * w
+    if np.linalg.norm(a) < 1e-6:
+        raise PlanError("The anterior direction is parallel to the contact plane normal.",
+                        "Give an anterior direction lying in the contact plane.")
+    u = a / np.linalg.norm(a)
+    v = np.cross(w, u)
+    m = np.eye(4)
+    m[:3, :3] = np.stack([u, v, w])
+    m[:3, 3] = -m[:3, :3] @ np.asarray(centre, dtype=float)
+    return m
+
+
+def _zone(m3d, bottom_w: float, bbox, footprint_radii) -> object:
+    """Prism from w = bottom_w up past the part: the footprint ellipse, or the whole bbox, extruded along w."""
+    lo, hi = np.asarray(bbox[:3]), np.asarray(bbox[3:])
+    top = hi[2] + 1.0
+    if footprint_radii is None:
+        size = (hi[0] - lo[0] + 2.0, hi[1] - lo[1] + 2.0, top - bottom_w)
+        return m3d.Manifold.cube(size).translate((lo[0] - 1.0, lo[1] - 1.0, bottom_w))
+    ra, rl = (float(r) for r in footprint_radii)
+    cyl = m3d.Manifold.cylinder(top - bottom_w, 1.0, 1.0, 128)
+    return cyl.scale((ra, rl, 1.0)).translate((0.0, 0.0, bottom_w))
+
+
+def _flying_edges(field: np.ndarray, origin, h: float) -> TriMesh:
+    """Closed surface {field = 0} (solid where field < 0) of an [x, y, z] grid whose border is already void."""
+    mesh = isosurface(field.transpose(2, 1, 0), 0.0, (h, h, h), origin)
+    if mesh.volume() < 0:
+        mesh = TriMesh(mesh.vertices, mesh.faces[:, ::-1].copy())
+    return mesh
+
+
+def gyroid_distance(points: np.ndarray, cell: float, level: float, kind: str = "gyroid") -> np.ndarray:
+    """Signed distance (mm, negative in the solid) of plane-frame points (N, 3) to the exact lattice surface,
+    to first order: (g - t) / |grad g| (sheet: (|g| - t) / |grad g|); exact to well under 1 um within 30 um."""
+    return _gyroid_eval(points, cell, level, kind)[0]
+
+
+def _gyroid_eval(points: np.ndarray, cell: float, level: float, kind: str):
+    """(first-order signed distance, gradient of the implicit in mm^-1) at plane-frame points (N, 3)."""
+    k = 2.0 * np.pi / cell
+    p = np.asarray(points, dtype=float) * k
+    sx, cx, sy, cy, sz, cz = (f(p[:, i]) for i in range(3) for f in (np.sin, np.cos))
+    g = sx * cy + sy * cz + sz * cx
+    grad = np.stack([cx * cy - sz * sx, cy * cz - sx * sy, cz * cx - sy * sz], axis=1) * k
+    if kind == "sheet_gyroid":
+        f, grad = np.abs(g) - level, grad * np.sign(g)[:, None]
+    else:
+        f = g - level
+    return f / np.maximum(np.linalg.norm(grad, axis=1), _MIN_GRADIENT * k), grad
+
+
+_MIN_GRADIENT = 0.2  # |grad g| floor (per radian) where g is flat, far from the surface: keeps distances finite
+
+
+def _gyroid_distance_grid(axes, cell: float, level: float, kind: str) -> np.ndarray:
+    """gyroid_distance on the grid axes (u, v, w), float32 (nx, ny, nz), one u-slice at a time."""
+    k = 2.0 * np.pi / cell
+    s = [np.sin(k * a).astype(np.float32) for a in axes]
+    c = [np.cos(k * a).astype(np.float32) for a in axes]
+    out = np.empty(tuple(len(a) for a in axes), dtype=np.float32)
+    syz, cyz = np.outer(s[1], c[2]), np.outer(c[1], c[2])
+    ssyz = np.outer(s[1], s[2])
+    floor = np.float32(_MIN_GRADIENT)
+    for i in range(len(axes[0])):
+        g = s[0][i] * c[1][:, None] + syz + c[0][i] * s[2][None, :]
+        gx = c[0][i] * c[1][:, None] - s[2][None, :] * s[0][i]
+        gy = cyz - s[0][i] * s[1][:, None]
+        gz = c[0][i] * c[2][None, :] - ssyz
+        if kind == "sheet_gyroid":  # the sheet's walls are about two samples thick: contour |g| - t as it is
+            out[i] = (np.abs(g) - level) / np.float32(k)  # (a local normalisation thins them: +3 points porosity)
+        else:
+            out[i] = (g - level) / (np.maximum(np.sqrt(gx * gx + gy * gy + gz * gz), floor) * np.float32(k))
+    return out
+
+
+# Where the lattice meets solid that the core keeps (below the layer, the solid ring outside a footprint), its cut
+# faces must not coincide with the core's faces: a union of near-coplanar faces leaves slivers. Below the layer the
+# lattice stays WALL_INSET_MM inside the part's walls (ramping to the exact wall over WALL_RAMP_MM above the layer's
+# bottom); at a footprint it reaches FOOTPRINT_OUTSET_MM past the ellipse into the ring (the zone is a 128-gon).
+WALL_INSET_MM = 0.03
+WALL_RAMP_MM = 0.3
+FOOTPRINT_OUTSET_MM = 0.05
+
+
+def _part_distance(m3d, part, axes, h: float) -> np.ndarray:
+    """Signed distance (mm, negative inside) to the part on the grid: exact at the samples next to its surface (the
+    ones flying edges interpolates between; VTK point-to-triangle distance, sign from the voxelised part), +-3 steps
+    elsewhere."""
+    import vtk
+    from scipy import ndimage
+    from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
+
+    origin = np.array([a[0] for a in axes])
+    shape = tuple(len(a) for a in axes)
+    local = from_manifold(part ^ _box(m3d, origin - 4 * h, np.array([a[-1] for a in axes]) + 4 * h))
+    inside = voxelise(local, origin, h, shape)
+    out = np.where(inside, np.float32(-3 * h), np.float32(3 * h))
+    as_u8 = inside.view(np.uint8)
+    band = np.flatnonzero(ndimage.maximum_filter(as_u8, 3) != ndimage.minimum_filter(as_u8, 3))
+    if band.size == 0:
+        return out
+    ijk = np.unravel_index(band, shape)
+    pts = np.stack([axes[d][ijk[d]] for d in range(3)], axis=1)
+    dist = vtk.vtkImplicitPolyDataDistance()
+    dist.SetInput(to_polydata(local))
+    values = vtk.vtkDoubleArray()
+    dist.FunctionValue(numpy_to_vtk(pts, deep=True), values)
+    d = np.abs(vtk_to_numpy(values)).astype(np.float32)
+    out.flat[band] = np.where(inside.flat[band], -d, d)
+    return out
+
+
+def _piece_fields(m3d, part, axes, cell: float, level: float, params, footprint_radii):
+    """(gyroid distance, clip distance) on one grid over the lattice region's box (plane frame); the lattice piece
+    is their field intersection {max(gyroid, clip) < 0}: the gyroid inside the part, above w = -thickness - overlap,
+    within the footprint, closed off at the grid's border."""
+    th, ov, h = params.layer_thickness_mm, params.overlap_mm, float(axes[0][1] - axes[0][0])
+    u, v, w = np.meshgrid(*axes, indexing="ij", sparse=True)
+    clip = _part_distance(m3d, part, axes, h)
+    ramp = min(WALL_RAMP_MM, th / 2.0)
+    clip += (WALL_INSET_MM * np.clip((-th + ramp - w) / ramp, 0.0, 1.0)).astype(np.float32)
+    np.maximum(clip, (-th - ov - w).astype(np.float32), out=clip)
+    if footprint_radii is not None:
+        ra, rl = (float(r) for r in footprint_radii)
+        ellipse = (np.sqrt((u / ra) ** 2 + (v / rl) ** 2) - 1.0) * min(ra, rl) - FOOTPRINT_OUTSET_MM
+        np.maximum(clip, ellipse.astype(np.float32), out=clip)
+    for side in (np.s_[[0, -1]], np.s_[:, [0, -1]], np.s_[:, :, [0, -1]]):
+        clip[side] = h
+    return _gyroid_distance_grid(axes, cell, level, params.kind), clip
+
+
+def _project_to_gyroid(mesh: TriMesh, clip: np.ndarray, origin, h: float, cell: float, level: float,
+                       kind: str) -> TriMesh:
+    """Vertices on the gyroid part of the surface (clip field below -h/2 there: away from cut faces) moved onto
+    the exact implicit surface by Newton steps (flying edges puts them on grid edges by linear interpolation), then
+    edges whose midpoint still lies more than REFINE_MM off it (tight struts) bisected, new points projected too."""
+    from scipy import ndimage
+
+    def gyroid_side(p):
+        at = ndimage.map_coordinates(clip, ((p - np.asarray(origin)) / h).T, order=1, mode="nearest")
+        return at < -0.5 * h
+
+    def project(p):
+        p = p.copy()
+        for _ in range(3):
+            d, grad = _gyroid_eval(p, cell, level, kind)
+            gn = np.maximum(np.linalg.norm(grad, axis=1, keepdims=True), 1e-9)
+            p -= np.clip(d, -0.5 * h, 0.5 * h)[:, None] * grad / gn
+        return p
+
+    v = mesh.vertices.copy()
+    on = gyroid_side(v)
+    v[on] = project(v[on])
+    f = mesh.faces
+    for _ in range(REFINE_PASSES):
+        # Each face offers its longest edge with a midpoint too far off; an edge shared by two offering faces is
+        # bisected (both faces split in two), so the mesh stays conforming.
+        a, b = f, np.roll(f, -1, axis=1)
+        mid = (v[a] + v[b]) / 2.0
+        far = on[a] & on[b] & (np.abs(gyroid_distance(mid.reshape(-1, 3), cell, level, kind)).reshape(f.shape)
+                               > REFINE_MM)
+        if not far.any():
+            break
+        length = np.where(far, np.linalg.norm(v[a] - v[b], axis=2), -1.0)
+        faces = np.flatnonzero(far.any(axis=1))
+        k = np.argmax(length[faces], axis=1)
+        ea, eb = a[faces, k], b[faces, k]
+        key = np.minimum(ea, eb) * np.int64(len(v)) + np.maximum(ea, eb)
+        uniq, inv, count = np.unique(key, return_inverse=True, return_counts=True)
+        both = count[inv] == 2
+        if not both.any():
+            break
+        faces, k, ea, eb, inv = faces[both], k[both], ea[both], eb[both], inv[both]
+        _, new_id = np.unique(inv, return_inverse=True)
+        first = np.zeros(new_id.max() + 1, dtype=np.int64)
+        first[new_id] = np.arange(len(new_id))
+        points = project((v[ea[first]] + v[eb[first]]) / 2.0)
+        m = len(v) + new_id
+        c = f[faces, (k + 2) % 3]
+        v = np.concatenate([v, points])
+        on = np.concatenate([on, np.ones(len(points), dtype=bool)])
+        keep = np.ones(len(f), dtype=bool)
+        keep[faces] = False
+        f = np.concatenate([f[keep], np.stack([ea, m, c], axis=1), np.stack([m, eb, c], axis=1)])
+    return TriMesh(v, f)
+
+
+REFINE_MM = 0.02  # edge midpoints farther than this from the exact surface are bisected (max error 30 um)
+REFINE_PASSES = 3
+
+
+def voxelise(mesh: TriMesh, origin, h: float, shape: Sequence[int]) -> np.ndarray:
+    """Boolean (nx, ny, nz) mask of the grid points origin + index * h inside a closed mesh (VTK stencil)."""
+    import vtk
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    nx, ny, nz = (int(s) for s in shape)
+    if mesh.n_triangles == 0:
+        return np.zeros((nx, ny, nz), dtype=bool)
+    sten = vtk.vtkPolyDataToImageStencil()
+    sten.SetInputData(to_polydata(mesh))
+    sten.SetOutputOrigin(*[float(x) for x in origin])
+    sten.SetOutputSpacing(h, h, h)
+    sten.SetOutputWholeExtent(0, nx - 1, 0, ny - 1, 0, nz - 1)
+    img = vtk.vtkImageStencilToImage()
+    img.SetInputConnection(sten.GetOutputPort())
+    img.SetInsideValue(1)
+    img.SetOutsideValue(0)
+    img.SetOutputScalarTypeToUnsignedChar()
+    img.Update()
+    arr = vtk_to_numpy(img.GetOutput().GetPointData().GetScalars()).reshape(nz, ny, nx)
+    return arr.transpose(2, 1, 0).astype(bool)
+
+
+def _grid(lo, hi, h: float):
+    """Sample positions per axis covering [lo, hi] with one sample beyond each end."""
+    axes = []
+    for a, b in zip(lo, hi):
+        n = int(math.ceil((b - a) / h)) + 3
+        axes.append(a - h + h * np.arange(n))
+    return axes
+
+
+def _box(m3d, lo, hi):
+    lo = np.asarray(lo, dtype=float)
+    return m3d.Manifold.cube(tuple(np.asarray(hi, dtype=float) - lo)).translate(tuple(lo))
+
+
+# ---- the porous layer --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Piece:
+    """One contact layer's lattice, in world coordinates, ready to be fused to the core."""
+
+    piece: object  # Manifold: lattice within the layer, reaching overlap_mm into the core
+    piece_pf: object  # the same in the plane frame
+    zone_pf: object  # the layer's prism in the plane frame
+    key: tuple  # cache key of the lattice (region in the plane frame and parameters)
+    zone: object  # Manifold: the layer's prism (footprint x beyond -thickness); the core is the part minus it
+    to_pf: np.ndarray  # world -> plane frame
+    region_pf: object  # Manifold: the part within the layer, plane frame (for the pore measurement)
+    level: float
+    cell: float
+    layer_volume: float
+    voxels: int
+    h: float
+
+
+def _layer_params(params, thickness_mm):
+    params = params or LatticeParameters()
+    if thickness_mm is not None:
+        params = LatticeParameters.from_dict({**params.as_dict(), "layer_thickness_mm": float(thickness_mm)})
+    params.validate()
+    return params
+
+
+def _check_footprint(footprint_radii, anterior):
+    if footprint_radii is not None:
+        if len(footprint_radii) != 2 or min(footprint_radii) <= 0:
+            raise PlanError(f"Footprint radii {footprint_radii} are invalid.", "Give two positive radii in mm.")
+        if anterior is None and abs(footprint_radii[0] - footprint_radii[1]) > 1e-9:
+            raise PlanError("An elliptic footprint needs the anterior direction.", "Pass anterior=(x, y, z).")
+
+
+def _porous_piece(m3d, part_world, centre, normal, anterior, footprint_radii, params, prog) -> _Piece:
+    """The lattice of one contact layer of ``part_world`` (a Manifold), made in the layer's plane frame.
+
+    The contoured lattice is cached by its region in the plane frame: the oversized variants carry the same
+    footplates, moved, so each end's lattice is made once per export.
+    """
+    th, ov = params.layer_thickness_mm, params.overlap_mm
+    # Everything in the plane frame: the contact plane is w = 0, bone is w > 0.
+    to_pf = plane_frame(centre, normal, anterior)
+    from_pf = np.linalg.inv(to_pf)
+    part = part_world.transform(to_pf[:3, :])
+    bbox = part.bounding_box()
+    layer_zone = _zone(m3d, -th, bbox, footprint_radii)
+    region = part ^ layer_zone
+    layer_volume = region.volume()
+    if region.is_empty() or layer_volume <= 0:
+        raise PlanError(
+            "The porous layer region is empty: the contact plane does not cut the part.",
+            "Put the plane centre on the part's bone-contact face with the normal pointing out of the implant.",
+        )
+    above = region.bounding_box()[5]
+    if above > th:
+        raise PlanError(
+            f"The part reaches {above:.1f} mm beyond the contact plane, more than the {th} mm layer.",
+            "Check the plane normal points out of the implant into the bone and the centre is on the contact face.",
+        )
+    lattice_region = part ^ _zone(m3d, -th - ov, bbox, footprint_radii)
+    rb = np.asarray(lattice_region.bounding_box(), dtype=float)
+    n_vox = estimate_voxels([rb[:3] - params.step_mm(), rb[3:] + params.step_mm()], params)  # before any allocation
+    cal = params.calibration()
+    cell = params.cell_size_mm()
+    h = params.step_mm()
+    # Rounded to 1 um and 0.1 mm3: the same footplate moved to a variant's position differs by float32 noise.
+    key = (tuple(np.round(rb, 3)), round(float(lattice_region.volume()), 1), tuple(sorted(params.as_dict().items())))
+    cached = _CHUNK_CACHE.get(key)
+    if cached is not None:
+        prog.report(0.5, "Porous layer: reusing the lattice of the same footplate")
+        piece, level = cached
+    else:
+        prog.report(0.1, f"Porous layer: sampling the gyroid and the part as fields ({n_vox:,} voxels)")
+        # Two samples beyond the region on every side: the field's own zero crossings (top face, walls) then lie
+        # between true samples, not against the border closed off with void values.
+        axes = _grid(rb[:3] - h, rb[3:] + h, h)
+        shape = tuple(len(a) for a in axes)
+        origin = [a[0] for a in axes]
+        # Fit the level to this layer (a thin layer is not a whole number of cells thick): the quantile of the
+        # field at random points of the layer voxels, jittered within each voxel so the grid's phase plays no part.
+        region_mask = voxelise(from_manifold(region), origin, h, shape)
+        level = _fit_level(region_mask, axes, h, cell, params, cal.level)
+        del region_mask
+        gyr, clip = _piece_fields(m3d, part, axes, cell, level, params, footprint_radii)
+        prog.report(0.3, "Porous layer: contouring the lattice")
+        mesh = _flying_edges(np.maximum(gyr, clip, out=gyr), origin, h)
+        del gyr
+        piece = _lattice_manifold(m3d, _project_to_gyroid(mesh, clip, origin, h, cell, level, params.kind))
+        del clip
+        if len(_CHUNK_CACHE) >= _CACHE_SIZE:  # lattices are large: keep the last few (both ends of an implant)
+            _CHUNK_CACHE.pop(next(iter(_CHUNK_CACHE)))
+        _CHUNK_CACHE[key] = (piece, level)
+    return _Piece(piece.transform(from_pf[:3, :]), piece, layer_zone, key, layer_zone.transform(from_pf[:3, :]), to_pf,
+                  region, level, cell, float(layer_volume), int(n_vox), float(h))
+
+
+def _fuse(m3d, part, pieces: list):
+    """(part minus every layer zone) plus every lattice piece; pieces not attached to the core are dropped."""
+    n_parts = len(part.decompose())
+    core = part
+    for p in pieces:
+        core = core - p.zone
+    fused = m3d.Manifold.batch_boolean([core] + [p.piece for p in pieces], m3d.OpType.Add)
+    parts = sorted(fused.decompose(), key=lambda q: -q.volume())
+    kept, dropped = parts[:n_parts], [q for q in parts[n_parts:] if q.volume() > 0]
+    result = m3d.Manifold.compose(kept) if len(kept) > 1 else kept[0]
+    return result, (len(dropped), float(sum(q.volume() for q in dropped)))
+
+
+def _layer_result(m3d, piece: _Piece, params, measure, fragments, seconds, layer_mesh=True,
+                  lattice_volume=None) -> LatticeResult:
+    # The lattice's part of the layer (the core is outside the zone; dropped fragments are a few mm3 at most).
+    layer = piece.piece ^ piece.zone if layer_mesh or (measure and lattice_volume is None) else None
+    if lattice_volume is None and layer is not None:
+        lattice_volume = layer.volume()
+    measured_porosity = 1.0 - lattice_volume / piece.layer_volume if lattice_volume is not None else float("nan")
+    pores = (
+        _measure_part_pores(m3d, piece.region_pf, params.kind, piece.cell, piece.level)
+        if measure
+        else np.zeros(0)
+    )
+    cal = params.calibration()
+    strut_um = cal.strut_per_cell * piece.cell * 1000.0
+    warnings = []
+    if strut_um < MIN_PRINTABLE_STRUT_UM:
+        warnings.append(
+            f"Lattice struts are about {strut_um:.0f} um thick, below the {MIN_PRINTABLE_STRUT_UM:.0f} um titanium "
+            "powder-bed fusion builds reliably: raise the pore size or lower the porosity."
+        )
+    return LatticeResult(
+        mesh=None,
+        layer_mesh=from_manifold(layer) if layer_mesh and layer is not None else None,
+        measured_porosity=float(measured_porosity),
+        measured_pore_size_um=float(pores.mean() * 1000.0) if len(pores) else float("nan"),
+        cell_size_mm=float(piece.cell),
+        level=piece.level,
+        layer_volume_mm3=piece.layer_volume,
+        voxels=piece.voxels,
+        seconds=seconds,
+        voxel_mm=piece.h,
+        strut_size_um=float(strut_um),
+        pore_count=int(len(pores)),
+        fragments_removed=fragments[0],
+        fragments_volume_mm3=fragments[1],
+        warnings=warnings,
+    )
+
+
+def _verified(result) -> TriMesh:
+    mesh = from_manifold(result)
+    problems = verify_closed(mesh)
+    if problems:
+        raise GeometryError(f"The porous part failed verification: {'; '.join(problems)}.",
+                            "Try a slightly different pore size or voxel size; report this as a bug.")
+    return mesh
+
+
+def apply_porous_layer(
+    solid: TriMesh,
+    centre,
+    normal,
+    thickness_mm: Optional[float] = None,
+    params: Optional[LatticeParameters] = None,
+    footprint_radii: Optional[Sequence[float]] = None,
+    anterior=None,
+    progress: Optional[Callable[[float, str], None]] = None,
+    measure: bool = True,
+) -> LatticeResult:
+    """Make the bone-contact layer of ``solid`` porous and return the fused part with measurements.
+
+    ``solid``: the implant (or a footplate) as a closed TriMesh, RAS mm. The layer is the part of the solid within
+    ``thickness_mm`` (default ``params.layer_thickness_mm``) of the contact plane through ``centre`` whose
+    ``normal`` points out of the implant into bone, limited to the ellipse ``footprint_radii`` = (radius along
+    ``anterior``, radius along lateral) around ``centre`` if given. Result = (solid - layer) + (layer & lattice);
+    the lattice reaches ``params.overlap_mm`` into the core so it fuses; pieces not touching the core are dropped.
+    ``measure`` False skips the pore-size measurement (NaN), e.g. for variants of a measured part.
+    """
+    t0 = time.perf_counter()
+    m3d = require_manifold3d()
+    params = _layer_params(params, thickness_mm)
+    _check_footprint(footprint_radii, anterior)
+    prog = Progress(progress)
+    prog.report(0.02, "Porous layer: preparing the part")
+    part = to_manifold(solid)
+    piece = _porous_piece(m3d, part, centre, normal, anterior, footprint_radii, params, prog.sub(0.02, 0.5))
+    prog.report(0.5, "Porous layer: fusing the lattice to the core")
+    result, fragments = _fuse(m3d, part, [piece])
+    prog.report(0.75, "Porous layer: measuring")
+    out = _layer_result(m3d, piece, params, measure, fragments, 0.0)
+    out.mesh = _verified(result)
+    out.triangles = out.mesh.n_triangles
+    out.seconds = time.perf_counter() - t0
+    prog.report(1.0, "Porous layer: done")
+    return out
+
+
+def apply_porous_layers(solid: TriMesh, regions: Sequence, params: Optional[LatticeParameters] = None,
+                        measure: bool = True, progress=None, as_manifold: bool = False,
+                        cut_mm: Optional[float] = None) -> tuple:
+    """Porous layers on several contact faces at once; returns (fused part, [LatticeResult per region]).
+
+    The fused part is a verified TriMesh, or with ``as_manifold`` the manifold3d.Manifold itself.
+    Without ``measure`` the results carry no porosity, pore size or layer mesh (variants of a measured part).
+
+    ``regions``: objects with centre, normal (out of the implant), anterior, radius_ap, radius_lr and thickness_mm
+    (implant.PorousRegion). Each layer's lattice is made on the plain part and cached (the oversized variants carry
+    the nominal's footplates, moved).
+
+    ``cut_mm``: depth below every contact plane where the part is the same solid in every size (a footplate slab
+    between the layer and the strut). Each end above it is fused with its lattice once and cached; a size is then
+    its own body below the cuts with the ends glued on along the cut loops (the same polygon on both sides): no
+    boolean with a million-triangle lattice per size. Without it (or if the loops do not match) the lattices are
+    fused to the whole part in one union.
+    """
+    t0 = time.perf_counter()
+    m3d = require_manifold3d()
+    prog = Progress(progress)
+    part = to_manifold(solid)
+    pieces, layer_params = [], []
+    for n, r in enumerate(regions):
+        lp = _layer_params(params, r.thickness_mm)
+        footprint = (r.radius_ap, r.radius_lr)
+        _check_footprint(footprint, r.anterior)
+        sub = prog.sub(0.6 * n / len(regions), 0.6 * (n + 1) / len(regions))
+        pieces.append(_porous_piece(m3d, part, r.centre, r.normal, r.anterior, footprint, lp, sub))
+        layer_params.append(lp)
+    prog.report(0.6, "Porous layers: fusing the lattices to the core")
+    mesh, ends = None, None
+    if cut_mm is not None:
+        ends = [_porous_end(m3d, part, p, lp, float(cut_mm)) for p, lp in zip(pieces, layer_params)]
+        mesh = _glue_ends(m3d, part, pieces, ends, float(cut_mm))
+    if mesh is None:
+        result, fragments = _fuse(m3d, part, pieces)
+        ends = None
+    prog.report(0.8, "Porous layers: measuring")
+    seconds = time.perf_counter() - t0
+    rows = []
+    for n, (p, lp) in enumerate(zip(pieces, layer_params)):
+        frag = ends[n].fragments if ends else fragments
+        volume = ends[n].lattice_volume if ends else None
+        rows.append(_layer_result(m3d, p, lp, measure, frag, seconds, layer_mesh=False, lattice_volume=volume))
+    if mesh is not None:
+        out = to_manifold(mesh) if as_manifold else mesh
+    else:
+        out = result if as_manifold else _verified(result)
+    prog.report(1.0, "Porous layers: done")
+    return out, rows
+
+
+@dataclass
+class _End:
+    """A footplate above the cut plane fused with its lattice (plane frame), its cap on the cut plane removed."""
+
+    mesh_pf: TriMesh
+    lattice_volume: float  # the lattice's volume in the layer (the end minus its solid core)
+    fragments: tuple  # (count, volume) of lattice pieces not attached to the core, dropped
+
+
+_END_CACHE: dict = {}
+_CUT_TOLERANCE_MM = 1e-4  # a vertex this close to the cut plane lies on it (float32 coordinates of ~100 mm)
+
+
+def _porous_end(m3d, part_world, piece: _Piece, params, cut: float) -> _End:
+    key = (piece.key, round(cut, 4))
+    cached = _END_CACHE.get(key)
+    if cached is not None:
+        return cached
+    if cut <= params.layer_thickness_mm + params.overlap_mm:
+        raise PlanError(f"The cut {cut:.2f} mm below the contact plane is inside the porous layer.",
+                        "Cut between the layer and the strut, or fuse without a cut.")
+    top = part_world.transform(piece.to_pf[:3, :]).trim_by_plane((0.0, 0.0, 1.0), -cut)
+    core = top - piece.zone_pf
+    fused = core + piece.piece_pf
+    parts = sorted(fused.decompose(), key=lambda q: -q.volume())
+    n_core = len(top.decompose())
+    kept, dropped = parts[:n_core], [q for q in parts[n_core:] if q.volume() > 0]
+    end = m3d.Manifold.compose(kept) if len(kept) > 1 else kept[0]
+    mesh = from_manifold(end)
+    cap = _cap_faces(mesh, np.array([0.0, 0.0, 1.0]), -cut, outward=-1.0)
+    out = _End(TriMesh(mesh.vertices, mesh.faces[~cap]), float(end.volume() - core.volume()),
+               (len(dropped), float(sum(q.volume() for q in dropped))))
+    if len(_END_CACHE) >= _CACHE_SIZE:
+        _END_CACHE.pop(next(iter(_END_CACHE)))
+    _END_CACHE[key] = out
+    return out
+
+
+def _cap_faces(mesh: TriMesh, n: np.ndarray, offset: float, outward: float) -> np.ndarray:
+    """Faces lying on the plane n.x = offset whose normal points along ``outward`` * n (the cut's cap)."""
+    on = np.abs(mesh.vertices @ n - offset) < _CUT_TOLERANCE_MM
+    f = mesh.faces
+    flat = on[f].all(axis=1)
+    v = mesh.vertices
+    normal = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]) @ n
+    return flat & (outward * normal > 0)
+
+
+def _glue_ends(m3d, part_world, pieces, ends, cut: float) -> Optional[TriMesh]:
+    """The part below every cut plane with each porous end glued on along its cut loop; None if a loop does not
+    match (the caller then fuses with a boolean). Both sides are cuts of the same footplate polygon, so their loop
+    vertices coincide to float32 rounding, except points on straight runs that one side's booleans dropped as
+    collinear: those are inserted into the other side's boundary edge first, then the loops are welded."""
+    body = part_world
+    planes = []
+    for p in pieces:
+        from_pf = np.linalg.inv(p.to_pf)
+        n, c = from_pf[:3, 2], from_pf[:3, 3]  # w axis (out of the implant) and plane centre, world
+        body = body.trim_by_plane(tuple(-n), float(cut - n @ c))
+        planes.append((n, float(n @ c - cut)))
+    body_mesh = from_manifold(body)
+    keep = np.ones(body_mesh.n_triangles, dtype=bool)
+    for n, offset in planes:
+        keep &= ~_cap_faces(body_mesh, n, offset, outward=1.0)
+    glued = TriMesh(body_mesh.vertices, body_mesh.faces[keep])
+    for p, end, (n, offset) in zip(pieces, ends, planes):
+        glued = _weld_loops(glued, end.mesh_pf.transformed(np.linalg.inv(p.to_pf)), n, offset)
+        if glued is None:
+            return None
+    used = np.zeros(len(glued.vertices), dtype=bool)
+    used[glued.faces] = True  # the body's cap vertices off the loops are left over
+    remap = np.cumsum(used) - 1
+    glued = TriMesh(glued.vertices[used], remap[glued.faces])
+    return glued if not verify_closed(glued) else None
+
+
+def _loop_edges(mesh: TriMesh, on: np.ndarray) -> tuple:
+    """(face index, position in the face) of the open-boundary edges with both ends ``on`` (per-vertex mask)."""
+    cand = np.flatnonzero(on[mesh.faces].sum(axis=1) >= 2)
+    f = mesh.faces[cand]
+    a, b = f.reshape(-1), np.roll(f, -1, axis=1).reshape(-1)
+    n = np.int64(len(mesh.vertices))
+    both = on[a] & on[b]
+    open_ = both & ~np.isin(a * n + b, (b * n + a)[both])
+    k = np.flatnonzero(open_)
+    return cand[k // 3], k % 3
+
+
+def _insert_points(mesh: TriMesh, on: np.ndarray, points: np.ndarray, tol: float) -> Optional[TriMesh]:
+    """Split the open-boundary edges of ``mesh`` (ends ``on``) at ``points`` lying on them (within ``tol``); None
+    if a point lies on no such edge."""
+    if len(points) == 0:
+        return mesh
+    face, pos = _loop_edges(mesh, on)
+    i, j = mesh.faces[face, pos], mesh.faces[face, (pos + 1) % 3]
+    a, b = mesh.vertices[i], mesh.vertices[j]
+    ab = b - a
+    t = np.clip(np.einsum("pkd,kd->pk", points[:, None, :] - a[None], ab) / np.einsum("kd,kd->k", ab, ab), 0, 1)
+    d = np.linalg.norm(points[:, None, :] - (a[None] + t[..., None] * ab[None]), axis=2)
+    which = np.argmin(d, axis=1)
+    if d[np.arange(len(points)), which].max() > tol:
+        return None
+    new = []
+    for k in np.unique(which):
+        on_k = np.flatnonzero(which == k)
+        chain = [i[k]] + list(len(mesh.vertices) + on_k[np.argsort(t[on_k, k])]) + [j[k]]
+        opposite = mesh.faces[face[k], (pos[k] + 2) % 3]
+        new.extend([chain[q], chain[q + 1], opposite] for q in range(len(chain) - 1))
+    keep = np.ones(len(mesh.faces), dtype=bool)
+    keep[face[np.unique(which)]] = False
+    return TriMesh(np.concatenate([mesh.vertices, points]), np.concatenate([mesh.faces[keep], np.array(new)]))
+
+
+def _weld_loops(body: TriMesh, end: TriMesh, n: np.ndarray, offset: float, tol: float = 1e-3) -> Optional[TriMesh]:
+    """``body`` and ``end`` (both open along the plane n.x = offset) joined into one mesh along that plane."""
+    from scipy.spatial import cKDTree
+
+    def loop(m):
+        on = np.abs(m.vertices @ n - offset) < 10 * _CUT_TOLERANCE_MM
+        face, pos = _loop_edges(m, on)
+        return on, np.unique(m.faces[face, pos])
+
+    (on_b, lb), (on_e, le) = loop(body), loop(end)
+    if len(lb) == 0 or len(le) == 0:
+        return None
+    # Points of either loop missing on the other: inserted into the other's boundary edges.
+    db, _ = cKDTree(end.vertices[le]).query(body.vertices[lb])
+    de, _ = cKDTree(body.vertices[lb]).query(end.vertices[le])
+    end = _insert_points(end, on_e, body.vertices[lb[db > tol]], tol)
+    body = _insert_points(body, on_b, end.vertices[le[de > tol]], tol) if end is not None else None
+    if end is None or body is None:
+        return None
+    (_, lb), (_, le) = loop(body), loop(end)
+    d, j = cKDTree(end.vertices[le]).query(body.vertices[lb])
+    if len(lb) != len(le) or d.max() > tol or len(np.unique(j)) != len(j):
+        return None
+    base = len(body.vertices)
+    index = np.arange(base)
+    index[lb] = base + le[j]
+    return TriMesh(np.concatenate([body.vertices, end.vertices]),
+                   np.concatenate([index[body.faces], end.faces + base]))
+
+
+# The last contoured lattices (lattice within its region, plane frame), keyed by region and parameters.
+_CHUNK_CACHE: dict = {}
+_CACHE_SIZE = 4
+
+
+def _fit_level(region_mask: np.ndarray, axes, h: float, cell: float, params: LatticeParameters,
+               fallback: float) -> float:
+    inside = np.flatnonzero(region_mask)
+    if inside.size < 1000:
+        return fallback
+    rng = np.random.default_rng(0)  # fixed seed: regenerating a plan gives the same part
+    pick = rng.choice(inside, size=min(inside.size, LEVEL_FIT_POINTS), replace=False)
+    ijk = np.unravel_index(pick, region_mask.shape)
+    x, y, z = (2.0 * np.pi / cell * (axes[d][ijk[d]] + rng.uniform(-h / 2, h / 2, pick.size)) for d in range(3))
+    g = np.sin(x) * np.cos(y) + np.sin(y) * np.cos(z) + np.sin(z) * np.cos(x)
+    return float(np.quantile(np.abs(g) if params.kind == "sheet_gyroid" else g, 1.0 - params.porosity))
+
+
+def _measure_part_pores(m3d, region, kind: str, cell: float, level: float) -> np.ndarray:
+    """Inscribed-sphere diameters (mm) of the lattice's pores in the layer ``region`` (plane frame).
+
+    Sampled at cell / MEASURE_SAMPLES_PER_CELL, independent of the meshing step, as in the calibration.
+    The grid covers the layer plus a margin of one cell, at most MEASURE_MAX_VOXELS (a central window of the
+    footprint if larger); sphere centres count only inside the layer, and the lattice pattern is continued
+    beyond it (bone side, core, outside the footprint), so what is measured is the pore size of the lattice as
+    built, not half-pores cut by the layer's faces. The solid is the implicit the mesh is contoured from, at the
+    level fitted to this layer: the mesh lies within the chordal error of it (tested: max <= 30 um), and voxelising
+    a raw contour of a million triangles is slower and trips the stencil on its near-degenerate triangles.
+    """
+    h = cell / MEASURE_SAMPLES_PER_CELL
+    rb = np.asarray(region.bounding_box(), dtype=float)
+    lo, hi = rb[:3] - cell, rb[3:] + cell
+    span = hi - lo
+    n_full = np.prod(np.ceil(span / h) + 3)
+    if n_full > MEASURE_MAX_VOXELS:  # shrink u, v around the middle; keep the full depth
+        s = math.sqrt(MEASURE_MAX_VOXELS / n_full)
+        mid = (lo + hi) / 2
+        for i in (0, 1):
+            lo[i], hi[i] = mid[i] - span[i] * s / 2, mid[i] + span[i] * s / 2
+    axes = _grid(lo, hi, h)
+    shape = tuple(len(a) for a in axes)
+    window = _box(m3d, [a[0] - h for a in axes], [a[-1] + h for a in axes])
+    in_layer = voxelise(from_manifold(region ^ window), [a[0] for a in axes], h, shape)
+    solid = _implicit(gyroid(*[2.0 * np.pi * a / cell for a in axes]), kind) < level
+    return inscribed_sphere_diameters(~solid, h, in_layer)
+
+
+def _lattice_manifold(m3d, mesh: TriMesh):
+    """Manifold straight from flying-edges output (its points are already shared); weld first only if needed."""
+    mm = m3d.Mesh(vert_properties=np.ascontiguousarray(mesh.vertices, dtype=np.float32),
+                  tri_verts=np.ascontiguousarray(mesh.faces, dtype=np.uint32))
+    result = m3d.Manifold(mm)
+    return result if result.status() == m3d.Error.NoError else to_manifold(mesh)
+
+
+def verify_closed(mesh: TriMesh) -> list:
+    """Problems preventing ``mesh`` from being a closed, consistently oriented, outward solid (empty if fine):
+    mesh.closed_edges (the edge test of check_mesh) and a positive volume, fast on million-triangle lattices."""
+    if len(mesh.faces) == 0:
+        return ["empty mesh"]
+    problems = []
+    if not closed_edges(mesh.faces, len(mesh.vertices)):
+        problems.append("not closed, not manifold or inconsistently oriented")
+    if mesh.volume() <= 0:
+        problems.append("volume is not positive")
+    return problems
+
+
+# ---- benchmark ---------------------------------------------------------------------------------------
+
+
+def elliptic_plate(radius_a: float, radius_l: float, thickness: float, segments: int = 96) -> TriMesh:
+    """A footplate phantom: elliptic plate centred on the origin, top face at z = 0, bottom at -thickness."""
+    m3d = require_manifold3d()
+    plate = m3d.Manifold.cylinder(thickness, 1.0, 1.0, segments).scale((radius_a, radius_l, 1.0))
+    return from_manifold(plate.translate((0.0, 0.0, -thickness)))
+
+
+def lattice_benchmark_rows(plates_mm=((20, 14), (30, 22), (40, 30)), params: Optional[LatticeParameters] = None,
+                           thickness: float = 3.0) -> list:
+    """Lattice generation time against layer volume on elliptic footplates (diameters in mm), for the report."""
+    rows = []
+    for da, dl in plates_mm:
+        plate = elliptic_plate(da / 2.0, dl / 2.0, thickness)
+        r = apply_porous_layer(plate, (0, 0, 0), (0, 0, 1), params=params, anterior=(1, 0, 0))
+        rows.append({"plate_mm": f"{da} x {dl} x {thickness}", **r.summary()})
+    return rows
