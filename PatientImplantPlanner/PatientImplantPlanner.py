@@ -1133,7 +1133,7 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
 
     def loadCT(self, path: str, name: Optional[str] = None, progress=None) -> vtkMRMLScalarVolumeNode:
         """Load and validate a CT file or DICOM folder."""
-        from PatientImplantPlannerLib.imaging.ctimport import load_ct
+        from PatientImplantPlannerLib.scene.ctload import load_ct
 
         return load_ct(self.context(), path, name=name, progress=progress)
 

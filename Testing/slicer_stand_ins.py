@@ -15,7 +15,7 @@ from slicer_module_checks import MODULE_PY
 
 def stand_in_modules(tmp_path, ctx):
     """Minimal stand-ins for the GUI-only packages the module imports (the real ones need the Slicer app)."""
-    from PatientImplantPlannerLib.imaging.ctimport import load_ct
+    from PatientImplantPlannerLib.scene.ctload import load_ct
 
     def module(name, **attrs):
         m = types.ModuleType(name)

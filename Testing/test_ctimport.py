@@ -17,9 +17,9 @@ from PatientImplantPlannerLib.imaging.ctimport import (
     choose_series,
     describe_ct,
     list_dicom_series,
-    load_ct,
     validate_ct,
 )
+from PatientImplantPlannerLib.scene.ctload import load_ct
 from PatientImplantPlannerLib.scene.volumes import array, ijk_to_ras_matrix
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])

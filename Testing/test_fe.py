@@ -104,8 +104,8 @@ def demo_fe():
 
     from PatientImplantPlannerLib.cli import demo_plan
     from PatientImplantPlannerLib.imaging.bonesegmentation import segment_bone
-    from PatientImplantPlannerLib.imaging.ctimport import load_ct
     from PatientImplantPlannerLib.scene.context import create_headless_context
+    from PatientImplantPlannerLib.scene.ctload import load_ct
     from PatientImplantPlannerLib.scene.volumes import array, ijk_to_ras_matrix
 
     ctx = create_headless_context()

@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from PatientImplantPlannerLib.imaging import levels
 from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters, segment_bone
-from PatientImplantPlannerLib.imaging.ctimport import load_ct
+from PatientImplantPlannerLib.scene.ctload import load_ct
 from PatientImplantPlannerLib.scene.volumes import array, ijk_to_ras_matrix
 
 pytestmark = pytest.mark.slow

@@ -298,7 +298,7 @@ def test_lumbar_ct_example_plan_end_to_end(ctx, tmp_path):
     """The example (demo) left hemisacrectomy on the bundled CT, bone segmented as the CLI does it (one seed in
     S1, interior filled): every file written and verified."""
     from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters, segment_bone
-    from PatientImplantPlannerLib.imaging.ctimport import load_ct
+    from PatientImplantPlannerLib.scene.ctload import load_ct
     from PatientImplantPlannerLib.scene.volumes import array, ijk_to_ras_matrix
 
     node = load_ct(ctx, SAMPLE_CT)

@@ -10,7 +10,7 @@ from PatientImplantPlannerLib.core.mesh import check_mesh, to_manifold
 from PatientImplantPlannerLib.design.plan import design_implant
 from PatientImplantPlannerLib.export.boneexport import mask_surface
 from PatientImplantPlannerLib.imaging.bonesegmentation import segment_bone
-from PatientImplantPlannerLib.imaging.ctimport import load_ct
+from PatientImplantPlannerLib.scene.ctload import load_ct
 from PatientImplantPlannerLib.scene.volumes import array, ijk_to_ras_matrix
 
 

@@ -12,7 +12,7 @@ import pytest
 from chestct import chest_ct_path, chest_labels_path, structure_names
 
 from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters, segment_bone
-from PatientImplantPlannerLib.imaging.ctimport import load_ct
+from PatientImplantPlannerLib.scene.ctload import load_ct
 from PatientImplantPlannerLib.scene.volumes import array, ras_to_ijk
 
 KEEP_T6 = (1.5, -74.4, -120.0)  # middle of the T6 body (cancellous, ~110 HU)

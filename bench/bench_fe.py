@@ -35,8 +35,8 @@ def main() -> None:
     from PatientImplantPlannerLib.cli import demo_plan
     from PatientImplantPlannerLib.design.plan import design_implant
     from PatientImplantPlannerLib.imaging.bonesegmentation import segment_bone
-    from PatientImplantPlannerLib.imaging.ctimport import load_ct
     from PatientImplantPlannerLib.scene.context import create_headless_context
+    from PatientImplantPlannerLib.scene.ctload import load_ct
     from PatientImplantPlannerLib.scene.volumes import array, ijk_to_ras_matrix
 
     t0 = time.perf_counter()

@@ -119,8 +119,8 @@ class _Marks:
 def run_ours(ct_path: str, out_dir: str, seeds) -> dict:
     from PatientImplantPlannerLib.export.boneexport import export_bone_model
     from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters, segment_bone
-    from PatientImplantPlannerLib.imaging.ctimport import load_ct
     from PatientImplantPlannerLib.scene.context import create_headless_context
+    from PatientImplantPlannerLib.scene.ctload import load_ct
 
     ctx = create_headless_context()
     marks = _Marks()

@@ -43,8 +43,8 @@ def _child() -> None:
     )
 
     from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters, segment_bone
-    from PatientImplantPlannerLib.imaging.ctimport import load_ct
     from PatientImplantPlannerLib.scene.context import create_headless_context
+    from PatientImplantPlannerLib.scene.ctload import load_ct
     from PatientImplantPlannerLib.scene.volumes import array
 
     ctx = create_headless_context()

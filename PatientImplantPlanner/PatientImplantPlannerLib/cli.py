@@ -138,8 +138,9 @@ def run_segment(args, progress=None) -> dict:
     from .export.boneexport import export_bone_model
     from .export.staging import moved, staged_folder
     from .imaging.bonesegmentation import BoneSegmentationParameters, segment_bone
-    from .imaging.ctimport import describe_ct, load_ct
+    from .imaging.ctimport import describe_ct
     from .scene.context import create_headless_context
+    from .scene.ctload import load_ct
     from .scene.workflow import write_segmentation
 
     _check_segment_args(args)
@@ -219,9 +220,10 @@ def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export
     from .core.progress import Progress
     from .export.bundle import ExportParameters, new_bundle_folder
     from .imaging.bonesegmentation import segment_bone
-    from .imaging.ctimport import describe_ct, load_ct
+    from .imaging.ctimport import describe_ct
     from .record.designrecord import SegmentationInfo
     from .scene.context import create_headless_context
+    from .scene.ctload import load_ct
     from .scene.workflow import design_in_scene, export_in_scene
 
     prog = Progress(progress)
