@@ -1140,22 +1140,23 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
     def boneSegmentationParameters(self, thresholdRange=(226.0, 3071.0), seedNode=None, excludeNode=None,
                                    roiNode=None, fillInterior=True, minIslandMm3=1000.0, smoothingMm=0.0):
         """Engine parameters from GUI values; seeds, exclude points and ROI are read from the markups nodes."""
-        from PatientImplantPlannerLib.imaging import bonesegmentation
+        from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters
+        from PatientImplantPlannerLib.scene.bonesegment import parameters_from_markups
 
-        params = bonesegmentation.BoneSegmentationParameters(
+        params = BoneSegmentationParameters(
             threshold_min=float(thresholdRange[0]),
             threshold_max=float(thresholdRange[1]),
             fill_interior=bool(fillInterior),
             min_island_mm3=float(minIslandMm3),
             smoothing_mm=float(smoothingMm),
         )
-        return bonesegmentation.parameters_from_markups(
+        return parameters_from_markups(
             params, seed_node=seedNode, exclude_node=excludeNode, roi_node=roiNode)
 
     def segmentBone(self, ctNode, params=None, segmentationNode=None, progress=None):
         """Segment the bone of ``ctNode``; returns the engine result (segmentation_node, segment_id, volume_mm3,
         warnings)."""
-        from PatientImplantPlannerLib.imaging.bonesegmentation import segment_bone
+        from PatientImplantPlannerLib.scene.bonesegment import segment_bone
 
         return segment_bone(self.context(), ctNode, params=params, segmentation_node=segmentationNode,
                             progress=progress)

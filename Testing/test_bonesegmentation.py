@@ -15,11 +15,10 @@ from PatientImplantPlannerLib.imaging.bonesegmentation import (
     BONE_COLOR,
     BONE_TERMINOLOGY,
     BoneSegmentationParameters,
-    parameters_from_markups,
-    segment_bone,
     threshold_preview_mask,
 )
 from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
+from PatientImplantPlannerLib.scene.bonesegment import parameters_from_markups, segment_bone
 from PatientImplantPlannerLib.scene.segments import get_segment_mask
 
 

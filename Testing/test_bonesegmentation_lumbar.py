@@ -5,7 +5,8 @@ import numpy as np
 import scipy.ndimage as ndi
 from conftest import LUMBAR_LABELS, LUMBAR_LEVELS, SAMPLE_CT
 
-from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters, segment_bone
+from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters
+from PatientImplantPlannerLib.scene.bonesegment import segment_bone
 from PatientImplantPlannerLib.scene.segments import get_segment_mask
 from PatientImplantPlannerLib.scene.volumes import array, ijk_to_ras
 

@@ -103,7 +103,7 @@ def demo_fe():
     from conftest import SAMPLE_CT
 
     from PatientImplantPlannerLib.cli import demo_plan
-    from PatientImplantPlannerLib.imaging.bonesegmentation import segment_bone
+    from PatientImplantPlannerLib.scene.bonesegment import segment_bone
     from PatientImplantPlannerLib.scene.context import create_headless_context
     from PatientImplantPlannerLib.scene.ctload import load_ct
     from PatientImplantPlannerLib.scene.volumes import array, ijk_to_ras_matrix

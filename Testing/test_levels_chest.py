@@ -17,7 +17,8 @@ from chestct import chest_ct_path, chest_labels_path, label_body, reference_endp
 from scipy import ndimage
 
 from PatientImplantPlannerLib.imaging import levels
-from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters, segment_bone
+from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters
+from PatientImplantPlannerLib.scene.bonesegment import segment_bone
 from PatientImplantPlannerLib.scene.ctload import load_ct
 from PatientImplantPlannerLib.scene.volumes import array, ijk_to_ras_matrix
 

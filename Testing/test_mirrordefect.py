@@ -297,7 +297,8 @@ def test_lumbar_ct_mirrored_gives_the_mirror_image(lumbar_left):
 def test_lumbar_ct_example_plan_end_to_end(ctx, tmp_path):
     """The example (demo) left hemisacrectomy on the bundled CT, bone segmented as the CLI does it (one seed in
     S1, interior filled): every file written and verified."""
-    from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters, segment_bone
+    from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters
+    from PatientImplantPlannerLib.scene.bonesegment import segment_bone
     from PatientImplantPlannerLib.scene.ctload import load_ct
     from PatientImplantPlannerLib.scene.volumes import array, ijk_to_ras_matrix
 

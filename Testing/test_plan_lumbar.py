@@ -9,7 +9,7 @@ from PatientImplantPlannerLib.cli import demo_plan
 from PatientImplantPlannerLib.core.mesh import check_mesh, to_manifold
 from PatientImplantPlannerLib.design.plan import design_implant
 from PatientImplantPlannerLib.export.boneexport import mask_surface
-from PatientImplantPlannerLib.imaging.bonesegmentation import segment_bone
+from PatientImplantPlannerLib.scene.bonesegment import segment_bone
 from PatientImplantPlannerLib.scene.ctload import load_ct
 from PatientImplantPlannerLib.scene.volumes import array, ijk_to_ras_matrix
 

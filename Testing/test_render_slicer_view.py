@@ -17,8 +17,9 @@ def planned():
     """A designed phantom plan in a headless scene, the bone shown in 3D as the module shows it."""
     from PatientImplantPlannerLib.design.plan import Plan
     from PatientImplantPlannerLib.export.boneexport import mask_surface, show_bone_in_3d
-    from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters, segment_bone
+    from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters
     from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
+    from PatientImplantPlannerLib.scene.bonesegment import segment_bone
     from PatientImplantPlannerLib.scene.context import create_headless_context
     from PatientImplantPlannerLib.scene.workflow import design_in_scene
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from chestct import chest_ct_path, chest_labels_path, structure_names
 
-from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters, segment_bone
+from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters
+from PatientImplantPlannerLib.scene.bonesegment import segment_bone
 from PatientImplantPlannerLib.scene.ctload import load_ct
 from PatientImplantPlannerLib.scene.volumes import array, ras_to_ijk
 

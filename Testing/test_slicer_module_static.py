@@ -209,7 +209,7 @@ def test_guard_fails_on_misspelt_engine_and_util_names(broken):
     edit(broken.py, "import segment_bone", "import segment_bones")
     edit(broken.py, "slicer.util.confirmOkCancelDisplay(", "slicer.util.confirmOKCancelDisplay(")
     edit(broken.py, "slicer.util.errorDisplay(", "slicer.errorDisplay(")
-    assert check_engine_names_exist(broken.py) == [f"{ENGINE}.imaging.bonesegmentation has no segment_bones"]
+    assert check_engine_names_exist(broken.py) == [f"{ENGINE}.scene.bonesegment has no segment_bones"]
     problems = check_slicer_util_names(broken.py)
     assert any("slicer.util.confirmOKCancelDisplay does not exist" in p for p in problems)
     assert any(p.startswith("slicer.errorDisplay") for p in problems)

@@ -69,8 +69,9 @@ def design_phantom_plan(spacing: float):
     from bench_plan import demo_like_plan
 
     from PatientImplantPlannerLib.design.plan import design_implant
-    from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters, segment_bone
+    from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters
     from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
+    from PatientImplantPlannerLib.scene.bonesegment import segment_bone
     from PatientImplantPlannerLib.scene.context import create_headless_context
 
     phantom = make_spine_phantom(spacing=spacing, levels=("L1", "L2", "L3"))

@@ -34,7 +34,7 @@ def main() -> None:
     from PatientImplantPlannerLib.analysis import fe
     from PatientImplantPlannerLib.cli import demo_plan
     from PatientImplantPlannerLib.design.plan import design_implant
-    from PatientImplantPlannerLib.imaging.bonesegmentation import segment_bone
+    from PatientImplantPlannerLib.scene.bonesegment import segment_bone
     from PatientImplantPlannerLib.scene.context import create_headless_context
     from PatientImplantPlannerLib.scene.ctload import load_ct
     from PatientImplantPlannerLib.scene.volumes import array, ijk_to_ras_matrix

@@ -39,7 +39,8 @@ def demo_like_plan(phantom):
 
 def time_segmentation(ctx, ct, seeds) -> tuple:
     """(seconds, timings_s, mask) of one segment_bone run; its segmentation node is removed afterwards."""
-    from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters, segment_bone
+    from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters
+    from PatientImplantPlannerLib.scene.bonesegment import segment_bone
 
     t0 = time.perf_counter()
     result = segment_bone(ctx, ct, BoneSegmentationParameters(seeds_ras=[tuple(s) for s in seeds]))

@@ -118,7 +118,8 @@ class _Marks:
 
 def run_ours(ct_path: str, out_dir: str, seeds) -> dict:
     from PatientImplantPlannerLib.export.boneexport import export_bone_model
-    from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters, segment_bone
+    from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters
+    from PatientImplantPlannerLib.scene.bonesegment import segment_bone
     from PatientImplantPlannerLib.scene.context import create_headless_context
     from PatientImplantPlannerLib.scene.ctload import load_ct
 

@@ -42,7 +42,8 @@ def _child() -> None:
         _on_grid,
     )
 
-    from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters, segment_bone
+    from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters
+    from PatientImplantPlannerLib.scene.bonesegment import segment_bone
     from PatientImplantPlannerLib.scene.context import create_headless_context
     from PatientImplantPlannerLib.scene.ctload import load_ct
     from PatientImplantPlannerLib.scene.volumes import array

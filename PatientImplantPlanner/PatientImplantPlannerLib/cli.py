@@ -137,8 +137,9 @@ def run_segment(args, progress=None) -> dict:
     from .core.progress import Progress
     from .export.boneexport import export_bone_model
     from .export.staging import moved, staged_folder
-    from .imaging.bonesegmentation import BoneSegmentationParameters, segment_bone
+    from .imaging.bonesegmentation import BoneSegmentationParameters
     from .imaging.ctimport import describe_ct
+    from .scene.bonesegment import segment_bone
     from .scene.context import create_headless_context
     from .scene.ctload import load_ct
     from .scene.workflow import write_segmentation
@@ -219,9 +220,9 @@ def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export
     ``ct_checks``: keyword arguments of ``load_ct`` (see ``_ct_checks``)."""
     from .core.progress import Progress
     from .export.bundle import ExportParameters, new_bundle_folder
-    from .imaging.bonesegmentation import segment_bone
     from .imaging.ctimport import describe_ct
     from .record.designrecord import SegmentationInfo
+    from .scene.bonesegment import segment_bone
     from .scene.context import create_headless_context
     from .scene.ctload import load_ct
     from .scene.workflow import design_in_scene, export_in_scene
@@ -293,7 +294,7 @@ def _run_mirror_defect(ctx, ct, plan, out_parent, segmentation_path, export_para
     a new folder (every file verified, the manifest with its "defect" block). Returns a summary."""
     from .design.mirrordefect import run_mirror_defect
     from .export.bundle import new_bundle_folder
-    from .imaging.bonesegmentation import segment_bone
+    from .scene.bonesegment import segment_bone
     from .scene.segments import get_segment_mask
     from .scene.volumes import array, ijk_to_ras_matrix
 

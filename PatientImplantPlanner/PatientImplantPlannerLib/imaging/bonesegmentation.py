@@ -27,7 +27,9 @@ from typing import Optional
 import numpy as np
 
 from ..core.errors import SegmentationError
+from ..core.grid import VoxelGrid
 from ..core.progress import Progress
+from ..scene.slicerfilters import _grow_cut
 
 BONE_SEGMENT_NAME = "Bone"
 BONE_COLOR = (0.945, 0.839, 0.569)
@@ -103,82 +105,12 @@ class BoneSegmentationParameters:
         return cls(**kw)
 
 
-@dataclass
-class BoneSegmentationResult:
-    segmentation_node: object
-    segment_id: str
-    mask: np.ndarray  # bool [k, j, i] on the CT grid
-    voxel_count: int
-    volume_mm3: float
-    warnings: list
-    parameters: BoneSegmentationParameters
-    timings_s: dict = field(default_factory=dict)  # seconds per step, for benchmarks
-
-
 def threshold_preview_mask(ct_array: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Bool mask of voxels within [lo, hi] (live preview of the threshold)."""
     return (ct_array >= lo) & (ct_array <= hi)
 
 
-def parameters_from_markups(
-    params: Optional[BoneSegmentationParameters], seed_node=None, exclude_node=None, roi_node=None
-) -> BoneSegmentationParameters:
-    """A copy of ``params`` with seeds, exclude seeds and ROI box taken from markups nodes (world RAS).
-
-    Seed nodes are ``vtkMRMLMarkupsFiducialNode`` (every control point is a seed); the ROI node is a
-    ``vtkMRMLMarkupsROINode`` whose world-axis-aligned bounds become the box (a rotated ROI gives its bounding box).
-    Nodes given as None leave the corresponding parameter unchanged.
-    """
-    params = replace(params) if params is not None else BoneSegmentationParameters()
-
-    def points(node):
-        out = []
-        for n in range(node.GetNumberOfControlPoints()):
-            p = [0.0, 0.0, 0.0]
-            node.GetNthControlPointPositionWorld(n, p)
-            out.append(tuple(float(v) for v in p))
-        return out
-
-    if seed_node is not None:
-        params.seeds_ras = points(seed_node)
-    if exclude_node is not None:
-        params.exclude_seeds_ras = points(exclude_node)
-    if roi_node is not None:
-        b = [0.0] * 6
-        roi_node.GetRASBounds(b)
-        lo, hi = np.array(b[0::2]), np.array(b[1::2])
-        params.roi_center_ras = tuple(float(v) for v in (lo + hi) / 2)
-        params.roi_size_mm = tuple(float(v) for v in hi - lo)
-    return params
-
-
 # ----------------------------------------------------------------------------------------------- geometry
-
-
-class _Grid:
-    """IJK <-> RAS of the CT and a crop box [k0:k1, j0:j1, i0:i1]."""
-
-    def __init__(self, ct_node, shape_kji):
-        from ..scene.volumes import ijk_to_ras_matrix
-
-        self.m = ijk_to_ras_matrix(ct_node)
-        self.inv = np.linalg.inv(self.m)
-        self.shape = tuple(shape_kji)
-        self.spacing_ijk = np.linalg.norm(self.m[:3, :3], axis=0)  # mm per step along i, j, k
-        self.spacing_kji = self.spacing_ijk[::-1].copy()
-        self.voxel_mm3 = float(abs(np.linalg.det(self.m[:3, :3])))
-
-    def ras_to_kji(self, p) -> np.ndarray:
-        ijk = self.inv[:3, :3] @ np.asarray(p, float) + self.inv[:3, 3]
-        return ijk[::-1]
-
-    def kji_to_ras(self, kji) -> np.ndarray:
-        ijk = np.asarray(kji, float)[::-1]
-        return self.m[:3, :3] @ ijk + self.m[:3, 3]
-
-    def axis_aligned(self) -> bool:
-        a = np.abs(self.m[:3, :3])
-        return bool(np.all(np.sum(a > 1e-6 * a.max(), axis=0) == 1))
 
 
 def _fmt(p) -> str:
@@ -204,7 +136,7 @@ def _bbox(mask: np.ndarray, pad, shape) -> tuple:
     return tuple(out)
 
 
-def _roi_box(grid: _Grid, params: BoneSegmentationParameters) -> tuple:
+def _roi_box(grid: VoxelGrid, params: BoneSegmentationParameters) -> tuple:
     """Crop slices [k, j, i] of the ROI's bounding box on the CT grid (the whole volume without ROI)."""
     shape = grid.shape
     if params.roi_center_ras is None and params.roi_size_mm is None:
@@ -221,14 +153,14 @@ def _roi_box(grid: _Grid, params: BoneSegmentationParameters) -> tuple:
             "Give a 3D center and three positive sizes in mm.",
         )
     corners = center + (np.array(list(np.ndindex(2, 2, 2))) - 0.5) * size
-    kji = np.array([grid.ras_to_kji(c) for c in corners])
+    kji = np.array([grid.to_kji(c)[0] for c in corners])
     lo = np.ceil(kji.min(axis=0) - 0.5).astype(int)
     hi = np.floor(kji.max(axis=0) + 0.5).astype(int) + 1
     lo = np.maximum(lo, 0)
     hi = np.minimum(hi, shape)
     if np.any(hi <= lo):
-        vol_lo = grid.kji_to_ras(np.zeros(3))
-        vol_hi = grid.kji_to_ras(np.array(shape) - 1)
+        vol_lo = grid.to_ras(np.zeros(3))[0]
+        vol_hi = grid.to_ras(np.array(shape) - 1)[0]
         raise SegmentationError(
             f"The ROI (center {_fmt(center)}, size {_fmt(size)} mm) lies entirely outside the CT volume "
             f"(which spans {_fmt(np.minimum(vol_lo, vol_hi))} to {_fmt(np.maximum(vol_lo, vol_hi))} RAS).",
@@ -237,7 +169,7 @@ def _roi_box(grid: _Grid, params: BoneSegmentationParameters) -> tuple:
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
 
-def _oblique_roi_mask(grid: _Grid, box, params) -> np.ndarray:
+def _oblique_roi_mask(grid: VoxelGrid, box, params) -> np.ndarray:
     """For CTs not aligned with RAS axes: which voxels of the crop box lie inside the RAS box."""
     k, j, i = np.meshgrid(*[np.arange(s.start, s.stop, dtype=np.float32) for s in box], indexing="ij")
     center = np.asarray(params.roi_center_ras, float)
@@ -252,14 +184,14 @@ def _oblique_roi_mask(grid: _Grid, box, params) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------- seeds
 
 
-def _seed_voxels(grid: _Grid, points, box, kind: str) -> list:
+def _seed_voxels(grid: VoxelGrid, points, box, kind: str) -> list:
     """Integer (k, j, i) crop indices of RAS points; errors for points outside the volume or the ROI."""
     out = []
     for p in points:
         p = np.asarray(p, float)
         if p.shape != (3,) or not np.all(np.isfinite(p)):
             raise SegmentationError(f"Invalid {kind} point {p!r}.", "Give each point as three numbers (R, A, S) in mm.")
-        kji = grid.ras_to_kji(p)
+        kji = grid.to_kji(p)[0]
         if np.any(kji < -0.5) or np.any(kji > np.array(grid.shape) - 0.5):
             raise SegmentationError(
                 f"The {kind} at {_fmt(p)} RAS is outside the CT volume.",
@@ -373,40 +305,6 @@ def _snap_seeds(labels, sizes, min_island_vox, seeds, points, grid, sub, params,
 
 
 # ------------------------------------------------------------------------------------------------ growcut
-
-
-def _vtk_image(arr: np.ndarray, vtk_type):
-    import vtk
-    from vtk.util.numpy_support import numpy_to_vtk
-
-    image = vtk.vtkImageData()
-    k, j, i = arr.shape
-    image.SetDimensions(i, j, k)
-    image.GetPointData().SetScalars(numpy_to_vtk(np.ascontiguousarray(arr).ravel(), deep=True, array_type=vtk_type))
-    return image
-
-
-def _grow_cut(intensity: np.ndarray, labels: np.ndarray, region: np.ndarray, spacing_kji) -> np.ndarray:
-    """Slicer's GrowCut restricted to ``region``: every region voxel gets the label of its 'closest' seed."""
-    import slicer
-    import vtk
-    from vtk.util.numpy_support import vtk_to_numpy
-
-    intensity16 = intensity if intensity.dtype == np.int16 else np.clip(intensity, -32768, 32767).astype(np.int16)
-    images = [
-        _vtk_image(intensity16, vtk.VTK_SHORT),
-        _vtk_image(labels.astype(np.uint8, copy=False), vtk.VTK_UNSIGNED_CHAR),
-        _vtk_image((~region).view(np.uint8), vtk.VTK_UNSIGNED_CHAR),  # non-zero = not grown into
-    ]
-    for im in images:
-        im.SetSpacing(*spacing_kji[::-1])
-    gc = slicer.vtkImageGrowCutSegment()
-    gc.SetIntensityVolume(images[0])
-    gc.SetSeedLabelVolume(images[1])
-    gc.SetMaskVolume(images[2])
-    gc.Update()
-    out = vtk_to_numpy(gc.GetOutput().GetPointData().GetScalars())
-    return out.reshape(labels.shape)
 
 
 def _paint_balls(labels: np.ndarray, region: np.ndarray, centres, value: int, ball: np.ndarray) -> None:
@@ -768,28 +666,35 @@ def _seed_groups(points, other_points, grid, seeds, others, kind_a, kind_b) -> N
                 )
 
 
-def segment_bone(ctx, ct_node, params=None, segmentation_node=None, progress=None) -> BoneSegmentationResult:
-    """Segment bone of ``ct_node`` into the "Bone" segment of ``segmentation_node`` (created if None).
+@dataclass
+class BoneMask:
+    """The bone found by :func:`segment_bone_array`: ``crop`` is the mask inside ``box`` (slices of the CT array)."""
 
-    Raises SegmentationError for bad inputs; the scene is then unchanged (a created node is removed, a given
-    node keeps its previous content).
-    """
+    crop: np.ndarray
+    box: tuple
+    voxel_mm3: float
+    warnings: list
+    timings_s: dict
+
+    def full(self, shape) -> np.ndarray:
+        mask = np.zeros(shape, bool)
+        mask[self.box] = self.crop
+        return mask
+
+
+def segment_bone_array(ct: np.ndarray, grid: VoxelGrid, params=None, progress=None) -> BoneMask:
+    """Segment bone of a CT array [k, j, i] on ``grid``: threshold, seeded components, GrowCut against exclude
+    seeds, interior filling, islands and smoothing. Raises SegmentationError for bad inputs."""
     import time
 
     import scipy.ndimage as ndi
 
-    from ..scene.volumes import array as volume_array
-
     params = replace(params) if params is not None else BoneSegmentationParameters()
-    progress = Progress(progress)
+    progress = progress if isinstance(progress, Progress) else Progress(progress)
     _validate(params)
-    if ct_node is None or ct_node.GetImageData() is None:
-        raise SegmentationError("No CT volume was given (or it has no image data).", "Load a CT and select it.")
     timings = {}
     t0 = time.perf_counter()
     warnings: list = []
-    ct = volume_array(ct_node)
-    grid = _Grid(ct_node, ct.shape)
     sp = grid.spacing_kji
 
     # 1. Threshold inside the ROI.
@@ -951,28 +856,9 @@ def segment_bone(ctx, ct_node, params=None, segmentation_node=None, progress=Non
                 f"The seed at {_fmt(p)} RAS is more than {params.seed_snap_mm:g} mm from the segmented bone; "
                 "check that it lies on the bone to keep."
             )
-    mask = np.zeros(ct.shape, bool)
     full_bb = tuple(slice(b.start + o.start, b.stop + o.start) for b, o in zip(bb, box))
-    mask[full_bb] = result
-
-    # 6. Write the segment.
-    progress.report(0.9, "Writing the Bone segment")
-    t = time.perf_counter()
-    seg_node, segment_id = _write_segment(ctx, ct_node, segmentation_node, result, full_bb)
-    timings["write"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
-    count = int(result.sum())
-    progress.report(1.0, "Bone segmentation done")
-    return BoneSegmentationResult(
-        segmentation_node=seg_node,
-        segment_id=segment_id,
-        mask=mask,
-        voxel_count=count,
-        volume_mm3=count * grid.voxel_mm3,
-        warnings=warnings,
-        parameters=params,
-        timings_s=timings,
-    )
+    return BoneMask(result, full_bb, grid.voxel_mm3, warnings, timings)
 
 
 def _drop_islands(mask: np.ndarray, min_vox: float, seeds) -> np.ndarray:
@@ -990,56 +876,3 @@ def _drop_islands(mask: np.ndarray, min_vox: float, seeds) -> np.ndarray:
     return ok[lab]
 
 
-def _cropped_labelmap(crop: np.ndarray, box, ct_node):
-    """vtkOrientedImageData of a crop [k, j, i] placed at ``box`` of the CT grid (extent, not a full copy)."""
-    import slicer
-    import vtk
-    from vtk.util.numpy_support import numpy_to_vtk
-
-    arr = np.ascontiguousarray(crop, dtype=np.uint8)
-    image = slicer.vtkOrientedImageData()
-    k, j, i = box
-    image.SetExtent(i.start, i.stop - 1, j.start, j.stop - 1, k.start, k.stop - 1)
-    image.GetPointData().SetScalars(numpy_to_vtk(arr.ravel(), deep=True, array_type=vtk.VTK_UNSIGNED_CHAR))
-    m = vtk.vtkMatrix4x4()
-    ct_node.GetIJKToRASMatrix(m)
-    image.SetImageToWorldMatrix(m)
-    return image
-
-
-def _write_segment(ctx, ct_node, segmentation_node, crop: np.ndarray, box):
-    """Create or update the "Bone" segment; a node created here is removed again if writing fails."""
-    import slicer
-
-    created = segmentation_node is None
-    if created:
-        segmentation_node = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-        segmentation_node.SetName(f"{ct_node.GetName()} bone segmentation")
-        segmentation_node.CreateDefaultDisplayNodes()
-        segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(ct_node)
-    try:
-        was_modifying = segmentation_node.StartModify()
-        try:
-            segmentation = segmentation_node.GetSegmentation()
-            if segmentation.GetNumberOfSegments() == 0:
-                segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(ct_node)
-            segment_id = segmentation.GetSegmentIdBySegmentName(BONE_SEGMENT_NAME)
-            if not segment_id:
-                segment_id = segmentation.AddEmptySegment(
-                    segmentation.GenerateUniqueSegmentID(BONE_SEGMENT_NAME), BONE_SEGMENT_NAME, list(BONE_COLOR)
-                )
-            segment = segmentation.GetSegment(segment_id)
-            segment.SetColor(*BONE_COLOR)
-            segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), BONE_TERMINOLOGY)
-            logic = slicer.vtkSlicerSegmentationsModuleLogic
-            if not logic.SetBinaryLabelmapToSegment(
-                _cropped_labelmap(crop, box, ct_node), segmentation_node, segment_id, logic.MODE_REPLACE
-            ):
-                raise RuntimeError(f"Could not write the labelmap of segment {segment_id!r}.")
-        finally:
-            segmentation_node.EndModify(was_modifying)
-    except Exception:
-        if created:
-            ctx.scene.RemoveNode(segmentation_node)
-        raise
-    return segmentation_node, segment_id

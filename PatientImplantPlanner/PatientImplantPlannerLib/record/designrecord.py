@@ -50,7 +50,7 @@ class SegmentationInfo:
 
     @classmethod
     def from_segmentation(cls, seg, ct_name: str = "") -> "SegmentationInfo":
-        """From a bonesegmentation.BoneSegmentationResult."""
+        """From a scene.bonesegment.BoneSegmentationResult."""
         return cls(parameters=seg.parameters.as_dict(), volume_ml=seg.volume_mm3 / 1000.0, ct_name=ct_name,
                    warnings=list(seg.warnings))
 

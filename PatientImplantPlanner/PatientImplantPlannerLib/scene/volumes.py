@@ -6,6 +6,8 @@ return RAS points in mm and (i, j, k) indices so callers never juggle the order 
 
 import numpy as np
 
+from ..core.grid import VoxelGrid
+
 
 def ijk_to_ras_matrix(volume_node) -> np.ndarray:
     import vtk
@@ -49,3 +51,8 @@ def array(volume_node) -> np.ndarray:
     import slicer.util
 
     return slicer.util.arrayFromVolume(volume_node)
+
+
+def grid_of(volume_node) -> VoxelGrid:
+    """The node's voxel grid (index <-> RAS) for its [k, j, i] array."""
+    return VoxelGrid(ijk_to_ras_matrix(volume_node), dimensions(volume_node)[::-1])
