@@ -1286,7 +1286,7 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
         design's level source instead of the bone); None without a segmentation."""
         if levelSegNode is None:
             return None
-        from PatientImplantPlannerLib.imaging.levelsource import labels_from_segmentation
+        from PatientImplantPlannerLib.scene.labelfiles import labels_from_segmentation
 
         return labels_from_segmentation(levelSegNode, ctNode)
 

@@ -9,6 +9,7 @@ from PatientImplantPlannerLib.core.anatomy import distance_to_polyline
 from PatientImplantPlannerLib.core.errors import PlanError
 from PatientImplantPlannerLib.imaging import levels
 from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
+from PatientImplantPlannerLib.scene import markups
 
 LEVELS = ("T12", "L1", "L2", "L3")
 
@@ -89,9 +90,10 @@ def test_corpectomy_gap_axis_follows_kyphosis(kyphotic, ctx):
     chord = np.linspace(r.proximal.body_centre, r.distal.body_centre, 100)
     assert distance_to_polyline(truth_axis_between_centres(ph), chord).max() > 2.0
     # The editable curve through the control points (Slicer's own interpolation) keeps that accuracy.
-    curve = levels.axis_to_curve_node(ctx.scene, r.axis_control_points)
+    curve = ctx.scene.AddNewNodeByClass("vtkMRMLMarkupsCurveNode", "Spinal axis")
+    markups.set_curve(curve, r.axis_control_points)
     assert len(r.axis_control_points) >= 4
-    edited = levels.axis_from_curve_node(curve)
+    edited = markups.axis_from_curve(curve)
     assert np.linalg.norm(np.diff(edited, axis=0), axis=1).max() <= 1.0
     assert distance_to_polyline(edited, ph.axis_points).max() < 1.0
 
@@ -170,8 +172,9 @@ def test_smooth_axis_clamped_to_tangents_follows_an_arc():
 def test_markups_round_trip(straight, ctx):
     ph = straight
     r = levels.detect_levels(ph.bone_mask, ph.ijk_to_ras, ph.body_point("L1"), ph.body_point("L2"), "L1", "L2")
-    node = levels.endplate_to_markups(ctx.scene, r.distal_endplate, "L2 superior")
-    back = levels.endplates_from_markups(node)
+    node = ctx.scene.AddNewNodeByClass("vtkMRMLMarkupsPlaneNode", "L2 superior")
+    markups.set_plane(node, r.distal_endplate)
+    back = markups.endplate_from_plane(node)
     assert np.allclose(back.centre, r.distal_endplate.centre)
     assert np.allclose(back.normal, r.distal_endplate.normal)
     assert np.allclose(back.anterior, r.distal_endplate.anterior)
@@ -180,10 +183,17 @@ def test_markups_round_trip(straight, ctx):
     assert back.level == "L2"
     # The user tilts the plane: the endplate follows.
     node.SetNormalWorld(0.0, 0.2, 0.98)
-    assert angle_deg(levels.endplate_from_markups(node).normal, levels.unit([0, 0.2, 0.98])) < 0.01
-    curve = levels.axis_to_curve_node(ctx.scene, r.axis_control_points[:1])
+    assert angle_deg(markups.endplate_from_plane(node).normal, levels.unit([0, 0.2, 0.98])) < 0.01
+    # A plane drawn by hand (no radii attribute) gives its radii from its size.
+    node.SetAttribute(markups.RADII_ATTRIBUTE, "")
+    node.SetSize(30.0, 40.0)
+    assert (markups.endplate_from_plane(node).radius_lr, markups.endplate_from_plane(node).radius_ap) == (20.0, 15.0)
+    curve = ctx.scene.AddNewNodeByClass("vtkMRMLMarkupsCurveNode", "Spinal axis")
+    markups.set_curve(curve, r.axis_control_points[:1])
     with pytest.raises(PlanError, match="at least two"):
-        levels.axis_from_curve_node(curve)
+        markups.axis_from_curve(curve)
+    with pytest.raises(PlanError, match="no position"):
+        markups.endplate_from_plane(ctx.scene.AddNewNodeByClass("vtkMRMLMarkupsPlaneNode", "empty"))
 
 
 # ------------------------------------------------------------------------------------- real lumbar CT, 3 mm

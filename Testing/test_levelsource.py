@@ -6,14 +6,10 @@ from conftest import LUMBAR_LABELS, SAMPLE_CT
 
 from PatientImplantPlannerLib.cli import demo_plan
 from PatientImplantPlannerLib.core.errors import PlanError
-from PatientImplantPlannerLib.imaging.levelsource import (
-    TOTALSEGMENTATOR_VERTEBRAE,
-    labels_from_segmentation,
-    load_level_labels,
-    vertebra_name,
-)
+from PatientImplantPlannerLib.imaging.levelsource import TOTALSEGMENTATOR_VERTEBRAE, vertebra_name
 from PatientImplantPlannerLib.scene.bonesegment import segment_bone
 from PatientImplantPlannerLib.scene.ctload import load_ct
+from PatientImplantPlannerLib.scene.labelfiles import labels_from_segmentation, load_level_labels
 from PatientImplantPlannerLib.scene.segments import set_segment_mask
 from PatientImplantPlannerLib.scene.workflow import design_in_scene
 

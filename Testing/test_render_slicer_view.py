@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from PatientImplantPlannerLib.record import render
+from PatientImplantPlannerLib.scene import views
 
 MIN_PIXELS = {"model": 5000, "segmentation": 20000, "curve": 100, "planes": 300, "lines": 200}
 
@@ -57,7 +58,7 @@ def render_only(ctx, shown, path, view="anterior", frame_ras=None):
     try:
         for d in before:
             d.SetVisibility(d in keep)
-        render.render_slicer_view(ctx.scene, ctx.app_logic, str(path), size=(500, 500), view=view,
+        views.render_slicer_view(ctx.scene, ctx.app_logic, str(path), size=(500, 500), view=view,
                                   frame_ras=frame_ras)
     finally:
         for d, visible in before.items():
@@ -127,7 +128,7 @@ def test_nodes_are_drawn_where_they_lie(planned, tmp_path):
 def test_the_render_leaves_the_scene_as_it_was(planned, tmp_path):
     ctx, kinds, *_ = planned
     count = ctx.scene.GetNumberOfNodes()
-    render.render_slicer_view(ctx.scene, ctx.app_logic, str(tmp_path / "all.png"))
+    views.render_slicer_view(ctx.scene, ctx.app_logic, str(tmp_path / "all.png"))
     assert ctx.scene.GetNumberOfNodes() == count
     assert Image.open(tmp_path / "all.png").size == (1000, 800)
 
@@ -139,7 +140,7 @@ def test_without_the_markups_manager_markups_are_not_drawn(planned, tmp_path, mo
     ctx, kinds, *_ = planned
     factory = slicer.vtkMRMLThreeDViewDisplayableManagerFactory.GetInstance()
     name = "vtkMRMLMarkupsDisplayableManager"
-    monkeypatch.setattr(render, "SLICER_3D_MANAGERS", tuple(m for m in render.SLICER_3D_MANAGERS if m != name))
+    monkeypatch.setattr(views, "SLICER_3D_MANAGERS", tuple(m for m in views.SLICER_3D_MANAGERS if m != name))
     factory.UnRegisterDisplayableManager(name)
     try:
         with pytest.raises(ValueError, match="Nothing visible"):
@@ -158,7 +159,7 @@ def test_the_record_picture_shows_the_plan_as_slicer_does(planned, tmp_path):
 
     ctx, kinds, _, result, bone_mesh = planned
     count = ctx.scene.GetNumberOfNodes()
-    path = render.render_plan_view(result, bone_mesh, str(tmp_path / "record.png"), size=(600, 500), view="anterior")
+    path = views.render_plan_view(result, bone_mesh, str(tmp_path / "record.png"), size=(600, 500), view="anterior")
     assert ctx.scene.GetNumberOfNodes() == count and slicer.mrmlScene is ctx.scene
     image = np.asarray(Image.open(path).convert("RGB")).astype(float)
     mask = drawn(image.astype(np.uint8))

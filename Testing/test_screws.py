@@ -18,10 +18,9 @@ from PatientImplantPlannerLib.design.screws import (
     plan_screw,
     plan_screws,
     screw_misses_implant,
-    trajectories_from_markups,
-    trajectories_to_markups,
 )
 from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
+from PatientImplantPlannerLib.scene.markups import END_ATTRIBUTE, set_screw_line, trajectory_from_line
 
 SPACING = 0.7
 THICKNESS = 3.0
@@ -282,16 +281,24 @@ def test_screw_grazing_the_side_of_the_block_is_a_breach():
 # ---- markups -------------------------------------------------------------------------------------------------------
 
 
+def lines_of(ctx, trajectories) -> list:
+    nodes = []
+    for t in trajectories:
+        nodes.append(ctx.scene.AddNewNodeByClass("vtkMRMLMarkupsLineNode", t.name))
+        set_screw_line(nodes[-1], t)
+    return nodes
+
+
+def trajectories_from_markups(nodes) -> list:
+    return [trajectory_from_line(n) for n in nodes]
+
+
 def test_markups_round_trip_with_user_edit(ctx, spine):
     ph, _, _, params, trajectories, plans = spine
-    sh = ctx.scene.GetSubjectHierarchyNode()
-    folder = sh.CreateFolderItem(sh.GetSceneItemID(), "Screws")
-    nodes = trajectories_to_markups(ctx, trajectories, folder)
+    nodes = lines_of(ctx, trajectories)
     assert len(nodes) == 4
     for node, t in zip(nodes, trajectories):
-        assert node.IsA("vtkMRMLMarkupsLineNode") and node.GetName() == t.name
-        assert node.GetNumberOfControlPoints() == 2 and not node.GetLocked()
-        assert sh.GetItemParent(sh.GetItemByDataNode(node)) == folder
+        assert node.GetNumberOfControlPoints() == 2 and node.GetAttribute(END_ATTRIBUTE) == t.end
     back = trajectories_from_markups(nodes)
     for a, b in zip(back, trajectories):
         assert a.name == b.name and a.end == b.end
@@ -367,7 +374,7 @@ def test_bad_inputs_raise_clear_errors(ctx):
     line.AddControlPointWorld(1.0, 2.0, 9.0)
     with pytest.raises(PlanError, match="which end"):
         trajectories_from_markups([line])
-    nodes = trajectories_to_markups(ctx, [Trajectory("distal left", "distal", [0, 0, 0.0], [0, 0, 5.0])])
+    nodes = lines_of(ctx, [Trajectory("distal left", "distal", [0, 0, 0.0], [0, 0, 5.0])])
     nodes[0].SetNthControlPointPositionWorld(1, 0.0, 0.0, 0.0)
     with pytest.raises(PlanError, match="zero length"):
         trajectories_from_markups(nodes)

@@ -120,8 +120,7 @@ def test_without_exclude_seeds_the_contrast_vessels_are_taken(chest):
 def test_left_right_mirrored_ct_gives_the_mirrored_segment(chest):
     """Nothing assumes the aorta is on the left: the CT flipped left-right (aorta on the right) gives the flipped
     segment with the same figures."""
-    from PatientImplantPlannerLib.phantoms.spine import _add_volume
-    from PatientImplantPlannerLib.scene.volumes import ijk_to_ras_matrix
+    from PatientImplantPlannerLib.scene.volumes import add_volume, ijk_to_ras_matrix
 
     ctx, ct, labels = chest
     m = ijk_to_ras_matrix(ct)
@@ -131,7 +130,7 @@ def test_left_right_mirrored_ct_gives_the_mirrored_segment(chest):
     def mirrored(p):
         return (2 * x_mid - p[0], p[1], p[2])
 
-    flipped = _add_volume(ctx, np.ascontiguousarray(array(ct)[:, :, ::-1]), m, "ChestCT mirrored")
+    flipped = add_volume(ctx, np.ascontiguousarray(array(ct)[:, :, ::-1]), m, "ChestCT mirrored")
     flipped_labels = np.ascontiguousarray(labels[:, :, ::-1])
     assert _label_at(flipped, flipped_labels, mirrored(EXCLUDE_AORTA)) == KEEP_OUT["aorta"]
     seeds = {"seeds_ras": [KEEP_T6], "exclude_seeds_ras": [EXCLUDE_AORTA, EXCLUDE_HEART]}

@@ -15,6 +15,7 @@ import time
 from .core.errors import OutputWriteError, PlanError, PlannerError, from_os_error
 from .export.bundle import ALL_PARTS
 from .export.staging import interrupts_raise
+from .scene.segments import load_segmentation_file
 
 # Points (RAS mm) in the bundled sample CT, found from its reference vertebra labels: a bone voxel of the L3 body
 # (segmentation seed) and the centres of the L1 and L3 vertebral bodies (the healthy levels of the demo plan).
@@ -234,7 +235,8 @@ def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export
         return _run_mirror_defect(ctx, ct, plan, out_parent, segmentation_path, export_params, prog)
     level_labels = None
     if levels_path:
-        from .imaging.levelsource import fill_plan_points, load_level_labels
+        from .imaging.levelsource import fill_plan_points
+        from .scene.labelfiles import load_level_labels
         from .scene.volumes import ijk_to_ras_matrix
 
         level_labels = load_level_labels(ctx, levels_path, ct)
@@ -243,7 +245,7 @@ def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export
     keep_out = _keep_out(ctx, ct, plan, keep_out_path, levels_path, level_labels)
     folder = new_bundle_folder(out_parent, plan.case_id)
     if segmentation_path:
-        seg_node, segment_id = _load_segmentation(ctx, segmentation_path)
+        seg_node, segment_id = load_segmentation_file(ctx, segmentation_path)
         seg_info = SegmentationInfo(source=os.path.abspath(segmentation_path))
     else:
         seg_params = plan.segmentation
@@ -300,7 +302,7 @@ def _run_mirror_defect(ctx, ct, plan, out_parent, segmentation_path, export_para
 
     plan.validate()
     if segmentation_path:
-        seg_node, segment_id = _load_segmentation(ctx, segmentation_path)
+        seg_node, segment_id = load_segmentation_file(ctx, segmentation_path)
         mask = get_segment_mask(seg_node, segment_id, ct)
     else:
         if not plan.segmentation.seeds_ras:
@@ -331,7 +333,7 @@ def _keep_out(ctx, ct, plan, keep_out_path, levels_path, level_labels):
     names = plan.keep_out_structures
     m = ijk_to_ras_matrix(ct)
     if keep_out_path:
-        from .imaging.levelsource import load_keep_out_labels
+        from .scene.labelfiles import load_keep_out_labels
 
         label_map, values = load_keep_out_labels(ctx, keep_out_path, ct)
         return from_labels(label_map, m, values, names)
@@ -339,24 +341,6 @@ def _keep_out(ctx, ct, plan, keep_out_path, levels_path, level_labels):
         ko = from_labels(level_labels[0], m, None, names)
         return ko if ko.structures else None
     return None
-
-
-def _load_segmentation(ctx, path: str):
-    import slicer
-
-    from .core.errors import InputFileError
-
-    if not os.path.isfile(path):
-        raise InputFileError(f"Segmentation file not found: {path}.", "Check the path, or omit --segmentation.")
-    node = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Bone segmentation")
-    storage = slicer.vtkMRMLSegmentationStorageNode()
-    storage.SetFileName(path)
-    if not storage.ReadData(node) or node.GetSegmentation().GetNumberOfSegments() == 0:
-        ctx.scene.RemoveNode(node)
-        raise InputFileError(f"Could not read a segmentation from {path}.", "Give a .seg.nrrd written by Slicer.")
-    segmentation = node.GetSegmentation()
-    segment_id = segmentation.GetSegmentIdBySegmentName("Bone") or segmentation.GetNthSegmentID(0)
-    return node, segment_id
 
 
 def _plan_outputs(plan, args=None) -> tuple:

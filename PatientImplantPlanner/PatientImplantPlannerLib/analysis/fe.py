@@ -807,7 +807,7 @@ def render_von_mises(size: SizeResult, path: str, size_px=(1000, 800), view: str
     """Offscreen PNG of the von Mises field on the implant surface, with a colour bar (MPa). Returns ``path``."""
     import vtk
 
-    from ..record.render import BACKGROUND_RGB, _frame_parallel, _write_window_png
+    from ..record.render import BACKGROUND_RGB, frame_parallel, write_window_png
 
     pd = von_mises_surface(size)
     top = float(max_MPa or max(size.max_von_mises_MPa, 1e-6))
@@ -856,7 +856,7 @@ def render_von_mises(size: SizeResult, path: str, size_px=(1000, 800), view: str
     window.AddRenderer(renderer)
     window.SetMultiSamples(0)
     # The same framing and PNG writer (with scale bar) as the record's other 3D pictures.
-    scale = _frame_parallel(renderer.GetActiveCamera(), np.array(pd.GetBounds()).reshape(3, 2).T, view,
+    scale = frame_parallel(renderer.GetActiveCamera(), np.array(pd.GetBounds()).reshape(3, 2).T, view,
                             int(size_px[0]), int(size_px[1]))
     renderer.ResetCameraClippingRange()
-    return _write_window_png(window, path, scale, overwrite)
+    return write_window_png(window, path, scale, overwrite)

@@ -30,8 +30,6 @@ HEAD_STRUT_GAP_MM = 0.5  # the screw head must seat flat beside the strut, not t
 HEAD_HEIGHT_MM = 4.0  # above this the driver's shaft, not the head, must clear the strut
 DRIVER_REACH_MM = 40.0  # the driver approaches along the screw axis; this much of that line must clear the strut
 MAX_PER_END = 4
-MARKUPS_END_ATTRIBUTE = "PatientImplantPlanner.ScrewEnd"
-MARKUPS_ROLE_ATTRIBUTE = "PatientImplantPlanner.Role"
 
 
 # ---- catalogue and parameters --------------------------------------------------------------------------------
@@ -710,56 +708,3 @@ def screw_misses_implant(trajectory: Trajectory, implant_mesh_or_footplate, hole
 # ---- markups -------------------------------------------------------------------------------------------------------
 
 
-def trajectories_to_markups(ctx, trajectories, folder_item=None) -> list:
-    """One markups line per trajectory (entry, target), named after it, unlocked so the user can drag its points
-    (two points fixed: no accidental extra points). Placed under ``folder_item`` in the subject hierarchy."""
-    import vtk
-
-    nodes = []
-    sh = ctx.scene.GetSubjectHierarchyNode() if folder_item is not None else None
-    for t in trajectories:
-        node = ctx.scene.AddNewNodeByClass("vtkMRMLMarkupsLineNode", ctx.scene.GenerateUniqueName(t.name))
-        node.AddControlPointWorld(vtk.vtkVector3d(*(float(x) for x in t.entry)), "entry")
-        node.AddControlPointWorld(vtk.vtkVector3d(*(float(x) for x in t.target)), "target")
-        node.SetFixedNumberOfControlPoints(True)
-        node.SetLocked(False)
-        node.SetAttribute(MARKUPS_END_ATTRIBUTE, t.end)
-        node.SetAttribute(MARKUPS_ROLE_ATTRIBUTE, "screw trajectory")
-        node.SetAttribute("PatientImplantPlanner.ScrewName", t.name)
-        node.CreateDefaultDisplayNodes()
-        if sh is not None:
-            item = sh.GetItemByDataNode(node)
-            if item:
-                sh.SetItemParent(item, folder_item)
-            else:  # headless, no subject hierarchy plugin creates the item for us
-                sh.CreateItem(folder_item, node)
-        nodes.append(node)
-    return nodes
-
-
-def trajectories_from_markups(line_nodes) -> list:
-    """Trajectories read back from markups lines (world coordinates, so transforms applied by the user count)."""
-    out = []
-    for node in line_nodes:
-        label = node.GetName() if node is not None else "?"
-        if node is None or not node.IsA("vtkMRMLMarkupsLineNode") or node.GetNumberOfControlPoints() != 2:
-            raise PlanError(
-                f"Screw line '{label}' is not a markups line with exactly two points.",
-                "Use the screw lines created by the planner (entry point, then a point along the screw).",
-            )
-        pts = []
-        for i in range(2):
-            p = [0.0, 0.0, 0.0]
-            node.GetNthControlPointPositionWorld(i, p)
-            pts.append(np.array(p))
-        name = node.GetAttribute("PatientImplantPlanner.ScrewName") or node.GetName()
-        end = node.GetAttribute(MARKUPS_END_ATTRIBUTE) or name.split(" ")[0]
-        if end not in ENDS:
-            raise PlanError(
-                f"Screw line '{label}' does not say which end of the implant it belongs to.",
-                f"Set its attribute {MARKUPS_END_ATTRIBUTE} to 'proximal' or 'distal', or start its name with one.",
-            )
-        t = Trajectory(name, end, pts[0], pts[1])
-        _ = t.direction  # refuse a zero-length line now, naming it
-        out.append(t)
-    return out

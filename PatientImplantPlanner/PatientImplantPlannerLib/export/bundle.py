@@ -466,8 +466,9 @@ def _keep_out_slices(result, ct_array, ijk_to_ras, tmp) -> dict:
 def _write_report(record, result, parts, bone_mask, ijk_to_ras, ct_array, folder, overwrite):
     import tempfile
 
-    from ..record.render import OUTLINE_IMPLANT_RGB, render_ct_slice_with_outline, render_plan_view
+    from ..record.render import OUTLINE_IMPLANT_RGB, render_ct_slice_with_outline
     from ..record.report import write_report
+    from ..scene.views import render_plan_view
     from .boneexport import mask_surface
 
     implant = result.nominal.mesh

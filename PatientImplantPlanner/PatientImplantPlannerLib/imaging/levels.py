@@ -848,60 +848,6 @@ def _label_intermediates(labels, boxes, grid, values, names_by_value, v_prox, v_
 # -------------------------------------------------------------------------------------------- MRML helpers
 
 
-def endplate_to_markups(scene, endplate: Endplate, name: str = "Endplate"):
-    """A markups plane showing the endplate: X axis anterior, Y lateral, Z the normal; size = 2 x radii."""
-    node = scene.AddNewNodeByClass("vtkMRMLMarkupsPlaneNode", name)
-    node.SetPlaneType(node.PlaneTypePointNormal)
-    node.SetSizeMode(node.SizeModeAbsolute)
-    node.SetCenterWorld(*[float(x) for x in endplate.centre])
-    node.SetAxesWorld([float(x) for x in endplate.anterior], [float(x) for x in endplate.lateral],
-                      [float(x) for x in endplate.normal])
-    node.SetSize(2.0 * endplate.radius_ap, 2.0 * endplate.radius_lr)
-    node.SetAttribute("PatientImplantPlanner.Level", endplate.level)
-    return node
-
-
-def endplate_from_markups(plane_node) -> Endplate:
-    """The endplate a (possibly user-moved) markups plane describes (see ``endplate_to_markups``)."""
-    if plane_node is None or plane_node.GetNumberOfControlPoints() < 1:
-        raise PlanError("The endplate plane is missing or has no position.",
-                        "Re-run level detection or place the endplate plane again.")
-    centre, x, y, z = np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(3)
-    plane_node.GetCenterWorld(centre)
-    plane_node.GetAxesWorld(x, y, z)
-    size = np.zeros(2)
-    plane_node.GetSize(size)
-    level = plane_node.GetAttribute("PatientImplantPlanner.Level") or ""
-    return Endplate(centre, z, x, 0.5 * size[1], 0.5 * size[0], level)
-
-
-endplates_from_markups = endplate_from_markups
-
-
-def axis_to_curve_node(scene, control_points, name: str = "Spinal axis"):
-    """A markups curve through the axis control points, for the user to edit."""
-    import vtk
-
-    node = scene.AddNewNodeByClass("vtkMRMLMarkupsCurveNode", name)
-    for p in np.asarray(control_points, dtype=float):
-        node.AddControlPointWorld(vtk.vtkVector3d(*[float(x) for x in p]))
-    return node
-
-
-def axis_from_curve_node(curve_node, spacing_mm: float = 1.0) -> np.ndarray:
-    """The axis as the user sees it: the curve node's own interpolated points, resampled to ``spacing_mm``."""
-    n = 0 if curve_node is None else curve_node.GetNumberOfControlPoints()
-    if n < 2:
-        raise PlanError(f"The spinal axis curve has {n} control point(s); at least two are needed.",
-                        "Add control points in the proximal and the distal vertebral bodies.")
-    pts = curve_node.GetCurvePointsWorld()
-    if pts is None or pts.GetNumberOfPoints() < 2:
-        ctrl = np.array([curve_node.GetNthControlPointPositionWorld(i) for i in range(n)])
-        return smooth_axis(ctrl, spacing_mm)
-    arr = np.array([pts.GetPoint(i) for i in range(pts.GetNumberOfPoints())])
-    return resample_polyline(arr, spacing_mm * 0.999)
-
-
 # ------------------------------------------------------------------------------- thick slices, from the CT
 
 # On 2-3 mm slices the thin thoracic discs blur with the endplates into one bright band and the filled bone is one

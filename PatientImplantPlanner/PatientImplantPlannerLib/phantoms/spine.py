@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core.anatomy import Endplate, unit
+from ..scene.volumes import add_volume
 
 AIR_HU = -1000.0
 FAT_HU = -100.0
@@ -133,11 +134,11 @@ class SpinePhantom:
 
     def add_to_scene(self, ctx, name: str = "SpinePhantom"):
         """A scalar volume node with the phantom's voxels and geometry (same as writing and loading the file)."""
-        return _add_volume(ctx, self.array, self.ijk_to_ras, name)
+        return add_volume(ctx, self.array, self.ijk_to_ras, name)
 
     def add_labels_to_scene(self, ctx, name: str = "SpinePhantomLabels"):
         """The vertebra labels as a labelmap volume node (value = VertebraTruth.label)."""
-        return _add_volume(ctx, self.vertebra_labels, self.ijk_to_ras, name, "vtkMRMLLabelMapVolumeNode")
+        return add_volume(ctx, self.vertebra_labels, self.ijk_to_ras, name, labelmap=True)
 
     def write(self, path: str) -> str:
         """Write the CT (.nrrd, .nii.gz, ...) via SimpleITK; geometry stored in LPS as the formats require."""
@@ -165,21 +166,6 @@ class SpinePhantom:
 
     def write_anatomy_labels(self, path: str) -> str:
         return _write_image(self.anatomy_labels(), self.ijk_to_ras, path)
-
-
-def _add_volume(ctx, array, ijk_to_ras, name, class_name="vtkMRMLScalarVolumeNode"):
-    import slicer.util
-    import vtk
-
-    node = ctx.scene.AddNewNodeByClass(class_name, name)
-    m = vtk.vtkMatrix4x4()
-    for r in range(4):
-        for c in range(4):
-            m.SetElement(r, c, float(ijk_to_ras[r, c]))
-    node.SetIJKToRASMatrix(m)
-    slicer.util.updateVolumeFromArray(node, array)
-    node.CreateDefaultDisplayNodes()
-    return node
 
 
 def _write_image(array, ijk_to_ras, path) -> str:

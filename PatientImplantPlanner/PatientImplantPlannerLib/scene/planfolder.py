@@ -11,9 +11,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core.anatomy import Endplate
 from ..core.errors import PlanError
 from ..design.plan import Plan, PlanResult
+from .markups import (
+    SCREW_NAME_ATTRIBUTE,
+    curve_control_points,
+    endplate_from_plane,
+    set_curve,
+    set_plane,
+    set_screw_line,
+    trajectory_from_line,
+)
 
 PLAN_ATTRIBUTE = "PatientImplantPlanner.Plan"
 ROLE_ATTRIBUTE = "PatientImplantPlanner.Role"
@@ -83,35 +91,6 @@ def _node(ctx, folder_item, existing, role, class_name, name):
     else:
         node.SetName(name)
     return node
-
-
-def _set_curve(curve, points) -> None:
-    curve.RemoveAllControlPoints()
-    for p in points:
-        curve.AddControlPointWorld(*map(float, p))
-
-
-def _set_plane(plane, ep: Endplate) -> None:
-    plane.SetPlaneType(plane.PlaneTypePointNormal)
-    plane.SetCenterWorld(*map(float, ep.centre))
-    plane.SetAxesWorld(list(ep.anterior), list(ep.lateral), list(ep.normal))
-    plane.SetSizeMode(plane.SizeModeAbsolute)
-    plane.SetSize(2.0 * ep.radius_ap, 2.0 * ep.radius_lr)
-    plane.SetAttribute("PatientImplantPlanner.Radii", json.dumps([float(ep.radius_lr), float(ep.radius_ap)]))
-    plane.SetAttribute("PatientImplantPlanner.Level", ep.level or "")
-
-
-def endplate_from_plane(plane) -> Endplate:
-    """Endplate from a (possibly user-moved) markups plane: centre, normal and in-plane axes in world RAS."""
-    centre = np.zeros(3)
-    plane.GetCenterWorld(centre)
-    x, y, z = np.zeros(3), np.zeros(3), np.zeros(3)
-    plane.GetAxesWorld(x, y, z)
-    radii = json.loads(plane.GetAttribute("PatientImplantPlanner.Radii") or "null")
-    if radii is None:
-        size = plane.GetSize()
-        radii = [size[1] / 2.0, size[0] / 2.0]
-    return Endplate(centre, z, x, radii[0], radii[1], plane.GetAttribute("PatientImplantPlanner.Level") or "")
 
 
 def _set_model(ctx, model, mesh, color) -> None:
@@ -221,25 +200,21 @@ def apply_to_scene(ctx, result: PlanResult, ct_node=None) -> PlanNodes:
         if ct_node is not None:
             nodes.parameters.SetNodeReferenceID("ct", ct_node.GetID())
         nodes.axis = _node(ctx, folder, existing, "axis", "vtkMRMLMarkupsCurveNode", "Spinal axis")
-        _set_curve(nodes.axis, result.axis_control_points)
+        set_curve(nodes.axis, result.axis_control_points)
         prox, dist = result.proximal_endplate, result.distal_endplate
         nodes.proximal_endplate = _node(
             ctx, folder, existing, "proximal_endplate", "vtkMRMLMarkupsPlaneNode",
             f"Proximal endplate ({prox.level or 'proximal'} inferior)",
         )
-        _set_plane(nodes.proximal_endplate, prox)
+        set_plane(nodes.proximal_endplate, prox)
         nodes.distal_endplate = _node(
             ctx, folder, existing, "distal_endplate", "vtkMRMLMarkupsPlaneNode",
             f"Distal endplate ({dist.level or 'distal'} superior)",
         )
-        _set_plane(nodes.distal_endplate, dist)
+        set_plane(nodes.distal_endplate, dist)
         for i, sp in enumerate(result.screws):
             line = _node(ctx, folder, existing, f"screw:{i}", "vtkMRMLMarkupsLineNode", f"Screw {sp.trajectory.name}")
-            line.RemoveAllControlPoints()
-            line.AddControlPointWorld(*map(float, sp.trajectory.entry))
-            line.AddControlPointWorld(*map(float, sp.trajectory.target))
-            line.SetAttribute("PatientImplantPlanner.End", sp.trajectory.end)
-            line.SetAttribute("PatientImplantPlanner.ScrewName", sp.trajectory.name)
+            set_screw_line(line, sp.trajectory)
             nodes.screws.append(line)
         for role, node in existing.items():  # screws removed from the plan
             if role.startswith("screw:") and int(role.split(":")[1]) >= len(result.screws):
@@ -276,37 +251,18 @@ def plan_from_scene(ctx, case_id: str, read_edits: bool = True) -> Plan:
     plan = Plan.from_dict(json.loads(nodes["parameters"].GetText()))
     if not read_edits:
         return plan
-    axis = nodes.get("axis")
-    if axis is not None:
-        n = axis.GetNumberOfControlPoints()
-        pts = []
-        for i in range(n):
-            p = np.zeros(3)
-            axis.GetNthControlPointPositionWorld(i, p)
-            pts.append(p.tolist())
-        if n < 2:
-            raise PlanError("The spinal axis curve has fewer than two points.", "Add control points to the axis curve.")
-        plan.axis_control_points = pts
+    if "axis" in nodes:
+        plan.axis_control_points = curve_control_points(nodes["axis"])
     if "proximal_endplate" in nodes:
         plan.proximal_endplate = endplate_from_plane(nodes["proximal_endplate"]).as_dict()
     if "distal_endplate" in nodes:
         plan.distal_endplate = endplate_from_plane(nodes["distal_endplate"]).as_dict()
-    screws = sorted((r, n) for r, n in nodes.items() if r.startswith("screw:"))
+    screws = sorted(((int(r.split(":")[1]), n) for r, n in nodes.items() if r.startswith("screw:")),
+                    key=lambda rn: rn[0])
     if screws:
-        traj = []
-        for _, line in sorted(screws, key=lambda rn: int(rn[0].split(":")[1])):
-            a, b = np.zeros(3), np.zeros(3)
-            line.GetNthControlPointPositionWorld(0, a)
-            line.GetNthControlPointPositionWorld(1, b)
-            traj.append(
-                {
-                    "name": line.GetAttribute("PatientImplantPlanner.ScrewName") or line.GetName(),
-                    "end": line.GetAttribute("PatientImplantPlanner.End") or "proximal",
-                    "entry": a.tolist(),
-                    "target": b.tolist(),
-                }
-            )
-        plan.trajectories = traj
+        trajectories = [trajectory_from_line(line) for _, line in screws]
+        plan.trajectories = [{"name": t.name, "end": t.end, "entry": np.asarray(t.entry).tolist(),
+                              "target": np.asarray(t.target).tolist()} for t in trajectories]
     return plan
 
 
@@ -330,7 +286,7 @@ def write_plan_markups(nodes: PlanNodes, folder: str, case_id: str, overwrite: b
                             overwrite), "distal endplate (markups plane)"),
     ]
     for i, line in enumerate(nodes.screws):
-        name = (line.GetAttribute("PatientImplantPlanner.ScrewName") or f"screw-{i}").replace(" ", "-")
+        name = (line.GetAttribute(SCREW_NAME_ATTRIBUTE) or f"screw-{i}").replace(" ", "-")
         out.append((write_markups_json(line, os.path.join(folder, f"{case_id}_screw_{name}.mrk.json"), overwrite),
                     "screw trajectory (markups line)"))
     return out

@@ -5,6 +5,8 @@
 ``vtkOrientedImageData`` directly and take the geometry from the reference volume.
 """
 
+import os
+
 import numpy as np
 
 
@@ -57,3 +59,21 @@ def get_segment_mask(segmentation_node, segment_id: str, reference_volume) -> np
     arr = vtk_to_numpy(out.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0])
     # The copy holds this segment alone (as 1), even when it shares a labelmap layer with other segments.
     return arr > 0
+
+
+def load_segmentation_file(ctx, path: str):
+    import slicer
+
+    from .core.errors import InputFileError
+
+    if not os.path.isfile(path):
+        raise InputFileError(f"Segmentation file not found: {path}.", "Check the path, or omit --segmentation.")
+    node = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Bone segmentation")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(path)
+    if not storage.ReadData(node) or node.GetSegmentation().GetNumberOfSegments() == 0:
+        ctx.scene.RemoveNode(node)
+        raise InputFileError(f"Could not read a segmentation from {path}.", "Give a .seg.nrrd written by Slicer.")
+    segmentation = node.GetSegmentation()
+    segment_id = segmentation.GetSegmentIdBySegmentName("Bone") or segmentation.GetNthSegmentID(0)
+    return node, segment_id

@@ -56,3 +56,19 @@ def array(volume_node) -> np.ndarray:
 def grid_of(volume_node) -> VoxelGrid:
     """The node's voxel grid (index <-> RAS) for its [k, j, i] array."""
     return VoxelGrid(ijk_to_ras_matrix(volume_node), dimensions(volume_node)[::-1])
+
+
+def add_volume(ctx, voxels: np.ndarray, ijk_to_ras, name: str, labelmap: bool = False):
+    """A new scalar (or labelmap) volume node holding a copy of ``voxels`` [k, j, i] on the given geometry."""
+    import slicer.util
+    import vtk
+
+    node = ctx.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode", name)
+    m = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            m.SetElement(r, c, float(ijk_to_ras[r, c]))
+    node.SetIJKToRASMatrix(m)
+    slicer.util.updateVolumeFromArray(node, voxels)
+    node.CreateDefaultDisplayNodes()
+    return node

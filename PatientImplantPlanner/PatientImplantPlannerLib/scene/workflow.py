@@ -85,7 +85,7 @@ def keep_out_for(ct_node, keep_out_segmentation=None, level_segmentation=None, n
     design then keeps out what the CT shows: exclude-seed vessels, airway, canal)."""
     from ..core.errors import PlanError
     from ..imaging.keepout import from_labels
-    from ..imaging.levelsource import keep_out_from_segmentation
+    from .labelfiles import keep_out_from_segmentation
 
     for node, required in ((keep_out_segmentation, True), (level_segmentation, False)):
         if node is None:
