@@ -1442,7 +1442,7 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def bundleParameters(p) -> tuple:
         """(ExportParameters, LatticeParameters, GuideParameters) from the parameter node, validated."""
-        from PatientImplantPlannerLib.export.bundle import ALL_PARTS, ExportParameters
+        from PatientImplantPlannerLib.export.parameters import ALL_PARTS, ExportParameters
         from PatientImplantPlannerLib.parts.guides import GuideParameters
         from PatientImplantPlannerLib.parts.lattice import LatticeParameters
 

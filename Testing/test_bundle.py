@@ -10,8 +10,9 @@ from PatientImplantPlannerLib.core import mesh as M
 from PatientImplantPlannerLib.core.errors import OutputExistsError
 from PatientImplantPlannerLib.design.implant import ImplantParameters
 from PatientImplantPlannerLib.design.plan import Plan, design_implant
-from PatientImplantPlannerLib.export.bundle import ExportParameters, export_bundle
+from PatientImplantPlannerLib.export.bundle import export_bundle
 from PatientImplantPlannerLib.export.manifest import sha256_of, verify_manifest
+from PatientImplantPlannerLib.export.parameters import ExportParameters
 from PatientImplantPlannerLib.export.threemf import read_3mf
 from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
 

@@ -15,7 +15,7 @@ from PatientImplantPlannerLib.record.designrecord import SegmentationInfo
 def test_cli_record_has_every_section_and_the_segmentation(tmp_path):
     from PatientImplantPlannerLib.cli import run_plan
     from PatientImplantPlannerLib.design.plan import Plan
-    from PatientImplantPlannerLib.export.bundle import ExportParameters
+    from PatientImplantPlannerLib.export.parameters import ExportParameters
     from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
 
     ph = make_spine_phantom(spacing=1.0, levels=("L1", "L2", "L3"))
@@ -42,7 +42,7 @@ def test_record_from_a_loaded_segmentation_names_its_source_and_measures_it(ctx,
     import slicer
 
     from PatientImplantPlannerLib.design.plan import Plan
-    from PatientImplantPlannerLib.export.bundle import ExportParameters
+    from PatientImplantPlannerLib.export.parameters import ExportParameters
     from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
     from PatientImplantPlannerLib.scene.segments import set_segment_mask
     from PatientImplantPlannerLib.scene.workflow import design_in_scene, export_in_scene

@@ -59,7 +59,7 @@ def test_planning_defaults_are_the_engine_defaults(slicer_module):
     from PatientImplantPlannerLib.design.implant import PROFILES, ImplantParameters
     from PatientImplantPlannerLib.design.plan import PLACEMENTS, Plan
     from PatientImplantPlannerLib.design.screws import SCREW_CATALOGUE, ScrewParameters
-    from PatientImplantPlannerLib.export.bundle import ALL_PARTS, ExportParameters
+    from PatientImplantPlannerLib.export.parameters import ALL_PARTS, ExportParameters
     from PatientImplantPlannerLib.parts.guides import GuideParameters
     from PatientImplantPlannerLib.parts.lattice import LatticeParameters
 

@@ -100,7 +100,8 @@ PREVIOUS = {
 
 
 def bench_bundle(spacing: float) -> None:
-    from PatientImplantPlannerLib.export.bundle import ExportParameters, export_bundle
+    from PatientImplantPlannerLib.export.bundle import export_bundle
+    from PatientImplantPlannerLib.export.parameters import ExportParameters
 
     phantom, mask, result, t_seg, t_design = design_phantom_plan(spacing)
     print(f"phantom L1-L3 {list(phantom.array.shape)} voxels [k, j, i] at {spacing} mm; bone segmentation "

@@ -13,7 +13,7 @@ import sys
 import time
 
 from .core.errors import OutputWriteError, PlanError, PlannerError, from_os_error
-from .export.bundle import ALL_PARTS
+from .export.parameters import ALL_PARTS
 from .export.staging import interrupts_raise
 from .scene.segments import load_segmentation_file
 
@@ -220,7 +220,8 @@ def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export
     """CT + plan -> segmentation (unless given) -> design -> scene nodes -> export bundle. Returns a summary.
     ``ct_checks``: keyword arguments of ``load_ct`` (see ``_ct_checks``)."""
     from .core.progress import Progress
-    from .export.bundle import ExportParameters, new_bundle_folder
+    from .export.bundle import new_bundle_folder
+    from .export.parameters import ExportParameters
     from .imaging.ctimport import describe_ct
     from .record.designrecord import SegmentationInfo
     from .scene.bonesegment import segment_bone

@@ -171,7 +171,7 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Plan":
-        validate_plan_dict(d)  # every key and type, at every level (planschema.py)
+        validate_plan_dict(d, cls)  # every key and type, at every level (planschema.py)
         if d.get("schema") not in (None, "PatientImplantPlanner.plan"):
             raise PlanError(f"Not a plan file (schema {d.get('schema')!r}).", "Give a PatientImplantPlanner plan JSON.")
         if int(d.get("schema_version", SCHEMA_VERSION)) > SCHEMA_VERSION:

@@ -14,7 +14,12 @@ from dataclasses import MISSING, fields, is_dataclass
 
 import numpy as np
 
+from ..core.anatomy import Endplate
 from ..core.errors import PlanError
+from ..export.parameters import ExportParameters
+from ..parts.guides import GuideParameters
+from ..parts.lattice import LatticeParameters
+from .screws import Trajectory
 
 SCHEMA_NAME = "PatientImplantPlanner.plan"
 SCHEMA_DOC = "docs/plan-schema.md"
@@ -45,9 +50,6 @@ _DESCRIBE = {
 
 def _objects() -> dict:
     """Fields typed ``dict``/``list`` that hold records: name -> (schema, is a list of them)."""
-    from ..core.anatomy import Endplate
-    from .screws import Trajectory
-
     endplate = _schema_of(Endplate)
     trajectory = {k: v for k, v in _schema_of(Trajectory).items() if k != "notes"}  # not read back from a plan
     return {
@@ -76,28 +78,23 @@ def _schema_of(cls) -> dict:
 def outputs_schema() -> dict:
     """The plan's ``outputs`` block: the export parameters (formats, parts, coordinate system, ...) plus the
     ``lattice`` and ``guides`` parameter objects."""
-    from ..export.bundle import ExportParameters
-    from ..parts.guides import GuideParameters
-    from ..parts.lattice import LatticeParameters
-
     schema = _schema_of(ExportParameters)
     schema["lattice"] = (LatticeParameters, None, False)
     schema["guides"] = (GuideParameters, None, False)
     return schema
 
 
-def plan_schema() -> dict:
-    from .plan import Plan
-
+def plan_schema(plan_cls) -> dict:
+    """The schema of a plan JSON: the meta keys plus the fields of ``plan_cls`` (design.plan.Plan)."""
     schema = {k: (t, None, False) for k, t in META_KEYS.items()}
-    schema.update(_schema_of(Plan))
+    schema.update(_schema_of(plan_cls))
     return schema
 
 
 # ---------------------------------------------------------------------------------------------------- checking
 
 
-def validate_plan_dict(data) -> None:
+def validate_plan_dict(data, plan_cls) -> None:
     """Raise ``PlanError`` naming the key (as a dotted path) for anything in a plan JSON that is not a known key
     or has the wrong type. Accepts exactly what ``Plan.to_dict`` writes."""
     if not isinstance(data, dict):
@@ -109,7 +106,7 @@ def validate_plan_dict(data) -> None:
     if data.get("schema", SCHEMA_NAME) != SCHEMA_NAME:
         raise PlanError(f"Not a plan file (schema {data.get('schema')!r}).",
                         "Give a PatientImplantPlanner plan JSON (`implant-planner write-demo-plan` writes one).")
-    _check_object(data, plan_schema(), "")
+    _check_object(data, plan_schema(plan_cls), "")
 
 
 def _check_object(data: dict, schema: dict, path: str) -> None:
@@ -252,10 +249,6 @@ def _join(path: str, key) -> str:
 
 def output_parameters(outputs: dict) -> tuple:
     """(ExportParameters, LatticeParameters, GuideParameters) from a plan's ``outputs`` block, range-checked."""
-    from ..export.bundle import ExportParameters
-    from ..parts.guides import GuideParameters
-    from ..parts.lattice import LatticeParameters
-
     outputs = dict(outputs or {})
     lattice = LatticeParameters.from_dict(outputs.pop("lattice", None) or {})
     guides = GuideParameters.from_dict(outputs.pop("guides", None) or {})

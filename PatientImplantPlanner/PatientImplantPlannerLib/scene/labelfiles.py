@@ -78,7 +78,7 @@ def load_level_labels(ctx, path: str, ct_node) -> tuple:
 
 def keep_out_from_segmentation(segmentation_node, ct_node) -> tuple:
     """(label map on the CT grid, {structure: value}) from segments named like keep-out structures ('aorta')."""
-    from .keepout import keep_out_name
+    from ..imaging.keepout import keep_out_name
 
     return _named_segments(segmentation_node, ct_node, keep_out_name, "keep-out structures",
                            "'aorta', 'heart', 'esophagus', 'trachea', 'spinal_cord'")
