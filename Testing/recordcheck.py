@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from PatientImplantPlannerLib.record.report import REPORT_SECTIONS
+from PatientImplantPlannerLib.record.sections import REPORT_SECTIONS
 
 
 def record_sections(html_path: str) -> dict:

@@ -79,8 +79,9 @@ def test_segmentation_info_reads_what_earlier_scenes_stored():
 def test_fe_figures_fill_the_record_and_drive_the_checklist():
     """With the FE check's per-size figures the record's FE entry is done (no 'TO DO'), its summary names the lowest
     safety factor, and the checklist row is OK above 1 and ATTENTION below."""
+    from PatientImplantPlannerLib.record.checklist import risk_checklist
     from PatientImplantPlannerLib.record.designrecord import fe_check
-    from PatientImplantPlannerLib.record.report import ATTENTION, OK, TODO, risk_checklist
+    from PatientImplantPlannerLib.record.values import ATTENTION, OK, TODO
 
     def size(sf):
         return {"load_N": 500.0, "axial_stiffness_N_per_mm": 1400.0, "rod_axial_stiffness_N_per_mm": 52000.0,

@@ -16,7 +16,9 @@ import pytest
 from PatientImplantPlannerLib.core.errors import OutputExistsError
 from PatientImplantPlannerLib.core.mesh import TriMesh
 from PatientImplantPlannerLib.record import render
-from PatientImplantPlannerLib.record.report import REPORT_SECTIONS, risk_checklist, write_report
+from PatientImplantPlannerLib.record.checklist import risk_checklist
+from PatientImplantPlannerLib.record.report import write_report
+from PatientImplantPlannerLib.record.sections import REPORT_SECTIONS
 
 PX_MM = 0.5
 BOX_LO, BOX_HI = np.array([-15.0, -25.0, -35.0]), np.array([15.0, 5.0, 15.0])

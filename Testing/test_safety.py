@@ -92,7 +92,8 @@ def test_safety_options_are_checked_before_any_work():
 
 
 def test_record_checklist_row_follows_the_measured_clearances(aorta_slab):
-    from PatientImplantPlannerLib.record.report import ATTENTION, OK, TODO, risk_checklist
+    from PatientImplantPlannerLib.record.checklist import risk_checklist
+    from PatientImplantPlannerLib.record.values import ATTENTION, OK, TODO
 
     def row(safety):
         rows = risk_checklist({"implant": {"measurements": {"safety": safety}}})
