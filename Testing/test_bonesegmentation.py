@@ -265,7 +265,7 @@ def test_mediastinal_phantom_keep_seed_and_exclude_seeds_in_aorta_and_heart(ctx,
 def test_blood_pools_take_thick_contrast_pools_not_thin_cortex():
     """The exclude seeds' pools: a thick 400 HU pool touching a 2 mm, 400 HU plate (cortex in the band) and a
     3.5 mm tube. The pool is the thick part only; the seed in the tube is reported as too thin."""
-    from PatientImplantPlannerLib.imaging.bonesegmentation import _blood_pools
+    from PatientImplantPlannerLib.imaging.boneseparation import _blood_pools
 
     sp = np.array([0.7, 0.7, 0.7])
     ct = np.full((40, 60, 60), 40, np.int16)

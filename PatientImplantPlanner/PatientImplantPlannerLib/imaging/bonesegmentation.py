@@ -29,7 +29,19 @@ import numpy as np
 from ..core.errors import SegmentationError
 from ..core.grid import VoxelGrid
 from ..core.progress import Progress
-from ..scene.slicerfilters import _grow_cut
+from .boneseparation import _POOL_RADIUS_MM, _separate_excluded
+from .voxelops import (
+    CONNECTIVITY_26,
+    ball_kernel,
+    bbox_slices,
+    disk_kernel,
+    drop_islands,
+    enclosed_by,
+    enclosed_holes,
+    holes_by_median,
+    near_mask,
+    nearest_on,
+)
 
 BONE_SEGMENT_NAME = "Bone"
 BONE_COLOR = (0.945, 0.839, 0.569)
@@ -38,18 +50,8 @@ BONE_TERMINOLOGY = (
     "Segmentation category and type - 3D Slicer General Anatomy list"
     "~SCT^123037004^Anatomical Structure~SCT^272673000^Bone~^^~Anatomic codes - DICOM master list~^^~^^"
 )
-_CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 _PEEL_MAX_VOXEL_MM = 1.5
-# Separation from contrast structures (see _separate_excluded).
-_POOL_STATS_MM = 4.0  # intensity statistics of an exclude seed's pool within this radius
-_POOL_MIN_TOL_HU = 150.0  # a pool's band is its median +- max(3 SD, this)
-_POOL_RADIUS_MM = 2.0  # pools are at least this thick (aorta ~25 mm, heart); cortex in the band is thinner
-_POOL_CLEARANCE_MM = 5.0  # column voxels this far from a pool are seeded as bone
-_COLUMN_WINDOW_MM = 45.0  # vertebra outlines are followed within this of the column's centre (ribs, kidneys cut)
-_COLUMN_MARGIN_MM = 15.0  # bone beyond this from the outlines is not spine (heart >= 28 mm, SVC >= 46 mm away)
-_DISC_MEMORY_MM = 15.0  # outlines carry over this far along the axis (a lumbar disc is ~10 mm)
 _CANAL_RIM_MM = 1.5  # sub-threshold voxels this close (in-plane) to an enclosed fluid hole are not bone
-_FOOTPRINT_CLOSING_MM = 2.0  # in-plane closing of cortex gaps before filling the outlines
 _ENCLOSED_REACH_MM = 30.0  # a seed inside a vertebral body (radius ~20 mm) is within this of its cortex
 
 
@@ -115,25 +117,6 @@ def threshold_preview_mask(ct_array: np.ndarray, lo: float, hi: float) -> np.nda
 
 def _fmt(p) -> str:
     return "(" + ", ".join(f"{float(v):.1f}" for v in p) + ")"
-
-
-def _ball(radius_mm: float, spacing_kji) -> np.ndarray:
-    r = np.maximum(np.floor(radius_mm / np.asarray(spacing_kji) + 1e-6), 0).astype(int)
-    zz, yy, xx = np.ogrid[-r[0] : r[0] + 1, -r[1] : r[1] + 1, -r[2] : r[2] + 1]
-    d2 = (zz * spacing_kji[0]) ** 2 + (yy * spacing_kji[1]) ** 2 + (xx * spacing_kji[2]) ** 2
-    return d2 <= radius_mm**2 + 1e-9
-
-
-def _bbox(mask: np.ndarray, pad, shape) -> tuple:
-    """Slices of the bounding box of mask, padded by ``pad`` voxels per axis and clipped to ``shape``."""
-    out = []
-    for ax in range(3):
-        other = tuple(a for a in range(3) if a != ax)
-        idx = np.flatnonzero(mask.any(axis=other))
-        lo = max(int(idx[0]) - int(pad[ax]), 0)
-        hi = min(int(idx[-1]) + 1 + int(pad[ax]), shape[ax])
-        out.append(slice(lo, hi))
-    return tuple(out)
 
 
 def _roi_box(grid: VoxelGrid, params: BoneSegmentationParameters) -> tuple:
@@ -208,41 +191,6 @@ def _seed_voxels(grid: VoxelGrid, points, box, kind: str) -> list:
     return out
 
 
-def _nearest_on(labels: np.ndarray, ok: np.ndarray, v, radius_mm: float, spacing_kji):
-    """Nearest voxel within radius_mm of voxel v whose component label is ``ok``, with its distance; or None."""
-    r = np.ceil(radius_mm / spacing_kji).astype(int)
-    lo = np.maximum(v - r, 0)
-    hi = np.minimum(v + r + 1, labels.shape)
-    win = ok[labels[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]]
-    idx = np.argwhere(win)
-    if len(idx) == 0:
-        return None
-    d = np.linalg.norm((idx + lo - v) * spacing_kji, axis=1)
-    n = int(np.argmin(d))
-    if d[n] > radius_mm + 1e-6:
-        return None
-    return idx[n] + lo, float(d[n])
-
-
-def _enclosed(bone_like: np.ndarray, v, reach_mm: float, spacing_kji) -> bool:
-    """Whether at least 7 of 8 rays from v in the axial plane meet bone-like voxels within reach_mm.
-
-    The centre of an osteopenic vertebral body can be below 50 HU with the 226 HU cortex far away and, on thick
-    slices, full of gaps; cancellous bone (>= 100 HU) around it still encloses it.
-    """
-    hits = 0
-    for dj, di in ((0, 1), (0, -1), (1, 0), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1)):
-        step_mm = float(np.hypot(dj * spacing_kji[1], di * spacing_kji[2]))
-        for step in range(1, int(np.ceil(reach_mm / step_mm)) + 1):
-            w = (v[0], v[1] + dj * step, v[2] + di * step)
-            if not (0 <= w[1] < bone_like.shape[1] and 0 <= w[2] < bone_like.shape[2]):
-                break
-            if bone_like[w]:
-                hits += 1
-                break
-    return hits >= 7
-
-
 def _snap_seeds(labels, sizes, min_island_vox, seeds, points, grid, sub, params, warnings, enclosed_ok, kind) -> list:
     """Move seeds off the threshold onto the nearest bone voxel; None for exclude seeds that cannot be placed.
 
@@ -264,7 +212,7 @@ def _snap_seeds(labels, sizes, min_island_vox, seeds, points, grid, sub, params,
         # Large pieces first, near then enclosing; a few-voxel speck (noise in cancellous bone) only as a last
         # resort, otherwise a click in the middle of a body keeps the speck and loses the vertebra.
         for ok in (big, anything):
-            hit = _nearest_on(labels, ok, v, params.seed_snap_mm, grid.spacing_kji)
+            hit = nearest_on(labels, ok, v, params.seed_snap_mm, grid.spacing_kji)
             if hit is not None:
                 break
             if enclosed is None and enclosed_ok:
@@ -274,9 +222,9 @@ def _snap_seeds(labels, sizes, min_island_vox, seeds, points, grid, sub, params,
                 lo = np.maximum(v - r, 0)
                 win = tuple(slice(a, b) for a, b in zip(lo, np.minimum(v + r + 1, sub.shape)))
                 bone_like = sub[win] >= min(params.cancellous_min_hu, params.threshold_min)
-                enclosed = _enclosed(bone_like, v - lo, _ENCLOSED_REACH_MM, grid.spacing_kji)
+                enclosed = enclosed_by(bone_like, v - lo, _ENCLOSED_REACH_MM, grid.spacing_kji)
             if enclosed:
-                hit = _nearest_on(labels, ok, v, _ENCLOSED_REACH_MM, grid.spacing_kji)
+                hit = nearest_on(labels, ok, v, _ENCLOSED_REACH_MM, grid.spacing_kji)
                 if hit is not None:
                     how = "surrounding"
                     break
@@ -307,256 +255,7 @@ def _snap_seeds(labels, sizes, min_island_vox, seeds, points, grid, sub, params,
 # ------------------------------------------------------------------------------------------------ growcut
 
 
-def _paint_balls(labels: np.ndarray, region: np.ndarray, centres, value: int, ball: np.ndarray) -> None:
-    r = np.array(ball.shape) // 2
-    for c in centres:
-        c = np.asarray(c)
-        lo = np.maximum(c - r, 0)
-        hi = np.minimum(c + r + 1, labels.shape)
-        b = ball[tuple(slice(lo[a] - c[a] + r[a], hi[a] - c[a] + r[a]) for a in range(3))]
-        win = tuple(slice(lo[a], hi[a]) for a in range(3))
-        labels[win][b & region[win]] = value
-
-
-def _separate_excluded(
-    ct, region, seeds, origins, excludes, spacing_kji, min_island_vox, snap_mm, bone_like_hu, timings, thin
-) -> Optional[np.ndarray]:
-    """Bone part of ``region`` (thresholded voxels holding bone and the structures to exclude).
-
-    Contrast blood (aorta, heart, great veins: 300-500 HU, some veins brighter than cortex) touches the vertebral
-    bodies and, through ribs, clavicles and shoulders, the rest of the skeleton, so neither a threshold nor a single
-    pair of competing seeds separates it (measured on a contrast chest CT: 66 ml of heart, 90 % of the superior vena
-    cava). Three steps:
-
-    1. Blood pools: each exclude seed's intensity band, opened by a box of half-size ``_POOL_RADIUS_MM`` (thin
-       cortex in the band drops out) and reconstructed from the seed: the aorta, the heart and the pools touching
-       them.
-    2. The column: the vertebra outlines followed slice by slice from the keep seeds (``_column_footprint``).
-       Thresholded voxels further than ``_COLUMN_MARGIN_MM`` from it are never bone (ribs beyond, shoulders, veins
-       reached through them); bone there would not count as spine anyway.
-    3. Slicer's GrowCut between bone seeds (thresholded voxels of the column at least ``_POOL_CLEARANCE_MM`` from
-       a pool) and background seeds (the pools and everything outside the column): it only decides the band where
-       bone and blood touch.
-
-    ``seeds`` are the snapped bone seed voxels (on thresholded voxels), ``origins`` the seed points as given;
-    ``timings`` gets the seconds of the three steps, ``thin`` the indices of exclude seeds in structures too thin
-    for a pool. None when no vertebra outline holds a keep seed.
-    """
-    import time
-
-    import scipy.ndimage as ndi
-
-    t = time.perf_counter()
-    pools = _blood_pools(ct, excludes, spacing_kji, thin)
-    timings["growcut: blood pools"] = time.perf_counter() - t
-    t = time.perf_counter()
-    column = _column_footprint(ct, pools, origins, spacing_kji, snap_mm, bone_like_hu)
-    timings["growcut: column"] = time.perf_counter() - t
-    t = time.perf_counter()
-    if not column.any():
-        return None
-    margin = np.maximum(np.round(_COLUMN_MARGIN_MM / spacing_kji), 1).astype(int)
-    zone = ndi.maximum_filter(column.view(np.uint8), size=tuple(2 * margin + 1)).view(bool)
-    labels = np.zeros(region.shape, np.uint8)
-    labels[region & ~zone] = 2
-    labels[pools] = 2
-    labels[region & column & ~pools & ~_near(pools, _POOL_CLEARANCE_MM, spacing_kji)] = 1
-    ball = _ball(max(1.5, float(spacing_kji.max())), spacing_kji)
-    _paint_balls(labels, region & ~pools, seeds, 1, ball)
-    _paint_balls(labels, region, excludes, 2, ball)
-    # GrowCut only where something is undecided: the box of the column's zone.
-    bb = _bbox(zone, (1, 1, 1), zone.shape)
-    grown = np.zeros_like(region)
-    grown[bb] = _grow_cut(ct[bb], labels[bb], region[bb] | (labels[bb] > 0), spacing_kji) == 1
-    grown &= region & zone
-    lab, n = ndi.label(grown, structure=_CONNECTIVITY_26)
-    ok = np.bincount(lab[grown], minlength=n + 1) >= min_island_vox
-    for v in seeds:
-        ok[lab[tuple(v)]] = True
-    ok[0] = False
-    timings["growcut: competition"] = time.perf_counter() - t
-    return ok[lab]
-
-
-def _blood_pools(ct, excludes, spacing_kji, thin) -> np.ndarray:
-    """Voxels of the contrast-filled pools holding the exclude seeds (see ``_separate_excluded``); indices of seeds
-    without a pool (a structure thinner than the opening) are appended to ``thin``."""
-    import scipy.ndimage as ndi
-
-    stats_r = np.maximum(np.round(_POOL_STATS_MM / spacing_kji), 1).astype(int)
-    bands = []
-    for w in excludes:
-        lo, hi = np.maximum(w - stats_r, 0), np.minimum(w + stats_r + 1, ct.shape)
-        vals = ct[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].astype(np.float32)
-        med = float(np.median(vals))
-        q1, q3 = np.percentile(vals, [25, 75])
-        tol = max(3.0 * float(q3 - q1) / 1.349, _POOL_MIN_TOL_HU)
-        bands.append([med - tol, med + tol, [len(bands)]])
-    # Seeds whose bands overlap share one pass (aorta and heart: one connected pool).
-    bands.sort(key=lambda b: b[0])
-    merged = []
-    for b in bands:
-        if merged and b[0] <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], b[1])
-            merged[-1][2] += b[2]
-        else:
-            merged.append(b)
-    r = np.maximum(np.round(_POOL_RADIUS_MM / spacing_kji), 1).astype(int)
-    size = tuple(2 * r + 1)
-    pools = np.zeros(ct.shape, bool)
-    for lo_hu, hi_hu, group in merged:
-        band = (ct >= lo_hu) & (ct <= hi_hu)
-        core = ndi.minimum_filter(band.view(np.uint8), size=size).view(bool)
-        lab, n = ndi.label(core)
-        keep = np.zeros(n + 1, bool)
-        for index in group:
-            lo, hi = np.maximum(excludes[index] - r, 0), np.minimum(excludes[index] + r + 1, ct.shape)
-            ids = np.unique(lab[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]])
-            keep[ids] = True
-            if not ids.any():
-                thin.append(index)
-        keep[0] = False
-        del core
-        pools |= ndi.maximum_filter(keep[lab].view(np.uint8), size=size).view(bool) & band
-    return pools
-
-
-def _column_footprint(ct, pools, origins, spacing_kji, snap_mm, bone_hu) -> np.ndarray:
-    """Axial outlines of the vertebrae (body, canal, arch) followed slice by slice from each seed.
-
-    Each slice's voxels at or above ``bone_hu`` (cancellous level, lightly smoothed; blood pools removed) are closed
-    in-plane and their holes filled, giving solid vertebra outlines; the seed's slice keeps the outline holding the
-    seed (or within ``snap_mm`` of it); each next slice keeps the outlines that overlap those of the slices just
-    before it (within ``_DISC_MEMORY_MM``, enough to cross a disc), inside a window of ``_COLUMN_WINDOW_MM`` around
-    the column's centre, which follows the outlines (ribs leaving the window are cut).
-    """
-    import scipy.ndimage as ndi
-
-    nk = ct.shape[0]
-    sp_ji = np.asarray(spacing_kji[1:])
-    half = np.ceil(_COLUMN_WINDOW_MM / sp_ji).astype(int)
-    disk = _disk(_FOOTPRINT_CLOSING_MM, sp_ji)
-    pad = max(disk.shape) // 2 + 1
-    memory = max(1, int(np.ceil(_DISC_MEMORY_MM / spacing_kji[0])))
-    grow = _disk(1.5, sp_ji)
-    pool_rim = _disk(1.0, sp_ji)
-    foot = np.zeros(ct.shape, bool)
-    yy, xx = np.ogrid[-half[0] : half[0] + 1, -half[1] : half[1] + 1]
-    in_circle = (yy * sp_ji[0]) ** 2 + (xx * sp_ji[1]) ** 2 <= _COLUMN_WINDOW_MM**2
-
-    def outlines(k, centre):
-        c = np.round(centre).astype(int)
-        lo = c - half
-        win = tuple(slice(max(a, 0), min(a + 2 * h + 1, n)) for a, h, n in zip(lo, half, ct.shape[1:]))
-        circle = in_circle[tuple(slice(w.start - a, w.stop - a) for w, a in zip(win, lo))]
-        # Cancellous level, lightly smoothed: a thin osteopenic cortex has gaps at the bone threshold.
-        smooth = ndi.gaussian_filter(ct[k][win].astype(np.float32), 1.0 / sp_ji)
-        sl = (smooth >= bone_hu) & ~ndi.binary_dilation(pools[k][win], pool_rim) & circle
-        closed = ndi.binary_closing(np.pad(sl, pad), structure=disk)[pad:-pad, pad:-pad] | sl
-        lab, _ = ndi.label(closed | _holes(closed), structure=np.ones((3, 3), bool))
-        return win, lab
-
-    for origin in origins:
-        k0 = int(np.clip(round(origin[0]), 0, nk - 1))
-        start = np.asarray(origin[1:], float)
-        win, lab = outlines(k0, start)
-        v = np.round(start).astype(int) - [w.start for w in win]
-        hit = _nearest_label(lab, v, snap_mm, sp_ji)
-        if hit is None:
-            continue
-        foot[k0][win] |= lab == hit
-        for step in (1, -1):
-            centre = start.copy()
-            last = k0
-            k = k0 + step
-            while 0 <= k < nk and abs(k - last) <= memory:
-                win, lab = outlines(k, centre)
-                ks = slice(min(k - step * memory, k - step), max(k - step * memory, k - step) + 1)
-                ks = slice(max(ks.start, 0), min(ks.stop, nk))
-                ref = ndi.binary_dilation(foot[ks][(slice(None),) + win].any(axis=0), grow)
-                ids = np.unique(lab[ref])
-                ids = ids[ids > 0]
-                if len(ids):
-                    now = np.isin(lab, ids)
-                    foot[k][win] |= now
-                    centroid = np.argwhere(now).mean(axis=0) + [w.start for w in win]
-                    centre = 0.7 * centre + 0.3 * centroid  # damped: a rib in one slice barely moves it
-                    last = k
-                k += step
-    return foot
-
-
-def _nearest_label(lab, v, radius_mm, spacing):
-    """Label at 2D index v, or the nearest non-zero label within radius_mm; None if there is none."""
-    if 0 <= v[0] < lab.shape[0] and 0 <= v[1] < lab.shape[1] and lab[v[0], v[1]]:
-        return int(lab[v[0], v[1]])
-    idx = np.argwhere(lab > 0)
-    if len(idx) == 0:
-        return None
-    d = np.linalg.norm((idx - v) * spacing, axis=1)
-    n = int(np.argmin(d))
-    return int(lab[tuple(idx[n])]) if d[n] <= radius_mm else None
-
-
 # -------------------------------------------------------------------------------------------- filling
-
-
-def _holes(mask: np.ndarray) -> np.ndarray:
-    """Background voxels not connected to the array border (face connectivity), via one labelling pass
-    (scipy's binary_fill_holes propagates iteratively and is several times slower on large crops)."""
-    import scipy.ndimage as ndi
-
-    lab, n = ndi.label(~mask)
-    if n == 0:
-        return np.zeros_like(mask)
-    border = np.zeros(n + 1, bool)
-    border[0] = True  # the mask itself
-    for ax in range(mask.ndim):
-        for end in (0, -1):
-            border[np.take(lab, end, axis=ax)] = True
-    return ~border[lab]
-
-
-def _holes_by_median(mask: np.ndarray, ct: np.ndarray, min_hu: float, holes=None) -> np.ndarray:
-    """Holes of mask (3D or one slice) whose median CT value is >= min_hu: marrow, not fluid or fat."""
-    import scipy.ndimage as ndi
-
-    if holes is None:
-        holes = _holes(mask)
-    if not holes.any():
-        return holes
-    lab, n = ndi.label(holes)
-    # median >= min_hu  <=>  at least half of the voxels are >= min_hu (counting beats ndi.median by far)
-    flat = lab.ravel()
-    total = np.bincount(flat, minlength=n + 1)
-    high = np.bincount(flat, weights=(ct >= min_hu).ravel(), minlength=n + 1)
-    ok = 2 * high >= total
-    ok[0] = False
-    return ok[lab]
-
-
-def _near(mask: np.ndarray, dist_mm: float, spacing_kji) -> np.ndarray:
-    """Voxels within about dist_mm of mask. The distance map runs on a ~2 mm grid (max-pooled mask, so the
-    result is a superset within one coarse cell): an exact map of a large crop costs seconds."""
-    import scipy.ndimage as ndi
-
-    f = np.maximum(np.floor(2.0 / np.asarray(spacing_kji)), 1).astype(int)
-    shape = np.array(mask.shape)
-    n = -(-shape // f)
-    padded = np.zeros(n * f, bool)
-    padded[: shape[0], : shape[1], : shape[2]] = mask
-    coarse = padded.reshape(n[0], f[0], n[1], f[1], n[2], f[2]).any(axis=(1, 3, 5))
-    near = ndi.distance_transform_edt(~coarse, sampling=f * np.asarray(spacing_kji)) <= dist_mm
-    for ax in range(3):
-        near = np.repeat(near, f[ax], axis=ax)
-    return near[: shape[0], : shape[1], : shape[2]]
-
-
-def _disk(radius_mm: float, spacing_ji) -> np.ndarray:
-    """In-plane structuring element of radius_mm, at least one voxel."""
-    r = np.maximum(np.round(radius_mm / np.asarray(spacing_ji)), 1).astype(int)
-    yy, xx = np.ogrid[-r[0] : r[0] + 1, -r[1] : r[1] + 1]
-    return (yy / r[0]) ** 2 + (xx / r[1]) ** 2 <= 1.0 + 1e-9
 
 
 def _fill_interior(shell, blocked, ct, params, spacing_kji, progress: Progress) -> np.ndarray:
@@ -570,7 +269,7 @@ def _fill_interior(shell, blocked, ct, params, spacing_kji, progress: Progress) 
     progress.report(0.0, "Adding cancellous bone next to the shell")
     filled = shell.copy()
     if params.cancellous_max_depth_mm > 0:
-        near = _near(shell, params.cancellous_max_depth_mm, spacing_kji)
+        near = near_mask(shell, params.cancellous_max_depth_mm, spacing_kji)
         near &= (ct >= params.cancellous_min_hu) & (ct <= params.threshold_max)
         near &= ~blocked
         near |= shell
@@ -583,9 +282,9 @@ def _fill_interior(shell, blocked, ct, params, spacing_kji, progress: Progress) 
         filled = keep[lab]
         del lab, near
     progress.report(0.4, "Filling enclosed cavities")
-    filled |= _holes_by_median(filled, ct, params.cavity_min_hu) & ~blocked
+    filled |= holes_by_median(filled, ct, params.cavity_min_hu) & ~blocked
     progress.report(0.6, "Filling enclosed cavities per slice")
-    disk = _disk(params.closing_mm, spacing_kji[1:]) if params.closing_mm > 0 else None
+    disk = disk_kernel(params.closing_mm, spacing_kji[1:]) if params.closing_mm > 0 else None
     candidates = np.zeros_like(filled)
     fluid = np.zeros_like(filled)  # enclosed holes that look like fluid or fat: the spinal canal
     for k in range(filled.shape[0]):
@@ -597,7 +296,7 @@ def _fill_interior(shell, blocked, ct, params, spacing_kji, progress: Progress) 
             # Bone-like voxels enclosed once small shell gaps are closed (thick slices leave the shell porous).
             pad = max(disk.shape) // 2 + 1
             closed = ndi.binary_closing(np.pad(sl, pad), structure=disk)[pad:-pad, pad:-pad] | sl
-            holes = _holes(closed)
+            holes = enclosed_holes(closed)
             if holes.any():
                 # Marrow-like holes whole, bone-like voxels of the others; gap voxels are taken (if bone-like)
                 # with the holes they close, gaps that close no hole (joint spaces) are not.
@@ -607,11 +306,11 @@ def _fill_interior(shell, blocked, ct, params, spacing_kji, progress: Progress) 
                 with_hole = np.zeros(n + 1, bool)
                 with_hole[np.unique(lab[holes])] = True
                 with_hole[0] = False
-                marrow = _holes_by_median(closed, ct[k], params.cavity_min_hu, holes)
+                marrow = holes_by_median(closed, ct[k], params.cavity_min_hu, holes)
                 cand |= marrow
                 cand |= (holes | (gaps & with_hole[lab])) & bone_like
                 fluid[k] = holes & ~marrow
-        cand |= _holes_by_median(sl | cand, ct[k], params.cavity_min_hu)
+        cand |= holes_by_median(sl | cand, ct[k], params.cavity_min_hu)
         cand &= ~blocked[k]
     # A slice's hole is inside the bone only if bone or hole continues above and below it; the disc slice next
     # to an endplate is ringed by the endplate's rim but has disc, not bone, on its far side.
@@ -623,14 +322,14 @@ def _fill_interior(shell, blocked, ct, params, spacing_kji, progress: Progress) 
         # Where pixels resolve the canal's cortical wall, sub-threshold voxels facing an enclosed fluid hole are CSF
         # and cord partial volume, not bone (0.7 mm pixels, chest CT: 3 % of the cord otherwise; on 3 mm pixels
         # they are mostly bone).
-        near = ndi.binary_dilation(fluid, _disk(_CANAL_RIM_MM, spacing_kji[1:])[None])
+        near = ndi.binary_dilation(fluid, disk_kernel(_CANAL_RIM_MM, spacing_kji[1:])[None])
         filled &= ~(near & ~shell)
     peel = params.peel_rim if params.peel_rim is not None else float(spacing_kji.max()) <= _PEEL_MAX_VOXEL_MM
     if peel:
         # Where voxels resolve the cortex, the threshold marks the bone surface: peel the partial-volume rim the
         # lower cancellous threshold picked up outside it (sub-threshold surface voxels against the cortex).
         six = ndi.generate_binary_structure(3, 1)
-        rim = ndi.binary_dilation(~(filled | _holes(filled)), six)
+        rim = ndi.binary_dilation(~(filled | enclosed_holes(filled)), six)
         rim &= filled & ~shell
         rim &= ndi.binary_dilation(shell, six)
         filled &= ~rim
@@ -724,7 +423,7 @@ def segment_bone_array(ct: np.ndarray, grid: VoxelGrid, params=None, progress=No
     # and soft tissue, and labelling the whole volume dominated the time and memory (measured: 1.25 s -> 0.07 s).
     room_mm = max(params.cancellous_max_depth_mm, _ENCLOSED_REACH_MM, params.seed_snap_mm) + params.closing_mm
     room = np.ceil((room_mm + 3 * params.smoothing_mm) / sp).astype(int) + 2
-    tb = _bbox(thr, room, thr.shape)
+    tb = bbox_slices(thr, room, thr.shape)
     t_off = np.array([s.start for s in tb])
     t_size = np.array([s.stop - s.start for s in tb])
     for v, p in zip(seeds, params.seeds_ras):
@@ -747,7 +446,7 @@ def segment_bone_array(ct: np.ndarray, grid: VoxelGrid, params=None, progress=No
     # 2. Connected components.
     progress.report(0.1, "Finding connected bone")
     t = time.perf_counter()
-    labels, n_labels = ndi.label(thr, structure=_CONNECTIVITY_26)
+    labels, n_labels = ndi.label(thr, structure=CONNECTIVITY_26)
     sizes = np.bincount(labels[thr], minlength=n_labels + 1)  # over thr only: a full-volume bincount takes seconds
     sizes[0] = 0
     min_island_vox = params.min_island_mm3 / grid.voxel_mm3
@@ -786,7 +485,7 @@ def segment_bone_array(ct: np.ndarray, grid: VoxelGrid, params=None, progress=No
     if live_excludes:
         progress.report(0.2, "Separating bone from touching structures (GrowCut)")
         thin: list = []
-        bb = _bbox(kept, (2, 2, 2), kept.shape)
+        bb = bbox_slices(kept, (2, 2, 2), kept.shape)
         off = np.array([s.start for s in bb])
         grown = _separate_excluded(
             sub[bb], kept[bb], [v - off for v in seeds], [np.clip(v - off, 0, np.array(kept[bb].shape) - 1)
@@ -819,7 +518,7 @@ def segment_bone_array(ct: np.ndarray, grid: VoxelGrid, params=None, progress=No
     t = time.perf_counter()
     depth = params.cancellous_max_depth_mm if params.fill_interior else 0.0
     pad = np.ceil((depth + params.closing_mm + 3 * params.smoothing_mm) / sp).astype(int) + 2
-    bb = _bbox(kept, pad, kept.shape)
+    bb = bbox_slices(kept, pad, kept.shape)
     shell = kept[bb]
     result = shell
     if params.fill_interior:
@@ -829,7 +528,7 @@ def segment_bone_array(ct: np.ndarray, grid: VoxelGrid, params=None, progress=No
         big[0] = False
         blocked = big[labels[bb]] & ~shell
         if blocked.any():
-            blocked = ndi.binary_dilation(blocked, structure=_ball(max(1.0, float(sp.min())), sp))
+            blocked = ndi.binary_dilation(blocked, structure=ball_kernel(max(1.0, float(sp.min())), sp))
             blocked &= ~shell
         result = _fill_interior(shell, blocked, sub[bb], params, sp, progress.sub(0.35, 0.8))
     timings["fill"] = time.perf_counter() - t
@@ -839,7 +538,7 @@ def segment_bone_array(ct: np.ndarray, grid: VoxelGrid, params=None, progress=No
     progress.report(0.82, "Removing small islands")
     off = np.array([s.start for s in bb])
     seed_local = [np.asarray(v) - off for v in seeds]
-    result = _drop_islands(result, min_island_vox, seed_local)
+    result = drop_islands(result, min_island_vox, seed_local)
     if params.smoothing_mm > 0:
         progress.report(0.86, "Smoothing")
         sigma = params.smoothing_mm / sp
@@ -851,7 +550,7 @@ def segment_bone_array(ct: np.ndarray, grid: VoxelGrid, params=None, progress=No
             "Lower min_island_mm3 or smoothing_mm, or check the seeds and the threshold.",
         )
     for v, p in zip(origins, params.seeds_ras):
-        if _nearest_on(result.view(np.uint8), np.array([False, True]), v - off, params.seed_snap_mm, sp) is None:
+        if nearest_on(result.view(np.uint8), np.array([False, True]), v - off, params.seed_snap_mm, sp) is None:
             warnings.append(
                 f"The seed at {_fmt(p)} RAS is more than {params.seed_snap_mm:g} mm from the segmented bone; "
                 "check that it lies on the bone to keep."
@@ -859,20 +558,5 @@ def segment_bone_array(ct: np.ndarray, grid: VoxelGrid, params=None, progress=No
     full_bb = tuple(slice(b.start + o.start, b.stop + o.start) for b, o in zip(bb, box))
     timings["total"] = time.perf_counter() - t0
     return BoneMask(result, full_bb, grid.voxel_mm3, warnings, timings)
-
-
-def _drop_islands(mask: np.ndarray, min_vox: float, seeds) -> np.ndarray:
-    import scipy.ndimage as ndi
-
-    if min_vox <= 1:
-        return mask
-    lab, n = ndi.label(mask, structure=_CONNECTIVITY_26)
-    if n == 0:
-        return mask
-    ok = np.bincount(lab[mask], minlength=n + 1) >= min_vox
-    for v in seeds:
-        ok[lab[tuple(v)]] = True  # a seeded piece is what the user asked for, whatever its size
-    ok[0] = False
-    return ok[lab]
 
 

@@ -14,7 +14,7 @@ def _vtk_image(arr: np.ndarray, vtk_type):
     return image
 
 
-def _grow_cut(intensity: np.ndarray, labels: np.ndarray, region: np.ndarray, spacing_kji) -> np.ndarray:
+def grow_cut(intensity: np.ndarray, labels: np.ndarray, region: np.ndarray, spacing_kji) -> np.ndarray:
     """Slicer's GrowCut restricted to ``region``: every region voxel gets the label of its 'closest' seed."""
     import slicer
     import vtk
