@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .spine import _cover, _paint, _sd_range, _write_image
+from .shapes import cover, paint, sd_range, write_image
 
 CORTICAL_HU = 900.0
 CANCELLOUS_HU = 260.0
@@ -52,7 +52,7 @@ class PelvisPhantom:
                  "normal_ras": [float(x) for x in self.local_direction(n)], "remove": "positive"} for o, n in planes]
 
     def write(self, path: str) -> str:
-        return _write_image(self.array, self.ijk_to_ras, path)
+        return write_image(self.array, self.ijk_to_ras, path)
 
 
 def _rotation(deg_about_w: float, deg_about_v: float) -> np.ndarray:
@@ -67,14 +67,14 @@ def _bone_distances(u, v, w) -> list:
     au = np.abs(u)
     # L5: elliptic body above the disc, with a spinous process behind it.
     r = np.sqrt((u / 24.0) ** 2 + ((v - 5.0) / 17.0) ** 2)
-    l5 = np.maximum((r - 1.0) * 20.0, _sd_range(w, S1_TOP_W + 5.0, S1_TOP_W + 30.0))
-    spine = np.maximum.reduce([_sd_range(u, -4.0, 4.0), _sd_range(v, -38.0, -12.0), _sd_range(w, 40.0, 55.0)])
+    l5 = np.maximum((r - 1.0) * 20.0, sd_range(w, S1_TOP_W + 5.0, S1_TOP_W + 30.0))
+    spine = np.maximum.reduce([sd_range(u, -4.0, 4.0), sd_range(v, -38.0, -12.0), sd_range(w, 40.0, 55.0)])
     # Sacrum: a plate tapering downwards and tilted back, narrowing from the ala to the coccyx.
     t = np.clip((S1_TOP_W - w) / (S1_TOP_W - W_RANGE[0] - 5.0), 0.0, 1.0)
     half_w = SACRUM_HALF_TOP + (SACRUM_HALF_BOTTOM - SACRUM_HALF_TOP) * t
     centre_v, half_v = 5.0 - 25.0 * t, 16.0 - 9.0 * t
     sacrum = np.maximum.reduce([au - half_w, np.abs(v - centre_v) - half_v,
-                                _sd_range(w, W_RANGE[0] + 5.0, S1_TOP_W)])
+                                sd_range(w, W_RANGE[0] + 5.0, S1_TOP_W)])
     # Sacral canal: a tube behind the S1 body, so the sacrum is not a plain slab.
     canal = np.sqrt(u * u + ((v - (centre_v - 6.0)) / 1.4) ** 2) - 6.0
     sacrum = np.maximum(sacrum, -canal)
@@ -110,14 +110,14 @@ def make_pelvis_phantom(spacing: float = 1.0, rotation_deg=(4.0, 3.0), offset_mm
     bones = _bone_distances(u, v, w)
     body = np.sqrt((u / 125.0) ** 2 + ((v - 2.0) / 60.0) ** 2) - 1.0  # soft-tissue outline
     values = np.full(u.shape, AIR_HU, np.float32)
-    _paint(values, body * 60.0, SOFT_TISSUE_HU, spacing)
+    paint(values, body * 60.0, SOFT_TISSUE_HU, spacing)
     inside = np.zeros(u.shape, bool)
     for d in bones:
-        _paint(values, d, CORTICAL_HU, spacing)
-        _paint(values, d + CORTEX_MM, CANCELLOUS_HU, spacing)
+        paint(values, d, CORTICAL_HU, spacing)
+        paint(values, d + CORTEX_MM, CANCELLOUS_HU, spacing)
         inside |= d < 0
     rng = np.random.default_rng(seed)
-    values += rng.normal(0.0, noise_hu, values.shape).astype(np.float32) * (_cover(body * 60.0, spacing) > 0)
+    values += rng.normal(0.0, noise_hu, values.shape).astype(np.float32) * (cover(body * 60.0, spacing) > 0)
     array = np.clip(np.rint(values), -1024, 3071).astype(np.int16).transpose(2, 1, 0).copy()
     return PelvisPhantom(array, ijk_to_ras, inside.transpose(2, 1, 0).copy(), frame[:3, 3].copy(),
                          frame[:3, 0].copy(), frame)

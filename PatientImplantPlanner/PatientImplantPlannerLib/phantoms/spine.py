@@ -18,13 +18,13 @@ body centres and endplate centres. Partial volume comes from approximate signed 
 ``clip(0.5 - d / voxel, 0, 1)`` of a voxel and is painted over the materials behind it.
 """
 
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..core.anatomy import Endplate, unit
 from ..scene.volumes import add_volume
+from .shapes import PhantomGrid, cover, dense_polyline, paint, sd_ellipse, sd_range, write_image
 
 AIR_HU = -1000.0
 FAT_HU = -100.0
@@ -142,10 +142,10 @@ class SpinePhantom:
 
     def write(self, path: str) -> str:
         """Write the CT (.nrrd, .nii.gz, ...) via SimpleITK; geometry stored in LPS as the formats require."""
-        return _write_image(self.array, self.ijk_to_ras, path)
+        return write_image(self.array, self.ijk_to_ras, path)
 
     def write_labels(self, path: str) -> str:
-        return _write_image(self.vertebra_labels, self.ijk_to_ras, path)
+        return write_image(self.vertebra_labels, self.ijk_to_ras, path)
 
     def vertebra_label_values(self) -> dict:
         """{vertebra name: TotalSegmentator value} of the phantom's vertebrae (T6 -> 38, L1 -> 31)."""
@@ -165,52 +165,11 @@ class SpinePhantom:
         return out
 
     def write_anatomy_labels(self, path: str) -> str:
-        return _write_image(self.anatomy_labels(), self.ijk_to_ras, path)
-
-
-def _write_image(array, ijk_to_ras, path) -> str:
-    import SimpleITK as sitk
-
-    path = os.path.abspath(path)
-    spacing = np.linalg.norm(ijk_to_ras[:3, :3], axis=0)
-    ras_to_lps = np.diag([-1.0, -1.0, 1.0])
-    direction = ras_to_lps @ ijk_to_ras[:3, :3] / spacing
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
-    image.SetSpacing([float(s) for s in spacing])
-    image.SetOrigin([float(x) for x in ras_to_lps @ ijk_to_ras[:3, 3]])
-    image.SetDirection([float(x) for x in direction.ravel()])
-    folder, base = os.path.split(path)
-    tmp = os.path.join(folder, ".tmp-" + base)
-    sitk.WriteImage(image, tmp, True)
-    os.replace(tmp, path)
-    return path
+        return write_image(self.anatomy_labels(), self.ijk_to_ras, path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Signed distances (approximate, exact on the boundary's normal direction: enough for a one-voxel blend)
-
-
-def _sd_ellipse(x, y, a, b):
-    """Signed distance to an axis-aligned ellipse (negative inside), first order in the implicit function."""
-    g = np.sqrt((x / a) ** 2 + (y / b) ** 2)
-    grad = np.sqrt((x / (a * a)) ** 2 + (y / (b * b)) ** 2)
-    d = (g - 1.0) * g / np.maximum(grad, 1e-9)
-    return np.where(g < 0.5, np.float32(-0.5 * min(a, b)), d)
-
-
-def _sd_range(x, lo, hi):
-    """Signed distance to the slab lo <= x <= hi."""
-    return np.abs(x - 0.5 * (lo + hi)) - 0.5 * (hi - lo)
-
-
-def _cover(d, width):
-    """Fraction of a voxel covered by the inside of a surface at signed distance d from its centre."""
-    return np.clip(0.5 - d / width, 0.0, 1.0)
-
-
-def _paint(values, d, hu, width):
-    f = _cover(d, width)
-    values += f * (np.float32(hu) - values)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -281,16 +240,6 @@ def _joints(column) -> list:
     return out
 
 
-def _dense_polyline(vertices, step=0.5) -> np.ndarray:
-    """Polyline through all ``vertices`` (kept exactly) with points at most ``step`` apart."""
-    pts = [vertices[0]]
-    for a, b in zip(vertices[:-1], vertices[1:]):
-        n = max(int(np.ceil(np.linalg.norm(b - a) / step)), 1)
-        t = np.arange(1, n + 1)[:, None] / n
-        pts.extend(a + t * (b - a))
-    return np.array(pts)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Posterior elements, in the level's local frame (lumbar sizes times the level scale)
 
@@ -346,26 +295,26 @@ def _posterior_sd(lv, u, v, w):
     au = np.abs(u)
     cv, canal_lr, canal_ap = p["canal"]
     out_lr, out_ap, arch_v_max, arch_w_lo, arch_w_hi = p["arch"]
-    d_canal = _sd_ellipse(u, v - cv, canal_lr, canal_ap)
+    d_canal = sd_ellipse(u, v - cv, canal_lr, canal_ap)
     arch = np.maximum(
-        np.maximum(_sd_ellipse(u, v - cv, out_lr, out_ap), -d_canal),
-        np.maximum(v - arch_v_max, _sd_range(w, arch_w_lo, arch_w_hi)),
+        np.maximum(sd_ellipse(u, v - cv, out_lr, out_ap), -d_canal),
+        np.maximum(v - arch_v_max, sd_range(w, arch_w_lo, arch_w_hi)),
     )
     ped_u, ped_w, ped_lr, ped_si, ped_v_lo, ped_v_hi = p["pedicle"]
-    pedicle = np.maximum(_sd_ellipse(au - ped_u, w - ped_w, ped_lr, ped_si), _sd_range(v, ped_v_lo, ped_v_hi))
+    pedicle = np.maximum(sd_ellipse(au - ped_u, w - ped_w, ped_lr, ped_si), sd_range(v, ped_v_lo, ped_v_hi))
     core = np.maximum(
-        _sd_ellipse(au - ped_u, w - ped_w, ped_lr - CORTEX_MM, ped_si - CORTEX_MM),
-        _sd_range(v, ped_v_lo + 2.0 * lv.scale, ped_v_hi),
+        sd_ellipse(au - ped_u, w - ped_w, ped_lr - CORTEX_MM, ped_si - CORTEX_MM),
+        sd_range(v, ped_v_lo + 2.0 * lv.scale, ped_v_hi),
     )
     tv, tw, t_ap, t_si, t_u_lo, t_u_hi = p["transverse"]
-    transverse = np.maximum(_sd_ellipse(v - tv, w - tw, t_ap, t_si), _sd_range(au, t_u_lo, t_u_hi))
+    transverse = np.maximum(sd_ellipse(v - tv, w - tw, t_ap, t_si), sd_range(au, t_u_lo, t_u_hi))
     sp_half, sp_v_lo, sp_v_hi, sp_w_lo, sp_w_hi = p["spinous"]
-    spinous = np.maximum(np.maximum(au - sp_half, _sd_range(v, sp_v_lo, sp_v_hi)), _sd_range(w, sp_w_lo, sp_w_hi))
+    spinous = np.maximum(np.maximum(au - sp_half, sd_range(v, sp_v_lo, sp_v_hi)), sd_range(w, sp_w_lo, sp_w_hi))
     facets = []
     for key in ("iap", "sap"):
         u_lo, u_hi, v_lo, v_hi, w_lo, w_hi = p[key]
         facets.append(
-            np.maximum(np.maximum(_sd_range(au, u_lo, u_hi), _sd_range(v, v_lo, v_hi)), _sd_range(w, w_lo, w_hi))
+            np.maximum(np.maximum(sd_range(au, u_lo, u_hi), sd_range(v, v_lo, v_hi)), sd_range(w, w_lo, w_hi))
         )
     union = np.minimum(
         np.minimum(np.minimum(arch, pedicle), np.minimum(transverse, spinous)), np.minimum(facets[0], facets[1])
@@ -384,48 +333,6 @@ def _vessel_centre_uv(lv: _Level, overlap: float) -> tuple:
 
 # ----------------------------------------------------------------------------------------------------------------
 # The voxel grid (axes along LPS like a typical axial CT: i -> left, j -> posterior, k -> superior)
-
-
-class _Grid:
-    def __init__(self, lo, hi, spacing):
-        self.spacing = np.asarray(spacing, dtype=float)
-        self.lo = np.asarray(lo, dtype=float)
-        n = np.ceil((np.asarray(hi) - self.lo) / self.spacing).astype(int) + 1
-        self.ni, self.nj, self.nk = (int(x) for x in n)
-        di, dj, dk = self.spacing
-        # i runs from the right edge leftwards, j from the front backwards, k upwards.
-        # Left-right symmetric about the middle of the requested range (x = 0, the spine): mirroring the voxels
-        # left-right is then exactly mirroring the anatomy.
-        x_mid = 0.5 * (self.lo[0] + float(hi[0]))
-        self.origin = np.array([x_mid + 0.5 * (self.ni - 1) * di, self.lo[1] + (self.nj - 1) * dj, self.lo[2]])
-        self.ijk_to_ras = np.array(
-            [[-di, 0, 0, self.origin[0]], [0, -dj, 0, self.origin[1]], [0, 0, dk, self.origin[2]], [0, 0, 0, 1.0]]
-        )
-        self.x = (self.origin[0] - di * np.arange(self.ni)).astype(np.float32)
-        self.y = (self.origin[1] - dj * np.arange(self.nj)).astype(np.float32)
-        self.z = (self.origin[2] + dk * np.arange(self.nk)).astype(np.float32)
-
-    @property
-    def shape(self):
-        return self.nk, self.nj, self.ni
-
-    def box(self, points_ras, pad_mm: float):
-        """Index slices (k, j, i) of the voxels within the bounding box of points, grown by pad_mm, clipped."""
-        p = np.asarray(points_ras, dtype=float)
-        lo, hi = p.min(axis=0) - pad_mm, p.max(axis=0) + pad_mm
-        di, dj, dk = self.spacing
-        i0, i1 = (self.origin[0] - hi[0]) / di, (self.origin[0] - lo[0]) / di
-        j0, j1 = (self.origin[1] - hi[1]) / dj, (self.origin[1] - lo[1]) / dj
-        k0, k1 = (lo[2] - self.origin[2]) / dk, (hi[2] - self.origin[2]) / dk
-
-        def sl(a, b, n):
-            return slice(int(np.clip(np.floor(a), 0, n)), int(np.clip(np.ceil(b) + 1, 0, n)))
-
-        return sl(k0, k1, self.nk), sl(j0, j1, self.nj), sl(i0, i1, self.ni)
-
-    def yz(self, ks, js):
-        """(k, j) arrays of y and z for a sub-box."""
-        return np.broadcast_to(self.y[js][None, :], (len(self.z[ks]), len(self.y[js]))), self.z[ks][:, None]
 
 
 def _box_corners(lv: _Level, lo, hi) -> np.ndarray:
@@ -497,7 +404,7 @@ def make_spine_phantom(
         if i < len(column) - 1:
             vertices.append(joints[i][0])
     vertices.append(last.centre + last.axis * last.height / 2)
-    axis_points = _dense_polyline(vertices, 0.5)
+    axis_points = dense_polyline(vertices, 0.5)
 
     # Grid extent: all bone, the torso outline (which follows the axis antero-posteriorly), the table.
     bone_corners = np.concatenate([_box_corners(lv, *_local_extent(lv)) for lv in column])
@@ -523,21 +430,21 @@ def make_spine_phantom(
         y_mid = (y_hi + y_lo) / 2
         x_half, y_lo, y_hi = radius, y_mid - radius, y_mid + radius
         fov = (y_mid, radius)
-    grid = _Grid([-x_half, y_lo, z_lo], [x_half, y_hi, z_hi], spacing)
+    grid = PhantomGrid([-x_half, y_lo, z_lo], [x_half, y_hi, z_hi], spacing)
 
     values = np.full(grid.shape, AIR_HU, dtype=np.float32)
     # Torso: fat under the skin, soft tissue inside; an ellipse per axial slice centred on the axis.
     yc = skin_centre_y(grid.z).astype(np.float32)
     dx = grid.x[None, None, :]
     dy = grid.y[None, :, None] - yc[:, None, None]
-    _paint(values, _sd_ellipse(dx, dy, SKIN_HALF_LR_MM, skin_half_ap), FAT_HU, width)
-    _paint(values, _sd_ellipse(dx, dy, SKIN_HALF_LR_MM - FAT_MM, skin_half_ap - FAT_MM), SOFT_TISSUE_HU, width)
+    paint(values, sd_ellipse(dx, dy, SKIN_HALF_LR_MM, skin_half_ap), FAT_HU, width)
+    paint(values, sd_ellipse(dx, dy, SKIN_HALF_LR_MM - FAT_MM, skin_half_ap - FAT_MM), SOFT_TISSUE_HU, width)
     del dx, dy
 
     table_mask = np.zeros(grid.shape, dtype=bool)
     if with_table:
-        d_table = _sd_range(grid.y, table_top - TABLE_THICKNESS_MM, table_top)[None, :, None]
-        _paint(values, np.broadcast_to(d_table, grid.shape), TABLE_HU, width)
+        d_table = sd_range(grid.y, table_top - TABLE_THICKNESS_MM, table_top)[None, :, None]
+        paint(values, np.broadcast_to(d_table, grid.shape), TABLE_HU, width)
         table_mask |= d_table < 0
 
     # Tubes along the column, one segment per level between the mid-disc planes: disc, canal, vessel, mediastinum.
@@ -579,18 +486,18 @@ def make_spine_phantom(
             inside &= ((y - jp[1]) * jn[1] + (z - jp[2]) * jn[2] < 0)[..., None]
         big = np.float32(1e3)
         sub = values[ks, js, is_]
-        _paint(sub, np.where(inside, _sd_ellipse(u, v, lv.half_lr, lv.half_ap), big), DISC_HU, width)
-        _paint(sub, np.where(inside, _sd_ellipse(u, v - cv, canal_lr, canal_ap), big), CSF_HU, width)
+        paint(sub, np.where(inside, sd_ellipse(u, v, lv.half_lr, lv.half_ap), big), DISC_HU, width)
+        paint(sub, np.where(inside, sd_ellipse(u, v - cv, canal_lr, canal_ap), big), CSF_HU, width)
         ko = keepout[ks, js, is_]
         if aorta:
-            d_vessel = np.where(inside, _sd_ellipse(u - vu, v - vv, r, r), big)
-            _paint(sub, d_vessel, VESSEL_HU, width)
+            d_vessel = np.where(inside, sd_ellipse(u - vu, v - vv, r, r), big)
+            paint(sub, d_vessel, VESSEL_HU, width)
             vessel_mask[ks, js, is_] |= d_vessel < 0
             if with_mediastinum:
                 ko[d_vessel < 0] = KEEP_OUT_LABELS["aorta"]
         for name, (c, radii, hu) in tubes.items():
-            d = np.where(inside, _sd_ellipse(u - c[0], v - c[1], *radii), big)
-            _paint(sub, d, hu, width)
+            d = np.where(inside, sd_ellipse(u - c[0], v - c[1], *radii), big)
+            paint(sub, d, hu, width)
             ko[d < 0] = KEEP_OUT_LABELS[name]
         values[ks, js, is_] = sub
     if with_mediastinum:
@@ -607,13 +514,13 @@ def make_spine_phantom(
         u, v, w = lv.local(grid.x[is_], y, z)
         sub = values[ks, js, is_]
         d_post, d_core = _posterior_sd(lv, u, v, w)
-        _paint(sub, d_post, POSTERIOR_HU, width)
-        _paint(sub, d_core, PEDICLE_CORE_HU, width)
-        d_body = np.maximum(_sd_ellipse(u, v, lv.half_lr, lv.half_ap), np.abs(w) - lv.height / 2)
+        paint(sub, d_post, POSTERIOR_HU, width)
+        paint(sub, d_core, PEDICLE_CORE_HU, width)
+        d_body = np.maximum(sd_ellipse(u, v, lv.half_lr, lv.half_ap), np.abs(w) - lv.height / 2)
         d_spongy = np.maximum(
-            _sd_ellipse(u, v, lv.half_lr - CORTEX_MM, lv.half_ap - CORTEX_MM), np.abs(w) - (lv.height / 2 - CORTEX_MM)
+            sd_ellipse(u, v, lv.half_lr - CORTEX_MM, lv.half_ap - CORTEX_MM), np.abs(w) - (lv.height / 2 - CORTEX_MM)
         )
-        _paint(sub, d_body, CORTICAL_HU, width)
+        paint(sub, d_body, CORTICAL_HU, width)
         # Cancellous core: per-vertebra density and a smooth trabecular-like texture, mostly below 226 HU.
         density = CANCELLOUS_HU + rng.uniform(-15.0, 15.0)
         texture = np.zeros(d_spongy.shape, dtype=np.float32)
@@ -622,7 +529,7 @@ def make_spine_phantom(
             kvec *= 2 * np.pi / rng.uniform(5.0, 12.0) / np.linalg.norm(kvec)
             phase = (kvec[1] * y + kvec[2] * z)[..., None] + kvec[0] * grid.x[is_][None, None, :]
             texture += np.cos(phase + rng.uniform(0, 2 * np.pi)).astype(np.float32)
-        f = _cover(d_spongy, width)
+        f = cover(d_spongy, width)
         sub += f * (density + 12.0 * texture - sub)
         values[ks, js, is_] = sub
         bone = (d_post < 0) | (d_body < 0)
@@ -757,7 +664,7 @@ def _paint_heart(values, keepout, grid, column, width) -> None:
     grad = np.sqrt((a / r_lr**2) ** 2 + (b / r_ap**2) ** 2 + (c / r_si**2) ** 2)
     d = ((g - 1.0) * g / np.maximum(grad, 1e-9)).astype(np.float32)
     sub = values[ks, js, is_]
-    _paint(sub, d, HEART_HU, width)
+    paint(sub, d, HEART_HU, width)
     values[ks, js, is_] = sub
     keepout[ks, js, is_][d < 0] = KEEP_OUT_LABELS["heart"]
 
