@@ -31,8 +31,9 @@ from typing import Optional
 import numpy as np
 
 from ..core.errors import GeometryError, PlannerError
-from ..core.mesh import TriMesh, from_manifold, to_manifold
+from ..core.mesh import TriMesh, from_manifold, to_manifold, to_polydata
 from ..core.progress import Progress
+from ..record.render import BACKGROUND_RGB, frame_parallel, write_window_png
 from .tetmesh import (
     Face,
     TetMesh,
@@ -568,7 +569,6 @@ def von_mises_surface(size: SizeResult):
     Slicer model node with a colour map."""
     from vtk.util.numpy_support import numpy_to_vtk
 
-    from ..core.mesh import to_polydata
 
     tm = size.solution.mesh
     tris, _ = boundary_faces(tm)
@@ -586,7 +586,6 @@ def render_von_mises(size: SizeResult, path: str, size_px=(1000, 800), view: str
     """Offscreen PNG of the von Mises field on the implant surface, with a colour bar (MPa). Returns ``path``."""
     import vtk
 
-    from ..record.render import BACKGROUND_RGB, frame_parallel, write_window_png
 
     pd = von_mises_surface(size)
     top = float(max_MPa or max(size.max_von_mises_MPa, 1e-6))

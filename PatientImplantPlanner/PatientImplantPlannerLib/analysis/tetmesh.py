@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.errors import GeometryError, PlannerError
-from ..core.mesh import TriMesh
+from ..core.mesh import TriMesh, to_polydata
 
 FE_INSTALL_HINT = (
     "Install the finite-element packages (inside Slicer the module offers to install them; headless: "
@@ -40,7 +40,6 @@ def thinnest_wall_mm(mesh: TriMesh, samples: int = 3000, percentile: float = 5.0
     distance to where they leave the solid; a low percentile ignores rays grazing an edge or a rounded rim."""
     import vtk
 
-    from ..core.mesh import to_polydata
 
     a, b, c = (mesh.vertices[mesh.faces[:, i]] for i in range(3))
     cross = np.cross(b - a, c - a)

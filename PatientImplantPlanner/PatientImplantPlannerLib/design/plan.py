@@ -16,13 +16,18 @@ import numpy as np
 
 from .. import __version__
 from ..core.anatomy import Endplate
-from ..core.errors import PlanError
+from ..core.errors import InputFileError, PlanError
+from ..core.mesh import atomic_write_bytes, to_manifold
 from ..core.progress import Progress
+from ..export.boneexport import mask_surface
 from ..imaging.bonesegmentation import BoneSegmentationParameters
-from .implant import ImplantParameters
-from .placement import NAMED_ANGLES
+from ..imaging.keepout import from_ct
+from ..imaging.levels import detect_levels, smooth_axis
+from .implant import ImplantParameters, build_implant, measurements
+from .mirrordefect import MirrorDefectParameters
+from .placement import NAMED_ANGLES, fit_footplates, place_strut, screw_layout_kwargs
 from .planschema import validate_plan_dict
-from .screws import ScrewParameters
+from .screws import ScrewParameters, Trajectory, default_trajectories, hole_specs, plan_screws
 
 SCHEMA_VERSION = 1
 MAX_VARIANT_MM = 30.0
@@ -76,8 +81,6 @@ class Plan:
         if self.kind not in KINDS:
             raise PlanError(f"Unknown plan kind {self.kind!r}.", f"Set kind to one of {', '.join(KINDS)}.")
         if self.kind == "mirror_defect":
-            from .mirrordefect import MirrorDefectParameters
-
             MirrorDefectParameters.from_dict(self.mirror_defect).validate()
             return  # the strut's levels, points, variants and screws do not apply
         if self.proximal_endplate is None and self.proximal_point_ras is None:
@@ -196,14 +199,10 @@ class Plan:
         return cls(**kwargs)
 
     def save(self, path: str, overwrite: bool = False) -> None:
-        from ..core.mesh import atomic_write_bytes
-
         atomic_write_bytes(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode("utf-8"), overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str) -> "Plan":
-        from ..core.errors import InputFileError
-
         if not os.path.isfile(path):
             raise InputFileError(f"Plan file not found: {path}.", "Check the path.")
         try:
@@ -238,9 +237,6 @@ class PlanResult:
 
 def _strut_interference_mm3(implant_mesh, proximal: Endplate, distal: Endplate, bone_mask, ijk_to_ras, keep_mm):
     """Volume of bone inside the implant, outside the footplate zones (contact + ``keep_mm`` from each endplate)."""
-    from ..core.mesh import to_manifold
-    from ..export.boneexport import mask_surface
-
     # Only the part of the implant between the two footplate zones counts.
     core = to_manifold(implant_mesh)
     for ep in (proximal, distal):
@@ -357,11 +353,6 @@ def design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress=None, l
                    keep_out=None):
     """Levels -> axis -> endplates -> placement -> screws -> nominal implant -> variants -> measurements and
     safety (no scene access). ``keep_out`` (keepout.KeepOut) is the anatomy to stay clear of."""
-    from ..imaging.levels import detect_levels, smooth_axis
-    from .implant import build_implant, measurements
-    from .placement import fit_footplates, place_strut, screw_layout_kwargs
-    from .screws import Trajectory, default_trajectories, hole_specs, plan_screws
-
     plan.validate()
     prog = Progress(progress)
     seconds = {}
@@ -403,7 +394,6 @@ def design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress=None, l
 
     if keep_out is None:
         # No labels: what the CT shows (vessels from the exclude seeds, the airway, the canal) is kept out.
-        from ..imaging.keepout import from_ct
 
         keep_out = from_ct(np.asarray(ct_array), ijk_to_ras, np.asarray(bone_mask, dtype=bool),
                            plan.segmentation.exclude_seeds_ras, axis_points=axis)

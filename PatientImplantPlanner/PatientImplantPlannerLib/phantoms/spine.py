@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core.anatomy import Endplate, unit
+from ..imaging.levelsource import TOTALSEGMENTATOR_VERTEBRAE
 from ..scene.volumes import add_volume
 from .shapes import PhantomGrid, cover, dense_polyline, paint, sd_ellipse, sd_range, write_image
 
@@ -149,8 +150,6 @@ class SpinePhantom:
 
     def vertebra_label_values(self) -> dict:
         """{vertebra name: TotalSegmentator value} of the phantom's vertebrae (T6 -> 38, L1 -> 31)."""
-        from ..imaging.levelsource import TOTALSEGMENTATOR_VERTEBRAE
-
         values = {name: v for v, name in TOTALSEGMENTATOR_VERTEBRAE.items()}
         return {v.name: values[v.name] for v in self.vertebrae}
 

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..core.mesh import TriMesh, atomic_write_bytes
+from ..core.mesh import TriMesh, atomic_write_bytes, to_polydata
 
 # Colours (0-1 RGB). Surface colours for 3D; outline colours chosen to stand out on a grey CT slice.
 BONE_RGB = (0.93, 0.87, 0.72)
@@ -127,7 +127,6 @@ def render_scene(
     """
     import vtk
 
-    from ..core.mesh import to_polydata
 
     items = _nonempty(meshes)
     if not items:

@@ -4,14 +4,15 @@ a labelmap file on the CT's grid (the name tables and label arithmetic are in im
 import numpy as np
 
 from ..core.errors import InputFileError, PlanError
+from ..imaging.keepout import keep_out_name
 from ..imaging.levelsource import labels_from_labelmap, vertebra_name
+from ..scene.segments import get_segment_mask
+from ..scene.volumes import array, ijk_to_ras_matrix
 
 
 def _named_segments(segmentation_node, ct_node, canonical, what: str, naming: str) -> tuple:
     """(label map uint8 [k, j, i] on the CT grid, {name: value}) from the segments whose names ``canonical``
     recognises (first segment of each name wins); PlanError naming ``what`` is missing otherwise."""
-    from ..scene.segments import get_segment_mask
-
     segmentation = segmentation_node.GetSegmentation()
     labels, values = None, {}
     for n in range(segmentation.GetNumberOfSegments()):
@@ -41,7 +42,6 @@ def _read_label_file(ctx, path: str, ct_node, what: str, from_segmentation, from
 
     import slicer
 
-    from ..scene.volumes import array, ijk_to_ras_matrix
 
     if not os.path.isfile(path):
         raise InputFileError(f"{what.capitalize()} file not found: {path}.", "Check the path.")
@@ -78,8 +78,6 @@ def load_level_labels(ctx, path: str, ct_node) -> tuple:
 
 def keep_out_from_segmentation(segmentation_node, ct_node) -> tuple:
     """(label map on the CT grid, {structure: value}) from segments named like keep-out structures ('aorta')."""
-    from ..imaging.keepout import keep_out_name
-
     return _named_segments(segmentation_node, ct_node, keep_out_name, "keep-out structures",
                            "'aorta', 'heart', 'esophagus', 'trachea', 'spinal_cord'")
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core.errors import PlanError
+from ..core.mesh import atomic_write_node, to_polydata
 from ..design.plan import Plan, PlanResult
 from .markups import (
     SCREW_NAME_ATTRIBUTE,
@@ -94,8 +95,6 @@ def _node(ctx, folder_item, existing, role, class_name, name):
 
 
 def _set_model(ctx, model, mesh, color) -> None:
-    from ..core.mesh import to_polydata
-
     model.SetAndObservePolyData(to_polydata(mesh))
     display = model.GetDisplayNode()
     if display is None:
@@ -268,8 +267,6 @@ def plan_from_scene(ctx, case_id: str, read_edits: bool = True) -> Plan:
 
 def write_markups_json(node, path: str, overwrite: bool = False) -> str:
     """Save a markups node as Slicer markups JSON (.mrk.json), atomically, without leaving a storage node."""
-    from ..core.mesh import atomic_write_node
-
     return atomic_write_node(node, node.CreateDefaultStorageNode(), path, overwrite)
 
 

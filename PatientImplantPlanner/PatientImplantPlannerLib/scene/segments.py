@@ -9,6 +9,8 @@ import os
 
 import numpy as np
 
+from ..core.errors import InputFileError
+
 
 def _oriented_image(mask: np.ndarray, reference_volume):
     import slicer
@@ -64,7 +66,6 @@ def get_segment_mask(segmentation_node, segment_id: str, reference_volume) -> np
 def load_segmentation_file(ctx, path: str):
     import slicer
 
-    from ..core.errors import InputFileError
 
     if not os.path.isfile(path):
         raise InputFileError(f"Segmentation file not found: {path}.", "Check the path, or omit --segmentation.")

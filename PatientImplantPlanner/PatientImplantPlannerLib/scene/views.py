@@ -4,6 +4,8 @@ them (models, segmentations, markups), for the design record and the README scre
 import numpy as np
 
 from ..record.render import BACKGROUND_RGB, BONE_RGB, VIEWS, frame_parallel, write_window_png
+from ..scene.context import create_headless_context
+from ..scene.planfolder import _set_model, apply_to_scene
 
 # The 3D view displayable managers for what the planner puts in the scene (Slicer registers these for its views):
 # camera and view settings, models, segmentations (closed surfaces), markups (curve, planes, lines, labels).
@@ -83,8 +85,6 @@ def render_plan_view(result, bone_mesh, path: str, size=(1000, 800), view: str =
     import slicer
     import vtk
 
-    from ..scene.context import create_headless_context
-    from ..scene.planfolder import _set_model, apply_to_scene
 
     caller_scene = getattr(slicer, "mrmlScene", None)
     ctx = create_headless_context()

@@ -11,16 +11,23 @@ from typing import Optional
 
 import numpy as np
 
+from ..analysis.fe import analyse_plan, von_mises_surface
 from ..core.errors import PlanError
+from ..core.mesh import atomic_write_node
 from ..core.progress import Progress
 from ..design.plan import Plan, PlanResult, design_implant
+from ..export.bundle import export_bundle
+from ..imaging.ctimport import describe_ct
+from ..imaging.keepout import from_labels
+from ..imaging.levelsource import fill_plan_points
 from ..record.designrecord import SegmentationInfo, ct_fields
+from .labelfiles import keep_out_from_segmentation
+from .planfolder import _fill_table, apply_to_scene, plan_from_scene, show_von_mises, write_plan_markups
+from .segments import get_segment_mask
 from .volumes import array, ijk_to_ras_matrix, voxel_volume_mm3
 
 
 def bone_mask_of(segmentation_node, segment_id: str, ct_node) -> np.ndarray:
-    from .segments import get_segment_mask
-
     if segmentation_node is None or not segment_id:
         raise PlanError("No bone segmentation is selected.", "Segment the bone first (Bone segmentation panel).")
     mask = get_segment_mask(segmentation_node, segment_id, ct_node)
@@ -38,9 +45,6 @@ def design_in_scene(ctx, ct_node, segmentation_node, segment_id: str, plan: Plan
     ``keep_out`` (keepout.KeepOut): the anatomy to keep clear of; None = what the CT shows (exclude seeds,
     airway, canal). Nothing in the scene changes if the design fails (it is computed before any node is touched).
     """
-    from ..imaging.levelsource import fill_plan_points
-    from .planfolder import apply_to_scene
-
     prog = Progress(progress)
     mask = bone_mask_of(segmentation_node, segment_id, ct_node)
     m = ijk_to_ras_matrix(ct_node)
@@ -58,8 +62,6 @@ def design_in_scene(ctx, ct_node, segmentation_node, segment_id: str, plan: Plan
 def regenerate_in_scene(ctx, case_id: str, ct_node, segmentation_node, segment_id: str, progress=None,
                         keep_out=None):
     """Re-design from the plan stored in the scene, with the user's edits of its markups."""
-    from .planfolder import plan_from_scene
-
     plan = plan_from_scene(ctx, case_id, read_edits=True)
     return design_in_scene(ctx, ct_node, segmentation_node, segment_id, plan, progress, keep_out=keep_out)
 
@@ -68,9 +70,6 @@ def fe_check_in_scene(ctx, result: PlanResult, nodes, load_N: float = 500.0, pro
     """Run the finite-element check of every size (fe.analyse_plan), keep its figures on the result (manifest
     "fe", design record), show the nominal's stress field as a model node and the figures in the measurements
     table. Returns the fe.PlanFE."""
-    from ..analysis.fe import analyse_plan, von_mises_surface
-    from .planfolder import _fill_table, show_von_mises
-
     result.fe_analysis = analyse_plan(result, load_N=float(load_N), progress=progress)
     result.fe = result.fe_analysis.manifest()
     show_von_mises(ctx, nodes, result.plan.case_id, von_mises_surface(result.fe_analysis.sizes["nominal"]))
@@ -83,10 +82,6 @@ def keep_out_for(ct_node, keep_out_segmentation=None, level_segmentation=None, n
     """The keep-out anatomy for a design in the scene: the keep-out segmentation's structures (segments named like
     'aorta'), else the level segmentation's such segments (a TotalSegmentator result holds both), else None (the
     design then keeps out what the CT shows: exclude-seed vessels, airway, canal)."""
-    from ..core.errors import PlanError
-    from ..imaging.keepout import from_labels
-    from .labelfiles import keep_out_from_segmentation
-
     for node, required in ((keep_out_segmentation, True), (level_segmentation, False)):
         if node is None:
             continue
@@ -101,8 +96,6 @@ def keep_out_for(ct_node, keep_out_segmentation=None, level_segmentation=None, n
 
 
 def ct_description(ct_node) -> dict:
-    from ..imaging.ctimport import describe_ct
-
     return ct_fields(describe_ct(ct_node))
 
 
@@ -137,10 +130,6 @@ def export_in_scene(
     """Write the export bundle of a designed plan (see bundle.export_bundle) plus its markups, plan and
     segmentation; returns the BundleResult. ``segmentation`` says how the bone segment was made (for the design
     record); without it the plan's segmentation parameters are recorded."""
-    from ..export.bundle import export_bundle
-    from .planfolder import write_plan_markups
-    from .segments import get_segment_mask
-
     case = result.plan.case_id
     mask = get_segment_mask(segmentation_node, segment_id, ct_node)
 
@@ -176,7 +165,6 @@ def write_segmentation(segmentation_node, path: str, overwrite: bool = False) ->
     """Save a segmentation as .seg.nrrd atomically (written under a temporary name, then renamed)."""
     import slicer
 
-    from ..core.mesh import atomic_write_node
 
     storage = slicer.vtkMRMLSegmentationStorageNode()
     storage.SetUseCompression(True)
