@@ -136,7 +136,7 @@ def test_widget_designs_follows_edits_and_exports(slicer_module, monkeypatch, tm
     from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
 
     w, dialogs = widget_under_test(slicer_module, monkeypatch)
-    timer = w._regenerateTimer
+    timer = w._editor.timer
     assert timer.interval == slicer_module.AUTO_UPDATE_DELAY_MS
 
     phantom = make_spine_phantom(spacing=1.0, levels=("L1", "L2", "L3"))
@@ -158,34 +158,34 @@ def test_widget_designs_follows_edits_and_exports(slicer_module, monkeypatch, tm
     assert w.ui.designImplantButton.enabled is True
 
     w.onDesignImplantButton()
-    assert dialogs == [] and w._planResult is not None, w.ui.statusLabel.text
+    assert dialogs == [] and w._editor.result is not None, w.ui.statusLabel.text
     assert w.ui.statusLabel.text.startswith("Implant designed.")
-    nominal = w._planResult.nominal.length_mm
+    nominal = w._editor.result.nominal.length_mm
     assert not timer.active
 
     # Drag the distal endplate 1.5 mm: the observer schedules an update, firing it lengthens the implant.
     # (The test holds no PlanNodes of its own: headless, a removed model that Python still references keeps its
     # subject hierarchy item, and the engine would then find it.)
-    plane = w._planNodes.distal_endplate
+    plane = w._editor.nodes.distal_endplate
     centre = np.zeros(3)
     plane.GetCenterWorld(centre)
-    plane.SetCenterWorld(*(centre - 1.5 * w._planResult.distal_endplate.normal))
-    assert timer.active and not w._screwsEdited
+    plane.SetCenterWorld(*(centre - 1.5 * w._editor.result.distal_endplate.normal))
+    assert timer.active and not w._editor.screws_edited
     timer.fire()
-    assert w._planResult.nominal.length_mm - nominal == pytest.approx(1.5, abs=0.1)
+    assert w._editor.result.nominal.length_mm - nominal == pytest.approx(1.5, abs=0.1)
     assert w.ui.statusLabel.text.startswith("Implant updated.")
 
     # Move a screw's entry: it is kept on the redesign.
-    line = w._planNodes.screws[0]
+    line = w._editor.nodes.screws[0]
     entry = np.zeros(3)
     line.GetNthControlPointPositionWorld(0, entry)
     moved = entry + np.array([0.0, 0.0, 0.5])
     line.SetNthControlPointPositionWorld(0, *moved)
-    assert timer.active and w._screwsEdited
+    assert timer.active and w._editor.screws_edited
     timer.fire()
     assert dialogs == [], w.ui.statusLabel.text
     after = np.zeros(3)
-    w._planNodes.screws[0].GetNthControlPointPositionWorld(0, after)
+    w._editor.nodes.screws[0].GetNthControlPointPositionWorld(0, after)
     np.testing.assert_allclose(after, moved, atol=1e-6)
 
     # A bad variant text: one quiet failure (status + warnings, no dialog), no automatic retry.
@@ -200,11 +200,11 @@ def test_widget_designs_follows_edits_and_exports(slicer_module, monkeypatch, tm
     p.variantsMm = "3"
     w._onParameterNodeModified()
     timer.fire()
-    assert set(w._planNodes.models) == {"nominal", "+3 mm"}
+    assert set(w._editor.nodes.models) == {"nominal", "+3 mm"}
 
     # While a handle is dragged nothing is scheduled; the drop schedules one update.
     markups = slicer.vtkMRMLMarkupsNode
-    axis = w._planNodes.axis
+    axis = w._editor.nodes.axis
     axis.InvokeCustomModifiedEvent(markups.PointStartInteractionEvent)
     point = np.zeros(3)
     axis.GetNthControlPointPositionWorld(1, point)
@@ -228,7 +228,7 @@ def test_widget_designs_follows_edits_and_exports(slicer_module, monkeypatch, tm
     # A new scene: no plan, no observers.
     w._clearPlan()
     line.SetNthControlPointPositionWorld(0, *entry)
-    assert not timer.active and w._planResult is None
+    assert not timer.active and w._editor.result is None
 
 
 
@@ -267,29 +267,29 @@ def test_widget_designs_from_vertebra_labels_without_points(slicer_module, monke
     assert w.ui.designImplantButton.enabled is True  # no points placed
 
     w.onDesignImplantButton()
-    assert len(dialogs) == 1 and w._planResult is None
+    assert len(dialogs) == 1 and w._editor.result is None
     assert "level name is empty (proximal, distal)" in dialogs[0] and "'vertebrae_L1'" in dialogs[0]
     assert w.ui.statusLabel.text.startswith("Implant design failed.")
 
     p.proximalLevel, p.distalLevel = "L1", "L3"
     w.onDesignImplantButton()
-    assert len(dialogs) == 1 and w._planResult is not None, w.ui.statusLabel.text
-    labels = w._planLevelSource[1]
+    assert len(dialogs) == 1 and w._editor.result is not None, w.ui.statusLabel.text
+    labels = w._editor.plan.level_labels
     assert set(labels[1]) == {"L1", "L2", "L3"}
-    nominal = w._planResult.nominal.length_mm
+    nominal = w._editor.result.nominal.length_mm
     distalTruth = phantom.vertebra("L3").superior_endplate
-    assert np.linalg.norm(w._planResult.distal_endplate.centre - distalTruth.centre) < 1.5
+    assert np.linalg.norm(w._editor.result.distal_endplate.centre - distalTruth.centre) < 1.5
 
     # Another vertebra segmentation selected meanwhile does not change the shown plan's level source.
     p.levelSegmentation = None
-    plane = w._planNodes.distal_endplate
+    plane = w._editor.nodes.distal_endplate
     centre = np.zeros(3)
     plane.GetCenterWorld(centre)
-    plane.SetCenterWorld(*(centre - 1.5 * w._planResult.distal_endplate.normal))
-    w._regenerateTimer.fire()
+    plane.SetCenterWorld(*(centre - 1.5 * w._editor.result.distal_endplate.normal))
+    w._editor.timer.fire()
     assert len(dialogs) == 1, w.ui.statusLabel.text
     assert labelsUsed and labelsUsed[-1] is labels
-    assert w._planResult.nominal.length_mm - nominal == pytest.approx(1.5, abs=0.1)
+    assert w._editor.result.nominal.length_mm - nominal == pytest.approx(1.5, abs=0.1)
 
     w._onParameterNodeModified()
     assert w.ui.designImplantButton.enabled is False  # no labels: the points are needed again
@@ -386,7 +386,7 @@ def test_widget_exports_a_record_with_its_segmentation(slicer_module, monkeypatc
     p.proximalLevel, p.distalLevel = "L1", "L3"
     p.implantProfile, p.widthMm, p.depthMm = slicer_module.StrutProfile.curved_plate, 10.0, 5.0
     w.onDesignImplantButton()
-    assert dialogs == [] and w._planResult is not None, w.ui.statusLabel.text
+    assert dialogs == [] and w._editor.result is not None, w.ui.statusLabel.text
 
     for part, field in slicer_module.EXPORT_PART_FIELDS.items():
         setattr(p, field, part in ("implant", "drill_guides", "report"))
@@ -394,4 +394,4 @@ def test_widget_exports_a_record_with_its_segmentation(slicer_module, monkeypatc
     w.onExportBundleButton()
     assert dialogs == [] and w._lastBundle is not None, w.ui.statusLabel.text
     check_exported_record(w._lastBundle.report_html, bone_volume_ml=segment_volume_ml(w._lastBundle.folder),
-                          screw_names=[s.trajectory.name for s in w._planResult.screws])
+                          screw_names=[s.trajectory.name for s in w._editor.result.screws])
