@@ -322,6 +322,10 @@ def export_bundle(
         from .guides import check_docking_room
 
         check_docking_room([result.nominal, *result.variants.values()])
+    if "drill_guides" in params.parts:  # issue 7: drill-guide room refused at design time, not after the lattice
+        from .guides import check_drill_room
+
+        check_drill_room(result, guide_params)
     if folder is None:
         if out_parent is None:
             raise PlannerError("No export location given.", "Pass out_parent (a new folder is made in it) or folder.")
