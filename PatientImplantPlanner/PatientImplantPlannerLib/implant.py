@@ -506,9 +506,16 @@ def footplate_outlines(plate: Endplate, params: ImplantParameters, end: str) -> 
         to_strut = np.array([params.offset_anterior_mm - params.footplate_offset_anterior_mm,
                              sign * (params.offset_lateral_mm - params.footplate_offset_lateral_mm)])
         sec = profile_polygon(params) * np.array([1.0, sign]) + to_strut
+        if sign < 0:
+            sec = sec[::-1]  # mirroring flips the winding
+        # The tongue stands MIN_OVERLAP_MM proud of the strut all round: walls flush with the strut's sides made
+        # the union leave a zero-area sliver along a shared edge (an implant "in 2 pieces", issue 7 seed 154).
+        m3d = require_manifold3d()
+        grown = m3d.CrossSection([np.ascontiguousarray(sec, dtype=float)]).offset(MIN_OVERLAP_MM, m3d.JoinType.Miter)
+        sec = max((np.asarray(q, dtype=float) for q in grown.to_polygons()), key=len)
         dist = float(np.linalg.norm(to_strut))
         if dist < 1e-9:
-            out.append(sec if sign > 0 else sec[::-1])  # mirroring flips the winding
+            out.append(sec)
             return out
         e = to_strut / dist
         across = np.array([-e[1], e[0]])
