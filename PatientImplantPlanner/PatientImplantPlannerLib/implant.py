@@ -706,9 +706,14 @@ def build_implant(
             "Check the axis and endplates; this is a bug if they are sensible.",
         )
     if result.n_components != 1:
+        pieces = sorted(((p.volume(), from_manifold(p).vertices.mean(axis=0)) for p in solid.decompose()),
+                        key=lambda vc: -vc[0])
+        where = "; ".join(f"{v:.1f} mm3 around RAS ({c[0]:.1f}, {c[1]:.1f}, {c[2]:.1f})" for v, c in pieces)
         raise GeometryError(
-            f"The implant falls apart into {result.n_components} pieces.",
-            "Check that the screw holes do not cut through the strut and that the strut reaches both footplates.",
+            f"The implant falls apart into {result.n_components} pieces ({where or 'slivers without volume'}), so it "
+            "cannot be exported.",
+            "Check that the screw holes (the plan's trajectories) do not cut through the strut and that the strut "
+            "reaches both footplates (implant.footplate_fraction, anterior_clearance_mm); this is a bug if they do.",
         )
     proximal_fp, distal_fp = from_manifold(fp_prox), from_manifold(fp_dist)
     for name, fp in (("proximal footplate", proximal_fp), ("distal footplate", distal_fp)):
