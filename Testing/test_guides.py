@@ -365,10 +365,17 @@ def test_drill_sleeves_are_shortened_below_the_other_footplate():
     assert len(shortened) == 2, guide.notes
     top = ((guide.mesh.vertices - centre) @ n).max()
     assert T + 2.2 + 3.0 <= top <= 18.0 - T - T, top  # below the other footplate's free face by > T
+    # The recorded sleeve lengths are the built ones: the top of the tilted sleeve is its length along the axis
+    # above the cap (T + 2.2) plus the rim of its top disc raised by the tilt.
+    assert [round(x, 1) for x in guide.sleeve_lengths_mm] == [round(x, 1) for x in guide.sleeve_lengths_mm[:1]] * 2
+    cos_t, sin_t = np.cos(np.radians(10.0)), np.sin(np.radians(10.0))
+    ro = (DRILL_D + gp.sleeve_clearance_mm) / 2 + gp.sleeve_wall_mm
+    assert top == pytest.approx(T + 2.2 + guide.sleeve_lengths_mm[0] * cos_t + ro * sin_t, abs=0.05)
+    assert [s["length_mm"] for s in guide.summary()["sleeves"]] == [round(x, 2) for x in guide.sleeve_lengths_mm]
     # Far apart, the sleeves keep their full length (the kyphotic case's distal guide is unchanged).
     _, trs_far, geom_far = build(straight_case)
     far = drill_guide(geom_far, "proximal", [t for t in trs_far if t.end == "proximal"], [SCREW_D] * 2, "nominal", gp)
-    assert not [x for x in far.notes if "shortened" in x]
+    assert not [x for x in far.notes if "shortened" in x] and far.sleeve_lengths_mm == [gp.sleeve_length_mm] * 2
     centre_far, n_far = region(geom_far, "proximal")
     assert ((far.mesh.vertices - centre_far) @ n_far).max() > T + 2.2 + 15
 

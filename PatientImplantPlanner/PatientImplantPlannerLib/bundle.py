@@ -254,7 +254,8 @@ def iter_parts(result, bone_mask, ijk_to_ras, lattice_params=None, guide_params=
                     "min_wall_mm": round(float(g.min_wall_mm), 3),
                     **(
                         {"fit_clearance_mm": guide_params.fit_clearance_mm,
-                         "sleeve_clearance_mm": guide_params.sleeve_clearance_mm}
+                         "sleeve_clearance_mm": guide_params.sleeve_clearance_mm,
+                         "sleeve_lengths_mm": [round(x, 2) for x in g.sleeve_lengths_mm]}
                         if g.role.startswith("drill")
                         else {}
                     ),

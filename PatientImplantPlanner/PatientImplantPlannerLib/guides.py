@@ -186,6 +186,8 @@ class Guide:
     # Drill guides: unit vector (RAS, in the footplate plane) to slide the lifted guide off the strut; it goes on
     # the opposite way. The strut slot opens on the other side.
     removal_direction: Optional[np.ndarray] = None
+    # Drill guides: each sleeve's length above the cap (sleeve_length_mm, or shorter below the other footplate).
+    sleeve_lengths_mm: list = field(default_factory=list)
 
     def summary(self) -> dict:
         return {
@@ -200,7 +202,9 @@ class Guide:
             "min_wall_mm": round(float(self.min_wall_mm), 3),
             "sleeves": [
                 {"name": n, "inner_diameter_mm": round(float(d), 3)}
-                for n, d in zip(self.trajectory_names, self.sleeve_inner_diameters_mm)
+                | ({"length_mm": round(float(L), 2)} if L is not None else {})
+                for n, d, L in zip(self.trajectory_names, self.sleeve_inner_diameters_mm,
+                                   list(self.sleeve_lengths_mm) + [None] * len(self.trajectory_names))
             ],
             "notes": list(self.notes),
         }
@@ -561,6 +565,7 @@ def drill_guide(
 
     # Sleeves and bores, in the seat frame.
     sleeves, bores, axes, inner_d, names, angles, axis_lines, sleeve_notes = [], [], [], [], [], [], [], []
+    sleeve_lengths = []
     path, frames, s = _end_path(geom, end)
     strut_centre = seat.to_local(path[0])[:2]
     for traj, screw_d in zip(trajectories, diameters):
@@ -645,6 +650,7 @@ def drill_guide(
         bores.append(_cylinder_between(m3d, on_face + bore_start * up, up, s_top + length + 1 - bore_start, rb))
         axes.append((on_face + s_top * up, -up))
         axis_lines[i] = (on_face, up, t + c, s_top + length, rb)
+        sleeve_lengths.append(float(length))
 
     # Removal tab with the label, on the rim away from the slot and the sleeves.
     tab_angle = _best_direction(angles, prefer=0.0, exclude=slot_angle, min_gap=np.radians(90.0))
@@ -728,6 +734,7 @@ def drill_guide(
         label_volume_mm3=float(label_volume),
         notes=notes,
         removal_direction=unit(np.array([-u[0], -u[1], 0.0]) @ seat.rot),
+        sleeve_lengths_mm=sleeve_lengths,
     )
 
 
