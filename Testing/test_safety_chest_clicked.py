@@ -165,6 +165,11 @@ def test_drill_guides_do_not_intersect_their_implants(exported):
                 if f["role"].startswith("implant") and f["file"].endswith(".stl")}
     guides = [f["file"] for f in manifest["files"] if f["role"] == "drill guide"]
     assert len(implants) == 4 and guides
+    # Each sleeve as built is on record: the default 15 mm, or shortened to end below the other footplate (T6 -> T8:
+    # 18 mm between the endplates), never below the 3 mm that still guides a drill.
+    lengths = [x for f in manifest["files"] if f["role"] == "drill guide" for x in f["sleeve_lengths_mm"]]
+    assert lengths and all(3.0 <= x <= 15.0 for x in lengths), lengths
+    print("sleeve lengths", lengths)
     solids = {size: to_manifold(read_stl(os.path.join(folder, f), manifest["coordinate_system"]))
               for size, f in implants.items()}
     overlaps = {}
