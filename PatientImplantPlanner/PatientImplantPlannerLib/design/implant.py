@@ -506,9 +506,16 @@ def footplate_outlines(plate: Endplate, params: ImplantParameters, end: str) -> 
         to_strut = np.array([params.offset_anterior_mm - params.footplate_offset_anterior_mm,
                              sign * (params.offset_lateral_mm - params.footplate_offset_lateral_mm)])
         sec = profile_polygon(params) * np.array([1.0, sign]) + to_strut
+        if sign < 0:
+            sec = sec[::-1]  # mirroring flips the winding
+        # The tongue stands MIN_OVERLAP_MM proud of the strut all round: walls flush with the strut's sides made
+        # the union leave a zero-area sliver along a shared edge (an implant "in 2 pieces", issue 7 seed 154).
+        m3d = require_manifold3d()
+        grown = m3d.CrossSection([np.ascontiguousarray(sec, dtype=float)]).offset(MIN_OVERLAP_MM, m3d.JoinType.Miter)
+        sec = max((np.asarray(q, dtype=float) for q in grown.to_polygons()), key=len)
         dist = float(np.linalg.norm(to_strut))
         if dist < 1e-9:
-            out.append(sec if sign > 0 else sec[::-1])  # mirroring flips the winding
+            out.append(sec)
             return out
         e = to_strut / dist
         across = np.array([-e[1], e[0]])
@@ -699,9 +706,14 @@ def build_implant(
             "Check the axis and endplates; this is a bug if they are sensible.",
         )
     if result.n_components != 1:
+        pieces = sorted(((p.volume(), from_manifold(p).vertices.mean(axis=0)) for p in solid.decompose()),
+                        key=lambda vc: -vc[0])
+        where = "; ".join(f"{v:.1f} mm3 around RAS ({c[0]:.1f}, {c[1]:.1f}, {c[2]:.1f})" for v, c in pieces)
         raise GeometryError(
-            f"The implant falls apart into {result.n_components} pieces.",
-            "Check that the screw holes do not cut through the strut and that the strut reaches both footplates.",
+            f"The implant falls apart into {result.n_components} pieces ({where or 'slivers without volume'}), so it "
+            "cannot be exported.",
+            "Check that the screw holes (the plan's trajectories) do not cut through the strut and that the strut "
+            "reaches both footplates (implant.footplate_fraction, anterior_clearance_mm); this is a bug if they do.",
         )
     proximal_fp, distal_fp = from_manifold(fp_prox), from_manifold(fp_dist)
     for name, fp in (("proximal footplate", proximal_fp), ("distal footplate", distal_fp)):

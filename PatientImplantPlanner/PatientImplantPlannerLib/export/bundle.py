@@ -216,7 +216,8 @@ def iter_parts(result, bone_mask, ijk_to_ras, lattice_params=None, guide_params=
                     "min_wall_mm": round(float(g.min_wall_mm), 3),
                     **(
                         {"fit_clearance_mm": guide_params.fit_clearance_mm,
-                         "sleeve_clearance_mm": guide_params.sleeve_clearance_mm}
+                         "sleeve_clearance_mm": guide_params.sleeve_clearance_mm,
+                         "sleeve_lengths_mm": [round(x, 2) for x in g.sleeve_lengths_mm]}
                         if g.role.startswith("drill")
                         else {}
                     ),
@@ -284,6 +285,10 @@ def export_bundle(
         from ..parts.guides import check_docking_room
 
         check_docking_room([result.nominal, *result.variants.values()])
+    if "drill_guides" in params.parts:  # issue 7: drill-guide room refused at design time, not after the lattice
+        from .guides import check_drill_room
+
+        check_drill_room(result, guide_params)
     if folder is None:
         if out_parent is None:
             raise PlannerError("No export location given.", "Pass out_parent (a new folder is made in it) or folder.")

@@ -13,7 +13,8 @@ plane is z = 0, the free face z = t):
   stops ``rim_relief_mm`` short of the contact plane, so nothing rests on the bone or covers the contact face;
 - shell ``guide_wall_mm`` thick; one drill sleeve per trajectory (bore = drill + ``sleeve_clearance_mm``, wall
   ``sleeve_wall_mm``, ``sleeve_length_mm`` from the cap's outer surface, away from the bone), bores open through
-  the cap;
+  the cap; a sleeve is shortened where the implant's other footplate is nearer along its axis (it ends short of it
+  by the cap's seating travel + ``SLEEVE_END_GAP_MM``; noted on the guide), and refused below 3 mm;
 - a slot from the strut out through the rim, in the direction furthest from every sleeve, as wide as the strut
   plus the fit clearance, swept along the strut: the cap is passed sideways around the strut in the gap and
   slid down the strut onto the footplate. Where a sleeve runs beside the strut the slot's keep-out thins the
@@ -57,6 +58,8 @@ def _default_drills() -> dict:
 
 
 STUB_RANGE_MM = (2.0, 60.0)
+SLEEVE_RANGE_MM = (3.0, 60.0)
+SLEEVE_END_GAP_MM = 0.5  # a shortened sleeve ends this far beyond the cap's seating travel from the implant
 
 
 @dataclass
@@ -102,7 +105,7 @@ class GuideParameters:
             "fit_clearance_mm": (0.0, 1.0),
             "sleeve_clearance_mm": (0.0, 1.0),
             "sleeve_wall_mm": (MIN_PRINTABLE_WALL_MM, 10.0),
-            "sleeve_length_mm": (3.0, 60.0),
+            "sleeve_length_mm": SLEEVE_RANGE_MM,
             "guide_wall_mm": (MIN_PRINTABLE_WALL_MM, 10.0),
             "rim_relief_mm": (0.0, 5.0),
         }
@@ -183,6 +186,8 @@ class Guide:
     # Drill guides: unit vector (RAS, in the footplate plane) to slide the lifted guide off the strut; it goes on
     # the opposite way. The strut slot opens on the other side.
     removal_direction: Optional[np.ndarray] = None
+    # Drill guides: each sleeve's length above the cap (sleeve_length_mm, or shorter below the other footplate).
+    sleeve_lengths_mm: list = field(default_factory=list)
 
     def summary(self) -> dict:
         return {
@@ -197,7 +202,9 @@ class Guide:
             "min_wall_mm": round(float(self.min_wall_mm), 3),
             "sleeves": [
                 {"name": n, "inner_diameter_mm": round(float(d), 3)}
-                for n, d in zip(self.trajectory_names, self.sleeve_inner_diameters_mm)
+                | ({"length_mm": round(float(L), 2)} if L is not None else {})
+                for n, d, L in zip(self.trajectory_names, self.sleeve_inner_diameters_mm,
+                                   list(self.sleeve_lengths_mm) + [None] * len(self.trajectory_names))
             ],
             "notes": list(self.notes),
         }
@@ -327,6 +334,17 @@ def _cylinder_between(m3d, p0, direction, length, radius, segments=ROUND_SEGMENT
     return cyl.transform(np.column_stack([u, v, d, p0]))
 
 
+def _sleeve_room(m3d, obstacle, base, up, s_from: float, radius: float, length: float) -> float:
+    """Distance along a sleeve axis (from ``base``, unit ``up``) to the first part of ``obstacle`` inside a cylinder
+    of ``radius`` around it, searched from ``s_from`` over ``length``; inf when nothing is there. Exact for the
+    polyhedral meshes: the nearest point of the intersection is one of its vertices."""
+    probe = _cylinder_between(m3d, base + s_from * up, up, length, radius)
+    hit = probe ^ obstacle
+    if hit.is_empty():
+        return float("inf")
+    return float(((from_manifold(hit).vertices - base) @ up).min())
+
+
 def _angle_gap(a, b) -> float:
     return float(abs((a - b + np.pi) % (2 * np.pi) - np.pi))
 
@@ -394,6 +412,20 @@ def check_docking_room(geoms, ends=ENDS) -> None:
                     "Export without docking guides (--parts without docking_guides, or the plan's outputs.parts), "
                     "or use thinner footplates (implant.footplate_thickness_mm).",
                 )
+
+
+def check_drill_room(result, gp: Optional[GuideParameters] = None) -> None:
+    """Refuse, before any lattice or export work, a plan whose drill guides cannot be made (e.g. no room for a
+    sleeve below the implant's other footplate): the drill guides of every size are built once, unlabelled."""
+    from dataclasses import replace
+
+    gp = replace(gp or GuideParameters(), labels=False)
+    diameters = [sp.screw_type.diameter_mm for sp in result.screws]
+    for end in ENDS:
+        mine = [(tr, d) for tr, d in zip(result.trajectories, diameters) if _trajectory_end(tr, result.nominal) == end]
+        if mine:
+            for geom in [result.nominal, *result.variants.values()]:
+                drill_guide(geom, end, [tr for tr, _ in mine], [d for _, d in mine], _size_label(geom), gp)
 
 
 def docking_guide(geom, params, end: str, level: str, size_label: str, gp: GuideParameters) -> Guide:
@@ -532,7 +564,8 @@ def drill_guide(
     outline_polys = [np.asarray(p) for p in seat.outline.to_polygons()]
 
     # Sleeves and bores, in the seat frame.
-    sleeves, bores, axes, inner_d, names, angles, axis_lines = [], [], [], [], [], [], []
+    sleeves, bores, axes, inner_d, names, angles, axis_lines, sleeve_notes = [], [], [], [], [], [], [], []
+    sleeve_lengths = []
     path, frames, s = _end_path(geom, end)
     strut_centre = seat.to_local(path[0])[:2]
     for traj, screw_d in zip(trajectories, diameters):
@@ -556,18 +589,7 @@ def drill_guide(
                 "Move its entry point onto the footplate.",
             )
         rb = (drill + gp.sleeve_clearance_mm) / 2
-        ro = rb + gp.sleeve_wall_mm
-        s_top = (top - t) / up[2]
-        tan_tilt = np.sqrt(max(1.0 - up[2] ** 2, 0.0)) / up[2]
-        s_start = -(ro * tan_tilt + 1.0)  # whole bottom disc below the free face; trimmed to the cap below
-        tube = _cylinder_between(m3d, on_face + s_start * up, up, s_top + gp.sleeve_length_mm - s_start, ro)
-        sleeves.append(tube.trim_by_plane((0.0, 0.0, 1.0), t + c))
-        bore_start = -(t + 10.0) / up[2]
-        bores.append(
-            _cylinder_between(m3d, on_face + bore_start * up, up, s_top + gp.sleeve_length_mm + 1 - bore_start, rb)
-        )
-        axes.append((on_face + s_top * up, -up))
-        axis_lines.append((on_face, up, t + c, s_top + gp.sleeve_length_mm, rb))
+        axis_lines.append((on_face, up, t + c, (top - t) / up[2], rb))  # sleeve end set below, once room is known
         inner_d.append(2 * rb)
         names.append(name)
         angles.append(float(np.arctan2(*(on_face[:2] - strut_centre)[::-1])))
@@ -595,6 +617,40 @@ def drill_guide(
 
     keep_world = to_manifold(sweep(kp, kf, slot_poly))
     keepout = keep_world.transform(seat.to_local_matrix())
+
+    # Sleeves: sleeve_length_mm above the cap, shortened where the implant's other footplate (or anything of the
+    # implant outside the strut slot) is nearer along the sleeve: a sleeve must end short of it by the depth the cap
+    # is lowered over its footplate plus a margin, or the guide could neither be seated nor pass the implant.
+    obstacle = to_manifold(geom.mesh).transform(seat.to_local_matrix()) - keepout
+    lift = t + c - min(float(gp.rim_relief_mm), t - 0.1) + SLEEVE_END_GAP_MM
+    for i, (on_face, up, _, s_top, rb) in enumerate(axis_lines):
+        ro = rb + gp.sleeve_wall_mm
+        tan_tilt = np.sqrt(max(1.0 - up[2] ** 2, 0.0)) / up[2]
+        room = _sleeve_room(m3d, obstacle, on_face, up, s_top + (ro + c) * tan_tilt, ro + c,
+                            gp.sleeve_length_mm + lift + 5.0)
+        length = min(float(gp.sleeve_length_mm), room - s_top - lift)
+        if length < SLEEVE_RANGE_MM[0]:
+            raise PlanError(
+                f"The {end} drill guide has no room for the sleeve of '{names[i]}' (at most {max(length, 0.0):.1f} "
+                f"mm long): the implant's other footplate lies {max(room - s_top, 0.0):.1f} mm above the guide's cap "
+                f"along that drill axis (a sleeve needs {SLEEVE_RANGE_MM[0]:g} mm and must end {lift:.1f} mm short "
+                "of it so the guide can be seated).",
+                "Export without drill guides (--parts without drill_guides, or the plan's outputs.parts), or use "
+                "thinner footplates (implant.footplate_thickness_mm).",
+            )
+        if length < gp.sleeve_length_mm - 1e-6:
+            sleeve_notes.append(
+                f"sleeve '{names[i]}' shortened to {length:.1f} mm (from {gp.sleeve_length_mm:g}): the implant's "
+                f"other footplate is {room - s_top:.1f} mm above the cap along its axis"
+            )
+        s_start = -(ro * tan_tilt + 1.0)  # whole bottom disc below the free face; trimmed to the cap below
+        tube = _cylinder_between(m3d, on_face + s_start * up, up, s_top + length - s_start, ro)
+        sleeves.append(tube.trim_by_plane((0.0, 0.0, 1.0), t + c))
+        bore_start = -(t + 10.0) / up[2]
+        bores.append(_cylinder_between(m3d, on_face + bore_start * up, up, s_top + length + 1 - bore_start, rb))
+        axes.append((on_face + s_top * up, -up))
+        axis_lines[i] = (on_face, up, t + c, s_top + length, rb)
+        sleeve_lengths.append(float(length))
 
     # Removal tab with the label, on the rim away from the slot and the sleeves.
     tab_angle = _best_direction(angles, prefer=0.0, exclude=slot_angle, min_gap=np.radians(90.0))
@@ -661,6 +717,7 @@ def drill_guide(
     notes += [
         f"sleeve '{n}': wall beside the strut {x:.2f} mm" for n, x in zip(names, sleeve_walls) if x < gp.sleeve_wall_mm
     ]
+    notes += sleeve_notes
     return Guide(
         name=f"Drill guide {lvl} {size_label}",
         role="drill guide",
@@ -677,6 +734,7 @@ def drill_guide(
         label_volume_mm3=float(label_volume),
         notes=notes,
         removal_direction=unit(np.array([-u[0], -u[1], 0.0]) @ seat.rot),
+        sleeve_lengths_mm=sleeve_lengths,
     )
 
 
