@@ -112,7 +112,7 @@ def test_a_strut_flush_with_its_footplate_tongue_is_one_piece(angle):
     side of the tongue that joins it to the footplate, came out of the union with a zero-area sliver along the
     shared edge, and the implant was refused as "falling apart into 2 pieces". Parallel endplates, rounded
     rectangle 15.3 x 4.3 mm, the placement's own offsets."""
-    from PatientImplantPlannerLib.anatomy import Endplate
+    from PatientImplantPlannerLib.core.anatomy import Endplate
 
     prox = Endplate([0.0, 0.07, 18.23], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0], 18.0, 13.32, "T9")
     dist = Endplate([0.0, 0.07, -17.77], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0], 19.44, 14.76, "T11")

@@ -27,7 +27,7 @@ from chestct import chest_ct_path, chest_labels_path, voxel_centres
 from scipy.spatial import cKDTree
 
 from PatientImplantPlannerLib.cli import main
-from PatientImplantPlannerLib.mesh import read_stl, to_manifold
+from PatientImplantPlannerLib.core.mesh import read_stl, to_manifold
 
 pytestmark = pytest.mark.slow
 
@@ -183,7 +183,7 @@ def test_drill_guides_do_not_intersect_their_implants(exported):
 
 
 def test_strut_lies_against_the_bodies_not_through_intermediate_vertebrae(exported):
-    from PatientImplantPlannerLib.lattice import voxelise
+    from PatientImplantPlannerLib.parts.lattice import voxelise
 
     _, _, folder, manifest, lab, m, proximal, distal = _exported_ok(exported)
     mesh = _mesh(folder, manifest, "implant", "implant_nominal")

@@ -286,7 +286,7 @@ def export_bundle(
 
         check_docking_room([result.nominal, *result.variants.values()])
     if "drill_guides" in params.parts:  # issue 7: drill-guide room refused at design time, not after the lattice
-        from .guides import check_drill_room
+        from ..parts.guides import check_drill_room
 
         check_drill_room(result, guide_params)
     if folder is None:
