@@ -348,7 +348,14 @@ def file_safe(mesh, tolerance_mm: float = 1e-3, separation_mm: float = 5e-4) -> 
     if _shortest_edge(out) < tolerance_mm or degenerate_faces(as_stored).any():
         # A Manifold straight from a boolean is rebuilt from its mesh first: simplifying it directly left pinch
         # vertices that could not be separated (measured on a lattice implant); the rebuilt one has none left.
-        out = from_manifold(to_manifold(out).simplify(tolerance_mm))
+        simplified = to_manifold(out).simplify(tolerance_mm)
+        # Collapsing a boolean's sub-um slivers can leave a flat shell of a few triangles and no volume (measured:
+        # 6 triangles, 5e-13 mm3, on a lattice implant): not a body, dropped.
+        pieces = simplified.decompose()
+        solid = [p for p in pieces if abs(p.volume()) > 1e-6]
+        if solid and len(solid) < len(pieces):
+            simplified = require_manifold3d().Manifold.compose(solid) if len(solid) > 1 else solid[0]
+        out = from_manifold(simplified)
     for _ in range(3):
         shared = _shares_float32_position(out.vertices)
         if not shared.any():
