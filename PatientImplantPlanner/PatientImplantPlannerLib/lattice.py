@@ -489,18 +489,27 @@ def _split_marked_edges(v, f, marked, cell, level, kind):
 
 
 def pore_mesh(lo, hi, cell: float, level: float, kind: str = "gyroid", h: Optional[float] = None,
-              tolerance_mm: float = MESH_TOLERANCE_MM) -> tuple:
+              tolerance_mm: float = MESH_TOLERANCE_MM, inside: Optional[np.ndarray] = None) -> tuple:
     """The lattice's void (pores) in the box [lo, hi] (plane frame, mm) as a closed mesh: (TriMesh, max error mm).
 
     Within the box less 1.5 steps every triangle's sample points lie within ``tolerance_mm`` of the exact implicit
     surface (the error returned is the largest there); the box's own faces are marching-cubes bevels and must lie
-    outside whatever the pores are cut with. If the coarse grid lost the surface's topology somewhere (a sample
-    point stays far off after refining), the grid is refined and the mesh made again.
+    outside whatever the pores are cut with. ``inside`` (a mask on the grid ``_grid(lo, hi, h)``) limits the pores
+    to those samples and 4 steps around them (the accurate part reaches 3 steps past them); nothing is meshed in
+    the rest of the box. If the coarse grid lost the surface's topology somewhere (a sample point stays far off
+    after refining), the grid is refined and the mesh made again.
     """
     h = float(h or cell / MESH_SAMPLES_PER_CELL)
     axes = _grid(lo, hi, h)
     field_ = _gyroid_distance_grid(axes, cell, level, kind)
     np.negative(field_, out=field_)  # negative in the void
+    accurate = None
+    if inside is not None:
+        from scipy import ndimage
+
+        cube = np.ones((3, 3, 3), dtype=bool)
+        accurate = ndimage.binary_dilation(inside, cube, iterations=3)
+        field_[~ndimage.binary_dilation(accurate, cube)] = h  # solid: no pores there
     # Crossings kept at least a fifth of a step from the grid points (no slivers; the signs, so the topology, are
     # unchanged and the projection below puts the vertices on the surface anyway).
     near = np.abs(field_) < 0.2 * h
@@ -514,6 +523,10 @@ def pore_mesh(lo, hi, cell: float, level: float, kind: str = "gyroid", h: Option
     inner_lo = np.array([a[1] for a in axes]) + 0.5 * h
     inner_hi = np.array([a[-2] for a in axes]) - 0.5 * h
     movable = np.all((v > inner_lo) & (v < inner_hi), axis=1)
+    if accurate is not None:  # on the surface of the gyroid, not on the faces closing it off
+        ijk = np.rint((v - np.array([a[0] for a in axes])) / h).astype(np.int64)
+        ijk = np.clip(ijk, 0, np.array(accurate.shape) - 1)
+        movable &= accurate[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
     v[movable] = _project(v[movable], cell, level, kind)
     if MESH_RELAX_ITERATIONS:
         from scipy.sparse import csr_matrix
@@ -554,7 +567,14 @@ def pore_mesh(lo, hi, cell: float, level: float, kind: str = "gyroid", h: Option
         err = np.concatenate([err[unchanged], np.where(movable[new_faces].all(axis=1), new_err, 0.0)])
     worst = float(err.max()) if len(err) else 0.0
     if worst > tolerance_mm and h > cell / (2 * VOXELS_PER_CELL):
-        return pore_mesh(lo, hi, cell, level, kind, h / 1.4, tolerance_mm)
+        finer = None
+        if inside is not None:  # the same region on the finer grid
+            from scipy import ndimage
+
+            axes2 = _grid(lo, hi, h / 1.4)
+            ijk = [np.clip(np.rint((a2 - a[0]) / h).astype(np.int64), 0, len(a) - 1) for a, a2 in zip(axes, axes2)]
+            finer = ndimage.binary_dilation(inside, np.ones((3, 3, 3), bool))[np.ix_(*ijk)]
+        return pore_mesh(lo, hi, cell, level, kind, h / 1.4, tolerance_mm, finer)
     return TriMesh(v, f), worst
 
 
@@ -673,15 +693,15 @@ def _porous_piece(m3d, part_world, centre, normal, anterior, footprint_radii, pa
         prog.report(0.1, "Porous layer: fitting the level to the layer")
         # Fit the level to this layer (a thin layer is not a whole number of cells thick): the quantile of the
         # field at random points of the layer voxels, jittered within each voxel so the grid's phase plays no part.
-        axes = _grid(rb[:3], rb[3:], h)
+        # The pores are meshed on the same grid, around the layer's samples only: accurate 3 steps past them,
+        # closed off beyond (outside the part, or below the layer's floor where the prism cuts them off exactly).
+        lo, hi = rb[:3] - 6.0 * h, rb[3:] + 6.0 * h
+        axes = _grid(lo, hi, h)
         region_mask = voxelise(from_manifold(region), [a[0] for a in axes], h, tuple(len(a) for a in axes))
         level = _fit_level(region_mask, axes, h, cell, params, cal.level)
-        del region_mask
         prog.report(0.3, "Porous layer: meshing the pores")
-        # The pores' box reaches 3 steps past the layer (its beveled faces lie outside the part, or below the
-        # layer's floor where the prism cuts them off); the prism cuts them exactly at the floor and footprint.
-        margin = 3.0 * h + 0.5 * h
-        pores, _ = pore_mesh(rb[:3] - margin, rb[3:] + margin, cell, level, params.kind, h)
+        pores, _ = pore_mesh(lo, hi, cell, level, params.kind, h, inside=region_mask)
+        del region_mask
         piece = _lattice_manifold(m3d, pores) ^ layer_zone
         del pores
         if len(_CHUNK_CACHE) >= _CACHE_SIZE:  # lattices are large: keep the last few (both ends of an implant)
