@@ -131,9 +131,10 @@ def _component_count(n_vertices: int, faces: np.ndarray) -> int:
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    used = np.unique(faces)
-    if len(used) == 0:
+    if len(faces) == 0:
         return 0
+    used = np.zeros(n_vertices, dtype=bool)
+    used[faces] = True
     rows = np.concatenate([faces[:, 0], faces[:, 1]])
     cols = np.concatenate([faces[:, 1], faces[:, 2]])
     graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_vertices, n_vertices))
