@@ -347,6 +347,11 @@ def file_safe(mesh, tolerance_mm: float = 1e-3, separation_mm: float = 5e-4) -> 
     # Rebuilding and simplifying costs seconds a million triangles: only when there is something to collapse.
     as_stored = TriMesh(out.vertices.astype(np.float32), out.faces)  # a thin sliver can flatten to no area in float32
     if _shortest_edge(out) < tolerance_mm or degenerate_faces(as_stored).any():
+        # Usually (lattice parts whose slivers were collapsed where they were made) only a few triangles are
+        # degenerate in float32: shrinking those to a point is enough, and costs a fraction of a simplification.
+        quick = _collapse_specks(_separated(out, separation_mm))
+        if _clean_in_float32(quick) and abs(quick.volume() - out.volume()) <= 1e-5 * max(abs(out.volume()), 1.0):
+            return quick
         # A Manifold straight from a boolean is rebuilt from its mesh first: simplifying it directly left pinch
         # vertices that could not be separated (measured on a lattice implant); the rebuilt one has none left.
         simplified = to_manifold(out).simplify(tolerance_mm)
@@ -357,6 +362,11 @@ def file_safe(mesh, tolerance_mm: float = 1e-3, separation_mm: float = 5e-4) -> 
         if solid and len(solid) < len(pieces):
             simplified = require_manifold3d().Manifold.compose(solid) if len(solid) > 1 else solid[0]
         out = from_manifold(simplified)
+    return _collapse_specks(_separated(out, separation_mm))
+
+
+def _separated(out: TriMesh, separation_mm: float) -> TriMesh:
+    """Vertices sharing a float32 position with another (pinch points) moved ``separation_mm`` into the solid."""
     for _ in range(3):
         shared = _shares_float32_position(out.vertices)
         if not shared.any():
@@ -365,7 +375,14 @@ def file_safe(mesh, tolerance_mm: float = 1e-3, separation_mm: float = 5e-4) -> 
         v = out.vertices.copy()
         v[shared] -= separation_mm * normals[shared]
         out = TriMesh(v, out.faces)
-    return _collapse_specks(out)
+    return out
+
+
+def _clean_in_float32(mesh: TriMesh) -> bool:
+    """Closed and manifold, no two vertices at one float32 position, no triangle degenerate in float32."""
+    return bool(len(mesh.faces)) and closed_edges(mesh.faces, len(mesh.vertices)) \
+        and not _shares_float32_position(mesh.vertices).any() \
+        and not degenerate_faces(TriMesh(mesh.vertices.astype(np.float32), mesh.faces)).any()
 
 
 def _collapse_specks(mesh: TriMesh) -> TriMesh:
