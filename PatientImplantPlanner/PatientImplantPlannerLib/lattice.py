@@ -422,6 +422,7 @@ def _gyroid_distance_grid(axes, cell: float, level: float, kind: str) -> np.ndar
 # MESH_TOLERANCE_MM off the exact surface is split at its longest edge, the new points projected too.
 MESH_SAMPLES_PER_CELL = 4 + _GOLDEN  # ~4.6 (with the solid bias; without it some struts come apart below ~5.6)
 MESH_SOLID_BIAS = 0.25  # steps
+MESH_MARGIN_STEPS = 2  # the pores are accurate this many steps (chessboard) around the layer's samples
 MESH_TOLERANCE_MM = 0.027  # chordal error bound at the sample points of every triangle (target 30 um)
 MESH_RELAX_ITERATIONS = 4
 MESH_REFINE_PASSES = 6
@@ -496,9 +497,9 @@ def pore_mesh(lo, hi, cell: float, level: float, kind: str = "gyroid", h: Option
     Within the box less 1.5 steps every triangle's sample points lie within ``tolerance_mm`` of the exact implicit
     surface (the error returned is the largest there); the box's own faces are marching-cubes bevels and must lie
     outside whatever the pores are cut with. ``inside`` (a mask on the grid ``_grid(lo, hi, h)``) limits the pores
-    to those samples and 4 steps around them (the accurate part reaches 3 steps past them); nothing is meshed in
-    the rest of the box. If the coarse grid lost the surface's topology somewhere (a sample point stays far off
-    after refining), the grid is refined and the mesh made again.
+    to those samples and MESH_MARGIN_STEPS + 1 steps around them (accurate MESH_MARGIN_STEPS past them); nothing
+    is meshed in the rest of the box. If the coarse grid lost the surface's topology somewhere (a sample point
+    stays far off after refining), the grid is refined and the mesh made again.
     """
     h = float(h or cell / MESH_SAMPLES_PER_CELL)
     axes = _grid(lo, hi, h)
@@ -513,7 +514,7 @@ def pore_mesh(lo, hi, cell: float, level: float, kind: str = "gyroid", h: Option
         from scipy import ndimage
 
         cube = np.ones((3, 3, 3), dtype=bool)
-        accurate = ndimage.binary_dilation(inside, cube, iterations=3)
+        accurate = ndimage.binary_dilation(inside, cube, iterations=MESH_MARGIN_STEPS)
         field_[~ndimage.binary_dilation(accurate, cube)] = h  # solid: no pores there
     # Crossings kept at least a fifth of a step from the grid points (no slivers; the signs, so the topology, are
     # unchanged and the projection below puts the vertices on the surface anyway).
@@ -698,7 +699,7 @@ def _porous_piece(m3d, part_world, centre, normal, anterior, footprint_radii, pa
         prog.report(0.1, "Porous layer: fitting the level to the layer")
         # Fit the level to this layer (a thin layer is not a whole number of cells thick): the quantile of the
         # field at random points of the layer voxels, jittered within each voxel so the grid's phase plays no part.
-        # The pores are meshed on the same grid, around the layer's samples only: accurate 3 steps past them,
+        # The pores are meshed on the same grid, around the layer's samples only: accurate 2 steps past them,
         # closed off beyond (outside the part, or below the layer's floor where the prism cuts them off exactly).
         lo, hi = rb[:3] - 6.0 * h, rb[3:] + 6.0 * h
         axes = _grid(lo, hi, h)
