@@ -150,6 +150,17 @@ def test_pore_mesh_error_is_bounded_everywhere():
     assert inner.sum() / np.prod(hi - lo - 0.8) < 600  # triangles per mm3 (a cell/9.6 contour has ~1160)
 
 
+def test_porosity_without_the_layer_mesh_is_the_same():
+    """Without the lattice-only mesh the porosity comes from the part's volumes: the same figure."""
+    part = elliptic_plate(6.0, 5.0, 3.0)
+    with_mesh = apply_porous_layer(part, (0, 0, 0), (0, 0, 1), anterior=(1, 0, 0), measure=False)
+    lattice._CHUNK_CACHE.clear()
+    without = apply_porous_layer(part, (0, 0, 0), (0, 0, 1), anterior=(1, 0, 0), measure=False, layer_mesh=False)
+    assert without.layer_mesh is None
+    assert without.measured_porosity == pytest.approx(with_mesh.measured_porosity, abs=1e-3)
+    assert without.mesh.volume() == pytest.approx(with_mesh.mesh.volume(), rel=1e-6)
+
+
 def test_pore_size_measurement_on_known_spheres():
     # A solid block with 1.0 mm spherical holes on a 1.63 mm grid sampled at 0.04 mm (25 samples a diameter, as
     # the lattice measurement), so the holes fall at all phases of the voxel grid (worst phase reads 7 % low).

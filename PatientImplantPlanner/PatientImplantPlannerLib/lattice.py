@@ -787,6 +787,7 @@ def apply_porous_layer(
     anterior=None,
     progress: Optional[Callable[[float, str], None]] = None,
     measure: bool = True,
+    layer_mesh: bool = True,
 ) -> LatticeResult:
     """Make the bone-contact layer of ``solid`` porous and return the fused part with measurements.
 
@@ -795,7 +796,9 @@ def apply_porous_layer(
     ``normal`` points out of the implant into bone, limited to the ellipse ``footprint_radii`` = (radius along
     ``anterior``, radius along lateral) around ``centre`` if given. Result = (solid - layer) + (layer & lattice);
     the lattice reaches ``params.overlap_mm`` into the core so it fuses; pieces not touching the core are dropped.
-    ``measure`` False skips the pore-size measurement (NaN), e.g. for variants of a measured part.
+    ``measure`` False skips the pore-size measurement (NaN), e.g. for variants of a measured part. ``layer_mesh``
+    False leaves out the lattice-only mesh of the layer (a measurement aid, not part of the printed part; one more
+    boolean with the pores): the porosity then comes from the volumes of the part, its core and the result.
     """
     t0 = time.perf_counter()
     m3d = require_manifold3d()
@@ -808,7 +811,10 @@ def apply_porous_layer(
     prog.report(0.5, "Porous layer: fusing the lattice to the core")
     result, fragments = _fuse(m3d, part, [piece])
     prog.report(0.75, "Porous layer: measuring")
-    out = _layer_result(m3d, piece, params, measure, fragments, 0.0)
+    volume = None
+    if not layer_mesh:  # the lattice's volume in the layer: the result minus the core (both cheap to measure)
+        volume = float(result.volume() - (part - piece.zone).volume())
+    out = _layer_result(m3d, piece, params, measure, fragments, 0.0, layer_mesh=layer_mesh, lattice_volume=volume)
     out.mesh = _verified(result)
     out.triangles = out.mesh.n_triangles
     out.seconds = time.perf_counter() - t0
@@ -1112,6 +1118,6 @@ def lattice_benchmark_rows(plates_mm=((20, 14), (30, 22), (40, 30)), params: Opt
     rows = []
     for da, dl in plates_mm:
         plate = elliptic_plate(da / 2.0, dl / 2.0, thickness)
-        r = apply_porous_layer(plate, (0, 0, 0), (0, 0, 1), params=params, anterior=(1, 0, 0))
+        r = apply_porous_layer(plate, (0, 0, 0), (0, 0, 1), params=params, anterior=(1, 0, 0), layer_mesh=False)
         rows.append({"plate_mm": f"{da} x {dl} x {thickness}", **r.summary()})
     return rows
