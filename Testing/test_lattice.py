@@ -136,7 +136,7 @@ def test_chordal_error_everywhere_including_the_cut_edges(porous):
 def test_pore_mesh_error_is_bounded_everywhere():
     """The pores' surface as meshed (before any cut): every triangle's sample points within the tolerance of the
     exact gyroid, far fewer triangles than a marching-cubes contour at the same accuracy, closed."""
-    from PatientImplantPlannerLib.mesh import closed_edges
+    from PatientImplantPlannerLib.core.mesh import closed_edges
 
     params = LatticeParameters()
     cell, level = params.cell_size_mm(), params.calibration().level

@@ -35,10 +35,16 @@ def _peak_mb() -> float:
 def plate_row(da: float, dl: float) -> dict:
     import numpy as np
 
-    from PatientImplantPlannerLib import lattice
-    from PatientImplantPlannerLib.lattice import LatticeParameters, apply_porous_layer, elliptic_plate
-    from PatientImplantPlannerLib.mesh import check_mesh, stl_bytes
-    from PatientImplantPlannerLib.threemf import write_3mf
+    try:
+        from PatientImplantPlannerLib.core.mesh import check_mesh, stl_bytes
+        from PatientImplantPlannerLib.export.threemf import write_3mf
+        from PatientImplantPlannerLib.parts import lattice
+    except ImportError:  # a baseline commit from before the stage sub-packages
+        from PatientImplantPlannerLib import lattice
+        from PatientImplantPlannerLib.mesh import check_mesh, stl_bytes
+        from PatientImplantPlannerLib.threemf import write_3mf
+    LatticeParameters, apply_porous_layer = lattice.LatticeParameters, lattice.apply_porous_layer
+    elliptic_plate = lattice.elliptic_plate
 
     params = LatticeParameters()
     params.calibration()  # cached per process; not part of the timing
