@@ -86,6 +86,9 @@ class MirrorDefectParameters:
     resection_roi: Optional[dict] = None  # {"center_ras", "size_mm"}: an RAS-aligned box, full edge lengths
     fit_clearance_mm: float = 0.2  # gap left to the remaining bone so the implant seats (printer dependent)
     margin_mm: float = 0.0  # grows (+) or trims (-) the mirrored shape
+    # Next to the remaining bone the mirrored shape is grown by up to this to meet the cut face (the two sides of a
+    # real pelvis differ by a CT voxel or more there); 0: the pure mirror image.
+    cut_face_fill_mm: float = 3.0
     grid_mm: float = 0.5  # working grid of the envelope
     max_voxels: int = 30_000_000  # working-grid budget; the lattice grid has its own (lattice.max_voxels)
     skin_mm: float = 1.0  # dense skin where the implant faces soft tissue; 0: none
@@ -98,6 +101,9 @@ class MirrorDefectParameters:
     screw_parameters: dict = field(default_factory=dict)  # screws.ScrewParameters
     lattice: dict = field(default_factory=dict)  # lattice.LatticeParameters
     porous: str = "auto"  # "lattice": gyroid mesh; "zone": porous zone for build preparation; "auto": by budget
+    drill_guides: bool = True  # a PA12 drill guide seated on the implant per screw (defectguides.py)
+    guides: dict = field(default_factory=dict)  # guides.GuideParameters (clearances, walls, sleeves, drills)
+    guide_pad_radius_mm: float = 12.0  # extent of each drill guide's pad around the drill axis
 
     def validate(self) -> None:
         """PlanError naming the bad value and what to use instead."""
@@ -109,6 +115,7 @@ class MirrorDefectParameters:
 
         rng("fit_clearance_mm", 0.0, 2.0)
         rng("margin_mm", -3.0, 3.0)
+        rng("cut_face_fill_mm", 0.0, 10.0)
         rng("grid_mm", 0.1, 2.0)
         rng("max_voxels", 1e5, 5e8)
         rng("skin_mm", 0.0, 5.0)
@@ -146,8 +153,23 @@ class MirrorDefectParameters:
             _unknown(s, ("name", "entry", "target", "end"), "screw")
             _vec(s.get("entry"), f"Screw {s.get('name')!r} entry")
             _vec(s.get("target"), f"Screw {s.get('name')!r} target")
-        ScrewParameters.from_dict(self.screw_parameters).validate()
+        sp = ScrewParameters.from_dict(self.screw_parameters)
+        sp.validate()
         self.lattice_parameters().validate()
+        if not isinstance(self.drill_guides, bool):
+            raise PlanError(f"drill_guides = {self.drill_guides!r} is invalid.", "Use true or false.")
+        gp = self.guide_parameters()  # unknown keys and ranges
+        if self.drill_guides and self.screws:
+            from .defectguides import DefectGuideParameters
+            from .screws import screw_type
+
+            gp.drill_for(screw_type(sp.screw_type).diameter_mm)  # a drill is set for the screws
+            DefectGuideParameters(pad_radius_mm=self.guide_pad_radius_mm).validate(gp)
+
+    def guide_parameters(self):
+        from .guides import GuideParameters
+
+        return GuideParameters.from_dict(dict(self.guides or {}))
 
     def lattice_parameters(self) -> LatticeParameters:
         _unknown(self.lattice, [f.name for f in fields(LatticeParameters)], "lattice")
@@ -448,7 +470,8 @@ def build_envelope(bone_mask: np.ndarray, ijk_to_ras, params: MirrorDefectParame
     if len(mirrored_in) == 0:
         raise PlanError("The mirror image of the remaining bone does not reach into the resection.",
                         "Check the symmetry plane: the healthy side must mirror onto the resected side.")
-    pad = 3.0 * params.grid_mm + 2.0 * sampler.spacing + abs(params.margin_mm) + params.fit_clearance_mm + 2.0
+    pad = 3.0 * params.grid_mm + 2.0 * sampler.spacing + abs(params.margin_mm) + params.fit_clearance_mm + 2.0 + \
+        params.cut_face_fill_mm
     lo = np.minimum(centres[removed].min(axis=0), mirrored_in.min(axis=0)) - pad
     hi = np.maximum(centres[removed].max(axis=0), mirrored_in.max(axis=0)) + pad
     h = float(params.grid_mm)
@@ -477,8 +500,11 @@ def build_envelope(bone_mask: np.ndarray, ijk_to_ras, params: MirrorDefectParame
     if len(near) and len(remaining_mesh.faces):
         pts = grid.points()[near]
         dist.ravel()[near] = _distance_to(remaining_mesh, pts)
-    if params.margin_mm:
+    if params.margin_mm or params.cut_face_fill_mm:
         mirror = _extended(mirror, h, band) + np.float32(params.margin_mm)
+    fill_voxels = 0
+    if params.cut_face_fill_mm:
+        mirror, fill_voxels = _cut_face_fill(grid, mirror, region, dist, params)
     env = np.minimum(np.minimum(mirror, region), dist - np.float32(params.fit_clearance_mm))
     envelope = grid.contour(env)
     if len(envelope.faces) == 0 or envelope.volume() <= 0:
@@ -493,7 +519,36 @@ def build_envelope(bone_mask: np.ndarray, ijk_to_ras, params: MirrorDefectParame
     result = DefectResult(plane, envelope, remaining_mesh, defect_mesh, {}, grid, env, dist, region, remaining_ct,
                           warnings)
     result.measurements = measure(result, params)
+    result.measurements["cut_face_fill_mm3"] = round(fill_voxels * h ** 3, 1)
     return result
+
+
+def _cut_face_fill(grid: _Grid, mirror: np.ndarray, region: np.ndarray, dist: np.ndarray,
+                   params: MirrorDefectParameters) -> tuple:
+    """The mirrored shape grown to meet the cut face where the two sides differ: (field, voxels added).
+
+    A point of the resection is filled when it lies within ``cut_face_fill_mm`` (+ clearance) of the remaining bone
+    and, looking away from the bone (along the distance field's gradient), the mirrored shape is within the same
+    reach: it lies between the mirror image and the cut face. Points beside the mirror image's rim (the soft
+    tissue side of the cut face's edge) are not between the two, so the outer outline stays the mirror's."""
+    fill, c, h = float(params.cut_face_fill_mm), float(params.fit_clearance_mm), grid.h
+    cand = np.flatnonzero(((dist < c + fill) & (mirror <= 0) & (region > 0)).ravel())
+    if len(cand) == 0:
+        return mirror, 0
+    gz, gy, gx = (g.ravel()[cand] for g in np.gradient(dist, h))
+    n = np.stack([gx, gy, gz], axis=1)
+    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-9)
+    kji = np.stack(np.unravel_index(cand, dist.shape), axis=1)
+    p = grid.origin + kji[:, ::-1] * h
+    reach = np.full(len(cand), -1e3, np.float32)
+    for t in np.arange(h, fill + c + h, h):
+        reach = np.maximum(reach, grid.sample(mirror, p + t * n, -1e3))
+    grown = mirror.copy()
+    value = np.minimum(np.float32(c + fill) - dist.ravel()[cand], reach)
+    grown.ravel()[cand] = np.maximum(mirror.ravel()[cand], value)
+    clip = np.minimum(region, dist - np.float32(c))
+    added = int(np.count_nonzero((np.minimum(grown, clip) > 0) & (np.minimum(mirror, clip) <= 0)))
+    return grown, added
 
 
 def _drop_crumbs(mesh: TriMesh, fraction: float = 0.01) -> tuple:
@@ -819,25 +874,84 @@ def _for_file(mesh: TriMesh, min_fraction: float = 0.0, dropped: Optional[list] 
     return out
 
 
+def remaining_bone_distance(result: DefectResult, ijk_to_ras):
+    """points -> signed distance to the remaining bone (positive outside): the working grid's exact-near-bone field,
+    the CT mask's occupancy (saturating half a CT voxel out) beyond it."""
+    sampler = _Sampler(ijk_to_ras)
+    rem = result.remaining_mask.astype(np.float32)
+
+    def distance(pts):
+        pts = np.atleast_2d(np.asarray(pts, float))
+        d = result.grid.sample(result.bone_distance, pts, np.nan)
+        out = np.isnan(d)
+        if out.any():
+            d[out] = -sampler(rem, pts[out])
+        return d
+
+    return distance
+
+
+def drill_guides(result: DefectResult, structure: StructureResult, ijk_to_ras, params: MirrorDefectParameters) -> list:
+    """[(guides.Guide, figures)] one drill guide per planned screw, seated on the implant (defectguides.py)."""
+    from .defectguides import DefectGuideParameters, defect_drill_guide
+
+    if not (params.drill_guides and structure.screws):
+        return []
+    seat = from_manifold(to_manifold(structure.implant) + to_manifold(result.envelope))  # holes closed, connector on
+    gp = params.guide_parameters()
+    dp = DefectGuideParameters(pad_radius_mm=params.guide_pad_radius_mm)
+    bone = remaining_bone_distance(result, ijk_to_ras)
+    reach = float(np.linalg.norm(np.subtract(*result.envelope.bounds()))) + 5.0
+    return [defect_drill_guide(seat, bone, p, gp, dp, reach) for p in structure.screws]
+
+
+PRINTED_ROLES = ("implant", "drill guide")  # one body each; also written as 3MF
+
+
+def _verify_written(path: str, role: str, mesh: TriMesh, coordinate_system: str) -> object:
+    from .threemf import read_3mf
+
+    back = read_3mf(path, coordinate_system) if path.endswith(".3mf") else read_stl(path, coordinate_system)
+    check = check_mesh(back)
+    problems = list(check.problems)
+    if role in PRINTED_ROLES and check.n_components != 1:
+        problems.append(f"{check.n_components} separate shells (a printed part must be one body)")
+    if abs(check.volume_mm3 - mesh.volume()) > 1e-3 * max(abs(mesh.volume()), 1.0):
+        problems.append(f"volume {check.volume_mm3:.2f} mm3 read back for {mesh.volume():.2f} written")
+    if problems:
+        raise GeometryError(f"The written {os.path.basename(path)} failed verification: {'; '.join(problems)}.",
+                            "Report this with the plan; nothing was kept.")
+    return check
+
+
 def run_mirror_defect(ct_array, ijk_to_ras, bone_mask, params, out_folder: str, resection_mask=None,
-                      coordinate_system: str = "LPS") -> dict:
-    """Plan the mirror-defect implant and write its verified STL files and ``manifest.json`` to a new folder.
+                      coordinate_system: str = "LPS", formats=("stl", "3mf"), record: bool = True,
+                      case_id: str = "", ct_description: Optional[dict] = None,
+                      segmentation: Optional[dict] = None) -> dict:
+    """Plan the mirror-defect implant and its drill guides, and write verified files, ``manifest.json`` and the
+    design record (``design_record.html``/``.pdf``, defectrecord.py) to a new folder.
 
     ``params``: MirrorDefectParameters or its dict. Everything is computed and checked before anything is
     written; the files are written to a temporary sibling folder, each read back and verified, then the folder
     is renamed, so a failure leaves nothing behind and an existing folder with files in it is never touched.
-    Returns the manifest dict (also written as manifest.json)."""
+    Every part is written as STL; the printed parts (implant, drill guides) also as 3MF when ``formats`` has
+    "3mf". Returns the manifest dict (also written as manifest.json)."""
     import hashlib
 
+    from .threemf import write_3mf
 
     params = params if isinstance(params, MirrorDefectParameters) else MirrorDefectParameters.from_dict(params)
     params.validate()
+    bad = [f for f in formats if f not in ("stl", "3mf")]
+    if bad or "stl" not in formats:
+        raise PlanError(f"Unknown or missing export formats {list(formats)}.", "Use ('stl',) or ('stl', '3mf').")
     out_folder = os.path.abspath(out_folder)
     if os.path.exists(out_folder) and (not os.path.isdir(out_folder) or os.listdir(out_folder)):
         raise OutputExistsError(f"Output folder {out_folder} already exists and is not empty.",
                                 "Choose a new folder; nothing existing is overwritten.")
     result = build_envelope(bone_mask, ijk_to_ras, params, resection_mask)
     structure = build_structure(ct_array, ijk_to_ras, result, params)
+    guides = drill_guides(result, structure, ijk_to_ras, params)
     # file_safe: float32 STL welding must not merge a lattice's pinch points into non-manifold edges.
     loose: list = []
 
@@ -851,35 +965,51 @@ def run_mirror_defect(ct_array, ijk_to_ras, bone_mask, params, out_folder: str, 
         parts["implant_dense"] = part(structure.dense)
     if structure.porous_zone is not None:
         parts["implant_porous_zone"] = part(structure.porous_zone)
+    roles = {k: k for k in parts}
+    for g, _ in guides:
+        parts[g.file_stem] = file_safe(g.mesh)
+        roles[g.file_stem] = "drill guide"
     parent = os.path.dirname(out_folder)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-mirror-defect-", dir=parent)
     try:
         files = []
-        for role, mesh in parts.items():
-            path = os.path.join(tmp, f"{role}.stl")
-            write_stl(mesh, path, coordinate_system)
-            check = check_mesh(read_stl(path, coordinate_system))
-            if not check.ok:
-                raise GeometryError(f"The written {role}.stl failed verification: {'; '.join(check.problems)}.",
-                                    "Report this with the plan; nothing was kept.")
-            with open(path, "rb") as f:
-                digest = hashlib.sha256(f.read()).hexdigest()
-            files.append({"file": f"{role}.stl", "role": role, "coordinate_system": coordinate_system.upper(),
-                          "units": "mm", "volume_mm3": round(check.volume_mm3, 2), "area_mm2": round(check.area_mm2, 2),
-                          "triangles": check.n_triangles, "components": check.n_components, "sha256": digest,
-                          "check": check.as_dict()})
+        for stem, mesh in parts.items():
+            role = roles[stem]
+            for fmt in ("stl", "3mf") if role in PRINTED_ROLES and "3mf" in formats else ("stl",):
+                path = os.path.join(tmp, f"{stem}.{fmt}")
+                if fmt == "stl":
+                    write_stl(mesh, path, coordinate_system)
+                else:
+                    write_3mf(mesh, path, f"{case_id or 'mirror defect'} {stem}", coordinate_system)
+                check = _verify_written(path, role, mesh, coordinate_system)
+                with open(path, "rb") as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+                files.append({"file": os.path.basename(path), "role": role, "format": fmt,
+                              "material": "PA12" if role == "drill guide" else ("Ti6Al4V ELI" if role.startswith(
+                                  "implant") else ""),
+                              "coordinate_system": coordinate_system.upper(), "units": "mm",
+                              "volume_mm3": round(check.volume_mm3, 2), "area_mm2": round(check.area_mm2, 2),
+                              "triangles": check.n_triangles, "components": check.n_components, "sha256": digest,
+                              "check": check.as_dict()})
         manifest = {
             "kind": "mirror_defect",
+            "case_id": case_id,
             "parameters": params.as_dict(),
             "defect": {**result.measurements, "structure": structure.figures},
             "screws": [p.as_dict() for p in structure.screws],
+            "drill_guides": [fig for _, fig in guides],
             "oversized_variants": "not applicable: the implant is shaped to the defect",
             "files": files,
             "warnings": result.warnings + structure.warnings + [w for p in structure.screws for w in p.warnings]
             + ([f"{sum(loose):.2f} mm3 of implant bits attached by a single point were left out of the files"]
                if sum(loose) >= 0.01 else []),
         }
+        if record:
+            from .defectrecord import write_defect_record
+
+            manifest["files"] += write_defect_record(manifest, result, structure, guides, tmp, ct_array, ijk_to_ras,
+                                                     ct_description=ct_description, segmentation=segmentation)
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=2)
         if os.path.isdir(out_folder):

@@ -1264,7 +1264,12 @@ def write_report(
                     f"The design record {p} already exists.", "Choose another folder or name, or allow overwriting."
                 )
     record.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    doc = build_document(record, images or {})
+    if record.get("kind") == "mirror_defect":  # issue 12: that kind's own sections (defectrecord.py)
+        from .defectrecord import build_defect_document
+
+        doc = build_defect_document(record, images or {})
+    else:
+        doc = build_document(record, images or {})
     html_bytes = _html(doc, record).encode("utf-8")
     pdf_bytes = _pdf(doc, record)  # built fully before anything is written
     atomic_write_bytes(pdf_path, pdf_bytes, overwrite=overwrite)

@@ -1,0 +1,352 @@
+"""The design record of a mirror-defect implant (issue 12): its sections, checklist and pictures.
+
+``defect_record(manifest, ...)`` turns a mirror-defect manifest (mirrordefect.run_mirror_defect) into the record
+dict the report renders, with ``"kind": "mirror_defect"``; report.write_report sees that kind and builds the
+document with ``build_defect_document`` (the sections below) instead of the strut's, reusing the report's shared
+sections (CT, segmentation, screws, pictures, manufacturing, files, warnings) and its HTML/PDF writers. Every value
+comes from the manifest; a missing one is written "n/a"; checklist statuses follow explicit rules
+(``defect_checklist``). Oversized variants do not apply to this kind and the record says so.
+"""
+
+import os
+from typing import Optional
+
+import numpy as np
+
+from . import report as rp
+from .record import jsonable
+
+DEFECT_SECTIONS = [
+    "Case and input CT",
+    "Bone segmentation",
+    "Symmetry plane",
+    "Resection and defect",
+    "Implant design",
+    "Porous structure",
+    "Screws",
+    "Surgical guides",
+    "Oversized variants",
+    "Risk checklist",
+    "Pictures",
+    "Manufacturing and labelling",
+    "Files and checksums",
+    "Warnings",
+    "Review and approval",
+]
+MIN_CUT_FACE_COVERAGE = 0.8  # share of the cut face within clearance + 0.5 mm of the implant (issue 12 acceptance)
+MAX_SYMMETRY_RESIDUAL_VOXELS = 1.0  # residual above a CT voxel: the two sides differ more than the scan resolves
+
+
+class _DefectDoc(rp._Doc):
+    """The report's document model, numbered by this kind's sections."""
+
+    def section(self, title: str):
+        self.blocks.append(("section", DEFECT_SECTIONS.index(title) + 1, title))
+
+
+def _screw_rows(manifest: dict) -> list:
+    out = []
+    for s in manifest.get("screws") or []:
+        t = s.get("trajectory") or {}
+        st = s.get("screw_type") or {}
+        out.append({**s, "name": t.get("name"), "end": t.get("end"), "level": "remaining bone",
+                    "screw_type": st.get("name"), "diameter_mm": st.get("diameter_mm")})
+    return out
+
+
+def defect_record(manifest: dict, ct_description: Optional[dict] = None, segmentation: Optional[dict] = None,
+                  created: Optional[str] = None) -> dict:
+    """The record dict (report's shape where the sections are shared) of a mirror-defect manifest."""
+    import datetime
+
+    from .manifest import software_info
+
+    files = [{**f, "checks": f.get("check"), "size_variant": None} for f in manifest.get("files") or []]
+    return jsonable({
+        "kind": "mirror_defect",
+        "case_id": manifest.get("case_id") or "",
+        "created": created or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "software": software_info(),
+        "ct": dict(ct_description or {}),
+        "segmentation": dict(segmentation or {}),
+        "parameters": manifest.get("parameters") or {},
+        "defect": manifest.get("defect") or {},
+        "screws": _screw_rows(manifest),
+        "guides": [{**g, "size_label": g.get("size"), "min_wall_mm": g.get("min_wall_mm")}
+                   for g in manifest.get("drill_guides") or []],
+        "variants": [],
+        "oversized_variants": manifest.get("oversized_variants"),
+        "files": files,
+        "warnings": list(manifest.get("warnings") or []),
+        "coordinate_system": (files[0].get("coordinate_system") if files else None),
+        "implant": {"material": "Ti6Al4V ELI"},
+    })
+
+
+def defect_checklist(r: dict) -> list:
+    """[(item, status, basis)] from the record's values."""
+    d = r.get("defect") or {}
+    s = d.get("structure") or {}
+    rows = []
+    st = rp._num(rp._get(r, "ct", "slice_thickness"))
+    if st is None:
+        rows.append(("CT resolution", rp.TODO, "Slice thickness not recorded."))
+    else:
+        ok = st <= rp.MAX_SLICE_THICKNESS_MM
+        rows.append(("CT resolution", rp.OK if ok else rp.ATTENTION,
+                     f"Slice thickness {st:.2f} mm ({'within' if ok else 'above'} {rp.MAX_SLICE_THICKNESS_MM} mm)."))
+    res = rp._num(rp._get(d, "symmetry_plane", "residual_mm"))
+    spacing = rp._get(r, "ct", "spacing")
+    voxel = float(np.mean(spacing)) if spacing else None
+    if res is None:
+        rows.append(("Symmetry of the two sides", rp.TODO, "Symmetry residual not recorded."))
+    else:
+        ok = voxel is not None and res <= MAX_SYMMETRY_RESIDUAL_VOXELS * voxel
+        rows.append(("Symmetry of the two sides", rp.OK if ok else rp.ATTENTION,
+                     f"Mirror residual {res:.2f} mm (CT voxel {rp.fmt(voxel, 2, 'mm')}); matched share "
+                     f"{rp._pct(rp._get(d, 'symmetry_plane', 'matched_fraction'))}: check the healthy side is "
+                     "normal where it is mirrored."))
+    for key, what in (("bone_overlap_mm3", "envelope"), ("implant_bone_overlap_mm3", "finished implant")):
+        v = rp._num(d.get(key) if key in d else s.get(key))
+        if v is None:
+            rows.append((f"No interference ({what})", rp.TODO, "Overlap with the remaining bone not recorded."))
+        else:
+            rows.append((f"No interference ({what})", rp.OK if v <= rp.MAX_INTERFERENCE_MM3 else rp.ATTENTION,
+                         f"{v:.2f} mm³ inside the remaining bone (limit {rp.MAX_INTERFERENCE_MM3:g} mm³)."))
+    cov = rp._num(d.get("resection_surface_within_tolerance"))
+    if cov is None:
+        rows.append(("Fit on the cut face", rp.TODO, "Cut-face coverage not recorded."))
+    else:
+        rows.append(("Fit on the cut face", rp.OK if cov >= MIN_CUT_FACE_COVERAGE else rp.ATTENTION,
+                     f"{100 * cov:.0f} % of the cut face within clearance + 0.5 mm of the implant (target "
+                     f">= {100 * MIN_CUT_FACE_COVERAGE:.0f} %); largest gap {rp.fmt(d.get('max_gap_mm'), 1, 'mm')}."))
+    screws = r.get("screws") or []
+    if not screws:
+        rows.append(("Screw fixation", rp.ATTENTION, "No screws planned into the remaining bone."))
+    else:
+        breach = [x.get("name") for x in screws if x.get("breach")]
+        poor = [x.get("name") for x in screws
+                if (rp._grade_fractions(x.get("grade")).get("lt130") or 0.0) > rp.POOR_BONE_FRACTION]
+        rows.append(("Screws in bone", rp.OK if not breach and not poor else rp.ATTENTION,
+                     f"{len(screws)} screws; breach: {', '.join(map(str, breach)) or 'none'}; poor bone (> half "
+                     f"below 130 HU): {', '.join(map(str, poor)) or 'none'}."))
+    guides = r.get("guides") or []
+    if screws and len(guides) < len(screws):
+        rows.append(("Drill guides", rp.ATTENTION, f"{len(guides)} drill guides for {len(screws)} screws."))
+    elif guides:
+        worst = min(rp._num(g.get("contact_area_mm2")) or 0.0 for g in guides)
+        rows.append(("Drill guides", rp.OK, f"{len(guides)} drill guides, each seated on the implant (smallest seat "
+                                            f"{worst:.0f} mm²) and lifted off along its drill axis."))
+    mode = s.get("mode")
+    lat = s.get("lattice") or {}
+    if mode == "lattice":
+        por = rp._num(s.get("measured_porosity"))
+        target = rp._num(lat.get("porosity"))
+        ok = por is not None and target is not None and por >= target - rp.POROSITY_TOLERANCE
+        rows.append(("Porous structure", rp.OK if ok else rp.ATTENTION,
+                     f"Measured porosity {rp._pct(por)} for {rp._pct(target)}."))
+    elif mode == "zone":
+        rows.append(("Porous structure", rp.TODO,
+                     f"Porous zone to be filled by the build preparation with the {rp.fmt(lat.get('kind'))} lattice "
+                     f"({rp.fmt(lat.get('pore_size_um'), 0, 'um')} pores, {rp._pct(lat.get('porosity'))} porosity); "
+                     "check the printer's report."))
+    files = r.get("files") or []
+    bad = [f.get("file") for f in files if rp._get(f, "checks", "ok") is False]
+    rows.append(("Files verified", rp.OK if files and not bad else rp.ATTENTION,
+                 f"{len(files)} files read back and checked; failed: {', '.join(map(str, bad)) or 'none'}."))
+    rows.append(("Strength", rp.TODO, "No finite-element check is run for this kind: argue the strength of the "
+                                      "dense struts and connector against the rod system, or test."))
+    rows.append(("Oversized variants", "N/A", "Not applicable: the implant is shaped to the defect."))
+    return rows
+
+
+def _section_case(doc, r):
+    ct = r.get("ct") or {}
+    doc.section("Case and input CT")
+    doc.kv([("Case ID", rp.fmt(r.get("case_id"))), ("Implant kind", "mirror-defect (healthy side mirrored)"),
+            ("Clinical justification", "n/a (to be completed by the responsible surgeon)"),
+            ("CT file", rp.fmt(ct.get("path"))), ("Dimensions (voxels)", rp._dims(ct.get("dimensions"))),
+            ("Voxel spacing", rp._dims(ct.get("spacing")) + (" mm" if ct.get("spacing") else "")),
+            ("Slice thickness", rp.fmt(ct.get("slice_thickness"), 2, "mm"))])
+
+
+def _section_plane(doc, r):
+    d = r.get("defect") or {}
+    sp = d.get("symmetry_plane") or {}
+    doc.section("Symmetry plane")
+    doc.kv([("Origin (RAS)", rp.fmt(sp.get("origin_ras"), 1, "mm")), ("Normal (RAS)", rp.fmt(sp.get("normal_ras"), 4)),
+            ("Found automatically", rp.fmt(sp.get("found_automatically"))),
+            ("Symmetry residual", rp.fmt(sp.get("residual_mm"), 2, "mm")),
+            ("Matched surface share (within 2 mm)", rp._pct(sp.get("matched_fraction")))])
+    doc.para("The plane is found by registering the bone's surface to its own mirror image (reflection ICP, the "
+             "worst-matched 20 % trimmed so the defect does not pull it); the residual is the RMS distance of the "
+             "matched 80 %. A user-set plane is measured the same way.")
+
+
+def _section_defect(doc, r):
+    d = r.get("defect") or {}
+    p = r.get("parameters") or {}
+    doc.section("Resection and defect")
+    planes = p.get("resection_planes") or []
+    doc.kv([("Resection planes", f"{len(planes)}: " + "; ".join(
+                f"{rp.fmt(x.get('origin_ras'), 1)} n {rp.fmt(x.get('normal_ras'), 3)} removes {x.get('remove')}"
+                for x in planes) if planes else "none"),
+            ("Resection box", rp.fmt(p.get("resection_roi")) if p.get("resection_roi") else "none"),
+            ("Defect volume (resected bone)", rp.fmt(d.get("defect_volume_mm3"), 0, "mm³")),
+            ("Cut face area", rp.fmt(d.get("resection_surface_mm2"), 0, "mm²")),
+            ("Cut face within clearance + 0.5 mm", rp._pct(d.get("resection_surface_within_tolerance"))),
+            ("Largest gap to the cut face", rp.fmt(d.get("max_gap_mm"), 2, "mm"))])
+
+
+def _section_implant(doc, r):
+    d = r.get("defect") or {}
+    s = d.get("structure") or {}
+    p = r.get("parameters") or {}
+    doc.section("Implant design")
+    doc.kv([("Implant volume (pores' envelope)", rp.fmt(d.get("implant_volume_mm3"), 0, "mm³")),
+            ("Finished implant volume", rp.fmt(s.get("implant_volume_mm3"), 0, "mm³")),
+            ("Implant / defect volume", rp._pct(rp._num(d.get("implant_volume_mm3")) / rp._num(d.get(
+                "defect_volume_mm3")) if rp._num(d.get("defect_volume_mm3")) and rp._num(d.get(
+                    "implant_volume_mm3")) is not None else None)),
+            ("Contact area with the remaining bone", rp.fmt(d.get("contact_area_mm2"), 0, "mm²")),
+            ("Overlap with the remaining bone", rp.fmt(d.get("bone_overlap_mm3"), 3, "mm³")),
+            ("Fit clearance", rp.fmt(p.get("fit_clearance_mm"), 2, "mm")),
+            ("Margin (grows + / trims -)", rp.fmt(p.get("margin_mm"), 2, "mm")),
+            ("Cut-face fill (up to) / volume added", f"{rp.fmt(p.get('cut_face_fill_mm'), 1, 'mm')} / "
+                                                     f"{rp.fmt(d.get('cut_face_fill_mm3'), 0, 'mm³')}"),
+            ("Dense skin facing soft tissue", rp.fmt(p.get("skin_mm"), 1, "mm")),
+            ("Struts", f"{len(p.get('struts') or [])} of {rp.fmt(p.get('strut_diameter_mm'), 1, 'mm')}"),
+            ("Rod connector", f"{rp.fmt(p.get('rod_diameter_mm'), 1, 'mm')} rod seat at "
+                              f"{rp.fmt(rp._get(p, 'rod', 'point_ras'), 1)}" if p.get("rod") else "none"),
+            ("Dense volume (skin, struts, connector)", rp.fmt(s.get("dense_volume_mm3"), 0, "mm³"))])
+    doc.para("The envelope is the healthy side mirrored across the symmetry plane, restricted to the resection, kept "
+             "the fit clearance off the remaining bone and grown next to it by up to the cut-face fill so it meets "
+             "the cut face where the two sides differ.")
+
+
+def _section_porous(doc, r):
+    s = rp._get(r, "defect", "structure", default={}) or {}
+    lat = s.get("lattice") or {}
+    doc.section("Porous structure")
+    doc.kv([("Mode", rp.fmt(s.get("mode"))), ("Lattice", rp.fmt(lat.get("kind"))),
+            ("Pore size (target)", rp.fmt(lat.get("pore_size_um"), 0, "um")),
+            ("Porosity (target)", rp._pct(lat.get("porosity"))),
+            ("Porosity (measured)", rp._pct(s.get("measured_porosity")) if s.get("mode") == "lattice" else
+             "n/a (porous zone: measured on the printer's build file)"),
+            ("Cell size", rp.fmt(s.get("cell_size_mm"), 3, "mm"))])
+    doc.para(f"Reference: pores {rp.REFERENCE_PORE_UM[0]:.0f}-{rp.REFERENCE_PORE_UM[1]:.0f} um, overall porosity "
+             f"{100 * rp.REFERENCE_POROSITY:.0f} %.")
+
+
+def _section_guides(doc, r):
+    doc.section("Surgical guides")
+    guides = r.get("guides") or []
+    if not guides:
+        doc.para("No drill guides (no screws planned, or drill guides switched off): n/a.")
+        return
+    doc.table(["Guide", "Screw", "Material", "Volume (mm³)", "Seat contact (mm²)", "Bore (mm)", "Sleeve top (mm)",
+               "Closest bone (mm)", "Fit clear. (mm)"],
+              [[rp.fmt(g.get("name")), rp.fmt(g.get("screw")), rp.fmt(g.get("material")),
+                rp.fmt(g.get("volume_mm3"), 0), rp.fmt(g.get("contact_area_mm2"), 0),
+                rp.fmt(g.get("bore_diameter_mm"), 2), rp.fmt(g.get("sleeve_top_above_implant_mm"), 1),
+                rp.fmt(g.get("closest_bone_mm"), 2), rp.fmt(g.get("fit_clearance_mm"), 2)] for g in guides],
+              [18, 10, 9, 10, 11, 9, 11, 11, 11])
+    doc.para("Each drill guide is a polyamide pad shaped to the implant's surface around the screw hole, with a drill "
+             "sleeve on the planned trajectory; nothing of it lies under the implant or the bone along the drill axis, "
+             "so it is lifted off along the drill. No docking trial guides: the implant has no footplates.")
+
+
+def _section_variants(doc, r):
+    doc.section("Oversized variants")
+    doc.para("Not applicable to this kind: the implant is shaped to the patient's defect (no axial size to absorb); "
+             f"manifest: {rp.fmt(r.get('oversized_variants'))}.")
+
+
+def _section_risks(doc, r):
+    doc.section("Risk checklist")
+    doc.table(["Item", "Status", "Basis"], [list(x) for x in defect_checklist(r)], [22, 12, 66], status_col=1)
+
+
+def build_defect_document(record: dict, images: dict):
+    """The document model of a mirror-defect record (report.write_report renders it)."""
+    r = record or {}
+    doc = _DefectDoc()
+    _section_case(doc, r)
+    doc.section("Bone segmentation")
+    seg = rp._get(r, "segmentation", "parameters", default={}) or {}
+    doc.kv([("Threshold", f"{rp.fmt(seg.get('threshold_min'), 0)} to {rp.fmt(seg.get('threshold_max'), 0)} HU"),
+            ("Bone seeds (RAS, mm)", "; ".join(rp.fmt(s) for s in seg.get("seeds_ras") or []) or rp.NA),
+            ("Source", rp.fmt(rp._get(r, "segmentation", "source")))])
+    _section_plane(doc, r)
+    _section_defect(doc, r)
+    _section_implant(doc, r)
+    _section_porous(doc, r)
+    rp._section_screws(doc, r)
+    _section_guides(doc, r)
+    _section_variants(doc, r)
+    _section_risks(doc, r)
+    rp._section_pictures(doc, images)
+    rp._section_manufacturing(doc, r)
+    rp._section_files(doc, r)
+    doc.section("Warnings")
+    warnings = rp._all_warnings(r)
+    doc.bullets(warnings) if warnings else doc.para("None recorded.")
+    doc.section("Review and approval")
+    doc.para("This record was generated by software from the plan's values. The design must be reviewed by the "
+             "responsible engineer and surgeon, and open items in the risk checklist resolved, before manufacturing.")
+    doc.table(["Role", "Name", "Date", "Signature"],
+              [["Prepared by (engineer)", "", "", ""], ["Reviewed by (surgeon)", "", "", ""],
+               ["Approved by", "", "", ""]],
+              [28, 28, 18, 26])
+    return doc
+
+
+def defect_pictures(result, structure, guides, ct_array, ijk_to_ras, folder: str) -> dict:
+    """{key: (png path, caption)}: 3D views of the remaining bone, implant and guides; CT slices through the defect
+    with the implant and the remaining bone outlined."""
+    from .render import (
+        BONE_RGB,
+        GUIDE_RGB,
+        OUTLINE_BONE_RGB,
+        OUTLINE_IMPLANT_RGB,
+        TITANIUM_RGB,
+        render_ct_slice_with_outline,
+        render_scene,
+    )
+
+    implant = structure.implant
+    meshes = [(result.remaining_bone, BONE_RGB, 0.5), (implant, TITANIUM_RGB, 1.0)] + \
+        [(g.mesh, GUIDE_RGB, 1.0) for g, _ in guides]
+    images = {}
+    for view, what in (("posterior-oblique", "the patient's back-left"), ("anterior", "the front")):
+        key = f"defect_3d_{view}"
+        images[key] = (render_scene(meshes, os.path.join(folder, key + ".png"), view=view),
+                       f"Remaining bone (translucent), implant (grey) and drill guides (blue) from {what}, superior "
+                       "up.")
+    if ct_array is not None:
+        centre = implant.vertices.mean(axis=0)
+        for plane in ("axial", "coronal"):
+            key = f"defect_ct_{plane}"
+            images[key] = (render_ct_slice_with_outline(
+                ct_array, ijk_to_ras, [(implant, OUTLINE_IMPLANT_RGB, 1.0), (result.remaining_bone, OUTLINE_BONE_RGB,
+                                                                              1.0)],
+                os.path.join(folder, key + ".png"), plane=plane, center_ras=centre),
+                f"{plane.capitalize()} CT slice through the implant centre (bone window): implant outline cyan, "
+                "remaining bone yellow; patient's right on the left.")
+    return images
+
+
+def write_defect_record(manifest: dict, result, structure, guides, folder: str, ct_array=None, ijk_to_ras=None,
+                        ct_description: Optional[dict] = None, segmentation: Optional[dict] = None) -> list:
+    """Render the pictures and write design_record.html/.pdf into ``folder``; returns their manifest entries."""
+    import tempfile
+
+    from .manifest import sha256_of
+    from .report import write_report
+
+    record = defect_record(manifest, ct_description, segmentation)
+    with tempfile.TemporaryDirectory() as tmp:
+        images = defect_pictures(result, structure, guides, ct_array, ijk_to_ras, tmp)
+        paths = write_report(record, images, folder, basename="design_record")
+    return [{"file": os.path.basename(p), "role": "design record", "format": p.rsplit(".", 1)[1],
+             "sha256": sha256_of(p), "bytes": os.path.getsize(p)} for p in paths]
