@@ -398,3 +398,30 @@ def test_widget_exports_a_record_with_its_segmentation(slicer_module, monkeypatc
     assert dialogs == [] and w._lastBundle is not None, w.ui.statusLabel.text
     check_exported_record(w._lastBundle.report_html, bone_volume_ml=segment_volume_ml(w._lastBundle.folder),
                           screw_names=[s.trajectory.name for s in w._planResult.screws])
+
+
+def test_defect_panel_defaults_are_the_engine_defaults(slicer_module, ctx):
+    """A fresh parameter node's defect fields give the engine's mirror-defect defaults; with a resection plane
+    placed the logic turns them into a validated plan block, and a half-placed rod is refused by name."""
+    from PatientImplantPlannerLib.errors import PlanError
+    from PatientImplantPlannerLib.mirrordefect import MirrorDefectParameters
+
+    logic = slicer_module.PatientImplantPlannerLogic()
+    p = logic.getParameterNode()
+    defaults = MirrorDefectParameters()
+    assert (p.defectFitClearanceMm, p.defectMarginMm, p.defectCutFaceFillMm, p.defectStrutDiameterMm,
+            p.defectDrillGuides) == (defaults.fit_clearance_mm, defaults.margin_mm, defaults.cut_face_fill_mm,
+                                     defaults.strut_diameter_mm, defaults.drill_guides)
+    assert ui_combo_items(UI_FILE, "defectScrewTypeComboBox") == slicer_module.SCREW_TYPES
+    plane = ctx.scene.AddNewNodeByClass("vtkMRMLMarkupsPlaneNode", "cut")
+    plane.AddControlPointWorld(-5.0, 0.0, 0.0)
+    plane.SetNormalWorld(-1.0, 0.0, 0.0)
+    p.defectResectionPlaneA = plane
+    block = logic.defectParameters(p)
+    assert block["resection_planes"][0]["normal_ras"] == pytest.approx([-1.0, 0.0, 0.0])
+    assert block["resection_planes"][0]["remove"] == "positive" and block["symmetry_plane"] is None
+    rod = ctx.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "rod")
+    rod.AddControlPointWorld(0.0, 0.0, 0.0)
+    p.defectRodPoints = rod
+    with pytest.raises(PlanError, match="second point"):
+        logic.defectParameters(p)

@@ -504,7 +504,7 @@ def build_envelope(bone_mask: np.ndarray, ijk_to_ras, params: MirrorDefectParame
         mirror = _extended(mirror, h, band) + np.float32(params.margin_mm)
     fill_voxels = 0
     if params.cut_face_fill_mm:
-        mirror, fill_voxels = _cut_face_fill(grid, mirror, region, dist, params)
+        mirror, fill_voxels = _cut_face_fill(grid, mirror, defect, dist, params, band)
     env = np.minimum(np.minimum(mirror, region), dist - np.float32(params.fit_clearance_mm))
     envelope = grid.contour(env)
     if len(envelope.faces) == 0 or envelope.volume() <= 0:
@@ -523,31 +523,19 @@ def build_envelope(bone_mask: np.ndarray, ijk_to_ras, params: MirrorDefectParame
     return result
 
 
-def _cut_face_fill(grid: _Grid, mirror: np.ndarray, region: np.ndarray, dist: np.ndarray,
-                   params: MirrorDefectParameters) -> tuple:
+def _cut_face_fill(grid: _Grid, mirror: np.ndarray, defect: np.ndarray, dist: np.ndarray,
+                   params: MirrorDefectParameters, band: float) -> tuple:
     """The mirrored shape grown to meet the cut face where the two sides differ: (field, voxels added).
 
-    A point of the resection is filled when it lies within ``cut_face_fill_mm`` (+ clearance) of the remaining bone
-    and, looking away from the bone (along the distance field's gradient), the mirrored shape is within the same
-    reach: it lies between the mirror image and the cut face. Points beside the mirror image's rim (the soft
-    tissue side of the cut face's edge) are not between the two, so the outer outline stays the mirror's."""
-    fill, c, h = float(params.cut_face_fill_mm), float(params.fit_clearance_mm), grid.h
-    cand = np.flatnonzero(((dist < c + fill) & (mirror <= 0) & (region > 0)).ravel())
-    if len(cand) == 0:
-        return mirror, 0
-    gz, gy, gx = (g.ravel()[cand] for g in np.gradient(dist, h))
-    n = np.stack([gx, gy, gz], axis=1)
-    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-9)
-    kji = np.stack(np.unravel_index(cand, dist.shape), axis=1)
-    p = grid.origin + kji[:, ::-1] * h
-    reach = np.full(len(cand), -1e3, np.float32)
-    for t in np.arange(h, fill + c + h, h):
-        reach = np.maximum(reach, grid.sample(mirror, p + t * n, -1e3))
-    grown = mirror.copy()
-    value = np.minimum(np.float32(c + fill) - dist.ravel()[cand], reach)
-    grown.ravel()[cand] = np.maximum(mirror.ravel()[cand], value)
-    clip = np.minimum(region, dist - np.float32(c))
-    added = int(np.count_nonzero((np.minimum(grown, clip) > 0) & (np.minimum(mirror, clip) <= 0)))
+    A point is filled when it lies within ``cut_face_fill_mm`` (+ clearance) of the remaining bone, within the same
+    reach of the mirror image, and inside the resected bone's own outline (the defect): so the gap between the
+    mirror image and the cut face closes, while nothing grows past the bone's outline at the cut face's rim (which a
+    plain dilation would add as a lip on the soft-tissue side)."""
+    fill, c = np.float32(params.cut_face_fill_mm), np.float32(params.fit_clearance_mm)
+    inside_defect = _extended(defect, grid.h, band)
+    grown = np.maximum(mirror, np.minimum.reduce([fill + c - dist, mirror + fill, inside_defect]))
+    added = int(np.count_nonzero((np.minimum(grown, dist - c) > 0) & (np.minimum(mirror, dist - c) <= 0)
+                                 & (inside_defect > 0)))
     return grown, added
 
 
