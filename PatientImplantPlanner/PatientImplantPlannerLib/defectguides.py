@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 
 from .errors import GeometryError, PlanError
-from .guides import Guide, GuideParameters
+from .guides import MIN_PRINTABLE_WALL_MM, Guide, GuideParameters
 from .mesh import TriMesh, check_mesh, from_manifold, isosurface, require_manifold3d, to_manifold
 
 MIN_CONTACT_AREA_MM2 = 20.0  # seat area within clearance + 0.15 mm of the implant below which a pad would rock
@@ -34,6 +34,7 @@ class DefectGuideParameters:
     """The pad's size; the shell, sleeve and clearances come from guides.GuideParameters."""
 
     pad_radius_mm: float = 12.0  # pad extent around the drill axis
+    spigot_depth_mm: float = 3.0  # a plug this deep into the implant's screw hole centres the guide; 0: none
     min_sleeve_fraction: float = 0.8  # the sleeve must reach this share of sleeve_length_mm (bone may cut it)
 
     def validate(self, gp: GuideParameters) -> None:
@@ -41,6 +42,8 @@ class DefectGuideParameters:
         if not (np.isfinite(self.pad_radius_mm) and ro + 2.0 <= self.pad_radius_mm <= 40.0):
             raise PlanError(f"Drill guide pad radius {self.pad_radius_mm!r} mm is invalid.",
                             f"Use {ro + 2.0:.1f} to 40 mm (at least the sleeve's outer radius + 2 mm).")
+        if not (np.isfinite(self.spigot_depth_mm) and 0.0 <= self.spigot_depth_mm <= 10.0):
+            raise PlanError(f"Drill guide spigot depth {self.spigot_depth_mm!r} mm is invalid.", "Use 0 to 10 mm.")
         if not 0.0 < self.min_sleeve_fraction <= 1.0:
             raise PlanError(f"min_sleeve_fraction {self.min_sleeve_fraction!r} is invalid.", "Use 0 to 1.")
 
@@ -98,10 +101,12 @@ def entry_on_implant(seat: TriMesh, entry, direction, reach_back_mm: float, leng
 
 
 def defect_drill_guide(seat: TriMesh, bone_distance, plan, gp: GuideParameters,
-                       dp: Optional[DefectGuideParameters] = None, reach_back_mm: float = 200.0) -> tuple:
+                       dp: Optional[DefectGuideParameters] = None, reach_back_mm: float = 200.0,
+                       implant: Optional[TriMesh] = None) -> tuple:
     """(guides.Guide, figures) of the drill guide for screw ``plan`` (screws.ScrewPlan) seating on ``seat`` (the
     closed implant solid with its screw holes closed, RAS). ``bone_distance(points)``: signed distance to the
-    remaining bone (positive outside)."""
+    remaining bone (positive outside). ``implant``: the part as printed (screw holes open), which the guide must not
+    overlap; the spigot reaches into its screw hole (``seat`` when None: no spigot)."""
     require_manifold3d()
     dp = dp or DefectGuideParameters()
     gp.validate()
@@ -141,7 +146,15 @@ def defect_drill_guide(seat: TriMesh, bone_distance, plan, gp: GuideParameters,
     solid = np.maximum(shell, sleeve)
     above_seat = np.where(np.isfinite(top_seat), ww - top_seat[None], big)
     above_bone = np.where(np.isfinite(top_bone), ww - top_bone[None], big)
-    solid = np.minimum.reduce([solid, above_seat, above_bone, rho - rb]).astype(np.float32)
+    solid = np.minimum.reduce([solid, above_seat, above_bone, rho - rb])
+    # Spigot: a plug into the screw hole (a cylinder along the drill axis, so it slides out along w) that centres
+    # the guide on the hole; only where its wall around the bore stays printable.
+    r_spigot = 0.5 * plan.hole_diameter_mm - c
+    spigot = implant is not None and dp.spigot_depth_mm > 0 and r_spigot - rb >= MIN_PRINTABLE_WALL_MM
+    if spigot:
+        plug = np.minimum.reduce([r_spigot - rho, ww + dp.spigot_depth_mm, c + wall - ww, above_bone])
+        solid = np.maximum(solid, np.minimum(plug, rho - rb))
+    solid = solid.astype(np.float32)
     padded = np.pad(solid, 1, constant_values=-1.0)
     mesh_local = isosurface(padded, 0.0, (h, h, h), (us[0] - h, us[0] - h, ws[0] - h))
     if len(mesh_local.faces) == 0:
@@ -161,7 +174,7 @@ def defect_drill_guide(seat: TriMesh, bone_distance, plan, gp: GuideParameters,
         raise GeometryError(f"The drill guide for screw '{name}' failed verification: {'; '.join(check.problems)}.",
                             "Report this with the plan.")
     # Independent checks on the finished mesh.
-    overlap = (guide_m ^ to_manifold(seat)).volume()
+    overlap = (guide_m ^ to_manifold(implant if implant is not None else seat)).volume()
     if overlap > 0.01:
         raise GeometryError(f"The drill guide for screw '{name}' overlaps the implant by {overlap:.2f} mm3.",
                             "Report this with the plan.")
@@ -169,7 +182,7 @@ def defect_drill_guide(seat: TriMesh, bone_distance, plan, gp: GuideParameters,
     cen = tri.mean(axis=1)
     area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
     d_c = _signed_distance(crop, cen)
-    contact = float(area[d_c <= c + CONTACT_TOLERANCE_MM].sum())
+    contact = float(area[np.abs(d_c - c) <= CONTACT_TOLERANCE_MM].sum())  # the seat face, not the spigot
     if contact < MIN_CONTACT_AREA_MM2:
         raise PlanError(f"The drill guide for screw '{name}' would touch the implant over only {contact:.0f} mm2 "
                         f"(at least {MIN_CONTACT_AREA_MM2:g} needed to sit without rocking).",
@@ -194,6 +207,8 @@ def defect_drill_guide(seat: TriMesh, bone_distance, plan, gp: GuideParameters,
                             f"axis, bore radius {rb:.2f} mm).", "Report this with the plan.")
     notes = [f"lifts off along the drill axis, away from the bone; seat contact {contact:.0f} mm2; "
              f"sleeve top {reach:.1f} mm above the implant surface; closest bone {bone_gap:.2f} mm"]
+    notes.append(f"spigot {dp.spigot_depth_mm:g} mm into the screw hole centres the guide" if spigot else
+                 "no spigot (the hole leaves no printable wall around the bore): the pad's fit alone locates it")
     if dropped > 1e-3:
         notes.append(f"{dropped:.2f} mm3 of loose guide crumbs dropped")
     g = Guide(name=f"Drill guide {name}", role="drill guide", end=str(traj.end), size_label="nominal", mesh=mesh,
@@ -205,7 +220,8 @@ def defect_drill_guide(seat: TriMesh, bone_distance, plan, gp: GuideParameters,
                "entry_on_implant_ras": [round(float(x), 3) for x in e0], "closest_bone_mm": round(bone_gap, 3),
                "sleeve_top_above_implant_mm": round(reach, 2), "bore_diameter_mm": round(2 * rb, 3),
                "removal_direction_ras": [round(float(x), 6) for x in axis_dir],
-               "fit_clearance_mm": c, "sleeve_clearance_mm": float(gp.sleeve_clearance_mm)}
+               "fit_clearance_mm": c, "sleeve_clearance_mm": float(gp.sleeve_clearance_mm),
+               "spigot_depth_mm": float(dp.spigot_depth_mm) if spigot else 0.0}
     return g, figures
 
 

@@ -890,7 +890,7 @@ def drill_guides(result: DefectResult, structure: StructureResult, ijk_to_ras, p
     dp = DefectGuideParameters(pad_radius_mm=params.guide_pad_radius_mm)
     bone = remaining_bone_distance(result, ijk_to_ras)
     reach = float(np.linalg.norm(np.subtract(*result.envelope.bounds()))) + 5.0
-    return [defect_drill_guide(seat, bone, p, gp, dp, reach) for p in structure.screws]
+    return [defect_drill_guide(seat, bone, p, gp, dp, reach, implant=structure.implant) for p in structure.screws]
 
 
 PRINTED_ROLES = ("implant", "drill guide")  # one body each; also written as 3MF
