@@ -57,10 +57,12 @@ def _frame(direction) -> np.ndarray:
 
 
 def _crop(mesh: TriMesh, centre, radius: float) -> TriMesh:
-    """Faces with a vertex within ``radius`` of ``centre`` (enough for the local signed distance)."""
-    near = np.linalg.norm(mesh.vertices - centre, axis=1) <= radius
-    faces = mesh.faces[near[mesh.faces].any(axis=1)]
-    return TriMesh(mesh.vertices, faces)
+    """Faces whose bounding box meets the box of the ball (``centre``, ``radius``): enough for the local signed
+    distance, long boolean triangles with every vertex far away included."""
+    tri = mesh.vertices[mesh.faces]
+    c = np.asarray(centre, float)
+    keep = np.all(tri.min(axis=1) <= c + radius, axis=1) & np.all(tri.max(axis=1) >= c - radius, axis=1)
+    return TriMesh(mesh.vertices, mesh.faces[keep])
 
 
 def _signed_distance(mesh: TriMesh, pts: np.ndarray) -> np.ndarray:
@@ -146,13 +148,16 @@ def defect_drill_guide(seat: TriMesh, bone_distance, plan, gp: GuideParameters,
     solid = np.maximum(shell, sleeve)
     above_seat = np.where(np.isfinite(top_seat), ww - top_seat[None], big)
     above_bone = np.where(np.isfinite(top_bone), ww - top_bone[None], big)
-    solid = np.minimum.reduce([solid, above_seat, above_bone, rho - rb])
+    # Off the bone by the clearance + a grid step everywhere (a continuous field: the contour does not cut corners
+    # between columns where the bone's shadow starts), and never under it along w.
+    off_bone = d_bone - (c + h)
+    solid = np.minimum.reduce([solid, above_seat, above_bone, off_bone, rho - rb])
     # Spigot: a plug into the screw hole (a cylinder along the drill axis, so it slides out along w) that centres
     # the guide on the hole; only where its wall around the bore stays printable.
     r_spigot = 0.5 * plan.hole_diameter_mm - c
     spigot = implant is not None and dp.spigot_depth_mm > 0 and r_spigot - rb >= MIN_PRINTABLE_WALL_MM
     if spigot:
-        plug = np.minimum.reduce([r_spigot - rho, ww + dp.spigot_depth_mm, c + wall - ww, above_bone])
+        plug = np.minimum.reduce([r_spigot - rho, ww + dp.spigot_depth_mm, c + wall - ww, above_bone, off_bone])
         solid = np.maximum(solid, np.minimum(plug, rho - rb))
     solid = solid.astype(np.float32)
     padded = np.pad(solid, 1, constant_values=-1.0)

@@ -433,6 +433,8 @@ class DefectResult:
     region_field: np.ndarray  # resection signed distance (positive inside), on grid
     remaining_mask: np.ndarray  # remaining bone on the CT grid (for screws)
     warnings: list = field(default_factory=list)
+    bone_mask: Optional[np.ndarray] = None  # the whole bone on the CT grid
+    resection: Optional["Resection"] = None
 
 
 def build_envelope(bone_mask: np.ndarray, ijk_to_ras, params: MirrorDefectParameters,
@@ -517,7 +519,7 @@ def build_envelope(bone_mask: np.ndarray, ijk_to_ras, params: MirrorDefectParame
     remaining_ct = bone.copy()  # only bone voxels are evaluated: a full-CT index grid would need gigabytes
     remaining_ct[tuple(np.argwhere(bone)[removed].T)] = False
     result = DefectResult(plane, envelope, remaining_mesh, defect_mesh, {}, grid, env, dist, region, remaining_ct,
-                          warnings)
+                          warnings, bone, resection)
     result.measurements = measure(result, params)
     result.measurements["cut_face_fill_mm3"] = round(fill_voxels * h ** 3, 1)
     return result
@@ -813,8 +815,10 @@ def example_parameters() -> dict:
     The resected block: left of 5 mm beside the midline, medial of the sacroiliac joint (x = -48), behind the
     pubis (A < 145), above the lower sacrum (S > 140) and below the L5-S1 disc (a horizontal cap at S = 242 and a
     plane along the S1 endplate, tilted 30 degrees). The strut runs from the S1 endplate side down to the ilium,
-    the rod seat sits on the implant's posterior face (towards L3), one 6.5 mm screw crosses into the remaining S1
-    body and one runs into the ilium. Checked breach-free on this CT with the bone segmented by ``segment_bone``
+    the rod seat sits on the implant's posterior face (towards L3), one 6.5 mm screw goes in through the implant's
+    posterior face and converges 33 degrees medially into the remaining S1 body (33 mm of it in bone), one runs into
+    the ilium; each has a drill guide seated on the implant (a screw drilled from the side would have to pass the
+    ilium first, so no guide could reach it). Checked breach-free on this CT with the bone segmented by ``segment_bone``
     from the seed ``EXAMPLE_BONE_SEED_RAS`` in S1, which a plan's segmentation block should give."""
     remove = "positive"
     return {
@@ -829,7 +833,7 @@ def example_parameters() -> dict:
         "grid_mm": 1.0,  # a third of the CT's 3 mm voxel
         "struts": [[[-12.0, 118.0, 236.0], [-44.0, 90.0, 200.0]]],
         "rod": {"point_ras": [-24.0, 57.7, 202.0], "direction_ras": [0.0, 0.3, 1.0]},
-        "screws": [{"name": "S1", "entry": [-35.0, 110.0, 220.0], "target": [14.2, 118.7, 220.0]},
+        "screws": [{"name": "S1", "entry": [-25.0, 70.0, 215.0], "target": [8.0, 120.0, 220.0]},
                    {"name": "ilium", "end": "distal", "entry": [-42.0, 90.0, 220.0], "target": [-78.2, 120.4, 203.8]}],
         "screw_parameters": {"screw_type": "6.5 cancellous"},
     }
@@ -843,12 +847,53 @@ def _two_bodies(a: TriMesh, b: TriMesh) -> TriMesh:
     return TriMesh(np.vstack([a.vertices, b.vertices]), np.vstack([a.faces, b.faces + len(a.vertices)]))
 
 
+def _survives_float32(mesh: TriMesh) -> bool:
+    """True when the mesh, stored as float32 triangles and welded by exact position as readers do, is still a
+    closed manifold (measured: a porous zone on the sample CT left 2 edges shared by four triangles at 0.5 um)."""
+    from .mesh import merge_duplicate_vertices
+
+    soup = mesh.vertices[mesh.faces].reshape(-1, 3).astype(np.float32).astype(np.float64)
+    welded = merge_duplicate_vertices(TriMesh(soup, np.arange(len(soup)).reshape(-1, 3)), None)
+    return check_mesh(welded).ok
+
+
+def _separate_pinches(mesh: TriMesh, step_mm: float) -> TriMesh:
+    """Vertices that share a float32 position moved ``step_mm`` towards the centre of their own triangle fan.
+
+    file_safe moves them along their normals; where the surface touches itself along two edges with common ends
+    (measured on a porous zone of the sample CT) both copies have nearly the same normal and stay together, while
+    their fans lie on different sides, so this pulls them apart (microns: far below any printer's resolution)."""
+    v = mesh.vertices.copy()
+    _, inverse, counts = np.unique(v.astype(np.float32), axis=0, return_inverse=True, return_counts=True)
+    dup = np.flatnonzero(counts[inverse.reshape(-1)] > 1)
+    if len(dup) == 0:
+        return mesh
+    sums = np.zeros_like(v)
+    n = np.zeros(len(v))
+    np.add.at(sums, mesh.faces.ravel(), np.repeat(v[mesh.faces].mean(axis=1), 3, axis=0))
+    np.add.at(n, mesh.faces.ravel(), 1.0)
+    d = sums[dup] / np.maximum(n[dup], 1.0)[:, None] - v[dup]
+    v[dup] += step_mm * d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+    return TriMesh(v, mesh.faces)
+
+
 def _for_file(mesh: TriMesh, min_fraction: float = 0.0, dropped: Optional[list] = None) -> TriMesh:
     """mesh.file_safe, then without the zero-volume slivers its simplification can leave (measured: 2 pieces of
     -2e-6 mm3 on a lattice), which would count as bodies of their own. Implant parts also lose pieces below
     ``min_fraction`` of the largest: separating pinch vertices frees bits that hung on by one point (1.5 mm3 on
     the sample CT), which would print loose; their volume is appended to ``dropped``."""
+    # Specks first (measured: a 4e-6 mm3 body sharing an edge with a porous zone, which no separation frees).
+    pieces = to_manifold(mesh).decompose()
+    if len(pieces) > 1 and min(p.volume() for p in pieces) <= 1e-3:
+        kept = [p for p in pieces if p.volume() > 1e-3]
+        mesh = from_manifold(kept[0])
+        for piece in kept[1:]:
+            mesh = _two_bodies(mesh, from_manifold(piece))
     safe = file_safe(mesh)
+    for step in (2e-3, 1e-2):
+        if _survives_float32(safe):
+            break
+        safe = _separate_pinches(safe, step)
     pieces = to_manifold(safe).decompose()
     vols = [p.volume() for p in pieces]
     kept = [p for p, v in zip(pieces, vols) if v > max(1e-3, min_fraction * max(vols))]
@@ -863,18 +908,16 @@ def _for_file(mesh: TriMesh, min_fraction: float = 0.0, dropped: Optional[list] 
 
 
 def remaining_bone_distance(result: DefectResult, ijk_to_ras):
-    """points -> signed distance to the remaining bone (positive outside): the working grid's exact-near-bone field,
-    the CT mask's occupancy (saturating half a CT voxel out) beyond it."""
+    """points -> mm-scaled signed field of the remaining bone (positive outside), anywhere on the CT: the same
+    definition as the remaining bone's mesh (the bone mask's trilinear occupancy, cut analytically by the
+    resection), so guides built and checked with it agree with that mesh. It saturates half a CT voxel from the
+    surface (enough for clearances and for telling inside from outside)."""
     sampler = _Sampler(ijk_to_ras)
-    rem = result.remaining_mask.astype(np.float32)
+    bone_f = result.bone_mask.astype(np.float32)
 
     def distance(pts):
         pts = np.atleast_2d(np.asarray(pts, float))
-        d = result.grid.sample(result.bone_distance, pts, np.nan)
-        out = np.isnan(d)
-        if out.any():
-            d[out] = -sampler(rem, pts[out])
-        return d
+        return -np.minimum(sampler(bone_f, pts), -result.resection.signed(pts))
 
     return distance
 
