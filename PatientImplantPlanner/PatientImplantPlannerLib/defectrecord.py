@@ -35,6 +35,7 @@ DEFECT_SECTIONS = [
 ]
 MIN_CUT_FACE_COVERAGE = 0.8  # share of the cut face within clearance + 0.5 mm of the implant (issue 12 acceptance)
 MAX_SYMMETRY_RESIDUAL_VOXELS = 1.0  # residual above a CT voxel: the two sides differ more than the scan resolves
+MIN_MATCHED = 0.7  # share of mirrored surface points within 2 mm of the surface below which the sides differ widely
 
 
 class _DefectDoc(rp._Doc):
@@ -101,10 +102,11 @@ def defect_checklist(r: dict) -> list:
     if res is None:
         rows.append(("Symmetry of the two sides", rp.TODO, "Symmetry residual not recorded."))
     else:
-        ok = voxel is not None and res <= MAX_SYMMETRY_RESIDUAL_VOXELS * voxel
+        matched = rp._num(rp._get(d, "symmetry_plane", "matched_fraction"))
+        ok = voxel is not None and res <= MAX_SYMMETRY_RESIDUAL_VOXELS * voxel and (matched or 0.0) >= MIN_MATCHED
         rows.append(("Symmetry of the two sides", rp.OK if ok else rp.ATTENTION,
                      f"Mirror residual {res:.2f} mm (CT voxel {rp.fmt(voxel, 2, 'mm')}); matched share "
-                     f"{rp._pct(rp._get(d, 'symmetry_plane', 'matched_fraction'))}: check the healthy side is "
+                     f"{rp._pct(matched)} (at least {100 * MIN_MATCHED:.0f} % expected): check the healthy side is "
                      "normal where it is mirrored."))
     for key, what in (("bone_overlap_mm3", "envelope"), ("implant_bone_overlap_mm3", "finished implant")):
         v = rp._num(d.get(key) if key in d else s.get(key))
@@ -238,6 +240,26 @@ def _section_porous(doc, r):
              f"{100 * rp.REFERENCE_POROSITY:.0f} %.")
 
 
+def _section_screws(doc, r):
+    doc.section("Screws")
+    screws = r.get("screws") or []
+    if not screws:
+        doc.para("No screws planned: n/a.")
+        return
+    rows = []
+    for x in screws:
+        length, through = rp._num(x.get("length_mm")), rp._num(x.get("bone_entry_mm"))
+        rows.append([rp.fmt(x.get("name")), rp.fmt(x.get("screw_type")), rp.fmt(length, 1), rp.fmt(through, 1),
+                     rp.fmt(length - through if length is not None and through is not None else None, 1),
+                     rp._grade_text(x.get("grade")), rp.fmt(x.get("breach")),
+                     rp.fmt(x.get("warnings")) if x.get("warnings") else "none"])
+    doc.table(["Screw", "Type", "Length (mm)", "Entry to bone (mm)", "In remaining bone (mm)",
+               "HU <130 / 130-250 / >250", "Breach", "Warnings"], rows, [9, 20, 9, 11, 11, 15, 7, 18])
+    doc.para("Each screw goes in through the implant (its hole runs back through the whole implant) and is held by the "
+             "remaining bone; its length is limited to that bone (far cortex less the safety margin) and a breach "
+             "before the tip is refused. The HU grade is over the screw's length in bone.")
+
+
 def _section_guides(doc, r):
     doc.section("Surgical guides")
     guides = r.get("guides") or []
@@ -281,7 +303,7 @@ def build_defect_document(record: dict, images: dict):
     _section_defect(doc, r)
     _section_implant(doc, r)
     _section_porous(doc, r)
-    rp._section_screws(doc, r)
+    _section_screws(doc, r)
     _section_guides(doc, r)
     _section_variants(doc, r)
     _section_risks(doc, r)

@@ -1017,8 +1017,8 @@ def run_mirror_defect(ct_array, ijk_to_ras, bone_mask, params, out_folder: str, 
                 with open(path, "rb") as f:
                     digest = hashlib.sha256(f.read()).hexdigest()
                 files.append({"file": os.path.basename(path), "role": role, "format": fmt,
-                              "material": "PA12" if role == "drill guide" else ("Ti6Al4V ELI" if role.startswith(
-                                  "implant") else ""),
+                              "material": "PA12" if role == "drill guide" else ("Ti6Al4V ELI" if role in (
+                                  "implant", "implant_dense", "implant_porous_zone") else ""),
                               "coordinate_system": coordinate_system.upper(), "units": "mm",
                               "volume_mm3": round(check.volume_mm3, 2), "area_mm2": round(check.area_mm2, 2),
                               "triangles": check.n_triangles, "components": check.n_components, "sha256": digest,
