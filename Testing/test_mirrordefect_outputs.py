@@ -130,19 +130,16 @@ def test_panel_scene_functions_on_real_markups(ctx, phantom, tmp_path):
     from PatientImplantPlannerLib.segments import set_segment_mask
 
     scene = ctx.scene
-    ct = phantom.to_volume_node(ctx) if hasattr(phantom, "to_volume_node") else None
-    if ct is None:
-        import slicer
+    import slicer
+    import vtk
 
-        ct = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "phantom")
-        slicer.util.updateVolumeFromArray(ct, phantom.array)
-        import vtk
-
-        m = vtk.vtkMatrix4x4()
-        for r in range(4):
-            for c in range(4):
-                m.SetElement(r, c, float(phantom.ijk_to_ras[r, c]))
-        ct.SetIJKToRASMatrix(m)
+    ct = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "phantom")
+    slicer.util.updateVolumeFromArray(ct, phantom.array)
+    m = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            m.SetElement(r, c, float(phantom.ijk_to_ras[r, c]))
+    ct.SetIJKToRASMatrix(m)
     seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     seg.SetReferenceImageGeometryParameterFromVolumeNode(ct)
     bone_id = seg.GetSegmentation().AddEmptySegment("bone")
@@ -179,7 +176,7 @@ def test_panel_scene_functions_on_real_markups(ctx, phantom, tmp_path):
                                              screw_points=screws, grid_mm=0.5)
     assert params["screws"][0]["name"] == "S1 across" and len(params["resection_planes"]) == len(cuts)
     assert params["rod"]["direction_ras"] == pytest.approx(list(10.0 * np.asarray(phantom.local_direction((0, 0, 1)))))
-    # The other side removed: the planes then remove the healthy bone's complement (nothing of the left sacrum).
+    # "negative" flips the removed side of every plane.
     flipped = ds.defect_parameters_from_nodes(resection_planes=cuts, remove="negative")
     assert {p["remove"] for p in flipped["resection_planes"]} == {"negative"}
 
