@@ -22,7 +22,9 @@ import qt
 import slicer
 import vtk
 from slicer import (
+    vtkMRMLMarkupsCurveNode,
     vtkMRMLMarkupsFiducialNode,
+    vtkMRMLMarkupsPlaneNode,
     vtkMRMLMarkupsROINode,
     vtkMRMLScalarVolumeNode,
     vtkMRMLSegmentationNode,
@@ -276,6 +278,12 @@ class PatientImplantPlannerParameterNode:
     exportStl, export3mf - file formats.
     exportImplant ... exportReport - the parts to write (EXPORT_PART_FIELDS).
     latticePoreSizeUm, latticePorosityPercent - porous layer targets; fitClearanceMm - drill guide fit.
+
+    Defect implant (mirror-defect kind, issue 12; markups conventions in defectscene.py): defectSymmetryPlane (empty:
+    found automatically), defectResectionPlaneA/B + defectRemoveSide, defectResectionROI, defectResectionSegmentation
+    + defectResectionSegmentId (painted), defectFitClearanceMm, defectMarginMm, defectCutFaceFillMm, defectGridMm,
+    defectStrutPath + defectStrutDiameterMm, defectRodPoints (seat, then a point along the rod), defectScrewPoints
+    (entry/target pairs), defectScrewType, defectDrillGuides. Built into a new folder in bundleFolder.
     """
 
     # Bone segmentation
@@ -349,6 +357,25 @@ class PatientImplantPlannerParameterNode:
     latticePorosityPercent: Annotated[float, WithinRange(50, 85)] = 70.0
     fitClearanceMm: Annotated[float, WithinRange(0, 1)] = 0.2
 
+    # Defect implant (engine mirrordefect.MirrorDefectParameters via defectscene.defect_parameters_from_nodes)
+    defectSymmetryPlane: Optional[vtkMRMLMarkupsPlaneNode]
+    defectResectionPlaneA: Optional[vtkMRMLMarkupsPlaneNode]
+    defectResectionPlaneB: Optional[vtkMRMLMarkupsPlaneNode]
+    defectRemoveSide: Annotated[str, Choice(["positive", "negative"])] = "positive"
+    defectResectionROI: Optional[vtkMRMLMarkupsROINode]
+    defectResectionSegmentation: Optional[vtkMRMLSegmentationNode]
+    defectResectionSegmentId: str = ""
+    defectFitClearanceMm: Annotated[float, WithinRange(0, 2)] = 0.2
+    defectMarginMm: Annotated[float, WithinRange(-3, 3)] = 0.0
+    defectCutFaceFillMm: Annotated[float, WithinRange(0, 10)] = 3.0
+    defectGridMm: Annotated[float, WithinRange(0.1, 2)] = 1.0
+    defectStrutPath: Optional[vtkMRMLMarkupsCurveNode]
+    defectStrutDiameterMm: Annotated[float, WithinRange(2, 20)] = 6.0
+    defectRodPoints: Optional[vtkMRMLMarkupsFiducialNode]
+    defectScrewPoints: Optional[vtkMRMLMarkupsFiducialNode]
+    defectScrewType: Annotated[str, Choice(SCREW_TYPES)] = "6.5 cancellous"
+    defectDrillGuides: bool = True
+
 
 #
 # PatientImplantPlannerWidget
@@ -404,6 +431,7 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self._setupImplantPanel()
         self._setupScrewsPanel()
         self._setupVariantsPanel()
+        self._setupDefectPanel()
         self._setupExportBundlePanel()
         self._setupStatusArea()
 
@@ -483,6 +511,7 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self._updateLevelsPanel()
         self._updateImplantPanel()
         self._updateExportBundlePanel()
+        self._updateDefectPanel()
         self._scheduleUpdateIfSettingsChanged()
 
     #
@@ -933,6 +962,58 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         table.setHorizontalHeaderLabels([_("Screw"), _("Length (mm)"), _("> 250 HU (%)"), _("Breach")])
         table.verticalHeader().visible = False
         table.horizontalHeader().setStretchLastSection(True)
+
+    #
+    # Panel: Defect implant (mirror-defect kind)
+    #
+
+    def _setupDefectPanel(self) -> None:
+        self.ui.defectFindPlaneButton.connect("clicked(bool)", self.onDefectFindPlaneButton)
+        self.ui.defectBuildButton.connect("clicked(bool)", self.onDefectBuildButton)
+        self.ui.defectResidualLabel.text = ""
+        self.ui.defectResultLabel.text = ""
+
+    def _updateDefectPanel(self) -> None:
+        p = self._parameterNode
+        if not p:
+            return
+        hasBone = self._boneSegmentAvailable()
+        self.ui.defectFindPlaneButton.enabled = hasBone and not self._busy
+        hasResection = bool(p.defectResectionPlaneA or p.defectResectionPlaneB or p.defectResectionROI
+                            or (p.defectResectionSegmentation and p.defectResectionSegmentId))
+        self.ui.defectBuildButton.enabled = hasBone and hasResection and str(p.bundleFolder) not in ("", ".")
+        self.ui.defectBuildButton.toolTip = (
+            _("Build the implant, drill guides, files and design record into a new folder in the export folder")
+            if hasBone and hasResection else _("Segment the bone and give a resection (planes, box or segment) first")
+        )
+
+    def onDefectFindPlaneButton(self) -> None:
+        p = self._parameterNode
+        if self._busy or not self._dependenciesReady(_("Finding the symmetry plane")):
+            return
+        with self._engineCall(_("Finding the symmetry plane failed.")):
+            node, plane = self.logic.findDefectPlane(p.inputVolume, p.boneSegmentation, p.boneSegmentId,
+                                                     p.defectSymmetryPlane)
+            p.defectSymmetryPlane = node
+            self.ui.defectResidualLabel.text = _(
+                "Residual {residual} mm ({how}), {matched} % of the surface matched").format(
+                residual=f"{plane.residual_mm:.2f}", how=_("found") if plane.found else _("as placed"),
+                matched=f"{100 * plane.matched_fraction:.0f}")
+
+    def onDefectBuildButton(self) -> None:
+        p = self._parameterNode
+        if self._busy or not self._dependenciesReady(_("Building the defect implant")):
+            return
+        with self._engineCall(_("Building the defect implant failed.")):
+            manifest, models = self.logic.buildDefect(p, progress=self._onProgress)
+            d = manifest["defect"]
+            self.ui.defectResultLabel.text = _(
+                "Implant {implant} mm³ for a {defect} mm³ defect; cut face within tolerance over {cover} %; "
+                "{guides} drill guides; folder {folder}").format(
+                implant=f"{d['implant_volume_mm3']:.0f}", defect=f"{d['defect_volume_mm3']:.0f}",
+                cover=f"{100 * d['resection_surface_within_tolerance']:.0f}",
+                guides=len(manifest["drill_guides"]), folder=manifest["folder"])
+            self._showWarnings(manifest.get("warnings", []))
 
     #
     # Panel: Variants
@@ -1405,6 +1486,46 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
         for params in (exportParams, latticeParams, guideParams):
             params.validate()
         return exportParams, latticeParams, guideParams
+
+    @staticmethod
+    def defectParameters(p) -> dict:
+        """The plan's mirror_defect block from the parameter node's defect fields (validated by the engine)."""
+        from PatientImplantPlannerLib.scene.defectscene import defect_parameters_from_nodes
+
+        return defect_parameters_from_nodes(
+            symmetry_plane=p.defectSymmetryPlane,
+            resection_planes=[n for n in (p.defectResectionPlaneA, p.defectResectionPlaneB) if n is not None],
+            remove=p.defectRemoveSide, roi=p.defectResectionROI, fit_clearance_mm=p.defectFitClearanceMm,
+            margin_mm=p.defectMarginMm, cut_face_fill_mm=p.defectCutFaceFillMm, strut_curve=p.defectStrutPath,
+            strut_diameter_mm=p.defectStrutDiameterMm, rod_points=p.defectRodPoints,
+            screw_points=p.defectScrewPoints, screw_type=p.defectScrewType, grid_mm=p.defectGridMm,
+            drill_guides=p.defectDrillGuides)
+
+    def findDefectPlane(self, ctNode, segNode, segmentId: str, planeNode=None):
+        """(plane node, engine SymmetryPlane): found automatically, or the placed plane's residual measured."""
+        from PatientImplantPlannerLib.scene.defectscene import find_plane_in_scene
+
+        return find_plane_in_scene(ctNode, segNode, segmentId, planeNode, scene=self.context().scene)
+
+    def buildDefect(self, p, progress=None):
+        """Build the mirror-defect implant of the parameter node's settings into a new folder in its bundleFolder;
+        returns (manifest with its "folder", {file stem: model node})."""
+        from PatientImplantPlannerLib.export.bundle import new_bundle_folder
+        from PatientImplantPlannerLib.scene.defectscene import build_defect_in_scene
+
+        params = self.defectParameters(p)  # checked before anything is computed or written
+        folder = new_bundle_folder(str(p.bundleFolder), p.caseId)
+        if progress:
+            progress(0.1, _("Building the defect implant"))
+        segId = p.defectResectionSegmentId if p.defectResectionSegmentation else ""
+        if segId and p.defectResectionSegmentation is not p.boneSegmentation:
+            raise PlanError(_("The resection segment must be in the bone's segmentation."),
+                            _("Paint the resection as a segment of the bone segmentation."))
+        manifest, models = build_defect_in_scene(self.context().scene, p.inputVolume, p.boneSegmentation,
+                                                 p.boneSegmentId, params, folder, resection_segment_id=segId or None,
+                                                 case_id=p.caseId, coordinate_system=p.bundleCoordinateSystem)
+        manifest["folder"] = folder
+        return manifest, models
 
     def feCheck(self, result, nodes, loadN: float = 500.0, progress=None):
         """Finite-element check of every size of the plan: figures into the manifest and record, the nominal's

@@ -3,6 +3,7 @@ headless Slicer core: its metadata, logic, self-test (and that each self-test ca
 with a mock ui, including the design record exported through them.
 """
 
+import json
 import os
 import types
 
@@ -395,3 +396,91 @@ def test_widget_exports_a_record_with_its_segmentation(slicer_module, monkeypatc
     assert dialogs == [] and w._lastBundle is not None, w.ui.statusLabel.text
     check_exported_record(w._lastBundle.report_html, bone_volume_ml=segment_volume_ml(w._lastBundle.folder),
                           screw_names=[s.trajectory.name for s in w._editor.result.screws])
+
+
+def test_defect_panel_defaults_are_the_engine_defaults(slicer_module, ctx):
+    """A fresh parameter node's defect fields give the engine's mirror-defect defaults; with a resection plane
+    placed the logic turns them into a validated plan block, and a half-placed rod is refused by name."""
+    from PatientImplantPlannerLib.core.errors import PlanError
+    from PatientImplantPlannerLib.design.mirrordefect import MirrorDefectParameters
+
+    logic = slicer_module.PatientImplantPlannerLogic()
+    p = logic.getParameterNode()
+    defaults = MirrorDefectParameters()
+    assert (p.defectFitClearanceMm, p.defectMarginMm, p.defectCutFaceFillMm, p.defectStrutDiameterMm,
+            p.defectDrillGuides) == (defaults.fit_clearance_mm, defaults.margin_mm, defaults.cut_face_fill_mm,
+                                     defaults.strut_diameter_mm, defaults.drill_guides)
+    assert ui_combo_items(UI_FILE, "defectScrewTypeComboBox") == slicer_module.SCREW_TYPES
+    plane = ctx.scene.AddNewNodeByClass("vtkMRMLMarkupsPlaneNode", "cut")
+    plane.AddControlPointWorld(-5.0, 0.0, 0.0)
+    plane.SetNormalWorld(-1.0, 0.0, 0.0)
+    p.defectResectionPlaneA = plane
+    block = logic.defectParameters(p)
+    assert block["resection_planes"][0]["normal_ras"] == pytest.approx([-1.0, 0.0, 0.0])
+    assert block["resection_planes"][0]["remove"] == "positive" and block["symmetry_plane"] is None
+    rod = ctx.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "rod")
+    rod.AddControlPointWorld(0.0, 0.0, 0.0)
+    p.defectRodPoints = rod
+    with pytest.raises(PlanError, match="second point"):
+        logic.defectParameters(p)
+
+
+def test_widget_defect_panel_finds_the_plane_builds_and_refuses(slicer_module, monkeypatch, tmp_path):
+    """The "Defect implant" handlers with a mock ui on the pelvis phantom: Build stays disabled without a
+    resection; Find plane puts the found plane on a markups plane and shows its residual; Build with a resection
+    box writes the verified folder and shows its figures; a half-placed rod is refused in a dialog naming the fix,
+    with no folder written."""
+    import numpy as np
+    import slicer
+    import vtk
+
+    from PatientImplantPlannerLib.phantoms.pelvis import make_pelvis_phantom
+    from PatientImplantPlannerLib.scene.segments import set_segment_mask
+
+    w, dialogs = widget_under_test(slicer_module, monkeypatch)
+    w._setupDefectPanel()
+    ph = make_pelvis_phantom(spacing=1.0)
+    ct = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Pelvis")
+    slicer.util.updateVolumeFromArray(ct, ph.array)
+    m = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            m.SetElement(r, c, float(ph.ijk_to_ras[r, c]))
+    ct.SetIJKToRASMatrix(m)
+    seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(ct)
+    boneId = seg.GetSegmentation().AddEmptySegment("bone")
+    set_segment_mask(seg, boneId, ph.bone_mask, ct)
+    p = w._parameterNode = w.logic.getParameterNode()
+    p.inputVolume, p.boneSegmentation, p.boneSegmentId = ct, seg, boneId
+    p.bundleFolder, p.caseId = tmp_path / "exports", "DEFECT-W"
+    w._onParameterNodeModified()
+    assert w.ui.defectFindPlaneButton.enabled is True and w.ui.defectBuildButton.enabled is False
+
+    w.onDefectFindPlaneButton()
+    assert dialogs == []
+    o, n = [0.0] * 3, [0.0] * 3
+    p.defectSymmetryPlane.GetOriginWorld(o)
+    p.defectSymmetryPlane.GetNormalWorld(n)
+    assert np.degrees(np.arccos(min(1.0, abs(np.dot(n, ph.plane_normal))))) <= 1.0
+    assert "Residual" in w.ui.defectResidualLabel.text and "found" in w.ui.defectResidualLabel.text
+
+    roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "Resection")
+    roi.SetCenterWorld(*ph.local_to_ras((-30, 5, 25))[0])
+    roi.SetSizeWorld(14.0, 14.0, 14.0)
+    p.defectResectionROI = roi
+    w._onParameterNodeModified()
+    assert w.ui.defectBuildButton.enabled is True
+    w.onDefectBuildButton()
+    assert dialogs == []
+    (folder,) = list((tmp_path / "exports").iterdir())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["case_id"] == "DEFECT-W" and manifest["defect"]["bone_overlap_mm3"] <= 1.0
+    assert f"{manifest['defect']['implant_volume_mm3']:.0f}" in w.ui.defectResultLabel.text
+
+    rod = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Rod")
+    rod.AddControlPointWorld(*ph.local_to_ras((-30, -2, 25))[0])
+    p.defectRodPoints = rod
+    w.onDefectBuildButton()
+    assert len(dialogs) == 1 and "second point" in dialogs[0]
+    assert len(list((tmp_path / "exports").iterdir())) == 1

@@ -588,3 +588,15 @@ def decimate(mesh: TriMesh, target_triangles: Optional[int]) -> TriMesh:
     dec.BoundaryVertexDeletionOff()
     dec.Update()
     return merge_duplicate_vertices(from_polydata(dec.GetOutput()))
+
+
+def signed_distance(mesh: TriMesh, pts) -> np.ndarray:
+    """Signed distance (negative inside) from points (N, 3) to a closed mesh (VTK, vectorised)."""
+    import vtk
+    from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
+
+    f = vtk.vtkImplicitPolyDataDistance()
+    f.SetInput(to_polydata(mesh))
+    out = vtk.vtkDoubleArray()
+    f.FunctionValue(numpy_to_vtk(np.ascontiguousarray(np.atleast_2d(pts), dtype=np.float64), deep=True), out)
+    return vtk_to_numpy(out).copy()
