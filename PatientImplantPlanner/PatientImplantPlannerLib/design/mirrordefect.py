@@ -39,14 +39,19 @@ from ..core.mesh import (
     file_safe,
     from_manifold,
     isosurface,
+    merge_duplicate_vertices,
     read_stl,
     require_manifold3d,
     signed_distance,
     to_manifold,
     write_stl,
 )
+from ..export.threemf import read_3mf, write_3mf
+from ..parts.defectguides import DefectGuideParameters, defect_drill_guide
+from ..parts.guides import GuideParameters
 from ..parts.lattice import LatticeParameters, gyroid
-from .screws import ScrewParameters, Trajectory, hole_specs, plan_screws
+from ..record.defectrecord import write_defect_record
+from .screws import ScrewParameters, Trajectory, hole_specs, plan_screws, screw_type
 
 SYMMETRY_POINTS = 30000  # surface points registered (a deterministic subsample)
 SYMMETRY_TRIM = 0.8  # share of best-matched points the plane is fitted to
@@ -161,15 +166,10 @@ class MirrorDefectParameters:
             raise PlanError(f"drill_guides = {self.drill_guides!r} is invalid.", "Use true or false.")
         gp = self.guide_parameters()  # unknown keys and ranges
         if self.drill_guides and self.screws:
-            from ..parts.defectguides import DefectGuideParameters
-            from .screws import screw_type
-
             gp.drill_for(screw_type(sp.screw_type).diameter_mm)  # a drill is set for the screws
             DefectGuideParameters(pad_radius_mm=self.guide_pad_radius_mm).validate(gp)
 
     def guide_parameters(self):
-        from ..parts.guides import GuideParameters
-
         return GuideParameters.from_dict(dict(self.guides or {}))
 
     def lattice_parameters(self) -> LatticeParameters:
@@ -837,8 +837,6 @@ def _two_bodies(a: TriMesh, b: TriMesh) -> TriMesh:
 def _survives_float32(mesh: TriMesh) -> bool:
     """True when the mesh, stored as float32 triangles and welded by exact position as readers do, is still a
     closed manifold (measured: a porous zone on the sample CT left 2 edges shared by four triangles at 0.5 um)."""
-    from ..core.mesh import merge_duplicate_vertices
-
     soup = mesh.vertices[mesh.faces].reshape(-1, 3).astype(np.float32).astype(np.float64)
     welded = merge_duplicate_vertices(TriMesh(soup, np.arange(len(soup)).reshape(-1, 3)), None)
     return check_mesh(welded).ok
@@ -911,8 +909,6 @@ def remaining_bone_distance(result: DefectResult, ijk_to_ras):
 
 def drill_guides(result: DefectResult, structure: StructureResult, ijk_to_ras, params: MirrorDefectParameters) -> list:
     """[(guides.Guide, figures)] one drill guide per planned screw, seated on the implant (defectguides.py)."""
-    from ..parts.defectguides import DefectGuideParameters, defect_drill_guide
-
     if not (params.drill_guides and structure.screws):
         return []
     seat = from_manifold(to_manifold(structure.implant) + to_manifold(result.envelope))  # holes closed, connector on
@@ -927,8 +923,6 @@ PRINTED_ROLES = ("implant", "drill guide")  # one body each; also written as 3MF
 
 
 def _verify_written(path: str, role: str, mesh: TriMesh, coordinate_system: str) -> object:
-    from ..export.threemf import read_3mf
-
     back = read_3mf(path, coordinate_system) if path.endswith(".3mf") else read_stl(path, coordinate_system)
     check = check_mesh(back)
     problems = list(check.problems)
@@ -956,7 +950,6 @@ def run_mirror_defect(ct_array, ijk_to_ras, bone_mask, params, out_folder: str, 
     "3mf". Returns the manifest dict (also written as manifest.json)."""
     import hashlib
 
-    from ..export.threemf import write_3mf
 
     params = params if isinstance(params, MirrorDefectParameters) else MirrorDefectParameters.from_dict(params)
     params.validate()
@@ -1024,8 +1017,6 @@ def run_mirror_defect(ct_array, ijk_to_ras, bone_mask, params, out_folder: str, 
                if sum(loose) >= 0.01 else []),
         }
         if record:
-            from ..record.defectrecord import write_defect_record
-
             manifest["files"] += write_defect_record(manifest, result, structure, guides, tmp, ct_array, ijk_to_ras,
                                                      ct_description=ct_description, segmentation=segmentation)
         with open(os.path.join(tmp, "manifest.json"), "w") as f:

@@ -24,6 +24,7 @@ from .implant import (
     path_frames,
     profile_polygon,
 )
+from .screws import default_trajectories
 
 NAMED_ANGLES = {
     "anterior": 0.0,
@@ -313,8 +314,6 @@ def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal:
       the starting size, if that was already nearer).
     Each change is a note for the plan's warnings. When nothing helps the parameters are returned unchanged and
     the design step refuses with its own message."""
-    from .screws import default_trajectories
-
     notes = []
     params = implant
     t = params.footplate_thickness_mm

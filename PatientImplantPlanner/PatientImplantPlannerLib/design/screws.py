@@ -14,6 +14,8 @@ import numpy as np
 
 from ..core.anatomy import Endplate, unit
 from ..core.errors import PlanError
+from ..core.mesh import TriMesh, require_manifold3d, to_manifold
+from .implant import HoleSpec
 
 ENDS = ("proximal", "distal")
 DEFAULT_TARGET_MM = 30.0  # the markups line's second point: far enough to show the direction clearly
@@ -674,8 +676,6 @@ def plan_screws(trajectories, ct_array, bone_mask, ijk_to_ras, params: ScrewPara
 def hole_specs(plans) -> list:
     """One implant.HoleSpec per planned screw: from its entry along it, the hole's diameter, the screw's length
     + 5 mm so the hole always opens through the footplate."""
-    from .implant import HoleSpec
-
     return [
         HoleSpec(p.trajectory.end, p.trajectory.entry.copy(), p.trajectory.direction, p.hole_diameter_mm,
                  p.length_mm + 5.0)
@@ -687,8 +687,6 @@ def screw_misses_implant(trajectory: Trajectory, implant_mesh_or_footplate, hole
                          length_mm: Optional[float] = None) -> bool:
     """True when a hole of ``hole_diameter`` along the trajectory would cut (almost) nothing from the implant: less
     than a 0.5 mm long plug of the hole's cross-section. Accepts a TriMesh or a manifold3d Manifold."""
-    from ..core.mesh import TriMesh, require_manifold3d, to_manifold
-
     m3d = require_manifold3d()
     if not np.isfinite(hole_diameter) or hole_diameter <= 0:
         raise PlanError(f"Hole diameter {hole_diameter!r} mm is invalid.", "Use the screw diameter + clearance.")

@@ -37,7 +37,8 @@ import numpy as np
 
 from ..core.anatomy import distance_to_polyline, unit
 from ..core.errors import GeometryError, PlanError
-from ..core.mesh import TriMesh, from_manifold, require_manifold3d, require_valid, to_manifold
+from ..core.mesh import TriMesh, from_manifold, require_manifold3d, require_valid, to_manifold, to_polydata
+from ..design.implant import sweep
 from .textmesh import text_outline, text_size
 
 ENDS = ("proximal", "distal")
@@ -613,7 +614,6 @@ def drill_guide(
     slot_poly = max((np.asarray(p) for p in slot_2d.to_polygons()), key=len)
     height = top + gp.sleeve_length_mm + 10.0
     kp, kf = _extended_end_path(path, frames, s, t + 12.0, height + 5.0)
-    from ..design.implant import sweep  # the implant's own sweep, so the keep-out follows the strut exactly
 
     keep_world = to_manifold(sweep(kp, kf, slot_poly))
     keepout = keep_world.transform(seat.to_local_matrix())
@@ -743,7 +743,6 @@ def _sleeve_walls(keepout: TriMesh, axis_lines: list) -> list:
     the bore radius: the wall left on the strut side (or the full wall if the strut is far)."""
     import vtk
 
-    from ..core.mesh import to_polydata
 
     dist = vtk.vtkImplicitPolyDataDistance()
     dist.SetInput(to_polydata(keepout))

@@ -13,9 +13,19 @@ from typing import Optional
 
 import numpy as np
 
+from ..export.manifest import sha256_of, software_info
 from . import sections as sec
 from . import values as val
 from .designrecord import jsonable
+from .render import (
+    BONE_RGB,
+    GUIDE_RGB,
+    OUTLINE_BONE_RGB,
+    OUTLINE_IMPLANT_RGB,
+    TITANIUM_RGB,
+    render_ct_slice_with_outline,
+    render_scene,
+)
 from .report import write_report
 
 DEFECT_SECTIONS = [
@@ -62,7 +72,6 @@ def defect_record(manifest: dict, ct_description: Optional[dict] = None, segment
     """The record dict (report's shape where the sections are shared) of a mirror-defect manifest."""
     import datetime
 
-    from ..export.manifest import software_info
 
     files = [{**f, "checks": f.get("check"), "size_variant": None} for f in manifest.get("files") or []]
     return jsonable({
@@ -329,16 +338,6 @@ def build_defect_document(record: dict, images: dict):
 def defect_pictures(result, structure, guides, ct_array, ijk_to_ras, folder: str) -> dict:
     """{key: (png path, caption)}: 3D views of the remaining bone, implant and guides; CT slices through the defect
     with the implant and the remaining bone outlined."""
-    from .render import (
-        BONE_RGB,
-        GUIDE_RGB,
-        OUTLINE_BONE_RGB,
-        OUTLINE_IMPLANT_RGB,
-        TITANIUM_RGB,
-        render_ct_slice_with_outline,
-        render_scene,
-    )
-
     implant = structure.implant
     meshes = [(result.remaining_bone, BONE_RGB, 0.5), (implant, TITANIUM_RGB, 1.0)] + \
         [(g.mesh, GUIDE_RGB, 1.0) for g, _ in guides]
@@ -366,7 +365,6 @@ def write_defect_record(manifest: dict, result, structure, guides, folder: str, 
     """Render the pictures and write design_record.html/.pdf into ``folder``; returns their manifest entries."""
     import tempfile
 
-    from ..export.manifest import sha256_of
 
     record = defect_record(manifest, ct_description, segmentation)
     with tempfile.TemporaryDirectory() as tmp:

@@ -15,7 +15,16 @@ from typing import Optional
 import numpy as np
 
 from ..core.errors import PlanError
-from ..design.mirrordefect import MirrorDefectParameters, SymmetryPlane, find_symmetry_plane, given_plane
+from ..core.mesh import read_stl, to_polydata
+from ..design.mirrordefect import (
+    MirrorDefectParameters,
+    SymmetryPlane,
+    find_symmetry_plane,
+    given_plane,
+    run_mirror_defect,
+)
+from .segments import get_segment_mask
+from .volumes import array, ijk_to_ras_matrix
 
 
 def _points(node) -> list:
@@ -93,9 +102,6 @@ def defect_parameters_from_nodes(symmetry_plane=None, resection_planes=(), remov
 
 
 def _bone(ct_node, segmentation_node, segment_id: str):
-    from .segments import get_segment_mask
-    from .volumes import array, ijk_to_ras_matrix
-
     if ct_node is None or segmentation_node is None or not segment_id:
         raise PlanError("No CT or bone segment is selected.", "Segment the bone first (Bone segmentation panel).")
     if segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
@@ -129,9 +135,6 @@ def build_defect_in_scene(scene, ct_node, segmentation_node, bone_segment_id: st
     and show the implant and the drill guides as model nodes. Returns (manifest, {role or file stem: model node})."""
     import os
 
-    from ..core.mesh import read_stl, to_polydata
-    from ..design.mirrordefect import run_mirror_defect
-    from .segments import get_segment_mask
 
     ct, m, bone = _bone(ct_node, segmentation_node, bone_segment_id)
     resection = None
