@@ -1233,7 +1233,7 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def implantParameters(p):
         """Engine ImplantParameters from the parameter node."""
-        from PatientImplantPlannerLib.design.implant import ImplantParameters
+        from PatientImplantPlannerLib.design.strut import ImplantParameters
 
         return ImplantParameters(
             profile=p.implantProfile.value,

@@ -12,7 +12,8 @@ from measure import basis, fit_circle
 from PatientImplantPlannerLib.core.anatomy import Endplate
 from PatientImplantPlannerLib.core.errors import PlanError
 from PatientImplantPlannerLib.core.mesh import TriMesh, check_mesh, from_manifold, to_manifold, to_polydata
-from PatientImplantPlannerLib.design.implant import HoleSpec, ImplantParameters, build_implant
+from PatientImplantPlannerLib.design.implant import HoleSpec, build_implant
+from PatientImplantPlannerLib.design.strut import ImplantParameters
 from PatientImplantPlannerLib.parts.guides import (
     GuideParameters,
     check_docking_room,

@@ -10,10 +10,11 @@ from scipy.spatial import cKDTree
 from test_guides import surface_samples
 
 from PatientImplantPlannerLib.core.mesh import check_mesh
-from PatientImplantPlannerLib.design.implant import ImplantParameters, build_implant, footplate_centre, path_lateral
+from PatientImplantPlannerLib.design.implant import build_implant, footplate_centre, path_lateral
 from PatientImplantPlannerLib.design.placement import fit_footplates, place_strut, screw_layout_kwargs
 from PatientImplantPlannerLib.design.plan import Plan, design_implant
 from PatientImplantPlannerLib.design.screws import ScrewParameters, default_trajectories
+from PatientImplantPlannerLib.design.strut import ImplantParameters
 from PatientImplantPlannerLib.imaging.keepout import from_labels
 from PatientImplantPlannerLib.imaging.levels import detect_levels
 from PatientImplantPlannerLib.parts.lattice import voxelise

@@ -57,9 +57,9 @@ def test_self_test_runs_on_the_headless_core(slicer_module):
 def test_planning_defaults_are_the_engine_defaults(slicer_module):
     """A fresh parameter node gives exactly the engine's default implant, screws, variants, placement and export
     settings, and the GUI's fixed lists (screw types, export parts, enums) match the engine's."""
-    from PatientImplantPlannerLib.design.implant import PROFILES, ImplantParameters
     from PatientImplantPlannerLib.design.plan import PLACEMENTS, Plan
     from PatientImplantPlannerLib.design.screws import SCREW_CATALOGUE, ScrewParameters
+    from PatientImplantPlannerLib.design.strut import PROFILES, ImplantParameters
     from PatientImplantPlannerLib.export.parameters import ALL_PARTS, ExportParameters
     from PatientImplantPlannerLib.parts.guides import GuideParameters
     from PatientImplantPlannerLib.parts.lattice import LatticeParameters

@@ -198,8 +198,8 @@ def run_segment(args, progress=None) -> dict:
 def demo_plan():
     """The demo plan: an L2 corpectomy-like gap bridged from the L1 inferior to the L3 superior endplate with a
     10 x 5 mm curved plate lying in front of the L2 body (L2 stays intact in this CT, so it must not be touched)."""
-    from .design.implant import ImplantParameters
     from .design.plan import Plan
+    from .design.strut import ImplantParameters
 
     plan = Plan(
         case_id="DEMO-L2",

@@ -16,15 +16,9 @@ from scipy.spatial import cKDTree
 
 from ..core.anatomy import Endplate
 from ..core.errors import PlanError
-from .implant import (
-    ImplantParameters,
-    footplate_centre,
-    footplate_outlines,
-    gap_length,
-    path_frames,
-    profile_polygon,
-)
+from .implant import footplate_centre, footplate_outlines
 from .screws import default_trajectories
+from .strut import ImplantParameters, gap_length, path_frames, profile_polygon
 
 NAMED_ANGLES = {
     "anterior": 0.0,

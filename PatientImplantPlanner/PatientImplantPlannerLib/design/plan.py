@@ -23,11 +23,12 @@ from ..export.boneexport import mask_surface
 from ..imaging.bonesegmentation import BoneSegmentationParameters
 from ..imaging.keepout import from_ct
 from ..imaging.levels import detect_levels
-from .implant import ImplantParameters, build_implant, measurements
+from .implant import build_implant, measurements
 from .mirrordefect import MirrorDefectParameters
 from .placement import NAMED_ANGLES, fit_footplates, place_strut, screw_layout_kwargs
 from .planschema import validate_plan_dict
 from .screws import ScrewParameters, Trajectory, default_trajectories, hole_specs, plan_screws
+from .strut import ImplantParameters
 
 SCHEMA_VERSION = 1
 MAX_VARIANT_MM = 30.0
