@@ -6,7 +6,7 @@ import pytest
 
 from PatientImplantPlannerLib.core.errors import PlanError
 from PatientImplantPlannerLib.core.mesh import check_mesh, to_manifold
-from PatientImplantPlannerLib.parts import lattice
+from PatientImplantPlannerLib.parts import gyroid, lattice
 from PatientImplantPlannerLib.parts.lattice import LatticeParameters, apply_porous_layer, elliptic_plate
 
 
@@ -100,7 +100,7 @@ def test_chordal_error_against_the_exact_gyroid(porous):
     step = result.voxel_mm
     walls = (np.sqrt((u / 10.0) ** 2 + (v / 7.0) ** 2) - 1.0) * 7.0  # the plate's elliptic side, about
     own = (w < -step) & (w > -params.layer_thickness_mm + step) & (walls < -step)
-    distance_um = np.abs(lattice.gyroid_distance(points[own], result.cell_size_mm, result.level)) * 1000.0
+    distance_um = np.abs(gyroid.gyroid_distance(points[own], result.cell_size_mm, result.level)) * 1000.0
     print(f"chordal error over {own.sum()} points: mean {distance_um.mean():.1f} um, p99 "
           f"{np.percentile(distance_um, 99):.1f} um, max {distance_um.max():.1f} um")
     assert own.sum() > 100_000
@@ -122,7 +122,7 @@ def test_chordal_error_everywhere_including_the_cut_edges(porous):
     u, v, w = points.T
     wall = (np.sqrt((u / 10.0) ** 2 + (v / 7.0) ** 2) - 1.0) * 7.0  # about the distance to the elliptic side
     region = np.maximum(np.maximum(w, -params.layer_thickness_mm - w), wall)
-    solid = np.maximum(lattice.gyroid_distance(points, result.cell_size_mm, result.level), region)
+    solid = np.maximum(gyroid.gyroid_distance(points, result.cell_size_mm, result.level), region)
     near_cut = np.abs(region) < 0.1  # points on or next to a cut face
     distance_um = np.abs(solid) * 1000.0
     print(f"chordal error over {len(points)} points ({near_cut.sum()} within 0.1 mm of a cut face): mean "
@@ -141,11 +141,11 @@ def test_pore_mesh_error_is_bounded_everywhere():
     params = LatticeParameters()
     cell, level = params.cell_size_mm(), params.calibration().level
     lo, hi = np.array([0.0, 0.0, 0.0]), np.array([6.0, 5.0, 2.0])
-    mesh, worst = lattice.pore_mesh(lo, hi, cell, level)
+    mesh, worst = gyroid.pore_mesh(lo, hi, cell, level)
     inner = np.all((mesh.vertices[mesh.faces] > lo + 0.4) & (mesh.vertices[mesh.faces] < hi - 0.4), axis=(1, 2))
-    err = lattice.triangle_errors(lattice.TriMesh(mesh.vertices, mesh.faces[inner]), cell, level)
+    err = gyroid.triangle_errors(lattice.TriMesh(mesh.vertices, mesh.faces[inner]), cell, level)
     assert closed_edges(mesh.faces, len(mesh.vertices))
-    assert worst <= lattice.MESH_TOLERANCE_MM
+    assert worst <= gyroid.MESH_TOLERANCE_MM
     assert err.max() <= 0.030 and err.mean() <= 0.010
     assert inner.sum() / np.prod(hi - lo - 0.8) < 600  # triangles per mm3 (a cell/9.6 contour has ~1160)
 
@@ -169,9 +169,9 @@ def test_pore_size_measurement_on_known_spheres():
     g = np.meshgrid(x, x, x, indexing="ij")
     dist2 = sum(((c % pitch) - pitch / 2) ** 2 for c in g)
     void = dist2 < (d / 2) ** 2
-    assert lattice.measure_pore_size(void, h) == pytest.approx(1000.0, rel=0.05)
+    assert gyroid.measure_pore_size(void, h) == pytest.approx(1000.0, rel=0.05)
     sphere_fraction = np.pi / 6 * d**3 / pitch**3
-    assert lattice.measure_porosity(~void) == pytest.approx(sphere_fraction, rel=0.03)
+    assert gyroid.measure_porosity(~void) == pytest.approx(sphere_fraction, rel=0.03)
 
 
 def test_sheet_gyroid_hits_porosity_small_part():

@@ -39,10 +39,12 @@ def plate_row(da: float, dl: float) -> dict:
         from PatientImplantPlannerLib.core.mesh import check_mesh, stl_bytes
         from PatientImplantPlannerLib.export.threemf import write_3mf
         from PatientImplantPlannerLib.parts import lattice
+        from PatientImplantPlannerLib.parts.gyroid import gyroid_distance
     except ImportError:  # a baseline commit from before the stage sub-packages
         from PatientImplantPlannerLib import lattice
         from PatientImplantPlannerLib.mesh import check_mesh, stl_bytes
         from PatientImplantPlannerLib.threemf import write_3mf
+        gyroid_distance = lattice.gyroid_distance
     LatticeParameters, apply_porous_layer = lattice.LatticeParameters, lattice.apply_porous_layer
     elliptic_plate = lattice.elliptic_plate
 
@@ -65,7 +67,7 @@ def plate_row(da: float, dl: float) -> dict:
     step = r.voxel_mm
     walls = (np.sqrt((u / (da / 2)) ** 2 + (v / (dl / 2)) ** 2) - 1.0) * (min(da, dl) / 2)
     own = (w < -step) & (w > -params.layer_thickness_mm + step) & (walls < -step)
-    err = np.abs(lattice.gyroid_distance(points[own], r.cell_size_mm, r.level)) * 1000.0
+    err = np.abs(gyroid_distance(points[own], r.cell_size_mm, r.level)) * 1000.0
     return {
         "plate": f"{da:g} x {dl:g}", "layer_mm3": r.layer_volume_mm3, "triangles": r.mesh.n_triangles,
         "stl_mb": len(stl_bytes(r.mesh)) / 1e6, "3mf_mb": mb_3mf, "err_mean_um": float(err.mean()),

@@ -23,8 +23,8 @@ IMPLANT_TARGET_S = 2.0
 
 def demo_like_plan(phantom):
     """The demo plan (cli.demo_plan) with the phantom's L1 and L3 body centres as the level points."""
-    from PatientImplantPlannerLib.design.implant import ImplantParameters
     from PatientImplantPlannerLib.design.plan import Plan
+    from PatientImplantPlannerLib.design.strut import ImplantParameters
 
     return Plan(
         case_id="BENCH-L2",

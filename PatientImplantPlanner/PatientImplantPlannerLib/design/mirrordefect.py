@@ -49,7 +49,8 @@ from ..core.mesh import (
 from ..export.threemf import read_3mf, write_3mf
 from ..parts.defectguides import DefectGuideParameters, defect_drill_guide
 from ..parts.guides import GuideParameters
-from ..parts.lattice import LatticeParameters, gyroid
+from ..parts.gyroid import gyroid
+from ..parts.lattice import LatticeParameters
 from ..record.defectrecord import write_defect_record
 from .screws import ScrewParameters, Trajectory, hole_specs, plan_screws, screw_type
 

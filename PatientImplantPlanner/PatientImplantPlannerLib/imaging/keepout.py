@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from ..core.errors import PlanError
 from ..core.mesh import TriMesh
-from ..parts.lattice import voxelise
+from ..parts.gyroid import voxelise
 
 DEFAULT_CLEARANCE_MM = 2.0
 MEASURE_PITCH_MM = 0.5  # clearance and overlap are measured on this isotropic grid around the mesh
