@@ -11,6 +11,7 @@ from scipy.spatial import cKDTree
 from PatientImplantPlannerLib.core.errors import OutputExistsError, PlanError
 from PatientImplantPlannerLib.core.mesh import check_mesh, read_stl, signed_distance
 from PatientImplantPlannerLib.design import mirrordefect as md
+from PatientImplantPlannerLib.design import symmetry
 from PatientImplantPlannerLib.phantoms.pelvis import S1_TOP_W, _bone_distances, make_pelvis_phantom, mirror_lr_pelvis
 
 CLEARANCE = 0.2
@@ -53,11 +54,11 @@ def test_symmetry_plane_found_when_one_side_is_missing(phantom):
     reflection ICP still finds the plane."""
     planes = phantom.hemisacrectomy_planes("left")
     kji = np.argwhere(phantom.bone_mask)
-    ras = md.voxel_centres_ras(phantom.ijk_to_ras, kji)
+    ras = symmetry.voxel_centres_ras(phantom.ijk_to_ras, kji)
     gone = np.min([(ras - p["origin_ras"]) @ np.asarray(p["normal_ras"]) for p in planes], axis=0) > 0
     bone = phantom.bone_mask.copy()
     bone[tuple(kji[gone].T)] = False
-    plane = md.find_symmetry_plane(bone, phantom.ijk_to_ras)
+    plane = symmetry.find_symmetry_plane(bone, phantom.ijk_to_ras)
     assert np.degrees(np.arccos(min(1.0, abs(plane.normal @ phantom.plane_normal)))) <= 1.0
     assert abs((phantom.plane_origin - plane.origin) @ plane.normal) <= 1.0
     assert plane.matched_fraction < 0.9  # the missing side shows in the figures
@@ -72,7 +73,7 @@ def test_left_hemisacrectomy_implant_fills_the_defect(phantom, left):
     # Independent of the engine's meshes: no voxel of the true remaining bone has its centre in the implant.
     planes = phantom.hemisacrectomy_planes("left")
     kji = np.argwhere(phantom.bone_mask)
-    ras = md.voxel_centres_ras(phantom.ijk_to_ras, kji)
+    ras = symmetry.voxel_centres_ras(phantom.ijk_to_ras, kji)
     removed = np.min([(ras - p["origin_ras"]) @ np.asarray(p["normal_ras"]) for p in planes], axis=0) > 0
     lo, hi = left.envelope.bounds()
     near = ~removed & np.all((ras > lo - 1) & (ras < hi + 1), axis=1)
@@ -265,8 +266,8 @@ def _lumbar():
 def _s1_half_envelope(m, bone, labels, side: str):
     """Envelope for a painted half of S1 (5 mm beside its centre), the plane found from the bone."""
     s1 = labels == 26
-    x = md.voxel_centres_ras(m, np.indices(bone.shape).reshape(3, -1).T)[:, 0].reshape(bone.shape)
-    centre = md.voxel_centres_ras(m, np.argwhere(s1)).mean(axis=0)
+    x = symmetry.voxel_centres_ras(m, np.indices(bone.shape).reshape(3, -1).T)[:, 0].reshape(bone.shape)
+    centre = symmetry.voxel_centres_ras(m, np.argwhere(s1)).mean(axis=0)
     resection = s1 & ((x < centre[0] - 5.0) if side == "left" else (x > centre[0] + 5.0))
     return md.build_envelope(bone, m, md.MirrorDefectParameters(grid_mm=1.0), resection_mask=resection)
 
@@ -283,7 +284,7 @@ def test_lumbar_ct_left_s1_resection_envelope(lumbar_left):
     plane, meas = result.plane, result.measurements
     assert abs(plane.normal[0]) > np.cos(np.radians(10.0))  # left-right, as the patient lies on the table
     for name in (26, 27):  # S1 and L5 centres lie on the mid-sagittal plane (within a voxel or two)
-        c = md.voxel_centres_ras(m, np.argwhere(labels == name)).mean(axis=0)
+        c = symmetry.voxel_centres_ras(m, np.argwhere(labels == name)).mean(axis=0)
         assert abs((c - plane.origin) @ plane.normal) < 6.0
     assert plane.residual_mm < 3.0  # about the 3 mm voxel
     assert 0.7 <= meas["implant_volume_mm3"] / meas["defect_volume_mm3"] <= 1.1, meas

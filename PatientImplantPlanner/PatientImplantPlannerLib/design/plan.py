@@ -23,8 +23,8 @@ from ..export.boneexport import mask_surface
 from ..imaging.bonesegmentation import BoneSegmentationParameters
 from ..imaging.keepout import from_ct
 from ..imaging.levels import detect_levels
+from .defectparams import MirrorDefectParameters
 from .implant import build_implant, measurements
-from .mirrordefect import MirrorDefectParameters
 from .placement import NAMED_ANGLES, fit_footplates, place_strut, screw_layout_kwargs
 from .planschema import validate_plan_dict
 from .screws import ScrewParameters, Trajectory, default_trajectories, hole_specs, plan_screws

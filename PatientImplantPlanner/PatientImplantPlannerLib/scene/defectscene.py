@@ -16,13 +16,9 @@ import numpy as np
 
 from ..core.errors import PlanError
 from ..core.mesh import read_stl, to_polydata
-from ..design.mirrordefect import (
-    MirrorDefectParameters,
-    SymmetryPlane,
-    find_symmetry_plane,
-    given_plane,
-    run_mirror_defect,
-)
+from ..design.defectparams import MirrorDefectParameters
+from ..design.mirrordefect import run_mirror_defect
+from ..design.symmetry import SymmetryPlane, find_symmetry_plane, given_plane
 from .segments import get_segment_mask
 from .volumes import array, ijk_to_ras_matrix
 
