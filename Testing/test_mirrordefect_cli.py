@@ -55,5 +55,5 @@ def test_sample_ct_left_hemisacrectomy_end_to_end(tmp_path):
     assert {f["file"] for f in manifest["files"] if f["role"] == "design record"} == {"design_record.html",
                                                                                      "design_record.pdf"}
     # The CLI's own segmentation and CT go into the record (seed, threshold, slice thickness).
-    html = (folder / "design_record.html").read_text()
+    html = (folder / "design_record.html").read_text(encoding="utf-8")
     assert "226 to 3071 HU" in html and "3.00 mm" in html

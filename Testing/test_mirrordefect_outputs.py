@@ -90,7 +90,7 @@ def test_printed_parts_are_written_as_verified_stl_and_3mf(built):
 
 def test_design_record_has_the_defect_figures_and_no_variants(built):
     out, manifest = built
-    html = (out / "design_record.html").read_text()
+    html = (out / "design_record.html").read_text(encoding="utf-8")
     d = manifest["defect"]
     for title in ("Symmetry plane", "Resection and defect", "Porous structure", "Surgical guides",
                   "Oversized variants"):

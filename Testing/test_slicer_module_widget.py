@@ -402,7 +402,7 @@ def test_defect_panel_defaults_are_the_engine_defaults(slicer_module, ctx):
     """A fresh parameter node's defect fields give the engine's mirror-defect defaults; with a resection plane
     placed the logic turns them into a validated plan block, and a half-placed rod is refused by name."""
     from PatientImplantPlannerLib.core.errors import PlanError
-    from PatientImplantPlannerLib.design.mirrordefect import MirrorDefectParameters
+    from PatientImplantPlannerLib.design.defectparams import MirrorDefectParameters
 
     logic = slicer_module.PatientImplantPlannerLogic()
     p = logic.getParameterNode()

@@ -287,7 +287,7 @@ def run_mirror_defect(ct_array, ijk_to_ras, bone_mask, params, out_folder: str, 
         if record:
             manifest["files"] += write_defect_record(manifest, result, structure, guides, tmp, ct_array, ijk_to_ras,
                                                      ct_description=ct_description, segmentation=segmentation)
-        with open(os.path.join(tmp, "manifest.json"), "w") as f:
+        with open(os.path.join(tmp, "manifest.json"), "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=2)
         if os.path.isdir(out_folder):
             os.rmdir(out_folder)  # empty (checked above)
