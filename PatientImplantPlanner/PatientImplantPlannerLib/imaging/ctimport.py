@@ -346,7 +346,26 @@ def _text_header(path: str, stop) -> tuple:
     return lines, offset
 
 
-def _check_nrrd(path: str) -> None:
+@dataclass
+class NrrdLayout:
+    """Where an NRRD file's voxel bytes are: ``data_path`` from byte ``offset``, encoded with ``codec`` ('raw' or
+    'gzip'/'bzip2'), ``sizes`` (fastest axis first) of ``item_size`` bytes, and the header ``fields``."""
+
+    data_path: str
+    offset: int
+    codec: str
+    sizes: list
+    item_size: int
+    fields: dict
+
+    @property
+    def n_bytes(self) -> int:
+        return int(np.prod(self.sizes, dtype=np.int64)) * self.item_size
+
+
+def nrrd_layout(path: str) -> Optional[NrrdLayout]:
+    """The data layout of an NRRD header, or None for encodings, skips and file lists left to the reader.
+    InputFileError for a header that is not NRRD, has no valid sizes, or names a data file that is missing."""
     lines, offset = _text_header(path, lambda line: line == "")
     if not lines or not lines[0].startswith("NRRD"):
         raise _damaged(path, "it has no NRRD header")
@@ -366,13 +385,20 @@ def _check_nrrd(path: str) -> None:
     data_file = fields.get("data file") or fields.get("datafile")
     skips = ("line skip", "lineskip", "byte skip", "byteskip")
     if codec is None or any(k in fields for k in skips) or (data_file and " " in data_file.strip()):
-        return  # text/hex encodings, skips and file lists: left to the reader
+        return None  # text/hex encodings, skips and file lists: left to the reader
     if data_file:
         path, offset = os.path.join(os.path.dirname(path), data_file.strip()), 0
         if not os.path.isfile(path):
             raise InputFileError(f"The NRRD header names a data file '{data_file}' that does not exist.",
                                  "Keep the .nhdr file and its data file together in one folder.")
-    _require_bytes(path, _stream_length(path, offset, codec), int(np.prod(sizes, dtype=np.int64)) * size, sizes)
+    return NrrdLayout(path, offset, codec, sizes, size, fields)
+
+
+def _check_nrrd(path: str) -> None:
+    layout = nrrd_layout(path)
+    if layout is not None:
+        _require_bytes(layout.data_path, _stream_length(layout.data_path, layout.offset, layout.codec),
+                       layout.n_bytes, layout.sizes)
 
 
 def _check_metaimage(path: str) -> None:
