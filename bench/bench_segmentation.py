@@ -43,9 +43,10 @@ OUR_STEPS = {
     "Writing the Bone segment": "segment write",
     "Bone segmentation done": "(segment returned)",
     "Reading bone segment": "export: read segment mask",
-    "Extracting surface": "surface (flying edges + check)",
+    "Extracting surface": "surface (flying edges)",
+    "Smoothing the surface": "surface smoothing + pieces + check",
     "Writing STL": "STL write",
-    "Verifying written file": "STL read back + check + manifest",
+    "Verifying written file": "STL read back (byte compare) + manifest",
 }
 
 

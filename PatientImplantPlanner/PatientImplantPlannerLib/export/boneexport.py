@@ -156,12 +156,17 @@ def export_bone_model(
     progress=None,
     reference_volume=None,
     mask: Optional[np.ndarray] = None,
+    smooth: bool = True,
+    min_island_mm3: float = 1000.0,
 ) -> BoneExportResult:
     """Write ``<name>.stl`` and ``<name>_manifest.json`` (or ``manifest.json`` for name "bone") into ``out_dir``.
 
-    Refuses to overwrite either file unless ``overwrite``; both are written atomically and the STL is read
-    back and verified (watertight, manifold, outward, volume) before the manifest is written. ``mask`` (the
-    segment on the reference grid, e.g. BoneSegmentationResult.mask) saves reading it back from the node.
+    The surface is smoothed like Slicer's default closed surface (``smooth``; off gives the raw voxel surface) and
+    keeps one shell per piece enclosing at least ``min_island_mm3`` (the segmentation's island size; cavity shells
+    and debris are left out). Refuses to overwrite either file unless ``overwrite``; both are written atomically.
+    The mesh is verified (watertight, manifold, outward, volume) as the file will hold it (float32 corners) before
+    writing, and the written file is read back and compared byte for byte before the manifest is written. ``mask``
+    (the segment on the reference grid, e.g. BoneSegmentationResult.mask) saves reading it back from the node.
     """
     prog = Progress(progress)
     coordinate_system = coordinate_system.upper()
@@ -185,16 +190,26 @@ def export_bone_model(
     segment_volume = float(mask.sum()) * float(abs(np.linalg.det(ijk_to_ras[:3, :3])))
     prog.report(0.2, "Extracting surface")
     surface = mask_surface(mask, ijk_to_ras)
-    if target_triangles:
-        prog.report(0.6, f"Decimating to {target_triangles} triangles")
+    if target_triangles:  # before smoothing, as Slicer's closed-surface conversion does
+        prog.report(0.3, f"Decimating to {target_triangles} triangles")
         surface = meshlib.decimate(surface, target_triangles)
-    meshlib.require_valid(surface, "bone model")
-    prog.report(0.75, "Writing STL")
-    meshlib.write_stl(surface, stl_path, coordinate_system, overwrite=overwrite)
-    prog.report(0.85, "Verifying written file")
-    check = meshlib.check_mesh(meshlib.read_stl(stl_path, coordinate_system))
+    if smooth:
+        prog.report(0.4, "Smoothing the surface")
+        surface = _smoothed(surface)
+    surface = keep_pieces(surface, min_island_mm3)
+    check = _check_as_written(surface)
     if not check.ok:
-        raise GeometryError(f"The written STL failed verification: {'; '.join(check.problems)}.", "Report this bug.")
+        raise GeometryError(f"The bone model mesh failed verification: {'; '.join(check.problems)}.",
+                            "Check the segmentation; this is a bug if it is a sensible bone segment.")
+    prog.report(0.75, "Writing STL")
+    data = _stl_file_bytes(surface, coordinate_system)
+    meshlib.atomic_write_bytes(stl_path, data, overwrite=overwrite)
+    prog.report(0.85, "Verifying written file")
+    with open(stl_path, "rb") as f:
+        written = f.read()
+    if written != data:
+        raise GeometryError(f"The written STL {stl_path} differs from the verified mesh ({len(written)} bytes read "
+                            f"back, {len(data)} written).", "Check the disk and write the bone model again.")
     entry = mesh_file_entry(
         stl_path,
         check,
@@ -207,6 +222,27 @@ def export_bone_model(
     write_manifest(manifest_path, manifest, overwrite=overwrite)
     prog.report(1.0, f"Wrote {stl_path}")
     return BoneExportResult(stl_path, manifest_path, check, surface, segment_volume)
+
+
+def _stl_file_bytes(surface: meshlib.TriMesh, coordinate_system: str) -> bytes:
+    """The binary STL ``meshlib.write_stl`` writes for a RAS mesh (LPS: x and y negated, an exact operation)."""
+    out = surface
+    if coordinate_system == "LPS":
+        out = meshlib.TriMesh(surface.vertices * np.array([-1.0, -1.0, 1.0]), surface.faces)
+    return meshlib.stl_bytes(out, f"PatientImplantPlanner binary STL, {coordinate_system}, mm")
+
+
+def _check_as_written(surface: meshlib.TriMesh) -> meshlib.MeshCheck:
+    """check_mesh of the mesh a reader gets from the STL: float32 corners welded where exactly equal. When rounding
+    merges no vertices that is the mesh itself with rounded vertices (checked once, here); otherwise it is built
+    the way a reader builds it."""
+    rounded = surface.vertices.astype(np.float32)
+    keys = np.ascontiguousarray(rounded).view(np.dtype((np.void, 12))).ravel()
+    if len(np.unique(keys)) == len(keys) and not np.any(rounded == 0):  # (-0.0 and 0.0 differ in bits only)
+        return meshlib.check_mesh(meshlib.TriMesh(rounded.astype(np.float64), surface.faces))
+    soup = meshlib.TriMesh(rounded.astype(np.float64)[surface.faces].reshape(-1, 3),
+                           np.arange(3 * len(surface.faces)).reshape(-1, 3))
+    return meshlib.check_mesh(meshlib.merge_duplicate_vertices(soup, tolerance=None))
 
 
 def show_bone_in_3d(segmentation_node) -> None:
