@@ -287,11 +287,19 @@ def _fill_interior(shell, blocked, ct, params, spacing_kji, progress: Progress) 
     disk = disk_kernel(params.closing_mm, spacing_kji[1:]) if params.closing_mm > 0 else None
     candidates = np.zeros_like(filled)
     fluid = np.zeros_like(filled)  # enclosed holes that look like fluid or fat: the spinal canal
+    rows_any = filled.any(axis=2)  # [k, j]
+    cols_any = filled.any(axis=1)  # [k, i]
     for k in range(filled.shape[0]):
-        sl = filled[k]
-        if not sl.any():
+        rows = np.flatnonzero(rows_any[k])
+        if len(rows) == 0:
             continue
-        cand = candidates[k]
+        cols = np.flatnonzero(cols_any[k])
+        # Work on the slice's bone bounding box plus one background pixel: closing stays inside the bounding box and
+        # the background ring keeps the outside connected to the border, so the result is the whole slice's.
+        win = (k, slice(max(rows[0] - 1, 0), rows[-1] + 2), slice(max(cols[0] - 1, 0), cols[-1] + 2))
+        sl = filled[win]
+        ct_k = ct[win]
+        cand = candidates[win]
         if disk is not None:
             # Bone-like voxels enclosed once small shell gaps are closed (thick slices leave the shell porous).
             pad = max(disk.shape) // 2 + 1
@@ -300,18 +308,18 @@ def _fill_interior(shell, blocked, ct, params, spacing_kji, progress: Progress) 
             if holes.any():
                 # Marrow-like holes whole, bone-like voxels of the others; gap voxels are taken (if bone-like)
                 # with the holes they close, gaps that close no hole (joint spaces) are not.
-                bone_like = ct[k] >= params.cavity_min_hu
+                bone_like = ct_k >= params.cavity_min_hu
                 gaps = closed & ~sl
                 lab, n = ndi.label(holes | gaps)
                 with_hole = np.zeros(n + 1, bool)
                 with_hole[np.unique(lab[holes])] = True
                 with_hole[0] = False
-                marrow = holes_by_median(closed, ct[k], params.cavity_min_hu, holes)
+                marrow = holes_by_median(closed, ct_k, params.cavity_min_hu, holes)
                 cand |= marrow
                 cand |= (holes | (gaps & with_hole[lab])) & bone_like
-                fluid[k] = holes & ~marrow
-        cand |= holes_by_median(sl | cand, ct[k], params.cavity_min_hu)
-        cand &= ~blocked[k]
+                fluid[win] = holes & ~marrow
+        cand |= holes_by_median(sl | cand, ct_k, params.cavity_min_hu)
+        cand &= ~blocked[win]
     # A slice's hole is inside the bone only if bone or hole continues above and below it; the disc slice next
     # to an endplate is ringed by the endplate's rim but has disc, not bone, on its far side.
     inside = filled | candidates
