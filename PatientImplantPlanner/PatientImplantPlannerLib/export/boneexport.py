@@ -93,6 +93,7 @@ def bone_model_surface(mask: np.ndarray, ijk_to_ras: np.ndarray, min_island_mm3:
 
 def _smoothed(surface: meshlib.TriMesh) -> meshlib.TriMesh:
     import vtk
+    from vtk.util.numpy_support import vtk_to_numpy
 
     smoother = vtk.vtkWindowedSincPolyDataFilter()
     smoother.SetInputData(meshlib.to_polydata(surface))
@@ -103,7 +104,9 @@ def _smoothed(surface: meshlib.TriMesh) -> meshlib.TriMesh:
     smoother.FeatureEdgeSmoothingOff()
     smoother.NonManifoldSmoothingOn()
     smoother.Update()
-    return meshlib.TriMesh(meshlib.from_polydata(smoother.GetOutput()).vertices, surface.faces)
+    # Only the points move (same order, same triangles): take them without a triangle-filter pass.
+    points = vtk_to_numpy(smoother.GetOutput().GetPoints().GetData()).astype(np.float64)
+    return meshlib.TriMesh(points, surface.faces)
 
 
 def keep_pieces(surface: meshlib.TriMesh, min_volume_mm3: float) -> meshlib.TriMesh:

@@ -347,6 +347,25 @@ def _fill_interior(shell, blocked, ct, params, spacing_kji, progress: Progress) 
 # --------------------------------------------------------------------------------------------- main entry
 
 
+def _threshold(ct: np.ndarray, lo: float, hi: float, slab: int = 8) -> np.ndarray:
+    """``(ct >= lo) & (ct <= hi)``. For int16 CTs in slabs of slices with one wrapped subtraction and one comparison
+    (lo <= x <= hi  <=>  (x - lo) mod 2**16 <= hi - lo for integers): two passes over cache-sized pieces instead of
+    three passes and two temporaries of the whole volume."""
+    if ct.dtype != np.int16:
+        return (ct >= lo) & (ct <= hi)
+    lo_i = max(int(np.ceil(lo)), -32768)
+    hi_i = min(int(np.floor(hi)), 32767)
+    out = np.zeros(ct.shape, dtype=bool)
+    if lo_i > hi_i:
+        return out
+    span = np.uint16(hi_i - lo_i)
+    shift = np.int16(lo_i)
+    for k in range(0, ct.shape[0], slab):
+        diff = np.subtract(ct[k : k + slab], shift, dtype=np.int16)  # wraps around, as intended
+        np.less_equal(diff.view(np.uint16), span, out=out[k : k + slab])
+    return out
+
+
 def _validate(params: BoneSegmentationParameters) -> None:
     if not (np.isfinite(params.threshold_min) and np.isfinite(params.threshold_max)):
         raise SegmentationError("The threshold must be finite numbers.", "Set the minimum and maximum in HU.")
@@ -408,7 +427,7 @@ def segment_bone_array(ct: np.ndarray, grid: VoxelGrid, params=None, progress=No
     progress.report(0.02, "Thresholding")
     box = _roi_box(grid, params)
     sub = ct[box]
-    thr = (sub >= params.threshold_min) & (sub <= params.threshold_max)
+    thr = _threshold(sub, params.threshold_min, params.threshold_max)
     if params.roi_center_ras is not None and not grid.axis_aligned():
         thr &= _oblique_roi_mask(grid, box, params)
     if not thr.any():
