@@ -499,3 +499,37 @@ def test_fast_nrrd_load_refuses_damaged_files_with_the_same_message(ctx, tmp_pat
             load_ct(ctx, str(path))
         messages.append(str(err.value))
     assert messages[0] == messages[1] and "is damaged" in messages[0]
+
+
+@pytest.mark.parametrize("dtype, low, high", [(np.int16, -1024, 3071), (np.int16, -3024, 1500), (np.int16, 5, 90),
+                                              (np.uint16, 0, 4095), (np.int32, -2048, 60000), (np.int16, -7, -3)])
+def test_auto_window_range_is_slicers_histogram_window(dtype, low, high):
+    import vtk
+    from vtk.util.numpy_support import numpy_to_vtk
+
+    from PatientImplantPlannerLib.imaging.nrrdread import auto_window_range
+
+    rng = np.random.default_rng(int(high - low))
+    voxels = np.concatenate([np.full(5000, low), rng.normal((low + high) / 2, (high - low) / 6, 40000).round(),
+                             rng.integers(low, high + 1, 3000), [high]]).clip(low, high).astype(dtype)
+    voxels = voxels[: 12 * 17 * (voxels.size // (12 * 17))].reshape(-1, 17, 12)
+    image = vtk.vtkImageData()
+    image.SetDimensions(12, 17, voxels.shape[0])
+    image.GetPointData().SetScalars(numpy_to_vtk(voxels.ravel(), deep=True))
+    stats = vtk.vtkImageHistogramStatistics()  # as vtkMRMLScalarVolumeDisplayNode sets it up
+    stats.SetAutoRangePercentiles(0.1, 99.9)
+    stats.SetAutoRangeExpansionFactors(0.0, 0.0)
+    stats.SetInputData(image)
+    stats.Update()
+    assert auto_window_range(voxels) == tuple(stats.GetAutoRange())
+    assert auto_window_range(voxels.astype(np.float32)) is None  # VTK bins floats differently: left to it
+
+
+def test_fast_load_keeps_automatic_window_level_live(ctx, tmp_path):
+    path = str(tmp_path / "ct.nrrd")
+    sitk.WriteImage(_oblique_ct(), path, useCompression=True)
+    display = load_ct(ctx, path).GetDisplayNode()
+    window, level = display.GetWindow(), display.GetLevel()
+    assert display.GetAutoWindowLevel() == 1 and (window, level) != (256.0, 128.0)
+    display.SetInterpolate(0)  # any modification recomputes it with VTK: the same values
+    assert (display.GetWindow(), display.GetLevel()) == (window, level)

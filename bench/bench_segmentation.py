@@ -43,8 +43,8 @@ OUR_STEPS = {
     "Writing the Bone segment": "segment write",
     "Bone segmentation done": "(segment returned)",
     "Reading bone segment": "export: read segment mask",
-    "Extracting surface": "surface (flying edges)",
-    "Smoothing the surface": "surface smoothing + pieces + check",
+    "Extracting surface": "surface (flying edges, smoothing, pieces)",
+    "Checking the surface": "surface check (as the file holds it)",
     "Writing STL": "STL write",
     "Verifying written file": "STL read back (byte compare) + manifest",
 }

@@ -464,14 +464,24 @@ def check_geometry(volume_node, max_slice_mm: Optional[float] = None, accept_thi
 
 def _slice_mm(volume_node) -> float:
     """The thicker of the header's slice thickness and the spacing along superior-inferior (the axis the implant
-    length is measured along)."""
-    info = describe_ct(volume_node)
+    length is measured along). (Not through describe_ct: its HU range makes VTK scan every voxel, ~1 s.)"""
+    spacing = [float(s) for s in volume_node.GetSpacing()]
+    return max(_slice_thickness(volume_node, spacing), spacing[_si_axis(volume_node)])
+
+
+def _si_axis(volume_node) -> int:
+    """The voxel axis closest to superior-inferior."""
     import vtk
 
     directions = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASDirectionMatrix(directions)
-    axis = int(np.argmax([abs(directions.GetElement(2, c)) for c in range(3)]))
-    return max(float(info.slice_thickness), float(info.spacing[axis]))
+    return int(np.argmax([abs(directions.GetElement(2, c)) for c in range(3)]))
+
+
+def _slice_thickness(volume_node, spacing) -> float:
+    """The header's slice thickness, or without one the spacing of the axis closest to superior-inferior."""
+    thickness = volume_node.GetAttribute(ATTR_SLICE_THICKNESS)
+    return float(thickness) if thickness else float(spacing[_si_axis(volume_node)])
 
 
 def _mm(values) -> str:
@@ -583,8 +593,6 @@ def validate_ct(volume_node, allow_non_ct: bool = False) -> None:
 
 def describe_ct(volume_node) -> CTInfo:
     """Where the volume came from and its grid, spacing, RAS origin, value range and slice thickness."""
-    import vtk
-
     image = volume_node.GetImageData()
     dims = tuple(image.GetDimensions()) if image is not None else (0, 0, 0)
     spacing = tuple(float(s) for s in volume_node.GetSpacing())
@@ -593,14 +601,7 @@ def describe_ct(volume_node) -> CTInfo:
     if not path and storage is not None and storage.GetFileName():
         path = storage.GetFileName()
     hu_range = tuple(float(v) for v in image.GetScalarRange()) if image is not None else (0.0, 0.0)
-    thickness = volume_node.GetAttribute(ATTR_SLICE_THICKNESS)
-    if thickness:
-        slice_thickness = float(thickness)
-    else:  # no header value: the spacing of the axis closest to superior-inferior (axial slices)
-        directions = vtk.vtkMatrix4x4()
-        volume_node.GetIJKToRASDirectionMatrix(directions)
-        axis = int(np.argmax([abs(directions.GetElement(2, c)) for c in range(3)]))
-        slice_thickness = spacing[axis]
+    slice_thickness = _slice_thickness(volume_node, spacing)
     return CTInfo(
         path=path,
         dimensions=dims,

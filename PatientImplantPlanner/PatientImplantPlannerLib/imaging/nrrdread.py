@@ -93,3 +93,43 @@ def read_nrrd(path: str) -> Optional[FastVolume]:
     m[:3, :3] = LPS_TO_RAS @ direction @ np.diag(spacing)
     m[:3, 3] = LPS_TO_RAS @ np.array(image.GetOrigin(), dtype=float)
     return FastVolume(voxels, m, image)
+
+
+# Slicer's automatic window/level: the 0.1 and 99.9 percentiles of a histogram of the voxels, no expansion
+# (vtkMRMLScalarVolumeDisplayNode with vtkImageHistogramStatistics).
+_AUTO_PERCENTILES = (0.1, 99.9)
+_MAX_BINS = 65536  # vtkImageHistogram's default MaximumNumberOfBins: above it the bins are wider than 1
+
+
+def auto_window_range(voxels: np.ndarray, slab: int = 1 << 23) -> Optional[tuple]:
+    """(min, max) of the automatic window Slicer's display node computes for integer voxels, worked out with numpy
+    the way its histogram statistics define it: one bin per integer from min(0, data min) to max(0, data max), at
+    least 256 bins; the lower end is the last bin whose cumulative count is at most 0.1 % of the voxels (rounded
+    down), the upper end likewise at 99.9 %, both clamped to the occupied bins. None for types or ranges where VTK
+    bins differently (floats, chars, ranges above 65536 bins): the display node then computes it itself."""
+    if voxels.dtype not in (np.int16, np.uint16, np.int32, np.uint32) or voxels.size == 0:
+        return None
+    low_value, high_value = int(voxels.min()), int(voxels.max())
+    origin, top = min(low_value, 0), max(high_value, 0)
+    if top - origin > _MAX_BINS - 1:
+        return None
+    n_bins = max(top - origin, 255) + 1
+    flat = voxels.reshape(-1)
+    counts = np.zeros(n_bins, dtype=np.int64)
+    for start in range(0, flat.size, slab):  # slabs: bincount's index copy stays small
+        counts += np.bincount((flat[start : start + slab].astype(np.int64) - origin), minlength=n_bins)
+    cumulative = np.cumsum(counts)
+    total = int(cumulative[-1])
+
+    def last_at_most(limit: int, initial: int) -> int:
+        n = int(np.searchsorted(cumulative, limit, side="right"))  # bins with cumulative count <= limit
+        return n - 1 if n > 0 else initial
+
+    low = last_at_most(int(total * (_AUTO_PERCENTILES[0] * 0.01)), 0)
+    high = last_at_most(int(total * (_AUTO_PERCENTILES[1] * 0.01)), 0)
+    first = last_at_most(0, -1)  # last empty bin before the first occupied one
+    last = int(np.flatnonzero(counts)[-1]) if total else 0
+    if first < last:
+        first += 1
+    minimum, maximum = float(first + origin), float(last + origin)
+    return max(float(low + origin), minimum), min(float(high + origin), maximum)

@@ -30,7 +30,7 @@ from ..imaging.ctimport import (
     list_dicom_series,
     validate_ct,
 )
-from ..imaging.nrrdread import read_nrrd
+from ..imaging.nrrdread import auto_window_range, read_nrrd
 
 
 def _node_ids(scene) -> list:
@@ -100,7 +100,10 @@ def _node_from_voxels(ctx, path: str, name: str, volume):
     for r in range(4):
         for c in range(4):
             matrix.SetElement(r, c, float(volume.ijk_to_ras[r, c]))
+    window = auto_window_range(voxels)
     display = slicer.vtkMRMLScalarVolumeDisplayNode()
+    if window is not None:
+        display.SetAutoWindowLevel(0)  # computed below with numpy, not by VTK on connecting
     ctx.scene.AddNode(display)
     display.SetDefaultColorMap()
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
@@ -112,10 +115,17 @@ def _node_from_voxels(ctx, path: str, name: str, volume):
     node.SetAndObserveImageData(image)
     ctx.scene.AddNode(node)
     node.SetAndObserveStorageNodeID(storage.GetID())
-    # The display node computes the scalar range (VTK, element by element: ~1 s on 100 M voxels) and a histogram for
-    # the automatic window/level here, as with the archetype loader. (Seeding vtkDataArray's range cache from numpy
-    # was tried: vtkImageData's range does not use it.)
-    node.SetAndObserveDisplayNodeID(display.GetID())  # computes the automatic window/level (histogram)
+    # Connecting the display node makes it compute the automatic window/level: VTK's scalar range (element by
+    # element, ~1 s on 100 M voxels) and a histogram. For integer CTs the same two numbers come from numpy
+    # (auto_window_range, same definition) and automatic window/level is switched back on without recomputing;
+    # the display node recomputes (the same values) on its next modification, as it always does.
+    node.SetAndObserveDisplayNodeID(display.GetID())
+    if window is not None:
+        display.SetWindowLevelMinMax(*window)
+        was_disabled = display.GetDisableModifiedEvent()
+        display.SetDisableModifiedEvent(1)
+        display.SetAutoWindowLevel(1)
+        display.SetDisableModifiedEvent(was_disabled)
     return node
 
 
