@@ -203,3 +203,20 @@ def test_bone_model_of_the_real_lumbar_ct_is_smooth_and_clean(ctx, tmp_path):
     assert raw_shells > 10  # the unsmoothed surface carries cavity shells and specks
     _assert_clean_smooth_model(ctx, ct, result.segmentation_node, result.segment_id, result.mask,
                                ijk_to_ras_matrix(ct), tmp_path)
+
+
+def test_export_refuses_a_written_file_that_differs_from_the_verified_mesh(ctx, phantom, tmp_path, monkeypatch):
+    from PatientImplantPlannerLib.core.errors import GeometryError
+
+    ct, seg, sid = _segmentation(ctx, phantom)
+    real = M.write_stl
+
+    def shifted(mesh, path, *args, **kwargs):  # a write that goes wrong: one corner moved by 0.1 mm
+        vertices = mesh.vertices.copy()
+        vertices[0] += 0.1
+        real(M.TriMesh(vertices, mesh.faces), path, *args, **kwargs)
+
+    monkeypatch.setattr(M, "write_stl", shifted)
+    with pytest.raises(GeometryError, match="does not hold the verified mesh"):
+        export_bone_model(ctx, seg, sid, str(tmp_path))
+    assert not (tmp_path / "manifest.json").exists()

@@ -206,14 +206,11 @@ def export_bone_model(
         raise GeometryError(f"The bone model mesh failed verification: {'; '.join(check.problems)}.",
                             "Check the segmentation; this is a bug if it is a sensible bone segment.")
     prog.report(0.75, "Writing STL")
-    data = _stl_file_bytes(surface, coordinate_system)
-    meshlib.atomic_write_bytes(stl_path, data, overwrite=overwrite)
+    meshlib.write_stl(surface, stl_path, coordinate_system, overwrite=overwrite)
     prog.report(0.85, "Verifying written file")
-    with open(stl_path, "rb") as f:
-        written = f.read()
-    if written != data:
-        raise GeometryError(f"The written STL {stl_path} differs from the verified mesh ({len(written)} bytes read "
-                            f"back, {len(data)} written).", "Check the disk and write the bone model again.")
+    if not _file_holds(stl_path, surface, coordinate_system):
+        raise GeometryError(f"The written STL {stl_path} does not hold the verified mesh.",
+                            "Check the disk and write the bone model again.")
     entry = mesh_file_entry(
         stl_path,
         check,
@@ -228,12 +225,19 @@ def export_bone_model(
     return BoneExportResult(stl_path, manifest_path, check, surface, segment_volume)
 
 
-def _stl_file_bytes(surface: meshlib.TriMesh, coordinate_system: str) -> bytes:
-    """The binary STL ``meshlib.write_stl`` writes for a RAS mesh (LPS: x and y negated, an exact operation)."""
-    out = surface
+def _file_holds(path: str, surface: meshlib.TriMesh, coordinate_system: str) -> bool:
+    """The binary STL at ``path`` holds exactly the triangles of ``surface`` (RAS) as float32 corners in the file's
+    coordinate system: the file read back, compared with what was verified, without welding and checking it again."""
+    corners = surface.vertices[surface.faces]
     if coordinate_system == "LPS":
-        out = meshlib.TriMesh(surface.vertices * np.array([-1.0, -1.0, 1.0]), surface.faces)
-    return meshlib.stl_bytes(out, f"PatientImplantPlanner binary STL, {coordinate_system}, mm")
+        corners = corners * np.array([-1.0, -1.0, 1.0])
+    with open(path, "rb") as f:
+        data = f.read()
+    n = len(surface.faces)
+    if len(data) != 84 + 50 * n or int(np.frombuffer(data, "<u4", 1, 80)[0]) != n:
+        return False
+    rec = np.frombuffer(data, dtype=[("n", "<f4", 3), ("v", "<f4", (3, 3)), ("attr", "<u2")], count=n, offset=84)
+    return bool(np.array_equal(rec["v"], corners.astype(np.float32)))  # (-0.0 equals 0.0 here, as in a reader)
 
 
 def _check_as_written(surface: meshlib.TriMesh) -> meshlib.MeshCheck:
