@@ -22,7 +22,9 @@ import qt
 import slicer
 import vtk
 from slicer import (
+    vtkMRMLMarkupsCurveNode,
     vtkMRMLMarkupsFiducialNode,
+    vtkMRMLMarkupsPlaneNode,
     vtkMRMLMarkupsROINode,
     vtkMRMLScalarVolumeNode,
     vtkMRMLSegmentationNode,
@@ -46,6 +48,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from PatientImplantPlannerLib.core.errors import OutputExistsError, PlanError, PlannerError
+from PatientImplantPlannerLib.scene.planeditor import NEEDS_UPDATE, EditedPlan, PlanEditor
 
 SAMPLE_CATEGORY = "PatientImplantPlanner"
 SAMPLE_NAME = "PatientImplantPlannerLumbarCT"
@@ -275,6 +278,12 @@ class PatientImplantPlannerParameterNode:
     exportStl, export3mf - file formats.
     exportImplant ... exportReport - the parts to write (EXPORT_PART_FIELDS).
     latticePoreSizeUm, latticePorosityPercent - porous layer targets; fitClearanceMm - drill guide fit.
+
+    Defect implant (mirror-defect kind, issue 12; markups conventions in defectscene.py): defectSymmetryPlane (empty:
+    found automatically), defectResectionPlaneA/B + defectRemoveSide, defectResectionROI, defectResectionSegmentation
+    + defectResectionSegmentId (painted), defectFitClearanceMm, defectMarginMm, defectCutFaceFillMm, defectGridMm,
+    defectStrutPath + defectStrutDiameterMm, defectRodPoints (seat, then a point along the rod), defectScrewPoints
+    (entry/target pairs), defectScrewType, defectDrillGuides. Built into a new folder in bundleFolder.
     """
 
     # Bone segmentation
@@ -348,6 +357,25 @@ class PatientImplantPlannerParameterNode:
     latticePorosityPercent: Annotated[float, WithinRange(50, 85)] = 70.0
     fitClearanceMm: Annotated[float, WithinRange(0, 1)] = 0.2
 
+    # Defect implant (engine mirrordefect.MirrorDefectParameters via defectscene.defect_parameters_from_nodes)
+    defectSymmetryPlane: Optional[vtkMRMLMarkupsPlaneNode]
+    defectResectionPlaneA: Optional[vtkMRMLMarkupsPlaneNode]
+    defectResectionPlaneB: Optional[vtkMRMLMarkupsPlaneNode]
+    defectRemoveSide: Annotated[str, Choice(["positive", "negative"])] = "positive"
+    defectResectionROI: Optional[vtkMRMLMarkupsROINode]
+    defectResectionSegmentation: Optional[vtkMRMLSegmentationNode]
+    defectResectionSegmentId: str = ""
+    defectFitClearanceMm: Annotated[float, WithinRange(0, 2)] = 0.2
+    defectMarginMm: Annotated[float, WithinRange(-3, 3)] = 0.0
+    defectCutFaceFillMm: Annotated[float, WithinRange(0, 10)] = 3.0
+    defectGridMm: Annotated[float, WithinRange(0.1, 2)] = 1.0
+    defectStrutPath: Optional[vtkMRMLMarkupsCurveNode]
+    defectStrutDiameterMm: Annotated[float, WithinRange(2, 20)] = 6.0
+    defectRodPoints: Optional[vtkMRMLMarkupsFiducialNode]
+    defectScrewPoints: Optional[vtkMRMLMarkupsFiducialNode]
+    defectScrewType: Annotated[str, Choice(SCREW_TYPES)] = "6.5 cancellous"
+    defectDrillGuides: bool = True
+
 
 #
 # PatientImplantPlannerWidget
@@ -371,21 +399,11 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self._previewSavedDisplay = None
         # True while an engine call runs (its progress updates process GUI events: no second call meanwhile).
         self._busy = False
-        # The designed plan shown by the planning panels: engine result and its scene nodes (not saved with the
-        # scene; a plan in the scene is regenerated from its nodes when needed).
-        self._planResult = None
-        self._planNodes = None
-        self._planInputs = None  # (CT, segmentation, segment ID) the shown plan was designed on
-        # (CT, vertebra labels or None) the shown plan was designed with: its redesigns use the same labels.
-        self._planLevelSource = None
-        self._failedUpdate = None  # settings and markups of an update that failed: not retried automatically
+        # The designed plan shown by the planning panels and when to redesign it (engine, Qt-free; made in setup()
+        # with the countdown timer). Not saved with the scene: a plan in the scene is regenerated from its nodes.
+        self._editor = None
         self._designButtonToolTip = ""
-        self._designedSettings = None  # implant/screw/variant settings of the shown design
-        self._designedGeometry = None  # positions of the plan's markups when the design was made
-        self._screwsEdited = False  # the user moved a screw line since the design: keep screws on redesign
-        self._interacting = False  # a markups handle is being dragged: wait for the drop
         self._planObservations = []  # [(node, event, method)]
-        self._regenerateTimer = None
         self._lastBundle = None
 
     def setup(self) -> None:
@@ -413,6 +431,7 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self._setupImplantPanel()
         self._setupScrewsPanel()
         self._setupVariantsPanel()
+        self._setupDefectPanel()
         self._setupExportBundlePanel()
         self._setupStatusArea()
 
@@ -492,6 +511,7 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self._updateLevelsPanel()
         self._updateImplantPanel()
         self._updateExportBundlePanel()
+        self._updateDefectPanel()
         self._scheduleUpdateIfSettingsChanged()
 
     #
@@ -720,10 +740,11 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self._designButtonToolTip = self.ui.designImplantButton.toolTip
         self.ui.designImplantButton.connect("clicked(bool)", self.onDesignImplantButton)
         self.ui.updateImplantButton.connect("clicked(bool)", self.onUpdateImplantButton)
-        self._regenerateTimer = qt.QTimer()
-        self._regenerateTimer.setSingleShot(True)
-        self._regenerateTimer.setInterval(AUTO_UPDATE_DELAY_MS)
-        self._regenerateTimer.connect("timeout()", self._onRegenerateTimer)
+        timer = qt.QTimer()
+        timer.setSingleShot(True)
+        timer.setInterval(AUTO_UPDATE_DELAY_MS)
+        timer.connect("timeout()", self._onRegenerateTimer)
+        self._editor = PlanEditor(timer, self.logic.planMarkupsGeometry)
 
     @staticmethod
     def _onVertebraPointNodeAdded(node) -> None:
@@ -765,7 +786,7 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         p = self._parameterNode
         if self._busy or not self._dependenciesReady(_("Implant design")):
             return
-        self._regenerateTimer.stop()
+        self._editor.timer.stop()
         settings = self._settingsSnapshot()
         with self._engineCall(_("Implant design failed.")):
             self._setStatus(_("Designing implant..."))
@@ -782,24 +803,20 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         """Redesign the case's plan from its markups as they are in the scene, with the current settings."""
         if self._busy or not self._dependenciesReady(_("Updating the implant")):
             return
-        self._regenerateTimer.stop()
+        self._editor.timer.stop()
         p = self._parameterNode
         self._regenerate(p.caseId.strip(), (p.inputVolume, p.boneSegmentation, p.boneSegmentId), quiet=False)
 
     def _onRegenerateTimer(self) -> None:
-        if self._planResult is None:
-            return
-        if self._busy or self._interacting:
-            self._regenerateTimer.start()  # try again when the running call or the drag is over
-            return
-        # The shown plan is updated on the CT and bone it was designed on, whatever is selected now.
-        self._regenerate(self._planResult.plan.case_id, self._planInputs, quiet=True)
+        if self._editor.countdown_ended(busy=self._busy):
+            # The shown plan is updated on the CT and bone it was designed on, whatever is selected now.
+            self._regenerate(self._editor.result.plan.case_id, self._editor.inputs, quiet=True)
 
     def _regenerate(self, caseId: str, inputs: tuple, quiet: bool) -> None:
         p = self._parameterNode
         if not p:
             return
-        attempt = self._updateAttempt()
+        attempt = self._editor.attempt(self._settingsSnapshot())
         done = False
         with self._engineCall(_("Updating the implant failed."), quiet=quiet):
             self._setStatus(_("Updating implant..."))
@@ -807,11 +824,11 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             self._setPlanStatus(_("Implant updated."))
             done = True
         if not done:
-            self._failedUpdate = attempt
+            self._editor.update_failed(attempt)
         self._scheduleUpdateIfSettingsChanged()
 
     def _setPlanStatus(self, what: str) -> None:
-        result = self._planResult
+        result = self._editor.result
         status = f"{what} {self.logic.planSummary(result)}"
         if result.warnings:
             status += " " + _("Warnings: {warnings}").format(warnings=" ".join(result.warnings))
@@ -822,58 +839,26 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         call); returns (result, nodes)."""
         p = self._parameterNode
         settings = self._settingsSnapshot()
-        resetScrews = self._screwsShouldReset(caseId)
-        levelLabels = self._levelLabelsFor(caseId, inputs[0])
+        resetScrews = self._editor.screws_should_reset(caseId, self._parameterNode.screwsPerEnd)
+        levelLabels = self._editor.level_labels_for(
+            caseId, inputs[0], lambda: self.logic.levelLabels(self._parameterNode.levelSegmentation, inputs[0]))
         result, nodes = self.logic.regenerate(caseId, *inputs, progress=self._onProgress, resetScrews=resetScrews,
                                               levelLabels=levelLabels, keepOut=self.logic.keepOut(p, inputs[0]),
                                               **self.logic.designSettings(p))
-        self._setPlan(result, nodes, inputs, settings, screwsEdited=self._screwsEdited and not resetScrews,
+        self._setPlan(result, nodes, inputs, settings, screwsEdited=self._editor.screws_edited and not resetScrews,
                       levelLabels=levelLabels)
         return result, nodes
 
-    def _levelLabelsFor(self, caseId: str, ctNode):
-        """Vertebra labels for a redesign: the shown plan's own (None if it was designed without) when it is this
-        case on this CT; otherwise (a plan loaded with the scene) from the selected vertebra segmentation."""
-        source, result = self._planLevelSource, self._planResult
-        if source is not None and result is not None and result.plan.case_id == caseId and source[0] is ctNode:
-            return source[1]
-        return self.logic.levelLabels(self._parameterNode.levelSegmentation, ctNode)
-
-    def _updateAttempt(self):
-        """What an update is made from: settings and markups positions (an update that failed on exactly these is
-        not retried until one of them changes)."""
-        geometry = self.logic.planMarkupsGeometry(self._planNodes) if self._planNodes else None
-        return self._settingsSnapshot(), geometry
-
-    def _screwsShouldReset(self, caseId: str) -> bool:
-        """Lay the screws out again (defaults follow endplates and implant) unless the user placed them by hand;
-        a new number of screws per end always needs a new layout. A plan loaded with the scene keeps its screws."""
-        result = self._planResult
-        if result is None or result.plan.case_id != caseId:
-            return False
-        if self._parameterNode.screwsPerEnd != result.plan.screws.per_end:
-            return True
-        return not self._screwsEdited
-
     def _setPlan(self, result, nodes, inputs, settings, screwsEdited: bool, levelLabels=None) -> None:
         """Show a new design: keep it, observe its markups for edits, fill the result displays."""
-        self._planResult, self._planNodes, self._planInputs = result, nodes, inputs
-        self._planLevelSource = (inputs[0], levelLabels)
-        self._failedUpdate = None
-        self._designedSettings = settings
-        self._screwsEdited = screwsEdited
-        self._interacting = False
+        self._editor.set_plan(EditedPlan(result, nodes, inputs, levelLabels), settings, screwsEdited)
         self._observePlanNodes(nodes)
-        self._designedGeometry = self.logic.planMarkupsGeometry(nodes)
         self._showPlanResults()
 
     def _clearPlan(self) -> None:
-        if self._regenerateTimer is not None:
-            self._regenerateTimer.stop()
+        if self._editor is not None:
+            self._editor.clear()
         self._unobservePlanNodes()
-        self._planResult = self._planNodes = self._planInputs = self._failedUpdate = self._planLevelSource = None
-        self._designedSettings = self._designedGeometry = None
-        self._screwsEdited = self._interacting = False
         self._lastBundle = None
         if hasattr(self, "ui"):
             self._showPlanResults()
@@ -882,10 +867,8 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     def _scheduleUpdateIfSettingsChanged(self) -> None:
         p = self._parameterNode
-        if (p and p.autoUpdate and self._planResult is not None and not self._busy
-                and self._settingsSnapshot() != self._designedSettings
-                and self._updateAttempt() != self._failedUpdate):
-            self._regenerateTimer.start()  # restarts a running countdown: one redesign per burst of changes
+        if p and self._editor is not None:
+            self._editor.settings_changed(self._settingsSnapshot(), auto_update=p.autoUpdate, busy=self._busy)
 
     # Edits of the plan's markups (axis curve, endplate planes, screw lines)
 
@@ -916,36 +899,28 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self._planObservations = []
 
     def _onPlanInteractionStart(self, caller=None, event=None) -> None:
-        self._interacting = True
+        self._editor.interaction_started()
 
     def _onPlanInteractionEnd(self, caller=None, event=None) -> None:
-        self._interacting = False
+        self._editor.interacting = False
         self._onPlanMarkupsModified(caller, event)
 
     def _onPlanMarkupsModified(self, caller=None, event=None) -> None:
-        """A markups node of the plan changed: redesign (debounced) if its geometry really moved.
+        """A markups node of the plan changed: the plan editor redesigns (debounced) if its geometry really moved.
 
-        Selecting or renaming a point fires the same events; comparing positions ignores those, and our own
-        redesign (which rewrites the nodes) runs while busy.
+        Selecting or renaming a point fires the same events; the editor compares positions, and our own redesign
+        (which rewrites the nodes) runs while busy.
         """
-        if self._busy or self._interacting or self._planNodes is None:
-            return
-        geometry = self.logic.planMarkupsGeometry(self._planNodes)
-        if geometry == self._designedGeometry:
-            return
-        if geometry["screws"] != self._designedGeometry["screws"]:
-            self._screwsEdited = True
         p = self._parameterNode
-        if p and p.autoUpdate:
-            if (self._settingsSnapshot(), geometry) != self._failedUpdate:
-                self._regenerateTimer.start()
-        else:
+        action = self._editor.markups_modified(self._settingsSnapshot(), auto_update=bool(p and p.autoUpdate),
+                                               busy=self._busy)
+        if action == NEEDS_UPDATE:
             self._setStatus(_("The plan's markups were edited: click 'Update implant from edits' to redesign."))
 
     # Result displays of the implant, screws and variants panels
 
     def _showPlanResults(self) -> None:
-        result, nodes = self._planResult, self._planNodes
+        result, nodes = self._editor.result, self._editor.nodes
         self.ui.implantSummaryLabel.text = self.logic.planSummary(result) if result else ""
         self.ui.measurementsTableView.setMRMLTableNode(nodes.table if nodes else None)
         rows = self.logic.screwRows(result) if result else []
@@ -989,6 +964,58 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         table.horizontalHeader().setStretchLastSection(True)
 
     #
+    # Panel: Defect implant (mirror-defect kind)
+    #
+
+    def _setupDefectPanel(self) -> None:
+        self.ui.defectFindPlaneButton.connect("clicked(bool)", self.onDefectFindPlaneButton)
+        self.ui.defectBuildButton.connect("clicked(bool)", self.onDefectBuildButton)
+        self.ui.defectResidualLabel.text = ""
+        self.ui.defectResultLabel.text = ""
+
+    def _updateDefectPanel(self) -> None:
+        p = self._parameterNode
+        if not p:
+            return
+        hasBone = self._boneSegmentAvailable()
+        self.ui.defectFindPlaneButton.enabled = hasBone and not self._busy
+        hasResection = bool(p.defectResectionPlaneA or p.defectResectionPlaneB or p.defectResectionROI
+                            or (p.defectResectionSegmentation and p.defectResectionSegmentId))
+        self.ui.defectBuildButton.enabled = hasBone and hasResection and str(p.bundleFolder) not in ("", ".")
+        self.ui.defectBuildButton.toolTip = (
+            _("Build the implant, drill guides, files and design record into a new folder in the export folder")
+            if hasBone and hasResection else _("Segment the bone and give a resection (planes, box or segment) first")
+        )
+
+    def onDefectFindPlaneButton(self) -> None:
+        p = self._parameterNode
+        if self._busy or not self._dependenciesReady(_("Finding the symmetry plane")):
+            return
+        with self._engineCall(_("Finding the symmetry plane failed.")):
+            node, plane = self.logic.findDefectPlane(p.inputVolume, p.boneSegmentation, p.boneSegmentId,
+                                                     p.defectSymmetryPlane)
+            p.defectSymmetryPlane = node
+            self.ui.defectResidualLabel.text = _(
+                "Residual {residual} mm ({how}), {matched} % of the surface matched").format(
+                residual=f"{plane.residual_mm:.2f}", how=_("found") if plane.found else _("as placed"),
+                matched=f"{100 * plane.matched_fraction:.0f}")
+
+    def onDefectBuildButton(self) -> None:
+        p = self._parameterNode
+        if self._busy or not self._dependenciesReady(_("Building the defect implant")):
+            return
+        with self._engineCall(_("Building the defect implant failed.")):
+            manifest, models = self.logic.buildDefect(p, progress=self._onProgress)
+            d = manifest["defect"]
+            self.ui.defectResultLabel.text = _(
+                "Implant {implant} mm³ for a {defect} mm³ defect; cut face within tolerance over {cover} %; "
+                "{guides} drill guides; folder {folder}").format(
+                implant=f"{d['implant_volume_mm3']:.0f}", defect=f"{d['defect_volume_mm3']:.0f}",
+                cover=f"{100 * d['resection_surface_within_tolerance']:.0f}",
+                guides=len(manifest["drill_guides"]), folder=manifest["folder"])
+            self._showWarnings(manifest.get("warnings", []))
+
+    #
     # Panel: Variants
     #
 
@@ -999,7 +1026,8 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
     def _fillVisibleModelComboBox(self) -> None:
         """One entry per implant size of the shown plan (nominal first); keeps the size the user chose."""
         combo = self.ui.visibleModelComboBox
-        labels = list(self._planNodes.models) if self._planNodes else []
+        nodes = self._editor.nodes if self._editor else None
+        labels = list(nodes.models) if nodes else []
         current = combo.currentText
         wasBlocked = combo.blockSignals(True)
         combo.clear()
@@ -1009,11 +1037,11 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         combo.blockSignals(wasBlocked)
         combo.enabled = bool(labels)
         if labels:
-            self.logic.showImplantSize(self._planNodes, combo.currentText)
+            self.logic.showImplantSize(nodes, combo.currentText)
 
     def onVisibleModelChanged(self, index: int) -> None:
-        if self._planNodes and index >= 0:
-            self.logic.showImplantSize(self._planNodes, self.ui.visibleModelComboBox.currentText)
+        if self._editor.nodes and index >= 0:
+            self.logic.showImplantSize(self._editor.nodes, self.ui.visibleModelComboBox.currentText)
 
     #
     # Panel: Export bundle
@@ -1045,24 +1073,23 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     def _currentPlan(self):
         """(result, nodes) of the designed plan of the case ID in the panel, up to date with the scene; the plan's
-        CT and bone are then in self._planInputs.
+        CT and bone are then in self._editor.inputs.
 
         A pending automatic update runs first; a plan loaded with the scene (no design in this session) is
         regenerated from its nodes.
         """
         p = self._parameterNode
         caseId = p.caseId.strip()
-        pending = self._regenerateTimer.isActive()
-        self._regenerateTimer.stop()
-        result = self._planResult
+        pending = self._editor.take_pending()
+        result = self._editor.result
         if result is not None and result.plan.case_id == caseId and not pending:
-            return result, self._planNodes
+            return result, self._editor.nodes
         if not self.logic.hasPlan(caseId):
             raise PlanError(_("No implant is designed for case '{case}'.").format(case=caseId),
                             _("Click 'Design implant' first, or type the case ID of a plan in the scene."))
         self._setStatus(_("Updating implant..."))
         if result is not None and result.plan.case_id == caseId:
-            inputs = self._planInputs
+            inputs = self._editor.inputs
         else:
             inputs = (p.inputVolume, p.boneSegmentation, p.boneSegmentId)
         return self._applyEdits(caseId, inputs)
@@ -1082,7 +1109,7 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
                 self.logic.feCheck(result, nodes, progress=self._onProgress)
             self._setStatus(_("Exporting bundle..."))
             bundle = self.logic.exportBundle(
-                result, nodes, *self._planInputs, str(p.bundleFolder),
+                result, nodes, *self._editor.inputs, str(p.bundleFolder),
                 exportParams, latticeParams, guideParams, progress=self._onProgress,
                 segmentation=SegmentationInfo.from_json(p.boneSegmentationRecord))
             self._lastBundle = bundle
@@ -1206,7 +1233,7 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def implantParameters(p):
         """Engine ImplantParameters from the parameter node."""
-        from PatientImplantPlannerLib.design.implant import ImplantParameters
+        from PatientImplantPlannerLib.design.strut import ImplantParameters
 
         return ImplantParameters(
             profile=p.implantProfile.value,
@@ -1459,6 +1486,46 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
         for params in (exportParams, latticeParams, guideParams):
             params.validate()
         return exportParams, latticeParams, guideParams
+
+    @staticmethod
+    def defectParameters(p) -> dict:
+        """The plan's mirror_defect block from the parameter node's defect fields (validated by the engine)."""
+        from PatientImplantPlannerLib.scene.defectscene import defect_parameters_from_nodes
+
+        return defect_parameters_from_nodes(
+            symmetry_plane=p.defectSymmetryPlane,
+            resection_planes=[n for n in (p.defectResectionPlaneA, p.defectResectionPlaneB) if n is not None],
+            remove=p.defectRemoveSide, roi=p.defectResectionROI, fit_clearance_mm=p.defectFitClearanceMm,
+            margin_mm=p.defectMarginMm, cut_face_fill_mm=p.defectCutFaceFillMm, strut_curve=p.defectStrutPath,
+            strut_diameter_mm=p.defectStrutDiameterMm, rod_points=p.defectRodPoints,
+            screw_points=p.defectScrewPoints, screw_type=p.defectScrewType, grid_mm=p.defectGridMm,
+            drill_guides=p.defectDrillGuides)
+
+    def findDefectPlane(self, ctNode, segNode, segmentId: str, planeNode=None):
+        """(plane node, engine SymmetryPlane): found automatically, or the placed plane's residual measured."""
+        from PatientImplantPlannerLib.scene.defectscene import find_plane_in_scene
+
+        return find_plane_in_scene(ctNode, segNode, segmentId, planeNode, scene=self.context().scene)
+
+    def buildDefect(self, p, progress=None):
+        """Build the mirror-defect implant of the parameter node's settings into a new folder in its bundleFolder;
+        returns (manifest with its "folder", {file stem: model node})."""
+        from PatientImplantPlannerLib.export.bundle import new_bundle_folder
+        from PatientImplantPlannerLib.scene.defectscene import build_defect_in_scene
+
+        params = self.defectParameters(p)  # checked before anything is computed or written
+        folder = new_bundle_folder(str(p.bundleFolder), p.caseId)
+        if progress:
+            progress(0.1, _("Building the defect implant"))
+        segId = p.defectResectionSegmentId if p.defectResectionSegmentation else ""
+        if segId and p.defectResectionSegmentation is not p.boneSegmentation:
+            raise PlanError(_("The resection segment must be in the bone's segmentation."),
+                            _("Paint the resection as a segment of the bone segmentation."))
+        manifest, models = build_defect_in_scene(self.context().scene, p.inputVolume, p.boneSegmentation,
+                                                 p.boneSegmentId, params, folder, resection_segment_id=segId or None,
+                                                 case_id=p.caseId, coordinate_system=p.bundleCoordinateSystem)
+        manifest["folder"] = folder
+        return manifest, models
 
     def feCheck(self, result, nodes, loadN: float = 500.0, progress=None):
         """Finite-element check of every size of the plan: figures into the manifest and record, the nominal's

@@ -109,9 +109,9 @@ def setting_names() -> dict:
     """{"plan": plan keys, "implant" / "screws" / "segmentation": their keys, "cli": long options of the plan
     command, "values": choice values a fix may quote (placements, profiles, screw types)}."""
     from PatientImplantPlannerLib.cli import build_parser
-    from PatientImplantPlannerLib.design.implant import PROFILES, ImplantParameters
     from PatientImplantPlannerLib.design.plan import PLACEMENTS, Plan
     from PatientImplantPlannerLib.design.screws import SCREW_CATALOGUE, ScrewParameters
+    from PatientImplantPlannerLib.design.strut import PROFILES, ImplantParameters
     from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters
 
     parser = build_parser()
@@ -178,9 +178,9 @@ def make_phantom(case: Case):
 
 
 def make_plan(case: Case, ph):
-    from PatientImplantPlannerLib.design.implant import ImplantParameters
     from PatientImplantPlannerLib.design.plan import Plan
     from PatientImplantPlannerLib.design.screws import ScrewParameters
+    from PatientImplantPlannerLib.design.strut import ImplantParameters
 
     exclude = []
     if case.mediastinum and case.keep_out == "ct":

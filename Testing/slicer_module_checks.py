@@ -39,7 +39,8 @@ SLICER_TOP_LEVEL = {"slicer", "qt", "ctk", "vtk"}
 # the engine may pull in manifold3d which is installed on first use).
 SLICER_IN_FUNCTIONS = SLICER_TOP_LEVEL | {"SampleData", "numpy", "scipy", "SimpleITK", ENGINE}
 # The engine module that is safe at top level: it has no third-party imports.
-ENGINE_TOP_LEVEL = {f"{ENGINE}.core.errors"}
+# Light engine modules (standard library only) the module may import at load time.
+ENGINE_TOP_LEVEL = {f"{ENGINE}.core.errors", f"{ENGINE}.scene.planeditor"}
 # Installed on first use by ensureDependencies() only (import names).
 FIRST_USE_PACKAGES = {"manifold3d", "fpdf"}
 

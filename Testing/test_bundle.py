@@ -8,8 +8,8 @@ import pytest
 
 from PatientImplantPlannerLib.core import mesh as M
 from PatientImplantPlannerLib.core.errors import OutputExistsError
-from PatientImplantPlannerLib.design.implant import ImplantParameters
 from PatientImplantPlannerLib.design.plan import Plan, design_implant
+from PatientImplantPlannerLib.design.strut import ImplantParameters
 from PatientImplantPlannerLib.export.bundle import export_bundle
 from PatientImplantPlannerLib.export.manifest import sha256_of, verify_manifest
 from PatientImplantPlannerLib.export.parameters import ExportParameters

@@ -5,8 +5,8 @@ import pytest
 
 from PatientImplantPlannerLib.analysis import fe, tetmesh
 from PatientImplantPlannerLib.core.errors import PlannerError
-from PatientImplantPlannerLib.design.implant import ImplantParameters, section_properties
 from PatientImplantPlannerLib.design.plan import Plan, design_implant
+from PatientImplantPlannerLib.design.strut import ImplantParameters, section_properties
 from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
 
 E = fe.TI6AL4V_ELI.youngs_modulus_MPa

@@ -4,8 +4,8 @@ as a model node in the plan folder, the figures in the measurements table."""
 import numpy as np
 import pytest
 
-from PatientImplantPlannerLib.design.implant import ImplantParameters
 from PatientImplantPlannerLib.design.plan import Plan
+from PatientImplantPlannerLib.design.strut import ImplantParameters
 from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
 from PatientImplantPlannerLib.scene.segments import set_segment_mask
 from PatientImplantPlannerLib.scene.workflow import design_in_scene, fe_check_in_scene

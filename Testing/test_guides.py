@@ -12,7 +12,8 @@ from measure import basis, fit_circle
 from PatientImplantPlannerLib.core.anatomy import Endplate
 from PatientImplantPlannerLib.core.errors import PlanError
 from PatientImplantPlannerLib.core.mesh import TriMesh, check_mesh, from_manifold, to_manifold, to_polydata
-from PatientImplantPlannerLib.design.implant import HoleSpec, ImplantParameters, build_implant
+from PatientImplantPlannerLib.design.implant import HoleSpec, build_implant
+from PatientImplantPlannerLib.design.strut import ImplantParameters
 from PatientImplantPlannerLib.parts.guides import (
     GuideParameters,
     check_docking_room,
@@ -337,6 +338,55 @@ def test_straight_axis_shares_drill_guides_across_sizes():
     assert (moved ^ to_manifold(plus4.mesh)).volume() < 1e-3
     d = distances(surface_samples(from_manifold(moved), 4000), plus4.distal_footplate)
     assert d.min() == pytest.approx(0.2, abs=0.05)
+
+
+def short_case(half_gap):
+    """Straight axis, endplates 2 x half_gap apart: a short strut like T6 -> T8 on the chest CT (18 mm)."""
+    prox = Endplate([0, 0, half_gap], [0, 0, -1], [0, 1, 0], R_LR, R_AP, "T6")
+    dist = Endplate([0, 0, -half_gap], [0, 0, 1], [0, 1, 0], R_LR, R_AP, "T8")
+    return np.array([[0, 0, half_gap + 30.0], [0, 0, -half_gap - 30.0]]), prox, dist
+
+
+def test_drill_sleeves_are_shortened_below_the_other_footplate():
+    """Regression (issue 7, T6 -> T8 on the chest CT): a 15 mm sleeve on an 18 mm strut ran into the other
+    footplate and the guide was refused at export as overlapping the implant. The sleeves now end short of the
+    other footplate by the cap's seating travel; the guide is seated and lifted off without touching the implant."""
+    params, trs, geom = build(lambda: short_case(9.0))
+    mine = [t for t in trs if t.end == "proximal"]
+    gp = GuideParameters()
+    guide = drill_guide(geom, "proximal", mine, [SCREW_D] * 2, "nominal", gp, "T6")
+    g, implant = to_manifold(guide.mesh), to_manifold(geom.mesh)
+    assert (g ^ implant).volume() < 1e-3
+    centre, n = region(geom, "proximal")
+    travel = T + gp.fit_clearance_mm - gp.rim_relief_mm  # the rim clears the footplate after this lift
+    for lift in np.linspace(0.0, travel + 0.4, 5):  # lowered over its footplate without touching the other one
+        assert (g.translate(tuple(lift * n)) ^ implant).volume() < 1e-2, lift
+    # Each sleeve still guides the drill: its bore measured on the mesh runs >= 3 mm beyond the cap (top = T + 2.2).
+    shortened = [x for x in guide.notes if "shortened" in x]
+    assert len(shortened) == 2, guide.notes
+    top = ((guide.mesh.vertices - centre) @ n).max()
+    assert T + 2.2 + 3.0 <= top <= 18.0 - T - T, top  # below the other footplate's free face by > T
+    # The recorded sleeve lengths are the built ones: the top of the tilted sleeve is its length along the axis
+    # above the cap (T + 2.2) plus the rim of its top disc raised by the tilt.
+    assert [round(x, 1) for x in guide.sleeve_lengths_mm] == [round(x, 1) for x in guide.sleeve_lengths_mm[:1]] * 2
+    cos_t, sin_t = np.cos(np.radians(10.0)), np.sin(np.radians(10.0))
+    ro = (DRILL_D + gp.sleeve_clearance_mm) / 2 + gp.sleeve_wall_mm
+    assert top == pytest.approx(T + 2.2 + guide.sleeve_lengths_mm[0] * cos_t + ro * sin_t, abs=0.05)
+    assert [s["length_mm"] for s in guide.summary()["sleeves"]] == [round(x, 2) for x in guide.sleeve_lengths_mm]
+    # Far apart, the sleeves keep their full length (the kyphotic case's distal guide is unchanged).
+    _, trs_far, geom_far = build(straight_case)
+    far = drill_guide(geom_far, "proximal", [t for t in trs_far if t.end == "proximal"], [SCREW_D] * 2, "nominal", gp)
+    assert not [x for x in far.notes if "shortened" in x] and far.sleeve_lengths_mm == [gp.sleeve_length_mm] * 2
+    centre_far, n_far = region(geom_far, "proximal")
+    assert ((far.mesh.vertices - centre_far) @ n_far).max() > T + 2.2 + 15
+
+
+def test_no_room_for_a_drill_sleeve_is_refused_with_a_fix():
+    params, trs, geom = build(lambda: short_case(6.0))
+    mine = [t for t in trs if t.end == "proximal"]
+    with pytest.raises(PlanError) as e:
+        drill_guide(geom, "proximal", mine, [SCREW_D] * 2, "nominal", GuideParameters(), "T6")
+    assert "no room for the sleeve" in str(e.value) and "drill_guides" in e.value.fix
 
 
 # ---- bad input ------------------------------------------------------------------------------------------------

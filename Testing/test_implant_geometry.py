@@ -8,14 +8,8 @@ from measure import basis, fit_circle
 from PatientImplantPlannerLib.core.anatomy import Endplate
 from PatientImplantPlannerLib.core.errors import GeometryError, PlanError
 from PatientImplantPlannerLib.core.mesh import check_mesh, to_manifold
-from PatientImplantPlannerLib.design.implant import (
-    HoleSpec,
-    ImplantParameters,
-    build_implant,
-    measurements,
-    profile_polygon,
-    section_properties,
-)
+from PatientImplantPlannerLib.design.implant import HoleSpec, build_implant, measurements
+from PatientImplantPlannerLib.design.strut import ImplantParameters, profile_polygon, section_properties
 
 # Lumbar-sized endplates (footplate semi-axes at fraction 0.7: 12.6 mm lateral, 9.8 mm antero-posterior).
 R_LR, R_AP = 18.0, 14.0

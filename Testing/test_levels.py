@@ -7,7 +7,7 @@ from scipy import ndimage
 
 from PatientImplantPlannerLib.core.anatomy import distance_to_polyline
 from PatientImplantPlannerLib.core.errors import PlanError
-from PatientImplantPlannerLib.imaging import levels
+from PatientImplantPlannerLib.imaging import levels, vertebra
 from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
 from PatientImplantPlannerLib.scene import markups
 
@@ -125,7 +125,7 @@ def test_noisy_threshold_mask_with_touching_aorta(kyphotic):
 def test_measure_one_vertebra_without_hint(kyphotic):
     ph = kyphotic
     truth = ph.vertebra("L1")
-    m = levels.measure_vertebra(ph.vertebra_labels == truth.label, ph.ijk_to_ras, "L1")
+    m = vertebra.measure_vertebra(ph.vertebra_labels == truth.label, ph.ijk_to_ras, "L1")
     check_endplate(m.superior_endplate, truth.superior_endplate)
     check_endplate(m.inferior_endplate, truth.inferior_endplate)
     assert np.linalg.norm(m.body_centre - truth.body_centre) < 1.0

@@ -83,8 +83,12 @@ def test_endplates_match_the_label_references(detected, end, request):
     r, labels, m, proximal, distal = detected
     if (end, distal) == ("distal", "T9"):
         request.applymarker(pytest.mark.xfail(strict=False, reason=(
-            "T9 superior: 1.0 mm but 6.0 deg from the label reference (its labelled face is tilted 11 deg to T8's "
-            "inferior face across the same disc; the fit lies between the two)")))
+            "T9 superior: 1.0 mm but 6.0 deg from the label reference. Measured (2026-11-30): the CT's near edge of "
+            "the T8/T9 disc band alone gives 4.1 deg, the band centre 8.0 deg (the band is wedged 8 deg in the CT, "
+            "11 deg between the labelled faces) and the fit averages the two; taking the near edge alone breaks T4 "
+            "inferior (6.1 deg), inverse-variance weighting gives T9 5.3 / T4 5.4 deg, the band centre alone T9 8.0 "
+            "deg. Other pairs on this CT are worse (T5, T7, T10 superior 8-18 deg): the 4-step refit of the column "
+            "axis does not converge there; an open limit of the thick-slice path")))
     ep, level, side = ((r.proximal_endplate, proximal, "inferior") if end == "proximal"
                        else (r.distal_endplate, distal, "superior"))
     centre, normal = reference_endplate(labels, m, VERTEBRAE[level], side)

@@ -9,7 +9,7 @@ from conftest import LUMBAR_LABELS, SAMPLE_CT
 from scipy.spatial import cKDTree
 
 from PatientImplantPlannerLib.core.errors import OutputExistsError, PlanError
-from PatientImplantPlannerLib.core.mesh import check_mesh, read_stl
+from PatientImplantPlannerLib.core.mesh import check_mesh, read_stl, signed_distance
 from PatientImplantPlannerLib.design import mirrordefect as md
 from PatientImplantPlannerLib.phantoms.pelvis import S1_TOP_W, _bone_distances, make_pelvis_phantom, mirror_lr_pelvis
 
@@ -29,7 +29,7 @@ def left(phantom):
 
 
 def _inside(mesh, pts):
-    return md._distance_to(mesh, np.atleast_2d(pts)) < 0
+    return signed_distance(mesh, np.atleast_2d(pts)) < 0
 
 
 def _local(ph, *uvw):
@@ -87,7 +87,7 @@ def test_implant_lies_against_the_resection_surface(phantom, left):
     u = np.full(v.shape, -6.0 + 0.05)  # on the remaining side of the cut
     in_bone = np.min(_bone_distances(u, v, w), axis=0) < -0.5  # not at the bone's own edge
     pts = phantom.local_to_ras(np.stack([u[in_bone], v[in_bone], w[in_bone]], axis=1))
-    gaps = md._distance_to(left.envelope, pts)
+    gaps = signed_distance(left.envelope, pts)
     assert len(pts) > 500
     assert np.mean(gaps <= CLEARANCE + 0.5) >= 0.8, np.quantile(gaps, [0.5, 0.8, 0.95])
     # The fit clearance is kept (to the CT-sampled bone surface, which rounds the bone's edges by up to half a
@@ -172,7 +172,12 @@ def test_porous_lattice_on_a_small_defect(phantom, tmp_path):
     for f in manifest["files"]:
         path = out / f["file"]
         assert hashlib.sha256(path.read_bytes()).hexdigest() == f["sha256"]
-        assert check_mesh(read_stl(str(path))).ok, f["file"]
+        if f.get("format") == "3mf":
+            from PatientImplantPlannerLib.export.threemf import read_3mf
+
+            assert check_mesh(read_3mf(str(path))).ok, f["file"]
+        elif f["file"].endswith(".stl"):
+            assert check_mesh(read_stl(str(path))).ok, f["file"]
     implant = read_stl(str(out / "implant.stl"))
     assert check_mesh(implant).n_components == 1
     # An existing non-empty folder is refused and left as it was.
@@ -293,7 +298,7 @@ def test_lumbar_ct_mirrored_gives_the_mirror_image(lumbar_left):
     _assert_mirror_image(left.envelope, right.envelope, m, bone.shape[2])
 
 
-@pytest.mark.slow  # 25-45 s: CT load, segmentation, envelope, structure and nine verified files
+@pytest.mark.slow  # 60-90 s: CT load, segmentation, envelope, structure, guides, verified files and the record
 def test_lumbar_ct_example_plan_end_to_end(ctx, tmp_path):
     """The example (demo) left hemisacrectomy on the bundled CT, bone segmented as the CLI does it (one seed in
     S1, interior filled): every file written and verified."""
@@ -314,8 +319,19 @@ def test_lumbar_ct_example_plan_end_to_end(ctx, tmp_path):
     assert {f["role"] for f in manifest["files"]} >= {"implant", "implant_dense", "implant_porous_zone",
                                                       "check_model", "defect", "implant_envelope"}
     for f in manifest["files"]:
-        assert check_mesh(read_stl(str(out / f["file"]))).ok, f["file"]
+        if f["file"].endswith(".stl"):
+            assert check_mesh(read_stl(str(out / f["file"]))).ok, f["file"]
     implant = next(f for f in manifest["files"] if f["role"] == "implant")
     assert implant["components"] == 1  # one printed part, no loose bits
     assert len(manifest["screws"]) == 2 and not any(s["breach"] for s in manifest["screws"])
     assert all(s["length_mm"] - s["bone_entry_mm"] >= 20 for s in manifest["screws"])  # held in the S1 body
+    # The cut face: with the cut-face fill (3 mm inside the resected bone's outline) >= 80 % lies within clearance +
+    # 0.5 mm of the implant (68 % for the pure mirror image: the two sides of this pelvis differ by 1-7 mm there).
+    assert d["resection_surface_within_tolerance"] >= 0.8, d
+    assert 0 < d["cut_face_fill_mm3"] <= 0.05 * d["implant_volume_mm3"]
+    # A drill guide per screw, seated on the implant, and the printed parts also as verified 3MF.
+    assert len(manifest["drill_guides"]) == 2
+    assert all(g["contact_area_mm2"] >= 20 and g["closest_bone_mm"] >= 0 for g in manifest["drill_guides"])
+    printed = [f for f in manifest["files"] if f["role"] in ("implant", "drill guide")]
+    assert {f["format"] for f in printed} == {"stl", "3mf"} and all(f["components"] == 1 for f in printed)
+    assert (out / "design_record.pdf").is_file() and (out / "design_record.html").is_file()

@@ -45,5 +45,15 @@ def test_sample_ct_left_hemisacrectomy_end_to_end(tmp_path):
     assert abs(d["symmetry_plane"]["normal_ras"][0]) > 0.99  # left-right
     assert d["bone_overlap_mm3"] <= 1.0
     assert 0.9 < d["implant_volume_mm3"] / d["defect_volume_mm3"] < 1.05 or d["structure"]["mode"] == "zone"
+    import hashlib
+
     for f in manifest["files"]:
-        assert (folder / f["file"]).is_file() and f["check"]["ok"], f
+        assert (folder / f["file"]).is_file(), f
+        assert hashlib.sha256((folder / f["file"]).read_bytes()).hexdigest() == f["sha256"], f["file"]
+        if f["role"] != "design record":
+            assert f["check"]["ok"], f
+    assert {f["file"] for f in manifest["files"] if f["role"] == "design record"} == {"design_record.html",
+                                                                                     "design_record.pdf"}
+    # The CLI's own segmentation and CT go into the record (seed, threshold, slice thickness).
+    html = (folder / "design_record.html").read_text()
+    assert "226 to 3071 HU" in html and "3.00 mm" in html

@@ -10,10 +10,11 @@ from scipy.spatial import cKDTree
 from test_guides import surface_samples
 
 from PatientImplantPlannerLib.core.mesh import check_mesh
-from PatientImplantPlannerLib.design.implant import ImplantParameters, build_implant, footplate_centre, path_lateral
+from PatientImplantPlannerLib.design.implant import build_implant, footplate_centre, path_lateral
 from PatientImplantPlannerLib.design.placement import fit_footplates, place_strut, screw_layout_kwargs
 from PatientImplantPlannerLib.design.plan import Plan, design_implant
 from PatientImplantPlannerLib.design.screws import ScrewParameters, default_trajectories
+from PatientImplantPlannerLib.design.strut import ImplantParameters
 from PatientImplantPlannerLib.imaging.keepout import from_labels
 from PatientImplantPlannerLib.imaging.levels import detect_levels
 from PatientImplantPlannerLib.parts.lattice import voxelise
@@ -104,6 +105,34 @@ def test_footplates_stay_on_their_endplates_at_every_angle():
             rel_all = np.stack([a, lat], axis=1) - c2
             off_line = np.abs(rel_all[:, 0] * d[1] - rel_all[:, 1] * d[0]) / np.linalg.norm(d) > half_width + 0.5
             assert not (outside & off_line).any()
+
+
+@pytest.mark.parametrize("angle", [-90.0, 90.0, 0.0])
+def test_a_strut_flush_with_its_footplate_tongue_is_one_piece(angle):
+    """Regression (issue 7, robustness seed 154): a wide flat strut turned to lie lateral, its side flush with the
+    side of the tongue that joins it to the footplate, came out of the union with a zero-area sliver along the
+    shared edge, and the implant was refused as "falling apart into 2 pieces". Parallel endplates, rounded
+    rectangle 15.3 x 4.3 mm, the placement's own offsets."""
+    from PatientImplantPlannerLib.core.anatomy import Endplate
+
+    prox = Endplate([0.0, 0.07, 18.23], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0], 18.0, 13.32, "T9")
+    dist = Endplate([0.0, 0.07, -17.77], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0], 19.44, 14.76, "T11")
+    axis = np.array([[0.0, 0.07, 29.0], [0.0, 0.07, -29.3]])
+    u = np.array([np.cos(np.radians(angle)), np.sin(np.radians(angle))])
+    params = ImplantParameters(profile="rounded_rectangle", width_mm=15.3, depth_mm=4.3, profile_angle_deg=angle,
+                               offset_anterior_mm=21.87 * u[0], offset_lateral_mm=21.87 * u[1],
+                               footplate_offset_anterior_mm=5.4 * u[0], footplate_offset_lateral_mm=5.4 * u[1])
+    geom = build_implant(axis, prox, dist, params)
+    check = check_mesh(geom.mesh)
+    assert check.ok and check.n_components == 1 and check.n_degenerate == 0, check.problems
+    # The tongue stands proud of the strut by the 0.1 mm overlap, never flush with it: on the contact plane the
+    # footplate reaches 0.1 mm beyond the strut's outer face.
+    out = u[0] * prox.anterior + u[1] * prox.lateral  # towards the strut, in RAS
+    v = geom.mesh.vertices - [0.0, 0.07, 0.0]  # from the axis
+    outer = float(((v[np.abs(v[:, 2]) < 5.0]) @ out).max())  # mid-gap: only the strut is there
+    assert outer == pytest.approx(21.87 + 4.3 / 2, abs=0.01)
+    for z in (prox.centre[2], dist.centre[2]):  # each contact plane: the footplate's tongue
+        assert float((v[np.abs(v[:, 2] - z) < 1e-6] @ out).max()) == pytest.approx(outer + 0.1, abs=0.01)
 
 
 @pytest.mark.parametrize("which", ["chest", "mirrored"])

@@ -8,8 +8,8 @@ import pytest
 from PatientImplantPlannerLib.core.anatomy import distance_to_polyline
 from PatientImplantPlannerLib.core.errors import PlanError, PlannerError
 from PatientImplantPlannerLib.core.mesh import check_mesh
-from PatientImplantPlannerLib.design.implant import ImplantParameters
 from PatientImplantPlannerLib.design.plan import Plan, design_implant
+from PatientImplantPlannerLib.design.strut import ImplantParameters
 from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
 from PatientImplantPlannerLib.scene.planfolder import apply_to_scene, find_plan_folder, plan_from_scene
 

@@ -204,7 +204,8 @@ def test_plan_is_json_serialisable_and_holes_follow_screws(spine):
 
 
 def test_holes_cut_the_footplates_and_a_displaced_screw_misses(spine):
-    from PatientImplantPlannerLib.design.implant import ImplantParameters, build_implant
+    from PatientImplantPlannerLib.design.implant import build_implant
+    from PatientImplantPlannerLib.design.strut import ImplantParameters
 
     ph, prox, dist, params, _, plans = spine
     geom = build_implant(ph.axis_points, prox, dist, ImplantParameters(), holes=hole_specs(plans))

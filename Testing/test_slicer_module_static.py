@@ -260,3 +260,19 @@ def test_guard_fails_on_ruff_findings(broken):
     edit(broken.py, "def ensureDependencies() -> bool:", "def ensureDependencies() -> bool:\n    undefined_name()")
     problems = ruff_problems([broken.py], ROOT)
     assert any("F401" in p for p in problems) and any("F821" in p for p in problems)
+
+
+def test_defect_panel_binds_every_defect_field_and_its_buttons_are_used():
+    """The "Defect implant" panel (issue 12): each defect* parameter has a control of a type that can show it, and
+    the widget connects the panel's buttons and fills its labels."""
+    from slicer_module_checks import parameter_fields, ui_widgets
+
+    fields = {n for n in parameter_fields(MODULE_PY) if n.startswith("defect")}
+    assert len(fields) >= 15, fields
+    bindings, _ = ui_parameter_bindings(UI_FILE)
+    assert fields - set(bindings) == set()
+    widgets = ui_widgets(UI_FILE)
+    assert widgets.get("defectCollapsibleButton") == "ctkCollapsibleButton"
+    used = self_ui_names(MODULE_PY)
+    for name in ("defectFindPlaneButton", "defectBuildButton", "defectResidualLabel", "defectResultLabel"):
+        assert name in widgets and name in used, name

@@ -3,6 +3,7 @@ headless Slicer core: its metadata, logic, self-test (and that each self-test ca
 with a mock ui, including the design record exported through them.
 """
 
+import json
 import os
 import types
 
@@ -56,9 +57,9 @@ def test_self_test_runs_on_the_headless_core(slicer_module):
 def test_planning_defaults_are_the_engine_defaults(slicer_module):
     """A fresh parameter node gives exactly the engine's default implant, screws, variants, placement and export
     settings, and the GUI's fixed lists (screw types, export parts, enums) match the engine's."""
-    from PatientImplantPlannerLib.design.implant import PROFILES, ImplantParameters
     from PatientImplantPlannerLib.design.plan import PLACEMENTS, Plan
     from PatientImplantPlannerLib.design.screws import SCREW_CATALOGUE, ScrewParameters
+    from PatientImplantPlannerLib.design.strut import PROFILES, ImplantParameters
     from PatientImplantPlannerLib.export.parameters import ALL_PARTS, ExportParameters
     from PatientImplantPlannerLib.parts.guides import GuideParameters
     from PatientImplantPlannerLib.parts.lattice import LatticeParameters
@@ -136,7 +137,7 @@ def test_widget_designs_follows_edits_and_exports(slicer_module, monkeypatch, tm
     from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
 
     w, dialogs = widget_under_test(slicer_module, monkeypatch)
-    timer = w._regenerateTimer
+    timer = w._editor.timer
     assert timer.interval == slicer_module.AUTO_UPDATE_DELAY_MS
 
     phantom = make_spine_phantom(spacing=1.0, levels=("L1", "L2", "L3"))
@@ -158,34 +159,34 @@ def test_widget_designs_follows_edits_and_exports(slicer_module, monkeypatch, tm
     assert w.ui.designImplantButton.enabled is True
 
     w.onDesignImplantButton()
-    assert dialogs == [] and w._planResult is not None, w.ui.statusLabel.text
+    assert dialogs == [] and w._editor.result is not None, w.ui.statusLabel.text
     assert w.ui.statusLabel.text.startswith("Implant designed.")
-    nominal = w._planResult.nominal.length_mm
+    nominal = w._editor.result.nominal.length_mm
     assert not timer.active
 
     # Drag the distal endplate 1.5 mm: the observer schedules an update, firing it lengthens the implant.
     # (The test holds no PlanNodes of its own: headless, a removed model that Python still references keeps its
     # subject hierarchy item, and the engine would then find it.)
-    plane = w._planNodes.distal_endplate
+    plane = w._editor.nodes.distal_endplate
     centre = np.zeros(3)
     plane.GetCenterWorld(centre)
-    plane.SetCenterWorld(*(centre - 1.5 * w._planResult.distal_endplate.normal))
-    assert timer.active and not w._screwsEdited
+    plane.SetCenterWorld(*(centre - 1.5 * w._editor.result.distal_endplate.normal))
+    assert timer.active and not w._editor.screws_edited
     timer.fire()
-    assert w._planResult.nominal.length_mm - nominal == pytest.approx(1.5, abs=0.1)
+    assert w._editor.result.nominal.length_mm - nominal == pytest.approx(1.5, abs=0.1)
     assert w.ui.statusLabel.text.startswith("Implant updated.")
 
     # Move a screw's entry: it is kept on the redesign.
-    line = w._planNodes.screws[0]
+    line = w._editor.nodes.screws[0]
     entry = np.zeros(3)
     line.GetNthControlPointPositionWorld(0, entry)
     moved = entry + np.array([0.0, 0.0, 0.5])
     line.SetNthControlPointPositionWorld(0, *moved)
-    assert timer.active and w._screwsEdited
+    assert timer.active and w._editor.screws_edited
     timer.fire()
     assert dialogs == [], w.ui.statusLabel.text
     after = np.zeros(3)
-    w._planNodes.screws[0].GetNthControlPointPositionWorld(0, after)
+    w._editor.nodes.screws[0].GetNthControlPointPositionWorld(0, after)
     np.testing.assert_allclose(after, moved, atol=1e-6)
 
     # A bad variant text: one quiet failure (status + warnings, no dialog), no automatic retry.
@@ -200,11 +201,11 @@ def test_widget_designs_follows_edits_and_exports(slicer_module, monkeypatch, tm
     p.variantsMm = "3"
     w._onParameterNodeModified()
     timer.fire()
-    assert set(w._planNodes.models) == {"nominal", "+3 mm"}
+    assert set(w._editor.nodes.models) == {"nominal", "+3 mm"}
 
     # While a handle is dragged nothing is scheduled; the drop schedules one update.
     markups = slicer.vtkMRMLMarkupsNode
-    axis = w._planNodes.axis
+    axis = w._editor.nodes.axis
     axis.InvokeCustomModifiedEvent(markups.PointStartInteractionEvent)
     point = np.zeros(3)
     axis.GetNthControlPointPositionWorld(1, point)
@@ -228,7 +229,7 @@ def test_widget_designs_follows_edits_and_exports(slicer_module, monkeypatch, tm
     # A new scene: no plan, no observers.
     w._clearPlan()
     line.SetNthControlPointPositionWorld(0, *entry)
-    assert not timer.active and w._planResult is None
+    assert not timer.active and w._editor.result is None
 
 
 
@@ -267,29 +268,29 @@ def test_widget_designs_from_vertebra_labels_without_points(slicer_module, monke
     assert w.ui.designImplantButton.enabled is True  # no points placed
 
     w.onDesignImplantButton()
-    assert len(dialogs) == 1 and w._planResult is None
+    assert len(dialogs) == 1 and w._editor.result is None
     assert "level name is empty (proximal, distal)" in dialogs[0] and "'vertebrae_L1'" in dialogs[0]
     assert w.ui.statusLabel.text.startswith("Implant design failed.")
 
     p.proximalLevel, p.distalLevel = "L1", "L3"
     w.onDesignImplantButton()
-    assert len(dialogs) == 1 and w._planResult is not None, w.ui.statusLabel.text
-    labels = w._planLevelSource[1]
+    assert len(dialogs) == 1 and w._editor.result is not None, w.ui.statusLabel.text
+    labels = w._editor.plan.level_labels
     assert set(labels[1]) == {"L1", "L2", "L3"}
-    nominal = w._planResult.nominal.length_mm
+    nominal = w._editor.result.nominal.length_mm
     distalTruth = phantom.vertebra("L3").superior_endplate
-    assert np.linalg.norm(w._planResult.distal_endplate.centre - distalTruth.centre) < 1.5
+    assert np.linalg.norm(w._editor.result.distal_endplate.centre - distalTruth.centre) < 1.5
 
     # Another vertebra segmentation selected meanwhile does not change the shown plan's level source.
     p.levelSegmentation = None
-    plane = w._planNodes.distal_endplate
+    plane = w._editor.nodes.distal_endplate
     centre = np.zeros(3)
     plane.GetCenterWorld(centre)
-    plane.SetCenterWorld(*(centre - 1.5 * w._planResult.distal_endplate.normal))
-    w._regenerateTimer.fire()
+    plane.SetCenterWorld(*(centre - 1.5 * w._editor.result.distal_endplate.normal))
+    w._editor.timer.fire()
     assert len(dialogs) == 1, w.ui.statusLabel.text
     assert labelsUsed and labelsUsed[-1] is labels
-    assert w._planResult.nominal.length_mm - nominal == pytest.approx(1.5, abs=0.1)
+    assert w._editor.result.nominal.length_mm - nominal == pytest.approx(1.5, abs=0.1)
 
     w._onParameterNodeModified()
     assert w.ui.designImplantButton.enabled is False  # no labels: the points are needed again
@@ -386,7 +387,7 @@ def test_widget_exports_a_record_with_its_segmentation(slicer_module, monkeypatc
     p.proximalLevel, p.distalLevel = "L1", "L3"
     p.implantProfile, p.widthMm, p.depthMm = slicer_module.StrutProfile.curved_plate, 10.0, 5.0
     w.onDesignImplantButton()
-    assert dialogs == [] and w._planResult is not None, w.ui.statusLabel.text
+    assert dialogs == [] and w._editor.result is not None, w.ui.statusLabel.text
 
     for part, field in slicer_module.EXPORT_PART_FIELDS.items():
         setattr(p, field, part in ("implant", "drill_guides", "report"))
@@ -394,4 +395,92 @@ def test_widget_exports_a_record_with_its_segmentation(slicer_module, monkeypatc
     w.onExportBundleButton()
     assert dialogs == [] and w._lastBundle is not None, w.ui.statusLabel.text
     check_exported_record(w._lastBundle.report_html, bone_volume_ml=segment_volume_ml(w._lastBundle.folder),
-                          screw_names=[s.trajectory.name for s in w._planResult.screws])
+                          screw_names=[s.trajectory.name for s in w._editor.result.screws])
+
+
+def test_defect_panel_defaults_are_the_engine_defaults(slicer_module, ctx):
+    """A fresh parameter node's defect fields give the engine's mirror-defect defaults; with a resection plane
+    placed the logic turns them into a validated plan block, and a half-placed rod is refused by name."""
+    from PatientImplantPlannerLib.core.errors import PlanError
+    from PatientImplantPlannerLib.design.mirrordefect import MirrorDefectParameters
+
+    logic = slicer_module.PatientImplantPlannerLogic()
+    p = logic.getParameterNode()
+    defaults = MirrorDefectParameters()
+    assert (p.defectFitClearanceMm, p.defectMarginMm, p.defectCutFaceFillMm, p.defectStrutDiameterMm,
+            p.defectDrillGuides) == (defaults.fit_clearance_mm, defaults.margin_mm, defaults.cut_face_fill_mm,
+                                     defaults.strut_diameter_mm, defaults.drill_guides)
+    assert ui_combo_items(UI_FILE, "defectScrewTypeComboBox") == slicer_module.SCREW_TYPES
+    plane = ctx.scene.AddNewNodeByClass("vtkMRMLMarkupsPlaneNode", "cut")
+    plane.AddControlPointWorld(-5.0, 0.0, 0.0)
+    plane.SetNormalWorld(-1.0, 0.0, 0.0)
+    p.defectResectionPlaneA = plane
+    block = logic.defectParameters(p)
+    assert block["resection_planes"][0]["normal_ras"] == pytest.approx([-1.0, 0.0, 0.0])
+    assert block["resection_planes"][0]["remove"] == "positive" and block["symmetry_plane"] is None
+    rod = ctx.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "rod")
+    rod.AddControlPointWorld(0.0, 0.0, 0.0)
+    p.defectRodPoints = rod
+    with pytest.raises(PlanError, match="second point"):
+        logic.defectParameters(p)
+
+
+def test_widget_defect_panel_finds_the_plane_builds_and_refuses(slicer_module, monkeypatch, tmp_path):
+    """The "Defect implant" handlers with a mock ui on the pelvis phantom: Build stays disabled without a
+    resection; Find plane puts the found plane on a markups plane and shows its residual; Build with a resection
+    box writes the verified folder and shows its figures; a half-placed rod is refused in a dialog naming the fix,
+    with no folder written."""
+    import numpy as np
+    import slicer
+    import vtk
+
+    from PatientImplantPlannerLib.phantoms.pelvis import make_pelvis_phantom
+    from PatientImplantPlannerLib.scene.segments import set_segment_mask
+
+    w, dialogs = widget_under_test(slicer_module, monkeypatch)
+    w._setupDefectPanel()
+    ph = make_pelvis_phantom(spacing=1.0)
+    ct = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Pelvis")
+    slicer.util.updateVolumeFromArray(ct, ph.array)
+    m = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            m.SetElement(r, c, float(ph.ijk_to_ras[r, c]))
+    ct.SetIJKToRASMatrix(m)
+    seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(ct)
+    boneId = seg.GetSegmentation().AddEmptySegment("bone")
+    set_segment_mask(seg, boneId, ph.bone_mask, ct)
+    p = w._parameterNode = w.logic.getParameterNode()
+    p.inputVolume, p.boneSegmentation, p.boneSegmentId = ct, seg, boneId
+    p.bundleFolder, p.caseId = tmp_path / "exports", "DEFECT-W"
+    w._onParameterNodeModified()
+    assert w.ui.defectFindPlaneButton.enabled is True and w.ui.defectBuildButton.enabled is False
+
+    w.onDefectFindPlaneButton()
+    assert dialogs == []
+    o, n = [0.0] * 3, [0.0] * 3
+    p.defectSymmetryPlane.GetOriginWorld(o)
+    p.defectSymmetryPlane.GetNormalWorld(n)
+    assert np.degrees(np.arccos(min(1.0, abs(np.dot(n, ph.plane_normal))))) <= 1.0
+    assert "Residual" in w.ui.defectResidualLabel.text and "found" in w.ui.defectResidualLabel.text
+
+    roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "Resection")
+    roi.SetCenterWorld(*ph.local_to_ras((-30, 5, 25))[0])
+    roi.SetSizeWorld(14.0, 14.0, 14.0)
+    p.defectResectionROI = roi
+    w._onParameterNodeModified()
+    assert w.ui.defectBuildButton.enabled is True
+    w.onDefectBuildButton()
+    assert dialogs == []
+    (folder,) = list((tmp_path / "exports").iterdir())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["case_id"] == "DEFECT-W" and manifest["defect"]["bone_overlap_mm3"] <= 1.0
+    assert f"{manifest['defect']['implant_volume_mm3']:.0f}" in w.ui.defectResultLabel.text
+
+    rod = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Rod")
+    rod.AddControlPointWorld(*ph.local_to_ras((-30, -2, 25))[0])
+    p.defectRodPoints = rod
+    w.onDefectBuildButton()
+    assert len(dialogs) == 1 and "second point" in dialogs[0]
+    assert len(list((tmp_path / "exports").iterdir())) == 1

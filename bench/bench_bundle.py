@@ -99,6 +99,18 @@ PREVIOUS = {
 }
 
 
+# The same bundle after issue 9's first round (commit 8016c3a, docs/performance.md section 3; STL and 3MF).
+ROUND1 = {
+    "total s": 198.5,
+    "implants_and_lattice s": 81.3,
+    "write_and_verify s": 110.6,
+    "peak MB": 2013,
+    "implant triangles": 1_577_936,
+    "implant STL MB": 78.9,
+    "implant 3MF MB": 21.3,
+}
+
+
 def bench_bundle(spacing: float) -> None:
     from PatientImplantPlannerLib.export.bundle import export_bundle
     from PatientImplantPlannerLib.export.parameters import ExportParameters
@@ -122,12 +134,16 @@ def bench_bundle(spacing: float) -> None:
     print()
     print(f"export_bundle, STL + 3MF: {len(bundle.parts)} parts, {len(files)} files, {total_bytes / 1e6:.1f} MB, "
           f"{wall:.1f} s wall, {cpu:.1f} s CPU (this process); RSS before the export {baseline:.0f} MB")
-    print(f"{'step':<26}{'now s':>10}{'before s':>10}")
+    print(f"{'step':<26}{'now s':>10}{'round 1 s':>10}{'before s':>10}")
     for key, seconds in bundle.seconds.items():
-        before = PREVIOUS.get(f"{'total' if key == 'total' else key} s")
-        print(f"{key:<26}{seconds:>10.2f}{before if before is not None else float('nan'):>10.1f}")
-    print(f"{'peak memory MB':<26}{mem.steps['export'][1]:>10.0f}{PREVIOUS['peak MB']:>10.0f}")
-    print("(the before figures are STL only; the 3MF files are written and read back as well now)")
+        before = PREVIOUS.get(f"{key} s")
+        round1 = ROUND1.get(f"{key} s")
+        print(f"{key:<26}{seconds:>10.2f}{round1 if round1 is not None else float('nan'):>10.1f}"
+              f"{before if before is not None else float('nan'):>10.1f}")
+    peak = mem.steps["export"][1]
+    print(f"{'peak memory MB':<26}{peak:>10.0f}{ROUND1['peak MB']:>10.0f}{PREVIOUS['peak MB']:>10.0f}")
+    print("(before: STL only, pre issue 9; round 1: issue 9's first round, commit 8016c3a, STL + 3MF as now; "
+          "times on a loaded machine, compare with care)")
     print()
     print(f"{'file':<64}{'MB':>8}{'triangles':>11}{'shells':>7}")
     for e in bundle.files:
@@ -135,7 +151,9 @@ def bench_bundle(spacing: float) -> None:
             c = e.get("checks", {})
             print(f"{e['file']:<64}{sizes[e['file']] / 1e6:>8.2f}{c.get('triangles', 0):>11d}"
                   f"{c.get('components', 0):>7d}")
-    print(f"before: each implant {PREVIOUS['implant triangles']:,} triangles, {PREVIOUS['implant STL MB']:.0f} MB STL")
+    print(f"before: each implant {PREVIOUS['implant triangles']:,} triangles, {PREVIOUS['implant STL MB']:.0f} MB STL; "
+          f"round 1: {ROUND1['implant triangles']:,} triangles, {ROUND1['implant STL MB']} MB STL, "
+          f"{ROUND1['implant 3MF MB']} MB 3MF; targets 25 MB STL, 10 MB 3MF")
     print()
     print("porous layers in the bundle (the variants reuse each end's lattice, moved):")
     for row in bundle.lattice:

@@ -198,8 +198,8 @@ def run_segment(args, progress=None) -> dict:
 def demo_plan():
     """The demo plan: an L2 corpectomy-like gap bridged from the L1 inferior to the L3 superior endplate with a
     10 x 5 mm curved plate lying in front of the L2 body (L2 stays intact in this CT, so it must not be touched)."""
-    from .design.implant import ImplantParameters
     from .design.plan import Plan
+    from .design.strut import ImplantParameters
 
     plan = Plan(
         case_id="DEMO-L2",
@@ -297,6 +297,8 @@ def _run_mirror_defect(ctx, ct, plan, out_parent, segmentation_path, export_para
     a new folder (every file verified, the manifest with its "defect" block). Returns a summary."""
     from .design.mirrordefect import run_mirror_defect
     from .export.bundle import new_bundle_folder
+    from .imaging.ctimport import describe_ct
+    from .record.designrecord import SegmentationInfo, ct_fields
     from .scene.bonesegment import segment_bone
     from .scene.segments import get_segment_mask
     from .scene.volumes import array, ijk_to_ras_matrix
@@ -305,16 +307,21 @@ def _run_mirror_defect(ctx, ct, plan, out_parent, segmentation_path, export_para
     if segmentation_path:
         seg_node, segment_id = load_segmentation_file(ctx, segmentation_path)
         mask = get_segment_mask(seg_node, segment_id, ct)
+        seg_info = SegmentationInfo(source=os.path.abspath(segmentation_path))
     else:
         if not plan.segmentation.seeds_ras:
             raise PlanError("A mirror-defect plan needs a seed in the bone to segment (segmentation.seeds_ras).",
                             "Add a point in the sacrum or pelvis to segmentation.seeds_ras, or give --segmentation.")
-        mask = segment_bone(ctx, ct, plan.segmentation, progress=prog.sub(0.05, 0.3).report).mask
+        seg = segment_bone(ctx, ct, plan.segmentation, progress=prog.sub(0.05, 0.3).report)
+        mask = seg.mask
+        seg_info = SegmentationInfo.from_segmentation(seg, ct.GetName())
     folder = new_bundle_folder(out_parent, plan.case_id)
     cs = export_params.coordinate_system if export_params is not None else "LPS"
     prog.report(0.35, "Mirror-defect implant")
+    # The implant and its drill guides are always written as 3MF too (their units travel with them).
     manifest = run_mirror_defect(array(ct), ijk_to_ras_matrix(ct), mask, plan.mirror_defect, folder,
-                                 coordinate_system=cs)
+                                 coordinate_system=cs, formats=("stl", "3mf"), case_id=plan.case_id,
+                                 ct_description=ct_fields(describe_ct(ct)), segmentation=seg_info.as_dict())
     plan.save(os.path.join(folder, f"{plan.case_id}_plan.json"))
     prog.report(1.0, "Done")
     d = manifest.get("defect", {})

@@ -7,6 +7,9 @@ phantom (whose ground truth uses the same types). All coordinates RAS, mm.
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import interpolate
+
+from .errors import PlanError
 
 
 def unit(v) -> np.ndarray:
@@ -84,3 +87,31 @@ def distance_to_polyline(points, polyline) -> np.ndarray:
     t = np.clip(((q[:, None, :] - a[None]) * ab[None]).sum(axis=2) / denom[None], 0.0, 1.0)
     closest = a[None] + t[..., None] * ab[None]
     return np.linalg.norm(q[:, None, :] - closest, axis=2).min(axis=1)
+
+
+def smooth_axis(control_points, spacing_mm: float = 1.0, start_direction=None, end_direction=None) -> np.ndarray:
+    """Dense smooth curve through the control points (cubic spline in chord length), <= ``spacing_mm`` apart.
+
+    With ``start_direction``/``end_direction`` (unit tangents at the first/last point, pointing along the
+    curve) the spline is clamped to them, so two control points already give a curve that follows the spine's
+    curvature; without them the ends are natural (and two points give a straight line).
+    """
+    p = np.asarray(control_points, dtype=float).reshape(-1, 3) if np.size(control_points) else np.zeros((0, 3))
+    if len(p) >= 2:
+        keep = np.concatenate([[True], np.linalg.norm(np.diff(p, axis=0), axis=1) > 1e-6])
+        p = p[keep]
+    if len(p) < 2:
+        raise PlanError("The spinal axis needs at least two distinct points.",
+                        "Place points in (at least) the proximal and the distal vertebra.")
+    if spacing_mm <= 0:
+        raise PlanError("The axis point spacing must be positive.", "Use a spacing such as 1 mm.")
+    s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(p, axis=0), axis=1))])
+    if len(p) == 2 and start_direction is None and end_direction is None:
+        return resample_polyline(p, spacing_mm)
+    start = (1, unit(start_direction)) if start_direction is not None else (2, np.zeros(3))
+    end = (1, unit(end_direction)) if end_direction is not None else (2, np.zeros(3))
+    spline = interpolate.CubicSpline(s, p, axis=0, bc_type=(start, end))
+    fine = spline(np.linspace(0.0, s[-1], max(int(s[-1] / (0.1 * spacing_mm)), 10) + 1))
+    out = resample_polyline(fine, spacing_mm * 0.999)
+    out[0], out[-1] = p[0], p[-1]
+    return out

@@ -114,10 +114,18 @@ def merge_duplicate_vertices(mesh: TriMesh, tolerance: Optional[float] = 1e-6) -
 
 def _weld_exact(vertices: np.ndarray) -> tuple:
     """(first index of each distinct position, inverse) for exactly equal positions, as readers weld float32 STL:
-    one lexsort of two 1-D bit keys instead of np.unique over rows (several times faster on millions)."""
-    bits = np.ascontiguousarray(vertices, dtype=np.float64).view(np.uint64).reshape(-1, 3)
-    bits = np.where(vertices == 0, np.uint64(0), bits)  # -0.0 and 0.0 are one position
-    order = np.lexsort((bits[:, 2], bits[:, 1], bits[:, 0]))
+    one lexsort of 1-D bit keys instead of np.unique over rows (several times faster on millions). Positions that
+    are float32 values (every file read back) are sorted on two keys, x and y's float32 bits in one (2.4x faster)."""
+    v = np.ascontiguousarray(vertices, dtype=np.float64)
+    v32 = v.astype(np.float32)
+    if np.array_equal(v32, v):
+        b = (v32 + np.float32(0.0)).view(np.uint32).reshape(-1, 3).astype(np.uint64)  # -0.0 and 0.0 are one
+        bits = np.stack([(b[:, 0] << np.uint64(32)) | b[:, 1], b[:, 2]], axis=1)
+        order = np.lexsort((bits[:, 1], bits[:, 0]))
+    else:
+        bits = v.view(np.uint64).reshape(-1, 3)
+        bits = np.where(v == 0, np.uint64(0), bits)  # -0.0 and 0.0 are one position
+        order = np.lexsort((bits[:, 2], bits[:, 1], bits[:, 0]))
     s = bits[order]
     new = np.ones(len(s), dtype=bool)
     new[1:] = np.any(s[1:] != s[:-1], axis=1)
@@ -131,9 +139,10 @@ def _component_count(n_vertices: int, faces: np.ndarray) -> int:
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    used = np.unique(faces)
-    if len(used) == 0:
+    if len(faces) == 0:
         return 0
+    used = np.zeros(n_vertices, dtype=bool)
+    used[faces] = True
     rows = np.concatenate([faces[:, 0], faces[:, 1]])
     cols = np.concatenate([faces[:, 1], faces[:, 2]])
     graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_vertices, n_vertices))
@@ -346,9 +355,26 @@ def file_safe(mesh, tolerance_mm: float = 1e-3, separation_mm: float = 5e-4) -> 
     # Rebuilding and simplifying costs seconds a million triangles: only when there is something to collapse.
     as_stored = TriMesh(out.vertices.astype(np.float32), out.faces)  # a thin sliver can flatten to no area in float32
     if _shortest_edge(out) < tolerance_mm or degenerate_faces(as_stored).any():
+        # Usually (lattice parts whose slivers were collapsed where they were made) only a few triangles are
+        # degenerate in float32: shrinking those to a point is enough, and costs a fraction of a simplification.
+        quick = _collapse_specks(_separated(out, separation_mm))
+        if _clean_in_float32(quick) and abs(quick.volume() - out.volume()) <= 1e-5 * max(abs(out.volume()), 1.0):
+            return quick
         # A Manifold straight from a boolean is rebuilt from its mesh first: simplifying it directly left pinch
         # vertices that could not be separated (measured on a lattice implant); the rebuilt one has none left.
-        out = from_manifold(to_manifold(out).simplify(tolerance_mm))
+        simplified = to_manifold(out).simplify(tolerance_mm)
+        # Collapsing a boolean's sub-um slivers can leave a flat shell of a few triangles and no volume (measured:
+        # 6 triangles, 5e-13 mm3, on a lattice implant): not a body, dropped.
+        pieces = simplified.decompose()
+        solid = [p for p in pieces if abs(p.volume()) > 1e-6]
+        if solid and len(solid) < len(pieces):
+            simplified = require_manifold3d().Manifold.compose(solid) if len(solid) > 1 else solid[0]
+        out = from_manifold(simplified)
+    return _collapse_specks(_separated(out, separation_mm))
+
+
+def _separated(out: TriMesh, separation_mm: float) -> TriMesh:
+    """Vertices sharing a float32 position with another (pinch points) moved ``separation_mm`` into the solid."""
     for _ in range(3):
         shared = _shares_float32_position(out.vertices)
         if not shared.any():
@@ -357,7 +383,14 @@ def file_safe(mesh, tolerance_mm: float = 1e-3, separation_mm: float = 5e-4) -> 
         v = out.vertices.copy()
         v[shared] -= separation_mm * normals[shared]
         out = TriMesh(v, out.faces)
-    return _collapse_specks(out)
+    return out
+
+
+def _clean_in_float32(mesh: TriMesh) -> bool:
+    """Closed and manifold, no two vertices at one float32 position, no triangle degenerate in float32."""
+    return bool(len(mesh.faces)) and closed_edges(mesh.faces, len(mesh.vertices)) \
+        and not _shares_float32_position(mesh.vertices).any() \
+        and not degenerate_faces(TriMesh(mesh.vertices.astype(np.float32), mesh.faces)).any()
 
 
 def _collapse_specks(mesh: TriMesh) -> TriMesh:
@@ -555,3 +588,15 @@ def decimate(mesh: TriMesh, target_triangles: Optional[int]) -> TriMesh:
     dec.BoundaryVertexDeletionOff()
     dec.Update()
     return merge_duplicate_vertices(from_polydata(dec.GetOutput()))
+
+
+def signed_distance(mesh: TriMesh, pts) -> np.ndarray:
+    """Signed distance (negative inside) from points (N, 3) to a closed mesh (VTK, vectorised)."""
+    import vtk
+    from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
+
+    f = vtk.vtkImplicitPolyDataDistance()
+    f.SetInput(to_polydata(mesh))
+    out = vtk.vtkDoubleArray()
+    f.FunctionValue(numpy_to_vtk(np.ascontiguousarray(np.atleast_2d(pts), dtype=np.float64), deep=True), out)
+    return vtk_to_numpy(out).copy()

@@ -39,13 +39,19 @@ from ..core.mesh import (
     file_safe,
     from_manifold,
     isosurface,
+    merge_duplicate_vertices,
     read_stl,
     require_manifold3d,
+    signed_distance,
     to_manifold,
     write_stl,
 )
+from ..export.threemf import read_3mf, write_3mf
+from ..parts.defectguides import DefectGuideParameters, defect_drill_guide
+from ..parts.guides import GuideParameters
 from ..parts.lattice import LatticeParameters, gyroid
-from .screws import ScrewParameters, Trajectory, hole_specs, plan_screws
+from ..record.defectrecord import write_defect_record
+from .screws import ScrewParameters, Trajectory, hole_specs, plan_screws, screw_type
 
 SYMMETRY_POINTS = 30000  # surface points registered (a deterministic subsample)
 SYMMETRY_TRIM = 0.8  # share of best-matched points the plane is fitted to
@@ -86,6 +92,9 @@ class MirrorDefectParameters:
     resection_roi: Optional[dict] = None  # {"center_ras", "size_mm"}: an RAS-aligned box, full edge lengths
     fit_clearance_mm: float = 0.2  # gap left to the remaining bone so the implant seats (printer dependent)
     margin_mm: float = 0.0  # grows (+) or trims (-) the mirrored shape
+    # Next to the remaining bone the mirrored shape is grown by up to this to meet the cut face (the two sides of a
+    # real pelvis differ by a CT voxel or more there); 0: the pure mirror image.
+    cut_face_fill_mm: float = 3.0
     grid_mm: float = 0.5  # working grid of the envelope
     max_voxels: int = 30_000_000  # working-grid budget; the lattice grid has its own (lattice.max_voxels)
     skin_mm: float = 1.0  # dense skin where the implant faces soft tissue; 0: none
@@ -98,6 +107,9 @@ class MirrorDefectParameters:
     screw_parameters: dict = field(default_factory=dict)  # screws.ScrewParameters
     lattice: dict = field(default_factory=dict)  # lattice.LatticeParameters
     porous: str = "auto"  # "lattice": gyroid mesh; "zone": porous zone for build preparation; "auto": by budget
+    drill_guides: bool = True  # a PA12 drill guide seated on the implant per screw (defectguides.py)
+    guides: dict = field(default_factory=dict)  # guides.GuideParameters (clearances, walls, sleeves, drills)
+    guide_pad_radius_mm: float = 12.0  # extent of each drill guide's pad around the drill axis
 
     def validate(self) -> None:
         """PlanError naming the bad value and what to use instead."""
@@ -109,6 +121,7 @@ class MirrorDefectParameters:
 
         rng("fit_clearance_mm", 0.0, 2.0)
         rng("margin_mm", -3.0, 3.0)
+        rng("cut_face_fill_mm", 0.0, 10.0)
         rng("grid_mm", 0.1, 2.0)
         rng("max_voxels", 1e5, 5e8)
         rng("skin_mm", 0.0, 5.0)
@@ -146,8 +159,18 @@ class MirrorDefectParameters:
             _unknown(s, ("name", "entry", "target", "end"), "screw")
             _vec(s.get("entry"), f"Screw {s.get('name')!r} entry")
             _vec(s.get("target"), f"Screw {s.get('name')!r} target")
-        ScrewParameters.from_dict(self.screw_parameters).validate()
+        sp = ScrewParameters.from_dict(self.screw_parameters)
+        sp.validate()
         self.lattice_parameters().validate()
+        if not isinstance(self.drill_guides, bool):
+            raise PlanError(f"drill_guides = {self.drill_guides!r} is invalid.", "Use true or false.")
+        gp = self.guide_parameters()  # unknown keys and ranges
+        if self.drill_guides and self.screws:
+            gp.drill_for(screw_type(sp.screw_type).diameter_mm)  # a drill is set for the screws
+            DefectGuideParameters(pad_radius_mm=self.guide_pad_radius_mm).validate(gp)
+
+    def guide_parameters(self):
+        return GuideParameters.from_dict(dict(self.guides or {}))
 
     def lattice_parameters(self) -> LatticeParameters:
         _unknown(self.lattice, [f.name for f in fields(LatticeParameters)], "lattice")
@@ -374,20 +397,6 @@ class _Grid:
         return ndimage.map_coordinates(values, idx[:, ::-1].T, order=1, mode="constant", cval=outside)
 
 
-def _distance_to(mesh: TriMesh, pts: np.ndarray) -> np.ndarray:
-    """Signed distance (negative inside) from points to a closed mesh (VTK, vectorised)."""
-    import vtk
-    from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
-
-    from ..core.mesh import to_polydata
-
-    f = vtk.vtkImplicitPolyDataDistance()
-    f.SetInput(to_polydata(mesh))
-    out = vtk.vtkDoubleArray()
-    f.FunctionValue(numpy_to_vtk(np.ascontiguousarray(pts, dtype=np.float64), deep=True), out)
-    return vtk_to_numpy(out).copy()
-
-
 def _extended(occ: np.ndarray, h: float, band: float) -> np.ndarray:
     """A signed-distance-like field (positive inside): ``occ`` within ``band`` of its zero level, the Euclidean
     distance transform beyond (occupancy saturates half a CT voxel from the surface)."""
@@ -411,6 +420,8 @@ class DefectResult:
     region_field: np.ndarray  # resection signed distance (positive inside), on grid
     remaining_mask: np.ndarray  # remaining bone on the CT grid (for screws)
     warnings: list = field(default_factory=list)
+    bone_mask: Optional[np.ndarray] = None  # the whole bone on the CT grid
+    resection: Optional["Resection"] = None
 
 
 def build_envelope(bone_mask: np.ndarray, ijk_to_ras, params: MirrorDefectParameters,
@@ -448,7 +459,8 @@ def build_envelope(bone_mask: np.ndarray, ijk_to_ras, params: MirrorDefectParame
     if len(mirrored_in) == 0:
         raise PlanError("The mirror image of the remaining bone does not reach into the resection.",
                         "Check the symmetry plane: the healthy side must mirror onto the resected side.")
-    pad = 3.0 * params.grid_mm + 2.0 * sampler.spacing + abs(params.margin_mm) + params.fit_clearance_mm + 2.0
+    pad = 3.0 * params.grid_mm + 2.0 * sampler.spacing + abs(params.margin_mm) + params.fit_clearance_mm + 2.0 + \
+        params.cut_face_fill_mm
     lo = np.minimum(centres[removed].min(axis=0), mirrored_in.min(axis=0)) - pad
     hi = np.maximum(centres[removed].max(axis=0), mirrored_in.max(axis=0)) + pad
     h = float(params.grid_mm)
@@ -476,9 +488,12 @@ def build_envelope(bone_mask: np.ndarray, ijk_to_ras, params: MirrorDefectParame
     near = np.flatnonzero(np.abs(dist) < params.fit_clearance_mm + params.contact_band_mm + 2.0 * h)
     if len(near) and len(remaining_mesh.faces):
         pts = grid.points()[near]
-        dist.ravel()[near] = _distance_to(remaining_mesh, pts)
-    if params.margin_mm:
+        dist.ravel()[near] = signed_distance(remaining_mesh, pts)
+    if params.margin_mm or params.cut_face_fill_mm:
         mirror = _extended(mirror, h, band) + np.float32(params.margin_mm)
+    fill_voxels = 0
+    if params.cut_face_fill_mm:
+        mirror, fill_voxels = _cut_face_fill(grid, mirror, defect, dist, params, band)
     env = np.minimum(np.minimum(mirror, region), dist - np.float32(params.fit_clearance_mm))
     envelope = grid.contour(env)
     if len(envelope.faces) == 0 or envelope.volume() <= 0:
@@ -491,9 +506,26 @@ def build_envelope(bone_mask: np.ndarray, ijk_to_ras, params: MirrorDefectParame
     remaining_ct = bone.copy()  # only bone voxels are evaluated: a full-CT index grid would need gigabytes
     remaining_ct[tuple(np.argwhere(bone)[removed].T)] = False
     result = DefectResult(plane, envelope, remaining_mesh, defect_mesh, {}, grid, env, dist, region, remaining_ct,
-                          warnings)
+                          warnings, bone, resection)
     result.measurements = measure(result, params)
+    result.measurements["cut_face_fill_mm3"] = round(fill_voxels * h ** 3, 1)
     return result
+
+
+def _cut_face_fill(grid: _Grid, mirror: np.ndarray, defect: np.ndarray, dist: np.ndarray,
+                   params: MirrorDefectParameters, band: float) -> tuple:
+    """The mirrored shape grown to meet the cut face where the two sides differ: (field, voxels added).
+
+    A point is filled when it lies within ``cut_face_fill_mm`` (+ clearance) of the remaining bone, within the same
+    reach of the mirror image, and inside the resected bone's own outline (the defect): so the gap between the
+    mirror image and the cut face closes, while nothing grows past the bone's outline at the cut face's rim (which a
+    plain dilation would add as a lip on the soft-tissue side)."""
+    fill, c = np.float32(params.cut_face_fill_mm), np.float32(params.fit_clearance_mm)
+    inside_defect = _extended(defect, grid.h, band)
+    grown = np.maximum(mirror, np.minimum.reduce([fill + c - dist, mirror + fill, inside_defect]))
+    added = int(np.count_nonzero((np.minimum(grown, dist - c) > 0) & (np.minimum(mirror, dist - c) <= 0)
+                                 & (inside_defect > 0)))
+    return grown, added
 
 
 def _drop_crumbs(mesh: TriMesh, fraction: float = 0.01) -> tuple:
@@ -546,7 +578,7 @@ def resection_surface_gaps(result: DefectResult) -> tuple:
     sel = (probe_in > 0) & (np.abs(g.sample(result.region_field, c, -1.0)) < g.h)
     if not sel.any():
         return c[:0], area[:0], np.zeros(0)
-    gaps = np.maximum(_distance_to(result.envelope, c[sel]), 0.0)
+    gaps = np.maximum(signed_distance(result.envelope, c[sel]), 0.0)
     return c[sel], area[sel], gaps
 
 
@@ -619,7 +651,7 @@ def _connector(m3d, result: DefectResult, params: MirrorDefectParameters) -> tup
     # gradient is the outward surface normal.
     h = 0.25
     probes = np.vstack([p, p + h * np.eye(3), p - h * np.eye(3)])
-    dist = _distance_to(result.envelope, probes)
+    dist = signed_distance(result.envelope, probes)
     if dist[0] > ROD_SEAT_TOLERANCE_MM:
         raise PlanError(f"The rod seat at {np.round(p, 1).tolist()} (RAS) lies {dist[0]:.1f} mm outside the implant.",
                         f"Click the rod seat on the implant's surface (within {ROD_SEAT_TOLERANCE_MM:g} mm of it).")
@@ -770,8 +802,10 @@ def example_parameters() -> dict:
     The resected block: left of 5 mm beside the midline, medial of the sacroiliac joint (x = -48), behind the
     pubis (A < 145), above the lower sacrum (S > 140) and below the L5-S1 disc (a horizontal cap at S = 242 and a
     plane along the S1 endplate, tilted 30 degrees). The strut runs from the S1 endplate side down to the ilium,
-    the rod seat sits on the implant's posterior face (towards L3), one 6.5 mm screw crosses into the remaining S1
-    body and one runs into the ilium. Checked breach-free on this CT with the bone segmented by ``segment_bone``
+    the rod seat sits on the implant's posterior face (towards L3), one 6.5 mm screw goes in through the implant's
+    posterior face and converges 33 degrees medially into the remaining S1 body (33 mm of it in bone), one runs into
+    the ilium; each has a drill guide seated on the implant (a screw drilled from the side would have to pass the
+    ilium first, so no guide could reach it). Checked breach-free on this CT with the bone segmented by ``segment_bone``
     from the seed ``EXAMPLE_BONE_SEED_RAS`` in S1, which a plan's segmentation block should give."""
     remove = "positive"
     return {
@@ -786,7 +820,7 @@ def example_parameters() -> dict:
         "grid_mm": 1.0,  # a third of the CT's 3 mm voxel
         "struts": [[[-12.0, 118.0, 236.0], [-44.0, 90.0, 200.0]]],
         "rod": {"point_ras": [-24.0, 57.7, 202.0], "direction_ras": [0.0, 0.3, 1.0]},
-        "screws": [{"name": "S1", "entry": [-35.0, 110.0, 220.0], "target": [14.2, 118.7, 220.0]},
+        "screws": [{"name": "S1", "entry": [-25.0, 70.0, 215.0], "target": [8.0, 120.0, 220.0]},
                    {"name": "ilium", "end": "distal", "entry": [-42.0, 90.0, 220.0], "target": [-78.2, 120.4, 203.8]}],
         "screw_parameters": {"screw_type": "6.5 cancellous"},
     }
@@ -800,12 +834,51 @@ def _two_bodies(a: TriMesh, b: TriMesh) -> TriMesh:
     return TriMesh(np.vstack([a.vertices, b.vertices]), np.vstack([a.faces, b.faces + len(a.vertices)]))
 
 
+def _survives_float32(mesh: TriMesh) -> bool:
+    """True when the mesh, stored as float32 triangles and welded by exact position as readers do, is still a
+    closed manifold (measured: a porous zone on the sample CT left 2 edges shared by four triangles at 0.5 um)."""
+    soup = mesh.vertices[mesh.faces].reshape(-1, 3).astype(np.float32).astype(np.float64)
+    welded = merge_duplicate_vertices(TriMesh(soup, np.arange(len(soup)).reshape(-1, 3)), None)
+    return check_mesh(welded).ok
+
+
+def _separate_pinches(mesh: TriMesh, step_mm: float) -> TriMesh:
+    """Vertices that share a float32 position moved ``step_mm`` towards the centre of their own triangle fan.
+
+    file_safe moves them along their normals; where the surface touches itself along two edges with common ends
+    (measured on a porous zone of the sample CT) both copies have nearly the same normal and stay together, while
+    their fans lie on different sides, so this pulls them apart (microns: far below any printer's resolution)."""
+    v = mesh.vertices.copy()
+    _, inverse, counts = np.unique(v.astype(np.float32), axis=0, return_inverse=True, return_counts=True)
+    dup = np.flatnonzero(counts[inverse.reshape(-1)] > 1)
+    if len(dup) == 0:
+        return mesh
+    sums = np.zeros_like(v)
+    n = np.zeros(len(v))
+    np.add.at(sums, mesh.faces.ravel(), np.repeat(v[mesh.faces].mean(axis=1), 3, axis=0))
+    np.add.at(n, mesh.faces.ravel(), 1.0)
+    d = sums[dup] / np.maximum(n[dup], 1.0)[:, None] - v[dup]
+    v[dup] += step_mm * d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+    return TriMesh(v, mesh.faces)
+
+
 def _for_file(mesh: TriMesh, min_fraction: float = 0.0, dropped: Optional[list] = None) -> TriMesh:
     """mesh.file_safe, then without the zero-volume slivers its simplification can leave (measured: 2 pieces of
     -2e-6 mm3 on a lattice), which would count as bodies of their own. Implant parts also lose pieces below
     ``min_fraction`` of the largest: separating pinch vertices frees bits that hung on by one point (1.5 mm3 on
     the sample CT), which would print loose; their volume is appended to ``dropped``."""
+    # Specks first (measured: a 4e-6 mm3 body sharing an edge with a porous zone, which no separation frees).
+    pieces = to_manifold(mesh).decompose()
+    if len(pieces) > 1 and min(p.volume() for p in pieces) <= 1e-3:
+        kept = [p for p in pieces if p.volume() > 1e-3]
+        mesh = from_manifold(kept[0])
+        for piece in kept[1:]:
+            mesh = _two_bodies(mesh, from_manifold(piece))
     safe = file_safe(mesh)
+    for step in (2e-3, 1e-2):
+        if _survives_float32(safe):
+            break
+        safe = _separate_pinches(safe, step)
     pieces = to_manifold(safe).decompose()
     vols = [p.volume() for p in pieces]
     kept = [p for p, v in zip(pieces, vols) if v > max(1e-3, min_fraction * max(vols))]
@@ -819,25 +892,77 @@ def _for_file(mesh: TriMesh, min_fraction: float = 0.0, dropped: Optional[list] 
     return out
 
 
+def remaining_bone_distance(result: DefectResult, ijk_to_ras):
+    """points -> mm-scaled signed field of the remaining bone (positive outside), anywhere on the CT: the same
+    definition as the remaining bone's mesh (the bone mask's trilinear occupancy, cut analytically by the
+    resection), so guides built and checked with it agree with that mesh. It saturates half a CT voxel from the
+    surface (enough for clearances and for telling inside from outside)."""
+    sampler = _Sampler(ijk_to_ras)
+    bone_f = result.bone_mask.astype(np.float32)
+
+    def distance(pts):
+        pts = np.atleast_2d(np.asarray(pts, float))
+        return -np.minimum(sampler(bone_f, pts), -result.resection.signed(pts))
+
+    return distance
+
+
+def drill_guides(result: DefectResult, structure: StructureResult, ijk_to_ras, params: MirrorDefectParameters) -> list:
+    """[(guides.Guide, figures)] one drill guide per planned screw, seated on the implant (defectguides.py)."""
+    if not (params.drill_guides and structure.screws):
+        return []
+    seat = from_manifold(to_manifold(structure.implant) + to_manifold(result.envelope))  # holes closed, connector on
+    gp = params.guide_parameters()
+    dp = DefectGuideParameters(pad_radius_mm=params.guide_pad_radius_mm)
+    bone = remaining_bone_distance(result, ijk_to_ras)
+    reach = float(np.linalg.norm(np.subtract(*result.envelope.bounds()))) + 5.0
+    return [defect_drill_guide(seat, bone, p, gp, dp, reach, implant=structure.implant) for p in structure.screws]
+
+
+PRINTED_ROLES = ("implant", "drill guide")  # one body each; also written as 3MF
+
+
+def _verify_written(path: str, role: str, mesh: TriMesh, coordinate_system: str) -> object:
+    back = read_3mf(path, coordinate_system) if path.endswith(".3mf") else read_stl(path, coordinate_system)
+    check = check_mesh(back)
+    problems = list(check.problems)
+    if role in PRINTED_ROLES and check.n_components != 1:
+        problems.append(f"{check.n_components} separate shells (a printed part must be one body)")
+    if abs(check.volume_mm3 - mesh.volume()) > 1e-3 * max(abs(mesh.volume()), 1.0):
+        problems.append(f"volume {check.volume_mm3:.2f} mm3 read back for {mesh.volume():.2f} written")
+    if problems:
+        raise GeometryError(f"The written {os.path.basename(path)} failed verification: {'; '.join(problems)}.",
+                            "Report this with the plan; nothing was kept.")
+    return check
+
+
 def run_mirror_defect(ct_array, ijk_to_ras, bone_mask, params, out_folder: str, resection_mask=None,
-                      coordinate_system: str = "LPS") -> dict:
-    """Plan the mirror-defect implant and write its verified STL files and ``manifest.json`` to a new folder.
+                      coordinate_system: str = "LPS", formats=("stl", "3mf"), record: bool = True,
+                      case_id: str = "", ct_description: Optional[dict] = None,
+                      segmentation: Optional[dict] = None) -> dict:
+    """Plan the mirror-defect implant and its drill guides, and write verified files, ``manifest.json`` and the
+    design record (``design_record.html``/``.pdf``, defectrecord.py) to a new folder.
 
     ``params``: MirrorDefectParameters or its dict. Everything is computed and checked before anything is
     written; the files are written to a temporary sibling folder, each read back and verified, then the folder
     is renamed, so a failure leaves nothing behind and an existing folder with files in it is never touched.
-    Returns the manifest dict (also written as manifest.json)."""
+    Every part is written as STL; the printed parts (implant, drill guides) also as 3MF when ``formats`` has
+    "3mf". Returns the manifest dict (also written as manifest.json)."""
     import hashlib
 
 
     params = params if isinstance(params, MirrorDefectParameters) else MirrorDefectParameters.from_dict(params)
     params.validate()
+    bad = [f for f in formats if f not in ("stl", "3mf")]
+    if bad or "stl" not in formats:
+        raise PlanError(f"Unknown or missing export formats {list(formats)}.", "Use ('stl',) or ('stl', '3mf').")
     out_folder = os.path.abspath(out_folder)
     if os.path.exists(out_folder) and (not os.path.isdir(out_folder) or os.listdir(out_folder)):
         raise OutputExistsError(f"Output folder {out_folder} already exists and is not empty.",
                                 "Choose a new folder; nothing existing is overwritten.")
     result = build_envelope(bone_mask, ijk_to_ras, params, resection_mask)
     structure = build_structure(ct_array, ijk_to_ras, result, params)
+    guides = drill_guides(result, structure, ijk_to_ras, params)
     # file_safe: float32 STL welding must not merge a lattice's pinch points into non-manifold edges.
     loose: list = []
 
@@ -851,35 +976,49 @@ def run_mirror_defect(ct_array, ijk_to_ras, bone_mask, params, out_folder: str, 
         parts["implant_dense"] = part(structure.dense)
     if structure.porous_zone is not None:
         parts["implant_porous_zone"] = part(structure.porous_zone)
+    roles = {k: k for k in parts}
+    for g, _ in guides:
+        parts[g.file_stem] = file_safe(g.mesh)
+        roles[g.file_stem] = "drill guide"
     parent = os.path.dirname(out_folder)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-mirror-defect-", dir=parent)
     try:
         files = []
-        for role, mesh in parts.items():
-            path = os.path.join(tmp, f"{role}.stl")
-            write_stl(mesh, path, coordinate_system)
-            check = check_mesh(read_stl(path, coordinate_system))
-            if not check.ok:
-                raise GeometryError(f"The written {role}.stl failed verification: {'; '.join(check.problems)}.",
-                                    "Report this with the plan; nothing was kept.")
-            with open(path, "rb") as f:
-                digest = hashlib.sha256(f.read()).hexdigest()
-            files.append({"file": f"{role}.stl", "role": role, "coordinate_system": coordinate_system.upper(),
-                          "units": "mm", "volume_mm3": round(check.volume_mm3, 2), "area_mm2": round(check.area_mm2, 2),
-                          "triangles": check.n_triangles, "components": check.n_components, "sha256": digest,
-                          "check": check.as_dict()})
+        for stem, mesh in parts.items():
+            role = roles[stem]
+            for fmt in ("stl", "3mf") if role in PRINTED_ROLES and "3mf" in formats else ("stl",):
+                path = os.path.join(tmp, f"{stem}.{fmt}")
+                if fmt == "stl":
+                    write_stl(mesh, path, coordinate_system)
+                else:
+                    write_3mf(mesh, path, f"{case_id or 'mirror defect'} {stem}", coordinate_system)
+                check = _verify_written(path, role, mesh, coordinate_system)
+                with open(path, "rb") as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+                files.append({"file": os.path.basename(path), "role": role, "format": fmt,
+                              "material": "PA12" if role == "drill guide" else ("Ti6Al4V ELI" if role in (
+                                  "implant", "implant_dense", "implant_porous_zone") else ""),
+                              "coordinate_system": coordinate_system.upper(), "units": "mm",
+                              "volume_mm3": round(check.volume_mm3, 2), "area_mm2": round(check.area_mm2, 2),
+                              "triangles": check.n_triangles, "components": check.n_components, "sha256": digest,
+                              "check": check.as_dict()})
         manifest = {
             "kind": "mirror_defect",
+            "case_id": case_id,
             "parameters": params.as_dict(),
             "defect": {**result.measurements, "structure": structure.figures},
             "screws": [p.as_dict() for p in structure.screws],
+            "drill_guides": [fig for _, fig in guides],
             "oversized_variants": "not applicable: the implant is shaped to the defect",
             "files": files,
             "warnings": result.warnings + structure.warnings + [w for p in structure.screws for w in p.warnings]
             + ([f"{sum(loose):.2f} mm3 of implant bits attached by a single point were left out of the files"]
                if sum(loose) >= 0.01 else []),
         }
+        if record:
+            manifest["files"] += write_defect_record(manifest, result, structure, guides, tmp, ct_array, ijk_to_ras,
+                                                     ct_description=ct_description, segmentation=segmentation)
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=2)
         if os.path.isdir(out_folder):

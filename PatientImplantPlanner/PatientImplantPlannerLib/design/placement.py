@@ -16,14 +16,9 @@ from scipy.spatial import cKDTree
 
 from ..core.anatomy import Endplate
 from ..core.errors import PlanError
-from .implant import (
-    ImplantParameters,
-    footplate_centre,
-    footplate_outlines,
-    gap_length,
-    path_frames,
-    profile_polygon,
-)
+from .implant import footplate_centre, footplate_outlines
+from .screws import default_trajectories
+from .strut import ImplantParameters, gap_length, path_frames, profile_polygon
 
 NAMED_ANGLES = {
     "anterior": 0.0,
@@ -313,8 +308,6 @@ def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal:
       the starting size, if that was already nearer).
     Each change is a note for the plan's warnings. When nothing helps the parameters are returned unchanged and
     the design step refuses with its own message."""
-    from .screws import default_trajectories
-
     notes = []
     params = implant
     t = params.footplate_thickness_mm

@@ -15,19 +15,20 @@ from typing import Optional
 import numpy as np
 
 from .. import __version__
-from ..core.anatomy import Endplate
+from ..core.anatomy import Endplate, smooth_axis
 from ..core.errors import InputFileError, PlanError
 from ..core.mesh import atomic_write_bytes, to_manifold
 from ..core.progress import Progress
 from ..export.boneexport import mask_surface
 from ..imaging.bonesegmentation import BoneSegmentationParameters
 from ..imaging.keepout import from_ct
-from ..imaging.levels import detect_levels, smooth_axis
-from .implant import ImplantParameters, build_implant, measurements
+from ..imaging.levels import detect_levels
+from .implant import build_implant, measurements
 from .mirrordefect import MirrorDefectParameters
 from .placement import NAMED_ANGLES, fit_footplates, place_strut, screw_layout_kwargs
 from .planschema import validate_plan_dict
 from .screws import ScrewParameters, Trajectory, default_trajectories, hole_specs, plan_screws
+from .strut import ImplantParameters
 
 SCHEMA_VERSION = 1
 MAX_VARIANT_MM = 30.0

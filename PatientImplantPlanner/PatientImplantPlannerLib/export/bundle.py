@@ -15,15 +15,24 @@ from typing import Optional
 
 import numpy as np
 
+from ..analysis.fe import render_von_mises
 from ..core import mesh as meshlib
 from ..core.errors import GeometryError, OutputExistsError, PlannerError
 from ..core.progress import Progress
+from ..design.implant import STRUT_OVERLAP_MM
 from ..design.plan import require_accepted
+from ..parts.guides import GuideParameters, check_docking_room, check_drill_room, guides_for_plan
+from ..parts.lattice import LatticeParameters, apply_porous_layers
 from ..record.designrecord import DesignRecord, build_design_record
 from ..record.designrecord import jsonable as _jsonable
-from .manifest import build_manifest, mesh_file_entry, write_manifest
+from ..record.render import OUTLINE_IMPLANT_RGB, render_ct_slice_with_outline
+from ..record.report import write_report
+from ..scene.views import render_plan_view
+from .boneexport import bone_model_surface, mask_surface
+from .manifest import build_manifest, mesh_file_entry, sha256_of, write_manifest
 from .parameters import ExportParameters
 from .staging import moved, staged_folder
+from .threemf import read_3mf, write_3mf
 
 IMPLANT_MATERIAL = "Ti6Al4V ELI"
 GUIDE_MATERIAL = "PA12"
@@ -100,8 +109,6 @@ def _porous_cut_mm(implant_params, lattice_params, regions) -> Optional[float]:
     """Depth below the contact planes at which every size is the same footplate slab: midway between the porous
     layer (with its overlap into the core) and the top of the strut, which reaches into the footplate from below.
     None when they leave no room (the lattice is then fused to each whole size)."""
-    from ..design.implant import STRUT_OVERLAP_MM
-
     t = float(implant_params.footplate_thickness_mm)
     strut_top = t - min(STRUT_OVERLAP_MM, t / 2.0)
     layer = max(float(r.thickness_mm) for r in regions) + float(lattice_params.overlap_mm)
@@ -148,10 +155,6 @@ def iter_parts(result, bone_mask, ijk_to_ras, lattice_params=None, guide_params=
                lattice_rows=None, seconds=None):
     """The printable parts of a plan one at a time (RAS meshes, made file-safe), so a caller can write and drop each
     before the next is built; ``lattice_rows`` and ``seconds`` (lists / dicts given by the caller) are filled in."""
-    from ..parts.guides import GuideParameters, guides_for_plan
-    from ..parts.lattice import LatticeParameters, apply_porous_layers
-    from .boneexport import bone_model_surface
-
     params = params or ExportParameters()
     lattice_params = lattice_params or LatticeParameters()
     guide_params = guide_params or GuideParameters()
@@ -216,7 +219,8 @@ def iter_parts(result, bone_mask, ijk_to_ras, lattice_params=None, guide_params=
                     "min_wall_mm": round(float(g.min_wall_mm), 3),
                     **(
                         {"fit_clearance_mm": guide_params.fit_clearance_mm,
-                         "sleeve_clearance_mm": guide_params.sleeve_clearance_mm}
+                         "sleeve_clearance_mm": guide_params.sleeve_clearance_mm,
+                         "sleeve_lengths_mm": [round(x, 2) for x in g.sleeve_lengths_mm]}
                         if g.role.startswith("drill")
                         else {}
                     ),
@@ -281,9 +285,10 @@ def export_bundle(
     params.validate()
     require_accepted(result)  # unaccepted safety findings refuse the export before anything is built
     if "docking_guides" in params.parts:
-        from ..parts.guides import check_docking_room
-
         check_docking_room([result.nominal, *result.variants.values()])
+    if "drill_guides" in params.parts:  # issue 7: drill-guide room refused at design time, not after the lattice
+
+        check_drill_room(result, guide_params)
     if folder is None:
         if out_parent is None:
             raise PlannerError("No export location given.", "Pass out_parent (a new folder is made in it) or folder.")
@@ -356,8 +361,6 @@ def export_bundle(
 
 
 def _write_and_verify(part: ExportedPart, path: str, fmt: str, cs: str, overwrite: bool) -> dict:
-    from .threemf import read_3mf, write_3mf
-
     if fmt == "stl":
         meshlib.write_stl(part.mesh, path, cs, overwrite=overwrite)
         back = meshlib.read_stl(path, cs)
@@ -380,8 +383,6 @@ def _write_and_verify(part: ExportedPart, path: str, fmt: str, cs: str, overwrit
 
 
 def _plain_entry(path: str, role: str) -> dict:
-    from .manifest import sha256_of
-
     return {"file": os.path.basename(path), "role": role, "sha256": sha256_of(path), "bytes": os.path.getsize(path)}
 
 
@@ -398,8 +399,6 @@ KEEP_OUT_COLOURS = [("red", (0.95, 0.2, 0.2)), ("blue", (0.2, 0.45, 1.0)), ("gre
 def _keep_out_slices(result, ct_array, ijk_to_ras, tmp) -> dict:
     """Axial CT slices at each footplate and where the implant comes closest to a keep-out structure, the
     structures tinted (each its own colour, named in the caption) and the implant outlined."""
-    from ..record.render import OUTLINE_IMPLANT_RGB, render_ct_slice_with_outline
-
     ko = getattr(result, "keep_out", None)
     safety = result.measurements.get("safety") or {}
     if ko is None or not ko.structures:
@@ -428,10 +427,6 @@ def _keep_out_slices(result, ct_array, ijk_to_ras, tmp) -> dict:
 def _write_report(record, result, parts, bone_mask, ijk_to_ras, ct_array, folder, overwrite):
     import tempfile
 
-    from ..record.render import OUTLINE_IMPLANT_RGB, render_ct_slice_with_outline
-    from ..record.report import write_report
-    from ..scene.views import render_plan_view
-    from .boneexport import mask_surface
 
     implant = result.nominal.mesh
     with tempfile.TemporaryDirectory() as tmp:
@@ -449,8 +444,6 @@ def _write_report(record, result, parts, bone_mask, ijk_to_ras, ct_array, folder
             images.update(_keep_out_slices(result, ct_array, ijk_to_ras, tmp))
         fe = getattr(result, "fe_analysis", None)
         if fe is not None and "nominal" in fe.sizes:
-            from ..analysis.fe import render_von_mises
-
             nominal = fe.sizes["nominal"]
             images["fe_von_mises"] = (
                 render_von_mises(nominal, os.path.join(tmp, "fe_von_mises.png")),

@@ -18,6 +18,7 @@ from scipy import ndimage
 
 from ..core.errors import PlanError
 from ..core.mesh import TriMesh
+from ..parts.lattice import voxelise
 
 DEFAULT_CLEARANCE_MM = 2.0
 MEASURE_PITCH_MM = 0.5  # clearance and overlap are measured on this isotropic grid around the mesh
@@ -146,8 +147,6 @@ class KeepOut:
         """{structure: {"clearance_mm", "overlap_mm3"}} of a closed mesh (RAS): the smallest distance from the
         mesh's surface (vertices and face centres) to the structure, and the structure's volume inside the mesh,
         both on a ``pitch`` grid (labels resampled by nearest neighbour). Negative clearance = inside."""
-        from ..parts.lattice import voxelise
-
         lo = mesh.vertices.min(axis=0) - MEASURE_MARGIN_MM
         hi = mesh.vertices.max(axis=0) + MEASURE_MARGIN_MM
         shape = np.ceil((hi - lo) / pitch).astype(int) + 1

@@ -13,7 +13,8 @@ plane is z = 0, the free face z = t):
   stops ``rim_relief_mm`` short of the contact plane, so nothing rests on the bone or covers the contact face;
 - shell ``guide_wall_mm`` thick; one drill sleeve per trajectory (bore = drill + ``sleeve_clearance_mm``, wall
   ``sleeve_wall_mm``, ``sleeve_length_mm`` from the cap's outer surface, away from the bone), bores open through
-  the cap;
+  the cap; a sleeve is shortened where the implant's other footplate is nearer along its axis (it ends short of it
+  by the cap's seating travel + ``SLEEVE_END_GAP_MM``; noted on the guide), and refused below 3 mm;
 - a slot from the strut out through the rim, in the direction furthest from every sleeve, as wide as the strut
   plus the fit clearance, swept along the strut: the cap is passed sideways around the strut in the gap and
   slid down the strut onto the footplate. Where a sleeve runs beside the strut the slot's keep-out thins the
@@ -36,16 +37,33 @@ import numpy as np
 
 from ..core.anatomy import distance_to_polyline, unit
 from ..core.errors import GeometryError, PlanError
-from ..core.mesh import TriMesh, from_manifold, require_manifold3d, require_valid, to_manifold
+from ..core.mesh import TriMesh, from_manifold, require_manifold3d, require_valid, to_manifold, to_polydata
+from ..design.implant import sweep
+from .guidegeometry import (
+    ENDS,
+    LABEL_MARGIN_MM,
+    ROUND_SEGMENTS,
+    _angle_gap,
+    _check_end,
+    _contact_face,
+    _cylinder_between,
+    _end_path,
+    _extended_end_path,
+    _frame_at,
+    _label_solid,
+    _point_in_polygons,
+    _seat,
+    _size_short,
+    _sleeve_room,
+    _slug,
+    _strut_section,
+)
 from .textmesh import text_outline, text_size
 
-ENDS = ("proximal", "distal")
 MIN_PRINTABLE_WALL_MM = 0.8  # thinnest PA12 wall (SLS) we let through
 OVERLAP_MM = 1.0  # fused parts reach this far into each other (>= 0.1 mm: never flush contact)
 SHARED_GUIDE_TOLERANCE_MM = 0.05
 MAX_TRAJECTORY_TILT_DEG = 75.0  # between a trajectory and the footplate normal
-ROUND_SEGMENTS = 64
-LABEL_MARGIN_MM = 0.5
 
 
 # ---- parameters and results --------------------------------------------------------------------------------
@@ -57,6 +75,8 @@ def _default_drills() -> dict:
 
 
 STUB_RANGE_MM = (2.0, 60.0)
+SLEEVE_RANGE_MM = (3.0, 60.0)
+SLEEVE_END_GAP_MM = 0.5  # a shortened sleeve ends this far beyond the cap's seating travel from the implant
 
 
 @dataclass
@@ -102,7 +122,7 @@ class GuideParameters:
             "fit_clearance_mm": (0.0, 1.0),
             "sleeve_clearance_mm": (0.0, 1.0),
             "sleeve_wall_mm": (MIN_PRINTABLE_WALL_MM, 10.0),
-            "sleeve_length_mm": (3.0, 60.0),
+            "sleeve_length_mm": SLEEVE_RANGE_MM,
             "guide_wall_mm": (MIN_PRINTABLE_WALL_MM, 10.0),
             "rim_relief_mm": (0.0, 5.0),
         }
@@ -183,6 +203,8 @@ class Guide:
     # Drill guides: unit vector (RAS, in the footplate plane) to slide the lifted guide off the strut; it goes on
     # the opposite way. The strut slot opens on the other side.
     removal_direction: Optional[np.ndarray] = None
+    # Drill guides: each sleeve's length above the cap (sleeve_length_mm, or shorter below the other footplate).
+    sleeve_lengths_mm: list = field(default_factory=list)
 
     def summary(self) -> dict:
         return {
@@ -197,7 +219,9 @@ class Guide:
             "min_wall_mm": round(float(self.min_wall_mm), 3),
             "sleeves": [
                 {"name": n, "inner_diameter_mm": round(float(d), 3)}
-                for n, d in zip(self.trajectory_names, self.sleeve_inner_diameters_mm)
+                | ({"length_mm": round(float(L), 2)} if L is not None else {})
+                for n, d, L in zip(self.trajectory_names, self.sleeve_inner_diameters_mm,
+                                   list(self.sleeve_lengths_mm) + [None] * len(self.trajectory_names))
             ],
             "notes": list(self.notes),
         }
@@ -206,170 +230,7 @@ class Guide:
 # ---- the footplate seat and the strut near it ----------------------------------------------------------------
 
 
-@dataclass
-class _Seat:
-    """One footplate in its own frame: rows of ``rot`` are (anterior, lateral, normal into the gap)."""
-
-    centre: np.ndarray
-    rot: np.ndarray
-    thickness: float
-    outline: object  # manifold3d CrossSection of the footplate in local (x, y)
-
-    def to_local(self, p) -> np.ndarray:
-        return (np.asarray(p, float) - self.centre) @ self.rot.T
-
-    def dir_to_local(self, d) -> np.ndarray:
-        return np.asarray(d, float) @ self.rot.T
-
-    def to_world_matrix(self) -> np.ndarray:
-        return np.column_stack([self.rot.T, self.centre])
-
-    def to_local_matrix(self) -> np.ndarray:
-        return np.column_stack([self.rot, -self.rot @ self.centre])
-
-
-def _check_end(end: str) -> None:
-    if end not in ENDS:
-        raise PlanError(f"Guide end {end!r} is unknown.", "Use 'proximal' or 'distal'.")
-
-
-def _seat(geom, end: str) -> _Seat:
-    """The footplate's frame from the implant's porous-region record, its outline sliced from its own mesh."""
-    region = next((r for r in geom.porous_regions if r.end == end), None)
-    if region is None:
-        raise GeometryError(f"The implant has no {end} footplate record.", "Rebuild the implant.")
-    n = unit(-np.asarray(region.normal, float))  # the region's normal points into the bone
-    a = unit(np.asarray(region.anterior, float) - (np.asarray(region.anterior, float) @ n) * n)
-    rot = np.array([a, np.cross(n, a), n])
-    centre = np.asarray(region.centre, float)
-    fp = geom.proximal_footplate if end == "proximal" else geom.distal_footplate
-    z = (fp.vertices - centre) @ n
-    t = float(z.max())
-    if abs(z.min()) > 1e-3 or t <= 0:
-        raise GeometryError(
-            f"The {end} footplate does not lie on its contact plane (from {z.min():.3f} to {t:.3f} mm).",
-            "Rebuild the implant; this is a bug if its inputs are sensible.",
-        )
-    seat = _Seat(centre, rot, t, None)
-    local = to_manifold(fp).transform(seat.to_local_matrix())
-    seat.outline = local.slice(t / 2)
-    if seat.outline.is_empty():
-        raise GeometryError(f"The {end} footplate has no cross-section.", "Rebuild the implant.")
-    return seat
-
-
-def _end_path(geom, end: str) -> tuple:
-    """Strut centre line starting on this end's contact plane and running into the gap, with frames whose rows
-    are (anterior, lateral, direction), right-handed, and the arc length of each point."""
-    path = np.asarray(geom.strut_path, float)
-    frames = np.asarray(geom.frames, float)
-    if end == "distal":
-        path = path[::-1].copy()
-        frames = frames[::-1].copy()
-        frames[:, 1] *= -1.0
-        frames[:, 2] *= -1.0
-    s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(path, axis=0), axis=1))])
-    return path, frames, s
-
-
-def _frame_at(path, frames, s, at: float) -> tuple:
-    """Point and orthonormal frame (rows anterior, lateral, direction) at arc length ``at``."""
-    point = np.array([np.interp(at, s, path[:, i]) for i in range(3)])
-    k = int(np.clip(np.searchsorted(s, at), 1, len(s) - 1))
-    d = unit(path[k] - path[k - 1])
-    a = frames[k, 0] - (frames[k, 0] @ d) * d
-    a = unit(a)
-    return point, np.array([a, np.cross(d, a), d])
-
-
-def _extended_end_path(path, frames, s, before: float, length: float) -> tuple:
-    """The end path from ``before`` mm behind the contact plane (straight, into the bone) to arc length
-    ``length`` (straight beyond the path's end if it is shorter), sampled about every mm."""
-    n_back = max(int(np.ceil(before)), 1)
-    back = path[0] - np.linspace(before, 0.0, n_back + 1)[:-1, None] * frames[0, 2]
-    keep = s <= length
-    mid, mid_f = path[keep], frames[keep]
-    out = [back, mid]
-    out_f = [np.repeat(frames[:1], n_back, 0), mid_f]
-    if s[-1] < length:
-        extra = length - s[-1]
-        n_fwd = max(int(np.ceil(extra)), 1)
-        out.append(path[-1] + np.linspace(0.0, extra, n_fwd + 1)[1:, None] * frames[-1, 2])
-        out_f.append(np.repeat(frames[-1:], n_fwd, 0))
-    return np.concatenate(out), np.concatenate(out_f)
-
-
-def _strut_section(geom, path, frames, s):
-    """Convex hull of the strut's cross-section in the end path's frame (x anterior, y lateral).
-
-    The strut is one polygon swept along the path, so any cut shows the same section; cutting half-way along
-    keeps away from the footplates (a tilted cut near the end would catch the footplate) and from the holes."""
-    m3d = require_manifold3d()
-    point, rot = _frame_at(path, frames, s, 0.5 * s[-1])
-    local = to_manifold(geom.mesh).transform(np.column_stack([rot, -rot @ point]))
-    polys = [np.asarray(p) for p in local.slice(0.0).to_polygons() if len(p) >= 3]
-    around = [p for p in polys if _point_in_polygons(np.zeros(2), [p])]
-    if not around:
-        raise GeometryError("The strut has no cross-section around its centre line.", "Rebuild the implant.")
-    return m3d.CrossSection([np.ascontiguousarray(p) for p in around]).hull()
-
-
 # ---- small geometry helpers ----------------------------------------------------------------------------------
-
-
-def _cylinder_between(m3d, p0, direction, length, radius, segments=ROUND_SEGMENTS):
-    """Cylinder from p0 along a unit direction; the polygon circumscribes the circle (narrowest = radius)."""
-    d = unit(direction)
-    u = unit(np.cross(d, [1.0, 0, 0] if abs(d[0]) < 0.9 else [0, 1.0, 0]))
-    v = np.cross(d, u)
-    r = radius / np.cos(np.pi / segments)
-    cyl = m3d.Manifold.cylinder(float(length), float(r), float(r), segments)
-    return cyl.transform(np.column_stack([u, v, d, p0]))
-
-
-def _angle_gap(a, b) -> float:
-    return float(abs((a - b + np.pi) % (2 * np.pi) - np.pi))
-
-
-def _point_in_polygons(p, polys) -> bool:
-    """Even-odd rule over all loops (holes included)."""
-    inside = False
-    for poly in polys:
-        x, y = poly[:, 0], poly[:, 1]
-        x1, y1 = np.roll(x, -1), np.roll(y, -1)
-        cross = (y > p[1]) != (y1 > p[1])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            xi = x + (p[1] - y) * (x1 - x) / (y1 - y)
-        inside ^= bool(np.count_nonzero(cross & (p[0] < xi)) % 2)
-    return inside
-
-
-def _label_solid(text: str, height: float, z0: float, z1: float, placement: np.ndarray):
-    """Label outline extruded from z0 to z1 in text coordinates, then placed by a 3x4 matrix."""
-    outline = text_outline(text, height)
-    return outline.extrude(float(z1 - z0)).translate((0.0, 0.0, float(z0))).transform(placement)
-
-
-def _size_short(size_label: str) -> str:
-    return size_label.replace("mm", "").strip()
-
-
-def _slug(*parts) -> str:
-    out = "_".join(str(p) for p in parts if str(p))
-    out = out.replace("+", "plus").replace(" ", "").replace(".", "p")
-    return "".join(c for c in out if c.isalnum() or c in "_-")
-
-
-def _contact_face(mesh: TriMesh, seat: _Seat, tol: float = 1e-3) -> TriMesh:
-    """Triangles lying on the contact plane and facing the bone (an open surface)."""
-    v = mesh.vertices[mesh.faces]
-    z = (v - seat.centre) @ seat.rot[2]
-    normals = np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0])
-    facing = normals @ -seat.rot[2] > 0.999 * np.linalg.norm(normals, axis=1)
-    on = np.all(np.abs(z) < tol, axis=1) & facing
-    faces = mesh.faces[on]
-    used, inverse = np.unique(faces, return_inverse=True)
-    return TriMesh(mesh.vertices[used], inverse.reshape(-1, 3))
 
 
 # ---- docking trial guide ---------------------------------------------------------------------------------------
@@ -394,6 +255,20 @@ def check_docking_room(geoms, ends=ENDS) -> None:
                     "Export without docking guides (--parts without docking_guides, or the plan's outputs.parts), "
                     "or use thinner footplates (implant.footplate_thickness_mm).",
                 )
+
+
+def check_drill_room(result, gp: Optional[GuideParameters] = None) -> None:
+    """Refuse, before any lattice or export work, a plan whose drill guides cannot be made (e.g. no room for a
+    sleeve below the implant's other footplate): the drill guides of every size are built once, unlabelled."""
+    from dataclasses import replace
+
+    gp = replace(gp or GuideParameters(), labels=False)
+    diameters = [sp.screw_type.diameter_mm for sp in result.screws]
+    for end in ENDS:
+        mine = [(tr, d) for tr, d in zip(result.trajectories, diameters) if _trajectory_end(tr, result.nominal) == end]
+        if mine:
+            for geom in [result.nominal, *result.variants.values()]:
+                drill_guide(geom, end, [tr for tr, _ in mine], [d for _, d in mine], _size_label(geom), gp)
 
 
 def docking_guide(geom, params, end: str, level: str, size_label: str, gp: GuideParameters) -> Guide:
@@ -532,7 +407,8 @@ def drill_guide(
     outline_polys = [np.asarray(p) for p in seat.outline.to_polygons()]
 
     # Sleeves and bores, in the seat frame.
-    sleeves, bores, axes, inner_d, names, angles, axis_lines = [], [], [], [], [], [], []
+    sleeves, bores, axes, inner_d, names, angles, axis_lines, sleeve_notes = [], [], [], [], [], [], [], []
+    sleeve_lengths = []
     path, frames, s = _end_path(geom, end)
     strut_centre = seat.to_local(path[0])[:2]
     for traj, screw_d in zip(trajectories, diameters):
@@ -556,18 +432,7 @@ def drill_guide(
                 "Move its entry point onto the footplate.",
             )
         rb = (drill + gp.sleeve_clearance_mm) / 2
-        ro = rb + gp.sleeve_wall_mm
-        s_top = (top - t) / up[2]
-        tan_tilt = np.sqrt(max(1.0 - up[2] ** 2, 0.0)) / up[2]
-        s_start = -(ro * tan_tilt + 1.0)  # whole bottom disc below the free face; trimmed to the cap below
-        tube = _cylinder_between(m3d, on_face + s_start * up, up, s_top + gp.sleeve_length_mm - s_start, ro)
-        sleeves.append(tube.trim_by_plane((0.0, 0.0, 1.0), t + c))
-        bore_start = -(t + 10.0) / up[2]
-        bores.append(
-            _cylinder_between(m3d, on_face + bore_start * up, up, s_top + gp.sleeve_length_mm + 1 - bore_start, rb)
-        )
-        axes.append((on_face + s_top * up, -up))
-        axis_lines.append((on_face, up, t + c, s_top + gp.sleeve_length_mm, rb))
+        axis_lines.append((on_face, up, t + c, (top - t) / up[2], rb))  # sleeve end set below, once room is known
         inner_d.append(2 * rb)
         names.append(name)
         angles.append(float(np.arctan2(*(on_face[:2] - strut_centre)[::-1])))
@@ -591,10 +456,43 @@ def drill_guide(
     slot_poly = max((np.asarray(p) for p in slot_2d.to_polygons()), key=len)
     height = top + gp.sleeve_length_mm + 10.0
     kp, kf = _extended_end_path(path, frames, s, t + 12.0, height + 5.0)
-    from ..design.implant import sweep  # the implant's own sweep, so the keep-out follows the strut exactly
 
     keep_world = to_manifold(sweep(kp, kf, slot_poly))
     keepout = keep_world.transform(seat.to_local_matrix())
+
+    # Sleeves: sleeve_length_mm above the cap, shortened where the implant's other footplate (or anything of the
+    # implant outside the strut slot) is nearer along the sleeve: a sleeve must end short of it by the depth the cap
+    # is lowered over its footplate plus a margin, or the guide could neither be seated nor pass the implant.
+    obstacle = to_manifold(geom.mesh).transform(seat.to_local_matrix()) - keepout
+    lift = t + c - min(float(gp.rim_relief_mm), t - 0.1) + SLEEVE_END_GAP_MM
+    for i, (on_face, up, _, s_top, rb) in enumerate(axis_lines):
+        ro = rb + gp.sleeve_wall_mm
+        tan_tilt = np.sqrt(max(1.0 - up[2] ** 2, 0.0)) / up[2]
+        room = _sleeve_room(m3d, obstacle, on_face, up, s_top + (ro + c) * tan_tilt, ro + c,
+                            gp.sleeve_length_mm + lift + 5.0)
+        length = min(float(gp.sleeve_length_mm), room - s_top - lift)
+        if length < SLEEVE_RANGE_MM[0]:
+            raise PlanError(
+                f"The {end} drill guide has no room for the sleeve of '{names[i]}' (at most {max(length, 0.0):.1f} "
+                f"mm long): the implant's other footplate lies {max(room - s_top, 0.0):.1f} mm above the guide's cap "
+                f"along that drill axis (a sleeve needs {SLEEVE_RANGE_MM[0]:g} mm and must end {lift:.1f} mm short "
+                "of it so the guide can be seated).",
+                "Export without drill guides (--parts without drill_guides, or the plan's outputs.parts), or use "
+                "thinner footplates (implant.footplate_thickness_mm).",
+            )
+        if length < gp.sleeve_length_mm - 1e-6:
+            sleeve_notes.append(
+                f"sleeve '{names[i]}' shortened to {length:.1f} mm (from {gp.sleeve_length_mm:g}): the implant's "
+                f"other footplate is {room - s_top:.1f} mm above the cap along its axis"
+            )
+        s_start = -(ro * tan_tilt + 1.0)  # whole bottom disc below the free face; trimmed to the cap below
+        tube = _cylinder_between(m3d, on_face + s_start * up, up, s_top + length - s_start, ro)
+        sleeves.append(tube.trim_by_plane((0.0, 0.0, 1.0), t + c))
+        bore_start = -(t + 10.0) / up[2]
+        bores.append(_cylinder_between(m3d, on_face + bore_start * up, up, s_top + length + 1 - bore_start, rb))
+        axes.append((on_face + s_top * up, -up))
+        axis_lines[i] = (on_face, up, t + c, s_top + length, rb)
+        sleeve_lengths.append(float(length))
 
     # Removal tab with the label, on the rim away from the slot and the sleeves.
     tab_angle = _best_direction(angles, prefer=0.0, exclude=slot_angle, min_gap=np.radians(90.0))
@@ -661,6 +559,7 @@ def drill_guide(
     notes += [
         f"sleeve '{n}': wall beside the strut {x:.2f} mm" for n, x in zip(names, sleeve_walls) if x < gp.sleeve_wall_mm
     ]
+    notes += sleeve_notes
     return Guide(
         name=f"Drill guide {lvl} {size_label}",
         role="drill guide",
@@ -677,6 +576,7 @@ def drill_guide(
         label_volume_mm3=float(label_volume),
         notes=notes,
         removal_direction=unit(np.array([-u[0], -u[1], 0.0]) @ seat.rot),
+        sleeve_lengths_mm=sleeve_lengths,
     )
 
 
@@ -685,7 +585,6 @@ def _sleeve_walls(keepout: TriMesh, axis_lines: list) -> list:
     the bore radius: the wall left on the strut side (or the full wall if the strut is far)."""
     import vtk
 
-    from ..core.mesh import to_polydata
 
     dist = vtk.vtkImplicitPolyDataDistance()
     dist.SetInput(to_polydata(keepout))

@@ -31,18 +31,16 @@ Definitions used for the measured figures:
 Measured on a 20 x 14 mm footplate (1.5 mm layer): porosity within 2 points and pore size within 3 % of the
 target over the whole range.
 
-Geometry is done in the plane frame (u = anterior, v = lateral, w = normal out of the implant into bone), from the
-implicit field, contoured once: on one grid over the lattice region's box (step cell / 9.6, at most 0.1 mm) the
-gyroid's first-order signed distance and the part's signed distance (exact next to its surface) are sampled, the
-part's limited to w >= -thickness - overlap and to the footprint; the lattice is {max(gyroid, part) < 0}, one VTK
-flying-edges contour. Its vertices on the gyroid are then moved onto the exact implicit surface (Newton steps) and
-the few edges whose midpoint is still more than 20 um off (tight struts) are bisected: chordal error against the
-exact gyroid mean 3 um, max 25 um at the defaults (tested), where the raw contour has up to ~31 um.
-The lattice is fused to the core (the part minus the layer; it reaches ``overlap_mm`` into it) with one manifold3d
-union, and pieces not touching the core are dropped. With ``cut_mm`` (the export) only each end's footplate slab
-above the cut is fused, once, and glued to every size along the cut loop: no boolean with the lattice per size.
-Below the layer the lattice stays 30 um inside the part's walls and at a footprint it reaches 50 um past it, so its
-cut faces never coincide with the core's (a union of near-coplanar faces leaves slivers).
+Geometry is done in the plane frame (u = anterior, v = lateral, w = normal out of the implant into bone). The
+pores (the gyroid's void) are meshed on their own as a smooth surface (``pore_mesh``): contoured on a coarse grid
+(cell / 4.6, only around the layer), every vertex moved onto the exact implicit surface, relaxed along it, and every
+triangle whose sample points lie more than 27 um off split until none does. The porous part is then the part minus
+the pores within the layer's prism, one manifold3d boolean: the contact face, the layer's floor, the walls and a
+footprint are exact, and their edges with the gyroid carry only the pore mesh's error. Chordal error over every
+triangle of the layer, cut edges included: mean 5 um, max 27 um at the defaults (tested), at ~480 triangles per mm3
+of layer (a contour at cell / 9.6 had ~1100). Solid pieces the pores cut off from the core are dropped. With
+``cut_mm`` (the export) only each end's footplate slab above the cut is made porous, once, and glued to every size
+along the cut loop: no boolean with the pores per size. ``overlap_mm`` only places that cut (bundle).
 """
 
 import functools
@@ -88,7 +86,7 @@ class LatticeParameters:
     kind: str = "gyroid"
     voxel_mm: Optional[float] = None  # sampling step; default cell_size / 10
     max_voxels: int = 10_000_000  # budget for one layer box: ~6 GB at peak; a 60 x 45 mm footplate at defaults
-    overlap_mm: float = 0.15  # how far the lattice reaches into the solid core so both fuse (>= 0.1 mm)
+    overlap_mm: float = 0.15  # clearance of the glue cut below the layer (bundle); the pores are cut exactly
 
     def validate(self) -> None:
         """Raise PlanError naming the bad value and its allowed range."""
@@ -126,6 +124,13 @@ class LatticeParameters:
 
     def step_mm(self) -> float:
         return float(self.voxel_mm) if self.voxel_mm else min(self.cell_size_mm() / VOXELS_PER_CELL, MAX_STEP_MM)
+
+    def mesh_step_mm(self) -> float:
+        """Grid step the pores are contoured on before projection and refinement (see :func:`pore_mesh`): coarse
+        for the network gyroid; the sheet's thin walls keep the fine sampling step."""
+        if self.voxel_mm or self.kind == "sheet_gyroid":
+            return self.step_mm()
+        return self.cell_size_mm() / MESH_SAMPLES_PER_CELL
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -406,120 +411,175 @@ def _gyroid_distance_grid(axes, cell: float, level: float, kind: str) -> np.ndar
     return out
 
 
-# Where the lattice meets solid that the core keeps (below the layer, the solid ring outside a footprint), its cut
-# faces must not coincide with the core's faces: a union of near-coplanar faces leaves slivers. Below the layer the
-# lattice stays WALL_INSET_MM inside the part's walls (ramping to the exact wall over WALL_RAMP_MM above the layer's
-# bottom); at a footprint it reaches FOOTPRINT_OUTSET_MM past the ellipse into the ring (the zone is a 128-gon).
-WALL_INSET_MM = 0.03
-WALL_RAMP_MM = 0.3
-FOOTPRINT_OUTSET_MM = 0.05
+# The pores are meshed on their own, as a smooth surface, and cut by the part with exact booleans: the contact face,
+# the layer's floor, the walls and a footprint are then exact planes and edges (a contour of a clipped field bevels
+# them by half a grid step). The surface is contoured on a coarse grid (MESH_SAMPLES_PER_CELL a cell: the coarsest
+# that keeps the gyroid's topology, checked below), its vertices moved onto the exact implicit surface and relaxed
+# along it (near-equilateral triangles of about the size the curvature allows, instead of marching cubes' slivers),
+# then every triangle whose sample points (edge midpoints, centroid, three inner points) lie more than
+# MESH_TOLERANCE_MM off the exact surface is split at its longest edge, the new points projected too.
+MESH_SAMPLES_PER_CELL = 4 + _GOLDEN  # ~4.6 (with the solid bias; without it some struts come apart below ~5.6)
+MESH_SOLID_BIAS = 0.25  # steps
+MESH_MARGIN_STEPS = 2  # the pores are accurate this many steps (chessboard) around the layer's samples
+MESH_TOLERANCE_MM = 0.027  # chordal error bound at the sample points of every triangle (target 30 um)
+MESH_RELAX_ITERATIONS = 4
+MESH_REFINE_PASSES = 6
+_BARY = np.array([[1, 1, 0], [0, 1, 1], [1, 0, 1], [1, 1, 1], [4, 1, 1], [1, 4, 1], [1, 1, 4]], float)
+_BARY = _BARY / _BARY.sum(axis=1, keepdims=True)  # the sample points of a triangle the error is bounded at
 
 
-def _part_distance(m3d, part, axes, h: float) -> np.ndarray:
-    """Signed distance (mm, negative inside) to the part on the grid: exact at the samples next to its surface (the
-    ones flying edges interpolates between; VTK point-to-triangle distance, sign from the voxelised part), +-3 steps
-    elsewhere."""
-    import vtk
-    from scipy import ndimage
-    from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
-
-    origin = np.array([a[0] for a in axes])
-    shape = tuple(len(a) for a in axes)
-    local = from_manifold(part ^ _box(m3d, origin - 4 * h, np.array([a[-1] for a in axes]) + 4 * h))
-    inside = voxelise(local, origin, h, shape)
-    out = np.where(inside, np.float32(-3 * h), np.float32(3 * h))
-    as_u8 = inside.view(np.uint8)
-    band = np.flatnonzero(ndimage.maximum_filter(as_u8, 3) != ndimage.minimum_filter(as_u8, 3))
-    if band.size == 0:
-        return out
-    ijk = np.unravel_index(band, shape)
-    pts = np.stack([axes[d][ijk[d]] for d in range(3)], axis=1)
-    dist = vtk.vtkImplicitPolyDataDistance()
-    dist.SetInput(to_polydata(local))
-    values = vtk.vtkDoubleArray()
-    dist.FunctionValue(numpy_to_vtk(pts, deep=True), values)
-    d = np.abs(vtk_to_numpy(values)).astype(np.float32)
-    out.flat[band] = np.where(inside.flat[band], -d, d)
-    return out
+def _project(points: np.ndarray, cell: float, level: float, kind: str, iterations: int = 4) -> np.ndarray:
+    """Points moved onto the exact implicit surface by Newton steps along the gradient (each at most a tenth of a
+    cell: where the gradient is weak a full step would jump to another sheet)."""
+    p = np.array(points, dtype=float)
+    cap = 0.1 * cell
+    for _ in range(iterations):
+        d, grad = _gyroid_eval(p, cell, level, kind)
+        p -= np.clip(d, -cap, cap)[:, None] * grad / np.maximum(np.linalg.norm(grad, axis=1, keepdims=True), 1e-12)
+    return p
 
 
-def _piece_fields(m3d, part, axes, cell: float, level: float, params, footprint_radii):
-    """(gyroid distance, clip distance) on one grid over the lattice region's box (plane frame); the lattice piece
-    is their field intersection {max(gyroid, clip) < 0}: the gyroid inside the part, above w = -thickness - overlap,
-    within the footprint, closed off at the grid's border."""
-    th, ov, h = params.layer_thickness_mm, params.overlap_mm, float(axes[0][1] - axes[0][0])
-    u, v, w = np.meshgrid(*axes, indexing="ij", sparse=True)
-    clip = _part_distance(m3d, part, axes, h)
-    ramp = min(WALL_RAMP_MM, th / 2.0)
-    clip += (WALL_INSET_MM * np.clip((-th + ramp - w) / ramp, 0.0, 1.0)).astype(np.float32)
-    np.maximum(clip, (-th - ov - w).astype(np.float32), out=clip)
-    if footprint_radii is not None:
-        ra, rl = (float(r) for r in footprint_radii)
-        ellipse = (np.sqrt((u / ra) ** 2 + (v / rl) ** 2) - 1.0) * min(ra, rl) - FOOTPRINT_OUTSET_MM
-        np.maximum(clip, ellipse.astype(np.float32), out=clip)
+def triangle_errors(mesh: TriMesh, cell: float, level: float, kind: str = "gyroid") -> np.ndarray:
+    """Unsigned distance (mm) of each triangle's seven sample points to the exact implicit surface, (M, 7)."""
+    pts = np.einsum("sk,mkd->msd", _BARY, mesh.vertices[mesh.faces])
+    return np.abs(gyroid_distance(pts.reshape(-1, 3), cell, level, kind)).reshape(len(mesh.faces), len(_BARY))
+
+
+def _estimated_errors(v: np.ndarray, f: np.ndarray, cell: float, level: float, kind: str) -> np.ndarray:
+    """Largest error over each triangle's seven sample points, from its three edge midpoints only: with the
+    corners on the surface the error over a small triangle is a quadratic vanishing at the corners,
+    e(b) = 4 (m01 b0 b1 + m12 b1 b2 + m20 b2 b0) with m the signed errors at the edge midpoints."""
+    mid = (v[f] + v[np.roll(f, -1, axis=1)]) / 2.0
+    m = gyroid_distance(mid.reshape(-1, 3), cell, level, kind).reshape(-1, 3)
+    pair = _BARY * np.roll(_BARY, -1, axis=1)  # b0 b1, b1 b2, b2 b0 at the sample points
+    return np.abs(4.0 * m @ pair.T).max(axis=1)
+
+
+def _split_marked_edges(v, f, marked, cell, level, kind):
+    """Split every edge marked (in any face, (M, 3) over edges f0f1, f1f2, f2f0) at its midpoint projected onto the
+    surface; faces with one, two or three split edges become two, three or four (the mesh stays conforming).
+    Returns (vertices, faces, mask of the old faces kept unchanged: they come first in the new faces, in order)."""
+    n = np.int64(len(v))
+    a, b = f, np.roll(f, -1, axis=1)
+    uniq, edge = np.unique(np.minimum(a, b) * n + np.maximum(a, b), return_inverse=True)
+    edge = edge.reshape(f.shape)
+    chosen = np.zeros(len(uniq), dtype=bool)
+    chosen[edge[marked]] = True
+    split = chosen[edge]
+    number = np.cumsum(chosen) - 1
+    uniq = uniq[chosen]
+    mid = _project((v[uniq // n] + v[uniq % n]) / 2.0, cell, level, kind)
+    new = np.full(f.shape, -1, dtype=np.int64)
+    new[split] = len(v) + number[edge[split]]
+    count = split.sum(axis=1)
+    out = [f[count == 0]]
+    for r in range(3):
+        one = (count == 1) & split[:, r]  # rotated so the split edge is f0f1
+        q, m = np.roll(f[one], -r, axis=1), np.roll(new[one], -r, axis=1)[:, 0]
+        out += [np.stack([q[:, 0], m, q[:, 2]], 1), np.stack([m, q[:, 1], q[:, 2]], 1)]
+        two = (count == 2) & ~split[:, r]  # rotated so the edge kept whole is f2f0
+        q, m = np.roll(f[two], -(r + 1) % 3, axis=1), np.roll(new[two], -(r + 1) % 3, axis=1)
+        out += [np.stack([q[:, 1], m[:, 1], m[:, 0]], 1), np.stack([q[:, 0], m[:, 0], m[:, 1]], 1),
+                np.stack([q[:, 0], m[:, 1], q[:, 2]], 1)]
+    three = count == 3
+    q, m = f[three], new[three]
+    out += [np.stack([q[:, 0], m[:, 0], m[:, 2]], 1), np.stack([m[:, 0], q[:, 1], m[:, 1]], 1),
+            np.stack([m[:, 2], m[:, 1], q[:, 2]], 1), m]
+    return np.concatenate([v, mid]), np.concatenate(out), count == 0
+
+
+def pore_mesh(lo, hi, cell: float, level: float, kind: str = "gyroid", h: Optional[float] = None,
+              tolerance_mm: float = MESH_TOLERANCE_MM, inside: Optional[np.ndarray] = None) -> tuple:
+    """The lattice's void (pores) in the box [lo, hi] (plane frame, mm) as a closed mesh: (TriMesh, max error mm).
+
+    Within the box less 1.5 steps every triangle's sample points lie within ``tolerance_mm`` of the exact implicit
+    surface (the error returned is the largest there); the box's own faces are marching-cubes bevels and must lie
+    outside whatever the pores are cut with. ``inside`` (a mask on the grid ``_grid(lo, hi, h)``) limits the pores
+    to those samples and MESH_MARGIN_STEPS + 1 steps around them (accurate MESH_MARGIN_STEPS past them); nothing
+    is meshed in the rest of the box. If the coarse grid lost the surface's topology somewhere (a sample point
+    stays far off after refining), the grid is refined and the mesh made again.
+    """
+    h = float(h or cell / MESH_SAMPLES_PER_CELL)
+    axes = _grid(lo, hi, h)
+    field_ = _gyroid_distance_grid(axes, cell, level, kind)
+    np.negative(field_, out=field_)  # negative in the void
+    # Sampled a quarter step towards solid: at ~4.6 samples a cell some struts' narrowest part falls between the
+    # samples and the contour would cut them (measured: 1-3 % of the triangles far off, the grid refined); the
+    # vertices are moved onto the exact surface below, so the bias only keeps the topology.
+    field_ += np.float32(MESH_SOLID_BIAS * h)
+    accurate = None
+    if inside is not None:
+        from scipy import ndimage
+
+        cube = np.ones((3, 3, 3), dtype=bool)
+        accurate = ndimage.binary_dilation(inside, cube, iterations=MESH_MARGIN_STEPS)
+        field_[~ndimage.binary_dilation(accurate, cube)] = h  # solid: no pores there
+    # Crossings kept at least a fifth of a step from the grid points (no slivers; the signs, so the topology, are
+    # unchanged and the projection below puts the vertices on the surface anyway).
+    near = np.abs(field_) < 0.2 * h
+    field_[near] = np.where(field_[near] < 0, np.float32(-0.2 * h), np.float32(0.2 * h))
+    del near
     for side in (np.s_[[0, -1]], np.s_[:, [0, -1]], np.s_[:, :, [0, -1]]):
-        clip[side] = h
-    return _gyroid_distance_grid(axes, cell, level, params.kind), clip
+        field_[side] = h
+    mesh = _flying_edges(field_, [a[0] for a in axes], h)
+    del field_
+    v, f = mesh.vertices, mesh.faces
+    inner_lo = np.array([a[1] for a in axes]) + 0.5 * h
+    inner_hi = np.array([a[-2] for a in axes]) - 0.5 * h
+    movable = np.all((v > inner_lo) & (v < inner_hi), axis=1)
+    if accurate is not None:  # on the surface of the gyroid, not on the faces closing it off
+        ijk = np.rint((v - np.array([a[0] for a in axes])) / h).astype(np.int64)
+        ijk = np.clip(ijk, 0, np.array(accurate.shape) - 1)
+        movable &= accurate[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
+    v[movable] = _project(v[movable], cell, level, kind)
+    if MESH_RELAX_ITERATIONS:
+        from scipy.sparse import csr_matrix
 
-
-def _project_to_gyroid(mesh: TriMesh, clip: np.ndarray, origin, h: float, cell: float, level: float,
-                       kind: str) -> TriMesh:
-    """Vertices on the gyroid part of the surface (clip field below -h/2 there: away from cut faces) moved onto
-    the exact implicit surface by Newton steps (flying edges puts them on grid edges by linear interpolation), then
-    edges whose midpoint still lies more than REFINE_MM off it (tight struts) bisected, new points projected too."""
-    from scipy import ndimage
-
-    def gyroid_side(p):
-        at = ndimage.map_coordinates(clip, ((p - np.asarray(origin)) / h).T, order=1, mode="nearest")
-        return at < -0.5 * h
-
-    def project(p):
-        p = p.copy()
-        for _ in range(3):
-            d, grad = _gyroid_eval(p, cell, level, kind)
-            gn = np.maximum(np.linalg.norm(grad, axis=1, keepdims=True), 1e-9)
-            p -= np.clip(d, -0.5 * h, 0.5 * h)[:, None] * grad / gn
-        return p
-
-    v = mesh.vertices.copy()
-    on = gyroid_side(v)
-    v[on] = project(v[on])
-    f = mesh.faces
-    for _ in range(REFINE_PASSES):
-        # Each face offers its longest edge with a midpoint too far off; an edge shared by two offering faces is
-        # bisected (both faces split in two), so the mesh stays conforming.
-        a, b = f, np.roll(f, -1, axis=1)
-        mid = (v[a] + v[b]) / 2.0
-        far = on[a] & on[b] & (np.abs(gyroid_distance(mid.reshape(-1, 3), cell, level, kind)).reshape(f.shape)
-                               > REFINE_MM)
-        if not far.any():
+        a = np.concatenate([f[:, 0], f[:, 1], f[:, 2]])
+        b = np.concatenate([f[:, 1], f[:, 2], f[:, 0]])
+        adjacency = csr_matrix((np.ones(2 * len(a)), (np.concatenate([a, b]), np.concatenate([b, a]))),
+                               shape=(len(v), len(v)))
+        adjacency.data[:] = 1.0
+        degree = np.maximum(np.asarray(adjacency.sum(axis=1)).ravel(), 1.0)[movable, None]
+        for _ in range(MESH_RELAX_ITERATIONS):  # half a step to the neighbours' mean, along the tangent plane
+            p = v[movable]
+            delta = (adjacency @ v)[movable] / degree - p
+            grad = _gyroid_eval(p, cell, level, kind)[1]
+            nrm = grad / np.maximum(np.linalg.norm(grad, axis=1, keepdims=True), 1e-12)
+            delta -= np.einsum("ij,ij->i", delta, nrm)[:, None] * nrm
+            step = np.linalg.norm(delta, axis=1, keepdims=True)
+            delta *= np.minimum(0.5, 0.25 * h / np.maximum(step, 1e-12))
+            q = _project(p + delta, cell, level, kind)
+            off = np.abs(gyroid_distance(q, cell, level, kind)) > 1e-4  # did not reach the surface: stays
+            q[off] = p[off]
+            v[movable] = q
+    checked = movable[f].all(axis=1)
+    err = np.where(checked, _estimated_errors(v, f, cell, level, kind), 0.0)
+    for _ in range(MESH_REFINE_PASSES):
+        bad = np.flatnonzero(err > tolerance_mm)
+        if bad.size == 0:
             break
-        length = np.where(far, np.linalg.norm(v[a] - v[b], axis=2), -1.0)
-        faces = np.flatnonzero(far.any(axis=1))
-        k = np.argmax(length[faces], axis=1)
-        ea, eb = a[faces, k], b[faces, k]
-        key = np.minimum(ea, eb) * np.int64(len(v)) + np.maximum(ea, eb)
-        uniq, inv, count = np.unique(key, return_inverse=True, return_counts=True)
-        both = count[inv] == 2
-        if not both.any():
-            break
-        faces, k, ea, eb, inv = faces[both], k[both], ea[both], eb[both], inv[both]
-        _, new_id = np.unique(inv, return_inverse=True)
-        first = np.zeros(new_id.max() + 1, dtype=np.int64)
-        first[new_id] = np.arange(len(new_id))
-        points = project((v[ea[first]] + v[eb[first]]) / 2.0)
-        m = len(v) + new_id
-        c = f[faces, (k + 2) % 3]
-        v = np.concatenate([v, points])
-        on = np.concatenate([on, np.ones(len(points), dtype=bool)])
-        keep = np.ones(len(f), dtype=bool)
-        keep[faces] = False
-        f = np.concatenate([f[keep], np.stack([ea, m, c], axis=1), np.stack([m, eb, c], axis=1)])
-    return TriMesh(v, f)
+        corners = v[f[bad]]
+        length = np.linalg.norm(corners - np.roll(corners, -1, axis=1), axis=2)
+        marked = np.zeros(f.shape, dtype=bool)
+        marked[bad, np.argmax(length, axis=1)] = True
+        n_old = len(v)
+        v, f, unchanged = _split_marked_edges(v, f, marked, cell, level, kind)
+        movable = np.concatenate([movable, np.ones(len(v) - n_old, dtype=bool)])
+        new_faces = f[int(unchanged.sum()):]  # faces touching a split edge were rebuilt: only these need errors
+        new_err = _estimated_errors(v, new_faces, cell, level, kind)
+        err = np.concatenate([err[unchanged], np.where(movable[new_faces].all(axis=1), new_err, 0.0)])
+    worst = float(err.max()) if len(err) else 0.0
+    if worst > tolerance_mm and h > cell / (2 * VOXELS_PER_CELL):
+        finer = None
+        if inside is not None:  # the same region on the finer grid
+            from scipy import ndimage
 
-
-REFINE_MM = 0.02  # edge midpoints farther than this from the exact surface are bisected (max error 30 um)
-REFINE_PASSES = 3
+            axes2 = _grid(lo, hi, h / 1.4)
+            ijk = [np.clip(np.rint((a2 - a[0]) / h).astype(np.int64), 0, len(a) - 1) for a, a2 in zip(axes, axes2)]
+            finer = ndimage.binary_dilation(inside, np.ones((3, 3, 3), bool))[np.ix_(*ijk)]
+        return pore_mesh(lo, hi, cell, level, kind, h / 1.4, tolerance_mm, finer)
+    return TriMesh(v, f), worst
 
 
 def voxelise(mesh: TriMesh, origin, h: float, shape: Sequence[int]) -> np.ndarray:
@@ -564,9 +624,9 @@ def _box(m3d, lo, hi):
 
 @dataclass
 class _Piece:
-    """One contact layer's lattice, in world coordinates, ready to be fused to the core."""
+    """One contact layer's pores, in world coordinates, ready to be cut out of the part."""
 
-    piece: object  # Manifold: lattice within the layer, reaching overlap_mm into the core
+    piece: object  # Manifold: the lattice's void within the layer's prism (the part minus it is the porous part)
     piece_pf: object  # the same in the plane frame
     zone_pf: object  # the layer's prism in the plane frame
     key: tuple  # cache key of the lattice (region in the plane frame and parameters)
@@ -602,7 +662,7 @@ def _porous_piece(m3d, part_world, centre, normal, anterior, footprint_radii, pa
     The contoured lattice is cached by its region in the plane frame: the oversized variants carry the same
     footplates, moved, so each end's lattice is made once per export.
     """
-    th, ov = params.layer_thickness_mm, params.overlap_mm
+    th = params.layer_thickness_mm
     # Everything in the plane frame: the contact plane is w = 0, bone is w > 0.
     to_pf = plane_frame(centre, normal, anterior)
     from_pf = np.linalg.inv(to_pf)
@@ -622,36 +682,32 @@ def _porous_piece(m3d, part_world, centre, normal, anterior, footprint_radii, pa
             f"The part reaches {above:.1f} mm beyond the contact plane, more than the {th} mm layer.",
             "Check the plane normal points out of the implant into the bone and the centre is on the contact face.",
         )
-    lattice_region = part ^ _zone(m3d, -th - ov, bbox, footprint_radii)
-    rb = np.asarray(lattice_region.bounding_box(), dtype=float)
+    rb = np.asarray(region.bounding_box(), dtype=float)
     n_vox = estimate_voxels([rb[:3] - params.step_mm(), rb[3:] + params.step_mm()], params)  # before any allocation
     cal = params.calibration()
     cell = params.cell_size_mm()
-    h = params.step_mm()
+    h = params.mesh_step_mm()
     # Rounded to 1 um and 0.1 mm3: the same footplate moved to a variant's position differs by float32 noise.
-    key = (tuple(np.round(rb, 3)), round(float(lattice_region.volume()), 1), tuple(sorted(params.as_dict().items())))
+    key = (tuple(np.round(rb, 3)), round(float(layer_volume), 1), tuple(sorted(params.as_dict().items())))
     cached = _CHUNK_CACHE.get(key)
     if cached is not None:
         prog.report(0.5, "Porous layer: reusing the lattice of the same footplate")
         piece, level = cached
     else:
-        prog.report(0.1, f"Porous layer: sampling the gyroid and the part as fields ({n_vox:,} voxels)")
-        # Two samples beyond the region on every side: the field's own zero crossings (top face, walls) then lie
-        # between true samples, not against the border closed off with void values.
-        axes = _grid(rb[:3] - h, rb[3:] + h, h)
-        shape = tuple(len(a) for a in axes)
-        origin = [a[0] for a in axes]
+        prog.report(0.1, "Porous layer: fitting the level to the layer")
         # Fit the level to this layer (a thin layer is not a whole number of cells thick): the quantile of the
         # field at random points of the layer voxels, jittered within each voxel so the grid's phase plays no part.
-        region_mask = voxelise(from_manifold(region), origin, h, shape)
+        # The pores are meshed on the same grid, around the layer's samples only: accurate 2 steps past them,
+        # closed off beyond (outside the part, or below the layer's floor where the prism cuts them off exactly).
+        lo, hi = rb[:3] - 6.0 * h, rb[3:] + 6.0 * h
+        axes = _grid(lo, hi, h)
+        region_mask = voxelise(from_manifold(region), [a[0] for a in axes], h, tuple(len(a) for a in axes))
         level = _fit_level(region_mask, axes, h, cell, params, cal.level)
+        prog.report(0.3, "Porous layer: meshing the pores")
+        pores, _ = pore_mesh(lo, hi, cell, level, params.kind, h, inside=region_mask)
         del region_mask
-        gyr, clip = _piece_fields(m3d, part, axes, cell, level, params, footprint_radii)
-        prog.report(0.3, "Porous layer: contouring the lattice")
-        mesh = _flying_edges(np.maximum(gyr, clip, out=gyr), origin, h)
-        del gyr
-        piece = _lattice_manifold(m3d, _project_to_gyroid(mesh, clip, origin, h, cell, level, params.kind))
-        del clip
+        piece = _lattice_manifold(m3d, pores) ^ layer_zone
+        del pores
         if len(_CHUNK_CACHE) >= _CACHE_SIZE:  # lattices are large: keep the last few (both ends of an implant)
             _CHUNK_CACHE.pop(next(iter(_CHUNK_CACHE)))
         _CHUNK_CACHE[key] = (piece, level)
@@ -660,12 +716,9 @@ def _porous_piece(m3d, part_world, centre, normal, anterior, footprint_radii, pa
 
 
 def _fuse(m3d, part, pieces: list):
-    """(part minus every layer zone) plus every lattice piece; pieces not attached to the core are dropped."""
+    """The part minus every layer's pores; lattice pieces left unattached to the core are dropped."""
     n_parts = len(part.decompose())
-    core = part
-    for p in pieces:
-        core = core - p.zone
-    fused = m3d.Manifold.batch_boolean([core] + [p.piece for p in pieces], m3d.OpType.Add)
+    fused = m3d.Manifold.batch_boolean([part] + [p.piece for p in pieces], m3d.OpType.Subtract)
     parts = sorted(fused.decompose(), key=lambda q: -q.volume())
     kept, dropped = parts[:n_parts], [q for q in parts[n_parts:] if q.volume() > 0]
     result = m3d.Manifold.compose(kept) if len(kept) > 1 else kept[0]
@@ -674,10 +727,12 @@ def _fuse(m3d, part, pieces: list):
 
 def _layer_result(m3d, piece: _Piece, params, measure, fragments, seconds, layer_mesh=True,
                   lattice_volume=None) -> LatticeResult:
-    # The lattice's part of the layer (the core is outside the zone; dropped fragments are a few mm3 at most).
-    layer = piece.piece ^ piece.zone if layer_mesh or (measure and lattice_volume is None) else None
+    # The lattice's part of the layer: the layer minus the pores (dropped fragments are a few mm3 at most).
+    layer = piece.region_pf - piece.piece_pf if layer_mesh or (measure and lattice_volume is None) else None
     if lattice_volume is None and layer is not None:
         lattice_volume = layer.volume()
+    if layer is not None:
+        layer = layer.transform(np.linalg.inv(piece.to_pf)[:3, :])
     measured_porosity = 1.0 - lattice_volume / piece.layer_volume if lattice_volume is not None else float("nan")
     pores = (
         _measure_part_pores(m3d, piece.region_pf, params.kind, piece.cell, piece.level)
@@ -730,15 +785,18 @@ def apply_porous_layer(
     anterior=None,
     progress: Optional[Callable[[float, str], None]] = None,
     measure: bool = True,
+    layer_mesh: bool = True,
 ) -> LatticeResult:
     """Make the bone-contact layer of ``solid`` porous and return the fused part with measurements.
 
     ``solid``: the implant (or a footplate) as a closed TriMesh, RAS mm. The layer is the part of the solid within
     ``thickness_mm`` (default ``params.layer_thickness_mm``) of the contact plane through ``centre`` whose
     ``normal`` points out of the implant into bone, limited to the ellipse ``footprint_radii`` = (radius along
-    ``anterior``, radius along lateral) around ``centre`` if given. Result = (solid - layer) + (layer & lattice);
-    the lattice reaches ``params.overlap_mm`` into the core so it fuses; pieces not touching the core are dropped.
-    ``measure`` False skips the pore-size measurement (NaN), e.g. for variants of a measured part.
+    ``anterior``, radius along lateral) around ``centre`` if given. Result = solid - (pores within the layer's
+    prism), one exact boolean; solid pieces the pores cut off from the core are dropped.
+    ``measure`` False skips the pore-size measurement (NaN), e.g. for variants of a measured part. ``layer_mesh``
+    False leaves out the lattice-only mesh of the layer (a measurement aid, not part of the printed part; one more
+    boolean with the pores): the porosity then comes from the volumes of the part, its core and the result.
     """
     t0 = time.perf_counter()
     m3d = require_manifold3d()
@@ -751,7 +809,10 @@ def apply_porous_layer(
     prog.report(0.5, "Porous layer: fusing the lattice to the core")
     result, fragments = _fuse(m3d, part, [piece])
     prog.report(0.75, "Porous layer: measuring")
-    out = _layer_result(m3d, piece, params, measure, fragments, 0.0)
+    volume = None
+    if not layer_mesh:  # the lattice's volume in the layer: the result minus the core (both cheap to measure)
+        volume = float(result.volume() - (part - piece.zone).volume())
+    out = _layer_result(m3d, piece, params, measure, fragments, 0.0, layer_mesh=layer_mesh, lattice_volume=volume)
     out.mesh = _verified(result)
     out.triangles = out.mesh.n_triangles
     out.seconds = time.perf_counter() - t0
@@ -835,12 +896,12 @@ def _porous_end(m3d, part_world, piece: _Piece, params, cut: float) -> _End:
                         "Cut between the layer and the strut, or fuse without a cut.")
     top = part_world.transform(piece.to_pf[:3, :]).trim_by_plane((0.0, 0.0, 1.0), -cut)
     core = top - piece.zone_pf
-    fused = core + piece.piece_pf
+    fused = top - piece.piece_pf
     parts = sorted(fused.decompose(), key=lambda q: -q.volume())
     n_core = len(top.decompose())
     kept, dropped = parts[:n_core], [q for q in parts[n_core:] if q.volume() > 0]
     end = m3d.Manifold.compose(kept) if len(kept) > 1 else kept[0]
-    mesh = from_manifold(end)
+    end, mesh = _without_slivers(m3d, end)
     cap = _cap_faces(mesh, np.array([0.0, 0.0, 1.0]), -cut, outward=-1.0)
     out = _End(TriMesh(mesh.vertices, mesh.faces[~cap]), float(end.volume() - core.volume()),
                (len(dropped), float(sum(q.volume() for q in dropped))))
@@ -848,6 +909,22 @@ def _porous_end(m3d, part_world, piece: _Piece, params, cut: float) -> _End:
         _END_CACHE.pop(next(iter(_END_CACHE)))
     _END_CACHE[key] = out
     return out
+
+
+_SLIVER_MM = 1e-3  # edges shorter than this are collapsed (mesh.file_safe's tolerance)
+
+
+def _without_slivers(m3d, manifold) -> tuple:
+    """(Manifold, TriMesh) with the sub-um edges a boolean leaves where a pore's surface crosses a face next to a
+    vertex (thousands per end) collapsed, and any flat shell this leaves dropped. Done once per end here, so the
+    export's file safety finds nothing to simplify on each size (seconds a million triangles). The Manifold is
+    rebuilt from its mesh first: manifold3d does not collapse edges between faces of different boolean inputs."""
+    simplified = to_manifold(from_manifold(manifold)).simplify(_SLIVER_MM)
+    pieces = simplified.decompose()
+    solid = [p for p in pieces if abs(p.volume()) > 1e-6]
+    if solid and len(solid) < len(pieces):
+        simplified = m3d.Manifold.compose(solid) if len(solid) > 1 else solid[0]
+    return simplified, from_manifold(simplified)
 
 
 def _cap_faces(mesh: TriMesh, n: np.ndarray, offset: float, outward: float) -> np.ndarray:
@@ -872,7 +949,7 @@ def _glue_ends(m3d, part_world, pieces, ends, cut: float) -> Optional[TriMesh]:
         n, c = from_pf[:3, 2], from_pf[:3, 3]  # w axis (out of the implant) and plane centre, world
         body = body.trim_by_plane(tuple(-n), float(cut - n @ c))
         planes.append((n, float(n @ c - cut)))
-    body_mesh = from_manifold(body)
+    body_mesh = _without_slivers(m3d, body)[1]  # small: cheap
     keep = np.ones(body_mesh.n_triangles, dtype=bool)
     for n, offset in planes:
         keep &= ~_cap_faces(body_mesh, n, offset, outward=1.0)
@@ -1039,6 +1116,6 @@ def lattice_benchmark_rows(plates_mm=((20, 14), (30, 22), (40, 30)), params: Opt
     rows = []
     for da, dl in plates_mm:
         plate = elliptic_plate(da / 2.0, dl / 2.0, thickness)
-        r = apply_porous_layer(plate, (0, 0, 0), (0, 0, 1), params=params, anterior=(1, 0, 0))
+        r = apply_porous_layer(plate, (0, 0, 0), (0, 0, 1), params=params, anterior=(1, 0, 0), layer_mesh=False)
         rows.append({"plate_mm": f"{da} x {dl} x {thickness}", **r.summary()})
     return rows

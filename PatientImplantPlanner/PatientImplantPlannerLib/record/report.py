@@ -275,7 +275,7 @@ def _pdf(doc: Document, record: dict) -> bytes:
 
 
 def write_report(
-    record, images: dict, out_dir: str, basename: str = "design_record", overwrite: bool = False
+    record, images: dict, out_dir: str, basename: str = "design_record", overwrite: bool = False, build=None
 ) -> tuple:
     """Write ``<basename>.html`` (self-contained, pictures embedded) and ``<basename>.pdf`` into ``out_dir``.
 
@@ -283,7 +283,8 @@ def write_report(
 
     ``images``: {key: path or (path, caption)}; known keys "render_3d", "ct_sagittal", "ct_coronal" get standard
     captions. Refuses (OutputExistsError, nothing written) if either file exists unless ``overwrite``. Both files
-    are written atomically. Returns (html_path, pdf_path).
+    are written atomically. ``build(record, images)`` makes the document (default: the strut's sections; the
+    mirror-defect kind passes its own). Returns (html_path, pdf_path).
     """
     record = record.as_dict() if isinstance(record, DesignRecord) else dict(record or {})
     html_path = os.path.join(os.fspath(out_dir), basename + ".html")
@@ -295,7 +296,7 @@ def write_report(
                     f"The design record {p} already exists.", "Choose another folder or name, or allow overwriting."
                 )
     record.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    doc = build_document(record, images or {})
+    doc = (build or build_document)(record, images or {})
     html_bytes = _html(doc, record).encode("utf-8")
     pdf_bytes = _pdf(doc, record)  # built fully before anything is written
     atomic_write_bytes(pdf_path, pdf_bytes, overwrite=overwrite)

@@ -7,10 +7,9 @@ import json
 
 import numpy as np
 
-from ..core.anatomy import Endplate, resample_polyline
+from ..core.anatomy import Endplate, resample_polyline, smooth_axis
 from ..core.errors import PlanError
 from ..design.screws import ENDS, Trajectory
-from ..imaging.levels import smooth_axis
 
 LEVEL_ATTRIBUTE = "PatientImplantPlanner.Level"
 RADII_ATTRIBUTE = "PatientImplantPlanner.Radii"  # [lateral, anterior-posterior] radii of the endplate (mm)

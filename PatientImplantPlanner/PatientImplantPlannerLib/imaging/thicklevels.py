@@ -1,0 +1,280 @@
+"""Vertebral bodies and docking faces on thick, anisotropic slices, found from the CT itself: the disc spaces stand out
+as bands of lower density along the column, and each docking face lies a measured distance beyond its band's edge."""
+
+import numpy as np
+from scipy import ndimage
+
+from ..core.anatomy import Endplate, smooth_axis, unit
+from ..core.grid import VoxelGrid
+from .vertebra import CORE_FRACTION, PATIENT_ANTERIOR, VertebraMeasurement, _crop_box, _fit_plane
+
+# On 2-3 mm slices the thin thoracic discs blur with the endplates into one bright band and the filled bone is one
+# column (measured on a 0.7 x 0.7 x 2.5 mm contrast chest CT): the bodies are found from the CT instead. The band
+# is endplate - disc - endplate: the docking face lies between its near edge (body side) and its centre.
+BAND_PROMINENCE_HU = 40.0  # a disc band stands out this much from the cancellous bone on either side
+
+
+BODY_MIN_HU = 60.0  # body in the mid-body plane: bone >= this (osteoporotic cancellous ~100 HU; cord/CSF below)
+
+
+FACE_BEYOND_EDGE_MM = 2.8  # docking face beyond the band's near edge (half-max), measured against label faces
+
+
+def _thick_slices(grid: VoxelGrid) -> bool:
+    return grid.spacing_ijk.max() > THICK_SLICE_MM and grid.spacing_ijk.max() > 1.8 * grid.spacing_ijk.min()
+
+
+class _Sampler:
+    """Trilinear samples of a [k, j, i] array at RAS points, in a crop around the region of interest."""
+
+    def __init__(self, arr, grid: VoxelGrid, box, lo):
+        self.arr, self.grid, self.lo = np.asarray(arr[box], dtype=np.float32), grid, np.asarray(lo, float)
+
+    def __call__(self, pts):
+        pts = np.asarray(pts, float)
+        kji = self.grid.to_kji(pts.reshape(-1, 3)) - self.lo
+        return ndimage.map_coordinates(self.arr, kji.T, order=1, mode="nearest").reshape(pts.shape[:-1])
+
+
+def _frame(d):
+    a = unit(PATIENT_ANTERIOR - np.dot(PATIENT_ANTERIOR, d) * d)
+    return a, np.cross(d, a)
+
+
+def _central(pts, a, b, fraction=0.7):
+    """Points of a footprint inside ``fraction`` of its normalised radius (the rim left out)."""
+    fa, fb = pts @ a, pts @ b
+    r = np.hypot((fa - fa.mean()) / (np.ptp(fa) + 1e-9) * 2, (fb - fb.mean()) / (np.ptp(fb) + 1e-9) * 2)
+    return pts[r < fraction]
+
+
+def _robust_plane(pts, d):
+    c, n = _fit_plane(pts)
+    res = (pts - c) @ n
+    mad = np.median(np.abs(res)) * 1.4826 + 1e-6
+    keep = np.abs(res) < 2.5 * mad
+    if keep.sum() >= 10:
+        c, n = _fit_plane(pts[keep])
+    return c, (n if n @ d > 0 else -n)
+
+
+def _bands(prof, h):
+    from scipy.signal import find_peaks
+
+    peaks, _ = find_peaks(prof, prominence=BAND_PROMINENCE_HU)
+    return h[peaks]
+
+
+def _bone_means(ct, bone, centres, ds, radius=6.0):
+    """Mean CT of the bone voxels on a disc of ``radius`` across each direction ds[i] at centres[i] (NaN: none)."""
+    out = np.full(len(centres), np.nan)
+    rings = [(0.0, 0.0)] + [(r * np.cos(t), r * np.sin(t)) for r in (0.5 * radius, radius)
+                            for t in np.linspace(0, 2 * np.pi, 8, endpoint=False)]
+    for i, (c, d) in enumerate(zip(centres, ds)):
+        a, b = _frame(d)
+        pts = c + np.array([u * a + v * b for u, v in rings])
+        inside = bone(pts) > 0.5
+        if inside.any():
+            out[i] = ct(pts)[inside].mean()
+    return out
+
+
+def _smoothed(prof):
+    if np.all(np.isnan(prof)):
+        return None
+    return ndimage.gaussian_filter1d(np.nan_to_num(prof, nan=np.nanmin(prof)), 2)
+
+
+def _bone_profile(ct, bone, centre, d, h):
+    """Smoothed mean CT of the bone across the line centre + h d (gaps bridged by the lowest value)."""
+    return _smoothed(_bone_means(ct, bone, centre + h[:, None] * d, np.repeat(d[None], len(h), axis=0)))
+
+
+def _footprint_2d(ct, bone, mid, d, height):
+    """The body's cross-section in the mid-body plane: bone >= BODY_MIN_HU (the canal and cord are darker), small
+    low-density holes filled, posterior elements and ribs cut off by an opening of half the deepest radius."""
+    a, b = _frame(d)
+    g = np.arange(-30.0, 30.01, 1.0)
+    u, w = np.meshgrid(g, g, indexing="ij")
+    votes = []
+    for s in (-0.2, 0.0, 0.2):
+        p = mid + s * height * d + u[..., None] * a + w[..., None] * b
+        votes.append((bone(p) > 0.5) & (ct(p) >= BODY_MIN_HU))
+    fp = np.mean(votes, axis=0) > 0.5
+    holes = ndimage.binary_fill_holes(fp) & ~fp
+    lab, n = ndimage.label(holes)
+    if n:
+        sizes = ndimage.sum(holes, lab, np.arange(1, n + 1))
+        fp |= np.isin(lab, 1 + np.flatnonzero(sizes < BODY_HOLE_MM2))
+    if not fp.any():
+        return None
+    r2 = u ** 2 + w ** 2
+    lab, _ = ndimage.label(fp)
+    comp = lab == lab.flat[np.argmin(np.where(fp, r2, np.inf))]
+    depth = ndimage.distance_transform_edt(comp)
+    radius = CORE_FRACTION * depth.max()
+    core_lab, _ = ndimage.label(depth >= radius)
+    core = core_lab == core_lab.flat[np.argmin(np.where(depth >= radius, r2, np.inf))]
+    fp = ndimage.binary_fill_holes(comp & (ndimage.distance_transform_edt(~core) <= radius))
+    return u[fp], w[fp]
+
+
+def _band_edges(ct, foot, d, h):
+    """Per footprint column across a band at h = 0: the half-max crossings on the near (h < 0) and far side."""
+    prof = ndimage.gaussian_filter1d(ct(foot[:, None, :] + h[None, :, None] * d), 1.0, axis=1)
+    win = np.flatnonzero(np.abs(h) <= 5.0)
+    near, far = [], []
+    for p0, row in zip(foot, prof):
+        ip = win[np.argmax(row[win])]
+        base_n, base_f = np.median(row[:6]), np.median(row[-6:])
+        if row[ip] - max(base_n, base_f) < BAND_PROMINENCE_HU:
+            continue
+        lvl_n, lvl_f = 0.5 * (row[ip] + base_n), 0.5 * (row[ip] + base_f)
+        j = ip
+        while j > 0 and row[j] > lvl_n:
+            j -= 1
+        i = ip
+        while i < len(row) - 1 and row[i] > lvl_f:
+            i += 1
+        if j == 0 or i == len(row) - 1:
+            continue
+        step = h[1] - h[0]
+        near.append(p0 + (h[j] + (lvl_n - row[j]) / (row[j + 1] - row[j] + 1e-9) * step) * d)
+        far.append(p0 + (h[i - 1] + (row[i - 1] - lvl_f) / (row[i - 1] - row[i] + 1e-9) * step) * d)
+    return np.array(near).reshape(-1, 3), np.array(far).reshape(-1, 3)
+
+
+def _ct_body(ct, bone, grid: VoxelGrid, point, toward, level: str):
+    """The vertebral body around a clicked point measured from the CT on thick slices: the disc bands on either
+    side along the axis, the body's cross-section between them, the face towards ``toward`` fitted per column
+    (normal: mean of the near-edge and band-centre planes; the centre: the footprint's central part on it).
+    Returns (measurement, (docking crop, origin)) or None when no band pair is found."""
+    d, centre = unit(toward), np.asarray(point, float)
+    h = np.arange(-40.0, 40.01, 0.5)
+    hb_loc = np.arange(-9.0, 9.01, 0.5)
+    result = None
+    for _ in range(4):
+        prof = _bone_profile(ct, bone, centre, d, h)
+        if prof is None:
+            return None
+        peaks = _bands(prof, h)
+        fwd, back = peaks[peaks > 3.0], peaks[peaks < -3.0]
+        if len(fwd) == 0 or len(back) == 0:
+            return None
+        hf, hb = float(fwd.min()), float(back.max())
+        mid = centre + 0.5 * (hf + hb) * d
+        height = hf - hb
+        found = _footprint_2d(ct, bone, mid, d, height)
+        if found is None or len(found[0]) < 30:
+            return None
+        u, w = found
+        a, b = _frame(d)
+        centre = mid + u.mean() * a + w.mean() * b
+        foot = centre + 0.5 * height * d + u[:, None] * a + w[:, None] * b - u.mean() * a - w.mean() * b
+        near, far = _band_edges(ct, foot, d, hb_loc)
+        if len(near) < 30:
+            return None
+        c_near, n_near = _robust_plane(_central(near, a, b), d)
+        _, n_mid = _robust_plane(_central(0.5 * (near + far), a, b), d)
+        normal = unit(n_near + n_mid)  # the near edge alone is noisy, the band centre alone misses wedged discs
+        result = (normal, c_near, foot, a, b, d, centre, height, hb, hf)
+        if np.degrees(np.arccos(np.clip(n_near @ d, -1, 1))) < 0.2:
+            break
+        d = n_near  # the next axis: the body's own face (the band centre is shared with the neighbour)
+    normal, c_near, foot, a, b, d, centre, height, hb, hf = result
+    fc = _central(foot, a, b).mean(axis=0)
+    face_c = fc + ((c_near - fc) @ normal) / (d @ normal) * d + FACE_BEYOND_EDGE_MM * normal
+    # The opposite face: the other band, perpendicular to the axis, the same offset from its centre.
+    back_c = face_c - 2.0 * float((face_c - centre) @ d) * d  # the other band lies at -height / 2
+    r_ap = 0.5 * float(np.ptp(foot @ a)) + 0.5
+    r_lr = 0.5 * float(np.ptp(foot @ b)) + 0.5
+    docking_face = Endplate(face_c, normal, unit(a - (a @ normal) * normal), r_lr, r_ap, level)
+    other_face = Endplate(back_c, -d, a, r_lr, r_ap, level)
+    # The docking body for the screws: its footprint between the faces, kept 3 mm clear of the estimated far face (it
+    # tilts with the kyphosis) and inside 90 % of the footprint's radius, so it never reaches into the neighbours.
+    shrunk = _central(foot, a, b, 0.9)
+    return docking_face, other_face, d, _prism(grid, shrunk, d, back_c + 3.0 * d, face_c - 0.5 * d, (a, b))
+
+
+def _prism(grid: VoxelGrid, foot, d, lo_c, hi_c, u_w):
+    """Bool crop (and origin) of the voxels within the footprint (1 mm columns) between two face points along d."""
+    a, b = u_w
+    allp = np.vstack([foot + (lo_c - foot.mean(axis=0)) @ d * d, foot + (hi_c - foot.mean(axis=0)) @ d * d])
+    kji = grid.to_kji(allp)
+    lo = np.maximum(np.floor(kji.min(axis=0)).astype(int) - 1, 0)
+    hi = np.minimum(np.ceil(kji.max(axis=0)).astype(int) + 2, grid.shape)
+    idx = np.argwhere(np.ones(tuple(hi - lo), dtype=bool)) + lo
+    pts = grid.to_ras(idx)
+    t = (pts - lo_c) @ d
+    inside = (t >= 0) & (t <= (hi_c - lo_c) @ d)
+    cols = np.round(np.stack([foot @ a, foot @ b], axis=1)).astype(int)
+    c0 = cols.min(axis=0)
+    table = np.zeros(tuple(np.ptp(cols, axis=0) + 1), dtype=bool)
+    table[tuple((cols - c0).T)] = True
+    key = np.round(np.stack([pts @ a, pts @ b], axis=1)).astype(int) - c0
+    ok = np.all((key >= 0) & (key < table.shape), axis=1)
+    inside[ok] &= table[tuple(key[ok].T)]
+    inside[~ok] = False
+    return inside.reshape(tuple(hi - lo)), lo
+
+
+def _thick_levels(ct_array, mask, grid: VoxelGrid, p_prox, p_dist, proximal_name, distal_name):
+    """Both docking vertebrae from the CT on thick slices: (prox, dist, docking) or None to fall back."""
+    centre = 0.5 * (p_prox + p_dist)
+    radius = 0.5 * np.linalg.norm(p_prox - p_dist) + 70.0
+    box, lo = _crop_box(grid.shape, grid.to_kji(centre)[0], radius / grid.spacing_kji)
+    sub = np.asarray(mask[box], dtype=bool)
+    thick_axis = int(np.argmax(grid.spacing_kji))
+    # Bone filled slice by slice: the segment leaves the low-density cancellous centres of osteoporotic bodies open.
+    filled = np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(sub, thick_axis, 0)], axis=thick_axis)
+    full = np.zeros(grid.shape, dtype=bool)
+    full[box] = filled
+    ct, bone = _Sampler(ct_array, grid, box, lo), _Sampler(full, grid, box, lo)
+    out = []
+    for point, other, name in ((p_prox, p_dist, proximal_name), (p_dist, p_prox, distal_name)):
+        found = _ct_body(ct, bone, grid, point, other - point, name)
+        if found is None:
+            return None
+        out.append(found)
+    measured = []
+    for (face, back, d, _), is_prox in zip(out, (True, False)):
+        axis = d if is_prox else -d  # caudal
+        sup, inf = (back, face) if is_prox else (face, back)
+        centre_b = 0.5 * (sup.centre + inf.centre)
+        measured.append(VertebraMeasurement(level=face.level, body_centre=centre_b, body_mask_voxels=0,
+                                            superior_endplate=sup, inferior_endplate=inf, axis_direction=axis,
+                                            body_height=float(np.dot(inf.centre - sup.centre, axis))))
+    (prox, dist) = measured
+    docking = {"proximal": out[0][3], "distal": out[1][3]}
+    for m, (crop, _) in zip(measured, docking.values()):
+        m.body_mask_voxels = int(crop.sum())
+    walked = _walk_bands(ct, bone, prox, dist)
+    return prox, dist, docking, walked
+
+
+def _walk_bands(ct, bone, prox, dist):
+    """Bodies between the docking vertebrae on thick slices: midway between consecutive disc bands of the CT
+    along the axis through the two end bodies."""
+    path = smooth_axis(np.vstack([prox.body_centre, dist.body_centre]), 0.5, prox.axis_direction,
+                       dist.axis_direction)
+    s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(path, axis=0), axis=1))])
+    tangent = np.gradient(path, axis=0)
+    tangent /= np.linalg.norm(tangent, axis=1, keepdims=True)
+    prof = _smoothed(_bone_means(ct, bone, path, tangent))
+    if prof is None:
+        return []
+    peaks = _bands(prof, s)
+    s_p = float((prox.inferior_endplate.centre - path[0]) @ tangent[0])
+    s_d = s[-1] + float((dist.superior_endplate.centre - path[-1]) @ tangent[-1])
+    peaks = np.sort(peaks[(peaks > s_p - 4.0) & (peaks < s_d + 4.0)])
+    found = []
+    for a, b in zip(peaks[:-1], peaks[1:]):
+        if b - a >= 10.0:  # a body between two bands (closer bands are one band's endplates)
+            found.append((path[int(np.argmin(np.abs(s - 0.5 * (a + b))))], None))
+    return found
+
+
+THICK_SLICE_MM = 1.5  # slices above this (and much thicker than the pixels): labelled docking faces refitted
+
+
+BODY_HOLE_MM2 = 40.0  # low-density spots inside the body up to this area are filled (the canal is ~200 mm2)

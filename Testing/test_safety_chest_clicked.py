@@ -1,0 +1,208 @@
+"""Safe plans on the real contrast chest CT without labels (issue 7, acceptance (b)): the T6 -> T8 and T4 -> T9 struts
+planned through the CLI from clicked points in the docking vertebrae and exclude seeds in the aorta and the heart only,
+so the keep-out anatomy comes from the CT (the blood pools grown from the seeds, the airway, the spinal canal).
+
+Everything is measured on the exported files against the TotalSegmentator labels, which the planner never saw:
+- clearance of the nominal implant and the largest variant (STL) to aorta, heart, oesophagus, trachea and spinal
+  cord: distance from every vertex and triangle centre to the structure's voxel centres less the voxel's
+  half-diagonal (a lower bound of the distance to the voxel), >= the required 2 mm less 0.35 mm for the labels'
+  voxelisation (as test_safety_chest.py and the shared safety evaluator); the oesophagus is invisible without labels,
+  so the manifest must say it was not checked, and it is still measured here;
+- each screw (its exported markups line, from the bone entry + half a slice to the tip, every 0.25 mm) inside its
+  docking vertebra's label over >= 95 % of its length, never in another vertebra or the cord;
+- no drill guide intersects the implant size(s) it is made for (exact mesh intersection of the STL solids);
+- the strut lies against the bodies, not through the intact vertebrae between the docking levels.
+"""
+
+import contextlib
+import glob
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from chestct import chest_ct_path, chest_labels_path, voxel_centres
+from scipy.spatial import cKDTree
+
+from PatientImplantPlannerLib.cli import main
+from PatientImplantPlannerLib.core.mesh import read_stl, to_manifold
+
+pytestmark = pytest.mark.slow
+
+VERTEBRAE = {"T4": 40, "T5": 39, "T6": 38, "T7": 37, "T8": 36, "T9": 35}
+STRUCTURES = {"aorta": 52, "heart": 51, "esophagus": 15, "trachea": 16, "spinal_cord": 79}
+CORD = 79
+REQUIRED_MM = 2.0
+VOXELISATION_MM = 0.35
+# Where a user clicks: inside each docking vertebral body, in the descending aorta beside T6 and in the heart.
+CLICKED = {"T4": (-2.8, -58.9, -82.5), "T6": (1.5, -74.4, -120.0), "T8": (-4.9, -79.3, -162.5),
+           "T9": (-3.5, -73.0, -185.0)}
+EXCLUDE = {"aorta": (-21.0, -51.9, -112.5), "heart": (-63.9, 18.4, -182.5)}
+PARTS = ["implant", "variants", "lattice", "docking_guides", "drill_guides"]
+
+
+def _labels():
+    img = sitk.ReadImage(chest_labels_path())
+    m = np.eye(4)
+    m[:3, :3] = np.diag([-1.0, -1.0, 1.0]) @ np.array(img.GetDirection()).reshape(3, 3) @ np.diag(img.GetSpacing())
+    m[:3, 3] = np.array(img.GetOrigin()) * [-1, -1, 1]
+    return sitk.GetArrayFromImage(img).astype(np.int16), m
+
+
+def _lookup(labels, m, pts):
+    inv = np.linalg.inv(m)
+    ijk = np.rint(np.asarray(pts, float) @ inv[:3, :3].T + inv[:3, 3]).astype(int)
+    ok = np.all((ijk >= 0) & (ijk < np.array(labels.shape[::-1])), axis=1)
+    out = np.full(len(ijk), -1)
+    out[ok] = labels[ijk[ok, 2], ijk[ok, 1], ijk[ok, 0]]
+    return out
+
+
+@pytest.fixture(scope="module")
+def labels():
+    return _labels()
+
+
+@pytest.fixture(scope="module", params=[("T6", "T8"), ("T4", "T9")], ids=["T6-T8", "T4-T9"])
+def exported(request, labels, tmp_path_factory):
+    proximal, distal = request.param
+    lab, m = labels
+    # The clicks really are where they claim to be (checked on the labels, not used by the planner).
+    assert _lookup(lab, m, [CLICKED[proximal], CLICKED[distal]]).tolist() == [VERTEBRAE[proximal], VERTEBRAE[distal]]
+    assert _lookup(lab, m, list(EXCLUDE.values())).tolist() == [STRUCTURES["aorta"], STRUCTURES["heart"]]
+    tmp = tmp_path_factory.mktemp(f"clicked_{proximal}{distal}")
+    plan = {"case_id": f"CHEST-{proximal}{distal}-CLICKED", "proximal_level": proximal, "distal_level": distal,
+            "proximal_point_ras": list(CLICKED[proximal]), "distal_point_ras": list(CLICKED[distal]),
+            "implant": {"profile": "curved_plate", "width_mm": 10, "depth_mm": 5},
+            "segmentation": {"exclude_seeds_ras": [list(p) for p in EXCLUDE.values()]}}
+    (tmp / "plan.json").write_text(json.dumps(plan))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["plan", chest_ct_path(), "--plan", str(tmp / "plan.json"), "--out", str(tmp / "out"),
+                     "--no-report", "--parts", *PARTS])
+    folders = glob.glob(str(tmp / "out" / "*"))
+    manifest = json.load(open(os.path.join(folders[0], "manifest.json"))) if code == 0 else None
+    return code, err.getvalue(), (folders[0] if code == 0 else None), manifest, lab, m, proximal, distal
+
+
+def _mesh(folder, manifest, role, stem_part):
+    files = [f for f in manifest["files"]
+             if f["role"] == role and stem_part in f["file"] and f["file"].endswith(".stl")]
+    assert len(files) == 1, (role, stem_part, [f["file"] for f in manifest["files"]])
+    return read_stl(os.path.join(folder, files[0]["file"]), manifest["coordinate_system"])
+
+
+def _exported_ok(exported):
+    code, err, folder, manifest, *_ = exported
+    assert code == 0, err[-2000:]  # both plans are feasible on this CT: export must not be refused
+    return exported
+
+
+def test_export_succeeds_and_the_record_states_what_was_not_checked(exported):
+    _, _, _, manifest, *_ = _exported_ok(exported)
+    safety = manifest["safety"]
+    assert safety["required_clearance_mm"] == REQUIRED_MM
+    assert safety["findings"] == [] and safety["accepted"] == []
+    assert safety["keep_out"]["source"] == "CT"
+    assert "esophagus" in safety["keep_out"]["not_checked"]
+    # Both exclude seeds gave a kept-out blood pool and the canal was found.
+    kinds = list(safety["keep_out"]["structures"].values())
+    assert kinds.count("exclude seed") == 2 and "bony ring" in kinds
+    screws = manifest["measurements"]["screws"]
+    assert {s["trajectory"]["end"] for s in screws} == {"proximal", "distal"}
+    assert all(s["screw_type"]["diameter_mm"] == 3.5 and not s["breach"] for s in screws)
+
+
+def test_exported_implants_keep_clear_of_the_labelled_structures(exported):
+    _, _, folder, manifest, lab, m, *_ = _exported_ok(exported)
+    half_diagonal = 0.5 * float(np.linalg.norm(np.linalg.norm(m[:3, :3], axis=0)))
+    largest = max((f for f in manifest["files"] if f["role"] == "implant oversized variant"),
+                  key=lambda f: float(f["file"].split("plus")[1].split("mm")[0]))["file"]
+    measured = {}
+    for stem in ("implant_nominal", largest.split("_", 1)[1].rsplit("_", 1)[0]):
+        mesh = _mesh(folder, manifest, "implant" if stem == "implant_nominal" else "implant oversized variant", stem)
+        samples = np.vstack([mesh.vertices, mesh.vertices[mesh.faces].mean(axis=1)])
+        for name, value in STRUCTURES.items():
+            d, _ = cKDTree(voxel_centres(lab == value, m)).query(samples)
+            measured[(stem, name)] = float(d.min()) - half_diagonal
+    print({f"{s} {n}": round(v, 2) for (s, n), v in measured.items()})
+    for (stem, name), lower_bound in measured.items():
+        assert lower_bound >= REQUIRED_MM - VOXELISATION_MM, (stem, name, lower_bound)
+
+
+def test_screws_stay_in_their_docking_vertebra(exported):
+    _, _, folder, manifest, lab, m, proximal, distal = _exported_ok(exported)
+    half_slice = 0.5 * float(np.linalg.norm(m[:3, :3], axis=0).max())
+    screws = manifest["measurements"]["screws"]
+    lines = [f["file"] for f in manifest["files"] if f["role"] == "screw trajectory (markups line)"]
+    assert len(lines) == len(screws) >= 2
+    shares = {}
+    for sp in screws:
+        name = sp["trajectory"]["name"]
+        entry, tip = np.asarray(sp["trajectory"]["entry"], float), np.asarray(sp["tip"], float)
+        length = float(np.linalg.norm(tip - entry))
+        assert length == pytest.approx(sp["length_mm"], abs=0.01)
+        # The exported markups line runs along the same axis (it is what the surgeon sees in Slicer).
+        mk = json.load(open(os.path.join(folder, next(f for f in lines if name.replace(" ", "-") in f))))["markups"][0]
+        flip = np.array([-1.0, -1.0, 1.0]) if mk.get("coordinateSystem", "LPS") == "LPS" else np.ones(3)
+        a, b = (np.asarray(p["position"], float) * flip for p in mk["controlPoints"][:2])
+        assert np.linalg.norm(a - entry) < 0.01 and np.linalg.norm(np.cross(b - a, tip - entry)) < 1e-3 * length**2
+        dock = VERTEBRAE[proximal if sp["trajectory"]["end"] == "proximal" else distal]
+        s = np.arange(sp["bone_entry_mm"] + half_slice, length + 1e-6, 0.25)
+        lab_on = _lookup(lab, m, entry + s[:, None] * (tip - entry) / length)
+        shares[name] = round(float(np.mean(lab_on == dock)), 3)
+        assert shares[name] >= 0.95, (name, np.unique(lab_on, return_counts=True))
+        assert not np.isin(lab_on, [v for v in range(26, 51) if v != dock]).any(), name
+        assert not (lab_on == CORD).any(), name
+    print(shares)
+
+
+def test_drill_guides_do_not_intersect_their_implants(exported):
+    _, _, folder, manifest, *_ = _exported_ok(exported)
+    implants = {f["file"].split("_implant_")[1].rsplit("_", 1)[0]: f["file"] for f in manifest["files"]
+                if f["role"].startswith("implant") and f["file"].endswith(".stl")}
+    guides = [f["file"] for f in manifest["files"] if f["role"] == "drill guide"]
+    assert len(implants) == 4 and guides
+    # Each sleeve as built is on record: the default 15 mm, or shortened to end below the other footplate (T6 -> T8:
+    # 18 mm between the endplates), never below the 3 mm that still guides a drill.
+    lengths = [x for f in manifest["files"] if f["role"] == "drill guide" for x in f["sleeve_lengths_mm"]]
+    assert lengths and all(3.0 <= x <= 15.0 for x in lengths), lengths
+    print("sleeve lengths", lengths)
+    solids = {size: to_manifold(read_stl(os.path.join(folder, f), manifest["coordinate_system"]))
+              for size, f in implants.items()}
+    overlaps = {}
+    for g in guides:
+        size = g.rsplit("_", 2)[1]  # drill-guide_<end>_<size>_PA12.stl
+        guide = to_manifold(read_stl(os.path.join(folder, g), manifest["coordinate_system"]))
+        for target in (solids if size == "all-sizes" else [size]):
+            overlaps[(g, target)] = (guide ^ solids[target]).volume()
+    print({k: round(v, 4) for k, v in overlaps.items()})
+    assert max(overlaps.values()) < 0.01, overlaps
+
+
+def test_strut_lies_against_the_bodies_not_through_intermediate_vertebrae(exported):
+    from PatientImplantPlannerLib.parts.lattice import voxelise
+
+    _, _, folder, manifest, lab, m, proximal, distal = _exported_ok(exported)
+    mesh = _mesh(folder, manifest, "implant", "implant_nominal")
+    order = list(VERTEBRAE)
+    between = [VERTEBRAE[n] for n in order[order.index(proximal) + 1: order.index(distal)]]
+    lo, h = mesh.vertices.min(axis=0), 0.5
+    shape = np.ceil((mesh.vertices.max(axis=0) - lo) / h).astype(int) + 1
+    pts = lo + np.argwhere(voxelise(mesh, lo, h, shape)) * h
+    far, planes = np.ones(len(pts), dtype=bool), 0
+    for f in manifest["files"]:
+        if f["role"].endswith("endplate (markups plane)"):
+            planes += 1
+            plane = json.load(open(os.path.join(folder, f["file"])))["markups"][0]
+            flip = np.array([-1.0, -1.0, 1.0]) if plane.get("coordinateSystem", "LPS") == "LPS" else np.ones(3)
+            centre, normal = np.asarray(plane["center"]) * flip, np.asarray(plane["normal"]) * flip
+            far &= np.abs((pts - centre) @ normal) > 5.0
+    assert planes == 2
+    inside = float((np.isin(_lookup(lab, m, pts), between) & far).sum() * h**3)
+    print("in intermediate vertebrae", inside, "mm3")
+    assert inside <= 100.0
+    d, _ = cKDTree(voxel_centres(np.isin(lab, between), m)).query(np.vstack([mesh.vertices]))
+    assert d.min() < 5.0
