@@ -280,3 +280,15 @@ def test_blood_pools_take_thick_contrast_pools_not_thin_cortex():
     assert not (pools & plate & ~pool).any()
     assert not (pools & tube).any()
     assert thin == [1]
+
+
+def test_int16_threshold_matches_the_plain_comparison():
+    from PatientImplantPlannerLib.imaging.bonesegmentation import _threshold
+
+    rng = np.random.default_rng(0)
+    ct = rng.integers(-32768, 32768, size=(37, 50, 60)).astype(np.int16)
+    ct.flat[:6] = [-32768, 32767, 226, 225, 3071, 3072]
+    for lo, hi in [(226, 3071), (226.5, 3071.2), (-32768, 32767), (-40000, 40000), (100, 50), (-1024, -1024)]:
+        assert np.array_equal(_threshold(ct, lo, hi), (ct >= lo) & (ct <= hi)), (lo, hi)
+    as_float = ct.astype(np.float32)
+    assert np.array_equal(_threshold(as_float, 226.5, 3071), (as_float >= 226.5) & (as_float <= 3071))

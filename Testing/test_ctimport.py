@@ -19,6 +19,7 @@ from PatientImplantPlannerLib.imaging.ctimport import (
     list_dicom_series,
     validate_ct,
 )
+from PatientImplantPlannerLib.scene.context import create_headless_context
 from PatientImplantPlannerLib.scene.ctload import load_ct
 from PatientImplantPlannerLib.scene.volumes import array, ijk_to_ras_matrix
 
@@ -375,3 +376,160 @@ def test_point_outside_the_volume_is_named_as_given(ctx):
                                         "outside the CT volume.*Correct the proximal point"):
         load_ct(ctx, SAMPLE_CT, points=[("proximal point (proximal_point_ras)", (0.0, 0.0, 900.0))])
     load_ct(ctx, SAMPLE_CT, points=[("seed", (-7.0, 146.3, 304.3))])
+
+
+# ------------------------------------------------------------------------------------------- fast NRRD reader
+
+
+def _scene_xml_of(node) -> dict:
+    """What the archetype loader sets on a volume node and its display and storage nodes (IDs left out)."""
+    display, storage = node.GetDisplayNode(), node.GetStorageNode()
+    image = node.GetImageData()
+    return {
+        "class": node.GetClassName(),
+        "name": node.GetName(),
+        "attributes": {a: node.GetAttribute(a) for a in node.GetAttributeNames()},
+        "ijk_to_ras": ijk_to_ras_matrix(node).tolist(),
+        "spacing": node.GetSpacing(),
+        "origin": node.GetOrigin(),
+        "image": (image.GetOrigin(), image.GetSpacing(), image.GetExtent(), image.GetScalarType(),
+                  image.GetNumberOfScalarComponents(), image.GetPointData().GetScalars().GetName()),
+        "scalar_range": image.GetScalarRange(),
+        "display": (display.GetClassName(), display.GetColorNodeID(), display.GetAutoWindowLevel(),
+                    display.GetWindow(), display.GetLevel(), display.GetAutoThreshold(), display.GetApplyThreshold(),
+                    display.GetLowerThreshold(), display.GetUpperThreshold(), display.GetInterpolate(),
+                    display.GetVisibility()),
+        "storage": (storage.GetClassName(), storage.GetFileName(), storage.GetUseCompression(),
+                    storage.GetUseOrientationFromFile(), storage.GetSingleFile(), storage.GetCenterImage()),
+    }
+
+
+def _oblique_ct(pixel=sitk.sitkInt16):
+    """A small CT with an oblique direction, unequal spacing and HU values (air, fat, bone)."""
+    rng = np.random.default_rng(3)
+    voxels = rng.integers(-1024, 1600, size=(23, 31, 37)).astype(np.int16)
+    voxels[:, :5] = -1000
+    voxels[:, 5:9] = -100
+    image = sitk.Cast(sitk.GetImageFromArray(voxels), pixel)
+    image.SetSpacing((0.71, 0.83, 1.25))
+    image.SetOrigin((-101.3, 44.7, -512.25))
+    c, s = np.cos(0.3), np.sin(0.3)
+    image.SetDirection((c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
+    return image
+
+
+@pytest.mark.parametrize("name, pixel, compressed", [
+    ("ct.nrrd", sitk.sitkInt16, True), ("ct.nrrd", sitk.sitkInt16, False), ("ct.nhdr", sitk.sitkInt16, True),
+    ("ct.nhdr", sitk.sitkInt16, False), ("ct.nrrd", sitk.sitkFloat32, True), ("ct.nrrd", sitk.sitkInt32, False),
+    ("ct.nrrd", sitk.sitkUInt16, True)])
+def test_fast_nrrd_reader_gives_the_archetype_loaders_node(ctx, tmp_path, monkeypatch, name, pixel, compressed):
+    import PatientImplantPlannerLib.scene.ctload as ctload
+
+    path = str(tmp_path / name)
+    image = _oblique_ct(pixel)
+    if pixel == sitk.sitkUInt16:
+        image = sitk.Cast(sitk.GetImageFromArray(sitk.GetArrayFromImage(_oblique_ct()).astype(np.int32) + 1024),
+                          pixel)  # CT stored without rescale
+        image.CopyInformation(_oblique_ct())
+    sitk.WriteImage(image, path, useCompression=compressed)
+    used = []
+    real = ctload.read_nrrd
+    monkeypatch.setattr(ctload, "read_nrrd", lambda p: used.append(real(p)) or used[-1])
+    fast = load_ct(ctx, path, name="fast", allow_non_ct=pixel == sitk.sitkUInt16)
+    assert used[-1] is not None  # the fast reader took it
+    monkeypatch.setattr(ctload, "read_nrrd", lambda p: None)  # Slicer's archetype loader, as before
+    other = create_headless_context()
+    archetype = load_ct(other, path, name="fast", allow_non_ct=pixel == sitk.sitkUInt16)
+    assert load_ct(other, path, name="fast", allow_non_ct=True).GetName() == "fast_1"
+    monkeypatch.setattr(ctload, "read_nrrd", real)
+    assert load_ct(ctx, path, name="fast", allow_non_ct=True).GetName() == "fast_1"  # unique names alike
+    a, b = _scene_xml_of(fast), _scene_xml_of(archetype)
+    np.testing.assert_allclose(a.pop("ijk_to_ras"), b.pop("ijk_to_ras"), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(a.pop("origin"), b.pop("origin"), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(a.pop("spacing"), b.pop("spacing"), rtol=0, atol=1e-12)
+    assert a == b
+    assert array(fast).dtype == array(archetype).dtype
+    np.testing.assert_array_equal(array(fast), array(archetype))
+    assert_same_as_sitk(fast, image, atol=1e-9)
+    # The node owns usable, writable voxels after the reader's objects are gone.
+    import gc
+
+    used.clear()
+    gc.collect()
+    voxels = array(fast)
+    voxels[0, 0, 0] = 7
+    assert array(fast)[0, 0, 0] == 7
+
+
+@pytest.mark.parametrize("damage", ["cut trailer", "cut half", "flip byte", "trailing bytes", "big endian"])
+def test_fast_nrrd_reader_declines_what_it_cannot_prove_complete(tmp_path, damage):
+    from PatientImplantPlannerLib.imaging.nrrdread import read_nrrd
+
+    path = tmp_path / "ct.nrrd"
+    sitk.WriteImage(_oblique_ct(), str(path), useCompression=True)
+    assert read_nrrd(str(path)) is not None
+    data = path.read_bytes()
+    header_end = data.index(b"\n\n") + 2
+    if damage == "cut trailer":
+        data = data[:-3]
+    elif damage == "cut half":
+        data = data[: len(data) // 2]
+    elif damage == "flip byte":
+        middle = (header_end + len(data)) // 2
+        data = data[:middle] + bytes([data[middle] ^ 0x10]) + data[middle + 1:]
+    elif damage == "trailing bytes":
+        data = data + b"\0\0\0\0"
+    else:
+        data = data.replace(b"endian: little", b"endian: big")
+    path.write_bytes(data)
+    assert read_nrrd(str(path)) is None
+
+
+def test_fast_nrrd_load_refuses_damaged_files_with_the_same_message(ctx, tmp_path, monkeypatch):
+    import PatientImplantPlannerLib.scene.ctload as ctload
+
+    path = tmp_path / "ct.nrrd"
+    sitk.WriteImage(_oblique_ct(), str(path), useCompression=True)
+    data = path.read_bytes()
+    path.write_bytes(data[:-3])
+    messages = []
+    for reader in (ctload.read_nrrd, lambda p: None):
+        monkeypatch.setattr(ctload, "read_nrrd", reader)
+        with pytest.raises(InputFileError) as err:
+            load_ct(ctx, str(path))
+        messages.append(str(err.value))
+    assert messages[0] == messages[1] and "is damaged" in messages[0]
+
+
+@pytest.mark.parametrize("dtype, low, high", [(np.int16, -1024, 3071), (np.int16, -3024, 1500), (np.int16, 5, 90),
+                                              (np.uint16, 0, 4095), (np.int32, -2048, 60000), (np.int16, -7, -3)])
+def test_auto_window_range_is_slicers_histogram_window(dtype, low, high):
+    import vtk
+    from vtk.util.numpy_support import numpy_to_vtk
+
+    from PatientImplantPlannerLib.imaging.nrrdread import auto_window_range
+
+    rng = np.random.default_rng(int(high - low))
+    voxels = np.concatenate([np.full(5000, low), rng.normal((low + high) / 2, (high - low) / 6, 40000).round(),
+                             rng.integers(low, high + 1, 3000), [high]]).clip(low, high).astype(dtype)
+    voxels = voxels[: 12 * 17 * (voxels.size // (12 * 17))].reshape(-1, 17, 12)
+    image = vtk.vtkImageData()
+    image.SetDimensions(12, 17, voxels.shape[0])
+    image.GetPointData().SetScalars(numpy_to_vtk(voxels.ravel(), deep=True))
+    stats = vtk.vtkImageHistogramStatistics()  # as vtkMRMLScalarVolumeDisplayNode sets it up
+    stats.SetAutoRangePercentiles(0.1, 99.9)
+    stats.SetAutoRangeExpansionFactors(0.0, 0.0)
+    stats.SetInputData(image)
+    stats.Update()
+    assert auto_window_range(voxels) == tuple(stats.GetAutoRange())
+    assert auto_window_range(voxels.astype(np.float32)) is None  # VTK bins floats differently: left to it
+
+
+def test_fast_load_keeps_automatic_window_level_live(ctx, tmp_path):
+    path = str(tmp_path / "ct.nrrd")
+    sitk.WriteImage(_oblique_ct(), path, useCompression=True)
+    display = load_ct(ctx, path).GetDisplayNode()
+    window, level = display.GetWindow(), display.GetLevel()
+    assert display.GetAutoWindowLevel() == 1 and (window, level) != (256.0, 128.0)
+    display.SetInterpolate(0)  # any modification recomputes it with VTK: the same values
+    assert (display.GetWindow(), display.GetLevel()) == (window, level)

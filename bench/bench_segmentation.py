@@ -43,9 +43,10 @@ OUR_STEPS = {
     "Writing the Bone segment": "segment write",
     "Bone segmentation done": "(segment returned)",
     "Reading bone segment": "export: read segment mask",
-    "Extracting surface": "surface (flying edges + check)",
+    "Extracting surface": "surface (flying edges, smoothing, pieces)",
+    "Checking the surface": "surface check (as the file holds it)",
     "Writing STL": "STL write",
-    "Verifying written file": "STL read back + check + manifest",
+    "Verifying written file": "STL read back (byte compare) + manifest",
 }
 
 

@@ -83,16 +83,24 @@ SLICER_SMOOTHING_FACTOR = 0.5
 SLICER_SMOOTHING_ITERATIONS = 20
 
 
-def bone_model_surface(mask: np.ndarray, ijk_to_ras: np.ndarray, min_island_mm3: float = 1000.0) -> meshlib.TriMesh:
+def bone_model_surface(mask: np.ndarray, ijk_to_ras: np.ndarray, min_island_mm3: float = 1000.0,
+                       target_triangles: Optional[int] = None, smooth: bool = True) -> meshlib.TriMesh:
     """The bone model as a Slicer user expects it: the mask's surface smoothed like Slicer's default closed surface
     (no staircase on coarse CT), one shell per piece of at least ``min_island_mm3`` (the segmentation's island
-    size): smaller pieces, and the shells of enclosed cavities, are left out, so nothing prints as loose debris."""
-    surface = _smoothed(mask_surface(mask, ijk_to_ras))
+    size): smaller pieces, and the shells of enclosed cavities, are left out, so nothing prints as loose debris.
+    ``target_triangles`` decimates before smoothing, in Slicer's order (decimating the smoothed surface can leave a
+    non-manifold edge: measured on the phantom)."""
+    surface = mask_surface(mask, ijk_to_ras)
+    if target_triangles:
+        surface = meshlib.decimate(surface, target_triangles)
+    if smooth:
+        surface = _smoothed(surface)
     return keep_pieces(surface, min_island_mm3)
 
 
 def _smoothed(surface: meshlib.TriMesh) -> meshlib.TriMesh:
     import vtk
+    from vtk.util.numpy_support import vtk_to_numpy
 
     smoother = vtk.vtkWindowedSincPolyDataFilter()
     smoother.SetInputData(meshlib.to_polydata(surface))
@@ -103,7 +111,9 @@ def _smoothed(surface: meshlib.TriMesh) -> meshlib.TriMesh:
     smoother.FeatureEdgeSmoothingOff()
     smoother.NonManifoldSmoothingOn()
     smoother.Update()
-    return meshlib.TriMesh(meshlib.from_polydata(smoother.GetOutput()).vertices, surface.faces)
+    # Only the points move (same order, same triangles): take them without a triangle-filter pass.
+    points = vtk_to_numpy(smoother.GetOutput().GetPoints().GetData()).astype(np.float64)
+    return meshlib.TriMesh(points, surface.faces)
 
 
 def keep_pieces(surface: meshlib.TriMesh, min_volume_mm3: float) -> meshlib.TriMesh:
@@ -156,12 +166,17 @@ def export_bone_model(
     progress=None,
     reference_volume=None,
     mask: Optional[np.ndarray] = None,
+    smooth: bool = True,
+    min_island_mm3: float = 1000.0,
 ) -> BoneExportResult:
     """Write ``<name>.stl`` and ``<name>_manifest.json`` (or ``manifest.json`` for name "bone") into ``out_dir``.
 
-    Refuses to overwrite either file unless ``overwrite``; both are written atomically and the STL is read
-    back and verified (watertight, manifold, outward, volume) before the manifest is written. ``mask`` (the
-    segment on the reference grid, e.g. BoneSegmentationResult.mask) saves reading it back from the node.
+    The surface is smoothed like Slicer's default closed surface (``smooth``; off gives the raw voxel surface) and
+    keeps one shell per piece enclosing at least ``min_island_mm3`` (the segmentation's island size; cavity shells
+    and debris are left out). Refuses to overwrite either file unless ``overwrite``; both are written atomically.
+    The mesh is verified (watertight, manifold, outward, volume) as the file will hold it (float32 corners) before
+    writing, and the written file is read back and compared byte for byte before the manifest is written. ``mask``
+    (the segment on the reference grid, e.g. BoneSegmentationResult.mask) saves reading it back from the node.
     """
     prog = Progress(progress)
     coordinate_system = coordinate_system.upper()
@@ -184,17 +199,18 @@ def export_bone_model(
     ijk_to_ras = ijk_to_ras_matrix(reference_volume)
     segment_volume = float(mask.sum()) * float(abs(np.linalg.det(ijk_to_ras[:3, :3])))
     prog.report(0.2, "Extracting surface")
-    surface = mask_surface(mask, ijk_to_ras)
-    if target_triangles:
-        prog.report(0.6, f"Decimating to {target_triangles} triangles")
-        surface = meshlib.decimate(surface, target_triangles)
-    meshlib.require_valid(surface, "bone model")
+    surface = bone_model_surface(mask, ijk_to_ras, min_island_mm3, target_triangles, smooth)
+    prog.report(0.5, "Checking the surface")
+    check = _check_as_written(surface)
+    if not check.ok:
+        raise GeometryError(f"The bone model mesh failed verification: {'; '.join(check.problems)}.",
+                            "Check the segmentation; this is a bug if it is a sensible bone segment.")
     prog.report(0.75, "Writing STL")
     meshlib.write_stl(surface, stl_path, coordinate_system, overwrite=overwrite)
     prog.report(0.85, "Verifying written file")
-    check = meshlib.check_mesh(meshlib.read_stl(stl_path, coordinate_system))
-    if not check.ok:
-        raise GeometryError(f"The written STL failed verification: {'; '.join(check.problems)}.", "Report this bug.")
+    if not _file_holds(stl_path, surface, coordinate_system):
+        raise GeometryError(f"The written STL {stl_path} does not hold the verified mesh.",
+                            "Check the disk and write the bone model again.")
     entry = mesh_file_entry(
         stl_path,
         check,
@@ -207,6 +223,34 @@ def export_bone_model(
     write_manifest(manifest_path, manifest, overwrite=overwrite)
     prog.report(1.0, f"Wrote {stl_path}")
     return BoneExportResult(stl_path, manifest_path, check, surface, segment_volume)
+
+
+def _file_holds(path: str, surface: meshlib.TriMesh, coordinate_system: str) -> bool:
+    """The binary STL at ``path`` holds exactly the triangles of ``surface`` (RAS) as float32 corners in the file's
+    coordinate system: the file read back, compared with what was verified, without welding and checking it again."""
+    corners = surface.vertices[surface.faces]
+    if coordinate_system == "LPS":
+        corners = corners * np.array([-1.0, -1.0, 1.0])
+    with open(path, "rb") as f:
+        data = f.read()
+    n = len(surface.faces)
+    if len(data) != 84 + 50 * n or int(np.frombuffer(data, "<u4", 1, 80)[0]) != n:
+        return False
+    rec = np.frombuffer(data, dtype=[("n", "<f4", 3), ("v", "<f4", (3, 3)), ("attr", "<u2")], count=n, offset=84)
+    return bool(np.array_equal(rec["v"], corners.astype(np.float32)))  # (-0.0 equals 0.0 here, as in a reader)
+
+
+def _check_as_written(surface: meshlib.TriMesh) -> meshlib.MeshCheck:
+    """check_mesh of the mesh a reader gets from the STL: float32 corners welded where exactly equal. When rounding
+    merges no vertices that is the mesh itself with rounded vertices (checked once, here); otherwise it is built
+    the way a reader builds it."""
+    rounded = surface.vertices.astype(np.float32)
+    keys = np.ascontiguousarray(rounded).view(np.dtype((np.void, 12))).ravel()
+    if len(np.unique(keys)) == len(keys) and not np.any(rounded == 0):  # (-0.0 and 0.0 differ in bits only)
+        return meshlib.check_mesh(meshlib.TriMesh(rounded.astype(np.float64), surface.faces))
+    soup = meshlib.TriMesh(rounded.astype(np.float64)[surface.faces].reshape(-1, 3),
+                           np.arange(3 * len(surface.faces)).reshape(-1, 3))
+    return meshlib.check_mesh(meshlib.merge_duplicate_vertices(soup, tolerance=None))
 
 
 def show_bone_in_3d(segmentation_node) -> None:

@@ -277,7 +277,7 @@ def _fill_interior(shell, blocked, ct, params, spacing_kji, progress: Progress) 
         # form 26-connected chains from the endplate into the disc (measured: surface 0.59 -> 0.17 mm from truth).
         lab, n = ndi.label(near)
         keep = np.zeros(n + 1, bool)
-        keep[np.unique(lab[shell])] = True
+        keep[lab[shell]] = True  # (a boolean scatter: no sort of the labels)
         keep[0] = False
         filled = keep[lab]
         del lab, near
@@ -287,11 +287,19 @@ def _fill_interior(shell, blocked, ct, params, spacing_kji, progress: Progress) 
     disk = disk_kernel(params.closing_mm, spacing_kji[1:]) if params.closing_mm > 0 else None
     candidates = np.zeros_like(filled)
     fluid = np.zeros_like(filled)  # enclosed holes that look like fluid or fat: the spinal canal
+    rows_any = filled.any(axis=2)  # [k, j]
+    cols_any = filled.any(axis=1)  # [k, i]
     for k in range(filled.shape[0]):
-        sl = filled[k]
-        if not sl.any():
+        rows = np.flatnonzero(rows_any[k])
+        if len(rows) == 0:
             continue
-        cand = candidates[k]
+        cols = np.flatnonzero(cols_any[k])
+        # Work on the slice's bone bounding box plus one background pixel: closing stays inside the bounding box and
+        # the background ring keeps the outside connected to the border, so the result is the whole slice's.
+        win = (k, slice(max(rows[0] - 1, 0), rows[-1] + 2), slice(max(cols[0] - 1, 0), cols[-1] + 2))
+        sl = filled[win]
+        ct_k = ct[win]
+        cand = candidates[win]
         if disk is not None:
             # Bone-like voxels enclosed once small shell gaps are closed (thick slices leave the shell porous).
             pad = max(disk.shape) // 2 + 1
@@ -300,18 +308,18 @@ def _fill_interior(shell, blocked, ct, params, spacing_kji, progress: Progress) 
             if holes.any():
                 # Marrow-like holes whole, bone-like voxels of the others; gap voxels are taken (if bone-like)
                 # with the holes they close, gaps that close no hole (joint spaces) are not.
-                bone_like = ct[k] >= params.cavity_min_hu
+                bone_like = ct_k >= params.cavity_min_hu
                 gaps = closed & ~sl
                 lab, n = ndi.label(holes | gaps)
                 with_hole = np.zeros(n + 1, bool)
-                with_hole[np.unique(lab[holes])] = True
+                with_hole[lab[holes]] = True
                 with_hole[0] = False
-                marrow = holes_by_median(closed, ct[k], params.cavity_min_hu, holes)
+                marrow = holes_by_median(closed, ct_k, params.cavity_min_hu, holes)
                 cand |= marrow
                 cand |= (holes | (gaps & with_hole[lab])) & bone_like
-                fluid[k] = holes & ~marrow
-        cand |= holes_by_median(sl | cand, ct[k], params.cavity_min_hu)
-        cand &= ~blocked[k]
+                fluid[win] = holes & ~marrow
+        cand |= holes_by_median(sl | cand, ct_k, params.cavity_min_hu)
+        cand &= ~blocked[win]
     # A slice's hole is inside the bone only if bone or hole continues above and below it; the disc slice next
     # to an endplate is ringed by the endplate's rim but has disc, not bone, on its far side.
     inside = filled | candidates
@@ -337,6 +345,25 @@ def _fill_interior(shell, blocked, ct, params, spacing_kji, progress: Progress) 
 
 
 # --------------------------------------------------------------------------------------------- main entry
+
+
+def _threshold(ct: np.ndarray, lo: float, hi: float, slab: int = 8) -> np.ndarray:
+    """``(ct >= lo) & (ct <= hi)``. For int16 CTs in slabs of slices with one wrapped subtraction and one comparison
+    (lo <= x <= hi  <=>  (x - lo) mod 2**16 <= hi - lo for integers): two passes over cache-sized pieces instead of
+    three passes and two temporaries of the whole volume."""
+    if ct.dtype != np.int16:
+        return (ct >= lo) & (ct <= hi)
+    lo_i = max(int(np.ceil(lo)), -32768)
+    hi_i = min(int(np.floor(hi)), 32767)
+    out = np.zeros(ct.shape, dtype=bool)
+    if lo_i > hi_i:
+        return out
+    span = np.uint16(hi_i - lo_i)
+    shift = np.int16(lo_i)
+    for k in range(0, ct.shape[0], slab):
+        diff = np.subtract(ct[k : k + slab], shift, dtype=np.int16)  # wraps around, as intended
+        np.less_equal(diff.view(np.uint16), span, out=out[k : k + slab])
+    return out
 
 
 def _validate(params: BoneSegmentationParameters) -> None:
@@ -400,7 +427,7 @@ def segment_bone_array(ct: np.ndarray, grid: VoxelGrid, params=None, progress=No
     progress.report(0.02, "Thresholding")
     box = _roi_box(grid, params)
     sub = ct[box]
-    thr = (sub >= params.threshold_min) & (sub <= params.threshold_max)
+    thr = _threshold(sub, params.threshold_min, params.threshold_max)
     if params.roi_center_ras is not None and not grid.axis_aligned():
         thr &= _oblique_roi_mask(grid, box, params)
     if not thr.any():

@@ -12,7 +12,8 @@ from .voxelops import CONNECTIVITY_26, ball_kernel, bbox_slices, disk_kernel, en
 _POOL_STATS_MM = 4.0  # intensity statistics of an exclude seed's pool within this radius
 
 
-_POOL_MIN_TOL_HU = 150.0  # a pool's band is its median +- max(3 SD, this)
+_POOL_MIN_TOL_HU = 150.0  # a pool's band is its median +- max(3 SD, this)...
+_POOL_MAX_TOL_HU = 250.0  # ...and at most this (blood SD is 15-40 HU; more means wall and fat were sampled)
 
 
 _POOL_RADIUS_MM = 2.0  # pools are at least this thick (aorta ~25 mm, heart); cortex in the band is thinner
@@ -114,9 +115,15 @@ def _blood_pools(ct, excludes, spacing_kji, thin) -> np.ndarray:
     for w in excludes:
         lo, hi = np.maximum(w - stats_r, 0), np.minimum(w + stats_r + 1, ct.shape)
         vals = ct[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].astype(np.float32)
+        # Statistics of the blood around the seed only: a seed near the vessel wall (the aorta at T8 is ~20 mm
+        # across) has fat and wall in its box, which widened the band into soft tissue and grew the "pool" over
+        # the whole body (measured on the chest CT: 15 l, every vertebra; the column was then lost).
+        near = ct[tuple(slice(max(c - 1, 0), c + 2) for c in w)].astype(np.float32)
+        centre = float(np.median(near))
+        vals = vals[np.abs(vals - centre) <= _POOL_MAX_TOL_HU]
         med = float(np.median(vals))
         q1, q3 = np.percentile(vals, [25, 75])
-        tol = max(3.0 * float(q3 - q1) / 1.349, _POOL_MIN_TOL_HU)
+        tol = min(max(3.0 * float(q3 - q1) / 1.349, _POOL_MIN_TOL_HU), _POOL_MAX_TOL_HU)
         bands.append([med - tol, med + tol, [len(bands)]])
     # Seeds whose bands overlap share one pass (aorta and heart: one connected pool).
     bands.sort(key=lambda b: b[0])

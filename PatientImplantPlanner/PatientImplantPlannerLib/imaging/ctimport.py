@@ -346,7 +346,26 @@ def _text_header(path: str, stop) -> tuple:
     return lines, offset
 
 
-def _check_nrrd(path: str) -> None:
+@dataclass
+class NrrdLayout:
+    """Where an NRRD file's voxel bytes are: ``data_path`` from byte ``offset``, encoded with ``codec`` ('raw' or
+    'gzip'/'bzip2'), ``sizes`` (fastest axis first) of ``item_size`` bytes, and the header ``fields``."""
+
+    data_path: str
+    offset: int
+    codec: str
+    sizes: list
+    item_size: int
+    fields: dict
+
+    @property
+    def n_bytes(self) -> int:
+        return int(np.prod(self.sizes, dtype=np.int64)) * self.item_size
+
+
+def nrrd_layout(path: str) -> Optional[NrrdLayout]:
+    """The data layout of an NRRD header, or None for encodings, skips and file lists left to the reader.
+    InputFileError for a header that is not NRRD, has no valid sizes, or names a data file that is missing."""
     lines, offset = _text_header(path, lambda line: line == "")
     if not lines or not lines[0].startswith("NRRD"):
         raise _damaged(path, "it has no NRRD header")
@@ -366,13 +385,20 @@ def _check_nrrd(path: str) -> None:
     data_file = fields.get("data file") or fields.get("datafile")
     skips = ("line skip", "lineskip", "byte skip", "byteskip")
     if codec is None or any(k in fields for k in skips) or (data_file and " " in data_file.strip()):
-        return  # text/hex encodings, skips and file lists: left to the reader
+        return None  # text/hex encodings, skips and file lists: left to the reader
     if data_file:
         path, offset = os.path.join(os.path.dirname(path), data_file.strip()), 0
         if not os.path.isfile(path):
             raise InputFileError(f"The NRRD header names a data file '{data_file}' that does not exist.",
                                  "Keep the .nhdr file and its data file together in one folder.")
-    _require_bytes(path, _stream_length(path, offset, codec), int(np.prod(sizes, dtype=np.int64)) * size, sizes)
+    return NrrdLayout(path, offset, codec, sizes, size, fields)
+
+
+def _check_nrrd(path: str) -> None:
+    layout = nrrd_layout(path)
+    if layout is not None:
+        _require_bytes(layout.data_path, _stream_length(layout.data_path, layout.offset, layout.codec),
+                       layout.n_bytes, layout.sizes)
 
 
 def _check_metaimage(path: str) -> None:
@@ -438,14 +464,24 @@ def check_geometry(volume_node, max_slice_mm: Optional[float] = None, accept_thi
 
 def _slice_mm(volume_node) -> float:
     """The thicker of the header's slice thickness and the spacing along superior-inferior (the axis the implant
-    length is measured along)."""
-    info = describe_ct(volume_node)
+    length is measured along). (Not through describe_ct: its HU range makes VTK scan every voxel, ~1 s.)"""
+    spacing = [float(s) for s in volume_node.GetSpacing()]
+    return max(_slice_thickness(volume_node, spacing), spacing[_si_axis(volume_node)])
+
+
+def _si_axis(volume_node) -> int:
+    """The voxel axis closest to superior-inferior."""
     import vtk
 
     directions = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASDirectionMatrix(directions)
-    axis = int(np.argmax([abs(directions.GetElement(2, c)) for c in range(3)]))
-    return max(float(info.slice_thickness), float(info.spacing[axis]))
+    return int(np.argmax([abs(directions.GetElement(2, c)) for c in range(3)]))
+
+
+def _slice_thickness(volume_node, spacing) -> float:
+    """The header's slice thickness, or without one the spacing of the axis closest to superior-inferior."""
+    thickness = volume_node.GetAttribute(ATTR_SLICE_THICKNESS)
+    return float(thickness) if thickness else float(spacing[_si_axis(volume_node)])
 
 
 def _mm(values) -> str:
@@ -557,8 +593,6 @@ def validate_ct(volume_node, allow_non_ct: bool = False) -> None:
 
 def describe_ct(volume_node) -> CTInfo:
     """Where the volume came from and its grid, spacing, RAS origin, value range and slice thickness."""
-    import vtk
-
     image = volume_node.GetImageData()
     dims = tuple(image.GetDimensions()) if image is not None else (0, 0, 0)
     spacing = tuple(float(s) for s in volume_node.GetSpacing())
@@ -567,14 +601,7 @@ def describe_ct(volume_node) -> CTInfo:
     if not path and storage is not None and storage.GetFileName():
         path = storage.GetFileName()
     hu_range = tuple(float(v) for v in image.GetScalarRange()) if image is not None else (0.0, 0.0)
-    thickness = volume_node.GetAttribute(ATTR_SLICE_THICKNESS)
-    if thickness:
-        slice_thickness = float(thickness)
-    else:  # no header value: the spacing of the axis closest to superior-inferior (axial slices)
-        directions = vtk.vtkMatrix4x4()
-        volume_node.GetIJKToRASDirectionMatrix(directions)
-        axis = int(np.argmax([abs(directions.GetElement(2, c)) for c in range(3)]))
-        slice_thickness = spacing[axis]
+    slice_thickness = _slice_thickness(volume_node, spacing)
     return CTInfo(
         path=path,
         dimensions=dims,
