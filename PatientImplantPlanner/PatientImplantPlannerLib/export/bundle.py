@@ -229,14 +229,15 @@ def iter_parts(result, bone_mask, ijk_to_ras, lattice_params=None, guide_params=
     if "check_model" in params.parts or "bone_model" in params.parts:
         clock.start("check_and_bone_models")
         prog.report(0.7, "Check model")
-        # Smoothed like Slicer's default closed surface, pieces below the segmentation's island size left out.
+        # Smoothed like Slicer's default closed surface, pieces below the segmentation's island size left out;
+        # decimated before smoothing, in Slicer's order (decimating the smoothed surface left a non-manifold edge).
         island = float(result.plan.segmentation.min_island_mm3)
         if "bone_model" in params.parts:
-            bone = meshlib.decimate(bone_model_surface(bone_mask, ijk_to_ras, island), params.bone_model_triangles)
+            bone = bone_model_surface(bone_mask, ijk_to_ras, island, target_triangles=params.bone_model_triangles)
             yield from ready(ExportedPart("bone-model", "bone model", "", "", "", bone))
         if "check_model" in params.parts:
             segment = _spine_segment_mask(bone_mask, ijk_to_ras, result, params.spine_margin_mm)
-            spine = meshlib.decimate(bone_model_surface(segment, ijk_to_ras, island), params.check_model_triangles)
+            spine = bone_model_surface(segment, ijk_to_ras, island, target_triangles=params.check_model_triangles)
             combined = meshlib.to_manifold(spine) + meshlib.to_manifold(result.nominal.mesh)
             yield from ready(ExportedPart("check-model_spine-and-implant", "check model", CHECK_MODEL_MATERIAL,
                                           "nominal", "", meshlib.from_manifold(combined)))
