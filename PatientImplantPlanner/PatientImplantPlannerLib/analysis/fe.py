@@ -569,7 +569,6 @@ def von_mises_surface(size: SizeResult):
     Slicer model node with a colour map."""
     from vtk.util.numpy_support import numpy_to_vtk
 
-
     tm = size.solution.mesh
     tris, _ = boundary_faces(tm)
     used, inv = np.unique(tris, return_inverse=True)
@@ -585,7 +584,6 @@ def render_von_mises(size: SizeResult, path: str, size_px=(1000, 800), view: str
                      overwrite: bool = False, max_MPa: Optional[float] = None) -> str:
     """Offscreen PNG of the von Mises field on the implant surface, with a colour bar (MPa). Returns ``path``."""
     import vtk
-
 
     pd = von_mises_surface(size)
     top = float(max_MPa or max(size.max_von_mises_MPa, 1e-6))

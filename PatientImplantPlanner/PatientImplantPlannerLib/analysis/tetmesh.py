@@ -40,7 +40,6 @@ def thinnest_wall_mm(mesh: TriMesh, samples: int = 3000, percentile: float = 5.0
     distance to where they leave the solid; a low percentile ignores rays grazing an edge or a rounded rim."""
     import vtk
 
-
     a, b, c = (mesh.vertices[mesh.faces[:, i]] for i in range(3))
     cross = np.cross(b - a, c - a)
     area = np.linalg.norm(cross, axis=1)

@@ -218,7 +218,6 @@ def run_mirror_defect(ct_array, ijk_to_ras, bone_mask, params, out_folder: str, 
     "3mf". Returns the manifest dict (also written as manifest.json)."""
     import hashlib
 
-
     params = params if isinstance(params, MirrorDefectParameters) else MirrorDefectParameters.from_dict(params)
     params.validate()
     bad = [f for f in formats if f not in ("stl", "3mf")]

@@ -28,7 +28,7 @@ from ..record.designrecord import jsonable as _jsonable
 from ..record.render import OUTLINE_IMPLANT_RGB, render_ct_slice_with_outline
 from ..record.report import write_report
 from ..scene.views import render_plan_view
-from .boneexport import bone_model_surface, mask_surface
+from .boneexport import bone_model_surface
 from .manifest import build_manifest, mesh_file_entry, sha256_of, write_manifest
 from .parameters import ExportParameters
 from .staging import moved, staged_folder
@@ -428,12 +428,13 @@ def _keep_out_slices(result, ct_array, ijk_to_ras, tmp) -> dict:
 def _write_report(record, result, parts, bone_mask, ijk_to_ras, ct_array, folder, overwrite):
     import tempfile
 
-
     implant = result.nominal.mesh
     with tempfile.TemporaryDirectory() as tmp:
         images = {}
         segment = _spine_segment_mask(bone_mask, ijk_to_ras, result, 30.0)
-        spine = meshlib.decimate(mask_surface(segment, ijk_to_ras), 150_000) if segment.any() else None
+        # The bone as the Slicer user sees it (smoothed closed surface), not the voxel staircase of coarse CT.
+        island = float(result.plan.segmentation.min_island_mm3)
+        spine = bone_model_surface(segment, ijk_to_ras, island, target_triangles=150_000) if segment.any() else None
         images["render_3d"] = render_plan_view(result, spine, os.path.join(tmp, "render_3d.png"))
         if ct_array is not None:
             centre = implant.vertices.mean(axis=0)

@@ -585,7 +585,6 @@ def _sleeve_walls(keepout: TriMesh, axis_lines: list) -> list:
     the bore radius: the wall left on the strut side (or the full wall if the strut is far)."""
     import vtk
 
-
     dist = vtk.vtkImplicitPolyDataDistance()
     dist.SetInput(to_polydata(keepout))
     out = []

@@ -72,7 +72,6 @@ def defect_record(manifest: dict, ct_description: Optional[dict] = None, segment
     """The record dict (report's shape where the sections are shared) of a mirror-defect manifest."""
     import datetime
 
-
     files = [{**f, "checks": f.get("check"), "size_variant": None} for f in manifest.get("files") or []]
     return jsonable({
         "kind": "mirror_defect",
@@ -364,7 +363,6 @@ def write_defect_record(manifest: dict, result, structure, guides, folder: str, 
                         ct_description: Optional[dict] = None, segmentation: Optional[dict] = None) -> list:
     """Render the pictures and write design_record.html/.pdf into ``folder``; returns their manifest entries."""
     import tempfile
-
 
     record = defect_record(manifest, ct_description, segmentation)
     with tempfile.TemporaryDirectory() as tmp:

@@ -127,7 +127,6 @@ def render_scene(
     """
     import vtk
 
-
     items = _nonempty(meshes)
     if not items:
         raise ValueError("render_scene needs at least one non-empty mesh")

@@ -131,7 +131,6 @@ def build_defect_in_scene(scene, ct_node, segmentation_node, bone_segment_id: st
     and show the implant and the drill guides as model nodes. Returns (manifest, {role or file stem: model node})."""
     import os
 
-
     ct, m, bone = _bone(ct_node, segmentation_node, bone_segment_id)
     resection = None
     if resection_segment_id:

@@ -42,7 +42,6 @@ def _read_label_file(ctx, path: str, ct_node, what: str, from_segmentation, from
 
     import slicer
 
-
     if not os.path.isfile(path):
         raise InputFileError(f"{what.capitalize()} file not found: {path}.", "Check the path.")
     if path.lower().endswith(".seg.nrrd"):

@@ -66,7 +66,6 @@ def get_segment_mask(segmentation_node, segment_id: str, reference_volume) -> np
 def load_segmentation_file(ctx, path: str):
     import slicer
 
-
     if not os.path.isfile(path):
         raise InputFileError(f"Segmentation file not found: {path}.", "Check the path, or omit --segmentation.")
     node = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Bone segmentation")

@@ -85,12 +85,15 @@ def render_plan_view(result, bone_mesh, path: str, size=(1000, 800), view: str =
     import slicer
     import vtk
 
-
     caller_scene = getattr(slicer, "mrmlScene", None)
     ctx = create_headless_context()
     slicer.mrmlScene = caller_scene  # create_headless_context points slicer.util at its scene: not wanted here
     try:
-        apply_to_scene(ctx, result)
+        nodes = apply_to_scene(ctx, result)
+        for line in nodes.screws:  # the screws' names and lengths are in the record's table; seen from the front
+            display = line.GetDisplayNode()  # the labels of a left/right pair print over each other
+            if display is not None:
+                display.SetPropertiesLabelVisibility(False)
         if bone_mesh is not None and len(bone_mesh.faces):
             bone = ctx.scene.AddNewNodeByClass("vtkMRMLModelNode", "Bone")
             _set_model(ctx, bone, bone_mesh, BONE_RGB)

@@ -165,7 +165,6 @@ def write_segmentation(segmentation_node, path: str, overwrite: bool = False) ->
     """Save a segmentation as .seg.nrrd atomically (written under a temporary name, then renamed)."""
     import slicer
 
-
     storage = slicer.vtkMRMLSegmentationStorageNode()
     storage.SetUseCompression(True)
     atomic_write_node(segmentation_node, storage, path, overwrite)
