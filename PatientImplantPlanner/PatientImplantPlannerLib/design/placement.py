@@ -16,6 +16,7 @@ from scipy.spatial import cKDTree
 
 from ..core.anatomy import Endplate
 from ..core.errors import PlanError
+from .access import drill_access
 from .implant import footplate_centre, footplate_outlines
 from .screws import default_trajectories
 from .strut import ImplantParameters, gap_length, path_frames, profile_polygon
@@ -322,6 +323,7 @@ def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal:
     def counts(p):
         try:
             trs = default_trajectories(proximal, distal, p.footplate_thickness_mm, screw_params,
+                                       access=drill_access(axis, proximal, distal, p, largest_variant_mm),
                                        **screw_layout_kwargs(p, pattern))
         except PlanError:
             return (0, 0)

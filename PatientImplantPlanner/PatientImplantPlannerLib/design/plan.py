@@ -23,6 +23,7 @@ from ..export.boneexport import mask_surface
 from ..imaging.bonesegmentation import BoneSegmentationParameters
 from ..imaging.keepout import from_ct
 from ..imaging.levels import detect_levels
+from .access import drill_access
 from .defectparams import MirrorDefectParameters
 from .implant import build_implant, measurements
 from .placement import NAMED_ANGLES, fit_footplates, place_strut, screw_layout_kwargs
@@ -427,7 +428,10 @@ def design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress=None, l
             for t in plan.trajectories
         ]
     else:
+        # The drill and driver must reach every screw with the implant in place (design/access.py).
         trajectories = default_trajectories(proximal, distal, implant_params.footplate_thickness_mm, plan.screws,
+                                            access=drill_access(axis, proximal, distal, implant_params,
+                                                                max(plan.variants_mm, default=0.0)),
                                             **screw_layout_kwargs(implant_params, pattern))
     docking = _docking_masks(levels, np.shape(bone_mask))
     if not docking:
