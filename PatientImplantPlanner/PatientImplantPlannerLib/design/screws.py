@@ -18,6 +18,7 @@ from ..core.mesh import TriMesh, require_manifold3d, to_manifold
 from .access import (
     DRIVER_REACH_MM,
     MAX_CONVERGENCE_DEG,
+    MAX_OUTWARD_MM,
     MAX_SKEW_DEG,
     SCREW_DEPTH_FACTOR,
     SCREW_GAP_MM,
@@ -430,12 +431,14 @@ def default_trajectories(
                 break
         if placed is None and blocked:
             margin, part = max(blocked)
+            gap = float(np.linalg.norm(proximal.centre - distal.centre)) - 2 * t
             raise PlanError(
                 f"No drill or driver access to any {st.name} screw on the {end} footplate: at every tilt the planner "
                 f"may choose (convergence {params.convergence_deg:g} to {MAX_CONVERGENCE_DEG:g} deg, skewed up to "
-                f"{MAX_SKEW_DEG:g} deg) the line the drill and the screwdriver come in along ({DRIVER_REACH_MM:g} mm "
-                f"outward from the screw head, {2 * reach_r:.1f} mm wide) runs into the implant's {part} (by "
-                f"{-margin:.1f} mm at best).",
+                f"{MAX_SKEW_DEG:g} deg, up to {MAX_OUTWARD_MM:g} mm nearer the rim) the line the drill and the "
+                f"screwdriver come in along ({DRIVER_REACH_MM:g} mm outward from the screw head, {2 * reach_r:.1f} mm "
+                f"wide) runs into the implant's {part} (by {-margin:.1f} mm at best; the footplates are about "
+                f"{gap:.0f} mm apart).",
                 "Place the screws by hand (edit the screw lines: the plan's trajectories) so the drill comes in past "
                 "the implant, raise screws.lateral_fraction (screws nearer the footplate's rim), lower "
                 "implant.footplate_fraction (a smaller footplate opposite), or dock one level further "
