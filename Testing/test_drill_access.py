@@ -11,11 +11,11 @@ with a fix naming real settings, and hand-placed screws without access are block
 
 import numpy as np
 import pytest
-from measure import basis
+from measure import outward_overlap_mm3
 from robustness import fix_names_settings, setting_names
 
 from PatientImplantPlannerLib.core.errors import PlanError
-from PatientImplantPlannerLib.core.mesh import require_manifold3d, to_manifold
+from PatientImplantPlannerLib.core.mesh import to_manifold
 from PatientImplantPlannerLib.design import placement as placement_module
 from PatientImplantPlannerLib.design import plan as plan_module
 from PatientImplantPlannerLib.design.plan import Plan, design_implant
@@ -26,25 +26,16 @@ REACH_MM = 40.0  # how far out along the axis the drill and the driver come from
 DRILL_R, DRIVER_R = 1.25, 1.75  # 2.5 mm drill; a driver about as wide as the 3.5 mm screw
 
 
-def outward_overlap_mm3(mesh, entry, direction, radius, reach=REACH_MM) -> float:
-    """Volume shared by the implant mesh and the cylinder of ``radius`` from ``entry`` ``reach`` mm along
-    -``direction`` (outward from the screw head)."""
-    m3d = require_manifold3d()
-    d = np.asarray(direction, float) / np.linalg.norm(direction)
-    a, b = basis(d)
-    cyl = m3d.Manifold.cylinder(reach, radius, radius, 64).transform(np.column_stack([a, b, -d, entry]))
-    return float((to_manifold(mesh) ^ cyl).volume())
-
-
 def overlaps(result, radius) -> dict:
     """{(size, screw name): mm3} over the nominal implant and every variant (distal screws moved with their end)."""
     out = {}
     sizes = [("nominal", result.nominal)] + [(f"+{k:g}", g) for k, g in sorted(result.variants.items())]
     for size, geom in sizes:
+        solid = to_manifold(geom.mesh)
         for sp in result.screws:
             tr = sp.trajectory
             entry = tr.entry + (geom.distal_shift if tr.end == "distal" else 0.0)
-            out[(size, tr.name)] = outward_overlap_mm3(geom.mesh, entry, tr.direction, radius)
+            out[(size, tr.name)] = outward_overlap_mm3(solid, entry, tr.direction, radius, REACH_MM)
     return out
 
 
