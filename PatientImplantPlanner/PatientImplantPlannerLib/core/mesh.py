@@ -590,13 +590,23 @@ def decimate(mesh: TriMesh, target_triangles: Optional[int]) -> TriMesh:
     return merge_duplicate_vertices(from_polydata(dec.GetOutput()))
 
 
-def signed_distance(mesh: TriMesh, pts) -> np.ndarray:
-    """Signed distance (negative inside) from points (N, 3) to a closed mesh (VTK, vectorised)."""
+def distance_function(mesh: TriMesh):
+    """A reusable signed distance (negative inside) to a closed mesh: points (N, 3) -> (N,) (VTK, vectorised; the
+    locator is built once, so many small queries stay cheap)."""
     import vtk
     from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 
     f = vtk.vtkImplicitPolyDataDistance()
     f.SetInput(to_polydata(mesh))
-    out = vtk.vtkDoubleArray()
-    f.FunctionValue(numpy_to_vtk(np.ascontiguousarray(np.atleast_2d(pts), dtype=np.float64), deep=True), out)
-    return vtk_to_numpy(out).copy()
+
+    def distance(pts) -> np.ndarray:
+        out = vtk.vtkDoubleArray()
+        f.FunctionValue(numpy_to_vtk(np.ascontiguousarray(np.atleast_2d(pts), dtype=np.float64), deep=True), out)
+        return vtk_to_numpy(out).copy()
+
+    return distance
+
+
+def signed_distance(mesh: TriMesh, pts) -> np.ndarray:
+    """Signed distance (negative inside) from points (N, 3) to a closed mesh (VTK, vectorised)."""
+    return distance_function(mesh)(pts)

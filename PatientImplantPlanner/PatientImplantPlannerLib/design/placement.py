@@ -16,6 +16,7 @@ from scipy.spatial import cKDTree
 
 from ..core.anatomy import Endplate
 from ..core.errors import PlanError
+from .access import drill_access
 from .implant import footplate_centre, footplate_outlines
 from .screws import default_trajectories
 from .strut import ImplantParameters, gap_length, path_frames, profile_polygon
@@ -307,7 +308,8 @@ def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal:
       or cord behind a centred footplate, vessels beside a placed one) than ``required_clearance_mm`` (or than
       the starting size, if that was already nearer).
     Each change is a note for the plan's warnings. When nothing helps the parameters are returned unchanged and
-    the design step refuses with its own message."""
+    the design step refuses with its own message; if a larger size had room for a screw but no drill access
+    (design/access.py), that size is returned instead, so the refusal names the real obstacle."""
     notes = []
     params = implant
     t = params.footplate_thickness_mm
@@ -319,11 +321,16 @@ def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal:
             notes.append(f"the gap between the endplates is {gap:.1f} mm: footplates thinned from {t:g} to "
                          f"{thin:g} mm to fit it (set implant.footplate_thickness_mm to choose)")
 
+    no_access = []  # sizes with room beside the strut but no drill access (their refusal says why)
+
     def counts(p):
         try:
             trs = default_trajectories(proximal, distal, p.footplate_thickness_mm, screw_params,
+                                       access=drill_access(axis, proximal, distal, p, largest_variant_mm),
                                        **screw_layout_kwargs(p, pattern))
-        except PlanError:
+        except PlanError as exc:
+            if exc.problem.startswith("No drill or driver access"):
+                no_access.append(p)
             return (0, 0)
         return tuple(sum(tr.end == e for tr in trs) for e in ("proximal", "distal"))
 
@@ -349,6 +356,9 @@ def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal:
         n = counts(grown)
         if min(n) > min(best_n):
             best, best_n = grown, n
+    if min(best_n) == 0 and no_access and no_access[0] is not params:
+        # No size gives a screw: refuse for the real reason (room was found, but the drill cannot reach it).
+        return no_access[0], notes
     if best is not params:
         notes.append(f"footplates enlarged from {f0:.2f} to {best.footplate_fraction:.2f} of the endplate so that "
                      f"{min(best_n)} screw(s) per end fit beside the strut (set implant.footplate_fraction to choose)")

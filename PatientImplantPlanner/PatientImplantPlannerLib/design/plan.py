@@ -23,11 +23,12 @@ from ..export.boneexport import mask_surface
 from ..imaging.bonesegmentation import BoneSegmentationParameters
 from ..imaging.keepout import from_ct
 from ..imaging.levels import detect_levels
+from .access import DRIVER_REACH_MM, access_radius_mm, drill_access
 from .defectparams import MirrorDefectParameters
 from .implant import build_implant, measurements
 from .placement import NAMED_ANGLES, fit_footplates, place_strut, screw_layout_kwargs
 from .planschema import validate_plan_dict
-from .screws import ScrewParameters, Trajectory, default_trajectories, hole_specs, plan_screws
+from .screws import ScrewParameters, Trajectory, default_trajectories, hole_specs, plan_screws, screw_type
 from .strut import ImplantParameters
 
 SCHEMA_VERSION = 1
@@ -304,8 +305,24 @@ def _docking_masks(levels, shape) -> dict:
     return out
 
 
-def safety_findings(plan: Plan, measured: dict, screw_plans, keep_out) -> tuple:
-    """(safety dict for the measurements / manifest, [(id, message)] findings that block export unless accepted)."""
+def _blocked_drill_lines(trajectories, access, screw_params: ScrewParameters) -> list:
+    """[(screw name, the implant part in its way, margin mm)] of user-given trajectories whose drill and driver line
+    (access.DRIVER_REACH_MM outward along the screw axis) runs into the implant."""
+    if access is None:
+        return []
+    radius = access_radius_mm(screw_type(screw_params.screw_type))
+    out = []
+    for tr in trajectories:
+        margin, part = access.margin(tr.end, tr.entry, tr.direction, radius)
+        if margin < 0:
+            out.append((tr.name, part, margin))
+    return out
+
+
+def safety_findings(plan: Plan, measured: dict, screw_plans, keep_out, blocked_lines=()) -> tuple:
+    """(safety dict for the measurements / manifest, [(id, message)] findings that block export unless accepted).
+    ``blocked_lines`` [(screw name, part, margin)]: screws the drill and driver cannot reach with the implant in
+    place (user-edited trajectories; the default layout never makes them)."""
     required = float(plan.keep_out_clearance_mm)
     clearance = {k: v["clearance_mm"] for k, v in measured.items()}
     closest = {k: v.get("closest_ras") for k, v in measured.items() if v.get("clearance_mm") is not None}
@@ -323,6 +340,10 @@ def safety_findings(plan: Plan, measured: dict, screw_plans, keep_out) -> tuple:
         elif sp.raw_length_mm < sp.screw_type.min_length_mm:
             findings.append((f"screw:{sp.trajectory.name}", f"no catalogue screw fits '{sp.trajectory.name}' "
                              f"({sp.raw_length_mm:.1f} mm of bone)"))
+    for name, part, margin in blocked_lines:
+        findings.append((f"access:{name}", f"the drill and driver line of screw '{name}' ({DRIVER_REACH_MM:g} mm "
+                         f"outward along its axis) runs into the implant's {part} ({-margin:.1f} mm too close): the "
+                         "screw cannot be drilled or driven with the implant in place"))
     accepted = [f for f in findings if f[0] in plan.accepted_risks]
     safety = {
         "required_clearance_mm": required,
@@ -421,14 +442,18 @@ def design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress=None, l
 
     prog.report(0.3, "Planning screws")
     t1 = time.perf_counter()
+    # The drill and driver must reach every screw with the implant in place (design/access.py).
+    access = drill_access(axis, proximal, distal, implant_params, max(plan.variants_mm, default=0.0))
+    blocked_lines = []
     if plan.trajectories is not None:
         trajectories = [
             Trajectory(t["name"], t["end"], np.asarray(t["entry"], float), np.asarray(t["target"], float))
             for t in plan.trajectories
         ]
+        blocked_lines = _blocked_drill_lines(trajectories, access, plan.screws)
     else:
         trajectories = default_trajectories(proximal, distal, implant_params.footplate_thickness_mm, plan.screws,
-                                            **screw_layout_kwargs(implant_params, pattern))
+                                            access=access, **screw_layout_kwargs(implant_params, pattern))
     docking = _docking_masks(levels, np.shape(bone_mask))
     if not docking:
         warnings.append("Screw lengths are limited by the bone along each screw only (no detected docking "
@@ -477,7 +502,7 @@ def design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress=None, l
                 c = v["clearance_mm"]
                 if old is None or (c is not None and (old["clearance_mm"] is None or c < old["clearance_mm"])):
                     measured[name] = v
-    m["safety"], blocking = safety_findings(plan, measured, screw_plans, keep_out)
+    m["safety"], blocking = safety_findings(plan, measured, screw_plans, keep_out, blocked_lines)
     m["screws"] = [sp.as_dict() for sp in screw_plans]
     m["variants"] = {
         f"+{k:g} mm": {"length_mm": v.length_mm, "volume_mm3": v.mesh.volume()} for k, v in variants.items()

@@ -15,6 +15,17 @@ import numpy as np
 from ..core.anatomy import Endplate, unit
 from ..core.errors import PlanError
 from ..core.mesh import TriMesh, require_manifold3d, to_manifold
+from .access import (
+    DRIVER_REACH_MM,
+    MAX_CONVERGENCE_DEG,
+    MAX_OUTWARD_MM,
+    MAX_SKEW_DEG,
+    SCREW_DEPTH_FACTOR,
+    SCREW_GAP_MM,
+    access_radius_mm,
+    segment_distance,
+    tilt_candidates,
+)
 from .implant import HoleSpec
 from .screwtrace import _crossings, _perpendiculars, _Volume
 
@@ -26,7 +37,6 @@ LOW_DENSITY_HU, HIGH_DENSITY_HU = 130.0, 250.0
 HOLE_WALL_MM = 1.0  # titanium left between a hole and the footplate's rim (printable, does not tear out)
 HEAD_STRUT_GAP_MM = 0.5  # the screw head must seat flat beside the strut, not touch it
 HEAD_HEIGHT_MM = 4.0  # above this the driver's shaft, not the head, must clear the strut
-DRIVER_REACH_MM = 40.0  # the driver approaches along the screw axis; this much of that line must clear the strut
 MAX_PER_END = 4
 
 
@@ -81,7 +91,9 @@ class ScrewParameters:
     per_end: int = 2  # screws through each footplate (1-4)
     hole_clearance_mm: float = 0.25  # hole diameter = screw diameter + this
     safety_margin_mm: float = 2.0  # the tip stops this far before the far cortex
-    convergence_deg: float = 10.0  # tilt of each screw towards the vertebral body's centre line
+    # Tilt of each screw towards the vertebral body's centre line; the layout raises it (up to 30 degrees, and may
+    # skew it) where the drill and driver line would otherwise run into the implant (design/access.py).
+    convergence_deg: float = 10.0
     lateral_fraction: float = 0.45  # screw offset from the strut, as a fraction of the footplate's lateral semi-axis
 
     def validate(self) -> None:
@@ -128,6 +140,8 @@ class Trajectory:
     entry: np.ndarray  # RAS, on the footplate's free (non-bone) face: where the screw head seats
     target: np.ndarray  # RAS, further along the trajectory (the markups line's second point)
     notes: list = field(default_factory=list)  # placement remarks, passed on to the plan's warnings
+    # How the default layout tilted it: {"convergence_deg", "skew_deg", "outward_mm"} (empty for a user's line).
+    layout: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.entry = np.asarray(self.entry, dtype=float).reshape(3)
@@ -196,6 +210,7 @@ class ScrewPlan:
             "hole_diameter_mm": float(self.hole_diameter_mm),
             "voxel_uncertainty_mm": float(self.voxel_uncertainty_mm),
             "safe_length_mm": self.safe_length_mm,
+            "layout": dict(self.trajectory.layout),
         }
 
 
@@ -279,6 +294,7 @@ def default_trajectories(
     footplate_offset_lateral_mm: float = 0.0,
     pattern_offset_lateral_mm: float = 0.0,
     pattern_angle_deg: float = 0.0,
+    access=None,
 ) -> list:
     """``per_end`` screws per footplate, proximal first, placed around the strut and aimed into each vertebral body.
 
@@ -302,6 +318,15 @@ def default_trajectories(
     segmental vessels on it; the driver's line, traced back from the head, diverges from the strut so the
     screwdriver clears it; and a small angle keeps the screw nearly perpendicular to the endplate and the hole's
     two openings within 0.5 mm of each other in a 3 mm footplate.
+
+    Access (``access``, an access.DrillAccess of the implant): the drill and the driver come in along the screw
+    axis from outside, so that line (DRIVER_REACH_MM, as wide as the drill or driver plus a gap) must clear the
+    strut and the other footplate (short gaps), and the screws of an end must not cross in the body (checked to
+    SCREW_DEPTH_FACTOR x the endplate's radius). The layout then takes, nearest the user's tilt first, a
+    convergence up to MAX_CONVERGENCE_DEG and a sideways skew of the tilt up to MAX_SKEW_DEG (screws pass beside
+    each other), the most room among equally near choices; places fewer screws when no tilt clears; and refuses
+    (naming the part in the way) when not even one screw has access. Without ``access`` the tilt is the user's and
+    only the strut is checked (in 2-D).
     """
     params.validate()
     st = screw_type(params.screw_type)
@@ -312,11 +337,12 @@ def default_trajectories(
         raise PlanError(f"footplate_fraction {footplate_fraction!r} is invalid.", "Use a value in (0, 1].")
     if not np.isfinite(strut_radius_mm) or strut_radius_mm < 0:
         raise PlanError(f"Strut radius {strut_radius_mm!r} mm is invalid.", "Use the strut profile's bounding radius.")
-    conv = np.radians(params.convergence_deg)
+    conv0 = np.radians(params.convergence_deg)
     turn = np.radians(pattern_angle_deg)
     hole_r = (st.diameter_mm + params.hole_clearance_mm) / 2
     head_clearance = strut_radius_mm + st.head_mm / 2 + HEAD_STRUT_GAP_MM
     shaft_clearance = strut_radius_mm + st.diameter_mm / 2 + HEAD_STRUT_GAP_MM  # a driver is about as wide
+    reach_r = access_radius_mm(st)
     out = []
     for end, plate, lat_sign in (("proximal", proximal, 1.0), ("distal", distal, -1.0)):
         fa, fl = footplate_fraction * plate.radius_ap, footplate_fraction * plate.radius_lr
@@ -330,41 +356,94 @@ def default_trajectories(
         centre = strut if (strut[0] / fa) ** 2 + (strut[1] / fl) ** 2 < 0.25 else np.zeros(2)
         if pattern_offset_anterior_mm is not None:
             centre = np.array([pattern_offset_anterior_mm, lat_sign * pattern_offset_lateral_mm]) - fp
+        depth = SCREW_DEPTH_FACTOR * max(plate.radius_ap, plate.radius_lr)
+        blocked = []  # (margin, part) of layouts whose drill line runs into the implant
 
-        def place(layout, centre=centre, strut=strut, lat_sign=lat_sign, fa=fa, fl=fl):
+        def ray(pos, u, conv, plate=plate, fp_centre=fp_centre):
+            """(entry on the free face, unit direction into the body) of a screw at ``pos`` tilted ``conv`` to -u."""
+            u3 = u[0] * plate.anterior + u[1] * plate.lateral
+            direction = unit(np.cos(conv) * -plate.normal - np.sin(conv) * u3)
+            return fp_centre + pos[0] * plate.anterior + pos[1] * plate.lateral + t * plate.normal, direction
+
+        def place(layout, conv=conv0, skew=0.0, outward=0.0, centre=centre, strut=strut, lat_sign=lat_sign, fa=fa,
+                  fl=fl):
             placed = []
             for a0, l0 in layout:
                 off = _rotate2(np.array([a0, l0]), turn)
                 pos = centre + np.array([off[0], lat_sign * off[1]])
                 away = centre - strut if np.linalg.norm(centre - strut) > 1e-9 else np.array([-1.0, 0.0])
-                tilt = unit(pos - centre) if np.linalg.norm(pos - centre) > 1e-9 else unit(away)
+                tilt = _rotate2(unit(pos - centre) if np.linalg.norm(pos - centre) > 1e-9 else unit(away), skew)
                 push = unit(pos - strut) if np.linalg.norm(pos - strut) > 1e-9 else tilt
                 while not _clear_of_strut(pos - strut, tilt, conv, head_clearance, shaft_clearance):
                     pos = pos + 0.25 * push
                     if np.linalg.norm(pos - centre) > 2 * max(fa, fl):
                         break
+                if outward and np.linalg.norm(pos - centre) > 1e-9:
+                    pos = pos + outward * unit(pos - centre)
+                    if not _clear_of_strut(pos - strut, tilt, conv, head_clearance, shaft_clearance):
+                        return None
                 if not _hole_fits_footplate(pos[0], pos[1], tilt, conv, hole_r, t, fa, fl):
                     return None
-                placed.append((pos, tilt))
-            heads = [p for p, _ in placed]
+                placed.append((pos, tilt, conv, skew, outward))
+            heads = [p for p, *_ in placed]
             for i in range(len(heads)):
                 for j in range(i + 1, len(heads)):
                     if np.linalg.norm(heads[i] - heads[j]) < st.head_mm + HEAD_STRUT_GAP_MM:
                         return None
             return placed
 
+        def room(placed, end=end, depth=depth, blocked=blocked):
+            """The drill line's smallest margin over the layout, or None: screws crossing, or a line blocked."""
+            rays = [ray(p, u, c) for p, u, c, *_ in placed]
+            length = t / np.cos(max(abs(c) for _, _, c, *_ in placed)) + depth
+            for i in range(len(rays)):
+                for j in range(i + 1, len(rays)):
+                    if segment_distance(*rays[i], length, *rays[j], length) < st.diameter_mm + SCREW_GAP_MM:
+                        return None
+            worst = min((access.margin(end, e, d, reach_r) for e, d in rays), key=lambda m: m[0])
+            if worst[0] < 0:
+                blocked.append(worst)
+                return None
+            return worst[0]
+
+        def search(layout):
+            if access is None:
+                return place(layout)
+            for group in tilt_candidates(params.convergence_deg):
+                found = [(m, placed) for placed in (place(layout, np.radians(c), np.radians(k), o) for c, k, o in group)
+                         if placed is not None for m in [room(placed)] if m is not None]
+                if found:
+                    return max(found, key=lambda f: f[0])[1]
+            return None
+
         placed = None
         for n in range(int(params.per_end), 0, -1):
-            placed = place(_layout(n, fl, fa, params.lateral_fraction))
+            blocked.clear()
+            placed = search(_layout(n, fl, fa, params.lateral_fraction))
             if placed is None and n == 1:
                 # One screw beside a wide strut: where the two-screw layout puts them (the footplate is widest
                 # there), the side with more room; else in the pattern's centre.
                 lat = params.lateral_fraction * fl
-                sides = [p for p in (place([(0.0, lat)]), place([(0.0, -lat)])) if p is not None]
+                sides = [p for p in (search([(0.0, lat)]), search([(0.0, -lat)])) if p is not None]
                 placed = max(sides, key=lambda p: float(np.linalg.norm(p[0][0] - strut))) if sides \
-                    else place([(0.0, 0.0)])
+                    else search([(0.0, 0.0)])
             if placed is not None:
                 break
+        if placed is None and blocked:
+            margin, part = max(blocked)
+            gap = float(np.linalg.norm(proximal.centre - distal.centre)) - 2 * t
+            raise PlanError(
+                f"No drill or driver access to any {st.name} screw on the {end} footplate: at every tilt the planner "
+                f"may choose (convergence {params.convergence_deg:g} to {MAX_CONVERGENCE_DEG:g} deg, skewed up to "
+                f"{MAX_SKEW_DEG:g} deg, up to {MAX_OUTWARD_MM:g} mm nearer the rim) the line the drill and the "
+                f"screwdriver come in along ({DRIVER_REACH_MM:g} mm outward from the screw head, {2 * reach_r:.1f} mm "
+                f"wide) runs into the implant's {part} (by {-margin:.1f} mm at best; the footplates are about "
+                f"{gap:.0f} mm apart).",
+                "Place the screws by hand (edit the screw lines: the plan's trajectories) so the drill comes in past "
+                "the implant, raise screws.lateral_fraction (screws nearer the footplate's rim), lower "
+                "implant.footplate_fraction (a smaller footplate opposite), or dock one level further "
+                "(proximal_level / distal_level) for a longer gap.",
+            )
         if placed is None:
             raise PlanError(
                 f"No room for even one {st.name} screw on the {end} footplate ({fa:.1f} x {fl:.1f} mm "
@@ -379,18 +458,20 @@ def default_trajectories(
         notes = []
         if len(placed) < params.per_end:
             notes.append(f"only {len(placed)} of {params.per_end} screws fit on the {end} footplate "
-                         f"({fa:.1f} x {fl:.1f} mm semi-axes) clear of the strut")
+                         f"({fa:.1f} x {fl:.1f} mm semi-axes) clear of the strut"
+                         + (" with drill and driver access" if access is not None else ""))
         names = []
-        for pos, u in placed:
+        for pos, u, conv, skew, outward in placed:
+            entry, direction = ray(pos, u, conv)
             offset = pos[0] * plate.anterior + pos[1] * plate.lateral
-            u3 = u[0] * plate.anterior + u[1] * plate.lateral
-            direction = unit(np.cos(conv) * -plate.normal - np.sin(conv) * u3)
-            entry = fp_centre + offset + t * plate.normal
             name = f"{end} {_side_name(offset - centre[0] * plate.anterior - centre[1] * plate.lateral, plate)}"
             if name in names:
                 name = f"{name} {len(names) + 1}"
             names.append(name)
-            out.append(Trajectory(name, end, entry, entry + DEFAULT_TARGET_MM * direction, notes=list(notes)))
+            layout = {"convergence_deg": round(float(np.degrees(conv)), 2),
+                      "skew_deg": round(float(np.degrees(skew)), 2), "outward_mm": float(outward)}
+            out.append(Trajectory(name, end, entry, entry + DEFAULT_TARGET_MM * direction, notes=list(notes),
+                                  layout=layout))
     return out
 
 
