@@ -11,7 +11,7 @@ ENGINE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 MAX_LINES = 700
 # Imports that must stay inside a function, each with its measured reason.
 DEFERRED_IMPORTS = {
-    # cli -> everything: `implant-planner --help` and argument errors answer in 0.1 s instead of 2 s of VTK/Slicer.
+    # cli -> everything: `implant-planner --help` and argument errors answer in 0.14 s, 0.64 s with the engine imported.
     "cli",
 }
 
