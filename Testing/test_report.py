@@ -354,6 +354,7 @@ def realistic_record() -> dict:
                 "grade": {"lt130": 0.12, "130to250": 0.38, "gt250": 0.50},
                 "breach": False,
                 "warnings": [],
+                "layout": {"convergence_deg": 25.0, "skew_deg": -30.0, "outward_mm": 1.0},
             },
             {
                 "name": "P2",
@@ -468,8 +469,10 @@ def test_report_html_and_pdf_with_this_plans_values(pictures, tmp_path):
         record["files"][0]["sha256"],
         "FE check",
         "4.4 MPa",
+        "P1: convergence 25.0 deg, skew -30.0 deg, 1.0 mm towards the rim",  # how the layout aimed the drill
     ):
         assert value in html_text, value
+    assert "P2: convergence" not in html_text  # a screw without a layout (placed by hand) is not listed
     assert html_text.count('src="data:image/png;base64,') == 3
     assert ".png" not in html_text.replace("image/png", "")  # pictures embedded, not referenced
     data = open(pdf_path, "rb").read()

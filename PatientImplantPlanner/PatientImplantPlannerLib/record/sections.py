@@ -257,6 +257,13 @@ def _section_screws(doc: Document, r: dict) -> None:
         "Length is the chosen stock length; 'in bone' is the planned trajectory length before rounding to stock. "
         "The HU grade is the share of the screw path in bone below 130 HU, 130-250 HU and above 250 HU."
     )
+    tilted = [(s.get("name"), s.get("layout")) for s in screws if s.get("layout")]
+    if tilted:  # the drill and the driver come in along the screw axis: say how the layout aimed them
+        doc.para("Screw directions chosen so the drill and the driver, coming in along each screw's axis, clear the "
+                 "strut and the other footplate: " + "; ".join(
+                     f"{fmt(name)}: convergence {fmt(lay.get('convergence_deg'), 1)} deg, skew "
+                     f"{fmt(lay.get('skew_deg'), 1)} deg, {fmt(lay.get('outward_mm'), 1)} mm towards the rim"
+                     for name, lay in tilted) + ".")
 
 
 def _section_keep_out(doc: Document, r: dict) -> None:
