@@ -240,6 +240,35 @@ def test_footplates_do_not_grow_into_the_keep_out_clearance():
     assert params.footplate_fraction == 0.7 and notes == []
 
 
+def test_footplates_held_back_by_the_canal_widen_sideways_until_the_screws_fit():
+    """A 10 mm strut on the axis of T5 with 4 mm required from the cord: growing front to back would come nearer
+    the cord than that, so the footplates widen sideways only (measured: 0.70 front to back, 0.85 of the width),
+    two screws per end fit, the cord keeps its 4 mm, the ellipse stays on the endplate and a note names the
+    setting."""
+    ph = make_spine_phantom(spacing=1.0, levels=("T5", "T6", "T7"), with_mediastinum=True)
+    lv = detect_levels(ph.bone_mask, ph.ijk_to_ras, ph.body_point("T5"), ph.body_point("T7"))
+    screws, implant = ScrewParameters(per_end=2), ImplantParameters(diameter_mm=10.0)
+    cord = from_labels(ph.keepout_labels, ph.ijk_to_ras, names=["spinal_cord"])
+    params, notes = fit_footplates(implant, lv.axis_points, lv.proximal_endplate, lv.distal_endplate, screws,
+                                   keep_out=cord, required_clearance_mm=4.0)
+    assert params.footplate_fraction < 0.75 < params.footplate_lateral_fraction <= 1.0
+    assert _per_end(params, lv, screws) == [2, 2]
+    geom = build_implant(lv.axis_points, lv.proximal_endplate, lv.distal_endplate, params)
+    assert check_mesh(geom.mesh).ok
+    assert cord.measure(geom.mesh)["spinal_cord"]["clearance_mm"] >= 4.0
+    assert any("widened sideways" in n and "implant.footplate_lateral_fraction" in n for n in notes)
+    for end, plate in (("proximal", lv.proximal_endplate), ("distal", lv.distal_endplate)):
+        fa, fl = params.footplate_semi_axes(plate)
+        assert fl == pytest.approx(params.footplate_lateral_fraction * plate.radius_lr)
+        c = footplate_centre(plate, params, end) - plate.centre
+        t = np.linspace(0, 2 * np.pi, 360)
+        ea, el = c @ plate.anterior + fa * np.cos(t), c @ plate.lateral + fl * np.sin(t)
+        assert ((ea / plate.radius_ap) ** 2 + (el / plate.radius_lr) ** 2).max() <= 1.0 + 1e-3
+    # Without the canal's limit the same footplates grow both ways instead (no sideways-only note).
+    free, free_notes = fit_footplates(implant, lv.axis_points, lv.proximal_endplate, lv.distal_endplate, screws)
+    assert free.footplate_lateral_fraction == 0.0 and not any("sideways" in n for n in free_notes)
+
+
 def test_footplates_placed_on_the_bodies_grow_within_the_endplate(thoracic_levels):
     ph, lv = thoracic_levels
     implant, screws = ImplantParameters(diameter_mm=12.0), ScrewParameters(per_end=4)
@@ -254,8 +283,9 @@ def test_footplates_placed_on_the_bodies_grow_within_the_endplate(thoracic_level
         c = footplate_centre(plate, params, end) - plate.centre
         a, lat = c @ plate.anterior, c @ plate.lateral
         t = np.linspace(0, 2 * np.pi, 360)
-        ea = a + params.footplate_fraction * plate.radius_ap * np.cos(t)
-        el = lat + params.footplate_fraction * plate.radius_lr * np.sin(t)
+        fa, fl = params.footplate_semi_axes(plate)
+        ea = a + fa * np.cos(t)
+        el = lat + fl * np.sin(t)
         assert ((ea / plate.radius_ap) ** 2 + (el / plate.radius_lr) ** 2).max() <= 1.0 + 1e-3
 
 

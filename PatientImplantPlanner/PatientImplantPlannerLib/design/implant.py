@@ -169,7 +169,7 @@ def footplate_outlines(plate: Endplate, params: ImplantParameters, end: str) -> 
     tongue never reaches behind the footplate centre (towards the canal), however wide the strut."""
     from scipy.spatial import ConvexHull
 
-    ra, rl = params.footplate_fraction * plate.radius_ap, params.footplate_fraction * plate.radius_lr
+    ra, rl = params.footplate_semi_axes(plate)
     n = max(64, int(params.profile_segments))
     t = 2 * np.pi * np.arange(n) / n
     out = [np.column_stack([ra * np.cos(t), rl * np.sin(t)])]
@@ -256,7 +256,7 @@ def _check_footprint(poly: np.ndarray, params: ImplantParameters, plates) -> Non
     lat = poly[:, 1] + params.offset_lateral_mm - params.footplate_offset_lateral_mm
     ext_a, ext_l = float(np.abs(a).max()), float(np.abs(lat).max())
     for name, plate in plates:
-        fa, fl = params.footplate_fraction * plate.radius_ap, params.footplate_fraction * plate.radius_lr
+        fa, fl = params.footplate_semi_axes(plate)
         if ext_a > fa + 1e-6 or ext_l > fl + 1e-6:
             raise PlanError(
                 f"The strut profile (with its offset) reaches {ext_a:.1f} mm anteroposteriorly and {ext_l:.1f} mm "
@@ -397,8 +397,8 @@ def build_implant(
             footplate_centre(plate, params, end),
             -plate.normal,
             plate.anterior.copy(),
-            params.footplate_fraction * plate.radius_lr,
-            params.footplate_fraction * plate.radius_ap,
+            params.footplate_semi_axes(plate)[1],
+            params.footplate_semi_axes(plate)[0],
             float(params.porous_layer_mm),
         )
         for end, plate in (("proximal", proximal), ("distal", distal_v))

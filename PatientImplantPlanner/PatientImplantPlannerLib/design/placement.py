@@ -287,11 +287,26 @@ def place_strut(implant: ImplantParameters, axis, proximal: Endplate, distal: En
 def screw_layout_kwargs(params: ImplantParameters, pattern: Optional[dict] = None) -> dict:
     """Keyword arguments of screws.default_trajectories (after the endplates, the footplate thickness and the screw
     parameters) for an implant built with ``params`` and the placement's screw ``pattern``."""
-    return dict(footplate_fraction=params.footplate_fraction, strut_offset_anterior_mm=params.offset_anterior_mm,
+    return dict(footplate_fraction=params.footplate_fraction,
+                footplate_lateral_fraction=params.footplate_lateral_fraction,
+                strut_offset_anterior_mm=params.offset_anterior_mm,
                 strut_radius_mm=float(np.linalg.norm(profile_polygon(params), axis=1).max()),
                 strut_offset_lateral_mm=params.offset_lateral_mm,
                 footplate_offset_anterior_mm=params.footplate_offset_anterior_mm,
                 footplate_offset_lateral_mm=params.footplate_offset_lateral_mm, **(pattern or {}))
+
+
+def _on_endplates(params: ImplantParameters, proximal: Endplate, distal: Endplate) -> bool:
+    """Each footplate's ellipse lies on its endplate (the measured ellipse), to 1e-3 of its radii."""
+    t = np.linspace(0.0, 2 * np.pi, 96, endpoint=False)
+    for end, plate in (("proximal", proximal), ("distal", distal)):
+        c = footplate_centre(plate, params, end) - plate.centre
+        fa, fl = params.footplate_semi_axes(plate)
+        a = (c @ plate.anterior + fa * np.cos(t)) / plate.radius_ap
+        lat = (c @ plate.lateral + fl * np.sin(t)) / plate.radius_lr
+        if float((a * a + lat * lat).max()) > 1.0 + 1e-3:
+            return False
+    return True
 
 
 def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal: Endplate, screw_params,
@@ -306,7 +321,10 @@ def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal:
       towards the strut keeps its edge there (its centre moves back as it grows, so it stays on the endplate).
       Growth stops before a size comes nearer the keep-out structures (``keep_out`` or its ``field``: the canal
       or cord behind a centred footplate, vessels beside a placed one) than ``required_clearance_mm`` (or than
-      the starting size, if that was already nearer).
+      the starting size, if that was already nearer). Where that stops short of the screws, the footplate widens
+      sideways only (``footplate_lateral_fraction``), both ways or, where one side comes too near (the aorta
+      beside the body), only towards the other, under the same clearance rule: the screws sit beside the strut,
+      and a centred footplate growing front to back would reach the canal first.
     Each change is a note for the plan's warnings. When nothing helps the parameters are returned unchanged and
     the design step refuses with its own message; if a larger size had room for a screw but no drill access
     (design/access.py), that size is returned instead, so the refusal names the real obstacle."""
@@ -350,16 +368,45 @@ def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal:
         grown = replace(params, footplate_fraction=float(f),
                         footplate_offset_anterior_mm=params.footplate_offset_anterior_mm * scale,
                         footplate_offset_lateral_mm=params.footplate_offset_lateral_mm * scale)
-        c, _ = _clearance(field, axis, proximal, distal, grown, largest_variant_mm)
+        c, _n = _clearance(field, axis, proximal, distal, grown, largest_variant_mm)
         if c is not None and c < floor:
             break  # larger footplates only come nearer
         n = counts(grown)
         if min(n) > min(best_n):
             best, best_n = grown, n
+    # Still short of screws where growth stopped at the keep-out (a wide footplate reaches back towards the canal
+    # or round the body towards a vessel): widen it sideways only, where the screws sit beside the strut.
+    g0 = best.footplate_lateral_fraction or best.footplate_fraction
+    base = best
+    reach = min(p.radius_lr for p in (proximal, distal))
+    open_sides = [0.0, 1.0, -1.0]  # widened both ways, or only to one side (its other rim stays, e.g. by the aorta)
+    g = g0
+    while min(best_n) < want and open_sides and g < 1.0 - 1e-9:
+        g = min(1.0, g + FRACTION_STEP)
+        for side in list(open_sides):
+            # Both ways: a footplate placed towards the strut keeps its edge there, as above. One way: the centre
+            # moves by the growth of the semi-axis, so the rim on the other side stays where it was.
+            shift = (base.footplate_offset_lateral_mm * ((1.0 - g) / (1.0 - g0)) if side == 0.0
+                     else base.footplate_offset_lateral_mm + side * (g - g0) * reach)
+            wide = replace(base, footplate_lateral_fraction=float(g), footplate_offset_lateral_mm=float(shift))
+            if not _on_endplates(wide, proximal, distal):
+                continue
+            c, _n = _clearance(field, axis, proximal, distal, wide, largest_variant_mm)
+            if c is not None and c < floor:
+                open_sides.remove(side)  # larger in this way only comes nearer
+                continue
+            n = counts(wide)
+            if min(n) > min(best_n):
+                best, best_n = wide, n
     if min(best_n) == 0 and no_access and no_access[0] is not params:
         # No size gives a screw: refuse for the real reason (room was found, but the drill cannot reach it).
         return no_access[0], notes
-    if best is not params:
+    if best.footplate_fraction != f0:
         notes.append(f"footplates enlarged from {f0:.2f} to {best.footplate_fraction:.2f} of the endplate so that "
                      f"{min(best_n)} screw(s) per end fit beside the strut (set implant.footplate_fraction to choose)")
+    if best.footplate_lateral_fraction != params.footplate_lateral_fraction:
+        notes.append(f"footplates widened sideways to {best.footplate_lateral_fraction:.2f} of the endplate's width "
+                     f"(front to back {best.footplate_fraction:.2f}, clear of the keep-out anatomy) so that "
+                     f"{min(best_n)} screw(s) per end fit beside the strut (set implant.footplate_lateral_fraction "
+                     "to choose)")
     return best, notes

@@ -286,6 +286,7 @@ def default_trajectories(
     footplate_thickness_mm: float,
     params: ScrewParameters,
     footplate_fraction: float = 0.7,
+    footplate_lateral_fraction: float = 0.0,
     strut_offset_anterior_mm: float = 0.0,
     strut_radius_mm: float = 6.0,
     strut_offset_lateral_mm: float = 0.0,
@@ -345,7 +346,8 @@ def default_trajectories(
     reach_r = access_radius_mm(st)
     out = []
     for end, plate, lat_sign in (("proximal", proximal, 1.0), ("distal", distal, -1.0)):
-        fa, fl = footplate_fraction * plate.radius_ap, footplate_fraction * plate.radius_lr
+        fa = footplate_fraction * plate.radius_ap
+        fl = (footplate_lateral_fraction or footplate_fraction) * plate.radius_lr
         fp_centre = (plate.centre + footplate_offset_anterior_mm * plate.anterior
                      + footplate_offset_lateral_mm * lat_sign * plate.lateral)
         # Positions below are in the endplate's (anterior, lateral) plane, relative to the footplate centre.

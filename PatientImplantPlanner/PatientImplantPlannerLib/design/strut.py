@@ -33,6 +33,9 @@ class ImplantParameters:
     offset_anterior_mm: float = 0.0  # strut offset from the axis, in the path frame
     offset_lateral_mm: float = 0.0
     footplate_fraction: float = 0.7  # footprint semi-axes = fraction x the measured endplate semi-axes
+    # The lateral semi-axis' own fraction (0: footplate_fraction). A footplate widened sideways makes room for the
+    # screws beside the strut without reaching back towards the canal (placement.fit_footplates sets it).
+    footplate_lateral_fraction: float = 0.0
     # Footplate centre moved anteriorly from the endplate centre: a plate lying on the anterior bodies docks with
     # protrusions reaching back onto the anterior part of each endplate (published case 2).
     footplate_offset_anterior_mm: float = 0.0
@@ -83,12 +86,19 @@ class ImplantParameters:
             bad("profile_angle_deg", self.profile_angle_deg, "between -180 and 180 degrees")
         if not 0.0 < self.footplate_fraction <= 1.0:
             bad("footplate_fraction", self.footplate_fraction, "in (0, 1]")
+        if not 0.0 <= self.footplate_lateral_fraction <= 1.0:
+            bad("footplate_lateral_fraction", self.footplate_lateral_fraction, "in (0, 1] (0: footplate_fraction)")
         if not 0.5 <= self.footplate_thickness_mm <= 20.0:
             bad("footplate_thickness_mm", self.footplate_thickness_mm, "between 0.5 and 20 mm")
         if not 0.0 <= self.porous_layer_mm <= self.footplate_thickness_mm:
             bad("porous_layer_mm", self.porous_layer_mm, "between 0 and the footplate thickness")
         if int(self.profile_segments) != self.profile_segments or not 8 <= self.profile_segments <= 512:
             bad("profile_segments", self.profile_segments, "to a whole number between 8 and 512")
+
+    def footplate_semi_axes(self, plate: Endplate) -> tuple:
+        """(anteroposterior, lateral) semi-axes of the footplate on ``plate``, mm."""
+        lateral = self.footplate_lateral_fraction or self.footplate_fraction
+        return self.footplate_fraction * plate.radius_ap, lateral * plate.radius_lr
 
     def as_dict(self) -> dict:
         return asdict(self)
