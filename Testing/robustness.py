@@ -7,6 +7,10 @@ user varies: voxel size 0.5-1.5 mm, kyphosis or lordosis, thoracic / thoracolumb
 with or without the mediastinum (keep-out from its labels or from the CT's own exclude seeds), level points or a
 vertebra label map. The bone mask is the phantom's truth: segmentation is not what is measured here.
 
+Adjacent levels (``Case.disc_only``, a fifth of the draws) are drawn too, but a strut replaces at least one
+vertebral body: those requests must be refused with the fix "dock one level further", and the success figure of
+issue 7 point 8 is taken over the strut plans (two to four levels apart).
+
 ``run_case`` designs the plan and classifies the outcome: a plan, a refusal (PlannerError) whose fix must name a
 setting that exists (``fix_names_settings``), or a crash.
 """
@@ -39,6 +43,13 @@ class Case:
     placement: str
     placement_angle_deg: float = None
     jitter: list = field(default_factory=list)  # mm added to each level point (a user's click is off-centre)
+
+    @property
+    def disc_only(self) -> bool:
+        """Adjacent docking levels: the gap is one disc, no vertebral body is replaced. Not a strut plan: footplate
+        screws there can only be drilled through the other footplate and the next vertebra (design/access.py
+        refuses them, naming the fix: dock one level further), so the robustness figure counts these apart."""
+        return len(self.levels) == 2
 
     def describe(self) -> str:
         size = {k: v for k, v in self.implant.items() if k != "profile"}
