@@ -1,23 +1,26 @@
 """Static checks of the Slicer module's files, which cannot run here (no Slicer application, no Qt).
 
-They read the real files: the .ui, the module .py (with ``ast``), both CMakeLists, the Extensions Index JSON and the
-icon. Each check is a plain function that returns a list of problems, so the guard tests (test_slicer_module_static.py,
-test_extension_index.py) also run it on a deliberately broken copy (``broken_copy``) to prove it can fail.
+They read the real files: the module's Python files (with ``ast``: the module file Slicer loads and every file of its
+helper package, ``MODULE_FILES``) against the .ui, the engine and the icon. The .ui on its own is read and checked in
+ui_checks.py, the packaging (CMakeLists, Extensions Index JSON) in extension_checks.py. Each check is a plain
+function that returns a list of problems, so the guard tests (test_slicer_module_static.py, test_extension_index.py)
+also run it on a deliberately broken copy (``broken_copy``) to prove it can fail.
 """
-
 import ast
-import json
 import os
 import re
 import shutil
 import sys
 import types
-import xml.etree.ElementTree as ET
+
+from ui_checks import ui_parameter_bindings, ui_widget_property, ui_widgets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULE_NAME = "PatientImplantPlanner"
 MODULE_DIR = os.path.join(ROOT, MODULE_NAME)
 MODULE_PY = os.path.join(MODULE_DIR, f"{MODULE_NAME}.py")
+# The module file's helper package (its widget, logic, self-test, ... split by job), next to it.
+MODULE_PACKAGE = f"{MODULE_NAME}Module"
 UI_FILE = os.path.join(MODULE_DIR, "Resources", "UI", f"{MODULE_NAME}.ui")
 ICON = os.path.join(MODULE_DIR, "Resources", "Icons", f"{MODULE_NAME}.png")
 MODULE_CMAKE = os.path.join(MODULE_DIR, "CMakeLists.txt")
@@ -33,6 +36,19 @@ SCREENSHOT = os.path.join(ROOT, "docs", "screenshot.png")
 IGNORED_DIRS = {"__pycache__"}
 IGNORED_DIR_SUFFIXES = (".egg-info",)
 
+
+def module_files(module_dir=MODULE_DIR):
+    """The module's Python files: the module file Slicer loads, then every file of its helper package (sorted)."""
+    files = []
+    for dirpath, dirnames, names in os.walk(os.path.join(module_dir, MODULE_PACKAGE)):
+        dirnames[:] = [d for d in dirnames if d not in IGNORED_DIRS]
+        files += [os.path.join(dirpath, f) for f in names if f.endswith(".py")]
+    return [os.path.join(module_dir, f"{MODULE_NAME}.py")] + sorted(files)
+
+
+# What the module guards scan: a check given only the module file would miss the code that moved into the package.
+MODULE_FILES = module_files()
+
 # Python modules that Slicer's Python provides (bundled) and that the module may import at top level.
 SLICER_TOP_LEVEL = {"slicer", "qt", "ctk", "vtk"}
 # ... and inside functions (imported when used: SampleData is a module loaded after startup, numpy is bundled,
@@ -43,24 +59,6 @@ SLICER_IN_FUNCTIONS = SLICER_TOP_LEVEL | {"SampleData", "numpy", "scipy", "Simpl
 ENGINE_TOP_LEVEL = {f"{ENGINE}.core.errors", f"{ENGINE}.scene.planeditor"}
 # Installed on first use by ensureDependencies() only (import names).
 FIRST_USE_PACKAGES = {"manifold3d", "fpdf"}
-
-EXTENSION_FIELDS = (
-    "EXTENSION_HOMEPAGE",
-    "EXTENSION_CATEGORY",
-    "EXTENSION_CONTRIBUTORS",
-    "EXTENSION_DESCRIPTION",
-    "EXTENSION_ICONURL",
-    "EXTENSION_SCREENSHOTURLS",
-    "EXTENSION_DEPENDS",
-)
-# Keys of the Extensions Index catalog entry schema v1.0.1 (additionalProperties is false there).
-# The Extensions Index catalog entry schema v1.0.1, the one our JSON names (Slicer/Slicer,
-# Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json): its properties with their type or allowed values.
-# additionalProperties is false there, so any other key fails the index's check_json_schema.
-CATALOG_SCHEMA = {"$schema": str, "category": str, "scm_url": str, "scm_revision": str, "scm_type": ("git", "local"),
-                  "build_dependencies": list, "build_subdirectory": str, "enabled": bool, "tier": (1, 3, 5)}
-CATALOG_KEYS = set(CATALOG_SCHEMA)
-CATALOG_REQUIRED = {"$schema", "category", "scm_url"}
 
 WIDGET_METHODS = ("setup", "cleanup", "enter", "exit", "onSceneStartClose", "onSceneEndClose",
                   "initializeParameterNode", "setParameterNode")
@@ -75,87 +73,6 @@ def _stdlib():
     return set(sys.stdlib_module_names)
 
 
-# ------------------------------------------------------------------------------------------------------------ .ui
-
-
-def ui_widgets(ui_path):
-    """{widget name: class} of every widget in the .ui file (raises ParseError if it is not XML)."""
-    root = ET.parse(ui_path).getroot()
-    return {w.get("name"): w.get("class") for w in root.iter("widget")}
-
-
-def ui_parameter_bindings(ui_path):
-    """{SlicerParameterName: (widget name, widget class)}; a name bound twice is reported as a problem."""
-    root = ET.parse(ui_path).getroot()
-    bindings, problems = {}, []
-    for w in root.iter("widget"):
-        for p in w.findall("property"):
-            if p.get("name") == "SlicerParameterName":
-                name = (p.findtext("string") or "").strip()
-                if name in bindings:
-                    problems.append(f"parameter {name!r} is bound to both {bindings[name][0]} and {w.get('name')}")
-                bindings[name] = (w.get("name"), w.get("class"))
-    return bindings, problems
-
-
-def ui_widget_property(ui_path, widget_name, prop):
-    """Text of a simple property (bool/double/number/string) of a widget, or None."""
-    root = ET.parse(ui_path).getroot()
-    for w in root.iter("widget"):
-        if w.get("name") == widget_name:
-            for p in w.findall("property"):
-                if p.get("name") == prop and len(p):
-                    return (p[0].text or "").strip()
-    return None
-
-
-def ui_combo_items(ui_path, widget_name):
-    """Texts of the items a QComboBox lists in the .ui."""
-    root = ET.parse(ui_path).getroot()
-    for w in root.iter("widget"):
-        if w.get("name") == widget_name:
-            return [(item.findtext("property/string") or "") for item in w.findall("item")]
-    return None
-
-
-def check_ui_parses(ui_path):
-    try:
-        root = ET.parse(ui_path).getroot()
-    except ET.ParseError as e:
-        return [f"{ui_path} is not valid XML: {e}"]
-    problems = []
-    if root.tag != "ui":
-        problems.append(f"root element is <{root.tag}>, not <ui>")
-    top = root.find("widget")
-    if top is None or top.get("class") != "qMRMLWidget":
-        problems.append("the top-level widget must be a qMRMLWidget (its mrmlSceneChanged signal sets the scene)")
-    names = [w.get("name") for w in root.iter("widget")]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        problems.append(f"duplicate widget names: {duplicates}")
-    declared = {c.findtext("class") for c in root.iter("customwidget")}
-    qt_classes = {c for c in set(ui_widgets(ui_path).values()) if c.startswith("Q")}
-    undeclared = sorted(set(ui_widgets(ui_path).values()) - declared - qt_classes)
-    if undeclared:
-        problems.append(f"custom widget classes not declared in <customwidgets>: {undeclared}")
-    return problems
-
-
-def check_mrml_scene_connections(ui_path):
-    """Every MRML-aware widget (qMRML*, qSlicer*) gets the scene from the top-level widget's mrmlSceneChanged."""
-    root = ET.parse(ui_path).getroot()
-    top = root.find("widget").get("name")
-    connected = {
-        c.findtext("receiver")
-        for c in root.iter("connection")
-        if c.findtext("sender") == top
-        and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
-        and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
-    }
-    needs = {n for n, c in ui_widgets(ui_path).items() if n != top and c.startswith(("qMRML", "qSlicer"))}
-    return [f"{n} gets no mrmlSceneChanged -> setMRMLScene connection" for n in sorted(needs - connected)]
-
-
 # ---------------------------------------------------------------------------------------------------- module .py
 
 
@@ -163,8 +80,25 @@ def _tree(py_path):
     return ast.parse(read_text(py_path), filename=py_path)
 
 
-def self_ui_names(py_path):
-    """Names used as ``self.ui.<name>`` in the module."""
+def _files(py_files):
+    """The files a check scans: ``MODULE_FILES`` (or a broken copy's), or one path."""
+    return [py_files] if isinstance(py_files, (str, os.PathLike)) else list(py_files)
+
+
+def _short(py_path):
+    """How problems name a module file: 'PatientImplantPlanner.py', 'PatientImplantPlannerModule/widget.py'."""
+    parent = os.path.basename(os.path.dirname(py_path))
+    name = os.path.basename(py_path)
+    return f"{parent}/{name}" if parent == MODULE_PACKAGE else name
+
+
+def _module_dir_of(py_path):
+    """The module folder a module file belongs to (the module file's folder, the package's parent)."""
+    folder = os.path.dirname(os.path.abspath(py_path))
+    return os.path.dirname(folder) if os.path.basename(folder) == MODULE_PACKAGE else folder
+
+
+def _self_ui_names_in(py_path):
     return {
         node.attr
         for node in ast.walk(_tree(py_path))
@@ -176,20 +110,26 @@ def self_ui_names(py_path):
     }
 
 
-def parameter_node_class(py_path):
-    """The class decorated with @parameterNodeWrapper."""
-    for node in _tree(py_path).body:
-        if isinstance(node, ast.ClassDef):
-            for d in node.decorator_list:
-                if (isinstance(d, ast.Name) and d.id == "parameterNodeWrapper") or (
-                        isinstance(d, ast.Attribute) and d.attr == "parameterNodeWrapper"):
-                    return node
+def self_ui_names(py_files):
+    """Names used as ``self.ui.<name>`` in the module's files."""
+    return set().union(*(_self_ui_names_in(f) for f in _files(py_files)))
+
+
+def parameter_node_class(py_files):
+    """The class decorated with @parameterNodeWrapper (in whichever module file defines it)."""
+    for py_path in _files(py_files):
+        for node in _tree(py_path).body:
+            if isinstance(node, ast.ClassDef):
+                for d in node.decorator_list:
+                    if (isinstance(d, ast.Name) and d.id == "parameterNodeWrapper") or (
+                            isinstance(d, ast.Attribute) and d.attr == "parameterNodeWrapper"):
+                        return node
     return None
 
 
-def parameter_fields(py_path):
+def parameter_fields(py_files):
     """{field name: (annotation node, default node or None)} of the parameter node wrapper class."""
-    cls = parameter_node_class(py_path)
+    cls = parameter_node_class(py_files)
     if cls is None:
         return {}
     return {
@@ -217,10 +157,11 @@ def _annotation_calls(annotation):
     return {n.func.id for n in ast.walk(annotation) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
 
 
-def module_enums(py_path):
-    """Names of the enum.Enum subclasses defined at the module's top level."""
+def module_enums(py_files):
+    """Names of the enum.Enum subclasses defined at the top level of the module's files."""
     return {
         node.name
+        for py_path in _files(py_files)
         for node in _tree(py_path).body
         if isinstance(node, ast.ClassDef) and any(ast.unparse(b) in ("enum.Enum", "Enum") for b in node.bases)
     }
@@ -257,19 +198,19 @@ def connector_problem(widget_class, annotation, enums=frozenset()):
     return None if ok else f"{widget_class} needs {needed}, the field is {ast.unparse(annotation)}"
 
 
-def check_ui_names_used_by_widget(py_path, ui_path):
-    missing = sorted(self_ui_names(py_path) - set(ui_widgets(ui_path)))
-    return [f"self.ui.{n} is used in {os.path.basename(py_path)} but there is no such widget in the .ui"
-            for n in missing]
+def check_ui_names_used_by_widget(py_files, ui_path):
+    widgets = set(ui_widgets(ui_path))
+    return [f"self.ui.{n} is used in {_short(py_path)} but there is no such widget in the .ui"
+            for py_path in _files(py_files) for n in sorted(_self_ui_names_in(py_path) - widgets)]
 
 
-def check_parameter_bindings(py_path, ui_path):
+def check_parameter_bindings(py_files, ui_path):
     """Every SlicerParameterName maps to a field whose type the widget can show; every field is used somewhere."""
-    fields = parameter_fields(py_path)
+    fields = parameter_fields(py_files)
     if not fields:
         return ["no @parameterNodeWrapper class with annotated fields in the module"]
     bindings, problems = ui_parameter_bindings(ui_path)
-    enums = module_enums(py_path)
+    enums = module_enums(py_files)
     for pname, (wname, wclass) in sorted(bindings.items()):
         if pname not in fields:
             problems.append(f"{wname} has SlicerParameterName {pname!r}, which is not a parameter node field")
@@ -277,7 +218,7 @@ def check_parameter_bindings(py_path, ui_path):
         reason = connector_problem(wclass, fields[pname][0], enums)
         if reason:
             problems.append(f"{wname} -> {pname}: {reason}")
-    source = read_text(py_path)
+    source = "\n".join(read_text(f) for f in _files(py_files))
     for name in sorted(set(fields) - set(bindings)):
         # Fields without a widget must at least be read or written by the code.
         if len(re.findall(rf"\.{name}\b", source)) == 0:
@@ -289,9 +230,9 @@ def check_parameter_bindings(py_path, ui_path):
 SPIN_BOX_DEFAULT_RANGE = {"QDoubleSpinBox": (0.0, 99.99), "ctkDoubleSpinBox": (0.0, 99.99), "QSpinBox": (0, 99)}
 
 
-def check_ui_defaults_match_fields(py_path, ui_path):
+def check_ui_defaults_match_fields(py_files, ui_path):
     """The .ui shows the same defaults as the parameter node (Designer previews and a fresh scene agree)."""
-    fields = parameter_fields(py_path)
+    fields = parameter_fields(py_files)
     bindings, _ = ui_parameter_bindings(ui_path)
     problems = []
     for pname, (wname, wclass) in bindings.items():
@@ -349,8 +290,17 @@ def _imports(tree):
     return out
 
 
-def check_module_imports(py_path):
-    """The module imports only what Slicer provides, each at a place where it is sure to be importable."""
+def check_module_imports(py_files):
+    """The module imports only what Slicer provides, each at a place where it is sure to be importable; its helper
+    package (absolute or relative imports) anywhere, but never the module file itself (a cycle: Slicer loads that
+    file, which imports the package)."""
+    problems = []
+    for py_path in _files(py_files):
+        problems += _module_imports_problems(py_path)
+    return problems
+
+
+def _module_imports_problems(py_path):
     source = read_text(py_path)
     try:
         tree = ast.parse(source, filename=py_path)
@@ -361,8 +311,13 @@ def check_module_imports(py_path):
     problems = []
     for module, top, func, line in _imports(tree):
         root = module.split(".")[0]
-        where = f"line {line} ({'top level' if top else func + '()'})"
+        where = f"{_short(py_path)} line {line} ({'top level' if top else func + '()'})"
         if root in stdlib:
+            continue
+        if root == MODULE_NAME:
+            problems.append(f"{module} imported at {where}: the module file imports the package, not the reverse")
+            continue
+        if root == MODULE_PACKAGE or module.startswith("."):
             continue
         if root in FIRST_USE_PACKAGES:
             if func != "ensureDependencies":
@@ -377,8 +332,9 @@ def check_module_imports(py_path):
     return problems
 
 
-def _engine_defines(module):
-    path = os.path.join(ENGINE_DIR, *module.split("."))
+def _engine_defines(module, package_dir=ENGINE_DIR):
+    """Names a module of the engine (or of ``package_dir``) defines; None if there is no such module."""
+    path = os.path.join(package_dir, *module.split("."))
     names = set()
     if os.path.isdir(path):  # a sub-package: its modules and what its __init__ defines
         names.update(f[:-3] for f in os.listdir(path) if f.endswith(".py"))
@@ -399,35 +355,53 @@ def _engine_defines(module):
     return names
 
 
-def check_engine_names_exist(py_path, engine_dir=None):
-    """Every engine name the module imports or uses (``from Lib.x import y``, ``Lib.x.y``) is defined there."""
-    tree = _tree(py_path)
+def check_engine_names_exist(py_files):
+    """Every engine name the module's files import or use (``from Lib.x import y``, ``Lib.x.y``) is defined there;
+    so is every name they import from the module's helper package (``from PatientImplantPlannerModule.x import y``).
+    Each problem ends with the file that has it."""
     problems = []
-    module_aliases = {}  # local name -> engine module
+    for py_path in _files(py_files):
+        module_dir = _module_dir_of(py_path)
+        packages = {ENGINE: os.path.join(module_dir, ENGINE), MODULE_PACKAGE: os.path.join(module_dir, MODULE_PACKAGE)}
+        problems += [f"{p} (in {_short(py_path)})" for p in _package_names_problems(_tree(py_path), packages)]
+    return sorted(set(problems))
+
+
+def _package_names_problems(tree, packages):
+    problems = []
+    module_aliases = {}  # local name -> (package, module)
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == ENGINE:
-            sub = node.module[len(ENGINE) + 1:]
+        root = node.module.split(".")[0] if isinstance(node, ast.ImportFrom) and node.module else None
+        if root in packages and not node.level:
+            sub = node.module[len(root) + 1:]
             for alias in node.names:
                 if not sub:  # from Lib import module
-                    if _engine_defines(alias.name) is None:
-                        problems.append(f"{ENGINE}.{alias.name} does not exist")
-                    module_aliases[alias.asname or alias.name] = alias.name
+                    if _engine_defines(alias.name, packages[root]) is None:
+                        problems.append(f"{root}.{alias.name} does not exist")
+                    module_aliases[alias.asname or alias.name] = (root, alias.name)
                     continue
-                defined = _engine_defines(sub)
+                defined = _engine_defines(sub, packages[root])
                 if defined is None:
                     problems.append(f"{node.module} does not exist")
                 elif alias.name not in defined:
                     problems.append(f"{node.module} has no {alias.name}")
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in module_aliases:
-            defined = _engine_defines(module_aliases[node.value.id]) or set()
-            if node.attr not in defined:
-                problems.append(f"{ENGINE}.{module_aliases[node.value.id]} has no {node.attr}")
-    return sorted(set(problems))
+            root, module = module_aliases[node.value.id]
+            if node.attr not in (_engine_defines(module, packages[root]) or set()):
+                problems.append(f"{root}.{module} has no {node.attr}")
+    return problems
 
 
-def check_slicer_util_names(py_path):
+def check_slicer_util_names(py_files):
     """``slicer.util.X`` names exist (slicer-core ships the same slicer/util.py as the application)."""
+    problems = []
+    for py_path in _files(py_files):
+        problems += [f"{p[:-1]}, {_short(py_path)})" for p in _slicer_util_problems(py_path)]
+    return problems
+
+
+def _slicer_util_problems(py_path):
     import slicer.util
 
     tree = _tree(py_path)
@@ -446,14 +420,39 @@ def check_slicer_util_names(py_path):
     return problems
 
 
-def _class(tree, name):
-    return next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name), None)
+def _top_level(py_files):
+    """({class name: (ClassDef, path)}, {function name: FunctionDef}) defined at the top level of the module's files."""
+    classes, functions = {}, {}
+    for py_path in _files(py_files):
+        for node in _tree(py_path).body:
+            if isinstance(node, ast.ClassDef):
+                classes.setdefault(node.name, (node, py_path))
+            elif isinstance(node, ast.FunctionDef):
+                functions.setdefault(node.name, node)
+    return classes, functions
 
 
-def check_module_structure(py_path):
-    """The scripted-module template's classes, methods and settings are there."""
-    tree = _tree(py_path)
-    source = read_text(py_path)
+def _names_bound(tree):
+    """Names the module's top level defines or imports."""
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
+def check_module_structure(py_files):
+    """The scripted-module template's classes, methods and settings are there. The module class is defined in the
+    module file, which also names (defines or imports) the classes Slicer looks up there; the others may be in the
+    helper package, the widget's panels as mixins defined in the module's files."""
+    py_files = _files(py_files)
+    entry = next((f for f in py_files if os.path.basename(f) == f"{MODULE_NAME}.py"), None)
+    if entry is None:
+        return [f"{MODULE_NAME}.py is not among the files checked"]
+    classes, functions = _top_level(py_files)
+    source = "\n".join(read_text(f) for f in py_files)
     problems = []
     expected = {
         MODULE_NAME: ["ScriptedLoadableModule"],
@@ -461,21 +460,32 @@ def check_module_structure(py_path):
         f"{MODULE_NAME}Logic": ["ScriptedLoadableModuleLogic"],
         f"{MODULE_NAME}Test": ["ScriptedLoadableModuleTest"],
     }
+    visible = _names_bound(_tree(entry))
     for name, bases in expected.items():
-        cls = _class(tree, name)
-        if cls is None:
+        if name not in visible:
+            problems.append(f"{name} is neither defined nor imported in {MODULE_NAME}.py (Slicer looks for it there)")
+        if name not in classes:
             problems.append(f"class {name} is missing")
             continue
-        found = [ast.unparse(b) for b in cls.bases]
-        if found != bases:
+        found = [ast.unparse(b) for b in classes[name][0].bases]
+        if found[:len(bases)] != bases:
             problems.append(f"class {name} derives from {found}, expected {bases}")
-    widget = _class(tree, f"{MODULE_NAME}Widget")
+        problems += [f"class {name} derives from {extra}, which is not a class of the module's files"
+                     for extra in found[len(bases):] if extra not in classes]
+    if MODULE_NAME in classes and classes[MODULE_NAME][1] != entry:
+        problems.append(f"class {MODULE_NAME} is not defined in {MODULE_NAME}.py (its runTest looks up the test there)")
+    parameter_node = parameter_node_class(py_files)
+    if parameter_node is not None and parameter_node.name not in visible:
+        problems.append(f"{parameter_node.name} is neither defined nor imported in {MODULE_NAME}.py")
+    widget = classes.get(f"{MODULE_NAME}Widget", (None,))[0]
     if widget is not None:
-        methods = {n.name for n in widget.body if isinstance(n, ast.FunctionDef)}
+        # The widget's own body and those of its mixins (its bases defined in the module's files).
+        parts = [widget] + [classes[b][0] for b in map(ast.unparse, widget.bases) if b in classes]
+        methods = {n.name for part in parts for n in part.body if isinstance(n, ast.FunctionDef)}
         problems += [f"{MODULE_NAME}Widget.{m}() is missing" for m in WIDGET_METHODS if m not in methods]
-        if "connectGui" not in ast.unparse(widget):
+        if not any("connectGui" in ast.unparse(part) for part in parts):
             problems.append("the widget does not bind the GUI with connectGui")
-    test = _class(tree, f"{MODULE_NAME}Test")
+    test = classes.get(f"{MODULE_NAME}Test", (None,))[0]
     if test is not None:
         methods = {n.name for n in test.body if isinstance(n, ast.FunctionDef)}
         run = next((n for n in test.body if isinstance(n, ast.FunctionDef) and n.name == "runTest"), None)
@@ -485,7 +495,7 @@ def check_module_structure(py_path):
         if not tests:
             problems.append("the self-test class has no test_ methods")
         problems += [f"runTest() does not call {m}()" for m in sorted(tests - called)]
-    module = _class(tree, MODULE_NAME)
+    module = classes.get(MODULE_NAME, (None,))[0]
     if module is not None:
         text = ast.unparse(module)
         if "'Patient Implant Planner'" not in text:
@@ -497,7 +507,6 @@ def check_module_structure(py_path):
                 problems.append(f"parent.{attr} is not set")
         if "registerSampleData" not in text:
             problems.append("the module does not register its sample data at startup")
-    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
     for name in ("registerSampleData", "ensureDependencies"):
         if name not in functions:
             problems.append(f"function {name}() is missing")
@@ -516,164 +525,24 @@ def check_module_structure(py_path):
     return problems
 
 
-def check_resources_referenced_exist(py_path, module_dir):
-    """Icons and .ui files named in the module exist under Resources/."""
+def check_resources_referenced_exist(py_files, module_dir):
+    """Icons and .ui files named in the module's files exist under Resources/."""
     present = set()
     for _dirpath, _, files in os.walk(os.path.join(module_dir, "Resources")):
         present.update(files)
     problems = []
-    for node in ast.walk(_tree(py_path)):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            text = node.value
-            if re.fullmatch(r"[\w./-]+\.(png|ui)", text):
-                if os.path.basename(text) not in present and "Resources" not in text:
-                    problems.append(f"{text!r} is referenced but no such file is under Resources/")
-    # resourcePath("UI/x.ui") style
-    for m in re.finditer(r"resourcePath\(\s*[\"']([^\"']+)[\"']", read_text(py_path)):
-        if not os.path.isfile(os.path.join(module_dir, "Resources", m.group(1))):
-            problems.append(f"resourcePath({m.group(1)!r}) does not exist")
-    return problems
-
-
-# ----------------------------------------------------------------------------------------------------- CMakeLists
-
-
-def _strip_cmake_comments(text):
-    return "\n".join(line.split("#", 1)[0] for line in text.splitlines())
-
-
-def cmake_sets(text):
-    """{variable: [values]} of every set(VAR values...) (quotes removed)."""
-    out = {}
-    for m in re.finditer(r"\bset\(\s*(\w+)\s+(.*?)\)", _strip_cmake_comments(text), re.S):
-        values = re.findall(r'"([^"]*)"|(\S+)', m.group(2))
-        out[m.group(1)] = [a or b for a, b in values]
-    return out
-
-
-def module_listed_files(cmake_path):
-    """Files listed in MODULE_PYTHON_SCRIPTS and MODULE_PYTHON_RESOURCES, with ${MODULE_NAME} expanded."""
-    sets = cmake_sets(read_text(cmake_path))
-    name = (sets.get("MODULE_NAME") or [""])[0]
-    listed = {}
-    for var in ("MODULE_PYTHON_SCRIPTS", "MODULE_PYTHON_RESOURCES"):
-        listed[var] = [v.replace("${MODULE_NAME}", name) for v in sets.get(var, [])]
-    return name, listed
-
-
-def module_files_on_disk(module_dir):
-    """(.py files anywhere in the module folder, every file under Resources/), relative, '/'-separated."""
-    scripts, resources = set(), set()
-    for dirpath, dirnames, files in os.walk(module_dir):
-        dirnames[:] = [d for d in dirnames if d not in IGNORED_DIRS and not d.endswith(IGNORED_DIR_SUFFIXES)]
-        for f in files:
-            rel = os.path.relpath(os.path.join(dirpath, f), module_dir).replace(os.sep, "/")
-            if rel.startswith("Resources/"):
-                resources.add(rel)
-            elif f.endswith(".py"):
-                scripts.add(rel)
-    return scripts, resources
-
-
-def check_module_cmake(cmake_path, module_dir):
-    text = _strip_cmake_comments(read_text(cmake_path))
-    name, listed = module_listed_files(cmake_path)
-    problems = []
-    if name != MODULE_NAME:
-        problems.append(f"MODULE_NAME is {name!r}, expected {MODULE_NAME!r}")
-    scripts, resources = module_files_on_disk(module_dir)
-    for var, on_disk in (("MODULE_PYTHON_SCRIPTS", scripts), ("MODULE_PYTHON_RESOURCES", resources)):
-        in_list = listed[var]
-        problems += [f"{f} is not listed in {var}" for f in sorted(on_disk - set(in_list))]
-        problems += [f"{f} is listed in {var} but does not exist" for f in sorted(set(in_list) - on_disk)]
-        problems += [f"{f} is listed twice in {var}" for f in sorted({f for f in in_list if in_list.count(f) > 1})]
-    macro = re.search(r"slicerMacroBuildScriptedModule\((.*?)\)", text, re.S)
-    if not macro:
-        problems.append("slicerMacroBuildScriptedModule(...) is missing")
-    else:
-        args = macro.group(1).split()
-        for keyword, value in (("NAME", "${MODULE_NAME}"), ("SCRIPTS", "${MODULE_PYTHON_SCRIPTS}"),
-                               ("RESOURCES", "${MODULE_PYTHON_RESOURCES}")):
-            if keyword not in args or args[args.index(keyword) + 1] != value:
-                problems.append(f"slicerMacroBuildScriptedModule has no {keyword} {value}")
-        if "WITH_GENERIC_TESTS" not in args:
-            problems.append("slicerMacroBuildScriptedModule has no WITH_GENERIC_TESTS")
-    if not re.search(r"if\(BUILD_TESTING\).*slicer_add_python_unittest\(\s*SCRIPT\s+\$\{MODULE_NAME\}\.py\s*\)",
-                     text, re.S):
-        problems.append("slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py) is missing from the testing block")
-    return problems
-
-
-def check_top_cmake(cmake_path):
-    text = read_text(cmake_path)
-    code = _strip_cmake_comments(text)
-    sets = cmake_sets(text)
-    problems = []
-    for field in EXTENSION_FIELDS:
-        if not "".join(sets.get(field, [])).strip():
-            problems.append(f"{field} is not set")
-    if sets.get("EXTENSION_CATEGORY") != ["Planning"]:
-        problems.append(f"EXTENSION_CATEGORY is {sets.get('EXTENSION_CATEGORY')}, expected Planning")
-    if sets.get("EXTENSION_DEPENDS") != ["NA"]:
-        problems.append("EXTENSION_DEPENDS must be NA (no extension dependencies)")
-    for field in ("EXTENSION_HOMEPAGE", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
-        if not all(v.startswith("https://") for v in sets.get(field, [""])):
-            problems.append(f"{field} must be https URLs")
-    steps = [
-        rf"project\(\s*{MODULE_NAME}\s*\)",
-        r"find_package\(\s*Slicer\s+REQUIRED\s*\)",
-        r"include\(\s*\$\{Slicer_USE_FILE\}\s*\)",
-        rf"add_subdirectory\(\s*{MODULE_NAME}\s*\)",
-        r"include\(\s*\$\{Slicer_EXTENSION_GENERATE_CONFIG\}\s*\)",
-        r"include\(\s*\$\{Slicer_EXTENSION_CPACK\}\s*\)",
-    ]
-    last = -1
-    for step in steps:
-        m = re.search(step, code)
-        if not m:
-            problems.append(f"missing: {step}")
-        elif m.start() < last:
-            problems.append(f"out of order (Slicer's extension template order): {step}")
-        else:
-            last = m.start()
-    return problems
-
-
-def check_extension_json(json_path, top_cmake):
-    try:
-        with open(json_path, encoding="utf-8") as f:
-            entry = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        return [f"{json_path} does not parse: {e}"]
-    problems = []
-    if not isinstance(entry, dict):
-        return ["the extension description must be a JSON object"]
-    problems += [f"required key {k!r} is missing" for k in sorted(CATALOG_REQUIRED - set(entry))]
-    problems += [f"key {k!r} is not in the catalog entry schema" for k in sorted(set(entry) - CATALOG_KEYS)]
-    if not re.search(r"slicer-extension-catalog-entry-schema-v1\.0\.\d+\.json#?$", str(entry.get("$schema", ""))):
-        problems.append("$schema is not a Slicer extension catalog entry schema URL")
-    if entry.get("category") != "Planning":
-        problems.append(f"category is {entry.get('category')!r}, expected 'Planning'")
-    if entry.get("build_dependencies", []) != []:
-        problems.append("build_dependencies must be [] (EXTENSION_DEPENDS is NA)")
-    homepage = (cmake_sets(read_text(top_cmake)).get("EXTENSION_HOMEPAGE") or [""])[0]
-    if str(entry.get("scm_url", "")).removesuffix(".git") != homepage:
-        problems.append(f"scm_url {entry.get('scm_url')!r} is not the EXTENSION_HOMEPAGE repository {homepage!r}")
-    for key, allowed in CATALOG_SCHEMA.items():
-        if key not in entry:
-            continue
-        value = entry[key]
-        if isinstance(allowed, tuple):
-            if value not in allowed or isinstance(value, bool):
-                problems.append(f"{key} is {value!r}, the schema allows {list(allowed)}")
-        elif not isinstance(value, allowed) or (allowed is list and not all(isinstance(v, str) for v in value)):
-            problems.append(f"{key} is {value!r}, the schema wants a {allowed.__name__}")
-    # The index's own checks beyond the schema (ExtensionsIndex scripts/check_description_files.py).
-    url = str(entry.get("scm_url", ""))
-    if not url.startswith(("https://", "git://")):
-        problems.append(f"scm_url {url!r} is not an https:// or git:// URL")
-    if "slicer" not in url.rstrip("/").rsplit("/", 1)[-1].lower():
-        problems.append(f"the repository name of {url!r} does not contain 'Slicer'")
+    for py_path in _files(py_files):
+        for node in ast.walk(_tree(py_path)):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                text = node.value
+                if re.fullmatch(r"[\w./-]+\.(png|ui)", text):
+                    if os.path.basename(text) not in present and "Resources" not in text:
+                        problems.append(f"{text!r} is referenced in {_short(py_path)} but no such file is under "
+                                        "Resources/")
+        # resourcePath("UI/x.ui") style
+        for m in re.finditer(r"resourcePath\(\s*[\"']([^\"']+)[\"']", read_text(py_path)):
+            if not os.path.isfile(os.path.join(module_dir, "Resources", m.group(1))):
+                problems.append(f"resourcePath({m.group(1)!r}) in {_short(py_path)} does not exist")
     return problems
 
 
@@ -762,7 +631,7 @@ def check_engine_is_qt_free(engine_dir):
 
 def broken_copy(tmp_path):
     """A copy of the module folder, both CMakeLists, the JSON, LICENSE, README and its screenshot; returns paths to
-    edit."""
+    edit (the module file ``py``, its helper package's files ``helpers.<name>``) and ``files`` to check."""
     module_dir = tmp_path / MODULE_NAME
     shutil.copytree(MODULE_DIR, module_dir, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy(TOP_CMAKE, tmp_path / "CMakeLists.txt")
@@ -771,10 +640,15 @@ def broken_copy(tmp_path):
     shutil.copy(README, tmp_path / "README.md")
     os.makedirs(tmp_path / "docs")
     shutil.copy(SCREENSHOT, tmp_path / "docs" / os.path.basename(SCREENSHOT))
+    files = module_files(str(module_dir))
     return types.SimpleNamespace(
         root=tmp_path,
         module_dir=str(module_dir),
         py=str(module_dir / f"{MODULE_NAME}.py"),
+        # Every module file (what the module guards scan), and the helper package's files by name: helpers.widget, ...
+        files=files,
+        helpers=types.SimpleNamespace(**{os.path.basename(f)[:-3]: f for f in files[1:]
+                                     if not os.path.basename(f).startswith("__")}),
         ui=str(module_dir / "Resources" / "UI" / f"{MODULE_NAME}.ui"),
         icon=str(module_dir / "Resources" / "Icons" / f"{MODULE_NAME}.png"),
         cmake=str(module_dir / "CMakeLists.txt"),

@@ -1,6 +1,7 @@
 """Stand-ins for the GUI-only packages the Slicer module imports (qt, ctk, ScriptedLoadableModule,
-parameterNodeWrapper, SampleData: the real ones need the Slicer application), so that the module file can be
-imported and its logic, widget handlers and self-test run on the headless Slicer core (test_slicer_module_widget.py).
+parameterNodeWrapper, SampleData: the real ones need the Slicer application), so that the module file and its helper
+package can be imported and its logic, widget handlers and self-test run on the headless Slicer core
+(test_slicer_module_widget.py).
 """
 
 import hashlib
@@ -10,7 +11,7 @@ import sys
 import types
 import unittest
 
-from slicer_module_checks import MODULE_PY
+from slicer_module_checks import MODULE_DIR, MODULE_PACKAGE, MODULE_PY
 
 
 def stand_in_modules(tmp_path, ctx):
@@ -159,7 +160,10 @@ def stand_in_modules(tmp_path, ctx):
 
 
 def import_module_under_test(ctx, tmp_path, monkeypatch):
-    """The module file imported against the headless core with the stand-ins; the engine context is ``ctx``."""
+    """The module file imported against the headless core with the stand-ins; the engine context is ``ctx``.
+
+    Its helper package is imported from the module folder, as Slicer does (it puts that folder on sys.path), and
+    afresh for each test: modules imported for an earlier test hold that test's stand-ins."""
     import slicer
 
     import PatientImplantPlannerLib.scene.context as context
@@ -169,6 +173,9 @@ def import_module_under_test(ctx, tmp_path, monkeypatch):
         monkeypatch.setitem(sys.modules, name, mod)
     monkeypatch.setattr(slicer, "app", app, raising=False)
     monkeypatch.setattr(context, "context_from_slicer", lambda: ctx)
+    monkeypatch.syspath_prepend(MODULE_DIR)
+    for name in [n for n in sys.modules if n == MODULE_PACKAGE or n.startswith(MODULE_PACKAGE + ".")]:
+        monkeypatch.delitem(sys.modules, name)
     spec = importlib.util.spec_from_file_location("PatientImplantPlannerUnderTest", MODULE_PY)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -1,5 +1,6 @@
 """The engine's shape: stage sub-packages, MRML only in scene/, an import graph without cycles, imports at the top,
-files a reader can hold in their head."""
+files a reader can hold in their head (that last rule also for the Slicer module's own files, the tests and their
+helpers, and the benchmarks)."""
 
 import ast
 import os
@@ -7,7 +8,9 @@ import os
 import pytest
 
 ENGINE = "PatientImplantPlannerLib"
-ENGINE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "PatientImplantPlanner", ENGINE)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODULE_DIR = os.path.join(ROOT, "PatientImplantPlanner")
+ENGINE_DIR = os.path.join(MODULE_DIR, ENGINE)
 MAX_LINES = 700
 # Imports that must stay inside a function, each with its measured reason.
 DEFERRED_IMPORTS = {
@@ -125,6 +128,34 @@ def test_engine_imports_are_at_the_top():
 
 @pytest.mark.parametrize("rel, path", list(engine_files()), ids=lambda v: v if v.endswith(".py") else "")
 def test_files_stay_readable(rel, path):
+    with open(path, encoding="utf-8") as f:
+        assert sum(1 for _ in f) <= MAX_LINES, f"{rel}: split it by what its parts do"
+
+
+def other_python_files():
+    """(path relative to the repository, path) of every Python file outside the engine: the Slicer module's files
+    (the module file and its helper package), Testing/ (tests and their helpers) and bench/."""
+    skip = {"__pycache__", ENGINE}
+    for top in (MODULE_DIR, os.path.join(ROOT, "Testing"), os.path.join(ROOT, "bench")):
+        for dirpath, dirnames, files in os.walk(top):
+            dirnames[:] = sorted(d for d in dirnames if d not in skip and not d.endswith(".egg-info"))
+            for f in sorted(files):
+                if f.endswith(".py"):
+                    path = os.path.join(dirpath, f)
+                    yield os.path.relpath(path, ROOT).replace(os.sep, "/"), path
+
+
+def test_the_line_rule_sees_the_module_and_test_files():
+    rels = {rel for rel, _ in other_python_files()}
+    expected = {"PatientImplantPlanner/PatientImplantPlanner.py",
+                "PatientImplantPlanner/PatientImplantPlannerModule/logic.py",
+                "Testing/slicer_module_checks.py", "Testing/test_engine_structure.py", "bench/run_benchmarks.py"}
+    assert expected <= rels
+    assert not any(rel.startswith(f"PatientImplantPlanner/{ENGINE}/") for rel in rels)
+
+
+@pytest.mark.parametrize("rel, path", list(other_python_files()), ids=lambda v: v if v.endswith(".py") else "")
+def test_module_test_and_bench_files_stay_readable(rel, path):
     with open(path, encoding="utf-8") as f:
         assert sum(1 for _ in f) <= MAX_LINES, f"{rel}: split it by what its parts do"
 

@@ -9,23 +9,26 @@ import os
 import re
 
 import pytest
+from extension_checks import (
+    check_extension_json,
+    check_module_cmake,
+    check_top_cmake,
+    cmake_sets,
+    module_files_on_disk,
+)
 from slicer_module_checks import (
     ENGINE,
     EXTENSION_JSON,
     MODULE_CMAKE,
     MODULE_DIR,
     MODULE_NAME,
+    MODULE_PACKAGE,
     MODULE_PY,
     README,
     ROOT,
     TOP_CMAKE,
     broken_copy,
-    check_extension_json,
-    check_module_cmake,
-    check_top_cmake,
-    cmake_sets,
     edit,
-    module_files_on_disk,
     read_text,
 )
 
@@ -99,6 +102,7 @@ def check_readme(readme, top_cmake, module_py):
 def test_every_module_file_is_listed_in_cmake():
     scripts, resources = module_files_on_disk(MODULE_DIR)
     assert f"{MODULE_NAME}.py" in scripts and f"{ENGINE}/__init__.py" in scripts
+    assert f"{MODULE_PACKAGE}/widget.py" in scripts
     assert f"Resources/UI/{MODULE_NAME}.ui" in resources
     assert check_module_cmake(MODULE_CMAKE, MODULE_DIR) == []
 
@@ -144,7 +148,10 @@ def test_guard_fails_on_unlisted_or_missing_files(broken):
     with open(os.path.join(broken.module_dir, "Resources", "Icons", "extra.png"), "wb") as f:
         f.write(b"")
     os.remove(os.path.join(broken.module_dir, ENGINE, "core", "errors.py"))
+    with open(os.path.join(broken.module_dir, MODULE_PACKAGE, "newpanel.py"), "w") as f:
+        f.write("")
     problems = check_module_cmake(broken.cmake, broken.module_dir)
+    assert f"{MODULE_PACKAGE}/newpanel.py is not listed in MODULE_PYTHON_SCRIPTS" in problems
     assert f"{ENGINE}/newfeature.py is not listed in MODULE_PYTHON_SCRIPTS" in problems
     assert "Resources/Icons/extra.png is not listed in MODULE_PYTHON_RESOURCES" in problems
     assert f"{ENGINE}/core/errors.py is listed in MODULE_PYTHON_SCRIPTS but does not exist" in problems

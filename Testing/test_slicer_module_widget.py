@@ -9,8 +9,9 @@ import types
 
 import pytest
 from recordcheck import check_exported_record, segment_volume_ml
-from slicer_module_checks import UI_FILE, ui_combo_items
+from slicer_module_checks import UI_FILE
 from slicer_stand_ins import import_module_under_test, widget_under_test
+from ui_checks import ui_combo_items
 
 
 @pytest.fixture
