@@ -121,6 +121,7 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
             offset_anterior_mm=float(p.offsetAnteriorMm),
             offset_lateral_mm=float(p.offsetLateralMm),
             footplate_fraction=float(p.footplateFraction),
+            footplate_lateral_fraction=float(p.footplateLateralFraction),
             footplate_thickness_mm=float(p.footplateThicknessMm),
             porous_layer_mm=float(p.porousLayerMm),
         )

@@ -111,7 +111,7 @@ class PatientImplantPlannerParameterNode:
 
     Implant (engine ImplantParameters; ranges as its validate()):
     implantProfile, diameterMm, widthMm, depthMm, cornerRadiusMm, plateCurvatureRadiusMm, offsetAnteriorMm,
-    offsetLateralMm, footplateFraction, footplateThicknessMm, porousLayerMm.
+    offsetLateralMm, footplateFraction, footplateLateralFraction, footplateThicknessMm, porousLayerMm.
 
     Screws (engine ScrewParameters): screwType (SCREW_CATALOGUE key), screwsPerEnd, holeClearanceMm, safetyMarginMm,
     convergenceDeg.
@@ -172,6 +172,7 @@ class PatientImplantPlannerParameterNode:
     offsetAnteriorMm: Annotated[float, WithinRange(-50, 50)] = 0.0
     offsetLateralMm: Annotated[float, WithinRange(-50, 50)] = 0.0
     footplateFraction: Annotated[float, WithinRange(0.1, 1)] = 0.7
+    footplateLateralFraction: Annotated[float, WithinRange(0, 1)] = 0.0  # 0: as footplateFraction
     footplateThicknessMm: Annotated[float, WithinRange(0.5, 20)] = 3.0
     porousLayerMm: Annotated[float, WithinRange(0, 20)] = 1.5
 

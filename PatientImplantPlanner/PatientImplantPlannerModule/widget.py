@@ -272,8 +272,8 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             return None
         return (p.placement, p.implantProfile, p.diameterMm, p.widthMm, p.depthMm, p.cornerRadiusMm,
                 p.plateCurvatureRadiusMm, p.offsetAnteriorMm, p.offsetLateralMm, p.footplateFraction,
-                p.footplateThicknessMm, p.porousLayerMm, p.screwType, p.screwsPerEnd, p.holeClearanceMm,
-                p.safetyMarginMm, p.convergenceDeg, p.variantsMm.strip(), p.keepOutClearanceMm,
+                p.footplateLateralFraction, p.footplateThicknessMm, p.porousLayerMm, p.screwType, p.screwsPerEnd,
+                p.holeClearanceMm, p.safetyMarginMm, p.convergenceDeg, p.variantsMm.strip(), p.keepOutClearanceMm,
                 p.acceptedRisks.strip(), p.keepOutSegmentation)
 
     def onDesignImplantButton(self) -> None:
