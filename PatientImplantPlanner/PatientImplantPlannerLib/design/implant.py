@@ -312,8 +312,10 @@ def build_implant(
         raise PlanError(
             f"The gap between the endplates is only {length:.1f} mm along the axis, too short for two "
             f"{t:.1f} mm footplates and a strut.",
-            "Check the endplates (they should bound the defect) or set implant.footplate_thickness_mm to at "
-            f"most {max(np.floor((length - 1.0) / 2 * 10) / 10, 0.5):.1f} mm.",
+            "Check the endplates (they should bound the defect), dock one level further (proximal_level / "
+            "distal_level: a strut replaces at least one vertebral body, adjacent levels leave only the disc) or "
+            "set implant.footplate_thickness_mm to at most "
+            f"{max(np.floor((length - 1.0) / 2 * 10) / 10, 0.5):.1f} mm.",
         )
     # Offset the centre line in the twist-free frame, then re-clip it to the contact planes.
     axis_frames = path_frames(axis, proximal, distal_v)
