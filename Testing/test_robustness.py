@@ -40,7 +40,8 @@ def test_most_random_plans_succeed_and_refusals_name_real_fixes():
     reasons = collections.Counter(o.reason for o in refused)
     print(f"strut plans {planned} of {len(struts)}; refused: "
           f"{[(o.case.seed, o.reason) for o in struts if o.status != 'plan']}; adjacent-level requests "
-          f"{sum(o.case.disc_only for o in outcomes)}, planned {sum(o.case.disc_only and o.status == 'plan' for o in outcomes)}")
+          f"{sum(o.case.disc_only for o in outcomes)}, planned "
+          f"{sum(o.case.disc_only and o.status == 'plan' for o in outcomes)}")
     assert len(struts) >= 25
     assert planned >= TARGET * len(struts), (planned, len(struts), reasons)
     for o in outcomes:
