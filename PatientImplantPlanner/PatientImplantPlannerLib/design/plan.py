@@ -319,6 +319,34 @@ def _blocked_drill_lines(trajectories, access, screw_params: ScrewParameters) ->
     return out
 
 
+DRILL_BONE_WARN_MM = 2.0  # drill lines crossing more bone than this get a warning
+
+
+def _drill_lines_through_bone(trajectories, all_bone, ijk_to_ras, start_mm: float = 1.0) -> dict:
+    """{screw name: mm of bone (all bone of the CT, as the interference check sees it) along the line the drill and
+    driver come in along: DRIVER_REACH_MM outward from ``start_mm`` past the screw head}. The layout only keeps that
+    line clear of the implant; an intact body beside the gap (a strut placed against the bodies) can lie across it."""
+    if not trajectories:
+        return {}
+    step = 0.5
+    s = np.arange(start_mm, DRIVER_REACH_MM + 1e-9, step)
+    lines = np.stack([tr.entry[None, :] - s[:, None] * tr.direction[None, :] for tr in trajectories])
+    inv = np.linalg.inv(ijk_to_ras)
+    ijk = np.rint(lines.reshape(-1, 3) @ inv[:3, :3].T + inv[:3, 3]).astype(int)
+    shape = np.array(all_bone.shape[::-1])
+    inside = np.all((ijk >= 0) & (ijk < shape), axis=1)
+    if not inside.any():
+        return {tr.name: 0.0 for tr in trajectories}
+    lo, hi = ijk[inside].min(axis=0), ijk[inside].max(axis=0) + 1
+    box = (slice(lo[2], hi[2]), slice(lo[1], hi[1]), slice(lo[0], hi[0]))
+    bone = all_bone(box)
+    hit = np.zeros(len(ijk), dtype=bool)
+    k = ijk[inside] - lo
+    hit[inside] = bone[k[:, 2], k[:, 1], k[:, 0]]
+    hit = hit.reshape(len(trajectories), len(s))
+    return {tr.name: float(h.sum() * step) for tr, h in zip(trajectories, hit)}
+
+
 def safety_findings(plan: Plan, measured: dict, screw_plans, keep_out, blocked_lines=()) -> tuple:
     """(safety dict for the measurements / manifest, [(id, message)] findings that block export unless accepted).
     ``blocked_lines`` [(screw name, part, margin)]: screws the drill and driver cannot reach with the implant in
@@ -482,6 +510,17 @@ def design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress=None, l
     m["interference_mm3"] = _strut_interference_mm3(
         nominal.mesh, proximal, distal, all_bone, ijk_to_ras, keep_mm=implant_params.footplate_thickness_mm + 1.0
     )
+    m["drill_line_bone_mm"] = _drill_lines_through_bone(trajectories, all_bone, ijk_to_ras)
+    crossing = {k: v for k, v in m["drill_line_bone_mm"].items() if v > DRILL_BONE_WARN_MM}
+    if crossing:
+        worst = max(crossing, key=crossing.get)
+        warnings.append(
+            f"The drill and driver line of {len(crossing)} screw(s) crosses bone as the CT shows it ({worst}: "
+            f"{crossing[worst]:.0f} mm within {DRIVER_REACH_MM:.0f} mm of the screw head): unless that bone is "
+            "resected (the vertebral body between the docking levels, in a corpectomy), the drill cannot come in as "
+            "planned. Check the approach, or place the screws by hand (edit the screw lines) so the drill comes in "
+            "past it."
+        )
     m["placement"] = plan.placement
     m["placement_detail"] = placement.as_dict() if placement is not None else {"angle_deg": None, "how": "axis"}
     m["strut_offset_anterior_mm"] = implant_params.offset_anterior_mm
