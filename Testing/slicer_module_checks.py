@@ -58,7 +58,7 @@ SLICER_IN_FUNCTIONS = SLICER_TOP_LEVEL | {"SampleData", "numpy", "scipy", "Simpl
 # Light engine modules (standard library only) the module may import at load time.
 ENGINE_TOP_LEVEL = {f"{ENGINE}.core.errors", f"{ENGINE}.scene.planeditor"}
 # Installed on first use by ensureDependencies() only (import names).
-FIRST_USE_PACKAGES = {"manifold3d", "fpdf"}
+FIRST_USE_PACKAGES = {"manifold3d"}
 
 WIDGET_METHODS = ("setup", "cleanup", "enter", "exit", "onSceneStartClose", "onSceneEndClose",
                   "initializeParameterNode", "setParameterNode")

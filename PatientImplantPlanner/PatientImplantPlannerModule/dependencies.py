@@ -6,9 +6,9 @@ import slicer
 from slicer.i18n import tr as _
 
 # Python packages the engine needs that Slicer does not bundle (numpy, scipy, SimpleITK, VTK and Pillow are
-# bundled), by import name: manifold3d for exact mesh booleans, fpdf2 for the PDF design record.
-REQUIRED_PACKAGES = {"manifold3d": "manifold3d>=3.0", "fpdf": "fpdf2>=2.7", "skfem": "scikit-fem>=10",
-                     "wildmeshing": "wildmeshing>=0.4", "pyamg": "pyamg>=5"}
+# bundled), by import name: manifold3d for exact mesh booleans, the rest for the finite-element check.
+REQUIRED_PACKAGES = {"manifold3d": "manifold3d>=3.0", "skfem": "scikit-fem>=10", "wildmeshing": "wildmeshing>=0.4",
+                     "pyamg": "pyamg>=5"}
 
 
 #
@@ -31,9 +31,8 @@ def ensureDependencies() -> bool:
         return False
     text = _(
         "Patient Implant Planner needs the Python package(s) {packages}: manifold3d for exact mesh operations "
-        "(Apache-2.0), fpdf2 for the PDF design record (LGPL-3.0), and scikit-fem (BSD-3), wildmeshing (fTetWild, "
-        "MPL-2.0) and pyamg (MIT) for the finite-element strength check; about 30 MB, downloaded from the Python "
-        "Package Index.\n\n"
+        "(Apache-2.0), and scikit-fem (BSD-3), wildmeshing (fTetWild, MPL-2.0) and pyamg (MIT) for the finite-element "
+        "strength check; about 30 MB, downloaded from the Python Package Index.\n\n"
         "Install now? Slicer may be unresponsive for up to a minute."
     ).format(packages=", ".join(missing))
     if not slicer.util.confirmOkCancelDisplay(text, windowTitle=_("Install Python packages")):

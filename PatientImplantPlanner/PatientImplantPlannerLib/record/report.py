@@ -5,7 +5,7 @@ one document model (sections of paragraphs, key-value tables, tables and picture
 the PDF always say the same thing. Every value comes from the record; a missing one is written "n/a". Statuses in
 the risk checklist are derived from the record by explicit rules (checklist.py), never assumed; the sections are in
 sections.py, the formatting and reference numbers in values.py.
-The PDF uses fpdf2 (pure Python) with its built-in Helvetica, so text is reduced to Latin-1.
+The PDF is drawn by pdfreport.py with the project's own PDF writer (pdfwriter.py).
 """
 
 import base64
@@ -16,6 +16,7 @@ import os
 from ..core.errors import OutputExistsError
 from ..core.mesh import atomic_write_bytes
 from .designrecord import DesignRecord
+from .pdfreport import render_pdf
 from .sections import TITLE, Document, _meta_rows, build_document
 from .values import (
     ATTENTION,
@@ -112,165 +113,6 @@ def _html(doc: Document, record: dict) -> str:
     return "\n".join(out)
 
 
-# ---- PDF -----------------------------------------------------------------------------------------------------
-
-_LATIN1 = {
-    "\u2013": "-",
-    "\u2014": "-",
-    "\u2265": ">=",
-    "\u2264": "<=",
-    "\u2192": "->",
-    "\u2248": "~",
-    "\u2026": "...",
-    "\u2018": "'",
-    "\u2019": "'",
-    "\u201c": '"',
-    "\u201d": '"',
-    "\u2212": "-",
-}
-
-
-def _latin1(text: str) -> str:
-    """Helvetica in PDF covers Latin-1 only: map common symbols, replace the rest with '?'."""
-    s = str(text)
-    for a, b in _LATIN1.items():
-        s = s.replace(a, b)
-    return s.encode("latin-1", "replace").decode("latin-1")
-
-
-_PDF_STATUS_FILL = {OK: (223, 240, 216), ATTENTION: (252, 240, 207), TODO: (248, 215, 218)}
-
-
-def _pdf(doc: Document, record: dict) -> bytes:
-    from fpdf import FPDF
-    from fpdf.fonts import FontFace
-
-    case = _latin1(fmt(record.get("case_id")))
-
-    class _Report(FPDF):
-        def header(self):
-            self.set_font("Helvetica", "", 8)
-            self.set_text_color(110)
-            self.cell(0, 5, _latin1(f"{TITLE} - case {case}"), align="L")
-            self.ln(7)
-            self.set_text_color(0)
-
-        def footer(self):
-            self.set_y(-12)
-            self.set_font("Helvetica", "", 8)
-            self.set_text_color(110)
-            self.cell(0, 5, f"Page {self.page_no()}/{{nb}}", align="R")
-            self.set_text_color(0)
-
-    pdf = _Report(orientation="P", unit="mm", format="A4")
-    pdf.set_title(_latin1(f"{TITLE} - {case}"))
-    pdf.set_creator("PatientImplantPlanner")
-    pdf.set_auto_page_break(True, margin=16)
-    pdf.set_margins(18, 14, 18)
-    pdf.add_page()
-    width = pdf.epw
-    heading = FontFace(emphasis="BOLD", fill_color=(238, 241, 244))
-
-    def table(headers, rows, widths, status_col=None, mono=(), size=8.0):
-        pdf.set_font("Helvetica", "", size)
-        with pdf.table(
-            col_widths=tuple(widths),
-            headings_style=heading,
-            line_height=1.25 * size * 0.3528 + 1.0,
-            text_align="LEFT",
-            borders_layout="ALL",
-            padding=1.2,
-            first_row_as_headings=bool(headers),
-        ) as t:
-            if headers:
-                hr = t.row()
-                for h in headers:
-                    hr.cell(_latin1(h))
-            for row in rows:
-                tr = t.row()
-                for i, c in enumerate(row):
-                    if i == status_col:
-                        tr.cell(_latin1(c), style=FontFace(emphasis="BOLD", fill_color=_PDF_STATUS_FILL.get(c)))
-                    elif i in mono:
-                        tr.cell(_latin1(c), style=FontFace(family="Courier", size_pt=size - 1))
-                    else:
-                        tr.cell(_latin1(c))
-        pdf.ln(2)
-
-    pdf.set_font("Helvetica", "B", 16)
-    pdf.multi_cell(0, 8, _latin1(TITLE), new_x="LMARGIN", new_y="NEXT")
-    pdf.ln(2)
-    table([], [list(r) for r in _meta_rows(record)], [30, 70], size=9)
-
-    def image_size(path):
-        from PIL import Image
-
-        with Image.open(path) as im:
-            w_px, h_px = im.size
-        w = min(width, 150.0)
-        h = w * h_px / w_px
-        if h > 120.0:  # tall slices: limit the height, keep the aspect
-            h, w = 120.0, 120.0 * w_px / h_px
-        return w, h
-
-    def first_part_height(i):
-        """Height (mm) of what must stay on the page with a heading: the start of the next block."""
-        if i >= len(doc.blocks):
-            return 0.0
-        nxt = doc.blocks[i]
-        if nxt[0] == "image" and nxt[1]:
-            return image_size(nxt[1])[1] + 12
-        if nxt[0] == "sub":
-            return 10 + first_part_height(i + 1)
-        return 25.0 if nxt[0] == "table" else 15.0
-
-    for index, block in enumerate(doc.blocks):
-        kind = block[0]
-        if kind == "section":
-            if pdf.get_y() + 14 + first_part_height(index + 1) > pdf.h - pdf.b_margin:  # no orphan headings
-                pdf.add_page()
-            pdf.ln(3)
-            pdf.set_font("Helvetica", "B", 13)
-            pdf.set_text_color(34, 51, 68)
-            pdf.multi_cell(0, 7, _latin1(f"{block[1]}. {block[2]}"), new_x="LMARGIN", new_y="NEXT")
-            pdf.set_draw_color(180)
-            pdf.line(pdf.l_margin, pdf.get_y(), pdf.l_margin + width, pdf.get_y())
-            pdf.set_draw_color(0)
-            pdf.set_text_color(0)
-            pdf.ln(2)
-        elif kind == "sub":
-            if pdf.get_y() + 8 + first_part_height(index + 1) > pdf.h - pdf.b_margin:
-                pdf.add_page()
-            pdf.set_font("Helvetica", "B", 10.5)
-            pdf.multi_cell(0, 6, _latin1(block[1]), new_x="LMARGIN", new_y="NEXT")
-        elif kind == "para":
-            pdf.set_font("Helvetica", "", 9.5)
-            pdf.multi_cell(0, 4.8, _latin1(block[1]), new_x="LMARGIN", new_y="NEXT")
-            pdf.ln(1.5)
-        elif kind == "bullets":
-            pdf.set_font("Helvetica", "", 9.5)
-            for item in block[1]:
-                pdf.multi_cell(0, 4.8, _latin1("- " + item), new_x="LMARGIN", new_y="NEXT")
-            pdf.ln(1.5)
-        elif kind == "table":
-            _, headers, rows, widths, status_col, mono = block
-            table(headers, rows, widths, status_col, mono)
-        elif kind == "image":
-            _, path, caption = block
-            if not path:
-                pdf.set_font("Helvetica", "I", 9)
-                pdf.multi_cell(0, 5, _latin1(f"{caption}: n/a (image missing)."), new_x="LMARGIN", new_y="NEXT")
-                continue
-            w, h = image_size(path)
-            if pdf.get_y() + h + 12 > pdf.h - pdf.b_margin:
-                pdf.add_page()
-            pdf.image(path, x=pdf.l_margin + (width - w) / 2, w=w, h=h)
-            pdf.set_font("Helvetica", "I", 8.5)
-            pdf.multi_cell(0, 4.5, _latin1(caption), new_x="LMARGIN", new_y="NEXT", align="C")
-            pdf.ln(3)
-    return bytes(pdf.output())
-
-
 # ---- entry point ---------------------------------------------------------------------------------------------
 
 
@@ -298,7 +140,7 @@ def write_report(
     record.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     doc = (build or build_document)(record, images or {})
     html_bytes = _html(doc, record).encode("utf-8")
-    pdf_bytes = _pdf(doc, record)  # built fully before anything is written
+    pdf_bytes = render_pdf(doc, record)  # built fully before anything is written
     atomic_write_bytes(pdf_path, pdf_bytes, overwrite=overwrite)
     atomic_write_bytes(html_path, html_bytes, overwrite=overwrite)
     return html_path, pdf_path

@@ -1,5 +1,5 @@
 """The sections of the design record, in order, built into one document model (headings, paragraphs, tables with a
-status column, pictures) from the record; the HTML and PDF renderers in report.py draw that model."""
+status column, pictures) from the record; report.py draws that model as HTML, pdfreport.py as PDF."""
 
 import os
 from typing import Optional
