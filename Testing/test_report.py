@@ -484,6 +484,19 @@ def test_report_html_and_pdf_with_this_plans_values(pictures, tmp_path):
         assert value in text, value
 
 
+def test_drill_lines_through_bone_are_flagged():
+    """The checklist reads the plan's drill-line measurement: bone crossed beyond 2 mm is ATTENTION, naming the
+    worst line; a record without the measurement (older records) has no such row."""
+    record = realistic_record()
+    m = record["implant"]["measurements"]
+    assert "Drill lines clear of bone" not in {item for item, _, _ in risk_checklist(record)}
+    m["drill_line_bone_mm"] = {"P1": 0.0, "P2": 1.5, "D1": 22.5, "D2": 18.0}
+    status, text = {item: (s, t) for item, s, t in risk_checklist(record)}["Drill lines clear of bone"]
+    assert status == "ATTENTION" and "2 of 4 drill lines" in text and "22 mm" in text
+    m["drill_line_bone_mm"] = {"P1": 0.0, "P2": 1.5}
+    assert {item: s for item, s, _ in risk_checklist(record)}["Drill lines clear of bone"] == "OK"
+
+
 def test_risk_statuses_follow_the_record():
     status = {item: s for item, s, _ in risk_checklist(realistic_record())}
     assert status["Screw breach"] == "ATTENTION"  # D1 breaches

@@ -281,6 +281,7 @@ def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export
         "implant_volume_ml": round(m["volume_mm3"] / 1000.0, 3),
         "mass_g": round(m["mass_g"], 2),
         "bone_interference_mm3": round(m["interference_mm3"], 2),
+        "drill_line_bone_mm": {k: round(v, 1) for k, v in m.get("drill_line_bone_mm", {}).items()},
         "screws": [{"name": sp.trajectory.name, "length_mm": sp.length_mm, "breach": sp.breach}
                    for sp in result.screws],
         "variants_mm": sorted(result.variants),

@@ -23,6 +23,7 @@ from ..export.boneexport import mask_surface
 from ..imaging.bonesegmentation import BoneSegmentationParameters
 from ..imaging.keepout import from_ct
 from ..imaging.levels import detect_levels
+from ..record.values import DRILL_BONE_MM
 from .access import DRIVER_REACH_MM, access_radius_mm, drill_access
 from .defectparams import MirrorDefectParameters
 from .implant import build_implant, measurements
@@ -319,9 +320,6 @@ def _blocked_drill_lines(trajectories, access, screw_params: ScrewParameters) ->
     return out
 
 
-DRILL_BONE_WARN_MM = 2.0  # drill lines crossing more bone than this get a warning
-
-
 def _drill_lines_through_bone(trajectories, all_bone, ijk_to_ras, start_mm: float = 1.0) -> dict:
     """{screw name: mm of bone (all bone of the CT, as the interference check sees it) along the line the drill and
     driver come in along: DRIVER_REACH_MM outward from ``start_mm`` past the screw head}. The layout only keeps that
@@ -511,7 +509,7 @@ def design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress=None, l
         nominal.mesh, proximal, distal, all_bone, ijk_to_ras, keep_mm=implant_params.footplate_thickness_mm + 1.0
     )
     m["drill_line_bone_mm"] = _drill_lines_through_bone(trajectories, all_bone, ijk_to_ras)
-    crossing = {k: v for k, v in m["drill_line_bone_mm"].items() if v > DRILL_BONE_WARN_MM}
+    crossing = {k: v for k, v in m["drill_line_bone_mm"].items() if v > DRILL_BONE_MM}
     if crossing:
         worst = max(crossing, key=crossing.get)
         warnings.append(

@@ -3,6 +3,7 @@ design considerations a surgeon and an engineer review before approval."""
 
 from .values import (
     ATTENTION,
+    DRILL_BONE_MM,
     GUIDE_CLEARANCE_RANGE_MM,
     MAX_INTERFERENCE_MM3,
     MAX_SLICE_THICKNESS_MM,
@@ -68,6 +69,19 @@ def risk_checklist(record: dict) -> list:
                 "Implant-bone interference",
                 OK if inter <= MAX_INTERFERENCE_MM3 else ATTENTION,
                 f"Implant volume inside bone {inter:.2f} mm³ (limit {MAX_INTERFERENCE_MM3:.1f} mm³).",
+            )
+        )
+
+    drill = m.get("drill_line_bone_mm")
+    if isinstance(drill, dict) and drill:
+        crossing = {k: v for k, v in drill.items() if (_num(v) or 0.0) > DRILL_BONE_MM}
+        rows.append(
+            (
+                "Drill lines clear of bone",
+                ATTENTION if crossing else OK,
+                (f"{len(crossing)} of {len(drill)} drill lines cross bone as the CT shows it (up to "
+                 f"{max(crossing.values()):.0f} mm): resect it in the approach or place those screws by hand."
+                 if crossing else f"All {len(drill)} drill lines clear of bone (at most {DRILL_BONE_MM:g} mm)."),
             )
         )
 

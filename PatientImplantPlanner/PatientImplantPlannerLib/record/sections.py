@@ -174,6 +174,8 @@ def _section_implant(doc: Document, r: dict) -> None:
             ("Axial stiffness ratio vs 5.5 mm rod", fmt(m.get("axial_stiffness_ratio"), 1)),
             ("Bending stiffness ratio vs 5.5 mm rod", fmt(m.get("bending_stiffness_ratio"), 1)),
             ("Implant volume inside bone", fmt(m.get("interference_mm3"), 2, "mm³")),
+            ("Bone crossed by the drill lines (most)",
+             fmt(max((m.get("drill_line_bone_mm") or {}).values(), default=None), 0, "mm")),
         ]
     )
     doc.sub("Strength")

@@ -15,6 +15,7 @@ REFERENCE_PORE_UM = (500.0, 600.0)
 REFERENCE_POROSITY = 0.70
 MAX_SLICE_THICKNESS_MM = 1.25  # the reference cases used 1 mm slices
 MAX_INTERFERENCE_MM3 = 1.0  # implant volume allowed inside bone (numerical noise of the booleans)
+DRILL_BONE_MM = 2.0  # bone a drill line may cross (partial-volume voxels at the head's own endplate edge)
 PORE_TOLERANCE = 0.10  # measured pore within 10 % of the target (or inside the target range)
 POROSITY_TOLERANCE = 0.05  # measured porosity at most 5 percentage points below the target
 POOR_BONE_FRACTION = 0.5  # more than half of a screw path below 130 HU: poor purchase
