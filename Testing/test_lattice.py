@@ -230,3 +230,23 @@ def test_flipped_normal_is_refused(plate):
     r = PLATE_FRAME[:3, :3]
     with pytest.raises(PlanError, match="normal"):
         apply_porous_layer(plate, PLATE_FRAME[:3, 3], -r[:, 2], anterior=r[:, 0])
+
+
+def test_loose_specks_are_dropped_from_a_glued_part():
+    """A glued part keeps only its own bodies: a 0.1 mm lattice speck left beside it (as the demo's nominal implant
+    had, one 14-face shell, before this check) is dropped and reported with its volume and place."""
+    m3d = lattice.require_manifold3d()
+    body = lattice.from_manifold(m3d.Manifold.cube((10.0, 8.0, 3.0)))
+    speck = lattice.from_manifold(m3d.Manifold.cube((0.1, 0.14, 0.05)).translate((12.0, 1.0, 1.0)))
+    both = lattice.TriMesh(np.vstack([body.vertices, speck.vertices]),
+                           np.vstack([body.faces, speck.faces + len(body.vertices)]))
+    assert check_mesh(both).n_components == 2
+    kept, dropped = lattice._without_loose_specks(both, 1)
+    check = check_mesh(kept)
+    assert check.ok and check.n_components == 1
+    assert check.volume_mm3 == pytest.approx(240.0)
+    assert len(dropped) == 1
+    centre, volume = dropped[0]
+    assert volume == pytest.approx(0.1 * 0.14 * 0.05, rel=1e-4) and np.allclose(centre, (12.05, 1.07, 1.025), atol=0.03)
+    same, none = lattice._without_loose_specks(body, 1)
+    assert same is body and none == []

@@ -135,19 +135,22 @@ def _weld_exact(vertices: np.ndarray) -> tuple:
     return order[new], inverse
 
 
-def _component_count(n_vertices: int, faces: np.ndarray) -> int:
+def face_components(n_vertices: int, faces: np.ndarray) -> np.ndarray:
+    """Component label of each face (faces sharing a vertex are connected), 0..n-1."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    if len(faces) == 0:
-        return 0
-    used = np.zeros(n_vertices, dtype=bool)
-    used[faces] = True
     rows = np.concatenate([faces[:, 0], faces[:, 1]])
     cols = np.concatenate([faces[:, 1], faces[:, 2]])
     graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_vertices, n_vertices))
-    n, labels = connected_components(graph, directed=False)
-    return len(np.unique(labels[used]))
+    _, labels = connected_components(graph, directed=False)
+    return np.unique(labels[faces[:, 0]], return_inverse=True)[1]
+
+
+def _component_count(n_vertices: int, faces: np.ndarray) -> int:
+    if len(faces) == 0:
+        return 0
+    return int(face_components(n_vertices, faces).max()) + 1
 
 
 def closed_edges(faces: np.ndarray, n_vertices: int) -> bool:
