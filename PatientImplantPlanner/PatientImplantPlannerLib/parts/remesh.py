@@ -23,6 +23,7 @@ COLLAPSE_BELOW = 4.0 / 5.0  # edges shorter than this times the wanted length ar
 MIN_NORMAL_COS = 0.5  # a collapse or flip may tilt no triangle by more than 60 degrees
 MIN_VALENCE = 4  # no operation leaves a vertex with fewer neighbours
 ON_SURFACE = 1e-4  # mm: a projected point further off than this did not reach the surface
+_KEY = np.int64(1 << 31)  # edge keys min * _KEY + max, stable while vertices are added
 ROUNDS = 8  # selection rounds of independent collapses or flips per pass
 
 
@@ -176,12 +177,14 @@ def _split_pass(v, f, movable, surface, vsize, oracle: Oracle, mode: Mode):
     long_ |= np.abs(oracle.distance((v[e.a] + v[e.b]) / 2.0)) > mode.limit(oracle)
     long_ &= movable[e.a] & movable[e.b]
     if not long_.any():
-        return v, f, movable, surface, vsize, 0
+        return v, f, movable, surface, vsize, 0, np.zeros(0, dtype=np.int64)
     n_old = len(v)
-    v, f, _ = split_marked_edges(v, f, long_[e.edge_of_half].reshape(f.shape), oracle.project, e)
+    marked = long_[e.edge_of_half].reshape(f.shape)
+    touched = f[_rany(marked)].ravel()
+    v, f, _ = split_marked_edges(v, f, marked, oracle.project, e)
     new = np.ones(len(v) - n_old, dtype=bool)
     return (v, f, np.concatenate([movable, new]), np.concatenate([surface, new]),
-            np.concatenate([vsize, oracle.size(v[n_old:])]), int(long_.sum()))
+            np.concatenate([vsize, oracle.size(v[n_old:])]), int(long_.sum()), touched)
 
 
 def _vertex_faces(f: np.ndarray, nv: int):
@@ -237,11 +240,12 @@ def _collapse_checks(v, f, vf, a, b, length, surface, oracle: Oracle, mode: Mode
     return ok, p, size_p, tri[ok[owner]].ravel()
 
 
-def _collapse_pass(v, f, movable, surface, vsize, oracle: Oracle, rng, mode: Mode, failed=None):
+def _collapse_pass(v, f, movable, surface, vsize, oracle: Oracle, rng, mode: Mode, tried, version):
     """Collapse short edges to their midpoints (on the surface), shortest first, an independent set at a time: a
-    few rounds, each adding the independent valid collapses left (the invalid ones dropped). ``failed``: (keys of
-    edges found invalid by the pass before, vertices whose neighbourhood it changed): those are not tried again.
-    Returns (vertices, faces, sizes, number collapsed, failed for the next pass)."""
+    few rounds, each adding the independent valid collapses left (the invalid ones dropped). ``tried``: (sorted
+    keys of the edges whose collapse was found invalid, the sum of their endpoints' ``version`` then): not tried
+    again while no collapse, split or flip has changed the triangles around them (``version`` counts those changes
+    per vertex; updated here). Returns (vertices, faces, sizes, number collapsed, tried)."""
     nv = len(v)
     e = _Edges(f, nv)
     length = _rnorm(v[e.a] - v[e.b])
@@ -249,13 +253,15 @@ def _collapse_pass(v, f, movable, surface, vsize, oracle: Oracle, rng, mode: Mod
     cand = (movable[e.a] & movable[e.b] & (length < COLLAPSE_BELOW * mode.scale * 0.5 * (vsize[e.a] + vsize[e.b]))
             & (valence[e.a] + valence[e.b] - 4 >= MIN_VALENCE)
             & (valence[e.c] > MIN_VALENCE) & (valence[e.d] > MIN_VALENCE))
-    if failed is not None and len(failed[0]):
-        keys, changed = failed
-        i = np.clip(np.searchsorted(keys, e.keys), 0, len(keys) - 1)
-        cand &= ~((keys[i] == e.keys) & ~changed[e.a] & ~changed[e.b])
     idx = np.flatnonzero(cand)
+    key = np.minimum(e.a[idx], e.b[idx]) * _KEY + np.maximum(e.a[idx], e.b[idx])
+    stamp = version[e.a[idx]] + version[e.b[idx]]
+    if len(tried[0]):
+        i = np.clip(np.searchsorted(tried[0], key), 0, len(tried[0]) - 1)
+        fresh = (tried[0][i] != key) | (tried[1][i] != stamp)
+        idx, key, stamp = idx[fresh], key[fresh], stamp[fresh]
     if idx.size == 0:
-        return v, f, vsize, 0, None
+        return v, f, vsize, 0, tried
     prio = np.empty(idx.size, dtype=np.int64)
     prio[np.argsort(-length[idx] * rng.uniform(0.9, 1.1, idx.size))] = np.arange(idx.size)  # shortest first
     # Only the triangles touching a candidate's endpoints are looked at.
@@ -277,7 +283,7 @@ def _collapse_pass(v, f, movable, surface, vsize, oracle: Oracle, rng, mode: Mod
         blocked[star] = True
         prio[blocked[ca] | blocked[cb]] = -1
         done.append(idx[win[ok]])
-        bad.append(idx[win[~ok]])
+        bad.append(win[~ok])
         points.append(p[ok])
         sizes.append(size_p[ok])
     win = np.concatenate(done)
@@ -288,7 +294,10 @@ def _collapse_pass(v, f, movable, surface, vsize, oracle: Oracle, rng, mode: Mod
     remap[a] = b
     f = remap[f]
     f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 2] != f[:, 0])]
-    return v, f, vsize, len(win), (np.sort(e.keys[np.concatenate(bad)]), blocked)
+    version[blocked] += 1
+    bad = np.concatenate(bad)
+    keys, first = np.unique(np.concatenate([key[bad], tried[0]]), return_index=True)  # the newest record first
+    return v, f, vsize, len(win), (keys, np.concatenate([stamp[bad], tried[1]])[first])
 
 
 def _flip_checks(v, f, e, win, oracle: Oracle, mode: Mode):
@@ -335,7 +344,7 @@ def _flip_pass(v, f, movable, oracle: Oracle, rng, mode: Mode):
     for win, t1, t2 in done:
         f[e.f1[win]] = t1
         f[e.f2[win]] = t2
-    return f, sum(len(d[0]) for d in done)
+    return f, sum(len(d[0]) for d in done), np.flatnonzero(used)
 
 
 def _relax_pass(v, f, movable, surface, oracle: Oracle, mode: Mode):
@@ -381,16 +390,23 @@ def remesh(v, f, movable, oracle: Oracle, modes, surface=None, seed: int = 0, lo
     v, f, movable = np.asarray(v, float), np.asarray(f, np.int64), np.asarray(movable, bool)
     surface = movable | (False if surface is None else np.asarray(surface, bool))
     n_in = len(v)
+    version = np.zeros(n_in, dtype=np.int64)
+    none = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    tried, last = none, None
     for it, mode in enumerate(modes):
+        if mode != last:  # what failed under other bounds may pass now
+            tried, last = none, mode
         vsize = oracle.size(v)
-        v, f, movable, surface, vsize, n_split = _split_pass(v, f, movable, surface, vsize, oracle, mode)
+        v, f, movable, surface, vsize, n_split, touched = _split_pass(v, f, movable, surface, vsize, oracle, mode)
+        version = np.concatenate([version, np.zeros(len(v) - len(version), dtype=np.int64)])
+        version[touched] += 1
         n_collapse = n_flip = 0
-        failed = None
         for _ in range(mode.collapses):
-            v, f, vsize, k, failed = _collapse_pass(v, f, movable, surface, vsize, oracle, rng, mode, failed)
+            v, f, vsize, k, tried = _collapse_pass(v, f, movable, surface, vsize, oracle, rng, mode, tried, version)
             n_collapse += k
         for _ in range(mode.flips):
-            f, k = _flip_pass(v, f, movable, oracle, rng, mode)
+            f, k, quads = _flip_pass(v, f, movable, oracle, rng, mode)
+            version[quads] += 1
             n_flip += k
         if mode.relax:
             v = _relax_pass(v, f, movable, surface, oracle, mode)
