@@ -33,14 +33,15 @@ target over the whole range.
 
 Geometry is done in the plane frame (u = anterior, v = lateral, w = normal out of the implant into bone). The
 pores (the gyroid's void) are meshed on their own as a smooth surface (``pore_mesh``): contoured on a coarse grid
-(cell / 4.6, only around the layer), every vertex moved onto the exact implicit surface, relaxed along it, and every
-triangle whose sample points lie more than 27 um off split until none does. The porous part is then the part minus
-the pores within the layer's prism, one manifold3d boolean: the contact face, the layer's floor, the walls and a
-footprint are exact, and their edges with the gyroid carry only the pore mesh's error. Chordal error over every
-triangle of the layer, cut edges included: mean 5 um, max 27 um at the defaults (tested), at ~480 triangles per mm3
-of layer (a contour at cell / 9.6 had ~1100). Solid pieces the pores cut off from the core are dropped. With
-``cut_mm`` (the export) only each end's footplate slab above the cut is made porous, once, and glued to every size
-along the cut loop: no boolean with the pores per size. ``overlap_mm`` only places that cut (bundle).
+(cell / 4.6, only around the layer), every vertex moved onto the exact implicit surface, remeshed along it
+(``remesh``: isotropic to the curvature, then every collapse the 27 um bound allows) and every triangle with a point
+of its grid of sixths more than 27 um off split until none does. The porous part is then the part minus the pores
+within the layer's prism, one manifold3d boolean: the contact face, the layer's floor, the walls and a footprint are
+exact, and their edges with the gyroid carry only the pore mesh's error. Chordal error over every triangle of the
+layer, cut edges included: mean 7 um, max 27.3 um at the defaults (tested), at ~310 triangles per mm3 of layer
+(~480 before the remesh; a contour at cell / 9.6 had ~1100). Solid pieces the pores cut off from the core are
+dropped. With ``cut_mm`` (the export) only each end's footplate slab above the cut is made porous, once, and glued
+to every size along the cut loop: no boolean with the pores per size. ``overlap_mm`` only places that cut (bundle).
 """
 
 import math
