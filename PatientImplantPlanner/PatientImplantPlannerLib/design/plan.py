@@ -22,7 +22,7 @@ from ..core.progress import Progress
 from ..export.boneexport import mask_surface
 from ..imaging.bonesegmentation import BoneSegmentationParameters
 from ..imaging.keepout import from_ct
-from ..imaging.levels import detect_levels
+from ..imaging.levels import SPINE_ORDER, detect_levels
 from ..record.values import DRILL_BONE_MM
 from .access import DRIVER_REACH_MM, access_radius_mm, drill_access
 from .defectparams import MirrorDefectParameters
@@ -401,6 +401,22 @@ def design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress=None, l
                    keep_out=None):
     """Levels -> axis -> endplates -> placement -> screws -> nominal implant -> variants -> measurements and
     safety (no scene access). ``keep_out`` (keepout.KeepOut) is the anatomy to stay clear of."""
+    try:
+        return _design_implant(plan, ct_array, ijk_to_ras, bone_mask, progress, label_map, label_values, keep_out)
+    except PlanError as exc:
+        # Adjacent docking levels leave only the disc: whatever refused the plan (no drill access, no room for a
+        # screw, a gap too short), the fix that makes it a strut plan is docking one level further.
+        names = (plan.proximal_level, plan.distal_level)
+        adjacent = all(n in SPINE_ORDER for n in names) and abs(
+            SPINE_ORDER.index(names[0]) - SPINE_ORDER.index(names[1])) == 1
+        if not adjacent or "dock one level further" in exc.fix:
+            raise
+        raise PlanError(exc.problem, f"{exc.fix} {names[0]} and {names[1]} are adjacent (only their disc between "
+                        "them): dock one level further (proximal_level / distal_level); a strut replaces at least "
+                        "one vertebral body.") from exc
+
+
+def _design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress, label_map, label_values, keep_out):
     plan.validate()
     prog = Progress(progress)
     seconds = {}
