@@ -24,6 +24,7 @@ from PatientImplantPlannerLib.parts.guides import (
     stub_room_mm,
 )
 from PatientImplantPlannerLib.parts.textmesh import text_mesh, text_outline, text_size
+from PatientImplantPlannerLib.record.values import MIN_GUIDE_WALL_MM
 
 # Lumbar-sized endplates (footplates 12.6 x 9.8 mm semi-axes) on a kyphotic arc: nothing lines up with RAS axes.
 R_LR, R_AP = 18.0, 14.0
@@ -192,7 +193,7 @@ def test_docking_guide_label_is_engraved_or_embossed(kyphotic):
     plain = docking_guide(nominal, params, "proximal", "T12", "nominal", GuideParameters(labels=False))
     engraved = docking_guide(nominal, params, "proximal", "T12", "nominal", GuideParameters())
     embossed = docking_guide(nominal, params, "proximal", "T12", "nominal", GuideParameters(emboss=True))
-    label = text_mesh("T12 NOMINAL", 4.0, 0.6).volume()
+    label = text_mesh("T12 NOMINAL", 4.0, GuideParameters().label_depth_mm).volume()
     assert engraved.label_text == "T12 NOMINAL"
     assert plain.mesh.volume() - engraved.mesh.volume() == pytest.approx(label, rel=0.02)
     assert embossed.mesh.volume() - plain.mesh.volume() == pytest.approx(label, rel=0.02)
@@ -282,7 +283,7 @@ def test_drill_guide_seats_with_the_fit_clearance_and_comes_off(distal_drill):
         assert (moved ^ implant).volume() < 1e-2, side
     # Sliding the other way hits the strut: the slot is what lets it off.
     assert (g.translate(tuple((T + 1.0) * n - 20.0 * slot)) ^ implant).volume() > 10.0
-    assert guide.min_wall_mm >= 0.8
+    assert guide.min_wall_mm >= MIN_GUIDE_WALL_MM  # the design record's limit, with the engraved label's default depth
     assert guide.label_text == "L2 +2"
 
 
@@ -293,7 +294,7 @@ def test_drill_guide_label_volume(kyphotic):
     labelled = drill_guide(nominal, "proximal", mine, [SCREW_D] * 2, "nominal", GuideParameters(), "T12")
     assert labelled.label_text == "T12"
     removed = plain.mesh.volume() - labelled.mesh.volume()
-    assert removed == pytest.approx(text_mesh("T12", 4.0, 0.6).volume(), rel=0.02)
+    assert removed == pytest.approx(text_mesh("T12", 4.0, GuideParameters().label_depth_mm).volume(), rel=0.02)
 
 
 # ---- all guides of a plan -------------------------------------------------------------------------------------

@@ -87,7 +87,9 @@ class GuideParameters:
     handle_length_mm: float = 40.0  # lengthened automatically if the label needs more room
     handle_diameter_mm: float = 8.0
     label_height_mm: float = 4.0
-    label_depth_mm: float = 0.6
+    # Engraved 0.5 mm deep (legible in SLS PA12): the 2 mm shell keeps 1.5 mm under the label, the design record's
+    # minimum guide wall (record/values.MIN_GUIDE_WALL_MM); at 0.6 every drill guide was flagged at 1.4 mm.
+    label_depth_mm: float = 0.5
     emboss: bool = False  # engraved by default: nothing stands proud to catch on drapes
     labels: bool = True  # False leaves labels off (e.g. to measure their volume)
     fit_clearance_mm: float = 0.2  # drill guide inner surface = footplate surface offset by this
