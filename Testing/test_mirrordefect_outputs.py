@@ -123,6 +123,7 @@ def test_missing_drill_size_is_refused_at_validation():
                                              "guides": {"drill_diameters": {"3.5": 2.5}}})
 
 
+@pytest.mark.slow  # 37 s on 2 cores (a whole defect implant with its lattice): run in CI's second step
 def test_panel_scene_functions_on_real_markups(ctx, phantom, tmp_path):
     """Markups -> parameters (pairs of screw points, rod seat + direction point, plane side), the symmetry plane
     found into a markups plane with its residual, and the build with models in the scene."""

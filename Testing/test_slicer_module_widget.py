@@ -426,6 +426,7 @@ def test_defect_panel_defaults_are_the_engine_defaults(slicer_module, ctx):
         logic.defectParameters(p)
 
 
+@pytest.mark.slow  # 45 s on 2 cores (a whole defect implant with its lattice): run in CI's second step
 def test_widget_defect_panel_finds_the_plane_builds_and_refuses(slicer_module, monkeypatch, tmp_path):
     """The "Defect implant" handlers with a mock ui on the pelvis phantom: Build stays disabled without a
     resection; Find plane puts the found plane on a markups plane and shows its residual; Build with a resection
