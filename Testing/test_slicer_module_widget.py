@@ -486,3 +486,22 @@ def test_widget_defect_panel_finds_the_plane_builds_and_refuses(slicer_module, m
     w.onDefectBuildButton()
     assert len(dialogs) == 1 and "second point" in dialogs[0]
     assert len(list((tmp_path / "exports").iterdir())) == 1
+
+
+def test_screw_table_rows_show_the_aim_and_the_drill_line(slicer_module):
+    """The screws table: how the layout aimed each screw ('by hand' for an edited line) and the bone its drill line
+    crosses, from the plan result."""
+    from types import SimpleNamespace
+
+    result = SimpleNamespace(
+        trajectories=[
+            SimpleNamespace(name="P1", layout={"convergence_deg": 25.0, "skew_deg": -30.0, "outward_mm": 1.0}),
+            SimpleNamespace(name="P2", layout={})],
+        measurements={"screws": [
+            {"trajectory": {"name": "P1"}, "length_mm": 28.0, "grade": {"gt250": 0.42}, "breach": False},
+            {"trajectory": {"name": "P2"}, "length_mm": 26.0, "grade": {}, "breach": True}],
+            "drill_line_bone_mm": {"P1": 31.5, "P2": 0.0}},
+    )
+    rows = slicer_module.PatientImplantPlannerLogic.screwRows(result)
+    assert rows == [("P1", "28", "42", "no", "25.0 deg, skew -30 deg, 1 mm out", "32"),
+                    ("P2", "26", "0", "yes", "by hand", "0")]

@@ -293,14 +293,24 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def screwRows(result) -> list:
-        """[(name, length mm, % of the screw in bone above 250 HU, breach)] as display text, one row per screw."""
+        """[(name, length mm, % of the screw in bone above 250 HU, breach, how the layout aimed it, mm of bone the
+        drill line crosses)] as display text, one row per screw."""
+        layouts = {t.name: getattr(t, "layout", None) or {} for t in getattr(result, "trajectories", None) or []}
+        drill = result.measurements.get("drill_line_bone_mm") or {}
         rows = []
         for screw in result.measurements.get("screws", []):
+            name = screw["trajectory"]["name"]
+            lay = layouts.get(name, {})
+            aim = (_("{c:.1f} deg, skew {s:+.0f} deg, {o:g} mm out").format(
+                c=lay["convergence_deg"], s=lay.get("skew_deg", 0.0), o=lay.get("outward_mm", 0.0))
+                if "convergence_deg" in lay else _("by hand"))
             rows.append((
-                screw["trajectory"]["name"],
+                name,
                 f"{screw['length_mm']:g}",
                 f"{100.0 * screw['grade'].get('gt250', 0.0):.0f}",
                 _("yes") if screw["breach"] else _("no"),
+                aim,
+                f"{drill[name]:.0f}" if name in drill else "",
             ))
         return rows
 

@@ -454,8 +454,9 @@ class PatientImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     def _setupScrewsPanel(self) -> None:
         table = self.ui.screwsTableWidget
-        table.setColumnCount(4)
-        table.setHorizontalHeaderLabels([_("Screw"), _("Length (mm)"), _("> 250 HU (%)"), _("Breach")])
+        table.setColumnCount(6)
+        table.setHorizontalHeaderLabels([_("Screw"), _("Length (mm)"), _("> 250 HU (%)"), _("Breach"), _("Aim"),
+                                         _("Drill line in bone (mm)")])
         table.verticalHeader().visible = False
         table.horizontalHeader().setStretchLastSection(True)
 
