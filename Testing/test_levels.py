@@ -300,3 +300,17 @@ def test_thick_slices_without_labels_measure_the_bodies_from_the_ct(kyphosis):
         lab = ph.vertebra_labels[tuple(slice(a, a + n) for a, n in zip(lo, crop.shape))][crop]
         assert np.mean(lab == ph.vertebra(name).label) >= 0.9
     assert r.warnings == []
+
+
+def test_levels_taken_the_wrong_way_round_are_refused(straight):
+    """Proximal is the healthy vertebra above the defect. Swapped names or points would run the path caudal to
+    cranial, and its lateral would be the patient's left: a strut asked for on the right would go left (towards
+    the aorta), as a new-user trial found on the chest CT. Both are refused, naming the swap."""
+    ph = straight
+    top, bottom = ph.body_point("T12"), ph.body_point("L2")
+    with pytest.raises(PlanError, match="swap proximal_level and distal_level"):
+        levels.detect_levels(ph.bone_mask, ph.ijk_to_ras, top, bottom, "L2", "T12")
+    with pytest.raises(PlanError, match="swap the two points"):
+        levels.detect_levels(ph.bone_mask, ph.ijk_to_ras, bottom, top)
+    r = levels.detect_levels(ph.bone_mask, ph.ijk_to_ras, top, bottom, "T12", "L2")
+    assert r.proximal_endplate.centre[2] > r.distal_endplate.centre[2]

@@ -262,9 +262,18 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
     p_dist = np.asarray(distal_point_ras, dtype=float).reshape(3)
     warnings = []
     cranial = unit(p_prox - p_dist) if np.linalg.norm(p_prox - p_dist) > 1e-6 else PATIENT_SUPERIOR
+    # Proximal is the upper (cranial) healthy vertebra. Taken the other way round, the path runs caudal to cranial
+    # and its lateral (tangent x anterior) is the patient's left: a strut asked for on the right would be placed on
+    # the left, where the aorta is (found in a new-user trial on the chest CT).
+    order = [SPINE_ORDER.index(n) if n in SPINE_ORDER else None for n in (proximal_name, distal_name)]
+    if None not in order and order[0] > order[1]:
+        raise PlanError(f"The proximal level {proximal_name} lies below the distal level {distal_name}.",
+                        "The proximal level is the healthy vertebra above the defect: swap proximal_level and "
+                        "distal_level (and their points).")
     if np.dot(cranial, PATIENT_SUPERIOR) < 0:
-        warnings.append("The proximal point lies caudal of the distal point; 'proximal' and 'distal' are taken "
-                        "as given (the proximal endplate faces the distal vertebra).")
+        raise PlanError("The proximal vertebra point lies caudal of (below) the distal vertebra point.",
+                        "The proximal point goes in the healthy vertebra above the defect: swap the two points (and "
+                        "proximal_level / distal_level if named).")
     use_labels = label_map is not None
     prog.report(0.0, "Finding the proximal and distal vertebrae")
     if use_labels:
