@@ -2,6 +2,7 @@
 
 import json
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -116,6 +117,26 @@ def test_ras_and_3mf_outputs(designed, tmp_path):
     stl = next(e for e in b.files if e["file"].endswith(".stl") and e["role"] == "implant")
     raw = M.read_stl(os.path.join(b.folder, stl["file"]), "RAS")  # RAS: no flip on reading
     np.testing.assert_allclose(raw.bounds(), result.nominal.mesh.bounds(), atol=1e-3)
+    np.testing.assert_allclose(stl["bounding_box_mm"], raw.bounds(), atol=1e-3)
+
+
+def test_manifest_bounding_box_is_in_the_files_coordinates():
+    """An LPS file's manifest entry gives its bounding box as the file holds it (x and y negated from RAS), not the
+    RAS box of the mesh read back (a new-user trial found the RAS box labelled LPS)."""
+    from PatientImplantPlannerLib.export.manifest import mesh_file_entry
+
+    mesh = M.TriMesh(np.array([[1.0, 2.0, 3.0], [4.0, 2.0, 3.0], [1.0, 6.0, 3.0], [1.0, 2.0, 8.0]]),
+                     np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]]))
+    check = M.check_mesh(mesh)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "t.stl")
+        M.write_stl(mesh, path, "LPS")
+        lps = mesh_file_entry(path, check, "implant", "LPS")["bounding_box_mm"]
+        ras = mesh_file_entry(path, check, "implant", "RAS")["bounding_box_mm"]
+        raw = M.read_stl(path, "RAS")  # the file's own coordinates
+    np.testing.assert_allclose(lps, raw.bounds(), atol=1e-5)
+    np.testing.assert_allclose(lps, [[-4.0, -6.0, 3.0], [-1.0, -2.0, 8.0]])
+    np.testing.assert_allclose(ras, [[1.0, 2.0, 3.0], [4.0, 6.0, 8.0]])
 
 
 def test_a_failed_export_leaves_no_half_written_folder(designed, tmp_path, monkeypatch):

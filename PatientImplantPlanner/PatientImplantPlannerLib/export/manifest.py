@@ -43,7 +43,11 @@ def mesh_file_entry(
     size_variant: str = "",
     extra: Optional[dict] = None,
 ) -> dict:
-    """Manifest entry for one mesh file, relative to the manifest's folder (filled in by write_manifest)."""
+    """Manifest entry for one mesh file, relative to the manifest's folder (filled in by write_manifest).
+    ``check`` is of the mesh in RAS (as read back); its bounding box is given in the file's coordinate system."""
+    lo, hi = (list(map(float, b)) for b in check.bounds)
+    if coordinate_system.upper() == "LPS":  # x and y change sign: their min and max swap
+        lo, hi = [-hi[0], -hi[1], lo[2]], [-lo[0], -lo[1], hi[2]]
     entry = {
         "file": os.path.basename(path),
         "role": role,
@@ -55,7 +59,7 @@ def mesh_file_entry(
         "triangles": check.n_triangles,
         "volume_mm3": round(check.volume_mm3, 3),
         "surface_area_mm2": round(check.area_mm2, 3),
-        "bounding_box_mm": check.bounds,
+        "bounding_box_mm": [lo, hi],
         "checks": check.as_dict(),
         "sha256": sha256_of(path),
         "bytes": os.path.getsize(path),
