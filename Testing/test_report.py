@@ -543,3 +543,26 @@ def test_guide_fit_rule_needs_clearance_for_drill_guides_only():
     assert status([docking, drill]) == "OK"
     assert status([docking, {**drill, "fit_clearance_mm": None}]) == "TO DO"
     assert status([docking, {**drill, "fit_clearance_mm": 0.8}]) == "ATTENTION"
+
+
+def test_record_text_follows_the_plan_not_stock_phrases(tmp_path):
+    """Found in a new-user trial: each screw warning was listed twice, the design considerations asked for an FE
+    check the record already held, and the strut offset read 0 / 0 mm for a strut placed 15 / 26 mm off the axis."""
+    from PatientImplantPlannerLib.record.checklist import design_considerations
+    from PatientImplantPlannerLib.record.sections import _all_warnings
+
+    record = realistic_record()
+    record["warnings"] = ["D1: 61 % of the screw is in bone below 130 HU"]
+    record["screws"][0]["name"] = "D1"
+    record["screws"][0]["warnings"] = ["61 % of the screw is in bone below 130 HU"]
+    warnings = _all_warnings(record)
+    assert sum("61 % of the screw" in w for w in warnings) == 1
+    strength = {row[0]: row for row in design_considerations(record)}["Strength"][2]
+    assert "still required" in strength
+    record["fe_check"] = {"done": True, "load_N": 500.0, "min_safety_factor_yield": 2.94}
+    strength = {row[0]: row for row in design_considerations(record)}["Strength"][2]
+    assert "still required" not in strength and "2.94" in strength
+    record["implant"]["measurements"].update(strut_offset_anterior_mm=15.1, strut_offset_lateral_mm=26.1)
+    html_path, _ = write_report(record, {}, str(tmp_path))
+    html_text = open(html_path, encoding="utf-8").read()
+    assert "15.1 / 26.1 mm" in html_text

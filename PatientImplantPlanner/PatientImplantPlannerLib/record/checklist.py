@@ -318,8 +318,10 @@ def design_considerations(r: dict) -> list:
         (
             "Anatomical positioning",
             f"Proximal endplate: {_plate_text(lv.get('proximal_endplate'))}. Distal endplate: "
-            f"{_plate_text(lv.get('distal_endplate'))}. Offset anterior {fmt(p.get('offset_anterior_mm'))} mm, lateral "
-            f"{fmt(p.get('offset_lateral_mm'))} mm; footplate fraction {fmt(p.get('footplate_fraction'), 2)}; length "
+            f"{_plate_text(lv.get('distal_endplate'))}. Strut offset (as placed) anterior "
+            f"{fmt(m.get('strut_offset_anterior_mm', p.get('offset_anterior_mm')))} mm, lateral "
+            f"{fmt(m.get('strut_offset_lateral_mm', p.get('offset_lateral_mm')))} mm; footplate fraction "
+            f"{fmt(p.get('footplate_fraction'), 2)}; length "
             f"{fmt(m.get('length_mm'))} mm",
             "Footplates lie on the endplate planes measured on this CT; the footprint is a fraction of the measured "
             "endplate size so it rests on the endplate without overhanging; the strut follows the axis between the "
@@ -349,8 +351,10 @@ def design_considerations(r: dict) -> list:
             f"Area {fmt(m.get('cross_section_area_mm2'))} mm²; I min {fmt(_get(m, 'second_moment_mm4', 'min'), 0)} "
             f"mm^4; axial x{fmt(m.get('axial_stiffness_ratio'))}, bending x{fmt(m.get('bending_stiffness_ratio'))} vs "
             f"5.5 mm rod; estimated axial stress at 500 N {fmt(stress)} MPa",
-            "Argued against a conventional 5.5 mm titanium rod as in the reference case (about 10x); an FE check at "
-            "500 N axial load is still required.",
+            "Argued against a conventional 5.5 mm titanium rod as in the reference case (about 10x); "
+            + (f"FE check at {fmt(_get(r, 'fe_check', 'load_N'))} N axial load: lowest safety factor against yield "
+               f"{fmt(_get(r, 'fe_check', 'min_safety_factor_yield'), 2)} (FE section)."
+               if _get(r, "fe_check", "done") else "an FE check at 500 N axial load is still required."),
         ),
         (
             "Bone-implant interface",

@@ -153,7 +153,9 @@ def build_design_record(result, segmentation: Optional[SegmentationInfo], ct: Op
             "proximal_endplate": result.proximal_endplate.as_dict(),
             "distal_endplate": result.distal_endplate.as_dict(),
         },
-        implant={"parameters": plan.implant.as_dict(), "measurements": result.measurements,
+        # The parameters the implant was built with: the plan's, with the placement and footplate fitting applied.
+        implant={"parameters": (getattr(result, "implant_parameters", None) or plan.implant).as_dict(),
+                 "measurements": result.measurements,
                  "material": implant_material},
         screws=screws,
         variants=[

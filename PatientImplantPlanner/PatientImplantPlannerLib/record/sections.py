@@ -156,8 +156,11 @@ def _section_implant(doc: Document, r: dict) -> None:
             ("Width x depth", f"{fmt(p.get('width_mm'))} x {fmt(p.get('depth_mm'))} mm"),
             ("Corner radius", fmt(p.get("corner_radius_mm"), 1, "mm")),
             ("Plate curvature radius", fmt(p.get("plate_curvature_radius_mm"), 1, "mm")),
-            ("Offset anterior / lateral", f"{fmt(p.get('offset_anterior_mm'))} / {fmt(p.get('offset_lateral_mm'))} mm"),
+            ("Strut offset from the axis, anterior / lateral (as placed)",
+             f"{fmt(m.get('strut_offset_anterior_mm', p.get('offset_anterior_mm')))} / "
+             f"{fmt(m.get('strut_offset_lateral_mm', p.get('offset_lateral_mm')))} mm"),
             ("Footplate fraction of endplate", fmt(p.get("footplate_fraction"), 2)),
+            ("Footplate width fraction (0: as the fraction)", fmt(p.get("footplate_lateral_fraction"), 2)),
             ("Footplate thickness", fmt(p.get("footplate_thickness_mm"), 1, "mm")),
             ("Porous layer depth", fmt(p.get("porous_layer_mm"), 1, "mm")),
         ]
@@ -486,8 +489,9 @@ def _section_files(doc: Document, r: dict) -> None:
 
 def _all_warnings(r: dict) -> list:
     out = [str(w) for w in r.get("warnings") or []]
-    for s in r.get("screws") or []:
-        out += [f"Screw {s.get('name', '?')}: {w}" for w in s.get("warnings") or []]
+    for s in r.get("screws") or []:  # the plan's warnings already carry its screws' ("<name>: <warning>")
+        out += [f"Screw {s.get('name', '?')}: {w}" for w in s.get("warnings") or []
+                if f"{s.get('name', '?')}: {w}" not in out]
     for f in r.get("files") or []:
         if _get(f, "checks", "ok") is False:
             out.append(f"File {f.get('file', '?')}: " + "; ".join(map(str, _get(f, "checks", "problems") or [])))
