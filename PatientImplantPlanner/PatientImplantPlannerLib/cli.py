@@ -590,6 +590,12 @@ def main(argv=None) -> int:
     the problem and the fix (no traceback); SIGINT/SIGTERM remove partial output and end with one line."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not os.environ.get("IMPLANT_PLANNER_VTK_WARNINGS"):
+        # VTK's and MRML's own warnings ("bad X server connection" of the offscreen pictures, colour tables the
+        # headless scene lacks) are noise to a CLI user: every problem the user can act on is a PlannerError.
+        from vtkmodules.vtkCommonCore import vtkObject
+
+        vtkObject.GlobalWarningDisplayOff()
     try:
         with interrupts_raise():
             return args.func(args)

@@ -311,7 +311,8 @@ def design_considerations(r: dict) -> list:
     return [
         (
             "Surgical approach",
-            f"Approach: {fmt(r.get('surgical_approach'))}; levels {prox} to {dist}; guides: {guide_text}",
+            (f"Approach: {r['surgical_approach']}; " if r.get("surgical_approach") else "")
+            + f"levels {prox} to {dist}; guides: {guide_text}",
             f"The strut bridges from {prox} to {dist}. Docking trial guides let the surgeon test both seats before the "
             "titanium part is opened; drill guides transfer the planned screw trajectories.",
         ),
