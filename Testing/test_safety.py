@@ -41,6 +41,24 @@ def test_clearance_and_overlap_are_measured(aorta_slab):
     assert 1012.5 <= inside["overlap_mm3"] <= 1.2 * 1012.5
 
 
+def test_overlapping_structures_are_measured_each_on_its_own():
+    """Two blood pools grown from exclude seeds in one contrast system overlap (a new-user trial on the chest CT:
+    the aorta's pool and the heart's). Each keeps its own clearance: the first pool, partly covered by the second,
+    is still reported at its own distance, not as far away as its uncovered part."""
+    from PatientImplantPlannerLib.imaging.keepout import KeepOut, Structure
+
+    first = np.zeros((40, 40, 40), dtype=bool)
+    first[:, :, 10:] = True  # x >= 9.5 mm
+    second = np.zeros((40, 40, 40), dtype=bool)
+    second[:, :, 10:30] = True  # covers the part of the first nearest the box
+    ko = KeepOut(np.eye(4), (40, 40, 40), [Structure("exclude seed 1 vessel", "exclude seed", first, np.zeros(3, int)),
+                                           Structure("exclude seed 2 vessel", "exclude seed", second,
+                                                     np.zeros(3, int))])
+    got = ko.measure(_box([2, 5, 5], [6.5, 20, 20]))
+    assert got["exclude seed 1 vessel"]["clearance_mm"] == pytest.approx(3.0, abs=0.3)
+    assert got["exclude seed 2 vessel"]["clearance_mm"] == pytest.approx(3.0, abs=0.3)
+
+
 def test_findings_block_export_until_accepted(aorta_slab):
     plan = Plan(case_id="SAFE-1", keep_out_clearance_mm=2.0)
     measured = aorta_slab.measure(_box([8, 5, 5], [14, 20, 20]))

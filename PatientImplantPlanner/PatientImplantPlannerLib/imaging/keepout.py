@@ -101,28 +101,36 @@ class KeepOut:
 
     # ---- sampling on an arbitrary isotropic grid ---------------------------------------------------------------
 
-    def _label_grid(self, lo, shape, pitch: float) -> np.ndarray:
-        """Structure index + 1 (0 = none) at the points lo + index * pitch (RAS), nearest-neighbour lookup;
-        array [x, y, z] (RAS axes)."""
-        out = np.zeros(tuple(int(s) for s in shape), dtype=np.int16)
+    def _masks_on_grid(self, lo, shape, pitch: float) -> list:
+        """Each structure's mask (or None where its box misses the grid) at the points lo + index * pitch (RAS),
+        nearest-neighbour lookup; arrays [x, y, z] (RAS axes)."""
+        shape = tuple(int(s) for s in shape)
         inv = np.linalg.inv(self.ijk_to_ras)
         xs = [lo[a] + pitch * np.arange(shape[a]) for a in range(3)]
         gx, gy, gz = np.meshgrid(*xs, indexing="ij")
         pts = np.stack([gx.ravel(), gy.ravel(), gz.ravel()], axis=1)
-        ijk = np.rint(pts @ inv[:3, :3].T + inv[:3, 3]).astype(np.int64)
-        flat = out.reshape(-1)
-        kji = ijk[:, ::-1]
+        kji = np.rint(pts @ inv[:3, :3].T + inv[:3, 3]).astype(np.int64)[:, ::-1]
         k_lo, k_hi = kji.min(axis=0), kji.max(axis=0)
-        for n, s in enumerate(self.structures):
+        out = []
+        for s in self.structures:
             if np.any(s.offset > k_hi) or np.any(s.offset + np.array(s.mask.shape) <= k_lo):
-                continue  # the structure's box misses the grid
+                out.append(None)  # the structure's box misses the grid
+                continue
             local = kji - s.offset
             ok = np.all((local >= 0) & (local < np.array(s.mask.shape)), axis=1)
-            if not ok.any():
-                continue
             hit = np.zeros(len(pts), dtype=bool)
             hit[ok] = s.mask[local[ok, 0], local[ok, 1], local[ok, 2]]
-            flat[hit] = n + 1
+            out.append(hit.reshape(shape) if hit.any() else None)
+        return out
+
+    def _label_grid(self, lo, shape, pitch: float) -> np.ndarray:
+        """Structure index + 1 (0 = none) at the points lo + index * pitch (RAS); where structures overlap (two
+        blood pools grown from seeds in one contrast-filled system) the later one is kept: for the distance to the
+        nearest structure only. ``measure`` takes each structure on its own."""
+        out = np.zeros(tuple(int(s) for s in shape), dtype=np.int16)
+        for n, m in enumerate(self._masks_on_grid(lo, shape, pitch)):
+            if m is not None:
+                out[m] = n + 1
         return out
 
     def distance_field(self, lo, hi, pitch: float = FIELD_PITCH_MM) -> "DistanceField":
@@ -150,25 +158,23 @@ class KeepOut:
         lo = mesh.vertices.min(axis=0) - MEASURE_MARGIN_MM
         hi = mesh.vertices.max(axis=0) + MEASURE_MARGIN_MM
         shape = np.ceil((hi - lo) / pitch).astype(int) + 1
-        labels = self._label_grid(lo, shape, pitch)
+        masks = self._masks_on_grid(lo, shape, pitch)  # each structure on its own (pools may overlap)
         inside = voxelise(mesh, lo, pitch, shape)
         centres = mesh.vertices[mesh.faces].mean(axis=1)
         samples = np.vstack([mesh.vertices, centres])
         out = {}
         from scipy.spatial import cKDTree
 
-        at = np.clip(np.rint((samples - lo) / pitch).astype(int), 0, np.array(labels.shape) - 1)
-        sample_label = labels[at[:, 0], at[:, 1], at[:, 2]]
-        for n, s in enumerate(self.structures):
-            m = labels == n + 1
-            if not m.any():
+        at = np.clip(np.rint((samples - lo) / pitch).astype(int), 0, np.array(inside.shape) - 1)
+        for s, m in zip(self.structures, masks):
+            if m is None:
                 out[s.name] = {"clearance_mm": None, "overlap_mm3": 0.0}  # farther than the margin
                 continue
             # Distance to the structure's boundary voxel centres, less half a grid step (the surface between).
             rim = np.argwhere(m & ~ndimage.binary_erosion(m))
             d, _ = cKDTree(lo + rim * pitch).query(samples)
             d = d - pitch / 2
-            d[sample_label == n + 1] = -pitch / 2
+            d[m[at[:, 0], at[:, 1], at[:, 2]]] = -pitch / 2
             clearance = float(d.min())
             closest = samples[int(np.argmin(d))]
             overlap = float((inside & m).sum()) * pitch**3
