@@ -270,7 +270,8 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
         raise PlanError(f"The proximal level {proximal_name} lies below the distal level {distal_name}.",
                         "The proximal level is the healthy vertebra above the defect: swap proximal_level and "
                         "distal_level (and their points).")
-    if np.dot(cranial, PATIENT_SUPERIOR) < 0:
+    far_apart = np.linalg.norm(p_prox - p_dist) > MIN_LEVEL_SEPARATION_MM  # nearer: the same-vertebra check speaks
+    if far_apart and np.dot(cranial, PATIENT_SUPERIOR) < 0:
         raise PlanError("The proximal vertebra point lies caudal of (below) the distal vertebra point.",
                         "The proximal point goes in the healthy vertebra above the defect: swap the two points (and "
                         "proximal_level / distal_level if named).")
