@@ -75,8 +75,12 @@ def test_write_demo_plan_refuses_to_overwrite(tmp_path, capsys):
     path = tmp_path / "plan.json"
     assert main(["write-demo-plan", str(path)]) == 0
     assert json.load(open(path))["case_id"] == demo_plan().case_id
+    before = path.read_bytes()
     assert main(["write-demo-plan", str(path)]) == 2
-    assert "already exists" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "already exists" in err and "rename or delete the existing file" in err
+    assert "allow overwriting" not in err  # the command has no such option
+    assert path.read_bytes() == before
 
 
 def test_plan_command_on_a_phantom_writes_parts_markups_and_manifest(tmp_path, capsys):

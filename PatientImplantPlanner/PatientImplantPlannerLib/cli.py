@@ -12,7 +12,7 @@ import shutil
 import sys
 import time
 
-from .core.errors import OutputWriteError, PlanError, PlannerError, from_os_error
+from .core.errors import OutputExistsError, OutputWriteError, PlanError, PlannerError, from_os_error
 from .export.parameters import ALL_PARTS
 from .export.staging import interrupts_raise
 from .scene.segments import load_segmentation_file
@@ -417,6 +417,9 @@ def cmd_plan(args) -> int:
 
 
 def cmd_write_demo_plan(args) -> int:
+    if os.path.exists(args.path):  # this command has no overwrite option: say what the user can do instead
+        raise OutputExistsError(f"Output file already exists: {args.path}.",
+                                "Give another path, or rename or delete the existing file first.")
     if args.kind == "mirror_defect":
         from .design.mirrordefect import EXAMPLE_BONE_SEED_RAS, example_parameters
         from .design.plan import Plan
