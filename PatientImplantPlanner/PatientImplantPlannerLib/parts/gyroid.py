@@ -150,11 +150,16 @@ def gyroid_distance(points: np.ndarray, cell: float, level: float, kind: str = "
     return _gyroid_eval(points, cell, level, kind)[0]
 
 
+def _sin_cos(points: np.ndarray, k: float) -> tuple:
+    """sin and cos of k x each coordinate of points (N, 3): (sin x, cos x, sin y, cos y, sin z, cos z)."""
+    p = np.asarray(points, dtype=float) * k
+    return tuple(f(p[:, i]) for i in range(3) for f in (np.sin, np.cos))
+
+
 def _gyroid_eval(points: np.ndarray, cell: float, level: float, kind: str):
     """(first-order signed distance, gradient of the implicit in mm^-1) at plane-frame points (N, 3)."""
     k = 2.0 * np.pi / cell
-    p = np.asarray(points, dtype=float) * k
-    sx, cx, sy, cy, sz, cz = (f(p[:, i]) for i in range(3) for f in (np.sin, np.cos))
+    sx, cx, sy, cy, sz, cz = _sin_cos(points, k)
     g = sx * cy + sy * cz + sz * cx
     grad = np.stack([cx * cy - sz * sx, cy * cz - sx * sy, cz * cx - sy * sz], axis=1) * k
     if kind == "sheet_gyroid":
@@ -273,8 +278,7 @@ def max_curvature(points: np.ndarray, cell: float, kind: str = "gyroid") -> np.n
     """Largest absolute principal curvature (mm^-1) of the level surface of g through each point (N, 3): the
     eigenvalues of P H P / |grad g| on the tangent plane (H the Hessian, P the projection off the normal)."""
     k = 2.0 * np.pi / cell
-    p = np.asarray(points, dtype=float) * k
-    sx, cx, sy, cy, sz, cz = (f(p[:, i]) for i in range(3) for f in (np.sin, np.cos))
+    sx, cx, sy, cy, sz, cz = _sin_cos(points, k)
     grad = np.stack([cx * cy - sz * sx, cy * cz - sx * sy, cz * cx - sy * sz], axis=1)
     gn = np.maximum(np.linalg.norm(grad, axis=1), _MIN_GRADIENT)
     n = grad / gn[:, None]
