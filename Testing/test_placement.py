@@ -305,3 +305,46 @@ def test_adjacent_levels_get_footplates_thin_enough_for_the_disc():
     geom = build_implant(lv.axis_points, lv.proximal_endplate, lv.distal_endplate, params)
     gap = (lv.distal_endplate.centre - lv.proximal_endplate.centre) @ lv.proximal_endplate.normal
     assert geom.length_mm == pytest.approx(gap, abs=1.0)
+
+
+def test_strut_follows_the_bodies_past_an_osteophyte(monkeypatch):
+    """An anterior osteophyte on T7 (a 5 mm bony ridge, as on the chest CT's T7/T8) holds the strut off the bone
+    there; elsewhere the strut follows the bodies (offset_contour_mm) instead of standing off all of them by the
+    osteophyte's height. Measured on the designed mesh against the phantom's labels, then with the contour
+    switched off (the constant offset of the furthest bone) for comparison."""
+    import PatientImplantPlannerLib.design.placement as placement
+
+    ph = make_spine_phantom(spacing=1.0, levels=LEVELS)
+    t7 = ph.vertebra("T7").label
+    body = ph.vertebra_labels == t7
+    k, j, i = np.nonzero(body)
+    pts = ph.ijk_to_ras_points(np.stack([i, j, k], axis=1))
+    front = float(pts[:, 1].max())  # anterior = +y in the phantom
+    centre_z = float(np.median(pts[:, 2]))
+    zz, yy, xx = np.indices(ph.bone_mask.shape)
+    ras = ph.ijk_to_ras_points(np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=1)).reshape(*ph.bone_mask.shape, 3)
+    ridge = ((ras[..., 1] > front - 1.0) & (ras[..., 1] < front + 5.0) & (np.abs(ras[..., 0] - pts[:, 0].mean()) < 6.0)
+             & (np.abs(ras[..., 2] - centre_z) < 3.0))
+    bone = ph.bone_mask | ridge
+
+    def gaps(result):
+        tree = cKDTree(surface_samples(result.nominal.mesh, 40000))
+        out = {}
+        for name in ("T6", "T7"):
+            k, j, i = np.nonzero(ph.vertebra_labels == ph.vertebra(name).label)
+            out[name] = float(tree.query(ph.ijk_to_ras_points(np.stack([i, j, k], axis=1)))[0].min())
+        k, j, i = np.nonzero(ridge & ~ph.bone_mask)
+        out["ridge"] = float(tree.query(ph.ijk_to_ras_points(np.stack([i, j, k], axis=1)))[0].min())
+        return out
+
+    followed = _design(ph, "anterior", bone_mask=bone)
+    assert followed.implant_parameters.offset_contour_mm
+    got = gaps(followed)
+    monkeypatch.setattr(placement, "CONTOUR_MIN_MM", 1e9)  # the constant offset
+    constant = _design(ph, "anterior", bone_mask=bone)
+    assert not constant.implant_parameters.offset_contour_mm
+    before = gaps(constant)
+    assert got["ridge"] >= 0.5 and before["ridge"] >= 0.5  # the strut clears the osteophyte (1 mm gap, 1 mm voxels)
+    assert got["T6"] <= 2.5, got  # against T6 (1 mm gap, voxel centres half a voxel inside)
+    assert before["T6"] >= got["T6"] + 1.5, (before, got)  # the constant offset stands off by about the ridge
+    assert check_mesh(followed.nominal.mesh).ok and check_mesh(followed.nominal.mesh).n_components == 1

@@ -228,3 +228,23 @@ def test_endplate_parallel_to_axis_and_missing_screw_are_refused(phantom, anteri
     plan.trajectories = traj
     with pytest.raises(PlannerError, match="(?i)miss|bone|outside"):
         design_implant(plan, phantom.array, phantom.ijk_to_ras, phantom.bone_mask)
+
+
+def test_low_density_warning_is_given_once_for_all_the_screws_it_concerns():
+    """Four screws in osteopenic bone give one warning naming each screw and its share, not four; other screw
+    warnings stay per screw."""
+    from types import SimpleNamespace
+
+    from PatientImplantPlannerLib.design.plan import _screw_warnings
+
+    def sp(name, *warnings):
+        return SimpleNamespace(trajectory=SimpleNamespace(name=name), warnings=list(warnings))
+
+    low = "{} % of the screw is in bone below 130 HU (osteoporotic range): expect weak purchase"
+    out = _screw_warnings([sp("proximal right", low.format(64)), sp("proximal left", low.format(62)),
+                           sp("distal right", low.format(77), "the screw leaves the bone 30.0 mm from its entry"),
+                           sp("distal left")])
+    assert len(out) == 2
+    assert out[0] == "distal right: the screw leaves the bone 30.0 mm from its entry"
+    assert "3 screw(s)" in out[1] and "proximal right 64 %" in out[1] and "distal right 77 %" in out[1]
+    assert "distal left" not in out[1]

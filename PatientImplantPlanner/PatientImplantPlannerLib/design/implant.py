@@ -23,9 +23,11 @@ from .strut import (
     _clip_to_gap,
     _end_direction,
     _fold_ratio,
+    end_offset_scale,
     path_frames,
     profile_polygon,
     section_properties,
+    strut_offsets,
 )
 
 STRUT_OVERLAP_MM = 1.0  # how far the strut reaches into each footplate: fused by overlap, never flush contact
@@ -175,8 +177,9 @@ def footplate_outlines(plate: Endplate, params: ImplantParameters, end: str) -> 
     out = [np.column_stack([ra * np.cos(t), rl * np.sin(t)])]
     if _placed_on_bodies(params):
         sign = 1.0 if end == "proximal" else -1.0  # path lateral -> this endplate's lateral
-        to_strut = np.array([params.offset_anterior_mm - params.footplate_offset_anterior_mm,
-                             sign * (params.offset_lateral_mm - params.footplate_offset_lateral_mm)])
+        k = end_offset_scale(params, end)
+        to_strut = np.array([k * params.offset_anterior_mm - params.footplate_offset_anterior_mm,
+                             sign * (k * params.offset_lateral_mm - params.footplate_offset_lateral_mm)])
         sec = profile_polygon(params) * np.array([1.0, sign]) + to_strut
         if sign < 0:
             sec = sec[::-1]  # mirroring flips the winding
@@ -252,10 +255,10 @@ def _validate_holes(holes) -> list:
 
 def _check_footprint(poly: np.ndarray, params: ImplantParameters, plates) -> None:
     """The strut (profile + offset) must not be wider than either footplate in either direction."""
-    a = poly[:, 0] + params.offset_anterior_mm - params.footplate_offset_anterior_mm
-    lat = poly[:, 1] + params.offset_lateral_mm - params.footplate_offset_lateral_mm
-    ext_a, ext_l = float(np.abs(a).max()), float(np.abs(lat).max())
     for name, plate in plates:
+        k = end_offset_scale(params, name)
+        ext_a = float(np.abs(poly[:, 0] + k * params.offset_anterior_mm - params.footplate_offset_anterior_mm).max())
+        ext_l = float(np.abs(poly[:, 1] + k * params.offset_lateral_mm - params.footplate_offset_lateral_mm).max())
         fa, fl = params.footplate_semi_axes(plate)
         if ext_a > fa + 1e-6 or ext_l > fl + 1e-6:
             raise PlanError(
@@ -319,7 +322,10 @@ def build_implant(
         )
     # Offset the centre line in the twist-free frame, then re-clip it to the contact planes.
     axis_frames = path_frames(axis, proximal, distal_v)
-    section = poly + np.array([params.offset_anterior_mm, params.offset_lateral_mm])
+    offset = strut_offsets(params, axis, axis_frames)
+    base = np.array([params.offset_anterior_mm, params.offset_lateral_mm])
+    widest = float(np.linalg.norm(offset, axis=1).max()) / max(float(np.linalg.norm(base)), 1e-9)
+    section = poly + base * max(widest, 1.0)  # the farthest the contour takes it
     reach = float(np.linalg.norm(section, axis=1).max())
     fold, bend = _fold_ratio(axis, axis_frames, section)
     if fold > 1.0 / 1.5:
@@ -328,7 +334,6 @@ def build_implant(
             f"{fold * bend:.1f} mm towards the inside of the bend: the sweep would fold over itself.",
             "Smooth the axis (more, evenly spaced points), reduce the strut offset or use a slimmer strut.",
         )
-    offset = params.offset_anterior_mm * axis_frames[:, 0] + params.offset_lateral_mm * axis_frames[:, 1]
     strut_path = axis + offset
     if np.any(offset):
         strut_path = resample_polyline(

@@ -1,6 +1,8 @@
 """Where the strut goes around the vertebral bodies: an angle about the spinal axis (0 = anterior, +90 = the
 patient's right, -90 = the left), the strut lying a bone gap outside the bone found in that direction, the
-footplates reaching back from it onto the endplates, and the keep-out anatomy kept at a clearance.
+footplates reaching back from it onto the endplates, and the keep-out anatomy kept at a clearance. The strut's
+distance from the axis follows the bodies' front along the gap (``offset_contour_mm``, smooth): on the chest CT's
+T4 -> T9 a constant offset, set by the furthest bone (an osteophyte at T7/T8 and the larger T8), stood 6.5 mm off T6.
 
 Automatic placement tries every angle from -90 to +90 degrees, measures the clearance of the strut and footplates
 to every keep-out structure on a distance field, and takes the middle of the widest run of angles that keeps the
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
+from scipy.ndimage import gaussian_filter1d, maximum_filter1d
 from scipy.spatial import cKDTree
 
 from ..core.anatomy import Endplate
@@ -19,7 +22,14 @@ from ..core.errors import PlanError
 from .access import drill_access
 from .implant import footplate_centre, footplate_outlines
 from .screws import default_trajectories
-from .strut import ImplantParameters, gap_length, path_frames, profile_polygon
+from .strut import (
+    ImplantParameters,
+    end_offset_scale,
+    gap_length,
+    path_frames,
+    profile_polygon,
+    strut_offsets,
+)
 
 NAMED_ANGLES = {
     "anterior": 0.0,
@@ -38,6 +48,10 @@ CLEARANCE_MIN_FRACTION = 0.4  # footplates shrink towards the strut for clearanc
 MIN_FOOTPLATE_MM = 1.5  # footplates are not thinned below this to fit a short gap (adjacent levels)
 FRACTION_STEP = 0.05  # footplates grow by this fraction of the endplate until the screws fit
 FIELD_PAD_MM = 60.0  # the placement field reaches this far around the axis
+CONTOUR_RADIUS_MM = 20.0  # the strut follows the bodies' front with bends no sharper than this ...
+CONTOUR_SMOOTH_MM = 3.0  # ... smoothed over this (Gaussian sigma, mm along the gap)
+CONTOUR_MIN_MM = 0.5  # a contour changing the offset by less than this is left out
+END_BLEND_MM = 10.0  # an end held at the constant offset blends into the contour over at least this
 
 
 @dataclass
@@ -91,9 +105,13 @@ class _Bone:
         rel = pts - axis[nearest]
         self.a = np.einsum("ij,ij->i", rel, frames[nearest, 0])
         self.l = np.einsum("ij,ij->i", rel, frames[nearest, 1])
+        # Arc along the axis from the proximal endplate (as strut.strut_offsets measures it), and the gap's length.
+        arc, start, stop = _gap_arc(axis, proximal, distal)
+        self.s = arc[nearest] - arc[start]
+        self.length = float(arc[stop] - arc[start])
         reach = BONE_REACH * max(proximal.radius_ap, proximal.radius_lr, distal.radius_ap, distal.radius_lr)
         near = np.hypot(self.a, self.l) <= reach
-        self.a, self.l = self.a[near], self.l[near]
+        self.a, self.l, self.s = self.a[near], self.l[near], self.s[near]
         self.half_voxel = float(np.linalg.norm(m[:3, :3], axis=0).max()) / 2.0
         self.ok = len(self.a) > 0
 
@@ -107,6 +125,53 @@ class _Bone:
         if not band.any():
             return None
         return float(u[band].max()) + self.half_voxel  # voxel centres: the surface is half a voxel further
+
+    def contour(self, angle: float, half_band: float, reach_mm: float) -> Optional[tuple]:
+        """(offset at the footplates, offset_contour_mm) for a strut at ``angle`` whose centre line keeps
+        ``reach_mm`` beyond the bone within +-half_band across it: the bone's front per millimetre along the gap
+        under a smooth curve (bends no sharper than CONTOUR_RADIUS_MM, then a Gaussian), so the strut lies against
+        each body instead of standing off the one that reaches furthest. The curve meets the same offset at both
+        ends (the footplates and screws are laid out for one offset), moving outward only to do so. None without
+        bone in that direction."""
+        if not self.ok or self.length < 1.0:
+            return None
+        u = self.a * np.cos(angle) + self.l * np.sin(angle)
+        v = -self.a * np.sin(angle) + self.l * np.cos(angle)
+        band = np.abs(v) <= half_band
+        if not band.any():
+            return None
+        n = int(np.ceil(self.length)) + 1
+        stations = np.linspace(0.0, self.length, n)
+        need = np.full(n, -np.inf)
+        idx = np.clip(np.rint(self.s[band] / self.length * (n - 1)).astype(int), 0, n - 1)
+        np.maximum.at(need, idx, u[band] + self.half_voxel + reach_mm)
+
+        def above(need):
+            known = np.isfinite(need)
+            d = stations[:, None] - stations[None, known]
+            env = (need[None, known] - d * d / (2.0 * CONTOUR_RADIUS_MM)).max(axis=1)
+            # Widened by the Gaussian's reach first, so smoothing rounds the peaks off above the bone, not into it.
+            sigma = CONTOUR_SMOOTH_MM / (stations[1] - stations[0])
+            wide = maximum_filter1d(env, size=2 * int(np.ceil(1.5 * sigma)) + 1, mode="nearest")
+            smooth = gaussian_filter1d(wide, sigma, mode="nearest")
+            return smooth + max(0.0, float((env - smooth).max()))  # never nearer the bone than the envelope
+
+        curve = above(need)
+        base = float(curve.max())
+        delta = curve - base
+        if float(np.abs(delta).max()) < CONTOUR_MIN_MM:
+            return base, ()
+        return base, tuple((round(float(a), 3), round(float(b), 3)) for a, b in zip(stations, delta))
+
+
+def _gap_arc(axis: np.ndarray, proximal: Endplate, distal: Endplate) -> tuple:
+    """(arc length at each axis point, index of the first and of the last point inside the gap)."""
+    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(axis, axis=0), axis=1))])
+    inside = np.flatnonzero(((axis - proximal.centre) @ proximal.normal > 0)
+                            & ((axis - distal.centre) @ distal.normal > 0))
+    if len(inside) == 0:
+        return arc, 0, len(axis) - 1
+    return arc, int(inside[0]), int(inside[-1])
 
 
 def _inset(ra: float, rl: float, angle: float) -> float:
@@ -132,14 +197,17 @@ def _parameters_at(implant: ImplantParameters, proximal: Endplate, distal: Endpl
     back = float(-base[:, 0].min())
     half_width = float(np.abs(base[:, 1]).max())
     r = min(_extent(p.radius_ap, p.radius_lr, ang) for p in (proximal, distal))
-    bone_front = bone.front(ang, half_width + 2.0)
-    if bone_front is None:
-        bone_front = max(_extent(p.radius_ap, p.radius_lr, ang) for p in (proximal, distal))
-    offset = bone_front + back + bone_gap_mm
+    followed = bone.contour(ang, half_width + 2.0, back + bone_gap_mm)
+    contour = ()
+    if followed is None:
+        offset = max(_extent(p.radius_ap, p.radius_lr, ang) for p in (proximal, distal)) + back + bone_gap_mm
+    else:
+        offset, contour = followed
     fraction = implant.footplate_fraction
     centre = (1.0 - fraction) * min(_inset(p.radius_ap, p.radius_lr, ang) for p in (proximal, distal))
     u = np.array([np.cos(ang), np.sin(ang)])
     params = replace(turned, offset_anterior_mm=float(offset * u[0]), offset_lateral_mm=float(offset * u[1]),
+                     offset_contour_mm=contour,
                      footplate_offset_anterior_mm=float(centre * u[0]),
                      footplate_offset_lateral_mm=float(centre * u[1]))
     pattern = {"pattern_offset_anterior_mm": float(SCREW_PATTERN * r * u[0]),
@@ -153,11 +221,13 @@ def _sample_points(axis, proximal, distal, params: ImplantParameters, extra_mm: 
     the contact and free faces), the distal one also where the largest oversized variant puts it."""
     axis = np.asarray(axis, dtype=float)
     frames = path_frames(axis, proximal, distal)
-    poly = profile_polygon(params) + np.array([params.offset_anterior_mm, params.offset_lateral_mm])
+    poly = profile_polygon(params)
+    _, start, _ = _gap_arc(axis, proximal, distal)
+    centre = axis + strut_offsets(params, axis, frames, start)
     keep = ((axis - proximal.centre) @ proximal.normal > 0) & ((axis - distal.centre) @ distal.normal > 0)
     step = max(1, len(axis) // 60)
     idx = np.flatnonzero(keep)[::step]
-    strut = (axis[idx, None, :] + poly[None, :, 0, None] * frames[idx, None, 0]
+    strut = (centre[idx, None, :] + poly[None, :, 0, None] * frames[idx, None, 0]
              + poly[None, :, 1, None] * frames[idx, None, 1]).reshape(-1, 3)
     pts = [strut]
     down = axis[-1] - axis[-2] if len(axis) > 1 else -distal.normal
@@ -284,6 +354,22 @@ def place_strut(implant: ImplantParameters, axis, proximal: Endplate, distal: En
                      clearance_mm=c, nearest=n, by_angle=[(t[0], t[1], t[2]) for t in tried])
 
 
+def _ends_moved(params: ImplantParameters) -> bool:
+    c = params.offset_contour_mm
+    return bool(len(c)) and (abs(c[0][1]) > 1e-6 or abs(c[-1][1]) > 1e-6)
+
+
+def _pinned_ends(params: ImplantParameters) -> ImplantParameters:
+    """``params`` with the contour's ends moved out to the constant offset, blended in over END_BLEND_MM
+    (outward only: the contour lies at or below the constant offset)."""
+    s, d = np.asarray(params.offset_contour_mm, dtype=float).T
+    for end, dist in ((d[0], s - s[0]), (d[-1], s[-1] - s)):
+        reach = max(END_BLEND_MM, 3.0 * abs(end))  # no steeper than about 1 in 3
+        d = d - end * np.where(dist < reach, 0.5 * (1.0 + np.cos(np.pi * dist / reach)), 0.0)
+    d = np.maximum(d, np.asarray(params.offset_contour_mm, dtype=float)[:, 1])
+    return replace(params, offset_contour_mm=tuple((float(a), round(float(b), 3)) for a, b in zip(s, d)))
+
+
 def screw_layout_kwargs(params: ImplantParameters, pattern: Optional[dict] = None) -> dict:
     """Keyword arguments of screws.default_trajectories (after the endplates, the footplate thickness and the screw
     parameters) for an implant built with ``params`` and the placement's screw ``pattern``."""
@@ -293,7 +379,9 @@ def screw_layout_kwargs(params: ImplantParameters, pattern: Optional[dict] = Non
                 strut_radius_mm=float(np.linalg.norm(profile_polygon(params), axis=1).max()),
                 strut_offset_lateral_mm=params.offset_lateral_mm,
                 footplate_offset_anterior_mm=params.footplate_offset_anterior_mm,
-                footplate_offset_lateral_mm=params.footplate_offset_lateral_mm, **(pattern or {}))
+                footplate_offset_lateral_mm=params.footplate_offset_lateral_mm,
+                strut_offset_scale=(end_offset_scale(params, "proximal"), end_offset_scale(params, "distal")),
+                **(pattern or {}))
 
 
 def _on_endplates(params: ImplantParameters, proximal: Endplate, distal: Endplate) -> bool:
@@ -352,6 +440,12 @@ def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal:
             return (0, 0)
         return tuple(sum(tr.end == e for tr in trs) for e in ("proximal", "distal"))
 
+    if _ends_moved(params):
+        # A strut nearer a footplate's centre (the contour brought that end in) takes room from the screws: where
+        # that costs screws, the ends stay at the offset the layout was made for.
+        pinned = _pinned_ends(params)
+        if min(counts(pinned)) > min(counts(params)):
+            params = pinned
     if field is None:
         field = keep_out_field(keep_out, axis)
     start, _ = _clearance(field, axis, proximal, distal, params, largest_variant_mm)

@@ -29,7 +29,15 @@ from .defectparams import MirrorDefectParameters
 from .implant import build_implant, measurements
 from .placement import NAMED_ANGLES, fit_footplates, place_strut, screw_layout_kwargs
 from .planschema import validate_plan_dict
-from .screws import ScrewParameters, Trajectory, default_trajectories, hole_specs, plan_screws, screw_type
+from .screws import (
+    LOW_DENSITY_HU,
+    ScrewParameters,
+    Trajectory,
+    default_trajectories,
+    hole_specs,
+    plan_screws,
+    screw_type,
+)
 from .strut import ImplantParameters
 
 SCHEMA_VERSION = 1
@@ -397,6 +405,22 @@ def require_accepted(result) -> None:
         )
 
 
+def _screw_warnings(screw_plans) -> list:
+    """Each screw's warnings, named; the low-density one (usually every screw of an osteoporotic spine) once for
+    all the screws it concerns, so it does not bury the others."""
+    out, weak = [], []
+    for sp in screw_plans:
+        for w in sp.warnings:
+            if "osteoporotic range" in w:
+                weak.append(f"{sp.trajectory.name} {w.split(' %', 1)[0]} %")
+            else:
+                out.append(f"{sp.trajectory.name}: {w}")
+    if weak:
+        out.append(f"{len(weak)} screw(s) lie mostly in bone below {LOW_DENSITY_HU:g} HU (osteoporotic range; share "
+                   f"of each screw's length in bone: {', '.join(weak)}): expect weak purchase.")
+    return out
+
+
 def design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress=None, label_map=None, label_values=None,
                    keep_out=None):
     """Levels -> axis -> endplates -> placement -> screws -> nominal implant -> variants -> measurements and
@@ -501,8 +525,7 @@ def _design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress, label
         warnings.append("Screw lengths are limited by the bone along each screw only (no detected docking "
                         "vertebrae for user-given endplates): check in the CT that no screw reaches the next disc.")
     screw_plans = plan_screws(trajectories, ct_array, bone_mask, ijk_to_ras, plan.screws, docking_masks=docking)
-    for sp in screw_plans:
-        warnings.extend(f"{sp.trajectory.name}: {w}" for w in sp.warnings)
+    warnings.extend(_screw_warnings(screw_plans))
     holes = hole_specs(screw_plans)
     seconds["screws"] = time.perf_counter() - t1
 

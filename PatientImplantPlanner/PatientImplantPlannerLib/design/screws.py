@@ -296,6 +296,7 @@ def default_trajectories(
     pattern_offset_lateral_mm: float = 0.0,
     pattern_angle_deg: float = 0.0,
     access=None,
+    strut_offset_scale: tuple = (1.0, 1.0),
 ) -> list:
     """``per_end`` screws per footplate, proximal first, placed around the strut and aimed into each vertebral body.
 
@@ -352,7 +353,8 @@ def default_trajectories(
                      + footplate_offset_lateral_mm * lat_sign * plate.lateral)
         # Positions below are in the endplate's (anterior, lateral) plane, relative to the footplate centre.
         fp = np.array([footplate_offset_anterior_mm, lat_sign * footplate_offset_lateral_mm])
-        strut = np.array([strut_offset_anterior_mm, lat_sign * strut_offset_lateral_mm]) - fp
+        k = strut_offset_scale[0 if end == "proximal" else 1]  # the strut may stand off each end differently
+        strut = k * np.array([strut_offset_anterior_mm, lat_sign * strut_offset_lateral_mm]) - fp
         # Screws sit around the strut where it stands in the middle of the footplate; a strut near or beyond its
         # rim (placement on the bodies) leaves the footplate centre for them.
         centre = strut if (strut[0] / fa) ** 2 + (strut[1] / fl) ** 2 < 0.25 else np.zeros(2)

@@ -47,6 +47,10 @@ class ImplantParameters:
     footplate_thickness_mm: float = 3.0
     porous_layer_mm: float = 1.5  # depth of the bone-contact layer marked porous (lattice comes later)
     profile_segments: int = 48  # tessellation of round outlines
+    # The strut's distance from the axis changing along the gap so it follows the bone (placement.py sets it):
+    # ((arc mm from the proximal endplate, change of the offset mm), ...); zero at both ends, where the footplates
+    # and screws are laid out for the constant offset. Empty: the constant offset all along.
+    offset_contour_mm: tuple = ()
 
     def validate(self) -> None:
         """Raise PlanError for a value no implant could be made from."""
@@ -58,7 +62,9 @@ class ImplantParameters:
             raise PlanError(f"Unknown strut profile {self.profile!r}.", f"Choose one of {', '.join(PROFILES)}.")
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name != "profile" and not (isinstance(v, (int, float, np.number)) and np.isfinite(v)):
+            if f.name in ("profile", "offset_contour_mm"):
+                continue
+            if not (isinstance(v, (int, float, np.number)) and np.isfinite(v)):
                 bad(f.name, v, "to a finite number")
         if self.profile == "circle" and not 1.0 <= self.diameter_mm <= 40.0:
             bad("diameter_mm", self.diameter_mm, "between 1 and 40 mm")
@@ -82,6 +88,11 @@ class ImplantParameters:
                      "footplate_offset_lateral_mm"):
             if abs(getattr(self, name)) > 50.0:
                 bad(name, getattr(self, name), "between -50 and 50 mm")
+        contour = np.asarray(self.offset_contour_mm, dtype=float) if len(self.offset_contour_mm) else np.zeros((0, 2))
+        if (contour.ndim != 2 or contour.shape[1] != 2 or not np.all(np.isfinite(contour))
+                or np.any(np.diff(contour[:, 0]) <= 0) or np.any(np.abs(contour[:, 1]) > 50.0)):
+            bad("offset_contour_mm", list(map(list, self.offset_contour_mm)),
+                "to [[arc mm, offset change mm], ...] with increasing arcs and changes within +-50 mm (or [])")
         if abs(self.profile_angle_deg) > 180.0:
             bad("profile_angle_deg", self.profile_angle_deg, "between -180 and 180 degrees")
         if not 0.0 < self.footplate_fraction <= 1.0:
@@ -101,7 +112,9 @@ class ImplantParameters:
         return self.footplate_fraction * plate.radius_ap, lateral * plate.radius_lr
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["offset_contour_mm"] = [[float(a), float(b)] for a, b in self.offset_contour_mm]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ImplantParameters":
@@ -109,7 +122,34 @@ class ImplantParameters:
         unknown = sorted(set(d) - known)
         if unknown:
             raise PlanError(f"Unknown implant parameter(s): {', '.join(unknown)}.", f"Use only: {', '.join(known)}.")
+        d = dict(d)
+        if "offset_contour_mm" in d:
+            d["offset_contour_mm"] = tuple(tuple(p) for p in d["offset_contour_mm"] or ())
         return cls(**d)
+
+
+def strut_offsets(params: ImplantParameters, path: np.ndarray, frames: np.ndarray, start: int = 0) -> np.ndarray:
+    """(N, 3) offset of the strut's centre line from each point of ``path`` (frames from path_frames): the
+    constant offset, changed along the gap by ``offset_contour_mm`` (arc measured from ``path[start]``, the
+    proximal endplate)."""
+    base = np.array([params.offset_anterior_mm, params.offset_lateral_mm], dtype=float)
+    r = float(np.hypot(*base))
+    scale = np.ones(len(path))
+    if len(params.offset_contour_mm) and r > 1e-9:
+        arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(path, axis=0), axis=1))])
+        s_c, d_c = np.asarray(params.offset_contour_mm, dtype=float).T
+        scale = np.maximum(r + np.interp(arc - arc[start], s_c, d_c), 0.0) / r
+    return scale[:, None] * (base[0] * frames[:, 0] + base[1] * frames[:, 1])
+
+
+def end_offset_scale(params: ImplantParameters, end: str) -> float:
+    """How far the strut stands off at the ``end`` ("proximal" / "distal") footplate, as a multiple of the
+    constant offset (offset_contour_mm may move the two ends differently)."""
+    r = float(np.hypot(params.offset_anterior_mm, params.offset_lateral_mm))
+    if not len(params.offset_contour_mm) or r <= 1e-9:
+        return 1.0
+    delta = params.offset_contour_mm[0 if end == "proximal" else -1][1]
+    return max(r + float(delta), 0.0) / r
 
 
 def _drop_repeats(poly: np.ndarray, tol: float = 1e-9) -> np.ndarray:

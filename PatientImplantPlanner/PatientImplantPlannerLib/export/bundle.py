@@ -437,7 +437,10 @@ def _write_report(record, result, parts, bone_mask, ijk_to_ras, ct_array, folder
         spine = bone_model_surface(segment, ijk_to_ras, island, target_triangles=150_000) if segment.any() else None
         images["render_3d"] = render_plan_view(result, spine, os.path.join(tmp, "render_3d.png"))
         if ct_array is not None:
-            centre = implant.vertices.mean(axis=0)
+            # Through the strut's middle: a strut placed beside the bodies is missed by planes through the
+            # implant's mean point, which the footplates on the endplates pull towards the axis.
+            path = np.asarray(result.nominal.strut_path)
+            centre = path[len(path) // 2] if len(path) else implant.vertices.mean(axis=0)
             for plane in ("sagittal", "coronal"):
                 images[f"ct_{plane}"] = render_ct_slice_with_outline(
                     ct_array, ijk_to_ras, [(implant, OUTLINE_IMPLANT_RGB, 1.0)], os.path.join(tmp, f"ct_{plane}.png"),

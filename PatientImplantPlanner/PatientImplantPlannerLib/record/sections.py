@@ -1,6 +1,7 @@
 """The sections of the design record, in order, built into one document model (headings, paragraphs, tables with a
 status column, pictures) from the record; report.py draws that model as HTML, pdfreport.py as PDF."""
 
+import math
 import os
 from typing import Optional
 
@@ -132,6 +133,17 @@ def _section_segmentation(doc: Document, r: dict) -> None:
     )
 
 
+def _contour_text(p: dict) -> str:
+    """The strut's distance from the axis over the gap when placement made it follow the bodies."""
+    contour = p.get("offset_contour_mm") or []
+    base = math.hypot(p.get("offset_anterior_mm") or 0.0, p.get("offset_lateral_mm") or 0.0)
+    if not contour:
+        return f"{base:.1f} mm all along"
+    d = [float(c[1]) for c in contour]
+    return (f"{base + min(d):.1f} to {base + max(d):.1f} mm (proximal footplate {base + d[0]:.1f}, distal "
+            f"{base + d[-1]:.1f})")
+
+
 def _section_implant(doc: Document, r: dict) -> None:
     imp = r.get("implant") or {}
     p = imp.get("parameters") or {}
@@ -159,6 +171,7 @@ def _section_implant(doc: Document, r: dict) -> None:
             ("Strut offset from the axis, anterior / lateral (as placed)",
              f"{fmt(m.get('strut_offset_anterior_mm', p.get('offset_anterior_mm')))} / "
              f"{fmt(m.get('strut_offset_lateral_mm', p.get('offset_lateral_mm')))} mm"),
+            ("Strut distance from the axis along the gap (follows the bodies)", _contour_text(p)),
             ("Footplate fraction of endplate", fmt(p.get("footplate_fraction"), 2)),
             ("Footplate width fraction (0: as the fraction)", fmt(p.get("footplate_lateral_fraction"), 2)),
             ("Footplate thickness", fmt(p.get("footplate_thickness_mm"), 1, "mm")),
