@@ -115,24 +115,13 @@ class _Bone:
         self.half_voxel = float(np.linalg.norm(m[:3, :3], axis=0).max()) / 2.0
         self.ok = len(self.a) > 0
 
-    def front(self, angle: float, half_band: float) -> Optional[float]:
-        """How far the bone reaches from the axis in the direction ``angle``, within +-half_band across it."""
-        if not self.ok:
-            return None
-        u = self.a * np.cos(angle) + self.l * np.sin(angle)
-        v = -self.a * np.sin(angle) + self.l * np.cos(angle)
-        band = np.abs(v) <= half_band
-        if not band.any():
-            return None
-        return float(u[band].max()) + self.half_voxel  # voxel centres: the surface is half a voxel further
-
     def contour(self, angle: float, half_band: float, reach_mm: float) -> Optional[tuple]:
         """(offset at the footplates, offset_contour_mm) for a strut at ``angle`` whose centre line keeps
         ``reach_mm`` beyond the bone within +-half_band across it: the bone's front per millimetre along the gap
         under a smooth curve (bends no sharper than CONTOUR_RADIUS_MM, then a Gaussian), so the strut lies against
-        each body instead of standing off the one that reaches furthest. The curve meets the same offset at both
-        ends (the footplates and screws are laid out for one offset), moving outward only to do so. None without
-        bone in that direction."""
+        each body instead of standing off the one that reaches furthest. The offset is the curve's highest point,
+        the contour at most zero; each end keeps its own (fit_footplates moves an end out to the offset where
+        that frees room for screws). None without bone in that direction."""
         if not self.ok or self.length < 1.0:
             return None
         u = self.a * np.cos(angle) + self.l * np.sin(angle)
