@@ -66,9 +66,9 @@ from .gyroid import (
     calibrate,
     gyroid,
     inscribed_sphere_diameters,
-    pore_mesh,
     voxelise,
 )
+from .gyrocell import pore_cells
 from .porousends import _CACHE_SIZE, _glue_ends, _Piece, _porous_end, verify_closed
 
 PORE_RANGE_UM = (300.0, 1000.0)
@@ -320,7 +320,7 @@ def _porous_piece(m3d, part_world, centre, normal, anterior, footprint_radii, pa
         region_mask = voxelise(from_manifold(region), [a[0] for a in axes], h, tuple(len(a) for a in axes))
         level = _fit_level(region_mask, axes, h, cell, params, cal.level)
         prog.report(0.3, "Porous layer: meshing the pores")
-        pores, _ = pore_mesh(lo, hi, cell, level, params.kind, h, inside=region_mask)
+        pores, _ = pore_cells(axes, h, region_mask, cell, level, params.kind, h)
         del region_mask
         piece = _lattice_manifold(m3d, pores) ^ layer_zone
         del pores
