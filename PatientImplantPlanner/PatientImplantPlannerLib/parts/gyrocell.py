@@ -467,7 +467,12 @@ def tiled_pores(c: CellMesh, cells: np.ndarray) -> TriMesh:
     gkey = c.rep[None, :] + nv * code(cells[:, None, :] + c.off[None, :, :])
     cell_of, face_of = np.nonzero(keep)
     tri = gkey[cell_of[:, None], c.faces[face_of]]
-    uniq, inverse = np.unique(tri, return_inverse=True)
+    used = np.zeros(int(nv * np.prod(dims)), dtype=bool)  # a table over all keys: no sort of millions
+    used[tri.ravel()] = True
+    uniq = np.flatnonzero(used)
+    index = np.cumsum(used) - 1
+    inverse = index[tri]
+    del used, index
     rep = uniq % nv
     q = uniq // nv
     ijk = np.stack([q // (dims[1] * dims[2]), (q // dims[2]) % dims[1], q % dims[2]], axis=1) + base
@@ -485,9 +490,15 @@ def pore_cells(axes, h: float, inside: np.ndarray, cell: float, level: float, ki
 
     c = cell_mesh(cell, level, kind, mesh_h, tolerance)
     grown = ndimage.binary_dilation(inside, np.ones((3, 3, 3), dtype=bool))
-    ijk = np.nonzero(grown)
-    points = np.stack([axes[d][ijk[d]] for d in range(3)], axis=1)
+    # The cells any of those samples' voxels reaches into: a sample's cell, per axis, at -h/2 and +h/2.
     cells = []
-    for corner in np.array([[i, j, k] for i in (-1, 1) for j in (-1, 1) for k in (-1, 1)]):
-        cells.append(np.unique(np.floor((points + 0.5 * h * corner - c.origin) / c.cell).astype(np.int64), axis=0))
-    return tiled_pores(c, np.concatenate(cells)), c.worst
+    for d in range(3):
+        first = np.floor((axes[d] - 0.5 * h - c.origin[d]) / c.cell).astype(np.int64)
+        last = np.floor((axes[d] + 0.5 * h - c.origin[d]) / c.cell).astype(np.int64)
+        cells.append((first, last, first.min()))
+    shape = tuple(int(last.max() - base) + 1 for first, last, base in cells)
+    hit = np.zeros(shape, dtype=bool)
+    ijk = np.nonzero(grown)
+    for pick in np.ndindex(2, 2, 2):
+        hit[tuple(cells[d][pick[d]][ijk[d]] - cells[d][2] for d in range(3))] = True
+    return tiled_pores(c, np.argwhere(hit) + np.array([b for _, _, b in cells])), c.worst

@@ -54,6 +54,7 @@ import numpy as np
 from ..core.errors import GeometryError, PlanError
 from ..core.mesh import TriMesh, face_components, from_manifold, require_manifold3d, to_manifold
 from ..core.progress import Progress
+from .gyrocell import pore_cells
 from .gyroid import (
     KINDS,
     MEASURE_SAMPLES_PER_CELL,
@@ -68,7 +69,6 @@ from .gyroid import (
     inscribed_sphere_diameters,
     voxelise,
 )
-from .gyrocell import pore_cells
 from .porousends import _CACHE_SIZE, _glue_ends, _Piece, _porous_end, verify_closed
 
 PORE_RANGE_UM = (300.0, 1000.0)
