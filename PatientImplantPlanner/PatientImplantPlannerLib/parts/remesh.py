@@ -9,8 +9,9 @@ shorter than 4/5 of it (link condition, no triangle tilted or over the bound, no
 towards valence 6 and relaxes the vertices along the surface. Isotropic iterations (a loose bound) shape the
 triangles; error-mode iterations (the tolerance as the bound, longer wanted lengths) then merge every triangle the
 tolerance allows. Vertices marked not movable (where the mesh is closed off, or is to stay as it is) are never moved
-or removed, and no edge touching one is split, collapsed or flipped. The mesh stays closed, manifold and
-consistently oriented.
+or removed, and no edge touching one is split, collapsed or flipped, except for vertices marked pinned: they stay
+where they are, but their edges to movable vertices may be split or flipped and a movable neighbour collapsed into
+them (a periodic tile's seam, parts/gyrocell.py). The mesh stays closed, manifold and consistently oriented.
 """
 
 from dataclasses import dataclass
