@@ -1,13 +1,13 @@
 """The lattice's pores as copies of one meshed tile: the gyroid is triply periodic (period L = the cell), so the
-void's surface is meshed once inside a cube of TILE_PERIODS periods a side, closed off with planar caps on the
-cube's faces, and copies of that closed tile are laid side by side over the tiles a layer needs (``pore_cells``).
+void's surface is meshed once inside a box of TILE_PERIODS periods (the "cube"), closed off with planar caps on its
+faces, and copies of that closed tile are laid side by side over the tiles a layer needs (``pore_cells``).
 
 The tile is meshed as ``gyroid.pore_mesh`` meshes a box (contour, vertices projected onto the exact implicit,
 remeshed against it, every triangle with a point of its grid of sixths more than the tolerance off split), but on a
 grid of a whole number of steps a period (CELL_SAMPLES, unbiased) whose planes include the cube's faces and whose
 samples repeat with the period. The contour's vertices on a cube face (the seam) are moved onto the exact surface
 within that face (on a cube edge, along it) and pinned: the remesh neither moves nor removes them (it may split,
-flip or collapse their edges inwards), so the vertices on face x = 0 stay the translates of those on x = T (likewise
+flip or collapse their edges inwards), so the vertices on face x = 0 stay the translates of those on x = Tx (likewise
 y, z; edges and corners). Before and after the remesh the seam is thinned where the bound allows
 (``_decimate_seam``: a seam vertex goes together with its translate); a seam edge the refinement splits is split on
 all its translates. Inner vertices are kept inside the cube (a projection that would leave it is made within a
@@ -20,7 +20,7 @@ one closed, consistently oriented mesh of the void in them.
 Where the cube lies in the period matters: a face near a height where the surface is parallel to it cuts it in
 slivers and tiny loops the projection within the face cannot follow. The faces are put as far as possible from
 those heights (``_phases``), the next position tried if a tile cannot be made. Tiles are cached in memory by (cell,
-level to 1e-4, kind, step, tolerance): ~1.4 s for a new one at the defaults.
+level to 1e-4, kind, step, tolerance): ~0.8 s for a new one at the defaults.
 """
 
 import functools
@@ -49,22 +49,24 @@ from .remesh import Oracle, remesh, split_marked_edges
 # the solid, and projecting that contour puts ~3 % of the vertices next to a face outside the cube; unbiased, none
 # left it from 5 samples on. The contour's seam is what the cell keeps, thinned to the bound (_decimate_seam): the
 # finer the contour the more of it can go. Triangles of the 70 % cell: 284 at 5 samples (no thinning possible),
-# 272 at 6, 248 at 8, 234 at 10, 204 at 12, 242 at 16; 12 takes ~0.8 s a cube position.
+# 272 at 6, 248 at 8, 234 at 10, 204 at 12, 242 at 16 (one-period tiles, before the seam was pinned).
 CELL_SAMPLES = 12
 SEAM_DECIMATION = True  # thin the contour's seam before the remesh (70 % cell: 204 triangles, 272 without)
 SEAM_AGAIN = 2  # then thinned again and two more error-driven remesh iterations (70 % cell: 194 triangles)
-# Periods along each edge of the tile: the seam costs triangles (its vertices are fixed by the contour, the remesh
-# cannot move them), less per period in a larger tile. Triangles a period at 70 %: 194 in one period, 183 in 2 x 2 x 2
-# (the whole layer remeshed at once, from the same cell / 12 contour: 156; from pore_mesh's cell / 4.6: 145);
-# 0.7 s against 1.4 s to mesh.
-TILE_PERIODS = 2
+# Periods along each edge of the tile (u, v, w in the plane frame): the seam costs triangles (its vertices are fixed
+# by the contour, the remesh cannot move them), less per period in a larger tile. Triangles a period at 70 %: 194 in
+# one period, 183 in 2 x 2 x 2 (the whole layer remeshed at once, from the same cell / 12 contour: 156; from
+# pore_mesh's cell / 4.6: 145). One period across the layer (a thin slab along w) keeps the block of copies to cut
+# small. The 40 x 30 mm plate's part, triangles: 451 754 at 1 x 1 x 1, 426 010 at 2 x 2 x 2, 421 396 at 2 x 2 x 1,
+# 419 224 at 3 x 3 x 1 (tile 0.7, 1.4, 0.8 and 1.6 s at low load).
+TILE_PERIODS = (2, 2, 1)
 PIN_SEAM = True  # the remesh may flip, split and collapse the edges from the seam inwards (seam vertices stay)
 _INSIDE = 0.02  # inner vertices stay this many steps inside the cube (no triangle flat on a face)
 _UV = {0: (2, 1), 1: (0, 2), 2: (1, 0)}  # in-face axes (u, v) of face `axis` = lo: (u, v, -e_axis) right-handed
 
 
 class CellMesh:
-    """One tile's closed void mesh (``cell``: the tile's edge T): vertices in the cube [origin, origin + T]^3,
+    """One tile's closed void mesh (``cell``: the tile's edges T, (3,)): vertices in the box [origin, origin + T],
     faces (surface, then the caps of each face as ``caps[axis] = (lower, upper)`` face indices), and for each vertex
     the translate it is a copy of (``rep``, a vertex on no upper face) and its offset from it in tiles (``off``, 0
     or 1 per axis)."""
@@ -100,16 +102,17 @@ def _planes(v, lo, hi, tol):
 
 
 def _mesh_cell(cell, level, kind, h, tolerance, phase, periods=1):
-    """The CellMesh of the cube of ``periods`` periods a side at ``phase`` (fractions of L per axis), or None if it
-    cannot be made."""
+    """The CellMesh of the box of ``periods`` periods (per axis, or all) at ``phase`` (fractions of L per axis), or
+    None if it cannot be made."""
     n = max(CELL_SAMPLES, int(math.ceil(cell / h - 1e-9)))
     h = cell / n
     o = np.asarray(phase, dtype=float) * cell
+    periods = np.broadcast_to(np.asarray(periods, dtype=np.int64), (3,))
     lo, hi = o, o + periods * cell
-    idx = np.arange(-2, periods * n + 3)
+    idx = [np.arange(-2, p * n + 3) % n for p in periods]
     # The samples repeat with the period exactly: computed on one period and indexed.
     period = _gyroid_distance_grid([o[d] + h * np.arange(n) for d in range(3)], cell, level, kind)
-    field_ = period[np.ix_(idx % n, idx % n, idx % n)]
+    field_ = period[np.ix_(*idx)]
     np.negative(field_, out=field_)
     near = np.abs(field_) < 0.2 * h
     field_[near] = np.where(field_[near] < 0, np.float32(-0.2 * h), np.float32(0.2 * h))
@@ -374,7 +377,7 @@ def _close(v, f, worst, cell, level, kind, lo, hi):
     faces = np.concatenate(faces)
     if not closed_edges(faces, len(v)):
         return None
-    return CellMesh(float((hi - lo)[0]), lo.copy(), v, faces, caps, np.where(rep >= 0, rep, np.arange(len(v))), off,
+    return CellMesh(hi - lo, lo.copy(), v, faces, caps, np.where(rep >= 0, rep, np.arange(len(v))), off,
                     worst, len(f))
 
 
@@ -467,7 +470,7 @@ def cell_mesh(cell: float, level: float, kind: str = "gyroid", h=None, tolerance
 
 
 def tiled_pores(c: CellMesh, cells: np.ndarray) -> TriMesh:
-    """The void in the given tiles (integer (M, 3): tile (i, j, k) is the cube origin + (i, j, k) T + [0, T]^3)
+    """The void in the given tiles (integer (M, 3): tile (i, j, k) is the box origin + (i, j, k) T + [0, T])
     as one closed mesh: copies of ``c`` joined along their shared faces, the caps between two copies dropped."""
     cells = np.unique(np.asarray(cells, dtype=np.int64).reshape(-1, 3), axis=0)
     base = cells.min(axis=0) - 1
@@ -513,8 +516,8 @@ def pore_cells(axes, h: float, inside: np.ndarray, cell: float, level: float, ki
     # The cells any of those samples' voxels reaches into: a sample's cell, per axis, at -h/2 and +h/2.
     cells = []
     for d in range(3):
-        first = np.floor((axes[d] - 0.5 * h - c.origin[d]) / c.cell).astype(np.int64)
-        last = np.floor((axes[d] + 0.5 * h - c.origin[d]) / c.cell).astype(np.int64)
+        first = np.floor((axes[d] - 0.5 * h - c.origin[d]) / c.cell[d]).astype(np.int64)
+        last = np.floor((axes[d] + 0.5 * h - c.origin[d]) / c.cell[d]).astype(np.int64)
         cells.append((first, last, first.min()))
     shape = tuple(int(last.max() - base) + 1 for first, last, base in cells)
     hit = np.zeros(shape, dtype=bool)
