@@ -31,20 +31,21 @@ Definitions used for the measured figures:
 Measured on a 20 x 14 mm footplate (1.5 mm layer): porosity within 2 points and pore size within 3 % of the
 target over the whole range.
 
-Geometry is done in the plane frame (u = anterior, v = lateral, w = normal out of the implant into bone). The
-pores (the gyroid's void) are meshed once per period and tiled (``gyrocell.pore_cells``): one period cube's void
-surface is contoured (cell / 12), every vertex moved onto the exact implicit surface, remeshed along it (``remesh``:
-isotropic to the curvature, then every collapse the 27 um bound allows; the vertices on the cube's faces locked so
-opposite faces stay translates of each other) and every triangle with a point of its grid of sixths more than 27 um
-off split until none does; the cell is closed with planar caps on its faces and cached (~0.7 s a new level). Copies
-of it cover every cell the layer's samples reach, welded by index, the caps between copies dropped: one closed mesh
-of the void, its outer caps outside the layer. The porous part is then the part minus the pores within the layer's
-prism, one manifold3d boolean: the contact face, the layer's floor, the walls and a footprint are exact, and their
-edges with the gyroid carry only the pore mesh's error. Chordal error over every triangle of the layer, cut edges
-included: mean 7-8 um, max 27 um at the defaults (tested), at ~340 triangles per mm3 of layer (~310 for the whole
-layer remeshed at once by ``gyroid.pore_mesh``, ~55 s for a 40 x 30 mm plate against ~4 s tiled). Solid pieces
-the pores cut off from the core are dropped. With ``cut_mm`` (the export) only each end's footplate slab above the
-cut is made porous, once, and glued to every size along the cut loop: no boolean with the pores per size.
+Geometry is done in the plane frame (u = anterior, v = lateral, w = normal out of the implant into bone). The pores
+(the gyroid's void) are meshed once per tile of periods and copied (``gyrocell.pore_cells``; the sheet gyroid:
+``gyroid.pore_mesh`` over the layer as a whole, as before): a 2 x 2 x 1-period tile's void surface is contoured
+(cell / 12), every vertex moved onto the exact implicit surface, remeshed along it (``remesh``: isotropic to the
+curvature, then every collapse the 27 um bound allows; the vertices on the tile's faces pinned so opposite faces
+stay translates of each other) and every triangle with a point of its grid of sixths more than 27 um off split until
+none does; the tile is closed with planar caps on its faces and cached (~0.8 s a new level). Copies of it cover
+every tile the layer's samples reach, welded by index, the caps between copies dropped: one closed mesh of the void,
+its outer caps outside the layer. The porous part is then the part minus the pores within the layer's prism, one
+manifold3d boolean: the contact face, the layer's floor, the walls and a footprint are exact, and their edges with
+the gyroid carry only the pore mesh's error. Chordal error over every triangle of the layer, cut edges included:
+mean 7 um, max 27 um at the defaults (tested), at 300-330 triangles per mm3 of layer (about as many as the layer
+remeshed at once by ``gyroid.pore_mesh``, which took ~55-80 s for a 40 x 30 mm plate against ~5 s tiled). Solid
+pieces the pores cut off from the core are dropped. With ``cut_mm`` (the export) only each end's footplate slab
+above the cut is made porous, once, and glued to every size along the cut loop: no boolean with the pores per size.
 ``overlap_mm`` only places that cut (bundle).
 """
 
@@ -325,9 +326,13 @@ def _porous_piece(m3d, part_world, centre, normal, anterior, footprint_radii, pa
         region_mask = voxelise(from_manifold(region), [a[0] for a in axes], h, tuple(len(a) for a in axes))
         level = _fit_level(region_mask, axes, h, cell, params, cal.level)
         prog.report(0.3, "Porous layer: meshing the pores")
-        try:
-            pores, _ = pore_cells(axes, h, region_mask, cell, level, params.kind, h)
-        except GeometryError:  # no tileable cell (the sheet's thin walls at some levels): the layer as a whole
+        pores = None
+        if params.kind == "gyroid":  # the sheet's two close surfaces leave no tile within the bound (~20 s a try)
+            try:
+                pores, _ = pore_cells(axes, h, region_mask, cell, level, params.kind, h)
+            except GeometryError:  # no tile could be made: the layer's pores as a whole
+                pass
+        if pores is None:
             pores, _ = pore_mesh(lo, hi, cell, level, params.kind, h, inside=region_mask)
         del region_mask
         piece = _lattice_manifold(m3d, pores) ^ layer_zone
