@@ -18,15 +18,17 @@ points) and the opposite face gets the same triangles, moved and flipped. Copies
 one closed, consistently oriented mesh of the void in them.
 
 Where the cube lies in the period matters: a face near a height where the surface is parallel to it cuts it in
-slivers and tiny loops the projection within the face cannot follow. The faces are put as far as possible from
-those heights (``_phases``), the next position tried if a tile cannot be made. Tiles are cached in memory by (cell,
-level to 1e-4, kind, step, tolerance): ~0.8 s for a new one at the defaults (load 2; 2.8 s at load 5). The network
-gyroid only: for the sheet (two surfaces a wall apart) no tile came within the bound, so lattice.py meshes its
-pores as a whole.
+slivers and tiny loops the projection within the face cannot follow. The faces are put as far as possible from those
+heights (``_phases``), the next position tried if a tile cannot be made. Tiles are cached in memory and on disk (see
+CACHE_ENV) by (cell, level to 1e-4, kind, step, tolerance): ~0.8 s for a new one at the defaults (load 2; 2.8 s at
+load 5). The network gyroid only: for the sheet (two surfaces a wall apart) no tile came within the bound, so
+lattice.py meshes its pores as a whole.
 """
 
 import functools
+import hashlib
 import math
+import os
 
 import numpy as np
 
@@ -360,7 +362,7 @@ def _close(v, f, worst, cell, level, kind, lo, hi):
             void = gyroid_distance(mids, cell, level, kind) > 0
             edges = np.concatenate([edges, np.stack([rim, np.roll(rim, -1)], axis=1)[void]])
         if len(edges) == 0:
-            caps[axis] = (np.zeros((0, 3), np.int64),) * 2
+            caps[axis] = (np.zeros(0, np.int64),) * 2
             continue
         loops = _loops(edges)
         if loops is None:
@@ -452,12 +454,73 @@ def _phases(cell, level, kind, tries=3):
 
 @functools.lru_cache(maxsize=8)
 def _cell_cached(cell, level, kind, h, tolerance):
+    path = _disk_path((cell, level, kind, h, tolerance, CELL_SAMPLES, TILE_PERIODS))
+    out = _load(path) if path else None
+    if out is not None:
+        return out
     # The best cube position first; the next ones only if it cannot be meshed. None (cached too) if none can.
     for phase in _phases(cell, level, kind):
         out = _mesh_cell(cell, level, kind, h, tolerance, phase, TILE_PERIODS)
         if out is not None:
+            if path:
+                _save(path, out)
             return out
     return None
+
+
+# Tiles are also kept on disk (a new level costs ~1 s; the same part regenerated finds its tiles there), keyed by
+# their parameters and the source of the modules that make them (a changed mesher never reads an old tile).
+# IMPLANT_PLANNER_CACHE_DIR sets the folder ("none": no disk cache); anything unreadable or unwritable is skipped.
+CACHE_ENV = "IMPLANT_PLANNER_CACHE_DIR"
+
+
+@functools.lru_cache(maxsize=1)
+def _source_digest() -> bytes:
+    from . import gyroid as _g
+    from . import remesh as _r
+
+    h = hashlib.sha256()
+    for module_file in (__file__, _g.__file__, _r.__file__):
+        with open(module_file, "rb") as fh:
+            h.update(fh.read())
+    return h.digest()
+
+
+def _disk_path(key):
+    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "PatientImplantPlanner")
+    if root.lower() == "none":
+        return None
+    try:
+        digest = hashlib.sha256(repr(key).encode() + _source_digest()).hexdigest()[:32]
+    except OSError:
+        return None
+    return os.path.join(root, f"gyroid-tile-{digest}.npz")
+
+
+def _load(path):
+    try:
+        with np.load(path) as z:
+            caps = {a: (z[f"cap{a}lo"], z[f"cap{a}hi"]) for a in range(3)}
+            return CellMesh(z["cell"], z["origin"], z["vertices"], z["faces"], caps, z["rep"], z["off"],
+                            float(z["worst"]), int(z["n_surface"]))
+    except (OSError, KeyError, ValueError, EOFError):
+        return None
+
+
+def _save(path, c):
+    caps = {f"cap{a}{side}": c.caps[a][i] for a in range(3) for i, side in enumerate(("lo", "hi"))}
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(tmp, "wb") as fh:
+            np.savez(fh, cell=c.cell, origin=c.origin, vertices=c.vertices, faces=c.faces, rep=c.rep, off=c.off,
+                     worst=c.worst, n_surface=c.n_surface, **caps)
+        os.replace(tmp, path)  # whole files only: a reader never sees a half-written one
+    except OSError:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
 
 
 def cell_mesh(cell: float, level: float, kind: str = "gyroid", h=None, tolerance: float = MESH_TOLERANCE_MM):
