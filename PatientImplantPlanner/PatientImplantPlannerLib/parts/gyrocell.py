@@ -34,6 +34,8 @@ import numpy as np
 
 from ..core.errors import GeometryError
 from ..core.mesh import TriMesh, closed_edges
+from . import gyroid as gyroid_module
+from . import remesh as remesh_module
 from .gyroid import (
     MESH_REFINE_PASSES,
     MESH_REMESH_MODES,
@@ -476,11 +478,8 @@ CACHE_ENV = "IMPLANT_PLANNER_CACHE_DIR"
 
 @functools.lru_cache(maxsize=1)
 def _source_digest() -> bytes:
-    from . import gyroid as _g
-    from . import remesh as _r
-
     h = hashlib.sha256()
-    for module_file in (__file__, _g.__file__, _r.__file__):
+    for module_file in (__file__, gyroid_module.__file__, remesh_module.__file__):
         with open(module_file, "rb") as fh:
             h.update(fh.read())
     return h.digest()
