@@ -206,6 +206,8 @@ def _gyroid_distance_grid(axes, cell: float, level: float, kind: str) -> np.ndar
 # surface is split at its longest edge, the new points projected too (the bound is kept whatever the remesh did).
 # Measured on a 20 x 14 mm footplate's pores: 1.5x fewer triangles in the fused part than the contour relaxed in 4
 # tangential steps, then refined (313 vs 485 per mm3 of layer), for the same 27 um bound (mean 8.6 vs 6.3 um).
+# A layer's pores are now made of copies of one meshed tile of periods (parts/gyrocell.py, the same steps with the
+# tile's faces locked periodic); pore_mesh meshes a box as a whole where no tile can be made.
 MESH_SAMPLES_PER_CELL = 4 + _GOLDEN  # ~4.6 (with the solid bias; without it some struts come apart below ~5.6)
 
 
@@ -308,6 +310,7 @@ def _oracle(cell: float, level: float, kind: str, tolerance_mm: float) -> Oracle
 def pore_mesh(lo, hi, cell: float, level: float, kind: str = "gyroid", h: Optional[float] = None,
               tolerance_mm: float = MESH_TOLERANCE_MM, inside: Optional[np.ndarray] = None) -> tuple:
     """The lattice's void (pores) in the box [lo, hi] (plane frame, mm) as a closed mesh: (TriMesh, max error mm).
+    (The lattice tiles one meshed period instead, gyrocell.pore_cells; this is its fallback.)
 
     Within the box less 1.5 steps every triangle's sample points lie within ``tolerance_mm`` of the exact implicit
     surface (the error returned is the largest there); the box's own faces are marching-cubes bevels and must lie

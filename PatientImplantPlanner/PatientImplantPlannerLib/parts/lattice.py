@@ -31,17 +31,22 @@ Definitions used for the measured figures:
 Measured on a 20 x 14 mm footplate (1.5 mm layer): porosity within 2 points and pore size within 3 % of the
 target over the whole range.
 
-Geometry is done in the plane frame (u = anterior, v = lateral, w = normal out of the implant into bone). The
-pores (the gyroid's void) are meshed on their own as a smooth surface (``pore_mesh``): contoured on a coarse grid
-(cell / 4.6, only around the layer), every vertex moved onto the exact implicit surface, remeshed along it
-(``remesh``: isotropic to the curvature, then every collapse the 27 um bound allows) and every triangle with a point
-of its grid of sixths more than 27 um off split until none does. The porous part is then the part minus the pores
-within the layer's prism, one manifold3d boolean: the contact face, the layer's floor, the walls and a footprint are
-exact, and their edges with the gyroid carry only the pore mesh's error. Chordal error over every triangle of the
-layer, cut edges included: mean 7 um, max 27.3 um at the defaults (tested), at ~310 triangles per mm3 of layer
-(~480 before the remesh; a contour at cell / 9.6 had ~1100). Solid pieces the pores cut off from the core are
-dropped. With ``cut_mm`` (the export) only each end's footplate slab above the cut is made porous, once, and glued
-to every size along the cut loop: no boolean with the pores per size. ``overlap_mm`` only places that cut (bundle).
+Geometry is done in the plane frame (u = anterior, v = lateral, w = normal out of the implant into bone). The pores
+(the gyroid's void) are meshed once per tile of periods and copied (``gyrocell.pore_cells``; the sheet gyroid:
+``gyroid.pore_mesh`` over the layer as a whole, as before): a 2 x 2 x 1-period tile's void surface is contoured
+(cell / 12), every vertex moved onto the exact implicit surface, remeshed along it (``remesh``: isotropic to the
+curvature, then every collapse the 27 um bound allows; the vertices on the tile's faces pinned so opposite faces
+stay translates of each other) and every triangle with a point of its grid of sixths more than 27 um off split until
+none does; the tile is closed with planar caps on its faces and cached (~0.8 s a new level). Copies of it cover
+every tile the layer's samples reach, welded by index, the caps between copies dropped: one closed mesh of the void,
+its outer caps outside the layer. The porous part is then the part minus the pores within the layer's prism, one
+manifold3d boolean: the contact face, the layer's floor, the walls and a footprint are exact, and their edges with
+the gyroid carry only the pore mesh's error. Chordal error over every triangle of the layer, cut edges included:
+mean 7 um, max 27 um at the defaults (tested), at 300-330 triangles per mm3 of layer (about as many as the layer
+remeshed at once by ``gyroid.pore_mesh``, which took ~55-80 s for a 40 x 30 mm plate against ~5 s tiled). Solid
+pieces the pores cut off from the core are dropped. With ``cut_mm`` (the export) only each end's footplate slab
+above the cut is made porous, once, and glued to every size along the cut loop: no boolean with the pores per size.
+``overlap_mm`` only places that cut (bundle).
 """
 
 import math
@@ -54,6 +59,7 @@ import numpy as np
 from ..core.errors import GeometryError, PlanError
 from ..core.mesh import TriMesh, face_components, from_manifold, require_manifold3d, to_manifold
 from ..core.progress import Progress
+from .gyrocell import pore_cells
 from .gyroid import (
     KINDS,
     MEASURE_SAMPLES_PER_CELL,
@@ -134,8 +140,8 @@ class LatticeParameters:
         return float(self.voxel_mm) if self.voxel_mm else min(self.cell_size_mm() / VOXELS_PER_CELL, MAX_STEP_MM)
 
     def mesh_step_mm(self) -> float:
-        """Grid step the pores are contoured on before projection and refinement (see :func:`pore_mesh`): coarse
-        for the network gyroid; the sheet's thin walls keep the fine sampling step."""
+        """Grid step the pores are meshed at (the cell's contour takes at least gyrocell.CELL_SAMPLES a period;
+        see :func:`gyroid.pore_mesh`): coarse for the network gyroid; the sheet's thin walls keep the fine step."""
         if self.voxel_mm or self.kind == "sheet_gyroid":
             return self.step_mm()
         return self.cell_size_mm() / MESH_SAMPLES_PER_CELL
@@ -313,14 +319,21 @@ def _porous_piece(m3d, part_world, centre, normal, anterior, footprint_radii, pa
         prog.report(0.1, "Porous layer: fitting the level to the layer")
         # Fit the level to this layer (a thin layer is not a whole number of cells thick): the quantile of the
         # field at random points of the layer voxels, jittered within each voxel so the grid's phase plays no part.
-        # The pores are meshed on the same grid, around the layer's samples only: accurate 2 steps past them,
-        # closed off beyond (outside the part, or below the layer's floor where the prism cuts them off exactly).
+        # The pores: whole meshed periods over every cell the layer's samples (grown by a step) reach, closed off
+        # beyond (outside the part, or below the layer's floor where the prism cuts them off exactly).
         lo, hi = rb[:3] - 6.0 * h, rb[3:] + 6.0 * h
         axes = _grid(lo, hi, h)
         region_mask = voxelise(from_manifold(region), [a[0] for a in axes], h, tuple(len(a) for a in axes))
         level = _fit_level(region_mask, axes, h, cell, params, cal.level)
         prog.report(0.3, "Porous layer: meshing the pores")
-        pores, _ = pore_mesh(lo, hi, cell, level, params.kind, h, inside=region_mask)
+        pores = None
+        if params.kind == "gyroid":  # the sheet's two close surfaces leave no tile within the bound (~20 s a try)
+            try:
+                pores, _ = pore_cells(axes, h, region_mask, cell, level, params.kind, h)
+            except GeometryError:  # no tile could be made: the layer's pores as a whole
+                pass
+        if pores is None:
+            pores, _ = pore_mesh(lo, hi, cell, level, params.kind, h, inside=region_mask)
         del region_mask
         piece = _lattice_manifold(m3d, pores) ^ layer_zone
         del pores

@@ -9,8 +9,9 @@ shorter than 4/5 of it (link condition, no triangle tilted or over the bound, no
 towards valence 6 and relaxes the vertices along the surface. Isotropic iterations (a loose bound) shape the
 triangles; error-mode iterations (the tolerance as the bound, longer wanted lengths) then merge every triangle the
 tolerance allows. Vertices marked not movable (where the mesh is closed off, or is to stay as it is) are never moved
-or removed, and no edge touching one is split, collapsed or flipped. The mesh stays closed, manifold and
-consistently oriented.
+or removed, and no edge touching one is split, collapsed or flipped, except for vertices marked pinned: they stay
+where they are, but their edges to movable vertices may be split or flipped and a movable neighbour collapsed into
+them (a periodic tile's seam, parts/gyrocell.py). The mesh stays closed, manifold and consistently oriented.
 """
 
 from dataclasses import dataclass
@@ -170,21 +171,21 @@ def _independent(prio: np.ndarray, a: np.ndarray, b: np.ndarray, f: np.ndarray, 
     return (prio >= 0) & (vq[a] == prio) & (vq[b] == prio)
 
 
-def _split_pass(v, f, movable, surface, vsize, oracle: Oracle, mode: Mode):
+def _split_pass(v, f, movable, surface, vsize, oracle: Oracle, mode: Mode, pinned):
     e = _Edges(f, len(v))
     length = _rnorm(v[e.a] - v[e.b])
     long_ = length > SPLIT_ABOVE * mode.scale * 0.5 * (vsize[e.a] + vsize[e.b])
     long_ |= np.abs(oracle.distance((v[e.a] + v[e.b]) / 2.0)) > mode.limit(oracle)
-    long_ &= movable[e.a] & movable[e.b]
+    long_ &= (movable[e.a] | movable[e.b]) & (movable[e.a] | pinned[e.a]) & (movable[e.b] | pinned[e.b])
     if not long_.any():
-        return v, f, movable, surface, vsize, 0, np.zeros(0, dtype=np.int64)
+        return v, f, movable, surface, vsize, pinned, 0, np.zeros(0, dtype=np.int64)
     n_old = len(v)
     marked = long_[e.edge_of_half].reshape(f.shape)
     touched = f[_rany(marked)].ravel()
     v, f, _ = split_marked_edges(v, f, marked, oracle.project, e)
     new = np.ones(len(v) - n_old, dtype=bool)
     return (v, f, np.concatenate([movable, new]), np.concatenate([surface, new]),
-            np.concatenate([vsize, oracle.size(v[n_old:])]), int(long_.sum()), touched)
+            np.concatenate([vsize, oracle.size(v[n_old:])]), np.concatenate([pinned, ~new]), int(long_.sum()), touched)
 
 
 def _vertex_faces(f: np.ndarray, nv: int):
@@ -203,7 +204,7 @@ def _around(vf, items: np.ndarray):
     return faces[start[items][owner] + offs], owner
 
 
-def _collapse_checks(v, f, vf, a, b, length, surface, oracle: Oracle, mode: Mode):
+def _collapse_checks(v, f, vf, a, b, length, surface, oracle: Oracle, mode: Mode, pinned):
     """Which of the independent collapses of edges (a, b) are valid, the merged vertices, their wanted sizes and
     the vertices of the triangles around the valid ones."""
     nv, n_win = np.int64(len(v)), len(a)
@@ -219,9 +220,11 @@ def _collapse_checks(v, f, vf, a, b, length, surface, oracle: Oracle, mode: Mode
     # Geometry: the merged vertex on the surface; no triangle of the two stars tilts, gets edges too long for the
     # size wanted there or exceeds the error bound.
     mid = (v[a] + v[b]) / 2.0
+    pin = pinned[b]  # collapsed into b, which stays where it is
     p = oracle.project(mid)
+    p[pin] = v[b[pin]]
     size_p = oracle.size(p)
-    ok &= (_rnorm(p - mid) < 0.5 * length) & (np.abs(oracle.distance(p)) < ON_SURFACE)
+    ok &= pin | ((_rnorm(p - mid) < 0.5 * length) & (np.abs(oracle.distance(p)) < ON_SURFACE))
     faces, owner = np.concatenate([fa, fb]), np.concatenate([oa, ob])
     tri = f[faces]
     is_a, is_b = tri == a[owner, None], tri == b[owner, None]
@@ -231,6 +234,7 @@ def _collapse_checks(v, f, vf, a, b, length, surface, oracle: Oracle, mode: Mode
     pos[moving] = p[owner]
     pos_flat, local = pos.reshape(-1, 3), np.arange(3 * len(tri)).reshape(-1, 3)
     bad = np.einsum("ij,ij->i", _normals(v, tri), _normals(pos_flat, local)) < MIN_NORMAL_COS
+    bad |= _rall(pinned[np.where(moving, b[owner, None], tri)])  # no triangle of pinned vertices only
     side = pos - np.roll(pos, -1, axis=1)
     bad |= np.sqrt(_rmax(np.einsum("tkd,tkd->tk", side, side))) > (
         SPLIT_ABOVE * mode.scale * size_p[owner])
@@ -240,7 +244,7 @@ def _collapse_checks(v, f, vf, a, b, length, surface, oracle: Oracle, mode: Mode
     return ok, p, size_p, tri[ok[owner]].ravel()
 
 
-def _collapse_pass(v, f, movable, surface, vsize, oracle: Oracle, rng, mode: Mode, tried, version):
+def _collapse_pass(v, f, movable, surface, vsize, oracle: Oracle, rng, mode: Mode, tried, version, pinned):
     """Collapse short edges to their midpoints (on the surface), shortest first, an independent set at a time: a
     few rounds, each adding the independent valid collapses left (the invalid ones dropped). ``tried``: (sorted
     keys of the edges whose collapse was found invalid, the sum of their endpoints' ``version`` then): not tried
@@ -250,7 +254,9 @@ def _collapse_pass(v, f, movable, surface, vsize, oracle: Oracle, rng, mode: Mod
     e = _Edges(f, nv)
     length = _rnorm(v[e.a] - v[e.b])
     valence = np.bincount(f.ravel(), minlength=nv)
-    cand = (movable[e.a] & movable[e.b] & (length < COLLAPSE_BELOW * mode.scale * 0.5 * (vsize[e.a] + vsize[e.b]))
+    # Both movable (merged at the midpoint) or one pinned (the other merged into it).
+    pair = (movable[e.a] & movable[e.b]) | (movable[e.a] & pinned[e.b]) | (pinned[e.a] & movable[e.b])
+    cand = (pair & (length < COLLAPSE_BELOW * mode.scale * 0.5 * (vsize[e.a] + vsize[e.b]))
             & (valence[e.a] + valence[e.b] - 4 >= MIN_VALENCE)
             & (valence[e.c] > MIN_VALENCE) & (valence[e.d] > MIN_VALENCE))
     idx = np.flatnonzero(cand)
@@ -266,7 +272,8 @@ def _collapse_pass(v, f, movable, surface, vsize, oracle: Oracle, rng, mode: Mod
     prio[np.argsort(-length[idx] * rng.uniform(0.9, 1.1, idx.size))] = np.arange(idx.size)  # shortest first
     # Only the triangles touching a candidate's endpoints are looked at.
     near = np.zeros(nv, dtype=bool)
-    ca, cb = e.a[idx], e.b[idx]
+    swap = pinned[e.a[idx]]  # the pinned end is b, the one kept
+    ca, cb = np.where(swap, e.b[idx], e.a[idx]), np.where(swap, e.a[idx], e.b[idx])
     near[ca] = near[cb] = True
     sub_f = f[_rany(near[f])]
     vf = _vertex_faces(sub_f, nv)
@@ -277,7 +284,7 @@ def _collapse_pass(v, f, movable, surface, vsize, oracle: Oracle, rng, mode: Mod
         if win.size == 0:
             break
         ok, p, size_p, star = _collapse_checks(v, sub_f, vf, ca[win], cb[win], length[idx[win]], surface, oracle,
-                                               mode)
+                                               mode, pinned)
         prio[win] = -1
         # Candidates sharing a triangle with an accepted collapse's endpoints can no longer be made.
         blocked[star] = True
@@ -287,7 +294,7 @@ def _collapse_pass(v, f, movable, surface, vsize, oracle: Oracle, rng, mode: Mod
         points.append(p[ok])
         sizes.append(size_p[ok])
     win = np.concatenate(done)
-    a, b = e.a[win], e.b[win]
+    a, b = np.where(pinned[e.a[win]], e.b[win], e.a[win]), np.where(pinned[e.a[win]], e.a[win], e.b[win])
     v, vsize = v.copy(), vsize.copy()
     v[b], vsize[b] = np.concatenate(points), np.concatenate(sizes)
     remap = np.arange(nv)
@@ -314,7 +321,7 @@ def _flip_checks(v, f, e, win, oracle: Oracle, mode: Mode):
     return ok, t1, t2
 
 
-def _flip_pass(v, f, movable, oracle: Oracle, rng, mode: Mode):
+def _flip_pass(v, f, movable, oracle: Oracle, rng, mode: Mode, pinned):
     """Flip edges where that brings the valences of the four vertices closer to 6, an independent set at a time
     (no vertex in two flips, so each flip's valences are exact), the largest gains first, in a few rounds."""
     nv = len(v)
@@ -322,7 +329,9 @@ def _flip_pass(v, f, movable, oracle: Oracle, rng, mode: Mode):
     valence = np.bincount(f.ravel(), minlength=nv)
     va, vb, vc, vd = valence[e.a], valence[e.b], valence[e.c], valence[e.d]
     gain = va + vb - vc - vd  # sum of (valence - 6)^2 drops by 2 gain - 4
-    cand = movable[e.a] & movable[e.b] & movable[e.c] & movable[e.d] & (va > MIN_VALENCE) & (vb > MIN_VALENCE)
+    free = movable | pinned
+    cand = free[e.a] & free[e.b] & free[e.c] & free[e.d] & (va > MIN_VALENCE) & (vb > MIN_VALENCE)
+    cand &= (movable[e.a] | movable[e.b]) & ~(pinned[e.c] & pinned[e.d])  # no edge between two pinned made or lost
     cand &= (e.c != e.d) & (gain >= 3)
     idx = np.flatnonzero(cand)
     prio = np.argsort(np.argsort(gain[idx] + rng.uniform(0.0, 0.5, idx.size)))
@@ -382,13 +391,15 @@ def _relax_pass(v, f, movable, surface, oracle: Oracle, mode: Mode):
         look = np.flatnonzero(_rany(back[f]))
 
 
-def remesh(v, f, movable, oracle: Oracle, modes, surface=None, seed: int = 0, log=None):
+def remesh(v, f, movable, oracle: Oracle, modes, surface=None, seed: int = 0, log=None, pinned=None):
     """The mesh remeshed, one iteration of split, collapse, flip and relax passes per mode: (vertices, faces,
     origin: the index in ``v`` of each vertex kept, -1 for new ones). ``surface``: the vertices on the surface
-    (default: the movable ones); triangles with all three on it are held to the error bounds."""
+    (default: the movable ones); triangles with all three on it are held to the error bounds. ``pinned``: vertices
+    that are not movable but whose edges to movable ones may be split, flipped or collapsed into them (kept)."""
     rng = np.random.default_rng(seed)
     v, f, movable = np.asarray(v, float), np.asarray(f, np.int64), np.asarray(movable, bool)
     surface = movable | (False if surface is None else np.asarray(surface, bool))
+    pinned = np.zeros(len(v), bool) if pinned is None else np.asarray(pinned, bool) & ~movable
     n_in = len(v)
     version = np.zeros(n_in, dtype=np.int64)
     none = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
@@ -397,15 +408,17 @@ def remesh(v, f, movable, oracle: Oracle, modes, surface=None, seed: int = 0, lo
         if mode != last:  # what failed under other bounds may pass now
             tried, last = none, mode
         vsize = oracle.size(v)
-        v, f, movable, surface, vsize, n_split, touched = _split_pass(v, f, movable, surface, vsize, oracle, mode)
+        v, f, movable, surface, vsize, pinned, n_split, touched = _split_pass(v, f, movable, surface, vsize, oracle,
+                                                                              mode, pinned)
         version = np.concatenate([version, np.zeros(len(v) - len(version), dtype=np.int64)])
         version[touched] += 1
         n_collapse = n_flip = 0
         for _ in range(mode.collapses):
-            v, f, vsize, k, tried = _collapse_pass(v, f, movable, surface, vsize, oracle, rng, mode, tried, version)
+            v, f, vsize, k, tried = _collapse_pass(v, f, movable, surface, vsize, oracle, rng, mode, tried, version,
+                                                   pinned)
             n_collapse += k
         for _ in range(mode.flips):
-            f, k, quads = _flip_pass(v, f, movable, oracle, rng, mode)
+            f, k, quads = _flip_pass(v, f, movable, oracle, rng, mode, pinned)
             version[quads] += 1
             n_flip += k
         if mode.relax:
