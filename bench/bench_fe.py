@@ -1,12 +1,14 @@
 """Benchmark: finite-element check of the demo implant (all sizes) on the bundled lumbar CT.
 
 The plan is cli.demo_plan() designed as the demo does (segmentation and design are not timed). Timed: the whole
-``fe.analyse_plan`` (thinnest wall, fTetWild mesh of every size, P2 solve per size, the 5.5 mm rod per size) and,
-per size, its meshing and solving time with the tetrahedra count; optionally the mesh
-convergence check (``--convergence``: the nominal mesh split 8x and solved again). Targets: <= 60 s and <= 2 GB
-peak memory on 2 cores for all sizes. Figures are printed, never asserted. Usage:
+``fe.analyse_plan`` (thinnest wall, fTetWild mesh of every size in the meshing worker processes, P2 solve per size,
+the 5.5 mm rod per size): wall time, CPU time of this process and its workers, peak memory of the process tree
+(sampled), and per size its meshing and solving time with the tetrahedra count; optionally the mesh convergence
+check (``--convergence``: the nominal mesh split 8x and solved again). ``--workers 1`` meshes in this process, one
+size after the other. Targets: <= 60 s and <= 2 GB peak memory on 2 cores for all sizes. Figures are printed, never
+asserted. Usage:
 
-    .venv/bin/python bench/bench_fe.py [--convergence]
+    .venv/bin/python bench/bench_fe.py [--convergence] [--workers N]
 """
 
 import argparse

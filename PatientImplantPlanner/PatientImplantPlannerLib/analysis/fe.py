@@ -17,6 +17,7 @@ Model (what the design record states):
   pressure (its rim is not held by anything), not the implant. Second case: a moment (7.5 N m) about the
   lateral axis (flexion) through the same platen.
 - Elements: quadratic tetrahedra (P2), mesh size from the thinnest wall; a uniform refinement checks convergence.
+  The sizes are meshed in 2 worker processes while this one solves (docs/performance.md section 4).
 - Figures: axial stiffness = force / platen travel; peak von Mises stress = the largest average over a sphere of one
   element size (sharp re-entrant corners are singular: their vertex values depend on the mesh), the vertex maximum
   kept beside it; the volume-weighted 99th percentile; first yield = load x yield / peak (linear); the same

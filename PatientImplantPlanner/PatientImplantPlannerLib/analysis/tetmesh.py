@@ -1,5 +1,6 @@
-"""Tetrahedral meshes for the finite-element check: the implant solid meshed with fTetWild (wildmeshing), the
-reference rod as a structured cylinder, and the faces where the model is held and loaded."""
+"""Tetrahedral meshes for the finite-element check: the implant solid meshed with fTetWild (wildmeshing; several
+solids side by side in worker processes, ``tetrahedralize_each``), the reference rod as a structured cylinder, and
+the faces where the model is held and loaded."""
 
 import os
 import sys
