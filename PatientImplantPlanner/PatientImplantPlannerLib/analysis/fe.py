@@ -479,15 +479,18 @@ def lateral_axis(loaded: Face, anterior) -> np.ndarray:
 
 @functools.lru_cache(maxsize=16)
 def _rod_figures(length_mm: float, size_mm: float, load_N: float, material: Material) -> tuple:
-    k, vm, _ = rod_result(length_mm, size_mm, load_N, material)
+    # Elements of half the rod's diameter: P2 holds its uniform axial stress exactly; measured on the demo's 49 mm
+    # rod against d/4: stiffness +0.17 %, peak +0.3 %, 0.1 s instead of 1.0 s of CPU per size.
+    k, vm, _ = rod_result(length_mm, size_mm, load_N, material, element_mm=ROD_DIAMETER_MM / 2)
     return k, vm
 
 
 def rod_result(length_mm: float, size_mm: float, load_N: float, material: Material = TI6AL4V_ELI,
-               diameter_mm: float = ROD_DIAMETER_MM) -> tuple:
+               diameter_mm: float = ROD_DIAMETER_MM, element_mm: Optional[float] = None) -> tuple:
     """(axial stiffness N/mm, max von Mises MPa at ``load_N``, Solution) of a straight rod through the same pipeline
-    (held at one end, rigid platen with a ball joint at the other)."""
-    tm = cylinder_tets(diameter_mm, length_mm, min(size_mm, diameter_mm / 4))
+    (held at one end, rigid platen with a ball joint at the other); peak stress over a sphere of ``size_mm``, elements
+    of ``element_mm`` (default ``size_mm``, at most a quarter of the diameter)."""
+    tm = cylinder_tets(diameter_mm, length_mm, element_mm or min(size_mm, diameter_mm / 4))
     held = Face(np.zeros(3), np.array([0.0, 0.0, -1.0]))
     loaded = Face(np.array([0.0, 0.0, length_mm]), np.array([0.0, 0.0, 1.0]))
     sol = solve(tm, held, loaded, load_axis(held, loaded), material)
