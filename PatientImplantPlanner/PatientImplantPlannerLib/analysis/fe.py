@@ -550,7 +550,9 @@ def analyse_plan(result, load_N: float = DEFAULT_LOAD_N, bending_Nm: float = DEF
     stretched nominal mesh was tried for the variants: on the demo's curved axis it missed the variant's surface by
     0.3-0.6 mm, so it is not used). The element size comes from the nominal's thinnest wall. The sizes are meshed
     by ``workers`` processes side by side (tetmesh.tetrahedralize_each; default 2, 1 inside Slicer) while this
-    process solves the sizes already meshed."""
+    process solves the sizes already meshed. The workers are started with ``spawn``, which imports the main script
+    again in each: a script calling this must keep its work under ``if __name__ == "__main__":`` (the CLI, the
+    benchmarks and pytest do), or pass ``workers=1``."""
     require_fe()
     if not (np.isfinite(load_N) and load_N > 0):
         raise PlannerError(f"FE load {load_N!r} N is not a positive force.",
