@@ -73,6 +73,19 @@ def test_solids_meshed_in_worker_processes():
         assert tm.volumes().sum() == pytest.approx(box.volume(), rel=0.01)
         assert tm.how.startswith("fTetWild, element 2.00 mm")
 
+
+def test_meshing_falls_back_to_this_process_when_workers_cannot_start(monkeypatch):
+    import multiprocessing.spawn
+
+    import manifold3d as m3d
+
+    from PatientImplantPlannerLib.core.mesh import from_manifold
+
+    monkeypatch.setattr(multiprocessing.spawn, "get_executable", lambda: b"/bin/false")  # no Python to spawn
+    boxes = [from_manifold(m3d.Manifold.cube((6.0, 5.0, 4.0 + k))) for k in range(2)]
+    meshed = list(tetmesh.tetrahedralize_each(boxes, 2.0, workers=2))
+    assert [tm.volumes().sum() for tm, _ in meshed] == pytest.approx([b.volume() for b in boxes], rel=0.01)
+
 # ---- a circular strut on a straight phantom spine -----------------------------------------------------------------
 
 STRUT_D = 10.0

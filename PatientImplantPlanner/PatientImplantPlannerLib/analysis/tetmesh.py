@@ -171,16 +171,23 @@ def tetrahedralize_each(meshes: list, size_mm: float, workers: Optional[int] = N
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     # "spawn": a fresh interpreter per worker; forking a process that already ran fTetWild's or manifold3d's
     # thread pools can deadlock the child.
     pool = ProcessPoolExecutor(min(workers, len(meshes)), mp_context=multiprocessing.get_context("spawn"))
+    done = 0
     try:
         futures = [pool.submit(_timed_tetrahedralize, m, size_mm, 1) for m in meshes]
         for f in futures:
             yield f.result()
+            done += 1
+    except BrokenProcessPool:  # a worker could not start or died: mesh the rest here, as with one worker
+        pass
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+    for m in meshes[done:]:
+        yield _timed_tetrahedralize(m, size_mm, 2)
 
 
 def _ftetwild(vertices, faces, edge_length_r: float, epsilon_rel: float, quality: float, passes: int,
