@@ -162,8 +162,8 @@ def _timed_tetrahedralize(mesh: TriMesh, size_mm: float, threads: int) -> tuple:
 
 def tetrahedralize_each(meshes: list, size_mm: float, workers: Optional[int] = None):
     """Yield (TetMesh, seconds) for each TriMesh in order, meshed by ``workers`` processes (default
-    ``default_workers()``) side by side: the caller solves one size while the next are meshed. With one worker,
-    meshed here one after the other, each when asked for."""
+    ``default_workers()``) side by side: the caller solves one size while the next are meshed. With one worker (or
+    when the workers cannot start), meshed here one after the other, each when asked for."""
     workers = default_workers() if workers is None else int(workers)
     if workers <= 1 or len(meshes) <= 1:
         for m in meshes:
