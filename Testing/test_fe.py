@@ -47,6 +47,45 @@ def test_face_selection_and_mesh_verification():
     assert area == pytest.approx(ROD_AREA, rel=1e-9)
 
 
+
+def test_vectorised_stiffness_is_skfems_matrix():
+    from skfem import Basis, ElementTetP2, ElementVector, MeshTet, asm
+    from skfem.models.elasticity import lame_parameters, linear_elasticity
+
+    tm = tetmesh.cylinder_tets(5.5, 6.0, 1.5)
+    mesh = MeshTet(np.ascontiguousarray(tm.points.T), np.ascontiguousarray(tm.tets.T))
+    basis = Basis(mesh, ElementVector(ElementTetP2()), intorder=2)
+    lam, mu = lame_parameters(E, fe.TI6AL4V_ELI.poisson_ratio)
+    reference = asm(linear_elasticity(lam, mu), basis).tocsr()
+    assert abs(fe._stiffness(mesh, basis, lam, mu) - reference).max() < 1e-12 * abs(reference).max()
+
+
+def test_solids_meshed_in_worker_processes():
+    import manifold3d as m3d
+
+    from PatientImplantPlannerLib.core.mesh import from_manifold
+
+    boxes = [from_manifold(m3d.Manifold.cube((10.0, 8.0, 4.0 + k))) for k in range(2)]
+    meshed = list(tetmesh.tetrahedralize_each(boxes, 2.0, workers=2))
+    assert len(meshed) == 2
+    for box, (tm, seconds) in zip(boxes, meshed):
+        assert tm.volumes().min() > 0 and seconds > 0
+        assert tm.volumes().sum() == pytest.approx(box.volume(), rel=0.01)
+        assert tm.how.startswith("fTetWild, element 2.00 mm")
+
+
+def test_meshing_falls_back_to_this_process_when_workers_cannot_start(monkeypatch):
+    import multiprocessing.spawn
+
+    import manifold3d as m3d
+
+    from PatientImplantPlannerLib.core.mesh import from_manifold
+
+    monkeypatch.setattr(multiprocessing.spawn, "get_executable", lambda: b"/bin/false")  # no Python to spawn
+    boxes = [from_manifold(m3d.Manifold.cube((6.0, 5.0, 4.0 + k))) for k in range(2)]
+    meshed = list(tetmesh.tetrahedralize_each(boxes, 2.0, workers=2))
+    assert [tm.volumes().sum() for tm, _ in meshed] == pytest.approx([b.volume() for b in boxes], rel=0.01)
+
 # ---- a circular strut on a straight phantom spine -----------------------------------------------------------------
 
 STRUT_D = 10.0

@@ -263,12 +263,14 @@ def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export
     if fe_load_N:  # finite-element check of every size; its figures go into the manifest under "fe"
         from .analysis.fe import analyse_plan
 
-        result.fe_analysis = analyse_plan(result, load_N=float(fe_load_N), progress=prog.sub(0.5, 0.5).report)
+        # The FE gets its own share of the bar (it had a zero-width range: the bar stood still at 50 %).
+        result.fe_analysis = analyse_plan(result, load_N=float(fe_load_N), progress=prog.sub(0.5, 0.65).report)
         result.fe = result.fe_analysis.manifest()
     bundle = export_in_scene(
         ctx, result, nodes, ct, seg_node, segment_id, folder=folder,
         export_params=export_params or ExportParameters(), segmentation=seg_info, overwrite=overwrite,
-        progress=prog.sub(0.5, 1.0).report, lattice_params=lattice_params, guide_params=guide_params,
+        progress=prog.sub(0.65 if fe_load_N else 0.5, 1.0).report, lattice_params=lattice_params,
+        guide_params=guide_params,
     )
     m = result.measurements
     return {
