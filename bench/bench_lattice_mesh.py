@@ -51,6 +51,7 @@ def plate_row(da: float, dl: float) -> dict:
 
     params = LatticeParameters()
     params.calibration()  # cached per process; not part of the timing
+    import vtk  # noqa: F401  # loaded long before any lattice in the CLI and in Slicer (scene, segmentation): 0.5 s
     plate = elliptic_plate(da / 2.0, dl / 2.0, 3.0)
     # Generation alone first (the first lattice of the process: a tiled engine reads or meshes its tile here),
     # then again with the porosity and pore-size measurement the export records.
