@@ -648,12 +648,20 @@ def render_von_mises(size: SizeResult, path: str, size_px=(1000, 800), view: str
     bar.SetTitle("von Mises (MPa)")
     bar.SetNumberOfLabels(5)
     bar.SetLabelFormat("%.0f")
-    bar.SetWidth(0.12)
+    bar.SetWidth(0.14)
     bar.SetHeight(0.6)
-    bar.SetPosition(0.86, 0.2)
+    bar.SetPosition(0.84, 0.2)
+    # Fixed, plain text: VTK's automatic sizing drew the labels in large bold italics over the title.
+    font_px = max(12, int(size_px[1]) // 40)
+    bar.UnconstrainedFontSizeOn()
+    bar.SetVerticalTitleSeparation(font_px // 2)
+    bar.SetTextPad(4)
     for prop in (bar.GetTitleTextProperty(), bar.GetLabelTextProperty()):
         prop.SetColor(0.1, 0.1, 0.1)
         prop.ShadowOff()
+        prop.ItalicOff()
+        prop.BoldOff()
+        prop.SetFontSize(font_px)
     renderer.AddViewProp(bar)
     title = vtk.vtkTextActor()
     title.SetInput(f"{size.label}: {size.load_N:g} N axial, max {size.max_von_mises_MPa:.0f} MPa, "

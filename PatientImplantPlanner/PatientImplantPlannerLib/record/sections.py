@@ -424,9 +424,9 @@ def _section_risks(doc: Document, r: dict) -> None:
 IMAGE_CAPTIONS = {
     "render_3d": "3D view as Slicer shows the plan: spine (translucent), implant, spinal axis, endplate planes and "
     "screw trajectories, from the patient's front-left (anterior-oblique), superior up.",
-    "ct_sagittal": "Sagittal CT slice through the implant centre (bone window: level 400, width 1500 HU); implant "
+    "ct_sagittal": "Sagittal CT slice through the middle of the strut (bone window: level 400, width 1500 HU); implant "
     "outline cyan, bone surface yellow; anterior on the left, superior up.",
-    "ct_coronal": "Coronal CT slice through the implant centre (bone window: level 400, width 1500 HU); implant "
+    "ct_coronal": "Coronal CT slice through the middle of the strut (bone window: level 400, width 1500 HU); implant "
     "outline cyan, bone surface yellow; patient's right on the left (radiological convention), superior up.",
 }
 
