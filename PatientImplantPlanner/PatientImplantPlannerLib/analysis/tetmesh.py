@@ -175,17 +175,24 @@ def tetrahedralize_each(meshes: list, size_mm: float, workers: Optional[int] = N
 
     # "spawn": a fresh interpreter per worker; forking a process that already ran fTetWild's or manifold3d's
     # thread pools can deadlock the child.
-    pool = ProcessPoolExecutor(min(workers, len(meshes)), mp_context=multiprocessing.get_context("spawn"))
-    done = 0
+    pool, done = None, 0
     try:
+        # Inside the try: the pool's queues start multiprocessing's resource tracker, itself a spawned process.
+        pool = ProcessPoolExecutor(min(workers, len(meshes)), mp_context=multiprocessing.get_context("spawn"))
         futures = [pool.submit(_timed_tetrahedralize, m, size_mm, 1) for m in meshes]
         for f in futures:
             yield f.result()
             done += 1
-    except BrokenProcessPool:  # a worker could not start or died: mesh the rest here, as with one worker
+    except (BrokenProcessPool, OSError, RuntimeError):
+        # A worker could not start or died: mesh the rest here, as with one worker. Depending on when the pool
+        # notices, that surfaces as a broken pool, a closed pipe while submitting, or a pool already shut down.
         pass
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        except (OSError, RuntimeError):
+            pass
     for m in meshes[done:]:
         yield _timed_tetrahedralize(m, size_mm, 2)
 
