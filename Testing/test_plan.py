@@ -248,3 +248,18 @@ def test_low_density_warning_is_given_once_for_all_the_screws_it_concerns():
     assert out[0] == "distal right: the screw leaves the bone 30.0 mm from its entry"
     assert "3 screw(s)" in out[1] and "proximal right 64 %" in out[1] and "distal right 77 %" in out[1]
     assert "distal left" not in out[1]
+
+
+@pytest.mark.parametrize("contour", ["abc", 5, [[1.0, "x"]], [[2.0, -1.0], [1.0, -2.0]], [[0.0, 80.0]]])
+def test_a_hand_edited_offset_contour_is_refused_naming_the_field(contour):
+    """offset_contour_mm from a plan file that is not increasing [arc, change] pairs within +-50 mm: a PlanError
+    naming the field and the form it takes, from validation (before any design work)."""
+    from PatientImplantPlannerLib.core.errors import PlanError
+    from PatientImplantPlannerLib.design.strut import ImplantParameters
+
+    with pytest.raises(PlanError) as err:
+        ImplantParameters.from_dict({"offset_contour_mm": contour}).validate()
+    assert "offset_contour_mm" in err.value.problem and "[[arc mm, offset change mm], ...]" in err.value.fix
+    ok = ImplantParameters.from_dict({"offset_contour_mm": [[0.0, -1.0], [5.0, 0.0]]})
+    ok.validate()
+    assert ok.offset_contour_mm == ((0.0, -1.0), (5.0, 0.0)) and ok.as_dict()["offset_contour_mm"] == [[0, -1], [5, 0]]

@@ -48,8 +48,9 @@ class ImplantParameters:
     porous_layer_mm: float = 1.5  # depth of the bone-contact layer marked porous (lattice comes later)
     profile_segments: int = 48  # tessellation of round outlines
     # The strut's distance from the axis changing along the gap so it follows the bone (placement.py sets it):
-    # ((arc mm from the proximal endplate, change of the offset mm), ...); zero at both ends, where the footplates
-    # and screws are laid out for the constant offset. Empty: the constant offset all along.
+    # ((arc mm from the proximal endplate, change of the offset mm), ...), at most zero (the offset is the
+    # farthest point); each end's value also moves that end's footplate tongue and screw layout
+    # (end_offset_scale). Empty: the constant offset all along.
     offset_contour_mm: tuple = ()
 
     def validate(self) -> None:
@@ -88,10 +89,13 @@ class ImplantParameters:
                      "footplate_offset_lateral_mm"):
             if abs(getattr(self, name)) > 50.0:
                 bad(name, getattr(self, name), "between -50 and 50 mm")
-        contour = np.asarray(self.offset_contour_mm, dtype=float) if len(self.offset_contour_mm) else np.zeros((0, 2))
+        try:
+            contour = np.asarray(list(self.offset_contour_mm) or np.zeros((0, 2)), dtype=float).reshape(-1, 2)
+        except (TypeError, ValueError):  # not a list of number pairs (a hand-edited plan)
+            contour = np.full((1, 2), np.nan)
         if (contour.ndim != 2 or contour.shape[1] != 2 or not np.all(np.isfinite(contour))
                 or np.any(np.diff(contour[:, 0]) <= 0) or np.any(np.abs(contour[:, 1]) > 50.0)):
-            bad("offset_contour_mm", list(map(list, self.offset_contour_mm)),
+            bad("offset_contour_mm", self.offset_contour_mm,
                 "to [[arc mm, offset change mm], ...] with increasing arcs and changes within +-50 mm (or [])")
         if abs(self.profile_angle_deg) > 180.0:
             bad("profile_angle_deg", self.profile_angle_deg, "between -180 and 180 degrees")
@@ -123,8 +127,8 @@ class ImplantParameters:
         if unknown:
             raise PlanError(f"Unknown implant parameter(s): {', '.join(unknown)}.", f"Use only: {', '.join(known)}.")
         d = dict(d)
-        if "offset_contour_mm" in d:
-            d["offset_contour_mm"] = tuple(tuple(p) for p in d["offset_contour_mm"] or ())
+        if isinstance(d.get("offset_contour_mm"), list):  # JSON lists -> the dataclass's tuples; else validate() says
+            d["offset_contour_mm"] = tuple(tuple(p) if isinstance(p, list) else p for p in d["offset_contour_mm"])
         return cls(**d)
 
 
