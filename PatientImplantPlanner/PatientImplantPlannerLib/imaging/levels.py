@@ -351,7 +351,8 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
             prog.report(0.1, "Measuring the vertebrae from the CT (thick slices)")
             thick = _thick_levels(np.asarray(ct_array), mask, grid, p_prox, p_dist, proximal_name, distal_name)
     if not use_labels and thick is not None:
-        prox, dist, docking, walked = thick
+        prox, dist, docking, walked, thick_warnings = thick
+        warnings += thick_warnings
         intermediate_levels = [""] * len(walked)
     elif not use_labels:
         prog.report(0.1, "Measuring the proximal vertebra")
