@@ -291,7 +291,9 @@ def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export
         "safety": {k: m["safety"][k] for k in ("required_clearance_mm", "clearance_mm", "overlap_mm3", "accepted")}
         | {"not_checked": m["safety"]["keep_out"]["not_checked"]},
         "warnings": list(result.warnings),
-        "seconds": {k: round(v, 2) for k, v in {**result.seconds, **bundle.seconds}.items()},
+        # The export's own "total" is only the writing: named so it is not read as the whole run's.
+        "seconds": {k: round(v, 2) for k, v in {**result.seconds, **{
+            ("export_total" if k == "total" else k): v for k, v in bundle.seconds.items()}}.items()},
     }
 
 
