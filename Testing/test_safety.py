@@ -176,3 +176,37 @@ def test_keep_out_from_a_scene_segmentation(ctx):
     assert keep_out_for(ct, None, bones_only) is None
     with pytest.raises(PlanError, match="no keep-out structures"):
         keep_out_for(ct, bones_only, None)
+
+
+def test_a_doubtful_endplate_blocks_export_until_set_or_accepted(monkeypatch):
+    """A docking face whose tilt detection could not settle (thick slices, no labels: thicklevels._doubts; the real
+    case is T5 -> T10 on the chest CT, test_levels_chest.py) is a safety finding: export waits until the user sets
+    that endplate (the plan's own endplate drops the doubt) or accepts it. The wiring, on a phantom."""
+    from PatientImplantPlannerLib.design import plan as plan_module
+    from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
+
+    ph = make_spine_phantom(spacing=1.0, levels=("L1", "L2", "L3"))
+    real = plan_module.detect_levels
+
+    def doubting(*args, **kwargs):
+        found = real(*args, **kwargs)
+        found.doubtful_endplates = {"distal": "The distal endplate (L3 superior) may be tilted wrongly: test."}
+        return found
+
+    monkeypatch.setattr(plan_module, "detect_levels", doubting)
+
+    def design(**kw):
+        plan = Plan(case_id="SAFE-4", proximal_level="L1", distal_level="L3", placement="anterior",
+                    proximal_point_ras=list(ph.body_point("L1")), distal_point_ras=list(ph.body_point("L3")), **kw)
+        return plan_module.design_implant(plan, ph.array, ph.ijk_to_ras, ph.bone_mask)
+
+    doubted = design()
+    assert [i for i, _ in doubted.blocking] == ["endplate:distal"]
+    assert any("L3 superior) may be tilted wrongly" in w for w in doubted.warnings)
+    with pytest.raises(PlanError, match="distal endplate's tilt is uncertain") as err:
+        require_accepted(doubted)
+    assert '"endplate:distal"' in err.value.fix
+    accepted = design(accepted_risks=["endplate:distal"])
+    assert accepted.blocking == [] and accepted.measurements["safety"]["accepted"] == ["endplate:distal"]
+    own = design(distal_endplate=doubted.distal_endplate.as_dict())  # the user's (checked) endplate
+    assert own.blocking == [] and not any("tilted wrongly" in w for w in own.warnings)

@@ -353,10 +353,12 @@ def _drill_lines_through_bone(trajectories, all_bone, ijk_to_ras, start_mm: floa
     return {tr.name: float(h.sum() * step) for tr, h in zip(trajectories, hit)}
 
 
-def safety_findings(plan: Plan, measured: dict, screw_plans, keep_out, blocked_lines=()) -> tuple:
+def safety_findings(plan: Plan, measured: dict, screw_plans, keep_out, blocked_lines=(), doubtful=None) -> tuple:
     """(safety dict for the measurements / manifest, [(id, message)] findings that block export unless accepted).
     ``blocked_lines`` [(screw name, part, margin)]: screws the drill and driver cannot reach with the implant in
-    place (user-edited trajectories; the default layout never makes them)."""
+    place (user-edited trajectories; the default layout never makes them). ``doubtful`` {"proximal" / "distal":
+    message}: docking faces whose tilt detection could not settle; a face 6-29 deg off puts the footplate into the
+    next vertebra and the screws partly out of their own (T5 -> T10 on the chest CT), so the surgeon checks it."""
     required = float(plan.keep_out_clearance_mm)
     clearance = {k: v["clearance_mm"] for k, v in measured.items()}
     closest = {k: v.get("closest_ras") for k, v in measured.items() if v.get("clearance_mm") is not None}
@@ -374,6 +376,9 @@ def safety_findings(plan: Plan, measured: dict, screw_plans, keep_out, blocked_l
         elif sp.raw_length_mm < sp.screw_type.min_length_mm:
             findings.append((f"screw:{sp.trajectory.name}", f"no catalogue screw fits '{sp.trajectory.name}' "
                              f"({sp.raw_length_mm:.1f} mm of bone)"))
+    for end in sorted(doubtful or {}):
+        findings.append((f"endplate:{end}", f"the {end} endplate's tilt is uncertain on these thick slices (check "
+                         f"it and turn its plane, set {end}_endplate, or give vertebra labels)"))
     for name, part, margin in blocked_lines:
         findings.append((f"access:{name}", f"the drill and driver line of screw '{name}' ({DRIVER_REACH_MM:g} mm "
                          f"outward along its axis) runs into the implant's {part} ({-margin:.1f} mm too close): the "
@@ -400,7 +405,7 @@ def require_accepted(result) -> None:
         ids = ", ".join(f'"{i}"' for i, _ in open_findings)
         raise PlanError(
             f"The plan is not safe to export: {listing}.",
-            "Change the plan (placement angle, clearance, screws) or, if you accept it as the surgeon, add "
+            "Change the plan (placement angle, clearance, screws, endplates) or, if you accept it as the surgeon, add "
             f"{ids} to the plan's accepted_risks (CLI: --accept-risk ID; GUI: Accept); the record states it.",
         )
 
@@ -468,6 +473,10 @@ def _design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress, label
             ct_array=ct_array,
         )
         warnings.extend(levels.warnings)
+    # A docking face detected with a doubtful tilt, unless the plan gives that endplate itself (the user's).
+    doubtful = {end: msg for end, msg in (levels.doubtful_endplates if levels else {}).items()
+                if not getattr(plan, f"{end}_endplate")}
+    warnings.extend(doubtful.values())
     control = (
         np.asarray(plan.axis_control_points, dtype=float)
         if plan.axis_control_points is not None
@@ -578,7 +587,7 @@ def _design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress, label
                 c = v["clearance_mm"]
                 if old is None or (c is not None and (old["clearance_mm"] is None or c < old["clearance_mm"])):
                     measured[name] = v
-    m["safety"], blocking = safety_findings(plan, measured, screw_plans, keep_out, blocked_lines)
+    m["safety"], blocking = safety_findings(plan, measured, screw_plans, keep_out, blocked_lines, doubtful)
     m["screws"] = [sp.as_dict() for sp in screw_plans]
     m["variants"] = {
         f"+{k:g} mm": {"length_mm": v.length_mm, "volume_mm3": v.mesh.volume()} for k, v in variants.items()

@@ -68,6 +68,9 @@ class LevelsResult:
     intermediate_levels: list = field(default_factory=list)  # names where known ("" otherwise)
     # Each docking vertebra as (bool crop [k, j, i], crop origin): its label, or its body isolated from the bone.
     docking: dict = field(default_factory=dict)
+    # {"proximal" / "distal": message} docking faces whose tilt could not be settled (thick slices, no labels): the
+    # plan holds them as safety findings until the user checks them (design/plan.py).
+    doubtful_endplates: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------- grid helpers
@@ -260,7 +263,7 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
     grid = VoxelGrid(ijk_to_ras, mask.shape)
     p_prox = np.asarray(proximal_point_ras, dtype=float).reshape(3)
     p_dist = np.asarray(distal_point_ras, dtype=float).reshape(3)
-    warnings = []
+    warnings, doubtful = [], {}
     cranial = unit(p_prox - p_dist) if np.linalg.norm(p_prox - p_dist) > 1e-6 else PATIENT_SUPERIOR
     # Proximal is the upper (cranial) healthy vertebra. Taken the other way round, the path runs caudal to cranial
     # and its lateral (tangent x anterior) is the patient's left: a strut asked for on the right would be placed on
@@ -351,8 +354,7 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
             prog.report(0.1, "Measuring the vertebrae from the CT (thick slices)")
             thick = _thick_levels(np.asarray(ct_array), mask, grid, p_prox, p_dist, proximal_name, distal_name)
     if not use_labels and thick is not None:
-        prox, dist, docking, walked, thick_warnings = thick
-        warnings += thick_warnings
+        prox, dist, docking, walked, doubtful = thick
         intermediate_levels = [""] * len(walked)
     elif not use_labels:
         prog.report(0.1, "Measuring the proximal vertebra")
@@ -397,7 +399,7 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
     return LevelsResult(proximal=prox, distal=dist, intermediate_centres=centres, axis_control_points=control,
                         axis_points=axis_points, proximal_endplate=prox.inferior_endplate,
                         distal_endplate=dist.superior_endplate, warnings=warnings,
-                        intermediate_levels=intermediate_levels, docking=docking)
+                        intermediate_levels=intermediate_levels, docking=docking, doubtful_endplates=doubtful)
 
 
 def _contains(b: _Body, seed_kji) -> bool:

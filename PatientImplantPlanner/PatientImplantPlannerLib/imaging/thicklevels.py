@@ -241,8 +241,8 @@ def _prism(grid: VoxelGrid, foot, d, lo_c, hi_c, u_w):
 
 
 def _thick_levels(ct_array, mask, grid: VoxelGrid, p_prox, p_dist, proximal_name, distal_name):
-    """Both docking vertebrae from the CT on thick slices: (prox, dist, docking, bodies between, warnings) or None
-    to fall back."""
+    """Both docking vertebrae from the CT on thick slices: (prox, dist, docking, bodies between, {"proximal" /
+    "distal": why that face's tilt is doubtful}) or None to fall back."""
     centre = 0.5 * (p_prox + p_dist)
     radius = 0.5 * np.linalg.norm(p_prox - p_dist) + 70.0
     box, lo = _crop_box(grid.shape, grid.to_kji(centre)[0], radius / grid.spacing_kji)
@@ -253,7 +253,7 @@ def _thick_levels(ct_array, mask, grid: VoxelGrid, p_prox, p_dist, proximal_name
     full = np.zeros(grid.shape, dtype=bool)
     full[box] = filled
     ct, bone = _Sampler(ct_array, grid, box, lo), _Sampler(full, grid, box, lo)
-    out, warnings = [], []
+    out, doubts = [], {}
     thickness = float(grid.spacing_ijk.max())
     for point, other, name, which, side in ((p_prox, p_dist, proximal_name, "proximal", "inferior"),
                                             (p_dist, p_prox, distal_name, "distal", "superior")):
@@ -262,7 +262,7 @@ def _thick_levels(ct_array, mask, grid: VoxelGrid, p_prox, p_dist, proximal_name
             return None
         out.append(found[:4])
         if found[4]:
-            warnings.append(
+            doubts[which] = (
                 f"The {which} endplate ({name or which} {side}) may be tilted wrongly: on these {thickness:.1f} mm "
                 f"slices {'; '.join(found[4])} (on a 2.5 mm chest CT, 15 of 16 faces with such signs were 5-29 deg "
                 f"off). Check it in the sagittal and coronal views and turn its plane ('{which.capitalize()} "
@@ -281,7 +281,7 @@ def _thick_levels(ct_array, mask, grid: VoxelGrid, p_prox, p_dist, proximal_name
     for m, (crop, _) in zip(measured, docking.values()):
         m.body_mask_voxels = int(crop.sum())
     walked = _walk_bands(ct, bone, prox, dist)
-    return prox, dist, docking, walked, warnings
+    return prox, dist, docking, walked, doubts
 
 
 def _walk_bands(ct, bone, prox, dist):
