@@ -210,3 +210,38 @@ def test_a_doubtful_endplate_blocks_export_until_set_or_accepted(monkeypatch):
     assert accepted.blocking == [] and accepted.measurements["safety"]["accepted"] == ["endplate:distal"]
     own = design(distal_endplate=doubted.distal_endplate.as_dict())  # the user's (checked) endplate
     assert own.blocking == [] and not any("tilted wrongly" in w for w in own.warnings)
+
+
+def test_a_doubtful_endplate_stays_doubtful_in_the_scene_until_its_plane_is_moved(ctx, monkeypatch):
+    """The module redesigns from the scene, which passes every endplate plane as given: an endplate detected with a
+    doubtful tilt must stay a finding through that until the user moves its plane (then it is the user's)."""
+    from PatientImplantPlannerLib.design import plan as plan_module
+    from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
+    from PatientImplantPlannerLib.scene.planfolder import apply_to_scene, find_plan_folder, plan_from_scene
+
+    ph = make_spine_phantom(spacing=1.0, levels=("L1", "L2", "L3"))
+    real = plan_module.detect_levels
+
+    def doubting(*args, **kwargs):
+        found = real(*args, **kwargs)
+        found.doubtful_endplates = {"proximal": "The proximal endplate (L1 inferior) may be tilted wrongly: test."}
+        return found
+
+    monkeypatch.setattr(plan_module, "detect_levels", doubting)
+    plan = Plan(case_id="SAFE-5", proximal_level="L1", distal_level="L3", placement="anterior",
+                proximal_point_ras=list(ph.body_point("L1")), distal_point_ras=list(ph.body_point("L3")))
+    first = plan_module.design_implant(plan, ph.array, ph.ijk_to_ras, ph.bone_mask)
+    assert [i for i, _ in first.blocking] == ["endplate:proximal"]
+    nodes = apply_to_scene(ctx, first, None)
+    again = plan_from_scene(ctx, "SAFE-5")  # nothing moved: the planes come back as given endplates
+    assert again.proximal_endplate is not None and again.unchecked_endplates == ["proximal"]
+    redesigned = plan_module.design_implant(again, ph.array, ph.ijk_to_ras, ph.bone_mask)
+    assert [i for i, _ in redesigned.blocking] == ["endplate:proximal"]
+    plane = nodes.proximal_endplate
+    centre = np.zeros(3)
+    plane.GetCenterWorld(centre)
+    plane.SetCenterWorld(*(centre + [0.0, 0.0, 0.5]))  # the user moves it 0.5 mm up onto the bone
+    moved = plan_from_scene(ctx, "SAFE-5")
+    assert moved.unchecked_endplates == [] and moved.proximal_endplate["centre"][2] == pytest.approx(centre[2] + 0.5)
+    assert plan_module.design_implant(moved, ph.array, ph.ijk_to_ras, ph.bone_mask).blocking == []
+    assert find_plan_folder(ctx, "SAFE-5")

@@ -76,6 +76,9 @@ class Plan:
     # Safety findings the user accepts explicitly (ids as listed by the planner, e.g. "clearance:aorta",
     # "screw:proximal left", "slice_thickness"); each is written into the design record.
     accepted_risks: list = field(default_factory=list)
+    # Docking faces ("proximal" / "distal") detected with a doubtful tilt and not moved by the user since (set by
+    # the planner; the module drops an end once its plane is moved): each stays a safety finding until then.
+    unchecked_endplates: list = field(default_factory=list)
     # "strut" (default): a strut along the spine between two vertebrae; "mirror_defect": a one-sided defect
     # filled with the healthy side mirrored (mirrordefect.py; its parameters in ``mirror_defect``).
     kind: str = "strut"
@@ -147,6 +150,9 @@ class Plan:
         if not 0.0 <= float(self.keep_out_clearance_mm) <= 20.0:
             raise PlanError(f"keep_out_clearance_mm = {self.keep_out_clearance_mm!r} is invalid.",
                             "Set keep_out_clearance_mm (or --clearance) between 0 and 20 mm (default 2).")
+        if not set(self.unchecked_endplates) <= {"proximal", "distal"}:
+            raise PlanError(f"unchecked_endplates = {self.unchecked_endplates!r} is invalid.",
+                            "Leave unchecked_endplates as the planner wrote it, a list of 'proximal' / 'distal'.")
         bad = [r for r in self.accepted_risks if not isinstance(r, str) or ":" not in r and r != "slice_thickness"]
         if bad:
             raise PlanError(f"Accepted risks {bad} are not finding ids.",
@@ -172,6 +178,7 @@ class Plan:
             "keep_out_clearance_mm": float(self.keep_out_clearance_mm),
             "keep_out_structures": None if self.keep_out_structures is None else list(self.keep_out_structures),
             "accepted_risks": list(self.accepted_risks),
+            "unchecked_endplates": list(self.unchecked_endplates),
             "kind": self.kind,
             "mirror_defect": dict(self.mirror_defect),
             "axis_control_points": None
@@ -198,7 +205,7 @@ class Plan:
             "case_id", "proximal_level", "distal_level", "proximal_point_ras", "distal_point_ras", "variants_mm",
             "axis_control_points", "proximal_endplate", "distal_endplate", "trajectories", "outputs",
             "placement", "anterior_clearance_mm", "placement_angle_deg", "keep_out_clearance_mm",
-            "keep_out_structures", "accepted_risks", "kind", "mirror_defect",
+            "keep_out_structures", "accepted_risks", "unchecked_endplates", "kind", "mirror_defect",
         }
         kwargs = {k: d[k] for k in known if k in d and d[k] is not None}
         if "segmentation" in d:
@@ -473,9 +480,14 @@ def _design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress, label
             ct_array=ct_array,
         )
         warnings.extend(levels.warnings)
-    # A docking face detected with a doubtful tilt, unless the plan gives that endplate itself (the user's).
+    # A docking face detected with a doubtful tilt, unless the plan gives that endplate itself (the user's); one
+    # detected so before and not moved since (the module's redesign passes it as given) stays doubtful.
     doubtful = {end: msg for end, msg in (levels.doubtful_endplates if levels else {}).items()
                 if not getattr(plan, f"{end}_endplate")}
+    for end in plan.unchecked_endplates:
+        doubtful.setdefault(end, f"The {end} endplate was detected with a doubtful tilt and has not been moved "
+                                 "since: check it in the sagittal and coronal views and turn its plane to the bone.")
+    plan.unchecked_endplates = sorted(doubtful)
     warnings.extend(doubtful.values())
     control = (
         np.asarray(plan.axis_control_points, dtype=float)

@@ -12,6 +12,7 @@ from ..core.errors import PlanError
 from ..design.screws import ENDS, Trajectory
 
 LEVEL_ATTRIBUTE = "PatientImplantPlanner.Level"
+DESIGNED_ATTRIBUTE = "PatientImplantPlanner.DesignedPose"  # [centre, normal] as the planner placed the plane
 RADII_ATTRIBUTE = "PatientImplantPlanner.Radii"  # [lateral, anterior-posterior] radii of the endplate (mm)
 END_ATTRIBUTE = "PatientImplantPlanner.End"  # which end of the implant a screw belongs to
 SCREW_NAME_ATTRIBUTE = "PatientImplantPlanner.ScrewName"
@@ -63,6 +64,18 @@ def set_plane(plane, ep: Endplate) -> None:
     plane.SetSize(2.0 * ep.radius_ap, 2.0 * ep.radius_lr)
     plane.SetAttribute(RADII_ATTRIBUTE, json.dumps([float(ep.radius_lr), float(ep.radius_ap)]))
     plane.SetAttribute(LEVEL_ATTRIBUTE, ep.level or "")
+    plane.SetAttribute(DESIGNED_ATTRIBUTE, json.dumps([*map(float, ep.centre), *map(float, ep.normal)]))
+
+
+def plane_moved(plane, tolerance_mm: float = 0.1, tolerance_deg: float = 0.1) -> bool:
+    """Whether the user moved or turned an endplate plane since the planner placed it (a plane without the
+    planner's pose counts as moved: it was made by hand)."""
+    designed = json.loads(plane.GetAttribute(DESIGNED_ATTRIBUTE) or "null")
+    if designed is None:
+        return True
+    now = endplate_from_plane(plane)
+    turned = np.degrees(np.arccos(np.clip(float(np.dot(now.normal, designed[3:])), -1.0, 1.0)))
+    return bool(np.linalg.norm(now.centre - np.asarray(designed[:3])) > tolerance_mm or turned > tolerance_deg)
 
 
 def endplate_from_plane(plane) -> Endplate:

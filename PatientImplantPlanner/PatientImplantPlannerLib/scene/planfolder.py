@@ -18,6 +18,7 @@ from .markups import (
     SCREW_NAME_ATTRIBUTE,
     curve_control_points,
     endplate_from_plane,
+    plane_moved,
     set_curve,
     set_plane,
     set_screw_line,
@@ -256,6 +257,9 @@ def plan_from_scene(ctx, case_id: str, read_edits: bool = True) -> Plan:
         plan.proximal_endplate = endplate_from_plane(nodes["proximal_endplate"]).as_dict()
     if "distal_endplate" in nodes:
         plan.distal_endplate = endplate_from_plane(nodes["distal_endplate"]).as_dict()
+    # A doubtful endplate the user has moved is the user's now (checked); one not moved stays doubtful.
+    plan.unchecked_endplates = [end for end in plan.unchecked_endplates
+                                if f"{end}_endplate" not in nodes or not plane_moved(nodes[f"{end}_endplate"])]
     screws = sorted(((int(r.split(":")[1]), n) for r, n in nodes.items() if r.startswith("screw:")),
                     key=lambda rn: rn[0])
     if screws:
