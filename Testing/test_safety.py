@@ -178,46 +178,15 @@ def test_keep_out_from_a_scene_segmentation(ctx):
         keep_out_for(ct, bones_only, None)
 
 
-def test_a_doubtful_endplate_blocks_export_until_set_or_accepted(monkeypatch):
+
+def test_a_doubtful_endplate_blocks_export_until_its_plane_is_moved_or_accepted(ctx, monkeypatch):
     """A docking face whose tilt detection could not settle (thick slices, no labels: thicklevels._doubts; the real
-    case is T5 -> T10 on the chest CT, test_levels_chest.py) is a safety finding: export waits until the user sets
-    that endplate (the plan's own endplate drops the doubt) or accepts it. The wiring, on a phantom."""
+    case is T5 -> T10 on the chest CT, test_levels_chest.py) is a safety finding: export waits until the user
+    accepts it or sets that endplate. The module redesigns from the scene, which passes every plane back as a given
+    endplate, so the finding must survive that until the plane is really moved. The wiring, on a phantom."""
     from PatientImplantPlannerLib.design import plan as plan_module
     from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
-
-    ph = make_spine_phantom(spacing=1.0, levels=("L1", "L2", "L3"))
-    real = plan_module.detect_levels
-
-    def doubting(*args, **kwargs):
-        found = real(*args, **kwargs)
-        found.doubtful_endplates = {"distal": "The distal endplate (L3 superior) may be tilted wrongly: test."}
-        return found
-
-    monkeypatch.setattr(plan_module, "detect_levels", doubting)
-
-    def design(**kw):
-        plan = Plan(case_id="SAFE-4", proximal_level="L1", distal_level="L3", placement="anterior",
-                    proximal_point_ras=list(ph.body_point("L1")), distal_point_ras=list(ph.body_point("L3")), **kw)
-        return plan_module.design_implant(plan, ph.array, ph.ijk_to_ras, ph.bone_mask)
-
-    doubted = design()
-    assert [i for i, _ in doubted.blocking] == ["endplate:distal"]
-    assert any("L3 superior) may be tilted wrongly" in w for w in doubted.warnings)
-    with pytest.raises(PlanError, match="distal endplate's tilt is uncertain") as err:
-        require_accepted(doubted)
-    assert '"endplate:distal"' in err.value.fix
-    accepted = design(accepted_risks=["endplate:distal"])
-    assert accepted.blocking == [] and accepted.measurements["safety"]["accepted"] == ["endplate:distal"]
-    own = design(distal_endplate=doubted.distal_endplate.as_dict())  # the user's (checked) endplate
-    assert own.blocking == [] and not any("tilted wrongly" in w for w in own.warnings)
-
-
-def test_a_doubtful_endplate_stays_doubtful_in_the_scene_until_its_plane_is_moved(ctx, monkeypatch):
-    """The module redesigns from the scene, which passes every endplate plane as given: an endplate detected with a
-    doubtful tilt must stay a finding through that until the user moves its plane (then it is the user's)."""
-    from PatientImplantPlannerLib.design import plan as plan_module
-    from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
-    from PatientImplantPlannerLib.scene.planfolder import apply_to_scene, find_plan_folder, plan_from_scene
+    from PatientImplantPlannerLib.scene.planfolder import apply_to_scene, plan_from_scene
 
     ph = make_spine_phantom(spacing=1.0, levels=("L1", "L2", "L3"))
     real = plan_module.detect_levels
@@ -228,20 +197,28 @@ def test_a_doubtful_endplate_stays_doubtful_in_the_scene_until_its_plane_is_move
         return found
 
     monkeypatch.setattr(plan_module, "detect_levels", doubting)
-    plan = Plan(case_id="SAFE-5", proximal_level="L1", distal_level="L3", placement="anterior",
-                proximal_point_ras=list(ph.body_point("L1")), distal_point_ras=list(ph.body_point("L3")))
-    first = plan_module.design_implant(plan, ph.array, ph.ijk_to_ras, ph.bone_mask)
+
+    def design(plan):
+        return plan_module.design_implant(plan, ph.array, ph.ijk_to_ras, ph.bone_mask)
+
+    first = design(Plan(case_id="SAFE-4", proximal_level="L1", distal_level="L3", placement="anterior",
+                        proximal_point_ras=list(ph.body_point("L1")), distal_point_ras=list(ph.body_point("L3"))))
     assert [i for i, _ in first.blocking] == ["endplate:proximal"]
+    assert any("L1 inferior) may be tilted wrongly" in w for w in first.warnings)
+    with pytest.raises(PlanError, match="proximal endplate's tilt is uncertain") as err:
+        require_accepted(first)
+    assert '"endplate:proximal"' in err.value.fix
     nodes = apply_to_scene(ctx, first, None)
-    again = plan_from_scene(ctx, "SAFE-5")  # nothing moved: the planes come back as given endplates
+    again = plan_from_scene(ctx, "SAFE-4")  # nothing moved: the planes come back as given endplates
     assert again.proximal_endplate is not None and again.unchecked_endplates == ["proximal"]
-    redesigned = plan_module.design_implant(again, ph.array, ph.ijk_to_ras, ph.bone_mask)
-    assert [i for i, _ in redesigned.blocking] == ["endplate:proximal"]
-    plane = nodes.proximal_endplate
+    assert [i for i, _ in design(again).blocking] == ["endplate:proximal"]
+    again.accepted_risks = ["endplate:proximal"]
+    accepted = design(again)
+    assert accepted.blocking == [] and accepted.measurements["safety"]["accepted"] == ["endplate:proximal"]
     centre = np.zeros(3)
-    plane.GetCenterWorld(centre)
-    plane.SetCenterWorld(*(centre + [0.0, 0.0, 0.5]))  # the user moves it 0.5 mm up onto the bone
-    moved = plan_from_scene(ctx, "SAFE-5")
+    nodes.proximal_endplate.GetCenterWorld(centre)
+    nodes.proximal_endplate.SetCenterWorld(*(centre + [0.0, 0.0, 0.5]))  # the user moves it 0.5 mm onto the bone
+    moved = plan_from_scene(ctx, "SAFE-4")
     assert moved.unchecked_endplates == [] and moved.proximal_endplate["centre"][2] == pytest.approx(centre[2] + 0.5)
-    assert plan_module.design_implant(moved, ph.array, ph.ijk_to_ras, ph.bone_mask).blocking == []
-    assert find_plan_folder(ctx, "SAFE-5")
+    checked = design(moved)  # the moved plane is the user's endplate: no finding, no doubt in the warnings
+    assert checked.blocking == [] and not any("tilted wrongly" in w for w in checked.warnings)
