@@ -105,6 +105,9 @@ def test_safety_options_are_checked_before_any_work():
         Plan(keep_out_clearance_mm=50.0).validate_safety_options()
     with pytest.raises(PlanError, match="finding ids"):
         Plan(accepted_risks=["aorta"]).validate_safety_options()
+    with pytest.raises(PlanError, match="unchecked_endplates") as err:  # a hand-edited plan file
+        Plan(unchecked_endplates=["top"]).validate_safety_options()
+    assert "'proximal' / 'distal'" in err.value.fix
     with pytest.raises(PlanError, match="placement_angle_deg"):
         Plan(proximal_point_ras=[0, 0, 0], distal_point_ras=[0, 0, -30], placement_angle_deg=400.0).validate()
 
