@@ -43,3 +43,23 @@ def test_a_tile_on_disk_reads_back_the_same(tmp_path, monkeypatch):
         assert np.array_equal(getattr(read, name), getattr(made, name))
     assert all(np.array_equal(read.caps[a][i], made.caps[a][i]) for a in range(3) for i in range(2))
     gyrocell._cell_cached.cache_clear()
+
+
+def test_the_disk_keeps_the_most_recently_used_tiles(tmp_path, monkeypatch):
+    import os
+
+    _, made = _tile(tmp_path, monkeypatch)
+    (used,) = tmp_path.glob("gyroid-tile-*.npz")
+    for i in range(5):  # older tiles of other settings (or of an older mesher); one of them is not a tile
+        stale = tmp_path / f"gyroid-tile-old{i}.npz"
+        stale.write_bytes(b"x")
+        os.utime(stale, (1000.0 + i, 1000.0 + i))
+    (tmp_path / "notes.txt").write_text("kept", encoding="utf-8")
+    os.utime(used, (500.0, 500.0))  # the oldest on disk ...
+    gyrocell._cell_cached.cache_clear()
+    _tile(tmp_path, monkeypatch)  # ... until it is read again
+    assert used.stat().st_mtime > 2000.0
+    gyrocell._evict(tmp_path, keep=3)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([used.name, "gyroid-tile-old4.npz", "gyroid-tile-old3.npz", "notes.txt"])
+    gyrocell._cell_cached.cache_clear()

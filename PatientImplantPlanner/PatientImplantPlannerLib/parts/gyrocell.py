@@ -474,6 +474,9 @@ def _cell_cached(cell, level, kind, h, tolerance):
 # their parameters and the source of the modules that make them (a changed mesher never reads an old tile).
 # IMPLANT_PLANNER_CACHE_DIR sets the folder ("none": no disk cache); anything unreadable or unwritable is skipped.
 CACHE_ENV = "IMPLANT_PLANNER_CACHE_DIR"
+# At most this many tiles are kept (about 55 kB each: ~14 MB), the least recently used removed first: every changed
+# pore setting and every new version of the mesher writes new tiles, and the old ones would never be read again.
+MAX_DISK_TILES = 256
 
 
 @functools.lru_cache(maxsize=1)
@@ -500,10 +503,30 @@ def _load(path):
     try:
         with np.load(path) as z:
             caps = {a: (z[f"cap{a}lo"], z[f"cap{a}hi"]) for a in range(3)}
-            return CellMesh(z["cell"], z["origin"], z["vertices"], z["faces"], caps, z["rep"], z["off"],
-                            float(z["worst"]), int(z["n_surface"]))
+            out = CellMesh(z["cell"], z["origin"], z["vertices"], z["faces"], caps, z["rep"], z["off"],
+                           float(z["worst"]), int(z["n_surface"]))
     except (OSError, KeyError, ValueError, EOFError):
         return None
+    try:
+        os.utime(path)  # recently used: kept by the eviction
+    except OSError:
+        pass
+    return out
+
+
+def _evict(folder, keep=None):
+    """Remove the least recently used tiles beyond ``keep`` (MAX_DISK_TILES) in the folder; errors are skipped."""
+    keep = MAX_DISK_TILES if keep is None else keep
+    try:
+        tiles = [e for e in os.scandir(folder) if e.name.startswith("gyroid-tile-") and e.name.endswith(".npz")]
+        tiles.sort(key=lambda e: e.stat().st_mtime, reverse=True)
+    except OSError:
+        return
+    for entry in tiles[keep:]:
+        try:
+            os.remove(entry.path)
+        except OSError:
+            pass
 
 
 def _save(path, c):
@@ -515,6 +538,7 @@ def _save(path, c):
             np.savez(fh, cell=c.cell, origin=c.origin, vertices=c.vertices, faces=c.faces, rep=c.rep, off=c.off,
                      worst=c.worst, n_surface=c.n_surface, **caps)
         os.replace(tmp, path)  # whole files only: a reader never sees a half-written one
+        _evict(os.path.dirname(path))
     except OSError:
         try:
             os.remove(tmp)
