@@ -20,6 +20,11 @@ def unit(v) -> np.ndarray:
     return v / n
 
 
+def angle_deg(u, v) -> float:
+    """Angle between two unit vectors, in degrees (their dot product clipped against rounding)."""
+    return float(np.degrees(np.arccos(np.clip(np.dot(u, v), -1.0, 1.0))))
+
+
 @dataclass
 class Endplate:
     """A vertebral endplate the implant rests on.

@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from ..core.anatomy import Endplate, polyline_length, resample_polyline, unit
+from ..core.anatomy import Endplate, angle_deg, polyline_length, resample_polyline, unit
 from ..core.errors import PlanError
 
 PROFILES = ("circle", "rounded_rectangle", "curved_plate")
@@ -278,7 +278,7 @@ def _clip_to_gap(points: np.ndarray, proximal: Endplate, distal: Endplate, what:
         i, t = crossings[best]
         direction = unit(ext[i + 1] - ext[i])
         cos = float(direction @ plate.normal) * sign
-        tilt = np.degrees(np.arccos(np.clip(abs(cos), 0.0, 1.0)))
+        tilt = angle_deg(abs(cos), 1.0)
         if tilt > MAX_AXIS_TILT_DEG:
             raise PlanError(
                 f"The {name} endplate plane is nearly parallel to the {what} ({tilt:.0f} deg between its normal "

@@ -8,6 +8,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from ..core.anatomy import angle_deg
 from ..core.errors import PlanError
 from .defectparams import _nonzero, _vec
 
@@ -80,7 +81,7 @@ def _refine_plane(pts, tree, n, d, iterations: int = SYMMETRY_ITERATIONS) -> tup
         n_new, d_new = _reflection_fit(pts[keep], tree.data[idx[keep]])
         if n_new @ n < 0:
             n_new, d_new = -n_new, -d_new
-        moved = np.degrees(np.arccos(np.clip(n_new @ n, -1.0, 1.0))) + abs(d_new - d)
+        moved = angle_deg(n_new, n) + abs(d_new - d)
         n, d = n_new, d_new
         if moved < 1e-3:
             break

@@ -4,7 +4,7 @@ as bands of lower density along the column, and each docking face lies a measure
 import numpy as np
 from scipy import ndimage
 
-from ..core.anatomy import Endplate, smooth_axis, unit
+from ..core.anatomy import Endplate, angle_deg, smooth_axis, unit
 from ..core.grid import VoxelGrid
 from .vertebra import CORE_FRACTION, PATIENT_ANTERIOR, VertebraMeasurement, _crop_box, _fit_plane
 
@@ -179,13 +179,13 @@ def _ct_body(ct, bone, grid: VoxelGrid, point, toward, level: str):
         _, n_mid = _robust_plane(_central(0.5 * (near + far), a, b), d)
         normal = unit(n_near + n_mid)  # the near edge alone is noisy, the band centre alone misses wedged discs
         result = (normal, c_near, foot, a, b, d, centre, height, hb, hf)
-        steps.append(_degrees(n_near, d))
+        steps.append(angle_deg(n_near, d))
         heights.append(height)
         if steps[-1] < 0.2:
             break
         d = n_near  # the next axis: the body's own face (the band centre is shared with the neighbour)
     normal, c_near, foot, a, b, d, centre, height, hb, hf = result
-    doubts = _doubts(steps, heights, _degrees(n_near, n_mid))
+    doubts = _doubts(steps, heights, angle_deg(n_near, n_mid))
     fc = _central(foot, a, b).mean(axis=0)
     face_c = fc + ((c_near - fc) @ normal) / (d @ normal) * d + FACE_BEYOND_EDGE_MM * normal
     # The opposite face: the other band, perpendicular to the axis, the same offset from its centre.
@@ -198,10 +198,6 @@ def _ct_body(ct, bone, grid: VoxelGrid, point, toward, level: str):
     # tilts with the kyphosis) and inside 90 % of the footprint's radius, so it never reaches into the neighbours.
     shrunk = _central(foot, a, b, 0.9)
     return docking_face, other_face, d, _prism(grid, shrunk, d, back_c + 3.0 * d, face_c - 0.5 * d, (a, b)), doubts
-
-
-def _degrees(u, v) -> float:
-    return float(np.degrees(np.arccos(np.clip(u @ v, -1.0, 1.0))))
 
 
 def _doubts(steps, heights, near_vs_centre_deg) -> list:

@@ -7,7 +7,7 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
-from ..core.anatomy import Endplate, unit
+from ..core.anatomy import Endplate, angle_deg, unit
 from ..core.errors import PlanError
 from ..core.grid import VoxelGrid
 
@@ -285,13 +285,13 @@ def _measure_body(b: _Body, grid: VoxelGrid, level: str, cranial_hint) -> Verteb
         p_sup, n_sup = _fit_face(surf, normals, body_pts, centroid, up, anterior, grid)
         p_inf, n_inf = _fit_face(surf, normals, body_pts, centroid, -up, anterior, grid)
         new_up = unit(n_sup - n_inf)
-        converged = np.degrees(np.arccos(np.clip(np.dot(new_up, up), -1, 1))) < 0.05
+        converged = angle_deg(new_up, up) < 0.05
         up = new_up
         anterior = _anterior_direction(context_pts, body_pts, centroid, up, radius, [])
         if converged:
             break
     anterior = _anterior_direction(context_pts, body_pts, centroid, up, radius, warnings)
-    if np.degrees(np.arccos(np.clip(np.dot(up, hint), -1, 1))) > 60:
+    if angle_deg(up, hint) > 60:
         warnings.append(f"Vertebra {level or '?'}: its measured axis is more than 60 deg from the expected "
                         "cranio-caudal direction; check the endplates.")
 
@@ -336,7 +336,7 @@ def _column_face(b: _Body, grid: VoxelGrid, endplate: Endplate, column_mm: float
         return endplate
     centre, normal = _fit_plane(face)
     normal = normal if normal @ n > 0 else -normal
-    if np.degrees(np.arccos(np.clip(normal @ n, -1, 1))) > 15.0:
+    if angle_deg(normal, n) > 15.0:
         return endplate  # not a face (a fragment or a tilted rim): keep the surface fit
     centre = centre + grid.half_voxel_along(normal) * normal
     return Endplate(centre, normal, a, endplate.radius_lr, endplate.radius_ap, endplate.level)

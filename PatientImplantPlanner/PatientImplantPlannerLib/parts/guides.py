@@ -35,7 +35,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..core.anatomy import distance_to_polyline, unit
+from ..core.anatomy import angle_deg, distance_to_polyline, unit
 from ..core.errors import GeometryError, PlanError
 from ..core.mesh import TriMesh, from_manifold, require_manifold3d, require_valid, to_manifold, to_polydata
 from ..design.implant import sweep
@@ -422,7 +422,7 @@ def drill_guide(
         if cos_tilt < np.cos(np.radians(MAX_TRAJECTORY_TILT_DEG)):
             raise PlanError(
                 f"Trajectory '{name}' does not run into the bone through the {end} footplate (it is "
-                f"{np.degrees(np.arccos(np.clip(cos_tilt, -1, 1))):.0f} deg from the footplate normal).",
+                f"{angle_deg(cos_tilt, 1.0):.0f} deg from the footplate normal).",
                 f"Aim the screw through the footplate into the vertebral body, within {MAX_TRAJECTORY_TILT_DEG:.0f} "
                 "deg of the normal.",
             )

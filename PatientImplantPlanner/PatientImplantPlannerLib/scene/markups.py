@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from ..core.anatomy import Endplate, resample_polyline, smooth_axis
+from ..core.anatomy import Endplate, angle_deg, resample_polyline, smooth_axis
 from ..core.errors import PlanError
 from ..design.screws import ENDS, Trajectory
 
@@ -74,7 +74,7 @@ def plane_moved(plane, tolerance_mm: float = 0.1, tolerance_deg: float = 0.1) ->
     if designed is None:
         return True
     now = endplate_from_plane(plane)
-    turned = np.degrees(np.arccos(np.clip(float(np.dot(now.normal, designed[3:])), -1.0, 1.0)))
+    turned = angle_deg(now.normal, designed[3:])
     return bool(np.linalg.norm(now.centre - np.asarray(designed[:3])) > tolerance_mm or turned > tolerance_deg)
 
 
