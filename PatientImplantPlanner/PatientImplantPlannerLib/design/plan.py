@@ -364,8 +364,9 @@ def safety_findings(plan: Plan, measured: dict, screw_plans, keep_out, blocked_l
     """(safety dict for the measurements / manifest, [(id, message)] findings that block export unless accepted).
     ``blocked_lines`` [(screw name, part, margin)]: screws the drill and driver cannot reach with the implant in
     place (user-edited trajectories; the default layout never makes them). ``doubtful`` {"proximal" / "distal":
-    message}: docking faces whose tilt detection could not settle; a face 6-29 deg off puts the footplate into the
-    next vertebra and the screws partly out of their own (T5 -> T10 on the chest CT), so the surgeon checks it."""
+    message}: docking faces whose tilt detection could not settle; a face far off (T5 -> T10 on the chest CT: 27 deg
+    before the profile fit, 14 after) puts the footplate into the next vertebra and the screws partly out of their
+    own, so the surgeon checks it."""
     required = float(plan.keep_out_clearance_mm)
     clearance = {k: v["clearance_mm"] for k, v in measured.items()}
     closest = {k: v.get("closest_ras") for k, v in measured.items() if v.get("clearance_mm") is not None}
