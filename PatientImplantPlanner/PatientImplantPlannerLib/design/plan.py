@@ -453,6 +453,14 @@ def design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress=None, l
                         "one vertebral body.") from exc
 
 
+def _labelled_cord(keep_out):
+    """(crop, origin) of the spinal cord when the keep-out set has it from labels (not the CT's bony-ring estimate)."""
+    for s in keep_out.structures if keep_out is not None else ():
+        if s.name == "spinal_cord" and s.source == "labels":
+            return s.mask, s.offset
+    return None
+
+
 def _design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress, label_map, label_values, keep_out):
     plan.validate()
     prog = Progress(progress)
@@ -479,6 +487,7 @@ def _design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress, label
             label_map=label_map,
             label_values=label_values,
             ct_array=ct_array,
+            cord=_labelled_cord(keep_out),
         )
         warnings.extend(levels.warnings)
     # A docking face detected with a doubtful tilt, unless the plan gives that endplate itself (the user's); one

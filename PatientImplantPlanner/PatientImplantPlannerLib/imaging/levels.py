@@ -250,11 +250,12 @@ def _check_distinct(prox, dist, same_body, prox_name, dist_name):
 
 def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, proximal_name: str = "",
                   distal_name: str = "", label_map=None, label_values: Optional[dict] = None,
-                  progress=None, ct_array=None) -> LevelsResult:
+                  progress=None, ct_array=None, cord=None) -> LevelsResult:
     """Measure the proximal and distal vertebrae, the bodies between them and the spinal axis.
 
     ``bone_mask`` is a bool array [k, j, i] of filled bone; with ``label_map``/``label_values`` ({name: value},
-    e.g. TotalSegmentator) each vertebra is its label instead of being separated from the bone mask.
+    e.g. TotalSegmentator) each vertebra is its label instead of being separated from the bone mask. ``cord``
+    (bool crop, origin (k, j, i)): the labelled spinal cord, which places the bodies' posterior walls on thick slices.
     """
     prog = Progress(progress)
     mask = np.asarray(bone_mask, dtype=bool)
@@ -323,10 +324,11 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
         # With labels on thick slices the docking faces are refitted from the labelled body's own voxels (the
         # smoothed surface blurs a face across a 2.5 mm slice; on fine grids it is the better fit).
         thick = grid.spacing_ijk.max() > THICK_SLICE_MM and grid.spacing_ijk.max() > 1.8 * grid.spacing_ijk.min()
+        cord_pts = grid.to_ras(np.argwhere(cord[0]) + np.asarray(cord[1])) if cord is not None and thick else None
         for v, body, m, attr in ((v_prox, prox_body, prox, "inferior_endplate"),
                                  (v_dist, dist_body, dist, "superior_endplate")) if thick else ():
             box, lo = _label_box(labels, v, boxes)
-            setattr(m, attr, _column_face(body, grid, getattr(m, attr), label=(labels[box] == v, lo)))
+            setattr(m, attr, _column_face(body, grid, getattr(m, attr), label=(labels[box] == v, lo), cord=cord_pts))
         prog.report(0.5, "Measuring the vertebrae between them")
         names = _label_intermediates(labels, boxes, grid, values, names_by_value, v_prox, v_dist, prox, dist)
         walked, cur_dir = [], prox.axis_direction

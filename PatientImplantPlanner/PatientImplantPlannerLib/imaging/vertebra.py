@@ -310,11 +310,14 @@ def _measure_body(b: _Body, grid: VoxelGrid, level: str, cranial_hint) -> Verteb
                                body_height=height, warnings=warnings)
 
 
-def _column_face(b: _Body, grid: VoxelGrid, endplate: Endplate, column_mm: float = 2.0, label=None) -> Endplate:
+def _column_face(b: _Body, grid: VoxelGrid, endplate: Endplate, column_mm: float = 2.0, label=None,
+                 cord=None) -> Endplate:
     """Refit a docking endplate from the body's voxels themselves: per ``column_mm`` column along the endplate's
     normal the outermost voxel, the central 70 % of the footprint, a least-squares plane, its centre moved half
     a voxel outward (voxel centre -> face). On thick slices this follows the labelled face more closely than the
-    smoothed surface does (no blur across 2.5 mm slices)."""
+    smoothed surface does (no blur across 2.5 mm slices). ``cord`` (RAS points of the labelled spinal cord): the
+    body is cut from its arch at its posterior wall on the midline, in front of the cord, rather than at the
+    isolated body's most posterior voxel (its posterolateral corners reach 1-4 mm further back)."""
     pts = grid.to_ras(b.voxels_kji())
     n, a = endplate.normal, endplate.anterior
     lat = np.cross(n, a)
@@ -322,7 +325,21 @@ def _column_face(b: _Body, grid: VoxelGrid, endplate: Endplate, column_mm: float
         # The whole labelled vertebra in front of the isolated body's posterior wall (the opening loses the rim).
         crop, lo = label
         whole = grid.to_ras(np.argwhere(crop) + lo)
-        pts = whole[whole @ a >= (pts @ a).min() - 0.5]
+        in_front = whole @ a >= (pts @ a).min() - 0.5
+        near = None if cord is None else cord[np.abs((cord - pts.mean(axis=0)) @ n) < CORD_SPAN_MM]
+        if near is not None and len(near) >= 10:
+            # The wall in the cord's own frame (its axis, anterior square to it): in the endplate's tilted frame
+            # it would cut the body's top and bottom at different depths. Chest CT, 30 labelled faces T2-T12:
+            # centres 1.32 -> 1.18 mm at the median (worst 4.2 -> 2.8), normals 1.7 -> 1.5 deg (worst 10.5 -> 5.0).
+            # (Columns along the cord's axis as well took the centres to 0.94 mm but T4 inferior to 5.6 deg.)
+            c = near.mean(axis=0)
+            t = np.linalg.svd(near - c, full_matrices=False)[2][0]
+            a_c = unit(a - (a @ t) * t)
+            ahead, side = (whole - c) @ a_c, (whole - c) @ np.cross(t, a_c)
+            midline = (np.abs(side) < MIDLINE_HALF_WIDTH_MM) & (ahead > 0)
+            if midline.sum() >= 10:
+                in_front = ahead >= float(np.percentile(ahead[midline], 1)) - 0.5
+        pts = whole[in_front]
     h = pts @ n
     key = np.floor(pts @ a / column_mm).astype(np.int64) * 1_000_003 + np.floor(pts @ lat / column_mm).astype(np.int64)
     order = np.lexsort((-h, key))
@@ -340,6 +357,12 @@ def _column_face(b: _Body, grid: VoxelGrid, endplate: Endplate, column_mm: float
         return endplate  # not a face (a fragment or a tilted rim): keep the surface fit
     centre = centre + grid.half_voxel_along(normal) * normal
     return Endplate(centre, normal, a, endplate.radius_lr, endplate.radius_ap, endplate.level)
+
+
+# The posterior wall from the cord (_column_face): the cord within this distance of the face along its normal, the
+# wall as the body's most posterior labelled voxels (1st percentile) within this distance of the cord's midline.
+CORD_SPAN_MM = 25.0
+MIDLINE_HALF_WIDTH_MM = 4.0
 
 
 def _measured(make_body, grid, level, cranial_hint):
