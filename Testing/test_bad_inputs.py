@@ -198,7 +198,7 @@ CASES = {
                             r"Oversized variant of 50.0 mm is not possible"),
     "plan_repeated_variant": (lambda i, t: plan(i, t, plan_dict(variants_mm=[2.0, 2.0])), r"Variant lengths repeat"),
     "plan_no_proximal_point": (lambda i, t: plan(i, t, plan_dict(proximal_point_ras=None)),
-                               r"no proximal vertebra.*fix: Place a point"),
+                               r"no proximal vertebra.*fix: Place a point.*proximal_point_ras in the plan.*--levels"),
     "plan_bad_placement": (lambda i, t: plan(i, t, plan_dict(placement="posterior")), r"Unknown placement"),
     "plan_bad_screw": (lambda i, t: plan(i, t, plan_dict(**{"screws.screw_type": "4.0 cortical"})),
                        r"Unknown screw type '4.0 cortical'.*catalogue"),

@@ -175,10 +175,12 @@ def test_manifest_bounding_box_is_in_the_files_coordinates():
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "t.stl")
         M.write_stl(mesh, path, "LPS")
-        lps = mesh_file_entry(path, check, "implant", "LPS")["bounding_box_mm"]
+        lps_entry = mesh_file_entry(path, check, "implant", "LPS")
+        lps = lps_entry["bounding_box_mm"]
         ras = mesh_file_entry(path, check, "implant", "RAS")["bounding_box_mm"]
         raw = M.read_stl(path, "RAS")  # the file's own coordinates
     np.testing.assert_allclose(lps, raw.bounds(), atol=1e-5)
+    np.testing.assert_allclose(lps_entry["checks"]["bounds_mm"], lps)  # the checks too (the trial found RAS there)
     np.testing.assert_allclose(lps, [[-4.0, -6.0, 3.0], [-1.0, -2.0, 8.0]])
     np.testing.assert_allclose(ras, [[1.0, 2.0, 3.0], [4.0, 6.0, 8.0]])
 

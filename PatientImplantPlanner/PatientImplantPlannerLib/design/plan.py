@@ -100,12 +100,16 @@ class Plan:
         if self.proximal_endplate is None and self.proximal_point_ras is None:
             raise PlanError(
                 "The plan has no proximal vertebra.",
-                "Place a point in the last healthy vertebra above the defect (or give an endplate).",
+                "Place a point in the last healthy vertebra above the defect (the module's proximal point, or "
+                "proximal_point_ras in the plan), give vertebra labels (--levels, or the module's level labels) with "
+                "proximal_level, or set proximal_endplate.",
             )
         if self.distal_endplate is None and self.distal_point_ras is None:
             raise PlanError(
                 "The plan has no distal vertebra.",
-                "Place a point in the first healthy vertebra below the defect (or give an endplate).",
+                "Place a point in the first healthy vertebra below the defect (the module's distal point, or "
+                "distal_point_ras in the plan), give vertebra labels (--levels, or the module's level labels) with "
+                "distal_level, or set distal_endplate.",
             )
         if (
             self.proximal_point_ras is not None

@@ -60,7 +60,7 @@ def mesh_file_entry(
         "volume_mm3": round(check.volume_mm3, 3),
         "surface_area_mm2": round(check.area_mm2, 3),
         "bounding_box_mm": [lo, hi],
-        "checks": check.as_dict(),
+        "checks": {**check.as_dict(), "bounds_mm": [lo, hi]},  # one coordinate system in the entry
         "sha256": sha256_of(path),
         "bytes": os.path.getsize(path),
     }
