@@ -97,3 +97,32 @@ def test_fe_figures_fill_the_record_and_drive_the_checklist():
     assert row(good)[1] == OK and "2.90" in row(good)[2]
     assert row(fe_check({"nominal": size(0.8)}))[1] == ATTENTION
     assert fe_check(None) == {} and row({})[1] == TODO
+
+
+def test_the_stiffness_row_takes_the_fe_figure_over_the_cross_section_when_there_is_one():
+    """A new-user trial read 'Stiffness vs 5.5 mm rod: OK, axial x1.9' in the checklist beside an FE table giving
+    0.027 x the rod (a plate 28 mm off the spinal axis bends under the axial load). With an FE result the row uses
+    it; without one, the cross-section ratios."""
+    from PatientImplantPlannerLib.record.checklist import design_considerations, risk_checklist
+    from PatientImplantPlannerLib.record.designrecord import fe_check
+    from PatientImplantPlannerLib.record.values import ATTENTION, OK
+
+    def size(ratio):
+        return {"load_N": 500.0, "axial_stiffness_N_per_mm": 52000.0 * ratio, "rod_axial_stiffness_N_per_mm": 52000.0,
+                "stiffness_ratio_vs_rod": ratio, "max_von_mises_MPa": 250.0, "p99_von_mises_MPa": 100.0,
+                "safety_factor_yield": 3.2, "strength_ratio_vs_rod": 0.09, "tetrahedra": 7000,
+                "porous_layer": "left out"}
+
+    measured = {"implant": {"measurements": {"axial_stiffness_ratio": 1.9, "bending_stiffness_ratio": 0.6}}}
+
+    def row(record):
+        return next(r for r in risk_checklist(record) if r[0] == "Stiffness vs 5.5 mm rod")
+
+    assert row(measured)[1] == ATTENTION and "x1.9" in row(measured)[2]  # the section only (bending 0.6 < 1)
+    with_fe = {**measured, "fe_check": fe_check({"nominal": size(0.05), "+4 mm": size(0.027)})}
+    status, text = row(with_fe)[1:]
+    assert status == ATTENTION and "x0.027" in text and "off the axis" in text
+    alternatives = next(c for c in design_considerations(with_fe) if c[0] == "Alternatives")
+    assert "x0.027 as stiff as the rod" in alternatives[2] and "less stiff axially" not in alternatives[2]
+    stiff = {**measured, "fe_check": fe_check({"nominal": size(1.4)})}
+    assert row(stiff)[1] == OK and "x1.4" in row(stiff)[2]

@@ -30,6 +30,15 @@ from .values import (
 )
 
 
+def fe_stiffness_ratio(fe):
+    """The FE's axial stiffness against the rod, the lowest over the sizes checked (None: no FE result)."""
+    if not isinstance(fe, dict) or not fe.get("done"):
+        return None
+    ratios = [_num(v.get("stiffness_ratio_vs_rod")) for v in (fe.get("sizes") or {}).values() if isinstance(v, dict)]
+    ratios = [r for r in ratios if r is not None]
+    return min(ratios) if ratios else None
+
+
 def risk_checklist(record: dict) -> list:
     """[(item, status, basis)] with status OK / ATTENTION / TO DO derived from the record's values."""
     rows = []
@@ -86,7 +95,20 @@ def risk_checklist(record: dict) -> list:
         )
 
     ax, be = _num(m.get("axial_stiffness_ratio")), _num(m.get("bending_stiffness_ratio"))
-    if ax is None or be is None:
+    fe_ratio = fe_stiffness_ratio(_get(record, "fe_check"))
+    if fe_ratio is not None:
+        # The FE loads the whole implant along the spinal axis: an off-axis strut bends, which the section
+        # ratios (area, second moment) do not see. It is the figure that counts when it exists.
+        rows.append(
+            (
+                "Stiffness vs 5.5 mm rod",
+                ATTENTION if fe_ratio < 1.0 else OK,
+                f"FE, loaded along the spinal axis: x{fe_ratio:.3g} the axial stiffness of a 5.5 mm titanium rod "
+                f"(the lowest over the sizes checked; cross-section alone: axial x{fmt(ax)}, bending x{fmt(be)})"
+                + ("; less stiff than the rod: the strut lies off the axis and bends." if fe_ratio < 1.0 else "."),
+            )
+        )
+    elif ax is None or be is None:
         rows.append(("Stiffness vs 5.5 mm rod", TODO, "Stiffness ratios not computed."))
     else:
         weak = min(ax, be) < 1.0
@@ -284,6 +306,7 @@ def design_considerations(r: dict) -> list:
     lattice = r.get("lattice") or []
     variants = r.get("variants") or []
     prox, dist = fmt(lv.get("proximal")), fmt(lv.get("distal"))
+    fe_ratio = fe_stiffness_ratio(_get(r, "fe_check"))
     roles = {}
     for g in guides:
         roles[str(g.get("role", "guide"))] = roles.get(str(g.get("role", "guide")), 0) + 1
@@ -376,8 +399,10 @@ def design_considerations(r: dict) -> list:
             f"Oversized variants: {var_text}; conventional rod: 5.5 mm titanium",
             (fmt(clin) + ". " if not _missing(clin) else "")
             + (
-                f"A conventional 5.5 mm rod is {fmt(m.get('axial_stiffness_ratio'))}x less stiff axially and "
-                f"{fmt(m.get('bending_stiffness_ratio'))}x less stiff in bending than this strut. "
+                f"The strut's cross-section is {fmt(m.get('axial_stiffness_ratio'))}x a conventional 5.5 mm rod's "
+                f"in area and {fmt(m.get('bending_stiffness_ratio'))}x in bending"
+                + (f"; loaded along the spinal axis (FE) the implant is x{fe_ratio:.3g} as stiff as the rod. "
+                   if fe_ratio is not None else ". ")
                 if not _missing(m.get("axial_stiffness_ratio"))
                 else ""
             )

@@ -216,6 +216,10 @@ def _section_implant(doc: Document, r: dict) -> None:
         )
     fe = r.get("fe_check")
     if isinstance(fe, dict) and fe.get("done"):
+        if ax is not None:
+            doc.para("The ratios above compare cross-sections. The FE below loads the whole implant along the spinal "
+                     "axis, against a straight rod loaded along its own: a strut off the axis also bends, so its "
+                     "'vs rod' figure can be far lower; it is the figure the checklist uses.")
         doc.para(f"FE check (linear elastic, Ti6Al4V ELI; distal contact face held, load along the spinal axis on "
                  f"the proximal contact face): {fmt(fe.get('summary'))}")
         doc.table(
