@@ -408,9 +408,11 @@ class BoneMask:
         return mask
 
 
-def segment_bone_array(ct: np.ndarray, grid: VoxelGrid, params=None, progress=None) -> BoneMask:
+def segment_bone_array(ct: np.ndarray, grid: VoxelGrid, params=None, progress=None, not_bone=None) -> BoneMask:
     """Segment bone of a CT array [k, j, i] on ``grid``: threshold, seeded components, GrowCut against exclude
-    seeds, interior filling, islands and smoothing. Raises SegmentationError for bad inputs."""
+    seeds, interior filling, islands and smoothing. ``not_bone`` (bool [k, j, i], optional): voxels known not to be
+    bone (labelled vessels, heart, cord), left out of the threshold so the bone never grows through them.
+    Raises SegmentationError for bad inputs."""
     import time
 
     import scipy.ndimage as ndi
@@ -428,6 +430,8 @@ def segment_bone_array(ct: np.ndarray, grid: VoxelGrid, params=None, progress=No
     box = _roi_box(grid, params)
     sub = ct[box]
     thr = _threshold(sub, params.threshold_min, params.threshold_max)
+    if not_bone is not None:
+        thr &= ~np.asarray(not_bone, dtype=bool)[box]
     if params.roi_center_ras is not None and not grid.axis_aligned():
         thr &= _oblique_roi_mask(grid, box, params)
     if not thr.any():
@@ -571,6 +575,9 @@ def segment_bone_array(ct: np.ndarray, grid: VoxelGrid, params=None, progress=No
         sigma = params.smoothing_mm / sp
         result = ndi.gaussian_filter(result.astype(np.float32), sigma) >= 0.5
     timings["islands_smoothing"] = time.perf_counter() - t
+    if not_bone is not None:  # filling and smoothing close over a vessel lying against the bone: not bone either
+        full_box = tuple(slice(b.start + o.start, b.stop + o.start) for b, o in zip(bb, box))
+        result &= ~np.asarray(not_bone, dtype=bool)[full_box]
     if not result.any():
         raise SegmentationError(
             "The bone segmentation is empty after removing small islands and smoothing.",

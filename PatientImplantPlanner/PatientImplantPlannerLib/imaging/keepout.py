@@ -95,6 +95,16 @@ class KeepOut:
     def names(self) -> list:
         return [s.name for s in self.structures]
 
+    def labelled_mask(self):
+        """Bool [k, j, i] of the structures taken from labels (None when there are none): known not to be bone."""
+        labelled = [s for s in self.structures if s.source == "labels"]
+        if not labelled:
+            return None
+        out = np.zeros(self.shape, dtype=bool)
+        for s in labelled:
+            out[tuple(slice(o, o + n) for o, n in zip(s.offset, s.mask.shape))] |= s.mask
+        return out
+
     def describe(self) -> dict:
         return {"source": self.source, "structures": {s.name: s.source for s in self.structures},
                 "not_checked": dict(self.not_checked)}

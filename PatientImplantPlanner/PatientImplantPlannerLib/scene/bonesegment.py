@@ -119,8 +119,10 @@ def _write_segment(ctx, ct_node, segmentation_node, crop: np.ndarray, box):
     return segmentation_node, segment_id
 
 
-def segment_bone(ctx, ct_node, params=None, segmentation_node=None, progress=None) -> BoneSegmentationResult:
+def segment_bone(ctx, ct_node, params=None, segmentation_node=None, progress=None,
+                 not_bone=None) -> BoneSegmentationResult:
     """Segment bone of ``ct_node`` into the "Bone" segment of ``segmentation_node`` (created if None).
+    ``not_bone``: voxels known not to be bone (see segment_bone_array), e.g. the labelled keep-out structures.
 
     Raises SegmentationError for bad inputs; the scene is then unchanged (a created node is removed, a given
     node keeps its previous content).
@@ -130,7 +132,7 @@ def segment_bone(ctx, ct_node, params=None, segmentation_node=None, progress=Non
     if ct_node is None or ct_node.GetImageData() is None:
         raise SegmentationError("No CT volume was given (or it has no image data).", "Load a CT and select it.")
     ct = volume_array(ct_node)
-    bone = segment_bone_array(ct, grid_of(ct_node), params, progress)
+    bone = segment_bone_array(ct, grid_of(ct_node), params, progress, not_bone=not_bone)
     progress.report(0.9, "Writing the Bone segment")
     t = time.perf_counter()
     seg_node, segment_id = _write_segment(ctx, ct_node, segmentation_node, bone.crop, bone.box)
