@@ -263,3 +263,11 @@ def test_a_hand_edited_offset_contour_is_refused_naming_the_field(contour):
     ok = ImplantParameters.from_dict({"offset_contour_mm": [[0.0, -1.0], [5.0, 0.0]]})
     ok.validate()
     assert ok.offset_contour_mm == ((0.0, -1.0), (5.0, 0.0)) and ok.as_dict()["offset_contour_mm"] == [[0, -1], [5, 0]]
+
+
+def test_level_names_are_read_as_the_vertebra_they_name():
+    """'t6' and 'vertebrae_T8' are T6 and T8 (a new-user trial's 't6' was refused as not among the labelled
+    vertebrae); a name that is no vertebra stays as written, for the checks to name it."""
+    plan = Plan.from_dict({"proximal_level": "t6", "distal_level": "vertebrae_T8"})
+    assert (plan.proximal_level, plan.distal_level) == ("T6", "T8")
+    assert Plan.from_dict({"proximal_level": "upper"}).proximal_level == "upper"

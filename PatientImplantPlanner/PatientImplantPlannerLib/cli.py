@@ -573,7 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "state it")
     pl.add_argument("--fe", action="store_true",
                     help="finite-element strength check of every size (axial load, von Mises stress, stiffness and "
-                    "strength vs a 5.5 mm titanium rod); figures in manifest.json under 'fe' (1-3 minutes)")
+                    "strength vs a 5.5 mm titanium rod); figures in manifest.json under 'fe' (about 20-40 s on 2 "
+                    "cores)")
     pl.add_argument("--fe-load", type=float, default=FE_LOAD_N, metavar="N",
                     help=f"axial load of the finite-element check in newtons (default {FE_LOAD_N:g})")
     pl.set_defaults(func=cmd_plan)
@@ -593,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="output", help="parent folder for the new demo folder (default: output)")
     demo.add_argument("--segment-only", action="store_true", help="only segment the spine and export the bone model")
-    demo.add_argument("--no-fe", action="store_true", help="skip the finite-element check (1-3 minutes on 2 cores)")
+    demo.add_argument("--no-fe", action="store_true", help="skip the finite-element check (about 20-40 s on 2 cores)")
     demo.set_defaults(func=lambda a: cmd_demo_segment(a) if a.segment_only else cmd_demo(a))
     return parser
 

@@ -23,6 +23,7 @@ from ..export.boneexport import mask_surface
 from ..imaging.bonesegmentation import BoneSegmentationParameters
 from ..imaging.keepout import from_ct
 from ..imaging.levels import SPINE_ORDER, detect_levels
+from ..imaging.levelsource import vertebra_name
 from ..record.values import DRILL_BONE_MM
 from .access import DRIVER_REACH_MM, access_radius_mm, drill_access
 from .defectparams import MirrorDefectParameters
@@ -212,6 +213,9 @@ class Plan:
             "keep_out_structures", "accepted_risks", "unchecked_endplates", "kind", "mirror_defect",
         }
         kwargs = {k: d[k] for k in known if k in d and d[k] is not None}
+        for key in ("proximal_level", "distal_level"):  # "t6", "vertebrae_T6" -> "T6" (a trial's "t6" was refused)
+            if isinstance(kwargs.get(key), str) and vertebra_name(kwargs[key]):
+                kwargs[key] = vertebra_name(kwargs[key])
         if "segmentation" in d:
             kwargs["segmentation"] = BoneSegmentationParameters.from_dict(d["segmentation"])
         if "implant" in d:
