@@ -186,7 +186,10 @@ class ScrewPlan:
     hole_diameter_mm: float
     mean_hu: float = float("nan")  # mean CT value over the in-bone screw length
     voxel_uncertainty_mm: float = 0.0  # half a voxel along the ray, already taken off far_cortex_mm
-    safe_length_mm: Optional[float] = None  # longest catalogue screw whose whole body stays the margin inside bone
+    # Longest catalogue screw that is no breach by the same test: the tip the margin short of the far cortex, the
+    # thread's rim inside bone to the tip (it once took the margin off the rim too and read shorter than screws the
+    # test passed: 10 mm beside a chosen 14 mm).
+    safe_length_mm: Optional[float] = None
 
     @property
     def tip(self) -> np.ndarray:
@@ -569,7 +572,7 @@ def plan_screw(trajectory: Trajectory, ct_array, bone_mask, ijk_to_ras, screw_ty
         if e_k is None:
             body_limit = -np.inf
         elif x_k is not None:
-            body_limit = min(body_limit, x_k - uncertainty)
+            body_limit = min(body_limit, x_k + margin)  # the rim may reach its exit, as the breach test allows
     breach = bool(breach_at) or bool(far - length < margin - 1e-9)
     breach_at_mm = float(min(breach_at)) if breach_at else (float(far) if breach else None)
     safe, _ = _round_length(body_limit - margin, st)
