@@ -62,3 +62,23 @@ def test_the_drill_lines_through_the_intact_l2_are_reported(bundle):
     assert len(crossing) == 4 and min(crossing.values()) > 10.0  # the plate lies in front of the intact L2
     assert any("drill and driver line of 4 screw(s) crosses bone" in w for w in manifest["warnings"])
     assert "drill_line_bone_mm" in stdout
+
+
+def test_the_record_gives_the_solid_and_the_printed_volume_each_labelled(bundle):
+    """A new-user trial read 'Volume 6138 mm3 / Mass 27.2 g' in the record beside a 5026 mm3 nominal file: the first
+    is the solid implant, the file has its pores. The record labels the solid figures and gives the file's own, read
+    back from the STL, with its mass."""
+    import html
+    import re
+
+    folder, manifest, _ = bundle
+    (nominal,) = [f for f in manifest["files"] if f["role"] == "implant" and f["file"].endswith(".stl")]
+    volume = check_mesh(read_stl(os.path.join(folder, nominal["file"]), manifest["coordinate_system"])).volume_mm3
+    with open(os.path.join(folder, "design_record.html"), encoding="utf-8") as fh:
+        text = re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", fh.read())))
+    found = re.search(r"Volume / mass as printed \(nominal file\) (\d+) mm³ / ([\d.]+) g", text)
+    assert found, text[text.find("Volume, solid"):][:300]
+    assert float(found.group(1)) == pytest.approx(volume, abs=1.0)
+    assert float(found.group(2)) == pytest.approx(volume / 1000 * 4.43, abs=0.1)  # Ti6Al4V
+    solid = re.search(r"Volume, solid \(before the porous layer\) (\d+) mm³", text)
+    assert solid and float(solid.group(1)) > volume  # the pores take material out

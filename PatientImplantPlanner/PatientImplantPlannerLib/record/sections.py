@@ -185,8 +185,9 @@ def _section_implant(doc: Document, r: dict) -> None:
             ("Length (endplate to endplate)", fmt(m.get("length_mm"), 1, "mm")),
             ("Strut cross-section area", fmt(m.get("cross_section_area_mm2"), 1, "mm²")),
             ("Second moment of area min / max", f"{fmt(i2.get('min'), 0)} / {fmt(i2.get('max'), 0)} mm^4"),
-            ("Volume", fmt(m.get("volume_mm3"), 0, "mm³")),
-            ("Mass", fmt(m.get("mass_g"), 1, "g")),
+            ("Volume, solid (before the porous layer)", fmt(m.get("volume_mm3"), 0, "mm³")),
+            ("Mass, solid", fmt(m.get("mass_g"), 1, "g")),
+            ("Volume / mass as printed (nominal file)", _as_printed(r, m)),
             ("Axial stiffness ratio vs 5.5 mm rod", fmt(m.get("axial_stiffness_ratio"), 1)),
             ("Bending stiffness ratio vs 5.5 mm rod", fmt(m.get("bending_stiffness_ratio"), 1)),
             ("Implant volume inside bone", fmt(m.get("interference_mm3"), 2, "mm³")),
@@ -443,6 +444,17 @@ def _section_pictures(doc: Document, images: dict) -> None:
         path, caption = (value[0], value[1]) if isinstance(value, (tuple, list)) else (value, None)
         caption = caption or IMAGE_CAPTIONS.get(key, str(key).replace("_", " "))
         doc.image(path if path and os.path.isfile(path) else None, caption)
+
+
+def _as_printed(r: dict, m: dict) -> str:
+    """The nominal implant file's own volume and its mass (the pores taken out), n/a without the file."""
+    nominal = [f for f in r.get("files") or [] if f.get("role") == "implant"
+               and f.get("size_variant") in ("nominal", "") and not _missing(f.get("volume_mm3"))]
+    density = _num(m.get("density_g_cm3"))
+    if not nominal or density is None:
+        return NA
+    v = float(nominal[0]["volume_mm3"])
+    return f"{v:.0f} mm³ / {v / 1000.0 * density:.1f} g"
 
 
 def _section_manufacturing(doc: Document, r: dict) -> None:
