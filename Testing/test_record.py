@@ -126,3 +126,18 @@ def test_the_stiffness_row_takes_the_fe_figure_over_the_cross_section_when_there
     assert "x0.027 as stiff as the rod" in alternatives[2] and "less stiff axially" not in alternatives[2]
     stiff = {**measured, "fe_check": fe_check({"nominal": size(1.4)})}
     assert row(stiff)[1] == OK and "x1.4" in row(stiff)[2]
+
+
+def test_a_screw_warning_the_plan_sums_up_is_listed_once():
+    """A trial's record listed each screw's low-density warning twice: once in the plan's sum over the screws, once
+    per screw. A screw's other warnings are still listed."""
+    from PatientImplantPlannerLib.record.sections import _all_warnings
+
+    low = "62 % of the screw is in bone below 130 HU (osteoporotic range): expect weak purchase"
+    record = {"warnings": ["2 screw(s) lie mostly in bone below 130 HU (osteoporotic range; share of each screw's "
+                           "length in bone: proximal right 62 %, distal left 58 %): expect weak purchase."],
+              "screws": [{"name": "proximal right", "warnings": [low, "the bone continues to the edge of the CT"]},
+                         {"name": "distal left", "warnings": [low.replace("62", "58")]}]}
+    warnings = _all_warnings(record)
+    assert sum("weak purchase" in w for w in warnings) == 1
+    assert "Screw proximal right: the bone continues to the edge of the CT" in warnings

@@ -519,8 +519,11 @@ def _section_files(doc: Document, r: dict) -> None:
 def _all_warnings(r: dict) -> list:
     out = [str(w) for w in r.get("warnings") or []]
     for s in r.get("screws") or []:  # the plan's warnings already carry its screws' ("<name>: <warning>")
-        out += [f"Screw {s.get('name', '?')}: {w}" for w in s.get("warnings") or []
-                if f"{s.get('name', '?')}: {w}" not in out]
+        name = str(s.get("name", "?"))
+        for w in map(str, s.get("warnings") or []):
+            # Already there as "<name>: <warning>", or summed up over the screws by name (the low-density one).
+            if not any(f"{name}: {w}" in o or (name in o and w.split(":")[-1].strip() in o) for o in out):
+                out.append(f"Screw {name}: {w}")
     for f in r.get("files") or []:
         if _get(f, "checks", "ok") is False:
             out.append(f"File {f.get('file', '?')}: " + "; ".join(map(str, _get(f, "checks", "problems") or [])))
