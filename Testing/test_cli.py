@@ -99,9 +99,11 @@ def test_plan_command_on_a_phantom_writes_parts_markups_and_manifest(tmp_path, c
     code = main(["plan", str(ct), "--plan", str(tmp_path / "plan.json"), "--out", str(tmp_path / "exports"),
                  "--parts", "implant", "variants", "drill_guides"])
     assert code == 0
-    out = capsys.readouterr().out.strip().splitlines()
-    folder = out[-1].split(" to ")[-1]
-    seconds = json.loads("\n".join(out[:-1]))["seconds"]
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)  # stdout is the JSON summary alone, the note goes to stderr
+    folder = summary["folder"]
+    assert f"Export written to {os.path.abspath(folder)}" in captured.err
+    seconds = summary["seconds"]
     # The export's own total is named as such: a "total" below the design's steps read as the whole run's time.
     assert "total" not in seconds and 0.0 < seconds["export_total"] < sum(seconds.values())
     files = os.listdir(folder)
@@ -135,7 +137,7 @@ def phantom_plan(tmp_path, spacing=1.0, **changes):
 
 
 def bundle_of(capsys) -> str:
-    return capsys.readouterr().out.strip().splitlines()[-1].split(" to ")[-1]
+    return json.loads(capsys.readouterr().out)["folder"]
 
 
 def test_plan_outputs_are_honoured_and_the_command_line_overrides_them(tmp_path, capsys):

@@ -421,8 +421,8 @@ def cmd_plan(args) -> int:
                        series_uid=args.series_uid, lattice_params=lattice, guide_params=guides,
                        ct_checks=_ct_checks(plan, args.allow_non_ct, args.accept_thick_slices),
                        keep_out_path=args.keep_out, fe_load_N=args.fe_load if args.fe else None)
-    print(json.dumps(summary, indent=2))
-    print(f"Export written to {os.path.abspath(summary['folder'])}")
+    print(json.dumps(summary, indent=2))  # stdout is the JSON summary alone (for scripts); the note to stderr
+    print(f"Export written to {os.path.abspath(summary['folder'])}", file=sys.stderr)
     return 0
 
 
@@ -460,7 +460,7 @@ def cmd_demo(args) -> int:
     summary["total_seconds"] = round(time.time() - t0, 1)
     print(json.dumps(summary, indent=2))
     print(f"Demo output (STL files, manifest.json, design_record.html/.pdf) written to "
-          f"{os.path.abspath(summary['folder'])}")
+          f"{os.path.abspath(summary['folder'])}", file=sys.stderr)
     return 0
 
 
