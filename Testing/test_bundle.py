@@ -202,3 +202,25 @@ def test_a_failed_export_leaves_no_half_written_folder(designed, tmp_path, monke
                        params=ExportParameters(parts=("implant",)))
     assert os.listdir(tmp_path) == [os.path.basename(ok.folder)]
     assert verify_manifest(ok.manifest_path) == []
+
+
+def test_the_records_3d_picture_keeps_the_spine_and_leaves_the_ribs_out():
+    """A trial's chest records showed ribs, sternum and contrast vessels in front of the implant. The picture's bone
+    is the spine within the implant's reach of the axis plus 20 mm: bone 30 mm from the axis stays, 90 mm goes."""
+    from types import SimpleNamespace
+
+    from PatientImplantPlannerLib.export.bundle import _near_axis
+
+    m = np.eye(4)  # 1 mm voxels, RAS = (i, j, k)
+    mask = np.zeros((40, 120, 120), bool)
+    mask[5:35, 55:65, 55:65] = True  # a column of bodies round the axis x = y = 60
+    mask[5:35, 55:65, 88:92] = True  # a transverse process ~30 mm out
+    mask[5:35, 10:14, 55:65] = True  # a "rib" 46-50 mm from the axis
+    implant = M.TriMesh(np.array([[60.0, 80.0, 5.0], [61.0, 80.0, 35.0], [60.0, 81.0, 20.0], [62, 82, 20]]),
+                        np.array([[0, 1, 2], [0, 2, 3], [0, 3, 1], [1, 3, 2]]))  # 20-22 mm from the axis
+    result = SimpleNamespace(axis_points=np.array([[60.0, 60.0, z] for z in range(0, 41, 5)]),
+                             nominal=SimpleNamespace(mesh=implant))
+    kept = _near_axis(mask, m, result)
+    assert kept[5:35, 55:65, 55:65].all() and kept[5:35, 55:65, 88:92].all()  # body and process: within 42 mm
+    assert not kept[5:35, 10:14, 55:65].any()  # 46-50 mm from the axis: beyond the reach
+    assert kept.sum() < mask.sum() and not (kept & ~mask).any()

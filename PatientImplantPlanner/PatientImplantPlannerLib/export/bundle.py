@@ -105,6 +105,29 @@ def _spine_segment_mask(bone_mask, ijk_to_ras, result, margin_mm):
     return out
 
 
+def _near_axis(mask, ijk_to_ras, result, beyond_implant_mm: float = 20.0):
+    """The voxels of ``mask`` within the implant's reach of the spinal axis plus ``beyond_implant_mm``: the spine and
+    the implant in the record's 3D picture, not the ribs, sternum and shoulders of a chest CT in front of them."""
+    from ..core.anatomy import distance_to_polyline
+
+    axis = np.asarray(result.axis_points, float)
+    if not mask.any() or len(axis) < 2:
+        return mask
+    axis = axis[np.unique(np.linspace(0, len(axis) - 1, 16).round().astype(int))]  # a few segments: cheap, close
+
+    def distance(points):  # in chunks: points x segments x 3 would take GBs for a chest slab
+        return np.concatenate([distance_to_polyline(points[n:n + 100_000], axis)
+                               for n in range(0, len(points), 100_000)])
+
+    reach = float(distance(result.nominal.mesh.vertices).max()) + beyond_implant_mm
+    k, j, i = np.nonzero(mask)
+    pts = np.stack([i, j, k], axis=1) @ ijk_to_ras[:3, :3].T + ijk_to_ras[:3, 3]
+    far = distance(pts) > reach
+    out = mask.copy()
+    out[k[far], j[far], i[far]] = False
+    return out
+
+
 def _porous_cut_mm(implant_params, lattice_params, regions) -> Optional[float]:
     """Depth below the contact planes at which every size is the same footplate slab: midway between the porous
     layer (with its overlap into the core) and the top of the strut, which reaches into the footplate from below.
@@ -431,7 +454,7 @@ def _write_report(record, result, parts, bone_mask, ijk_to_ras, ct_array, folder
     implant = result.nominal.mesh
     with tempfile.TemporaryDirectory() as tmp:
         images = {}
-        segment = _spine_segment_mask(bone_mask, ijk_to_ras, result, 30.0)
+        segment = _near_axis(_spine_segment_mask(bone_mask, ijk_to_ras, result, 30.0), ijk_to_ras, result)
         # The bone as the Slicer user sees it (smoothed closed surface), not the voxel staircase of coarse CT.
         island = float(result.plan.segmentation.min_island_mm3)
         spine = bone_model_surface(segment, ijk_to_ras, island, target_triangles=150_000) if segment.any() else None
