@@ -106,7 +106,8 @@ class BoneSegmentationPanelMixin:
                 minIslandMm3=p.minIslandMm3,
                 smoothingMm=p.smoothingMm,
             )
-            result = self.logic.segmentBone(p.inputVolume, params, p.boneSegmentation, progress=self._onProgress)
+            result = self.logic.segmentBone(p.inputVolume, params, p.boneSegmentation, progress=self._onProgress,
+                                            keepOut=self.logic.keepOut(p, p.inputVolume))
             p.boneSegmentation = result.segmentation_node
             p.boneSegmentId = result.segment_id
             p.boneSegmentationRecord = SegmentationInfo.from_segmentation(

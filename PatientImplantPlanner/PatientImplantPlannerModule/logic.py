@@ -56,13 +56,14 @@ class PatientImplantPlannerLogic(ScriptedLoadableModuleLogic):
         return parameters_from_markups(
             params, seed_node=seedNode, exclude_node=excludeNode, roi_node=roiNode)
 
-    def segmentBone(self, ctNode, params=None, segmentationNode=None, progress=None):
+    def segmentBone(self, ctNode, params=None, segmentationNode=None, progress=None, keepOut=None):
         """Segment the bone of ``ctNode``; returns the engine result (segmentation_node, segment_id, volume_mm3,
-        warnings)."""
+        warnings). ``keepOut`` (keepout.KeepOut): its labelled structures are left out (contrast vessels and heart
+        are above the bone threshold)."""
         from PatientImplantPlannerLib.scene.bonesegment import segment_bone
 
         return segment_bone(self.context(), ctNode, params=params, segmentation_node=segmentationNode,
-                            progress=progress)
+                            progress=progress, not_bone=keepOut.labelled_mask() if keepOut is not None else None)
 
     def showBoneIn3D(self, segmentationNode) -> None:
         from PatientImplantPlannerLib.export.boneexport import show_bone_in_3d
