@@ -17,6 +17,7 @@ import numpy as np
 
 from ..analysis.fe import render_von_mises
 from ..core import mesh as meshlib
+from ..core.anatomy import distance_to_polyline
 from ..core.errors import GeometryError, OutputExistsError, PlannerError
 from ..core.progress import Progress
 from ..design.implant import STRUT_OVERLAP_MM
@@ -108,8 +109,6 @@ def _spine_segment_mask(bone_mask, ijk_to_ras, result, margin_mm):
 def _near_axis(mask, ijk_to_ras, result, beyond_implant_mm: float = 20.0):
     """The voxels of ``mask`` within the implant's reach of the spinal axis plus ``beyond_implant_mm``: the spine and
     the implant in the record's 3D picture, not the ribs, sternum and shoulders of a chest CT in front of them."""
-    from ..core.anatomy import distance_to_polyline
-
     axis = np.asarray(result.axis_points, float)
     if not mask.any() or len(axis) < 2:
         return mask
