@@ -575,9 +575,9 @@ def segment_bone_array(ct: np.ndarray, grid: VoxelGrid, params=None, progress=No
         sigma = params.smoothing_mm / sp
         result = ndi.gaussian_filter(result.astype(np.float32), sigma) >= 0.5
     timings["islands_smoothing"] = time.perf_counter() - t
+    full_bb = tuple(slice(b.start + o.start, b.stop + o.start) for b, o in zip(bb, box))
     if not_bone is not None:  # filling and smoothing close over a vessel lying against the bone: not bone either
-        full_box = tuple(slice(b.start + o.start, b.stop + o.start) for b, o in zip(bb, box))
-        result &= ~np.asarray(not_bone, dtype=bool)[full_box]
+        result &= ~np.asarray(not_bone, dtype=bool)[full_bb]
     if not result.any():
         raise SegmentationError(
             "The bone segmentation is empty after removing small islands and smoothing.",
@@ -589,7 +589,6 @@ def segment_bone_array(ct: np.ndarray, grid: VoxelGrid, params=None, progress=No
                 f"The seed at {_fmt(p)} RAS is more than {params.seed_snap_mm:g} mm from the segmented bone; "
                 "check that it lies on the bone to keep."
             )
-    full_bb = tuple(slice(b.start + o.start, b.stop + o.start) for b, o in zip(bb, box))
     timings["total"] = time.perf_counter() - t0
     return BoneMask(result, full_bb, grid.voxel_mm3, warnings, timings)
 

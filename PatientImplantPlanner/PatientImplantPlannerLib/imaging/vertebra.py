@@ -359,8 +359,9 @@ def _column_face(b: _Body, grid: VoxelGrid, endplate: Endplate, column_mm: float
     return Endplate(centre, normal, a, endplate.radius_lr, endplate.radius_ap, endplate.level)
 
 
-# The posterior wall from the cord (_column_face): the cord within this distance of the face along its normal, the
-# wall as the body's most posterior labelled voxels (1st percentile) within this distance of the cord's midline.
+# The posterior wall from the cord (_column_face): the cord within this distance of the body's centre along the
+# face's normal; the wall as the body's most posterior labelled voxels (1st percentile) within this distance of the
+# cord's midline.
 CORD_SPAN_MM = 25.0
 MIDLINE_HALF_WIDTH_MM = 4.0
 
