@@ -104,3 +104,72 @@ def test_level_name_contradicting_the_labels_is_an_error(ctx, lumbar):
     with pytest.raises(PlanError, match="lies in L1.*names the proximal level T4") as err:
         design_in_scene(ctx, ct, seg.segmentation_node, seg.segment_id, plan, level_labels=labels)
     assert "proximal_level" in err.value.fix
+
+
+def _write_masks(folder, masks: dict):
+    """One mask file per structure, on the lumbar labels' grid (TotalSegmentator's default output layout)."""
+    import SimpleITK as sitk
+
+    ref = sitk.ReadImage(LUMBAR_LABELS)
+    folder.mkdir()
+    for name, mask in masks.items():
+        img = sitk.GetImageFromArray(mask.astype(np.uint8))
+        img.CopyInformation(ref)
+        sitk.WriteImage(img, str(folder / f"{name}.nii.gz"))
+    return str(folder)
+
+
+def test_totalsegmentator_output_folder_as_level_and_keep_out_source(ctx, tmp_path):
+    """A folder of per-structure mask files gives the same vertebrae as the labelmap; files of other structures
+    and empty masks (TotalSegmentator writes one for every structure) are left out; its soft-tissue masks become
+    the keep-out set when no --keep-out is given."""
+    from PatientImplantPlannerLib.cli import _keep_out
+    from PatientImplantPlannerLib.scene.labelfiles import load_keep_out_labels
+
+    ct = load_ct(ctx, SAMPLE_CT)
+    labels, values = load_level_labels(ctx, LUMBAR_LABELS, ct)
+    aorta = np.zeros(labels.shape, bool)
+    aorta[40:60, 20:30, 50:60] = True  # a block standing in for the aorta
+    masks = {f"vertebrae_{n}": labels == values[n] for n in ("L1", "L2", "L3", "L4")}
+    masks |= {"vertebrae_T4": np.zeros(labels.shape, bool), "rib_left_1": labels == values["L5"], "aorta": aorta}
+    folder = _write_masks(tmp_path / "segmentations", masks)
+
+    label_map, named = load_level_labels(ctx, folder, ct)
+    assert sorted(named) == ["L1", "L2", "L3", "L4"]  # no empty T4, no rib
+    for name, value in named.items():
+        assert np.array_equal(label_map == value, labels == values[name])
+
+    keep, structures = load_keep_out_labels(ctx, folder, ct)
+    assert list(structures) == ["aorta"] and np.array_equal(keep == structures["aorta"], aorta)
+    plan = demo_plan()
+    ko = _keep_out(ctx, ct, plan, None, folder, (label_map, named))
+    assert [s.name for s in ko.structures] == ["aorta"] and ko.structures[0].voxels == aorta.sum()
+    # A folder without any keep-out structure: no keep-out set from the levels (design uses what the CT shows).
+    bare = _write_masks(tmp_path / "bare", {k: v for k, v in masks.items() if k != "aorta"})
+    assert _keep_out(ctx, ct, plan, None, bare, load_level_labels(ctx, bare, ct)) is None
+    with pytest.raises(PlanError, match="no non-empty keep-out labels files"):
+        load_keep_out_labels(ctx, bare, ct)
+
+
+def test_labels_out_of_anatomical_order_are_refused(ctx, tmp_path):
+    """Labels read with the wrong numbering (a TotalSegmentator v1 labelmap read as v2) or misnamed segments: the
+    vertebrae would not be stacked in order, and a plan's levels would land on the wrong structures silently."""
+    import SimpleITK as sitk
+
+    ct = load_ct(ctx, SAMPLE_CT)
+    labels, values = load_level_labels(ctx, LUMBAR_LABELS, ct)
+    swapped = labels.copy()
+    swapped[labels == values["L1"]], swapped[labels == values["L3"]] = values["L3"], values["L1"]
+    ref = sitk.ReadImage(LUMBAR_LABELS)
+    img = sitk.GetImageFromArray(swapped.astype(np.int16))
+    img.CopyInformation(ref)
+    path = str(tmp_path / "swapped.nii.gz")
+    sitk.WriteImage(img, path)
+    with pytest.raises(PlanError, match=r"not in anatomical order: L\d .*below L\d") as err:
+        load_level_labels(ctx, path, ct)
+    assert "TotalSegmentator 2" in err.value.fix
+    misnamed = _write_masks(tmp_path / "misnamed", {"vertebrae_L1": labels == values["L3"],
+                                                    "vertebrae_L3": labels == values["L1"],
+                                                    "vertebrae_L2": labels == values["L2"]})
+    with pytest.raises(PlanError, match="not in anatomical order"):
+        load_level_labels(ctx, misnamed, ct)

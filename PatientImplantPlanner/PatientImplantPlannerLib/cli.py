@@ -344,22 +344,27 @@ def _run_mirror_defect(ctx, ct, plan, out_parent, segmentation_path, export_para
 
 
 def _keep_out(ctx, ct, plan, keep_out_path, levels_path, level_labels):
-    """The keep-out anatomy: --keep-out (a TotalSegmentator labelmap, or a .seg.nrrd with structures named like
-    'aorta'), else the --levels labelmap's soft-tissue structures, else None (design then uses what the CT shows)."""
+    """The keep-out anatomy: --keep-out (a TotalSegmentator labelmap, a .seg.nrrd with structures named like 'aorta'
+    or a folder of mask files named so), else the soft-tissue structures of the --levels labels, else None (design
+    then uses what the CT shows)."""
     from .imaging.keepout import from_labels
+    from .scene.labelfiles import load_keep_out_labels
     from .scene.volumes import ijk_to_ras_matrix
 
     names = plan.keep_out_structures
     m = ijk_to_ras_matrix(ct)
     if keep_out_path:
-        from .scene.labelfiles import load_keep_out_labels
-
         label_map, values = load_keep_out_labels(ctx, keep_out_path, ct)
         return from_labels(label_map, m, values, names)
-    if levels_path and level_labels is not None and not levels_path.lower().endswith(".seg.nrrd"):
+    if not levels_path or level_labels is None:
+        return None
+    if os.path.isdir(levels_path) or levels_path.lower().endswith(".seg.nrrd"):
+        # Named segments or files: the level source's own soft-tissue structures, when it has any.
+        label_map, values = load_keep_out_labels(ctx, levels_path, ct, required=False)
+        ko = from_labels(label_map, m, values, names) if values else None
+    else:
         ko = from_labels(level_labels[0], m, None, names)
-        return ko if ko.structures else None
-    return None
+    return ko if ko is not None and ko.structures else None
 
 
 def _plan_outputs(plan, args=None) -> tuple:
@@ -543,8 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", required=True, help="parent folder; a new <case>_<date-time> folder is made in it")
     pl.add_argument("--segmentation", help="existing bone segmentation (.seg.nrrd) to use instead of segmenting")
     pl.add_argument("--levels", help="vertebra labels as the level source: a .seg.nrrd with segments named like "
-                    "'vertebrae_L1', or a TotalSegmentator labelmap on the CT grid; the plan's level names pick the "
-                    "ends and its points may be omitted")
+                    "'vertebrae_L1', a TotalSegmentator labelmap on the CT grid, or TotalSegmentator's output folder "
+                    "(one mask file per structure: vertebrae_T4.nii.gz, aorta.nii.gz, ...); the plan's level names "
+                    "pick the ends and its points may be omitted")
     pl.add_argument("--coordinates", choices=["LPS", "RAS"], default=None,
                     help="coordinates of the mesh files (default: the plan's outputs.coordinate_system, else LPS)")
     pl.add_argument("--formats", nargs="+", choices=["stl", "3mf"], default=None,
@@ -559,9 +565,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "outputs.guides.stub_length_mm, else 15)")
     pl.add_argument("--allow-non-ct", action="store_true", help=ALLOW_NON_CT_HELP)
     pl.add_argument("--keep-out", metavar="LABELS",
-                    help="keep-out anatomy: a TotalSegmentator labelmap on the CT grid or a .seg.nrrd with segments "
-                         "named like 'aorta', 'heart', 'esophagus', 'trachea', 'spinal_cord' (default: the --levels "
-                         "labelmap's soft-tissue structures, else what the CT shows from the exclude seeds)")
+                    help="keep-out anatomy: a TotalSegmentator labelmap on the CT grid, a .seg.nrrd with segments "
+                         "named like 'aorta', 'heart', 'esophagus', 'trachea', 'spinal_cord', or a folder of mask "
+                         "files named so (default: the --levels labels' soft-tissue structures, else what the CT "
+                         "shows from the exclude seeds)")
     pl.add_argument("--clearance", type=float, metavar="MM",
                     help="required clearance from every keep-out structure (plan: keep_out_clearance_mm, default 2)")
     pl.add_argument("--accept-risk", action="append", metavar="ID",

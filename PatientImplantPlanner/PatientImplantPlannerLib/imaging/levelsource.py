@@ -9,6 +9,7 @@ import re
 from typing import Optional
 
 import numpy as np
+from scipy import ndimage
 
 from ..core.errors import PlanError
 
@@ -34,10 +35,37 @@ def labels_from_labelmap(label_array: np.ndarray) -> tuple:
     present = {int(v) for v in np.unique(label_array)} & set(TOTALSEGMENTATOR_VERTEBRAE)
     if not present:
         raise PlanError(
-            "The labelmap has no vertebra labels in TotalSegmentator's numbering (26 = S1 ... 50 = C1).",
-            "Give a TotalSegmentator 'total' labelmap, or a segmentation with named vertebra segments.",
+            "The labelmap has no vertebra labels in TotalSegmentator's numbering (version 2: 26 = S1 ... 50 = C1).",
+            "Give a TotalSegmentator 2 'total' labelmap, its output folder of named mask files, or a segmentation "
+            "with named vertebra segments (a version-1 labelmap numbers the vertebrae 18 = L5 ... 41 = C1).",
         )
     return np.asarray(label_array), {TOTALSEGMENTATOR_VERTEBRAE[v]: v for v in sorted(present)}
+
+
+ORDER_TOLERANCE_MM = 5.0  # a vertebra's centre may lie this much below the next caudal one's before it is an error
+
+
+def check_vertebra_order(label_map: np.ndarray, ijk_to_ras: np.ndarray, values: dict) -> None:
+    """PlanError when the labelled vertebrae are not stacked in anatomical order (each above the next caudal one,
+    along the patient's superior axis): labels read with the wrong numbering (a TotalSegmentator version-1 labelmap
+    read as version 2 puts 'T2' on the oesophagus and 'C7' on the heart) or misnamed segments would otherwise put a
+    plan's levels on the wrong structures, with no other sign."""
+    names = sorted(values, key=_ORDER.index)  # caudal first
+    if len(names) < 2:
+        return
+    centres = ndimage.center_of_mass(label_map > 0, label_map, [values[n] for n in names])
+    height = {n: float(ijk_to_ras[2, :3] @ np.asarray(c, float)[::-1] + ijk_to_ras[2, 3])
+              for n, c in zip(names, centres)}
+    for lower, upper in zip(names[:-1], names[1:]):
+        if height[upper] < height[lower] - ORDER_TOLERANCE_MM:
+            raise PlanError(
+                f"The vertebra labels are not in anatomical order: {upper} (label {values[upper]}) lies "
+                f"{height[lower] - height[upper]:.0f} mm below {lower} (label {values[lower]}), so the labels were "
+                "probably read with the wrong numbering or names.",
+                "Give a TotalSegmentator 2 'total' labelmap (26 = S1 ... 50 = C1; version 1 numbers them 18 = L5 ... "
+                "41 = C1), its output folder of named mask files, or a segmentation whose vertebra segments are "
+                "named correctly.",
+            )
 
 
 def level_point(label_map: np.ndarray, ijk_to_ras: np.ndarray, value: int) -> np.ndarray:
