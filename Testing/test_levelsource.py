@@ -64,7 +64,7 @@ def test_labelmap_as_level_source_without_points(ctx, lumbar):
     assert result.measurements["interference_mm3"] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_segmentation_with_named_vertebra_segments(ctx, lumbar):
+def test_segmentation_with_named_vertebra_segments(ctx, lumbar, tmp_path):
     ct, _, _ = lumbar
     labels, values = load_level_labels(ctx, LUMBAR_LABELS, ct)
     seg = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
@@ -72,11 +72,21 @@ def test_segmentation_with_named_vertebra_segments(ctx, lumbar):
     for name in ("L1", "L2", "L3"):
         sid = seg.GetSegmentation().AddEmptySegment("", f"vertebrae_{name}")
         set_segment_mask(seg, sid, labels == values[name], ct)
-    seg.GetSegmentation().AddEmptySegment("", "aorta")
+    aorta = np.zeros(labels.shape, bool)
+    aorta[40:60, 20:30, 50:60] = True  # a block standing in for the aorta
+    set_segment_mask(seg, seg.GetSegmentation().AddEmptySegment("", "aorta"), aorta, ct)
     label_map, named = labels_from_segmentation(seg, ct)
     assert sorted(named) == ["L1", "L2", "L3"]
     for name, value in named.items():
         assert np.array_equal(label_map == value, labels == values[name])
+    # Saved as .seg.nrrd and given as --levels: its soft-tissue segments are the keep-out set.
+    from PatientImplantPlannerLib.cli import _keep_out
+    from PatientImplantPlannerLib.scene.workflow import write_segmentation
+
+    path = str(tmp_path / "levels.seg.nrrd")
+    write_segmentation(seg, path)
+    ko = _keep_out(ctx, ct, demo_plan(), None, path, load_level_labels(ctx, path, ct))
+    assert [(s.name, s.voxels) for s in ko.structures] == [("aorta", int(aorta.sum()))]
 
 
 def test_missing_levels_are_refused(ctx, lumbar):
