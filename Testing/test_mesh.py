@@ -125,3 +125,21 @@ def test_read_stl_welds_exactly_equal_positions_only(tmp_path):
     assert len(back.vertices) == len(c.vertices) and back.n_triangles == c.n_triangles
     np.testing.assert_array_equal(np.sort(back.vertices.astype(np.float32), axis=0),
                                   np.sort(c.vertices.astype(np.float32), axis=0))
+
+
+def test_specks_and_flat_shells_are_dropped_but_a_real_loose_piece_is_kept():
+    """A boolean can cut off a speck where a bore grazes an edge (measured: a 4-triangle tetrahedron of 3e-5 mm3 on a
+    drill guide, which then 'fell apart into 2 pieces'); a loose piece a printer would make must still count."""
+    from PatientImplantPlannerLib.core.mesh import SPECK_MM3, require_manifold3d, without_flat_shells
+
+    m3d = require_manifold3d()
+    body = m3d.Manifold.cube((10.0, 10.0, 10.0))
+    speck = m3d.Manifold.tetrahedron().scale((0.02, 0.02, 0.02)).translate((20.0, 0.0, 0.0))
+    assert 1e-6 < speck.volume() < SPECK_MM3
+    both = m3d.Manifold.compose([body, speck])
+    assert len(both.decompose()) == 2
+    cleaned = without_flat_shells(both, SPECK_MM3)
+    assert len(cleaned.decompose()) == 1 and cleaned.volume() == pytest.approx(1000.0)
+    assert len(without_flat_shells(both).decompose()) == 2  # the default keeps anything with volume
+    loose = m3d.Manifold.compose([body, m3d.Manifold.cube((1.0, 1.0, 1.0)).translate((20.0, 0.0, 0.0))])
+    assert len(without_flat_shells(loose, SPECK_MM3).decompose()) == 2

@@ -368,12 +368,22 @@ def file_safe(mesh, tolerance_mm: float = 1e-3, separation_mm: float = 5e-4) -> 
         simplified = to_manifold(out).simplify(tolerance_mm)
         # Collapsing a boolean's sub-um slivers can leave a flat shell of a few triangles and no volume (measured:
         # 6 triangles, 5e-13 mm3, on a lattice implant): not a body, dropped.
-        pieces = simplified.decompose()
-        solid = [p for p in pieces if abs(p.volume()) > 1e-6]
-        if solid and len(solid) < len(pieces):
-            simplified = require_manifold3d().Manifold.compose(solid) if len(solid) > 1 else solid[0]
-        out = from_manifold(simplified)
+        out = from_manifold(without_flat_shells(simplified))
     return _collapse_specks(_separated(out, separation_mm))
+
+
+FLAT_SHELL_MM3 = 1e-6  # a piece of a boolean's result with less volume than this is a flat shell, not a body
+SPECK_MM3 = 1e-3  # far below anything a printer makes: a speck a boolean cut off, not a part
+
+
+def without_flat_shells(manifold, min_volume_mm3: float = FLAT_SHELL_MM3):
+    """The manifold without the pieces of (next to) no volume a boolean can leave where surfaces touch or graze (a
+    flat shell or speck of a few triangles would count as a body of its own: a part 'in 2 pieces')."""
+    pieces = manifold.decompose()
+    solid = [p for p in pieces if abs(p.volume()) > min_volume_mm3]
+    if not solid or len(solid) == len(pieces):
+        return manifold
+    return require_manifold3d().Manifold.compose(solid) if len(solid) > 1 else solid[0]
 
 
 def _separated(out: TriMesh, separation_mm: float) -> TriMesh:

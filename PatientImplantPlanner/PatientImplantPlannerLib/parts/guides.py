@@ -37,7 +37,16 @@ import numpy as np
 
 from ..core.anatomy import angle_deg, distance_to_polyline, unit
 from ..core.errors import GeometryError, PlanError
-from ..core.mesh import TriMesh, from_manifold, require_manifold3d, require_valid, to_manifold, to_polydata
+from ..core.mesh import (
+    SPECK_MM3,
+    TriMesh,
+    from_manifold,
+    require_manifold3d,
+    require_valid,
+    to_manifold,
+    to_polydata,
+    without_flat_shells,
+)
 from ..design.implant import sweep
 from .guidegeometry import (
     ENDS,
@@ -333,7 +342,7 @@ def docking_guide(geom, params, end: str, level: str, size_label: str, gp: Guide
             label_volume = text_outline(label, gp.label_height_mm).area() * depth
             guide = guide - text
 
-    mesh = from_manifold(guide)
+    mesh = from_manifold(without_flat_shells(guide, SPECK_MM3))
     check = require_valid(mesh, f"{end} docking guide", min_volume_mm3=0.5 * stub.volume())
     if check.n_components != 1:
         raise GeometryError(
@@ -536,7 +545,9 @@ def drill_guide(
                 + (f"its wall there would be only {wall:.2f} mm." if wall > 0 else "the drill would touch the strut."),
                 "Move the screw's entry further from the strut or tilt it away from the strut (converging screws).",
             )
-    guide_w = guide.transform(seat.to_world_matrix())
+    # A boolean can cut off a speck where a bore or the slot grazes an edge (measured: a 4-triangle tetrahedron of
+    # 3e-5 mm3 on the chest CT resampled to 1 mm slices, T6 -> T8): no piece of the guide.
+    guide_w = without_flat_shells(guide.transform(seat.to_world_matrix()), SPECK_MM3)
     mesh = from_manifold(guide_w)
     check = require_valid(mesh, f"{end} drill guide", min_volume_mm3=1.0)
     if check.n_components != 1:

@@ -7,7 +7,7 @@ from typing import Optional
 import numpy as np
 
 from ..core.errors import PlanError
-from ..core.mesh import TriMesh, closed_edges, from_manifold, to_manifold
+from ..core.mesh import TriMesh, closed_edges, from_manifold, to_manifold, without_flat_shells
 
 # The last porous ends (footplate fused with its lattice, cut), keyed by piece and cut: reused by every size.
 _END_CACHE: dict = {}
@@ -59,7 +59,7 @@ def _porous_end(m3d, part_world, piece: _Piece, params, cut: float) -> _End:
     n_core = len(top.decompose())
     kept, dropped = parts[:n_core], [q for q in parts[n_core:] if q.volume() > 0]
     end = m3d.Manifold.compose(kept) if len(kept) > 1 else kept[0]
-    end, mesh = _without_slivers(m3d, end)
+    end, mesh = _without_slivers(end)
     cap = _cap_faces(mesh, np.array([0.0, 0.0, 1.0]), -cut, outward=-1.0)
     out = _End(TriMesh(mesh.vertices, mesh.faces[~cap]), float(end.volume() - core.volume()),
                (len(dropped), float(sum(q.volume() for q in dropped))))
@@ -72,16 +72,12 @@ def _porous_end(m3d, part_world, piece: _Piece, params, cut: float) -> _End:
 _SLIVER_MM = 1e-3  # edges shorter than this are collapsed (mesh.file_safe's tolerance)
 
 
-def _without_slivers(m3d, manifold) -> tuple:
+def _without_slivers(manifold) -> tuple:
     """(Manifold, TriMesh) with the sub-um edges a boolean leaves where a pore's surface crosses a face next to a
     vertex (thousands per end) collapsed, and any flat shell this leaves dropped. Done once per end here, so the
     export's file safety finds nothing to simplify on each size (seconds a million triangles). The Manifold is
     rebuilt from its mesh first: manifold3d does not collapse edges between faces of different boolean inputs."""
-    simplified = to_manifold(from_manifold(manifold)).simplify(_SLIVER_MM)
-    pieces = simplified.decompose()
-    solid = [p for p in pieces if abs(p.volume()) > 1e-6]
-    if solid and len(solid) < len(pieces):
-        simplified = m3d.Manifold.compose(solid) if len(solid) > 1 else solid[0]
+    simplified = without_flat_shells(to_manifold(from_manifold(manifold)).simplify(_SLIVER_MM))
     return simplified, from_manifold(simplified)
 
 
@@ -107,7 +103,7 @@ def _glue_ends(m3d, part_world, pieces, ends, cut: float) -> Optional[TriMesh]:
         n, c = from_pf[:3, 2], from_pf[:3, 3]  # w axis (out of the implant) and plane centre, world
         body = body.trim_by_plane(tuple(-n), float(cut - n @ c))
         planes.append((n, float(n @ c - cut)))
-    body_mesh = _without_slivers(m3d, body)[1]  # small: cheap
+    body_mesh = _without_slivers(body)[1]  # small: cheap
     keep = np.ones(body_mesh.n_triangles, dtype=bool)
     for n, offset in planes:
         keep &= ~_cap_faces(body_mesh, n, offset, outward=1.0)
