@@ -30,7 +30,7 @@ from ..core.anatomy import Endplate, smooth_axis, unit
 from ..core.errors import PlanError
 from ..core.grid import VoxelGrid
 from ..core.progress import Progress
-from .thicklevels import THICK_SLICE_MM, _thick_levels, _thick_slices
+from .thicklevels import _thick_levels, thick_slice_axis
 from .vertebra import (
     PATIENT_SUPERIOR,
     VertebraMeasurement,
@@ -265,6 +265,12 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
     p_prox = np.asarray(proximal_point_ras, dtype=float).reshape(3)
     p_dist = np.asarray(distal_point_ras, dtype=float).reshape(3)
     warnings, doubtful = [], {}
+    slices = thick_slice_axis(grid, ct_array)
+    if slices is not None and slices[2]:
+        warnings.append(
+            f"The CT's slices are {grid.spacing_kji[slices[0]]:.2g} mm apart but it is blurred across them like "
+            f"{slices[1]:.1f} mm slices (an overlapping reconstruction, or thick slices resampled): the vertebrae were "
+            "measured as on thick slices. Check the endplates; thin-slice reconstructions give sharper ones.")
     cranial = unit(p_prox - p_dist) if np.linalg.norm(p_prox - p_dist) > 1e-6 else PATIENT_SUPERIOR
     # Proximal is the upper (cranial) healthy vertebra. Taken the other way round, the path runs caudal to cranial
     # and its lateral (tangent x anterior) is the patient's left: a strut asked for on the right would be placed on
@@ -323,7 +329,7 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
                                     distal_name, cranial)
         # With labels on thick slices the docking faces are refitted from the labelled body's own voxels (the
         # smoothed surface blurs a face across a 2.5 mm slice; on fine grids it is the better fit).
-        thick = grid.spacing_ijk.max() > THICK_SLICE_MM and grid.spacing_ijk.max() > 1.8 * grid.spacing_ijk.min()
+        thick = slices is not None
         cord_pts = grid.to_ras(np.argwhere(cord[0]) + np.asarray(cord[1])) if cord is not None and thick else None
         for v, body, m, attr in ((v_prox, prox_body, prox, "inferior_endplate"),
                                  (v_dist, dist_body, dist, "superior_endplate")) if thick else ():
@@ -351,10 +357,11 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
         s_prox = _require_seed(mask, grid, p_prox, "proximal")
         s_dist = _require_seed(mask, grid, p_dist, "distal")
         thick = None
-        if ct_array is not None and _thick_slices(grid) and (
+        if ct_array is not None and slices is not None and (
                 np.linalg.norm(p_prox - p_dist) >= MIN_LEVEL_SEPARATION_MM):
             prog.report(0.1, "Measuring the vertebrae from the CT (thick slices)")
-            thick = _thick_levels(np.asarray(ct_array), mask, grid, p_prox, p_dist, proximal_name, distal_name)
+            thick = _thick_levels(np.asarray(ct_array), mask, grid, p_prox, p_dist, proximal_name, distal_name,
+                                  slices)
     if not use_labels and thick is not None:
         prox, dist, docking, walked, doubtful = thick
         intermediate_levels = [""] * len(walked)

@@ -24,6 +24,61 @@ def _thick_slices(grid: VoxelGrid) -> bool:
     return grid.spacing_ijk.max() > THICK_SLICE_MM and grid.spacing_ijk.max() > 1.8 * grid.spacing_ijk.min()
 
 
+def resolution_mm(ct_array, grid: VoxelGrid) -> np.ndarray:
+    """The CT's effective resolution (FWHM, mm) along each array axis (k, j, i), estimated from the data: the
+    correlation of neighbouring first differences, inverted through a Gaussian blur of white detail. Thick slices
+    reconstructed at a finer spacing (overlapping reconstructions, or a volume resampled to thin slices) keep their
+    thick blur; measured on the chest CT (2.5 mm slices, 0.7 mm pixels): 4.3 mm across the slices, 1.7-1.9 mm in
+    plane; the same resampled to 1.0 / 1.25 / 0.7 mm slices: 3.2 / 3.8 / 2.8 mm; the 3 mm lumbar CT 3.9-4.5 mm
+    on every axis."""
+    a = np.asarray(ct_array)
+    _, nj, ni = a.shape
+    # The central half in plane (the patient, not the air around), HU clipped to tissue and bone (no air edges),
+    # at most 64 slices evenly spread: a fraction of a second on a 512 x 512 x 300 CT.
+    ks = np.unique(np.linspace(0, a.shape[0] - 1, min(a.shape[0], 64)).astype(int))
+    crop = np.clip(a[:, nj // 4: 3 * nj // 4, ni // 4: 3 * ni // 4], -200, 1500).astype(np.float32)
+    out = np.zeros(3)
+    for axis in range(3):
+        sub = crop if axis == 0 else crop[ks]
+        d = np.diff(sub, axis=axis)
+        n = d.shape[axis]
+        x, y = np.take(d, range(n - 1), axis=axis), np.take(d, range(1, n), axis=axis)
+        c = float((x * y).sum() / (np.sqrt((x * x).sum() * (y * y).sum()) + 1e-12))
+        out[axis] = 2.355 * _blur_for_correlation(c) * grid.spacing_kji[axis]
+    return out
+
+
+def _blur_for_correlation(c: float) -> float:
+    """Gaussian sigma (in samples) of blurred white detail whose first differences correlate ``c`` at lag one."""
+    r = np.linspace(0.05, 6.0, 1200)
+    rho = np.exp(-1.0 / (4 * r * r))
+    rho2 = np.exp(-4.0 / (4 * r * r))
+    corr = (2 * rho - 1 - rho2) / (2 * (1 - rho))
+    return float(r[np.argmin(np.abs(corr - c))])
+
+
+def thick_slice_axis(grid: VoxelGrid, ct_array=None):
+    """(array axis, thickness in mm, whether found from the blur) of thick slices: by spacing, else by the CT's
+    blur across its slices (blurred_slice_axis); None on thin slices."""
+    if _thick_slices(grid):
+        return int(np.argmax(grid.spacing_kji)), float(grid.spacing_kji.max()), False
+    found = blurred_slice_axis(ct_array, grid)
+    return None if found is None else (found[0], found[1], True)
+
+
+def blurred_slice_axis(ct_array, grid: VoxelGrid):
+    """(array axis, its effective resolution in mm) when the CT is blurred across its slices like thick slices
+    (at least BLURRED_SLICE_MM and BLUR_RATIO times the other axes), else None."""
+    if ct_array is None:
+        return None
+    res = resolution_mm(ct_array, grid)
+    axis = int(np.argmax(res))
+    others = np.delete(res, axis)
+    if res[axis] >= BLURRED_SLICE_MM and res[axis] >= BLUR_RATIO * others.mean():
+        return axis, float(res[axis])
+    return None
+
+
 class _Sampler:
     """Trilinear samples of a [k, j, i] array at RAS points, in a crop around the region of interest."""
 
@@ -281,21 +336,21 @@ def _prism(grid: VoxelGrid, foot, d, lo_c, hi_c, u_w):
     return inside.reshape(tuple(hi - lo)), lo
 
 
-def _thick_levels(ct_array, mask, grid: VoxelGrid, p_prox, p_dist, proximal_name, distal_name):
-    """Both docking vertebrae from the CT on thick slices: (prox, dist, docking, bodies between, {"proximal" /
-    "distal": why that face's tilt is doubtful}) or None to fall back."""
+def _thick_levels(ct_array, mask, grid: VoxelGrid, p_prox, p_dist, proximal_name, distal_name, slices):
+    """Both docking vertebrae from the CT on thick slices (``slices``: thick_slice_axis's answer): (prox, dist,
+    docking, bodies between, {"proximal" / "distal": why that face's tilt is doubtful}) or None to fall back."""
     centre = 0.5 * (p_prox + p_dist)
     radius = 0.5 * np.linalg.norm(p_prox - p_dist) + 70.0
     box, lo = _crop_box(grid.shape, grid.to_kji(centre)[0], radius / grid.spacing_kji)
     sub = np.asarray(mask[box], dtype=bool)
-    thick_axis = int(np.argmax(grid.spacing_kji))
+    thick_axis = slices[0]
     # Bone filled slice by slice: the segment leaves the low-density cancellous centres of osteoporotic bodies open.
     filled = np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(sub, thick_axis, 0)], axis=thick_axis)
     full = np.zeros(grid.shape, dtype=bool)
     full[box] = filled
     ct, bone = _Sampler(ct_array, grid, box, lo), _Sampler(full, grid, box, lo)
     out, doubts = [], {}
-    thickness = float(grid.spacing_ijk.max())
+    thickness = slices[1]
     for point, other, name, which, side in ((p_prox, p_dist, proximal_name, "proximal", "inferior"),
                                             (p_dist, p_prox, distal_name, "distal", "superior")):
         found = _ct_body(ct, bone, grid, point, other - point, name)
@@ -362,6 +417,13 @@ PROFILE_FROM_EDGE_MM = -6.0
 PROFILE_PAST_CENTRE_MM = 7.0
 PROFILE_SEARCH_DEG = 12.0
 KNOT_MM = 0.5
+
+
+# A CT blurred across its slices like thick slices, whatever its spacing (blurred_slice_axis): effective resolution
+# at least this and this many times the in-plane one (chest CT resampled to 0.7-1.25 mm slices: 2.8-3.8 mm, 1.6-2.1
+# times; true thin slices are near their in-plane resolution).
+BLURRED_SLICE_MM = 2.5
+BLUR_RATIO = 1.4
 
 
 THICK_SLICE_MM = 1.5  # slices above this (and much thicker than the pixels): labelled docking faces refitted
