@@ -13,22 +13,31 @@ from ..scene.segments import get_segment_mask
 from ..scene.volumes import array, ijk_to_ras_matrix
 
 
+def _stacked(named_masks, skip_empty: bool = False) -> tuple:
+    """(label map uint8 [k, j, i], {name: value}) from (name or None, mask getter) pairs: a mask is read only for a
+    recognised name not seen before (the first of each name wins); empty ones are left out when ``skip_empty``."""
+    labels, values = None, {}
+    for name, get_mask in named_masks:
+        if name is None or name in values:
+            continue
+        mask = get_mask()
+        if skip_empty and not mask.any():
+            continue
+        if labels is None:
+            labels = np.zeros(mask.shape, dtype=np.uint8)
+        values[name] = len(values) + 1
+        labels[mask] = values[name]
+    return labels, values
+
+
 def _named_segments(segmentation_node, ct_node, canonical, what: str, naming: str, required: bool = True) -> tuple:
     """(label map uint8 [k, j, i] on the CT grid, {name: value}) from the segments whose names ``canonical``
     recognises (first segment of each name wins); PlanError naming ``what`` when there is none and it is
     ``required``."""
     segmentation = segmentation_node.GetSegmentation()
-    labels, values = None, {}
-    for n in range(segmentation.GetNumberOfSegments()):
-        sid = segmentation.GetNthSegmentID(n)
-        name = canonical(segmentation.GetSegment(sid).GetName())
-        if name is None or name in values:
-            continue
-        mask = get_segment_mask(segmentation_node, sid, ct_node)
-        if labels is None:
-            labels = np.zeros(mask.shape, dtype=np.uint8)
-        values[name] = len(values) + 1
-        labels[mask] = values[name]
+    sids = [segmentation.GetNthSegmentID(n) for n in range(segmentation.GetNumberOfSegments())]
+    labels, values = _stacked((canonical(segmentation.GetSegment(sid).GetName()),
+                               lambda sid=sid: get_segment_mask(segmentation_node, sid, ct_node)) for sid in sids)
     if not values and required:
         raise PlanError(f"The segmentation {segmentation_node.GetName()!r} has no {what}.",
                         f"Use a segmentation whose segments are named like {naming} (e.g. from TotalSegmentator).")
@@ -78,18 +87,9 @@ def _read_mask_folder(ctx, folder: str, ct_node, what: str, canonical, naming: s
     """(label map uint8 on the CT grid, {name: value}) from a folder of one mask file per structure. Files of other
     structures are not read; empty masks (TotalSegmentator writes one for every structure, found or not) are left
     out."""
-    labels, values = None, {}
-    for file_name in sorted(os.listdir(folder)):
-        name = _structure_name(file_name, canonical)
-        if name is None or name in values:
-            continue
-        mask = _labelmap_on_ct_grid(ctx, os.path.join(folder, file_name), ct_node, what) > 0
-        if not mask.any():
-            continue
-        if labels is None:
-            labels = np.zeros(mask.shape, dtype=np.uint8)
-        values[name] = len(values) + 1
-        labels[mask] = values[name]
+    labels, values = _stacked(((_structure_name(f, canonical),
+                                lambda f=f: _labelmap_on_ct_grid(ctx, os.path.join(folder, f), ct_node, what) > 0)
+                               for f in sorted(os.listdir(folder))), skip_empty=True)
     if not values and required:
         raise PlanError(f"The folder {folder} has no non-empty {what} files.",
                         f"Give a folder of mask files named like {naming}.nii.gz (TotalSegmentator's output folder), "
