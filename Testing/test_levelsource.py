@@ -183,3 +183,48 @@ def test_labels_out_of_anatomical_order_are_refused(ctx, tmp_path):
                                                     "vertebrae_L2": labels == values["L2"]})
     with pytest.raises(PlanError, match="not in anatomical order"):
         load_level_labels(ctx, misnamed, ct)
+
+
+def test_verse_labelmap_as_level_source(ctx, lumbar, tmp_path):
+    """A labelmap numbered as VerSe's (1 = C1 ... 24 = L5, as public spine datasets label them) gives the same
+    vertebrae as TotalSegmentator's, and the same docking faces. It labels no soft tissue, so nothing of it is read
+    as keep-out anatomy (read as TotalSegmentator's, its T8 and T9 would be 'oesophagus' and 'trachea') and the
+    run says so."""
+    import SimpleITK as sitk
+
+    from PatientImplantPlannerLib.cli import _keep_out, _level_label_notes
+    from PatientImplantPlannerLib.imaging.levelsource import VERSE_VERTEBRAE, labelmap_numbering
+
+    ct, plan, seg = lumbar
+    labels, values = load_level_labels(ctx, LUMBAR_LABELS, ct)
+    verse = np.zeros(labels.shape, np.uint8)
+    verse_value = {name: v for v, name in VERSE_VERTEBRAE.items()}
+    for name, v in values.items():
+        verse[labels == v] = verse_value.get(name, 26)  # S1 -> VerSe's sacrum
+    img = sitk.GetImageFromArray(verse)
+    img.CopyInformation(sitk.ReadImage(LUMBAR_LABELS))
+    path = str(tmp_path / "verse_seg.nii.gz")
+    sitk.WriteImage(img, path)
+
+    assert labelmap_numbering(labels) == "totalsegmentator"
+    assert labelmap_numbering(verse) == "verse"
+    label_map, named = load_level_labels(ctx, path, ct)
+    assert named == {"T11": 18, "T12": 19, "L1": 20, "L2": 21, "L3": 22, "L4": 23, "L5": 24}
+    for name, value in named.items():
+        assert np.array_equal(label_map == value, labels == values[name])
+    assert _keep_out(ctx, ct, plan, None, path, (label_map, named)) is None
+    thoracic = label_map.copy()
+    thoracic[label_map == 20], thoracic[label_map == 21] = 15, 16  # VerSe's T8 and T9 values
+    assert _keep_out(ctx, ct, plan, None, path, (thoracic, named)) is None
+    assert "VerSe's numbering" in _level_label_notes(path, (label_map, named), None)[0]
+    assert _level_label_notes(LUMBAR_LABELS, (labels, values), None) == []
+
+    results = []
+    for source in ((labels, values), (label_map, named)):
+        unclicked = demo_plan()
+        unclicked.proximal_point_ras = unclicked.distal_point_ras = None
+        results.append(design_in_scene(ctx, ct, seg.segmentation_node, seg.segment_id, unclicked,
+                                       level_labels=source)[0])
+    ts, vs = results
+    for ea, eb in ((ts.proximal_endplate, vs.proximal_endplate), (ts.distal_endplate, vs.distal_endplate)):
+        assert np.allclose(ea.centre, eb.centre, atol=1e-6) and np.allclose(ea.normal, eb.normal, atol=1e-9)

@@ -265,7 +265,7 @@ def run_plan(ct_path: str, plan, out_parent: str, segmentation_path=None, export
     result, nodes = design_in_scene(ctx, ct, seg_node, segment_id, plan, progress=prog.sub(0.3, 0.5).report,
                                     level_labels=level_labels, keep_out=keep_out)
     ct_info = describe_ct(ct)
-    result.warnings[:0] = ct_info.notes  # slice thickness: into the manifest and the design record
+    result.warnings[:0] = ct_info.notes + _level_label_notes(levels_path, level_labels, keep_out_path)
     if fe_load_N:  # finite-element check of every size; its figures go into the manifest under "fe"
         from .analysis.fe import analyse_plan
 
@@ -348,6 +348,7 @@ def _keep_out(ctx, ct, plan, keep_out_path, levels_path, level_labels):
     or a folder of mask files named so), else the soft-tissue structures of the --levels labels, else None (design
     then uses what the CT shows)."""
     from .imaging.keepout import from_labels
+    from .imaging.levelsource import labelmap_numbering
     from .scene.labelfiles import load_keep_out_labels
     from .scene.volumes import ijk_to_ras_matrix
 
@@ -362,9 +363,24 @@ def _keep_out(ctx, ct, plan, keep_out_path, levels_path, level_labels):
         # Named segments or files: the level source's own soft-tissue structures, when it has any.
         label_map, values = load_keep_out_labels(ctx, levels_path, ct, required=False)
         ko = from_labels(label_map, m, values, names) if values else None
+    elif labelmap_numbering(level_labels[0]) == "verse":
+        return None  # its values are all vertebrae: read as TotalSegmentator's, 15 and 16 (T8, T9) were "oesophagus"
     else:
         ko = from_labels(level_labels[0], m, None, names)
     return ko if ko is not None and ko.structures else None
+
+
+def _level_label_notes(levels_path, level_labels, keep_out_path) -> list:
+    """What the record must say about how a --levels labelmap was read (its numbering is recognised, not given)."""
+    from .imaging.levelsource import labelmap_numbering
+
+    if not levels_path or level_labels is None or os.path.isdir(levels_path) \
+            or levels_path.lower().endswith(".seg.nrrd") or labelmap_numbering(level_labels[0]) != "verse":
+        return []
+    return ["The vertebra labels were read with VerSe's numbering (1 = C1 ... 24 = L5). They label no soft tissue: "
+            + ("the keep-out anatomy is from --keep-out." if keep_out_path else
+               "the keep-out anatomy is what the CT shows (exclude-seed vessels, airway, spinal canal); give "
+               "--keep-out labels to check the others.")]
 
 
 def _plan_outputs(plan, args=None) -> tuple:
@@ -548,7 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", required=True, help="parent folder; a new <case>_<date-time> folder is made in it")
     pl.add_argument("--segmentation", help="existing bone segmentation (.seg.nrrd) to use instead of segmenting")
     pl.add_argument("--levels", help="vertebra labels as the level source: a .seg.nrrd with segments named like "
-                    "'vertebrae_L1', a TotalSegmentator labelmap on the CT grid, or TotalSegmentator's output folder "
+                    "'vertebrae_L1', a TotalSegmentator or VerSe labelmap on the CT grid (numbering recognised), or "
+                    "TotalSegmentator's output folder "
                     "(one mask file per structure: vertebrae_T4.nii.gz, aorta.nii.gz, ...); the plan's level names "
                     "pick the ends and its points may be omitted")
     pl.add_argument("--coordinates", choices=["LPS", "RAS"], default=None,

@@ -524,6 +524,17 @@ def _design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress, label
 
         keep_out = from_ct(np.asarray(ct_array), ijk_to_ras, np.asarray(bone_mask, dtype=bool),
                            plan.segmentation.exclude_seeds_ras, axis_points=axis)
+        cervical = all(str(n).upper().startswith("C") for n in (plan.proximal_level, plan.distal_level))
+        if "aorta / heart" in keep_out.not_checked and not cervical:
+            # Said where it is seen, not only in the record's table: a plan on the chest CT with vertebra labels
+            # alone (no soft tissue in them) touched the aorta (-0.8 mm) with no warning. A cervical plan lies above
+            # the aortic arch and the heart.
+            warnings.append(
+                "The aorta and the heart were not kept out: the plan has no exclude seed in them and no keep-out "
+                "labels, so the strut may lie against them. Place exclude points in the aorta and the heart "
+                "('Exclude points' under Segmentation, or segmentation.exclude_seeds_ras in the plan) or give "
+                "keep-out labels (the keep-out segmentation, or --keep-out: e.g. TotalSegmentator's), and check the "
+                "placement on the CT.")
     prog.report(0.2, "Placing the strut clear of the keep-out anatomy")
     t1 = time.perf_counter()
     placement = None

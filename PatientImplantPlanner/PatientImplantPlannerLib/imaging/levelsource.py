@@ -1,5 +1,5 @@
 """Vertebra labels as the level source: a segmentation with one segment per vertebra (e.g. TotalSegmentator's
-``vertebrae_L1`` names) or a labelmap with TotalSegmentator's numbering, instead of clicked points.
+``vertebrae_L1`` names) or a labelmap with TotalSegmentator's or VerSe's numbering, instead of clicked points.
 
 The labels then define each vertebra for level detection, and the plan's level names (e.g. "L1", "L3") pick the
 proximal and distal vertebrae.
@@ -16,6 +16,11 @@ from ..core.errors import PlanError
 # TotalSegmentator (v2, task "total") label values of the vertebrae: 26 = S1 ... 50 = C1.
 _ORDER = ["S1", "L5", "L4", "L3", "L2", "L1"] + [f"T{n}" for n in range(12, 0, -1)] + [f"C{n}" for n in range(7, 0, -1)]
 TOTALSEGMENTATOR_VERTEBRAE = {26 + i: name for i, name in enumerate(_ORDER)}
+# VerSe (the vertebra segmentation challenge's labelmaps, also used by other spine datasets): 1 = C1 ... 7 = C7,
+# 8 = T1 ... 19 = T12, 20 = L1 ... 24 = L5; 25 (L6), 26 (sacrum), 28 (T13) are not planned on. Nothing else is
+# labelled, so a VerSe labelmap never holds a value above 28; TotalSegmentator's always does (L3 and above, organs).
+VERSE_VERTEBRAE = {1 + i: name for i, name in enumerate(reversed(_ORDER[1:]))}
+VERSE_MAX_LABEL = 28
 
 _NAME = re.compile(r"^(?:vertebra[e]?[\s_-]*)?([CTL])\s*(\d{1,2})$|^(?:vertebra[e]?[\s_-]*)?(S1|sacrum)$", re.I)
 
@@ -31,15 +36,46 @@ def vertebra_name(text: str) -> Optional[str]:
 
 
 def labels_from_labelmap(label_array: np.ndarray) -> tuple:
-    """(label map, {level name: value}) from a labelmap with TotalSegmentator's vertebra numbering."""
-    present = {int(v) for v in np.unique(label_array)} & set(TOTALSEGMENTATOR_VERTEBRAE)
+    """(label map, {level name: value}) from a labelmap with TotalSegmentator's or VerSe's vertebra numbering
+    (labelmap_numbering tells which)."""
+    present = set(_present_values(label_array).tolist())
+    table = VERSE_VERTEBRAE if _numbering(present) == "verse" else TOTALSEGMENTATOR_VERTEBRAE
+    present &= set(table)
     if not present:
         raise PlanError(
-            "The labelmap has no vertebra labels in TotalSegmentator's numbering (version 2: 26 = S1 ... 50 = C1).",
-            "Give a TotalSegmentator 2 'total' labelmap, its output folder of named mask files, or a segmentation "
-            "with named vertebra segments (a version-1 labelmap numbers the vertebrae 18 = L5 ... 41 = C1).",
+            "The labelmap has no vertebra labels in TotalSegmentator's numbering (version 2: 26 = S1 ... 50 = C1) "
+            "or VerSe's (1 = C1 ... 24 = L5).",
+            "Give a TotalSegmentator 2 'total' labelmap, its output folder of named mask files, a VerSe labelmap, or "
+            "a segmentation with named vertebra segments (a version-1 labelmap numbers the vertebrae 18 = L5 ... "
+            "41 = C1).",
         )
-    return np.asarray(label_array), {TOTALSEGMENTATOR_VERTEBRAE[v]: v for v in sorted(present)}
+    return np.asarray(label_array), {table[v]: v for v in sorted(present)}
+
+
+def labelmap_numbering(label_array: np.ndarray) -> str:
+    """'verse' for a labelmap numbered like VerSe's (no value above 28, some vertebra 1..24), else
+    'totalsegmentator'. A VerSe labelmap names no soft tissue: its low values are vertebrae, not organs."""
+    return _numbering(set(_present_values(label_array).tolist()))
+
+
+def _numbering(present: set) -> str:
+    if max(present, default=0) <= VERSE_MAX_LABEL and present & set(VERSE_VERTEBRAE):
+        return "verse"
+    return "totalsegmentator"
+
+
+def _present_values(label_array: np.ndarray) -> np.ndarray:
+    """The values in a labelmap: counted slab by slab for small non-negative integers (a 500-slice CT's labels
+    sorted whole, as np.unique does, take seconds and a copy of the volume)."""
+    a = np.asarray(label_array)
+    if a.size == 0:
+        return np.zeros(0, int)
+    if np.issubdtype(a.dtype, np.integer) and a.min() >= 0 and a.max() < 65536:
+        counts = np.zeros(int(a.max()) + 1, np.int64)
+        for k in range(0, a.shape[0], 16):
+            counts += np.bincount(a[k:k + 16].ravel().astype(np.intp), minlength=len(counts))
+        return np.flatnonzero(counts)
+    return np.unique(a)
 
 
 ORDER_TOLERANCE_MM = 5.0  # a vertebra's centre may lie this much below the next caudal one's before it is an error
@@ -63,8 +99,8 @@ def check_vertebra_order(label_map: np.ndarray, ijk_to_ras: np.ndarray, values: 
                 f"{height[lower] - height[upper]:.0f} mm below {lower} (label {values[lower]}), so the labels were "
                 "probably read with the wrong numbering or names.",
                 "Give a TotalSegmentator 2 'total' labelmap (26 = S1 ... 50 = C1; version 1 numbers them 18 = L5 ... "
-                "41 = C1), its output folder of named mask files, or a segmentation whose vertebra segments are "
-                "named correctly.",
+                "41 = C1), its output folder of named mask files, a VerSe labelmap (1 = C1 ... 24 = L5), or a "
+                "segmentation whose vertebra segments are named correctly.",
             )
 
 
