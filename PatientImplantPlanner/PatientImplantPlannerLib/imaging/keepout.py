@@ -262,11 +262,16 @@ def _grow_vessel(ct: np.ndarray, bone: np.ndarray, seed_kji, spacing_kji, max_ra
     s = tuple(seed - lo)
     v = lab[s]
     if v == 0:
-        # The seed sits on the pool's rim: take the nearest opened component within 3 mm.
-        d, idx = ndimage.distance_transform_edt(lab == 0, sampling=spacing_kji, return_indices=True)
-        if d[s] > 3.0:
+        # The seed sits on the pool's rim: take the nearest opened component within 3 mm (searched around the seed:
+        # a distance map of the whole box with its indices took 2.5 GB on a 0.7 mm chest CT).
+        w = np.ceil(3.0 / np.asarray(spacing_kji)).astype(int)
+        w_lo = np.maximum(np.asarray(s) - w, 0)
+        near = lab[tuple(slice(a, b) for a, b in zip(w_lo, np.asarray(s) + w + 1))]
+        idx = np.argwhere(near > 0)
+        d = np.linalg.norm((idx + w_lo - np.asarray(s)) * np.asarray(spacing_kji), axis=1)
+        if len(idx) == 0 or d.min() > 3.0:
             return None
-        v = lab[tuple(idx[:, s[0], s[1], s[2]])]
+        v = near[tuple(idx[int(np.argmin(d))])]
     region = ndimage.binary_dilation(lab == v, structure=ndimage.generate_binary_structure(3, 1)) & pool
     return region, lo
 
@@ -298,8 +303,11 @@ def _airway(ct: np.ndarray, spacing_kji, ijk_to_ras) -> Optional[tuple]:
     candidates = [v for v in np.unique(top) if v and v not in side]
     if not candidates:
         return None
-    sizes = ndimage.sum(np.ones_like(lab), lab, candidates)
-    best = candidates[int(np.argmax(sizes))]
+    # Sizes counted slab by slab: a volume of ones and ndimage's float sums took 2.9 GB on a 0.7 mm chest CT.
+    counts = np.zeros(n + 1, np.int64)
+    for k in range(0, lab.shape[0], 16):
+        counts += np.bincount(lab[k:k + 16].ravel(), minlength=n + 1)
+    best = candidates[int(np.argmax(counts[candidates]))]
     return _crop(lab == best)
 
 

@@ -9,7 +9,6 @@ import re
 from typing import Optional
 
 import numpy as np
-from scipy import ndimage
 
 from ..core.errors import PlanError
 
@@ -89,7 +88,7 @@ def check_vertebra_order(label_map: np.ndarray, ijk_to_ras: np.ndarray, values: 
     names = sorted(values, key=_ORDER.index)  # caudal first
     if len(names) < 2:
         return
-    centres = ndimage.center_of_mass(label_map > 0, label_map, [values[n] for n in names])
+    centres = _label_centres(label_map, [values[n] for n in names])
     height = {n: float(ijk_to_ras[2, :3] @ np.asarray(c, float)[::-1] + ijk_to_ras[2, 3])
               for n, c in zip(names, centres)}
     for lower, upper in zip(names[:-1], names[1:]):
@@ -102,6 +101,28 @@ def check_vertebra_order(label_map: np.ndarray, ijk_to_ras: np.ndarray, values: 
                 "41 = C1), its output folder of named mask files, a VerSe labelmap (1 = C1 ... 24 = L5), or a "
                 "segmentation whose vertebra segments are named correctly.",
             )
+
+
+def _label_centres(label_map: np.ndarray, wanted) -> list:
+    """Centroid (k, j, i) of each wanted label value, counted slice by slice (ndimage.center_of_mass made float
+    copies of the volume: 2.1 GB and 7 s for a 0.7 mm chest CT's labels)."""
+    a = np.asarray(label_map)
+    size = int(max(wanted)) + 1
+    nj, ni = a.shape[1:]
+    jj, ii = np.meshgrid(np.arange(nj, dtype=float), np.arange(ni, dtype=float), indexing="ij")
+    sums = np.zeros((4, size))  # voxels, k, j, i
+    for k in range(a.shape[0]):
+        flat = a[k].ravel()
+        keep = (flat >= 0) & (flat < size)
+        if not keep.any():
+            continue
+        f = flat[keep].astype(np.intp)
+        n = np.bincount(f, minlength=size)
+        sums[0] += n
+        sums[1] += k * n
+        sums[2] += np.bincount(f, weights=jj.ravel()[keep], minlength=size)
+        sums[3] += np.bincount(f, weights=ii.ravel()[keep], minlength=size)
+    return [tuple(sums[1:, v] / max(sums[0, v], 1.0)) for v in wanted]
 
 
 def level_point(label_map: np.ndarray, ijk_to_ras: np.ndarray, value: int) -> np.ndarray:

@@ -97,13 +97,16 @@ def holes_by_median(mask: np.ndarray, ct: np.ndarray, min_hu: float, holes=None)
     if not holes.any():
         return holes
     lab, n = ndi.label(holes)
-    # median >= min_hu  <=>  at least half of the voxels are >= min_hu (counting beats ndi.median by far)
-    flat = lab.ravel()
-    total = np.bincount(flat, minlength=n + 1)
-    high = np.bincount(flat, weights=(ct >= min_hu).ravel(), minlength=n + 1)
+    # median >= min_hu  <=>  at least half of the voxels are >= min_hu (counting beats ndi.median by far). Only the
+    # hole voxels are counted: counting the whole volume made 8-byte copies of it (1.6 GB more on a 0.7 mm chest CT).
+    inside = lab[holes]
+    total = np.bincount(inside, minlength=n + 1)
+    high = np.bincount(inside[ct[holes] >= min_hu], minlength=n + 1)
     ok = 2 * high >= total
     ok[0] = False
-    return ok[lab]
+    out = np.zeros_like(holes)
+    out[holes] = ok[inside]
+    return out
 
 
 def near_mask(mask: np.ndarray, dist_mm: float, spacing_kji) -> np.ndarray:
