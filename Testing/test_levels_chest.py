@@ -90,6 +90,11 @@ def test_endplates_match_the_label_references(detected, end, request):
             "averaging the fit (to 4 mm) with the edge-and-centre planes 5.3 deg (worst face 20.6). At T4/T5 the "
             "labelled faces "
             "cross inside the body (the disc's anterior height -1.1 mm): the reference itself is uncertain there. "
+            "Measured (2026-12-01): the same reference method with other equally fair choices (2 x 2 mm columns "
+            "-> 1.5 or 3 mm, the grid shifted by half a column, the central 60-80 % of the footprint; 36 variants) "
+            "moves T4 inferior by 3.3 deg at the median, up to 6.3 (T5 superior 2.0, T6 inferior 1.8); this face "
+            "lies 0.3-9.6 deg from those variants (median 3.9; 0.3-1.5 with the central 80 %), and 6.0 / 6.3 deg "
+            "from the labelled T4 inferior / T5 superior faces, i.e. on the labelled disc's midplane. "
             "An open limit of the thick-slice path; labels fit it to 1-2 deg")))
     ep, level, side = ((r.proximal_endplate, proximal, "inferior") if end == "proximal"
                        else (r.distal_endplate, distal, "superior"))

@@ -1,6 +1,7 @@
 """Safe plans on the real contrast chest CT without labels (issue 7, acceptance (b)): the T6 -> T8 and T4 -> T9 struts
 planned through the CLI from clicked points in the docking vertebrae and exclude seeds in the aorta and the heart only,
-so the keep-out anatomy comes from the CT (the blood pools grown from the seeds, the airway, the spinal canal).
+so the keep-out anatomy comes from the CT (the blood pools grown from the seeds, the airway, the spinal canal). T6 -> T8
+also on a copy of the CT stored sideways (array axes permuted and flipped, the same patient in the same place).
 
 Everything is measured on the exported files against the TotalSegmentator labels, which the planner never saw:
 - clearance of the nominal implant and the largest variant (STL) to aorta, heart, oesophagus, trachea and spinal
@@ -65,14 +66,27 @@ def labels():
     return _labels()
 
 
-@pytest.fixture(scope="module", params=[("T6", "T8"), ("T4", "T9")], ids=["T6-T8", "T4-T9"])
+def _stored_sideways(path: str, folder) -> str:
+    """The same CT with its array axes permuted and one flipped (slices along the patient's left-right axis, the
+    2.5 mm axis now the array's fastest): the same patient in the same place, as other scanners and converters
+    store it. The planner must find the same anatomy; the labels are still read from their own file."""
+    img = sitk.ReadImage(path)
+    out = sitk.Flip(sitk.PermuteAxes(img, [2, 0, 1]), [False, True, False])
+    target = str(folder / "chest_sideways.nii.gz")
+    sitk.WriteImage(out, target)
+    return target
+
+
+@pytest.fixture(scope="module", params=[("T6", "T8", False), ("T4", "T9", False), ("T6", "T8", True)],
+                ids=["T6-T8", "T4-T9", "T6-T8-stored-sideways"])
 def exported(request, labels, tmp_path_factory):
-    proximal, distal = request.param
+    proximal, distal, sideways = request.param
     lab, m = labels
     # The clicks really are where they claim to be (checked on the labels, not used by the planner).
     assert _lookup(lab, m, [CLICKED[proximal], CLICKED[distal]]).tolist() == [VERTEBRAE[proximal], VERTEBRAE[distal]]
     assert _lookup(lab, m, list(EXCLUDE.values())).tolist() == [STRUCTURES["aorta"], STRUCTURES["heart"]]
     tmp = tmp_path_factory.mktemp(f"clicked_{proximal}{distal}")
+    ct_path = _stored_sideways(chest_ct_path(), tmp) if sideways else chest_ct_path()
     plan = {"case_id": f"CHEST-{proximal}{distal}-CLICKED", "proximal_level": proximal, "distal_level": distal,
             "proximal_point_ras": list(CLICKED[proximal]), "distal_point_ras": list(CLICKED[distal]),
             "implant": {"profile": "curved_plate", "width_mm": 10, "depth_mm": 5},
@@ -80,7 +94,7 @@ def exported(request, labels, tmp_path_factory):
     (tmp / "plan.json").write_text(json.dumps(plan))
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        code = main(["plan", chest_ct_path(), "--plan", str(tmp / "plan.json"), "--out", str(tmp / "out"),
+        code = main(["plan", ct_path, "--plan", str(tmp / "plan.json"), "--out", str(tmp / "out"),
                      "--no-report", "--parts", *PARTS])
     folders = glob.glob(str(tmp / "out" / "*"))
     manifest = json.load(open(os.path.join(folders[0], "manifest.json"))) if code == 0 else None
