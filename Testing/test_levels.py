@@ -314,3 +314,28 @@ def test_levels_taken_the_wrong_way_round_are_refused(straight):
         levels.detect_levels(ph.bone_mask, ph.ijk_to_ras, bottom, top)
     r = levels.detect_levels(ph.bone_mask, ph.ijk_to_ras, top, bottom, "T12", "L2")
     assert r.proximal_endplate.centre[2] > r.distal_endplate.centre[2]
+
+
+@pytest.mark.parametrize("kept_fraction, refused", [(0.5, True), (1.12, False)])
+def test_a_docking_vertebra_cut_by_the_edge_of_the_scan_is_refused_at_detection(kept_fraction, refused):
+    """A scan whose first slice passes through the proximal body (a vertebra at the edge of the field of view):
+    refused when levels are detected, naming the vertebra and fixes that exist, not later as 'no room for a
+    screw'. A body ending 3 mm inside the edge (no gap left above it) is measured as usual."""
+    ph = make_spine_phantom(spacing=1.0, levels=("L1", "L2", "L3"))
+    top = ph.vertebra("L1").superior_endplate.centre
+    bottom = ph.vertebra("L1").inferior_endplate.centre
+    cut = bottom + kept_fraction * (top - bottom)  # keep this much of L1's height below the scan's edge
+    k_cut = int(round(float(ph.ras_to_ijk([cut])[0][2])))
+    k_in = int(round(float(ph.ras_to_ijk([bottom])[0][2])))
+    keep = slice(0, k_cut + 1) if k_cut > k_in else slice(k_cut, None)
+    mask = ph.bone_mask[keep]
+    m = ph.ijk_to_ras.copy()
+    m[:3, 3] = ph.ijk_to_ras[:3, :3] @ [0, 0, keep.start or 0] + ph.ijk_to_ras[:3, 3]
+    args = (mask, m, ph.body_point("L1"), ph.body_point("L3"), "L1", "L3")
+    if refused:
+        with pytest.raises(PlanError, match=r"proximal vertebra \(L1 body\) is cut by the edge of the CT") as err:
+            levels.detect_levels(*args)
+        assert "proximal_level" in err.value.fix
+    else:
+        r = levels.detect_levels(*args)
+        assert np.linalg.norm(r.proximal_endplate.centre - ph.vertebra("L1").inferior_endplate.centre) < 1.5

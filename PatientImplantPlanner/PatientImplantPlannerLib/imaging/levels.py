@@ -354,6 +354,9 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
         for end, v in (("proximal", v_prox), ("distal", v_dist)):
             box, lo = _label_box(labels, v, boxes)
             docking[end] = (labels[box] == v, np.asarray(lo))
+        _check_inside_scan({"proximal": (prox_body.body, prox_body.offset), "distal": (dist_body.body,
+                                                                                       dist_body.offset)},
+                           grid.shape, proximal_name, distal_name)
     else:
         s_prox = _require_seed(mask, grid, p_prox, "proximal")
         s_dist = _require_seed(mask, grid, p_dist, "distal")
@@ -366,6 +369,7 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
     if not use_labels and thick is not None:
         prox, dist, docking, walked, doubtful = thick
         intermediate_levels = [""] * len(walked)
+        _check_inside_scan(docking, grid.shape, proximal_name, distal_name)
     elif not use_labels:
         prog.report(0.1, "Measuring the proximal vertebra")
         prox_body, prox = _measured(lambda t: _body_at(mask, grid, s_prox, t), grid, proximal_name, cranial)
@@ -387,6 +391,8 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
                 warnings.append(f"The {which} point is not inside a vertebral body; the nearest body was used. "
                                 "Check that it is the intended level.")
         _check_distinct(prox, dist, False, proximal_name, distal_name)
+        _check_inside_scan({"proximal": (prox_body.body, prox_body.offset),
+                            "distal": (dist_body.body, dist_body.offset)}, grid.shape, proximal_name, distal_name)
         prog.report(0.5, "Looking for vertebrae between them")
         walked = _walk(mask, grid, prox, dist, warnings)
         intermediate_levels = [""] * len(walked)
@@ -410,6 +416,34 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
                         axis_points=axis_points, proximal_endplate=prox.inferior_endplate,
                         distal_endplate=dist.superior_endplate, warnings=warnings,
                         intermediate_levels=intermediate_levels, docking=docking, doubtful_endplates=doubtful)
+
+
+CUT_SECTION_FRACTION = 0.5  # a docking body showing this much of its widest section on the CT's edge is cut
+
+
+def _check_inside_scan(bodies: dict, shape, proximal_name: str, distal_name: str) -> None:
+    """PlanError when a docking vertebral body reaches the edge of the CT: the scan cuts it (a vertebra at the top
+    or bottom of the field of view), so its endplate, height and screw room would be measured on a fragment. On the
+    chest CT, C6 (cut by the first slice, 6 of its slices in view) was refused only at screw planning, as 'no room
+    for a screw on a 3.8 x 5.8 mm footplate' with fixes that could not help."""
+    for end, name in (("proximal", proximal_name), ("distal", distal_name)):
+        crop, lo = bodies[end]
+        crop, lo = np.asarray(crop, bool), np.asarray(lo, int)
+        for axis in range(3):
+            # Cut, not touching: the edge plane holds half the body's widest section or more (a tilted endplate
+            # grazes it: on the chest CT C7's body shows 304 voxels on the first slice against 792 at its widest and
+            # is nearly whole; C6 shows its widest section there).
+            widest = CUT_SECTION_FRACTION * crop.sum(axis=tuple(a for a in range(3) if a != axis)).max()
+            first = lo[axis] == 0 and np.take(crop, 0, axis=axis).sum() >= widest
+            last = lo[axis] + crop.shape[axis] >= shape[axis] and np.take(crop, -1, axis=axis).sum() >= widest
+            if first or last:
+                level = f"{name} " if name else ""
+                raise PlanError(
+                    f"The {end} vertebra ({level}body) is cut by the edge of the CT: it reaches the volume's "
+                    f"{'first' if first else 'last'} {('slice', 'row', 'column')[axis]}, so its endplate, height "
+                    "and room for screws cannot be measured.",
+                    f"Dock on a vertebra that lies wholly inside the CT (move the {end} point, or set {end}_level), "
+                    "or use a scan that covers it.")
 
 
 def _contains(b: _Body, seed_kji) -> bool:
