@@ -11,6 +11,7 @@ from typing import Optional
 import numpy as np
 
 from ..core.errors import PlanError
+from .voxelops import label_counts
 
 # TotalSegmentator (v2, task "total") label values of the vertebrae: 26 = S1 ... 50 = C1.
 _ORDER = ["S1", "L5", "L4", "L3", "L2", "L1"] + [f"T{n}" for n in range(12, 0, -1)] + [f"C{n}" for n in range(7, 0, -1)]
@@ -64,16 +65,13 @@ def _numbering(present: set) -> str:
 
 
 def _present_values(label_array: np.ndarray) -> np.ndarray:
-    """The values in a labelmap: counted slab by slab for small non-negative integers (a 500-slice CT's labels
-    sorted whole, as np.unique does, take seconds and a copy of the volume)."""
+    """The values in a labelmap: counted for small non-negative integers (a 500-slice CT's labels sorted whole, as
+    np.unique does, take seconds and a copy of the volume)."""
     a = np.asarray(label_array)
     if a.size == 0:
         return np.zeros(0, int)
     if np.issubdtype(a.dtype, np.integer) and a.min() >= 0 and a.max() < 65536:
-        counts = np.zeros(int(a.max()) + 1, np.int64)
-        for k in range(0, a.shape[0], 16):
-            counts += np.bincount(a[k:k + 16].ravel().astype(np.intp), minlength=len(counts))
-        return np.flatnonzero(counts)
+        return np.flatnonzero(label_counts(a, int(a.max()) + 1))
     return np.unique(a)
 
 
