@@ -133,6 +133,27 @@ def test_measure_one_vertebra_without_hint(kyphotic):
     assert angle_deg(m.axis_direction, truth.axis_direction) < 3.0
 
 
+@pytest.mark.parametrize("pedicle_radius", [3.8, 4.2, 2.5])
+def test_a_lateral_mass_behind_a_pedicle_thicker_than_the_opening_ball_is_not_body(pedicle_radius):
+    """A cervical-sized body (a cylinder 18 mm across, 14 mm tall: opened with a 3.5 mm ball) with a lateral mass
+    (12 x 12 x 14 mm) joined to it by a pedicle. A pedicle of radius 3.8 mm lets the ball through: the lateral mass was
+    taken as body and the centre moved 9.4 mm sideways (C7 on the real chest CT: 5 mm, test_levels_chest.py). A thin
+    pedicle (2.5 mm) never did. What stays is the root of the pedicle, one-sided here: 1.3 and 1.8 mm."""
+    spacing = 0.5
+    k, j, i = np.mgrid[0:40, 0:60, 0:90] * spacing
+    centre = np.array([10.0, 15.0, 15.0])  # k, j, i in mm
+    z, y, x = k - centre[0], j - centre[1], i - centre[2]
+    body = (y**2 + x**2 <= 9.0**2) & (np.abs(z) <= 7.0)
+    pedicle = (z**2 + y**2 <= pedicle_radius**2) & (x >= 7.0) & (x <= 17.0)
+    mass = (np.abs(z) <= 7.0) & (np.abs(y) <= 6.0) & (x >= 16.0) & (x <= 28.0)
+    m = np.diag([spacing, spacing, spacing, 1.0])  # i -> R, j -> A, k -> S
+    measured = vertebra.measure_vertebra(body | pedicle | mass, m, "C7")
+    truth = centre[::-1]  # RAS = (i, j, k) mm
+    assert abs(measured.body_centre[0] - truth[0]) < 2.0
+    assert np.linalg.norm(measured.body_centre[1:] - truth[1:]) < 0.5
+    assert measured.body_height == pytest.approx(14.0, abs=1.0)
+
+
 def test_bad_points_raise_clear_errors(straight):
     ph = straight
     t12, l3 = ph.body_point("T12"), ph.body_point("L3")

@@ -193,3 +193,28 @@ def test_labelled_faces_over_the_whole_thoracic_spine_with_the_cord(chest):
     assert max(d for _, _, d, _ in off) <= 3.0
     assert max(a for _, _, _, a in off) <= 5.5
     assert np.median([d for _, _, d, _ in off]) <= 1.3
+
+
+def test_a_cervical_body_cut_by_the_first_slice_is_not_pulled_towards_its_lateral_mass(chest):
+    """C7 lies at the top of this CT: its first slices show only its posterior arch and its left lateral mass, joined
+    to the body by a pedicle a little thicker than the opening ball. That lateral mass was taken as body: the C7
+    centre came out 7.8 mm from the label reference (5 mm to the left), the axis C7 -> T3 bent like a 30 mm radius and
+    a C7 -> T2 strut was refused as 'the sweep would fold over itself'. The bodies' centres are compared with the
+    centroid of the label's voxels in front of the body's posterior wall (chestct.label_body); C7's superior face is
+    the cut, so its centre (halfway between the faces) is lower than the label's by about 2 mm."""
+    from PatientImplantPlannerLib.imaging.levelsource import labels_from_labelmap, level_point
+
+    ct, labels, m, bone = chest
+    label_map, values = labels_from_labelmap(labels)
+    r = levels.detect_levels(bone, m, level_point(label_map, m, values["C7"]), level_point(label_map, m, values["T3"]),
+                             "C7", "T3", ct_array=ct, label_map=label_map, label_values=values)
+    off = {}
+    for name, centre in (("C7", r.proximal.body_centre), ("T1", r.intermediate_centres[0]),
+                         ("T2", r.intermediate_centres[1]), ("T3", r.distal.body_centre)):
+        body, _t, _a, lateral = label_body(labels, m, values[name])
+        d = centre - body.mean(axis=0)
+        off[name] = (float(np.linalg.norm(d)), float(abs(d @ lateral)))
+    print(off)
+    assert r.intermediate_levels == ["T1", "T2"]
+    assert off["C7"][1] <= 1.5 and off["C7"][0] <= 4.0
+    assert all(d <= 2.0 for name, (d, _) in off.items() if name != "C7")
