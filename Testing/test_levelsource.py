@@ -185,6 +185,51 @@ def test_labels_out_of_anatomical_order_are_refused(ctx, tmp_path):
         load_level_labels(ctx, misnamed, ct)
 
 
+def test_labelmap_loaded_as_a_segmentation_is_read_by_its_values(ctx, tmp_path):
+    """A VerSe labelmap loaded into Slicer as a segmentation has segments named 'Label_20' or after a colour table,
+    not after vertebrae: the GUI's level source reads them by their label values (VerSe's numbering recognised), in
+    anatomical order. A segmentation with one unnamed segment, or with label values that are not vertebrae, is
+    refused naming both fixes."""
+    import SimpleITK as sitk
+    import slicer
+
+    from PatientImplantPlannerLib.imaging.levelsource import VERSE_VERTEBRAE
+
+    ct = load_ct(ctx, SAMPLE_CT)
+    labels, values = load_level_labels(ctx, LUMBAR_LABELS, ct)
+    verse = np.zeros(labels.shape, np.uint8)
+    verse_value = {name: v for v, name in VERSE_VERTEBRAE.items()}
+    for name, v in values.items():
+        verse[labels == v] = verse_value.get(name, 26)
+    img = sitk.GetImageFromArray(verse)
+    img.CopyInformation(sitk.ReadImage(LUMBAR_LABELS))
+    path = str(tmp_path / "verse_seg.nii.gz")
+    sitk.WriteImage(img, path)
+    label_node = ctx.volumes_logic.AddArchetypeVolume(path, "verse", 1)
+    seg = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "verse segments")
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(label_node, seg)
+    segments = seg.GetSegmentation()
+    names = [segments.GetNthSegment(n).GetName() for n in range(segments.GetNumberOfSegments())]
+    assert names[:3] == ["Label_18", "Label_19", "Label_20"]  # no colour table in the headless scene
+    label_map, named = labels_from_segmentation(seg, ct)
+    assert named == {"T11": 18, "T12": 19, "L1": 20, "L2": 21, "L3": 22, "L4": 23, "L5": 24}
+    for name, value in named.items():
+        assert np.array_equal(label_map == value, labels == values[name])
+
+    other = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "not vertebrae")
+    for number, name in ((60, "liver"), (61, "spleen")):
+        segment = slicer.vtkSegment()
+        segment.SetName(name)
+        segment.SetLabelValue(number)
+        other.GetSegmentation().AddSegment(segment)
+    for node in (other, ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "one segment")):
+        if node is not other:
+            node.GetSegmentation().AddEmptySegment("", "Segment_1")
+        with pytest.raises(PlanError, match="no vertebra segments") as err:
+            labels_from_segmentation(node, ct)
+        assert "VerSe" in err.value.fix and "'vertebrae_L1'" in err.value.fix
+
+
 def test_verse_labelmap_as_level_source(ctx, lumbar, tmp_path):
     """A labelmap numbered as VerSe's (1 = C1 ... 24 = L5, as public spine datasets label them) gives the same
     vertebrae as TotalSegmentator's, and the same docking faces. It labels no soft tissue, so nothing of it is read

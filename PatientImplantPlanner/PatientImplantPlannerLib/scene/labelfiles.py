@@ -45,12 +45,40 @@ def _named_segments(segmentation_node, ct_node, canonical, what: str, naming: st
 
 
 def labels_from_segmentation(segmentation_node, ct_node) -> tuple:
-    """(label map uint8 [k, j, i] on the CT grid, {level name: value}) from a segmentation's vertebra segments,
-    checked to be in anatomical order."""
+    """(label map [k, j, i] on the CT grid, {level name: value}) from a segmentation's vertebra segments, checked to
+    be in anatomical order. Segments not named after vertebrae are read by their label values when those are
+    distinct (a VerSe or TotalSegmentator labelmap loaded as a segmentation in Slicer: segments 'Label_1', ... or
+    colour-table names, each keeping the file's value)."""
     labels, values = _named_segments(segmentation_node, ct_node, vertebra_name, "vertebra segments",
-                                     "'vertebrae_L1' or 'L1'")
+                                     "'vertebrae_L1' or 'L1'", required=False)
+    if not values:
+        labels, values = _numbered_segments(segmentation_node, ct_node)
     check_vertebra_order(labels, ijk_to_ras_matrix(ct_node), values)
     return labels, values
+
+
+def _numbered_segments(segmentation_node, ct_node) -> tuple:
+    """The segments as the labelmap they were loaded from (each at its label value), read by the labelmap's
+    numbering; PlanError when the values are not distinct or not vertebrae."""
+    segmentation = segmentation_node.GetSegmentation()
+    sids = [segmentation.GetNthSegmentID(n) for n in range(segmentation.GetNumberOfSegments())]
+    numbers = [segmentation.GetSegment(sid).GetLabelValue() for sid in sids]
+    refused = PlanError(f"The segmentation {segmentation_node.GetName()!r} has no vertebra segments.",
+                        "Use a segmentation whose segments are named like 'vertebrae_L1' or 'L1' (e.g. from "
+                        "TotalSegmentator), or load the vertebra labelmap file (TotalSegmentator or VerSe numbering) "
+                        "as the segmentation.")
+    if len(sids) < 2 or len(set(numbers)) < len(numbers) or min(numbers) < 1 or max(numbers) > 255:
+        raise refused
+    labels = None
+    for sid, number in zip(sids, numbers):
+        mask = get_segment_mask(segmentation_node, sid, ct_node)
+        if labels is None:
+            labels = np.zeros(mask.shape, dtype=np.uint8)
+        labels[mask] = number
+    try:
+        return labels_from_labelmap(labels)
+    except PlanError:
+        raise refused from None
 
 
 MASK_FILE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
