@@ -230,6 +230,34 @@ def test_labelmap_loaded_as_a_segmentation_is_read_by_its_values(ctx, tmp_path):
         assert "VerSe" in err.value.fix and "'vertebrae_L1'" in err.value.fix
 
 
+def test_totalsegmentator_labelmap_loaded_as_a_segmentation_gives_levels_and_keep_out(ctx, tmp_path):
+    """TotalSegmentator's labelmap loaded as a segmentation in Slicer: its vertebrae are the level source and its
+    soft tissue (here a block labelled 52, the aorta) the keep-out anatomy, as the CLI reads the same file."""
+    import SimpleITK as sitk
+    import slicer
+
+    from PatientImplantPlannerLib.scene.workflow import keep_out_for
+
+    ct = load_ct(ctx, SAMPLE_CT)
+    labels, values = load_level_labels(ctx, LUMBAR_LABELS, ct)
+    ts = sitk.GetArrayFromImage(sitk.ReadImage(LUMBAR_LABELS))
+    ts[40:60, 20:30, 50:60] = 52
+    img = sitk.GetImageFromArray(ts)
+    img.CopyInformation(sitk.ReadImage(LUMBAR_LABELS))
+    path = str(tmp_path / "total.nii.gz")
+    sitk.WriteImage(img, path)
+    seg = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "total")
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
+        ctx.volumes_logic.AddArchetypeVolume(path, "total", 1), seg)
+    label_map, named = labels_from_segmentation(seg, ct)
+    assert named == values
+    aorta = load_level_labels(ctx, path, ct)[0] == 52
+    for name, value in named.items():
+        assert np.array_equal(label_map == value, (labels == values[name]) & ~aorta)
+    ko = keep_out_for(ct, None, seg)
+    assert [(s.name, s.voxels) for s in ko.structures] == [("aorta", int(aorta.sum()))] and aorta.sum() > 1000
+
+
 def test_verse_labelmap_as_level_source(ctx, lumbar, tmp_path):
     """A labelmap numbered as VerSe's (1 = C1 ... 24 = L5, as public spine datasets label them) gives the same
     vertebrae as TotalSegmentator's, and the same docking faces. It labels no soft tissue, so nothing of it is read

@@ -362,7 +362,7 @@ def _keep_out(ctx, ct, plan, keep_out_path, levels_path, level_labels):
     if os.path.isdir(levels_path) or levels_path.lower().endswith(".seg.nrrd"):
         # Named segments or files: the level source's own soft-tissue structures, when it has any.
         label_map, values = load_keep_out_labels(ctx, levels_path, ct, required=False)
-        ko = from_labels(label_map, m, values, names) if values else None
+        ko = from_labels(label_map, m, values, names) if label_map is not None else None
     elif labelmap_numbering(level_labels[0]) == "verse":
         return None  # its values are all vertebrae: read as TotalSegmentator's, 15 and 16 (T8, T9) were "oesophagus"
     else:

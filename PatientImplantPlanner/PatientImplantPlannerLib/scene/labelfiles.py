@@ -7,8 +7,8 @@ import os
 import numpy as np
 
 from ..core.errors import InputFileError, PlanError
-from ..imaging.keepout import keep_out_name
-from ..imaging.levelsource import check_vertebra_order, labels_from_labelmap, vertebra_name
+from ..imaging.keepout import TOTALSEGMENTATOR_KEEP_OUT, keep_out_name
+from ..imaging.levelsource import check_vertebra_order, labelmap_numbering, labels_from_labelmap, vertebra_name
 from ..scene.segments import get_segment_mask
 from ..scene.volumes import array, ijk_to_ras_matrix
 
@@ -57,24 +57,33 @@ def labels_from_segmentation(segmentation_node, ct_node) -> tuple:
     return labels, values
 
 
-def _numbered_segments(segmentation_node, ct_node) -> tuple:
-    """The segments as the labelmap they were loaded from (each at its label value), read by the labelmap's
-    numbering; PlanError when the values are not distinct or not vertebrae."""
+def _by_label_value(segmentation_node, ct_node):
+    """The segments as the labelmap they were loaded from (each at its label value, uint8 [k, j, i] on the CT grid),
+    or None when there are fewer than two or their values are not distinct (segments made in Slicer: all 1)."""
     segmentation = segmentation_node.GetSegmentation()
     sids = [segmentation.GetNthSegmentID(n) for n in range(segmentation.GetNumberOfSegments())]
     numbers = [segmentation.GetSegment(sid).GetLabelValue() for sid in sids]
-    refused = PlanError(f"The segmentation {segmentation_node.GetName()!r} has no vertebra segments.",
-                        "Use a segmentation whose segments are named like 'vertebrae_L1' or 'L1' (e.g. from "
-                        "TotalSegmentator), or load the vertebra labelmap file (TotalSegmentator or VerSe numbering) "
-                        "as the segmentation.")
     if len(sids) < 2 or len(set(numbers)) < len(numbers) or min(numbers) < 1 or max(numbers) > 255:
-        raise refused
+        return None
     labels = None
     for sid, number in zip(sids, numbers):
         mask = get_segment_mask(segmentation_node, sid, ct_node)
         if labels is None:
             labels = np.zeros(mask.shape, dtype=np.uint8)
         labels[mask] = number
+    return labels
+
+
+def _numbered_segments(segmentation_node, ct_node) -> tuple:
+    """(label map, {level name: value}) from segments read by their label values in the labelmap's numbering;
+    PlanError when the values are not distinct or not vertebrae."""
+    refused = PlanError(f"The segmentation {segmentation_node.GetName()!r} has no vertebra segments.",
+                        "Use a segmentation whose segments are named like 'vertebrae_L1' or 'L1' (e.g. from "
+                        "TotalSegmentator), or load the vertebra labelmap file (TotalSegmentator or VerSe numbering) "
+                        "as the segmentation.")
+    labels = _by_label_value(segmentation_node, ct_node)
+    if labels is None:
+        raise refused
     try:
         return labels_from_labelmap(labels)
     except PlanError:
@@ -157,9 +166,19 @@ def load_level_labels(ctx, path: str, ct_node) -> tuple:
 
 
 def keep_out_from_segmentation(segmentation_node, ct_node, required: bool = True) -> tuple:
-    """(label map on the CT grid, {structure: value}) from segments named like keep-out structures ('aorta')."""
-    return _named_segments(segmentation_node, ct_node, keep_out_name, "keep-out structures",
-                           "'aorta', 'heart', 'esophagus', 'trachea', 'spinal_cord'", required)
+    """(label map on the CT grid, {structure: value}) from segments named like keep-out structures ('aorta'); for a
+    TotalSegmentator labelmap loaded as a segmentation (segments 'Label_52', ...) its label values, with values None
+    (TotalSegmentator's numbering) as for a labelmap file. Not ``required``: (None, {}) when there is none."""
+    naming = "'aorta', 'heart', 'esophagus', 'trachea', 'spinal_cord'"
+    labels, values = _named_segments(segmentation_node, ct_node, keep_out_name, "keep-out structures", naming,
+                                     required=False)
+    if values:
+        return labels, values
+    numbered = _by_label_value(segmentation_node, ct_node)
+    if numbered is not None and labelmap_numbering(numbered) == "totalsegmentator" and np.isin(
+            numbered, list(TOTALSEGMENTATOR_KEEP_OUT)).any():
+        return numbered, None
+    return _named_segments(segmentation_node, ct_node, keep_out_name, "keep-out structures", naming, required)
 
 
 def load_keep_out_labels(ctx, path: str, ct_node, required: bool = True) -> tuple:
