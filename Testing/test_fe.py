@@ -129,6 +129,21 @@ def test_mesh_convergence_at_default_size(strut):
     assert check["relative_change"] < 0.02
 
 
+def test_a_flat_sliver_element_is_refused_so_the_mesh_is_made_again():
+    """fTetWild now and then leaves an element of volume ~1e-16 of its neighbours': positive, so it was accepted, but
+    the convergence check's refinement made flat children and the solver failed on NaN in a CI rehearsal. A mesh with
+    such a sliver is refused as degenerate (tetrahedralize then makes it again); a sound mesh is not."""
+    sound = tetmesh.cylinder_tets(10.0, 20.0, 2.0)
+    tetmesh._verify_tets(sound, float(sound.volumes().sum()), "rod")
+    a, b, c = sound.points[sound.tets[0, :3]]
+    flat = a + 0.3 * (b - a) + 0.3 * (c - a) + 1e-13 * np.cross(b - a, c - a)  # all but in the plane of a, b, c
+    points = np.vstack([sound.points, flat])
+    sliver = tetmesh._oriented(points, np.vstack([sound.tets, [[*sound.tets[0, :3], len(points) - 1]]]))
+    assert 0 < sliver.volumes()[-1] < 1e-9 * np.median(sliver.volumes())
+    with pytest.raises(PlannerError, match="degenerate elements"):
+        tetmesh._verify_tets(sliver, float(sliver.volumes().sum()), "rod")
+
+
 def test_bad_load_is_refused():
     with pytest.raises(PlannerError, match="positive force"):
         fe.analyse_plan(None, load_N=-5.0)
