@@ -154,6 +154,20 @@ def test_a_lateral_mass_behind_a_pedicle_thicker_than_the_opening_ball_is_not_bo
     assert measured.body_height == pytest.approx(14.0, abs=1.0)
 
 
+def test_a_point_clicked_beside_a_deep_speck_keeps_the_body():
+    """An irregular real body's core has small deep specks besides its deep centre (the lumbar CT's L3: one voxel).
+    A point clicked nearer a speck than the centre must keep the body: taken as the speck's, the body's own thick
+    core would have been dropped as a 'lateral mass'."""
+    r = 4.0
+    core = np.zeros((40, 40, 60), bool)
+    core[5:35, 5:35, 5:55] = True
+    depth = np.where(core, r, 0.0)
+    depth[10:30, 10:30, 10:40] = 2.0 * r  # the deep centre
+    depth[18:20, 18:20, 46:48] = 1.3 * r  # a speck: deeper than the neck level, not a thick mass
+    kept = vertebra._without_necks(core, depth, r, np.array([19, 19, 50]), np.ones(3))
+    assert np.array_equal(kept, core)
+
+
 def test_bad_points_raise_clear_errors(straight):
     ph = straight
     t12, l3 = ph.body_point("T12"), ph.body_point("L3")

@@ -188,9 +188,13 @@ def _without_necks(core, depth, core_radius, seed, spacing):
     _, nearest = ndimage.distance_transform_edt(deep == 0, sampling=spacing, return_indices=True)
     owner = deep[tuple(nearest)]
     share = np.bincount(owner[core], minlength=n + 1)[1:] / max(int(core.sum()), 1)
+    thick = [c + 1 for c in range(n) if peak[c] >= MASS_DEPTH * core_radius and share[c] >= MASS_SHARE]
     own = owner[tuple(seed)]
-    masses = [c + 1 for c in range(n)
-              if c + 1 != own and peak[c] >= MASS_DEPTH * core_radius and share[c] >= MASS_SHARE]
+    if own not in thick and thick:
+        # A point clicked near a speck belongs to the thick part nearest to it, never to the speck (which would make
+        # the body's own core a 'mass' to drop).
+        own = min(thick, key=lambda c: np.min(np.linalg.norm((np.argwhere(deep == c) - seed) * spacing, axis=1)))
+    masses = [c for c in thick if c != own]
     if not masses:
         return core
     # The neck itself goes too: core farther from the deeper core left than the depth step (and a voxel) is neck.
