@@ -54,3 +54,17 @@ def test_a_seed_far_from_any_blood_pool_is_refused_and_unseeded_plans_say_what_i
         from_ct(ct, m, np.zeros(SHAPE, bool), [_ras(30, 40, 25 + 10)])  # 4 mm outside the wall
     assert "aorta" in err.value.fix
     assert "aorta / heart" in from_ct(ct, m, np.zeros(SHAPE, bool), []).not_checked
+
+
+def test_an_exclude_seed_in_a_ct_without_contrast_says_so_and_names_fixes_that_exist():
+    """Blood without contrast (45 HU, as in the aorta of two 5 mm chest CTs) cannot be grown into a vessel: the
+    error gives the CT value and, besides clicking again, the routes that work without contrast."""
+    ct, m, vessel, _ = _torso()
+    ct[vessel] = 45
+    with pytest.raises(PlanError, match=r"the CT there is 45 HU, as blood or soft tissue without contrast") as err:
+        from_ct(ct, m, np.zeros(SHAPE, bool), [_ras(30, *VESSEL_CENTRE_JI)])
+    fix = err.value.fix
+    assert "remove the exclude seeds" in fix and "--keep-out" in fix and "placement_angle_deg" in fix
+    with pytest.raises(PlanError, match=r"the CT there is -1000 HU\. ") as err:  # in the air: a slip of the hand
+        from_ct(ct, m, np.zeros(SHAPE, bool), [_ras(30, 40, 2)])
+    assert "without contrast" not in str(err.value)

@@ -314,6 +314,27 @@ def test_points_in_different_vertebrae_are_never_merged():
     assert any("separated at the disc" in w for w in found.warnings)
 
 
+def test_fused_vertebrae_far_apart_are_refused_as_not_told_apart_not_as_one_vertebra():
+    """Bodies fused through their discs (in the bone and in the CT: no darker disc left) cannot be cut apart. Points
+    in L1 and L3 are still two vertebrae, so the error says the bone could not be separated and names fixes that
+    exist, never "the same vertebra" (a 5 mm chest CT with bridged bodies got that for points 92 mm apart)."""
+    ph = make_spine_phantom(spacing=(0.8, 0.8, 1.0), noise_hu=0.0)
+    mask, ct = ph.bone_mask.copy(), ph.array.copy()
+    centres = np.array([ph.body_point(n) for n in ("L1", "L2", "L3")])
+    k, j, i = np.nonzero(np.ones(mask.shape, bool))
+    ras = np.stack([i, j, k], axis=1) @ ph.ijk_to_ras[:3, :3].T + ph.ijk_to_ras[:3, 3]
+    fused = (distance_to_polyline(ras, centres) < 14.0).reshape(mask.shape)
+    ct[fused & ~mask] = np.median(ct[mask & (ph.vertebra_labels > 0)])
+    mask |= fused
+    with pytest.raises(PlanError, match=r"between the proximal and distal points \(\d+ mm apart\) could not be told "
+                                        r"apart") as err:
+        levels.detect_levels(mask, ph.ijk_to_ras, ph.body_point("L1"), ph.body_point("L3"), "L1", "L3",
+                             ct_array=ct)
+    assert "same vertebra" not in str(err.value)
+    assert "--levels" in err.value.fix and "proximal_endplate" in err.value.fix
+    assert "axis_control_points" in err.value.fix
+
+
 @pytest.mark.parametrize("kyphosis", [0.0, 25.0])
 def test_thick_slices_without_labels_measure_the_bodies_from_the_ct(kyphosis):
     """On 2.5 mm slices (no labels, the CT given) the docking vertebrae come from the CT's disc bands and body

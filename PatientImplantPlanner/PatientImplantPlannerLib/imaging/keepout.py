@@ -27,6 +27,7 @@ MEASURE_MARGIN_MM = 15.0
 FIELD_PITCH_MM = 1.0  # placement searches on a coarser distance field
 AIRWAY_HU = -950.0  # tracheal air; lung parenchyma (about -850 HU) stays above it
 VESSEL_HU = (130.0, 900.0)  # contrast-filled blood pool, grown from an exclude seed
+UNENHANCED_BLOOD_HU = (0.0, 90.0)  # blood, heart and vessel walls without contrast (two 5 mm chest CTs: 30-60 HU)
 CANAL_AREA_MM2 = (20.0, 600.0)  # cross-section of a spinal canal hole in one axial slice
 CANAL_BEHIND_AXIS_MM = 8.0  # the canal starts behind the body: at least this far posterior of the body centres
 
@@ -390,10 +391,19 @@ def from_ct(ct: np.ndarray, ijk_to_ras, bone_mask=None, exclude_seeds_ras=(), ax
                             "Move the exclude seed into the vessel or heart it marks.")
         grown = _grow_vessel(ct, bone_mask, kji, spacing_kji)
         if grown is None:
+            around = ct[tuple(slice(max(c - 1, 0), c + 2) for c in kji)]
+            hu = float(np.median(around))
+            plain = UNENHANCED_BLOOD_HU[0] <= hu <= UNENHANCED_BLOOD_HU[1]
             raise PlanError(
                 f"Exclude seed {n + 1} at {np.round(p, 1).tolist()} (RAS) is not in contrast-filled blood "
-                f"({VESSEL_HU[0]:g}-{VESSEL_HU[1]:g} HU).",
-                "Click the exclude seed inside the aorta or the heart's contrast-filled chambers.")
+                f"({VESSEL_HU[0]:g}-{VESSEL_HU[1]:g} HU): the CT there is {hu:.0f} HU"
+                + (", as blood or soft tissue without contrast." if plain else "."),
+                "Click the exclude seed inside the aorta or the heart's contrast-filled chambers."
+                + (" On a CT without contrast the vessels cannot be grown from a seed: remove the exclude seeds and "
+                   "give keep-out labels (--keep-out, or the keep-out segmentation in the module, e.g. "
+                   "TotalSegmentator's), or choose the strut's side away from the aorta yourself (placement, e.g. "
+                   "anterolateral_right, or placement_angle_deg in the plan; 'Placement' in the module) and check it "
+                   "on the CT." if plain else ""))
         region, lo = grown
         crop, clo = _crop(region)
         ko.structures.append(Structure(f"exclude_seed_{n + 1}_vessel", "exclude seed", crop, clo + lo))

@@ -237,10 +237,25 @@ def _measure_intermediate(mask, grid, point, cranial):
         return None
 
 
-def _check_distinct(prox, dist, same_body, prox_name, dist_name):
+def _not_told_apart(p_prox, p_dist, grid, slices):
+    """The error for two points far apart (never one vertebra) whose bodies the bone did not separate."""
+    on = f" on these {grid.spacing_kji[slices[0]]:.1f} mm slices" if slices is not None else ""
+    return PlanError(
+        f"The vertebrae between the proximal and distal points ({np.linalg.norm(p_dist - p_prox):.0f} mm apart) "
+        f"could not be told apart: the bone runs on from one point to the other and no disc space shows clearly "
+        f"between them{on} (bridged or fused vertebrae, or thin osteoporotic endplates, look like this).",
+        "Give vertebra labels (--levels, or the level segmentation in the module, e.g. from TotalSegmentator), or "
+        "set both endplates and the axis yourself (proximal_endplate, distal_endplate and axis_control_points in the "
+        "plan), or use a reconstruction with thinner slices.")
+
+
+def _check_distinct(prox, dist, same_body, prox_name, dist_name, apart: Optional[PlanError] = None):
+    """Refuse one vertebra taken for both ends; ``apart``: the error to raise instead (points far apart)."""
     if not same_body:
         sep = np.linalg.norm(prox.body_centre - dist.body_centre)
         same_body = sep < 0.5 * max(prox.body_height, dist.body_height, 1.0)
+    if same_body and apart is not None:
+        raise apart
     if same_body:
         names = f" ({prox_name})" if prox_name and prox_name == dist_name else ""
         raise PlanError(f"The proximal and distal points are in the same vertebra{names}.",
@@ -286,6 +301,10 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
                         "The proximal point goes in the healthy vertebra above the defect: swap the two points (and "
                         "proximal_level / distal_level if named).")
     use_labels = label_map is not None
+    # Without labels, points this far apart are never one vertebra: merged bodies are the bone's fault, not the
+    # user's (a 5 mm chest CT with bridged bodies was refused as "the same vertebra" for points 92 mm apart).
+    apart = (_not_told_apart(p_prox, p_dist, grid, slices)
+             if np.linalg.norm(p_prox - p_dist) >= MIN_LEVEL_SEPARATION_MM else None)
     prog.report(0.0, "Finding the proximal and distal vertebrae")
     if use_labels:
         labels = np.asarray(label_map)
@@ -385,12 +404,12 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
             warnings.append("The bone was continuous between the two vertebrae; it was separated at the disc "
                             "spaces (the narrowest bone across the spine). Check the endplates.")
         if _contains(prox_body, s_dist) or _contains(dist_body, s_prox):
-            _check_distinct(None, None, True, proximal_name, distal_name)
+            _check_distinct(None, None, True, proximal_name, distal_name, apart)
         for body, seed, which in ((prox_body, s_prox, "proximal"), (dist_body, s_dist, "distal")):
             if not _contains(body, seed):
                 warnings.append(f"The {which} point is not inside a vertebral body; the nearest body was used. "
                                 "Check that it is the intended level.")
-        _check_distinct(prox, dist, False, proximal_name, distal_name)
+        _check_distinct(prox, dist, False, proximal_name, distal_name, apart)
         _check_inside_scan({"proximal": (prox_body.body, prox_body.offset),
                             "distal": (dist_body.body, dist_body.offset)}, grid.shape, proximal_name, distal_name)
         prog.report(0.5, "Looking for vertebrae between them")
@@ -398,7 +417,7 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
         intermediate_levels = [""] * len(walked)
         docking = {"proximal": (prox_body.body, np.asarray(prox_body.offset)),
                    "distal": (dist_body.body, np.asarray(dist_body.offset))}
-    _check_distinct(prox, dist, False, proximal_name, distal_name)
+    _check_distinct(prox, dist, False, proximal_name, distal_name, None if use_labels else apart)
     warnings += prox.warnings + dist.warnings
     centres = np.array([c for c, _ in walked]).reshape(-1, 3)
 
