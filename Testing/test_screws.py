@@ -279,6 +279,24 @@ def test_screw_grazing_the_side_of_the_block_is_a_breach():
     assert not plan_screw(t, ct, mask, m, "3.5 cancellous", params).breach
 
 
+def test_a_thread_leaving_a_side_wall_near_the_tip_gets_the_longest_screw_that_stays_in_bone():
+    """10 deg off the block's axis from 2 mm below it: the axis leaves through the far end at 52.8 mm (a 50 mm
+    screw), but the thread's outer edge leaves through the side wall at (10 - 1.75 cos 10) / sin 10 = 47.7 mm. The
+    screw is 46 mm: sized on its axis it was a breach the user could not fix (no setting sets a screw's length)."""
+    ct, mask, m = block(44.0)
+    theta = np.radians(10.0)
+    d = np.array([np.sin(theta), 0.0, np.cos(theta)])
+    entry = np.array([0.0, 0.0, 2.0])
+    p = plan_screw(Trajectory("p", "proximal", entry, entry + 30.0 * d), ct, mask, m, "3.5 cancellous",
+                   ScrewParameters())
+    rim_exit = (10.0 - 1.75 * np.cos(theta)) / np.sin(theta)
+    assert p.raw_length_mm > 50.0  # the axis alone allows 50 mm
+    assert p.length_mm == 46.0 and p.length_mm <= rim_exit
+    assert not p.breach and p.breach_at_mm is None
+    note = next(w for w in p.warnings if "shortened from 50 to 46 mm" in w)
+    assert rim_exit - 0.5 <= float(note.split("bone ")[1].split(" mm")[0]) <= rim_exit + 1.0
+
+
 # ---- markups -------------------------------------------------------------------------------------------------------
 
 

@@ -552,36 +552,42 @@ def plan_screw(trajectory: Trajectory, ct_array, bone_mask, ijk_to_ras, screw_ty
         warnings.append(f"the bone allows {raw:.1f} mm; clamped to the longest screw ({st.max_length_mm:g} mm)")
 
     # Breach: the screw body (axis and outer thread) must stay in bone from where it enters to its tip, and the
-    # tip must stay the margin short of the far cortex. The same lines give the longest screw that does.
-    breach_at = []
-    if length > exit_:
-        breach_at.append(exit_)
-    body_limit = far
+    # tip must stay the margin short of the far cortex. The same lines give the longest screw that does, and the
+    # screw is that long: sized on its axis alone, a screw whose thread grazes a wall near its tip came out 0.2 mm
+    # too long and was refused at export, with "use an 18 mm screw" as the fix, which no setting gives (5 mm chest CT).
     a, b = _perpendiculars(d)
     r = st.diameter_mm / 2
+    rims, body_limit = [], far
     for ang in np.linspace(0, 2 * np.pi, RIM_LINES, endpoint=False):
         q = p + r * (np.cos(ang) * a + np.sin(ang) * b)
         if not vol.contains(q):
             body_limit = -np.inf
             continue
         e_k, x_k = _crossings(vol, q, d, min(vol.exit_distance(q, d), exit_ + 10.0))
-        if e_k is None or e_k >= length:
-            breach_at.append(bone_entry)  # this side of the screw never reaches bone before the tip
-        elif x_k is not None and x_k < length:
-            breach_at.append(x_k)
+        rims.append((e_k, x_k))
         if e_k is None:
             body_limit = -np.inf
         elif x_k is not None:
             body_limit = min(body_limit, x_k + margin)  # the rim may reach its exit, as the breach test allows
-    breach = bool(breach_at) or bool(far - length < margin - 1e-9)
-    breach_at_mm = float(min(breach_at)) if breach_at else (float(far) if breach else None)
     safe, _ = _round_length(body_limit - margin, st)
     safe_length = float(safe) if body_limit - margin >= st.min_length_mm else None
+    if safe_length is not None and safe_length < length:
+        exits = [x for e, x in rims if e is not None and x is not None and x < length]
+        warnings.append(f"shortened from {length:g} to {safe_length:g} mm: its thread would leave the bone "
+                        f"{min(exits, default=far):.1f} mm from its entry (aim it more centrally for a longer screw)")
+        length = safe_length
+    breach_at = [exit_] if length > exit_ else []
+    for e_k, x_k in rims:
+        if e_k is None or e_k >= length:
+            breach_at.append(bone_entry)  # this side of the screw never reaches bone before the tip
+        elif x_k is not None and x_k < length:
+            breach_at.append(x_k)
+    breach = bool(breach_at) or bool(far - length < margin - 1e-9)
+    breach_at_mm = float(min(breach_at)) if breach_at else (float(far) if breach else None)
     if breach_at:
-        advice = f"use a {safe_length:g} mm screw" if safe_length else "no catalogue screw fits: re-aim it"
         warnings.append(
             f"the screw leaves the bone {breach_at_mm:.1f} mm from its entry, before its tip at {length:g} mm "
-            f"(cortical breach): {advice}"
+            "(cortical breach): no catalogue screw stays in the bone, re-aim it"
         )
 
     # Bone quality along the in-bone part of the screw.
