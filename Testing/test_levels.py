@@ -355,7 +355,39 @@ def test_thick_slices_without_labels_measure_the_bodies_from_the_ct(kyphosis):
         crop, lo = r.docking[end]
         lab = ph.vertebra_labels[tuple(slice(a, a + n) for a, n in zip(lo, crop.shape))][crop]
         assert np.mean(lab == ph.vertebra(name).label) >= 0.9
-    assert r.warnings == []
+    assert r.warnings == [] and r.doubtful_endplates == {}
+
+
+def test_on_5_mm_slices_both_docking_faces_from_clicked_points_are_doubted():
+    """5 mm slices show a disc band in one or two slices, too few to fix a face's tilt: on a real 5 mm chest CT
+    (pyradiomics lung1) the fit put two faces 18-28 deg off their band with no other sign. Every face found from
+    clicked points on such slices is doubted (export then waits for the surgeon to check or accept it); the same
+    phantom on 2.5 mm slices (above) raises no doubt."""
+    ph = make_spine_phantom(spacing=(0.7, 0.7, 5.0), levels=LEVELS, noise_hu=15.0)
+    r = levels.detect_levels(ph.bone_mask, ph.ijk_to_ras, ph.body_point("T12"), ph.body_point("L3"), "T12", "L3",
+                             ct_array=ph.array)
+    assert sorted(r.doubtful_endplates) == ["distal", "proximal"]
+    assert all("too few to fix a face's tilt" in msg for msg in r.doubtful_endplates.values())
+    assert "The proximal endplate (T12 inferior) may be tilted wrongly" in r.doubtful_endplates["proximal"]
+
+
+@pytest.mark.parametrize("tilt_deg, at_edge", [(5.0, False), (20.0, True)])
+def test_the_tilt_fit_says_when_its_best_lies_at_the_edge_of_its_search(tilt_deg, at_edge):
+    """A bright band across a 24 x 20 mm footprint, tilted from the starting normal: within the +-12 deg search the
+    fit finds it exactly; 20 deg off, its best lies at the search's edge, which the face's doubt then names."""
+    from PatientImplantPlannerLib.imaging.thicklevels import _profile_fit_normal
+
+    d, a = np.array([0.0, 0.0, -1.0]), np.array([0.0, 1.0, 0.0])
+    b = np.cross(d, a)
+    u, w = np.meshgrid(np.arange(-12.0, 12.1), np.arange(-10.0, 10.1))
+    foot = u.ravel()[:, None] * a + w.ravel()[:, None] * b
+    t = np.radians(tilt_deg)
+    n_true = np.cos(t) * d + np.sin(t) * a
+    band = lambda p: 100.0 + 300.0 * np.exp(-((p @ n_true - 4.0) ** 2) / 4.5)  # noqa: E731
+    normal, edge = _profile_fit_normal(band, foot, a, b, d, d, 2.0 * d, 4.0 * d)
+    assert edge is at_edge
+    assert angle_deg(normal, n_true) < (0.5 if not at_edge else tilt_deg)
+    assert angle_deg(normal, d) <= 12.0 + 1.5 + 1e-6  # coarse span + fine span
 
 
 def test_levels_taken_the_wrong_way_round_are_refused(straight):

@@ -230,6 +230,33 @@ def test_labelmap_loaded_as_a_segmentation_is_read_by_its_values(ctx, tmp_path):
         assert "VerSe" in err.value.fix and "'vertebrae_L1'" in err.value.fix
 
 
+def test_segments_drawn_in_the_segment_editor_are_not_read_as_numbered_vertebrae(ctx, tmp_path):
+    """Segments drawn in Slicer's Segment Editor share one layer with values 1, 2, 3... and the Editor's names
+    'Segment_1'...: chosen by mistake as the level source they were read in VerSe's numbering as C1-C3 (three
+    hand-drawn lumbar bodies became cervical levels). They are refused as having no vertebra segments."""
+    import SimpleITK as sitk
+    import slicer
+
+    ct = load_ct(ctx, SAMPLE_CT)
+    labels, values = load_level_labels(ctx, LUMBAR_LABELS, ct)
+    drawn = np.zeros(labels.shape, np.uint8)
+    for number, name in enumerate(("T12", "L1", "L2"), start=1):  # top to bottom, as C1-C3 would lie
+        drawn[labels == values[name]] = number
+    img = sitk.GetImageFromArray(drawn)
+    img.CopyInformation(sitk.ReadImage(LUMBAR_LABELS))
+    path = str(tmp_path / "drawn.nii.gz")
+    sitk.WriteImage(img, path)
+    seg = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "drawn")
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
+        ctx.volumes_logic.AddArchetypeVolume(path, "drawn", 1), seg)
+    segments = seg.GetSegmentation()
+    for n in range(segments.GetNumberOfSegments()):
+        segments.GetNthSegment(n).SetName(f"Segment_{n + 1}")
+    assert sorted(segments.GetNthSegment(n).GetLabelValue() for n in range(3)) == [1, 2, 3]
+    with pytest.raises(PlanError, match="no vertebra segments"):
+        labels_from_segmentation(seg, ct)
+
+
 def test_totalsegmentator_labelmap_loaded_as_a_segmentation_gives_levels_and_keep_out(ctx, tmp_path):
     """TotalSegmentator's labelmap loaded as a segmentation in Slicer: its vertebrae are the level source and its
     soft tissue (here a block labelled 52, the aorta) the keep-out anatomy, as the CLI reads the same file."""

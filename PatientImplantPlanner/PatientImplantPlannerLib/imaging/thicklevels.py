@@ -1,6 +1,8 @@
 """Vertebral bodies and docking faces on thick, anisotropic slices, found from the CT itself: the disc spaces stand out
 as bands of lower density along the column, and each docking face lies a measured distance beyond its band's edge."""
 
+from typing import Optional
+
 import numpy as np
 from scipy import ndimage
 
@@ -241,7 +243,15 @@ def _ct_body(ct, bone, grid: VoxelGrid, point, toward, level: str):
         d = n_near  # the next axis: the body's own face (the band centre is shared with the neighbour)
     normal, c_near, foot, a, b, d, centre, height, hb, hf = result
     doubts = _doubts(steps, heights, angle_deg(n_near, n_mid))
-    normal = _profile_fit_normal(ct, foot, a, b, d, normal, c_near, n_mid_point)
+    fitted, at_edge = _profile_fit_normal(ct, foot, a, b, d, normal, c_near, n_mid_point)
+    if at_edge and not doubts:
+        # Its best tilt lies at or beyond the edge of the search: the fit did not settle. On the 2.5 mm chest CT 7
+        # of 30 faces did so, all 10-14 deg off their labels and already doubted; on a 5 mm chest CT (pyradiomics
+        # lung1, T4 inferior) a face ran from 7 to 28 deg off the slices with no other sign. Kept (on the chest CT
+        # the fit still took those faces from 25-29 deg to 10-14), but doubted.
+        doubts.append(f"the fit of the face's tilt ran to the edge of its {PROFILE_SEARCH_DEG:g} deg search, "
+                      f"{angle_deg(fitted, normal):.0f} deg from the disc band's planes")
+    normal = fitted
     fc = _central(foot, a, b).mean(axis=0)
     face_c = fc + ((c_near - fc) @ normal) / (d @ normal) * d + FACE_BEYOND_EDGE_MM * normal
     # The opposite face: the other band, perpendicular to the axis, the same offset from its centre.
@@ -290,14 +300,17 @@ def _profile_fit_normal(ct, foot, a, b, d, normal, near_point, band_point):
         normal_eq = np.diag(diag + 1e-6) + np.diag(off, 1) + np.diag(off, -1)
         return float(v @ v - rhs @ np.linalg.solve(normal_eq, rhs))
 
-    best = (spread(ta0, tb0), ta0, tb0)
+    best = (spread(ta0, tb0), ta0, tb0, 0.0, 0.0)
+    at_edge = False
     for span, step in ((PROFILE_SEARCH_DEG, 1.0), (1.5, 0.25)):  # coarse, then fine around the best
         ga, gb = np.degrees(np.arctan(best[1])), np.degrees(np.arctan(best[2]))
         for da in np.arange(-span, span + 1e-9, step):
             for db in np.arange(-span, span + 1e-9, step):
                 ta, tb = np.tan(np.radians(ga + da)), np.tan(np.radians(gb + db))
-                best = min(best, (spread(ta, tb), ta, tb))
-    return unit(d - best[1] * a - best[2] * b)
+                best = min(best, (spread(ta, tb), ta, tb, da, db))
+        if span == PROFILE_SEARCH_DEG:
+            at_edge = bool(max(abs(best[3]), abs(best[4])) >= span - 1e-9)
+    return unit(d - best[1] * a - best[2] * b), at_edge
 
 
 def _doubts(steps, heights, near_vs_centre_deg) -> list:
@@ -357,13 +370,9 @@ def _thick_levels(ct_array, mask, grid: VoxelGrid, p_prox, p_dist, proximal_name
         if found is None:
             return None
         out.append(found[:4])
-        if found[4]:
-            doubts[which] = (
-                f"The {which} endplate ({name or which} {side}) may be tilted wrongly: on these {thickness:.1f} mm "
-                f"slices {'; '.join(found[4])} (on a 2.5 mm chest CT, 10 of 16 faces with such signs were 6-14 deg "
-                f"off). Check it in the sagittal and coronal views and turn its plane ('{which.capitalize()} "
-                f"endplate', or {which}_endplate in the plan) to the bone, or give vertebra labels (--levels, e.g. "
-                f"TotalSegmentator's) to fit it from them.")
+        reasons = found[4] + [r for r in (unresolved_tilt(grid, slices),) if r]
+        if reasons:
+            doubts[which] = doubt_message(which, name, side, thickness, reasons)
     measured = []
     for (face, back, d, _), is_prox in zip(out, (True, False)):
         axis = d if is_prox else -d  # caudal
@@ -378,6 +387,23 @@ def _thick_levels(ct_array, mask, grid: VoxelGrid, p_prox, p_dist, proximal_name
         m.body_mask_voxels = int(crop.sum())
     walked = _walk_bands(ct, bone, prox, dist)
     return prox, dist, docking, walked, doubts
+
+
+def doubt_message(which: str, name: str, side: str, thickness: float, reasons) -> str:
+    """Why the ``which`` docking face's tilt may be wrong on these slices, and what the user can do."""
+    return (f"The {which} endplate ({name or which} {side}) may be tilted wrongly: on these {thickness:.1f} mm slices "
+            f"{'; '.join(reasons)} (on a 2.5 mm chest CT, 10 of 16 faces with such signs were 6-14 deg off). Check it "
+            f"in the sagittal and coronal views and turn its plane ('{which.capitalize()} endplate', or "
+            f"{which}_endplate in the plan) to the bone, or give vertebra labels (--levels, e.g. TotalSegmentator's) "
+            "to fit it from them.")
+
+
+def unresolved_tilt(grid: VoxelGrid, slices) -> Optional[str]:
+    """The reason to doubt every face found without labels on slices this thick (None: thin enough)."""
+    if slices is None or grid.spacing_kji[slices[0]] < UNRESOLVED_TILT_SLICE_MM:
+        return None
+    return ("the disc band lies in one or two slices, too few to fix a face's tilt (on a 5 mm chest CT faces came "
+            "out up to 28 deg off their band with no other sign)")
 
 
 def _walk_bands(ct, bone, prox, dist):
@@ -424,6 +450,11 @@ KNOT_MM = 0.5
 # times; true thin slices are near their in-plane resolution).
 BLURRED_SLICE_MM = 2.5
 BLUR_RATIO = 1.4
+
+
+# Slices this thick: every face found from clicked points is doubted. The disc band is one or two slices: on a 5 mm
+# chest CT (pyradiomics lung1, T3-T9) the upper faces came out 18-28 deg off the band, which lies in one slice.
+UNRESOLVED_TILT_SLICE_MM = 4.0
 
 
 THICK_SLICE_MM = 1.5  # slices above this (and much thicker than the pixels): labelled docking faces refitted

@@ -3,6 +3,7 @@ labelmap file on the CT's grid, or a folder of one mask file per structure named
 TotalSegmentator writes by default). The name tables and label arithmetic are in imaging/levelsource.py."""
 
 import os
+import re
 
 import numpy as np
 
@@ -59,12 +60,15 @@ def labels_from_segmentation(segmentation_node, ct_node) -> tuple:
 
 def _by_label_value(segmentation_node, ct_node):
     """The segments as the labelmap they were loaded from (each at its label value, uint8 [k, j, i] on the CT grid),
-    or None when there are fewer than two or their values are not distinct (segments made in Slicer: all 1)."""
+    or None when there are fewer than two, their values are not distinct, or they carry the Segment Editor's own
+    names."""
     segmentation = segmentation_node.GetSegmentation()
     sids = [segmentation.GetNthSegmentID(n) for n in range(segmentation.GetNumberOfSegments())]
     numbers = [segmentation.GetSegment(sid).GetLabelValue() for sid in sids]
     if len(sids) < 2 or len(set(numbers)) < len(numbers) or min(numbers) < 1 or max(numbers) > 255:
         return None
+    if all(re.fullmatch(r"Segment_\d+", segmentation.GetSegment(sid).GetName() or "") for sid in sids):
+        return None  # the Segment Editor's own names: drawn by hand (values 1, 2, ... in one layer), not a labelmap
     labels = None
     for sid, number in zip(sids, numbers):
         mask = get_segment_mask(segmentation_node, sid, ct_node)
