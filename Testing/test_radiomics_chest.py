@@ -131,7 +131,7 @@ def test_lung1_screws_stay_between_the_disc_bands_around_their_body(lung1_t4t6):
 def test_lung2_bridged_bodies_far_apart_are_not_called_one_vertebra(tmp_path):
     code, err = _plan(tmp_path, radiomics_ct_path("lung2"), "T6", "T10", LUNG2, "--accept-thick-slices")
     assert code != 0
-    assert "(92 mm apart) could not be told apart" in err and "same vertebra" not in err
+    assert "(92 mm apart) could not be told apart as two vertebrae" in err and "same vertebra" not in err
     assert "--levels" in err and "axis_control_points" in err
     assert not glob.glob(str(tmp_path / "out" / "*"))  # nothing written
 

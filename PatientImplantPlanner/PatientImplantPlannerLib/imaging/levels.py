@@ -238,15 +238,16 @@ def _measure_intermediate(mask, grid, point, cranial):
 
 
 def _not_told_apart(p_prox, p_dist, grid, slices):
-    """The error for two points far apart (never one vertebra) whose bodies the bone did not separate."""
+    """The error for two points far apart (rarely one vertebra) whose bodies the bone did not separate."""
     on = f" on these {grid.spacing_kji[slices[0]]:.1f} mm slices" if slices is not None else ""
     return PlanError(
-        f"The vertebrae between the proximal and distal points ({np.linalg.norm(p_dist - p_prox):.0f} mm apart) "
-        f"could not be told apart: the bone runs on from one point to the other and no disc space shows clearly "
-        f"between them{on} (bridged or fused vertebrae, or thin osteoporotic endplates, look like this).",
-        "Give vertebra labels (--levels, or the level segmentation in the module, e.g. from TotalSegmentator), or "
-        "set both endplates and the axis yourself (proximal_endplate, distal_endplate and axis_control_points in the "
-        "plan), or use a reconstruction with thinner slices.")
+        f"The proximal and distal points ({np.linalg.norm(p_dist - p_prox):.0f} mm apart) could not be told apart as "
+        f"two vertebrae: the bone runs on from one point to the other and no disc space shows clearly between "
+        f"them{on} (bridged or fused vertebrae, or thin osteoporotic endplates, look like this).",
+        "If both points lie in one vertebra, move the distal point into the first healthy vertebra below the defect. "
+        "Otherwise give vertebra labels (--levels, or the level segmentation in the module, e.g. from "
+        "TotalSegmentator), or set both endplates and the axis yourself (proximal_endplate, distal_endplate and "
+        "axis_control_points in the plan), or use a reconstruction with thinner slices.")
 
 
 def _check_distinct(prox, dist, same_body, prox_name, dist_name, apart: Optional[PlanError] = None):
