@@ -394,7 +394,7 @@ def safety_findings(plan: Plan, measured: dict, screw_plans, keep_out, blocked_l
                              f"({sp.raw_length_mm:.1f} mm of bone)"))
     for end in sorted(doubtful or {}):
         findings.append((f"endplate:{end}", f"the {end} endplate's tilt is uncertain on these thick slices (check "
-                         f"it and turn its plane, set {end}_endplate, or give vertebra labels)"))
+                         f"it and turn its plane, or set {end}_endplate; the warnings say why)"))
     for name, part, margin in blocked_lines:
         findings.append((f"access:{name}", f"the drill and driver line of screw '{name}' ({DRIVER_REACH_MM:g} mm "
                          f"outward along its axis) runs into the implant's {part} ({-margin:.1f} mm too close): the "

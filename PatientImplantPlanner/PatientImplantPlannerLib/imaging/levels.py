@@ -356,6 +356,11 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
                                  (v_dist, dist_body, dist, "superior_endplate")) if thick else ():
             box, lo = _label_box(labels, v, boxes)
             setattr(m, attr, _column_face(body, grid, getattr(m, attr), label=(labels[box] == v, lo), cord=cord_pts))
+        why = unresolved_tilt(grid, slices, labelled=True)
+        if why:  # the labels' own faces are stair-stepped this coarsely: the surgeon checks them
+            doubtful = {end: doubt_message(end, name, side, float(grid.spacing_kji[slices[0]]), [why], labelled=True)
+                        for end, name, side in (("proximal", proximal_name, "inferior"),
+                                                ("distal", distal_name, "superior"))}
         prog.report(0.5, "Measuring the vertebrae between them")
         names = _label_intermediates(labels, boxes, grid, values, names_by_value, v_prox, v_dist, prox, dist)
         walked, cur_dir = [], prox.axis_direction
