@@ -185,12 +185,27 @@ def test_labels_out_of_anatomical_order_are_refused(ctx, tmp_path):
         load_level_labels(ctx, misnamed, ct)
 
 
+def _loaded_as_segmentation(ctx, tmp_path, label_array, name):
+    """``label_array`` written as a labelmap on the lumbar CT's grid and loaded into Slicer as a segmentation, as
+    a user does with a labelmap file (Slicer's own import: segments keep the label values)."""
+    import SimpleITK as sitk
+    import slicer
+
+    img = sitk.GetImageFromArray(label_array)
+    img.CopyInformation(sitk.ReadImage(LUMBAR_LABELS))
+    path = str(tmp_path / f"{name}.nii.gz")
+    sitk.WriteImage(img, path)
+    seg = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
+        ctx.volumes_logic.AddArchetypeVolume(path, name, 1), seg)
+    return seg
+
+
 def test_labelmap_loaded_as_a_segmentation_is_read_by_its_values(ctx, tmp_path):
     """A VerSe labelmap loaded into Slicer as a segmentation has segments named 'Label_20' or after a colour table,
     not after vertebrae: the GUI's level source reads them by their label values (VerSe's numbering recognised), in
     anatomical order. A segmentation with one unnamed segment, or with label values that are not vertebrae, is
     refused naming both fixes."""
-    import SimpleITK as sitk
     import slicer
 
     from PatientImplantPlannerLib.imaging.levelsource import VERSE_VERTEBRAE
@@ -201,13 +216,7 @@ def test_labelmap_loaded_as_a_segmentation_is_read_by_its_values(ctx, tmp_path):
     verse_value = {name: v for v, name in VERSE_VERTEBRAE.items()}
     for name, v in values.items():
         verse[labels == v] = verse_value.get(name, 26)
-    img = sitk.GetImageFromArray(verse)
-    img.CopyInformation(sitk.ReadImage(LUMBAR_LABELS))
-    path = str(tmp_path / "verse_seg.nii.gz")
-    sitk.WriteImage(img, path)
-    label_node = ctx.volumes_logic.AddArchetypeVolume(path, "verse", 1)
-    seg = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "verse segments")
-    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(label_node, seg)
+    seg = _loaded_as_segmentation(ctx, tmp_path, verse, "verse")
     segments = seg.GetSegmentation()
     names = [segments.GetNthSegment(n).GetName() for n in range(segments.GetNumberOfSegments())]
     assert names[:3] == ["Label_18", "Label_19", "Label_20"]  # no colour table in the headless scene
@@ -234,21 +243,13 @@ def test_segments_drawn_in_the_segment_editor_are_not_read_as_numbered_vertebrae
     """Segments drawn in Slicer's Segment Editor share one layer with values 1, 2, 3... and the Editor's names
     'Segment_1'...: chosen by mistake as the level source they were read in VerSe's numbering as C1-C3 (three
     hand-drawn lumbar bodies became cervical levels). They are refused as having no vertebra segments."""
-    import SimpleITK as sitk
-    import slicer
 
     ct = load_ct(ctx, SAMPLE_CT)
     labels, values = load_level_labels(ctx, LUMBAR_LABELS, ct)
     drawn = np.zeros(labels.shape, np.uint8)
     for number, name in enumerate(("T12", "L1", "L2"), start=1):  # top to bottom, as C1-C3 would lie
         drawn[labels == values[name]] = number
-    img = sitk.GetImageFromArray(drawn)
-    img.CopyInformation(sitk.ReadImage(LUMBAR_LABELS))
-    path = str(tmp_path / "drawn.nii.gz")
-    sitk.WriteImage(img, path)
-    seg = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "drawn")
-    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
-        ctx.volumes_logic.AddArchetypeVolume(path, "drawn", 1), seg)
+    seg = _loaded_as_segmentation(ctx, tmp_path, drawn, "drawn")
     segments = seg.GetSegmentation()
     for n in range(segments.GetNumberOfSegments()):
         segments.GetNthSegment(n).SetName(f"Segment_{n + 1}")
@@ -261,7 +262,6 @@ def test_totalsegmentator_labelmap_loaded_as_a_segmentation_gives_levels_and_kee
     """TotalSegmentator's labelmap loaded as a segmentation in Slicer: its vertebrae are the level source and its
     soft tissue (here a block labelled 52, the aorta) the keep-out anatomy, as the CLI reads the same file."""
     import SimpleITK as sitk
-    import slicer
 
     from PatientImplantPlannerLib.scene.workflow import keep_out_for
 
@@ -269,16 +269,10 @@ def test_totalsegmentator_labelmap_loaded_as_a_segmentation_gives_levels_and_kee
     labels, values = load_level_labels(ctx, LUMBAR_LABELS, ct)
     ts = sitk.GetArrayFromImage(sitk.ReadImage(LUMBAR_LABELS))
     ts[40:60, 20:30, 50:60] = 52
-    img = sitk.GetImageFromArray(ts)
-    img.CopyInformation(sitk.ReadImage(LUMBAR_LABELS))
-    path = str(tmp_path / "total.nii.gz")
-    sitk.WriteImage(img, path)
-    seg = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "total")
-    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
-        ctx.volumes_logic.AddArchetypeVolume(path, "total", 1), seg)
+    seg = _loaded_as_segmentation(ctx, tmp_path, ts, "total")
     label_map, named = labels_from_segmentation(seg, ct)
     assert named == values
-    aorta = load_level_labels(ctx, path, ct)[0] == 52
+    aorta = load_level_labels(ctx, str(tmp_path / "total.nii.gz"), ct)[0] == 52
     for name, value in named.items():
         assert np.array_equal(label_map == value, (labels == values[name]) & ~aorta)
     ko = keep_out_for(ct, None, seg)
