@@ -17,6 +17,9 @@ from PatientImplantPlannerLib.export.parameters import ExportParameters
 from PatientImplantPlannerLib.export.threemf import read_3mf
 from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
 
+# Whole-export runs on phantoms (minutes together): the CI's second step, keeping the fast step near 5 min.
+pytestmark = pytest.mark.slow
+
 
 def folded_edges(mesh) -> tuple:
     """(count, overlapping area mm2) of the edges whose two triangles fold back onto each other (normals within

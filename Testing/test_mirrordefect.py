@@ -14,6 +14,9 @@ from PatientImplantPlannerLib.design import mirrordefect as md
 from PatientImplantPlannerLib.design import symmetry
 from PatientImplantPlannerLib.phantoms.pelvis import S1_TOP_W, _bone_distances, make_pelvis_phantom, mirror_lr_pelvis
 
+# Whole-export runs on phantoms (minutes together): the CI's second step, keeping the fast step near 5 min.
+pytestmark = pytest.mark.slow
+
 CLEARANCE = 0.2
 
 

@@ -13,6 +13,9 @@ from PatientImplantPlannerLib.design import mirrordefect as md
 from PatientImplantPlannerLib.export.threemf import read_3mf
 from PatientImplantPlannerLib.phantoms.pelvis import make_pelvis_phantom
 
+# Whole-export runs on phantoms (minutes together): the CI's second step, keeping the fast step near 5 min.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def phantom():

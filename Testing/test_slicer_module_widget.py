@@ -13,6 +13,9 @@ from slicer_module_checks import UI_FILE
 from slicer_stand_ins import import_module_under_test, widget_under_test
 from ui_checks import ui_combo_items
 
+# Whole-export runs on phantoms (minutes together): the CI's second step, keeping the fast step near 5 min.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def slicer_module(ctx, tmp_path, monkeypatch):
