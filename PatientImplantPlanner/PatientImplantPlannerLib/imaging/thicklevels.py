@@ -457,8 +457,9 @@ BLURRED_SLICE_MM = 2.5
 BLUR_RATIO = 1.4
 
 
-# Slices this thick: every face found from clicked points is doubted. The disc band is one or two slices: on a 5 mm
-# chest CT (pyradiomics lung1, T3-T9) the upper faces came out 18-28 deg off the band, which lies in one slice.
+# Slices this thick: every docking face is doubted, with labels or without. The disc band is one or two slices: on a
+# 5 mm chest CT (pyradiomics lung1, T3-T9) the upper faces came out 18-28 deg off the band, which lies in one slice;
+# on a 5 mm copy of the 2.5 mm chest CT a face fitted to its labels lies 11.5 deg off the thin labels' face.
 UNRESOLVED_TILT_SLICE_MM = 4.0
 
 
