@@ -30,7 +30,7 @@ from ..core.anatomy import Endplate, smooth_axis, unit
 from ..core.errors import PlanError
 from ..core.grid import VoxelGrid
 from ..core.progress import Progress
-from .thicklevels import _thick_levels, doubt_message, thick_slice_axis, unresolved_tilt
+from .thicklevels import _thick_levels, thick_slice_axis, unresolved_faces
 from .vertebra import (
     PATIENT_SUPERIOR,
     VertebraMeasurement,
@@ -356,11 +356,8 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
                                  (v_dist, dist_body, dist, "superior_endplate")) if thick else ():
             box, lo = _label_box(labels, v, boxes)
             setattr(m, attr, _column_face(body, grid, getattr(m, attr), label=(labels[box] == v, lo), cord=cord_pts))
-        why = unresolved_tilt(grid, slices, labelled=True)
-        if why:  # the labels' own faces are stair-stepped this coarsely: the surgeon checks them
-            doubtful = {end: doubt_message(end, name, side, float(grid.spacing_kji[slices[0]]), [why], labelled=True)
-                        for end, name, side in (("proximal", proximal_name, "inferior"),
-                                                ("distal", distal_name, "superior"))}
+        # the labels' own faces are stair-stepped this coarsely: the surgeon checks them
+        doubtful = unresolved_faces(grid, slices, proximal_name, distal_name, labelled=True)
         prog.report(0.5, "Measuring the vertebrae between them")
         names = _label_intermediates(labels, boxes, grid, values, names_by_value, v_prox, v_dist, prox, dist)
         walked, cur_dir = [], prox.axis_direction
@@ -418,11 +415,8 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
         _check_distinct(prox, dist, False, proximal_name, distal_name, apart)
         _check_inside_scan({"proximal": (prox_body.body, prox_body.offset),
                             "distal": (dist_body.body, dist_body.offset)}, grid.shape, proximal_name, distal_name)
-        why = unresolved_tilt(grid, slices)  # the CT's own fit fell back to the bone: its faces as doubtful
-        if why:
-            doubtful = {end: doubt_message(end, name, side, float(grid.spacing_kji[slices[0]]), [why])
-                        for end, name, side in (("proximal", proximal_name, "inferior"),
-                                                ("distal", distal_name, "superior"))}
+        # the CT's own fit fell back to the bone: its faces as doubtful
+        doubtful = unresolved_faces(grid, slices, proximal_name, distal_name)
         prog.report(0.5, "Looking for vertebrae between them")
         walked = _walk(mask, grid, prox, dist, warnings)
         intermediate_levels = [""] * len(walked)

@@ -411,6 +411,16 @@ def unresolved_tilt(grid: VoxelGrid, slices, labelled: bool = False) -> Optional
             "out up to 28 deg off their band with no other sign)")
 
 
+def unresolved_faces(grid: VoxelGrid, slices, proximal_name: str, distal_name: str, labelled: bool = False) -> dict:
+    """Both docking faces as doubtful ({end: message}) on slices too thick to fix a tilt; empty otherwise."""
+    why = unresolved_tilt(grid, slices, labelled)
+    if not why:
+        return {}
+    thickness = float(grid.spacing_kji[slices[0]])
+    return {end: doubt_message(end, name, side, thickness, [why], labelled)
+            for end, name, side in (("proximal", proximal_name, "inferior"), ("distal", distal_name, "superior"))}
+
+
 def _walk_bands(ct, bone, prox, dist):
     """Bodies between the docking vertebrae on thick slices: midway between consecutive disc bands of the CT
     along the axis through the two end bodies."""
