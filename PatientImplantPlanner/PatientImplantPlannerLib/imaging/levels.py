@@ -26,7 +26,7 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
-from ..core.anatomy import Endplate, smooth_axis, unit
+from ..core.anatomy import Endplate, angle_deg, smooth_axis, unit
 from ..core.errors import PlanError
 from ..core.grid import VoxelGrid
 from ..core.progress import Progress
@@ -51,6 +51,12 @@ SPINE_ORDER = (
 )
 
 SEED_SEARCH_MM = 5.0  # a clicked point may miss the bone by this much
+MAX_BODY_HEIGHT_MM = 40.0  # taller than any vertebral body (lumbar 25-35 mm): bodies merged through the discs
+
+
+MAX_BODY_TILT_DEG = 60.0  # a body's axis this far from the line between the two points: not one body
+
+
 MIN_LEVEL_SEPARATION_MM = 15.0  # points farther apart than this are never in the same vertebra (bodies 17-30 mm)
 CONTROL_STEP_LEVELS = 0.55  # axis control points at most this many level spacings apart
 
@@ -383,29 +389,34 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
         s_prox = _require_seed(mask, grid, p_prox, "proximal")
         s_dist = _require_seed(mask, grid, p_dist, "distal")
         thick = None
-        if ct_array is not None and slices is not None and (
-                np.linalg.norm(p_prox - p_dist) >= MIN_LEVEL_SEPARATION_MM):
+        far = np.linalg.norm(p_prox - p_dist) >= MIN_LEVEL_SEPARATION_MM
+        if ct_array is not None and slices is not None and far:
             prog.report(0.1, "Measuring the vertebrae from the CT (thick slices)")
             thick = _thick_levels(np.asarray(ct_array), mask, grid, p_prox, p_dist, proximal_name, distal_name,
                                   slices)
+        if thick is None:
+            cut_mask, bodies = _bone_bodies(mask, grid, (s_prox, s_dist), (p_prox, p_dist),
+                                            (proximal_name, distal_name), cranial, ct_array, warnings, prog)
+            if ct_array is not None and slices is None and far and _not_single_bodies(bodies, (s_prox, s_dist),
+                                                                                      cranial):
+                # Thin slices, but the bone runs on through the discs (discs as dense as osteopenic cancellous
+                # bone, 100-180 HU, on a 1.5 mm contrast chest CT: "bodies" 50-140 mm tall): the disc bands of the
+                # CT, as on thick slices, along the array axis nearest the spine's.
+                prog.report(0.2, "Measuring the vertebrae from the CT (the bone runs on through the discs)")
+                along = int(np.argmax(np.abs(grid.m[:3, :3].T[::-1] @ unit(p_prox - p_dist))))
+                thick = _thick_levels(np.asarray(ct_array), mask, grid, p_prox, p_dist, proximal_name,
+                                      distal_name, (along, float(grid.spacing_kji[along]), False))
+                if thick is not None:
+                    warnings.append("The bone segment runs on through the discs, so the vertebral bodies could not "
+                                    "be separated in it: they were found from the CT's disc spaces instead. Check "
+                                    "the levels and the endplates.")
+            mask = cut_mask
     if not use_labels and thick is not None:
         prox, dist, docking, walked, doubtful = thick
         intermediate_levels = [""] * len(walked)
         _check_inside_scan(docking, grid.shape, proximal_name, distal_name)
     elif not use_labels:
-        prog.report(0.1, "Measuring the proximal vertebra")
-        prox_body, prox = _measured(lambda t: _body_at(mask, grid, s_prox, t), grid, proximal_name, cranial)
-        prog.report(0.3, "Measuring the distal vertebra")
-        dist_body, dist = _measured(lambda t: _body_at(mask, grid, s_dist, t), grid, distal_name, cranial)
-        if (_contains(prox_body, s_dist) or _contains(dist_body, s_prox)) and (
-                np.linalg.norm(p_prox - p_dist) >= MIN_LEVEL_SEPARATION_MM):
-            # Points this far apart are in different vertebrae: the bodies merged through bridged discs (thick
-            # slices, osteophytes, a contaminated segment). Cut the bone at the disc spaces between them, again.
-            mask = _cut_at_discs(mask, grid, p_prox, p_dist, ct_array)
-            prox_body, prox = _measured(lambda t: _body_at(mask, grid, s_prox, t), grid, proximal_name, cranial)
-            dist_body, dist = _measured(lambda t: _body_at(mask, grid, s_dist, t), grid, distal_name, cranial)
-            warnings.append("The bone was continuous between the two vertebrae; it was separated at the disc "
-                            "spaces (the narrowest bone across the spine). Check the endplates.")
+        prox_body, prox, dist_body, dist = bodies
         if _contains(prox_body, s_dist) or _contains(dist_body, s_prox):
             _check_distinct(None, None, True, proximal_name, distal_name, apart)
         for body, seed, which in ((prox_body, s_prox, "proximal"), (dist_body, s_dist, "distal")):
@@ -443,6 +454,40 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
 
 
 CUT_SECTION_FRACTION = 0.5  # a docking body showing this much of its widest section on the CT's edge is cut
+
+
+def _bone_bodies(mask, grid, seeds, points, names, cranial, ct_array, warnings, prog):
+    """(mask, (proximal body, its measurement, distal body, its measurement)) separated from the bone segment; the
+    mask comes back cut at the disc spaces when the two bodies first came out as one."""
+    (s_prox, s_dist), (p_prox, p_dist) = seeds, points
+    prog.report(0.1, "Measuring the proximal vertebra")
+    prox_body, prox = _measured(lambda t: _body_at(mask, grid, s_prox, t), grid, names[0], cranial)
+    prog.report(0.3, "Measuring the distal vertebra")
+    dist_body, dist = _measured(lambda t: _body_at(mask, grid, s_dist, t), grid, names[1], cranial)
+    if (_contains(prox_body, s_dist) or _contains(dist_body, s_prox)) and (
+            np.linalg.norm(p_prox - p_dist) >= MIN_LEVEL_SEPARATION_MM):
+        # Points this far apart are in different vertebrae: the bodies merged through bridged discs (thick
+        # slices, osteophytes, a contaminated segment). Cut the bone at the disc spaces between them, again.
+        mask = _cut_at_discs(mask, grid, p_prox, p_dist, ct_array)
+        prox_body, prox = _measured(lambda t: _body_at(mask, grid, s_prox, t), grid, names[0], cranial)
+        dist_body, dist = _measured(lambda t: _body_at(mask, grid, s_dist, t), grid, names[1], cranial)
+        warnings.append("The bone was continuous between the two vertebrae; it was separated at the disc "
+                        "spaces (the narrowest bone across the spine). Check the endplates.")
+    return mask, (prox_body, prox, dist_body, dist)
+
+
+def _not_single_bodies(bodies, seeds, cranial) -> bool:
+    """Whether the bone gave something other than one vertebral body at each point: a body holding both points or
+    not its own, taller than any vertebral body, or standing across the spine."""
+    prox_body, prox, dist_body, dist = bodies
+    s_prox, s_dist = seeds
+    if _contains(prox_body, s_dist) or _contains(dist_body, s_prox):
+        return True
+    for body, m, seed in ((prox_body, prox, s_prox), (dist_body, dist, s_dist)):
+        if (not _contains(body, seed) or m.body_height > MAX_BODY_HEIGHT_MM
+                or angle_deg(m.axis_direction, -cranial) > MAX_BODY_TILT_DEG):
+            return True
+    return False
 
 
 def _check_inside_scan(bodies: dict, shape, proximal_name: str, distal_name: str) -> None:
