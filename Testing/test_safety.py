@@ -196,7 +196,8 @@ def test_a_doubtful_endplate_blocks_export_until_its_plane_is_moved_or_accepted(
 
     def doubting(*args, **kwargs):
         found = real(*args, **kwargs)
-        found.doubtful_endplates = {"proximal": "The proximal endplate (L1 inferior) may be tilted wrongly: test."}
+        found.doubtful_endplates = {"proximal": "The proximal endplate (L1 inferior) may be tilted wrongly: the fit "
+                                                "still tilted 9 deg in its last step. Check it in the views."}
         return found
 
     monkeypatch.setattr(plan_module, "detect_levels", doubting)
@@ -210,6 +211,8 @@ def test_a_doubtful_endplate_blocks_export_until_its_plane_is_moved_or_accepted(
     assert any("L1 inferior) may be tilted wrongly" in w for w in first.warnings)
     with pytest.raises(PlanError, match="proximal endplate's tilt is uncertain") as err:
         require_accepted(first)
+    # The reason is in the error itself: a refused CLI run prints only the error, not the warnings.
+    assert "uncertain: the fit still tilted 9 deg in its last step (check it" in err.value.problem
     assert '"endplate:proximal"' in err.value.fix
     nodes = apply_to_scene(ctx, first, None)
     again = plan_from_scene(ctx, "SAFE-4")  # nothing moved: the planes come back as given endplates

@@ -393,8 +393,12 @@ def safety_findings(plan: Plan, measured: dict, screw_plans, keep_out, blocked_l
             findings.append((f"screw:{sp.trajectory.name}", f"no catalogue screw fits '{sp.trajectory.name}' "
                              f"({sp.raw_length_mm:.1f} mm of bone)"))
     for end in sorted(doubtful or {}):
-        findings.append((f"endplate:{end}", f"the {end} endplate's tilt is uncertain on these thick slices (check "
-                         f"it and turn its plane, or set {end}_endplate; the warnings say why)"))
+        # The reason itself, not "the warnings say why": a refused CLI run prints only the error.
+        why = doubtful[end]
+        why = (why.split(" may be tilted wrongly: ", 1)[1].split(" Check it", 1)[0].rstrip(".")
+               if " may be tilted wrongly: " in why else "it was detected so and has not been moved since")
+        findings.append((f"endplate:{end}", f"the {end} endplate's tilt is uncertain: {why} (check it in the "
+                         f"sagittal and coronal views and turn its plane to the bone, or set {end}_endplate)"))
     for name, part, margin in blocked_lines:
         findings.append((f"access:{name}", f"the drill and driver line of screw '{name}' ({DRIVER_REACH_MM:g} mm "
                          f"outward along its axis) runs into the implant's {part} ({-margin:.1f} mm too close): the "
