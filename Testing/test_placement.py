@@ -9,6 +9,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from test_guides import surface_samples
 
+from PatientImplantPlannerLib.core.errors import PlanError
 from PatientImplantPlannerLib.core.mesh import check_mesh
 from PatientImplantPlannerLib.design.implant import build_implant, footplate_centre, path_lateral
 from PatientImplantPlannerLib.design.placement import fit_footplates, place_strut, screw_layout_kwargs
@@ -236,8 +237,31 @@ def test_footplates_do_not_grow_into_the_keep_out_clearance():
         assert cord.measure(geom.mesh)["spinal_cord"]["clearance_mm"] >= required
     assert fractions[1.0] == free.footplate_fraction and fractions[4.0] < free.footplate_fraction
     everything = from_labels(ph.keepout_labels, ph.ijk_to_ras)
-    params, notes = fit_footplates(implant, *ends, keep_out=everything, required_clearance_mm=2.0)
+    with pytest.raises(PlanError, match="would come within .* of the aorta"):  # the 0.7 footplate has no room
+        fit_footplates(implant, *ends, keep_out=everything, required_clearance_mm=2.0)
+    params, notes = fit_footplates(implant, *ends, keep_out=everything, required_clearance_mm=2.0,
+                                   screws_by_hand=True)  # the user's screws: no room needed, no growth either
     assert params.footplate_fraction == 0.7 and notes == []
+
+
+def test_footplates_held_back_from_every_screw_by_the_keep_out_say_so():
+    """A 12 mm strut on a 0.3 footplate with 8 mm required from the cord: no size that keeps it has room for a
+    screw. The refusal names the structure and the clearance and fixes that help, never "raise footplate_fraction"
+    (placement shrinks it again for the clearance: a 1.5 mm contrast chest CT, T4 -> T9, got that advice). With
+    1 mm required (one of the fixes) the screws fit."""
+    ph = make_spine_phantom(spacing=1.0, levels=("T5", "T6", "T7"), with_mediastinum=True)
+    lv = detect_levels(ph.bone_mask, ph.ijk_to_ras, ph.body_point("T5"), ph.body_point("T7"))
+    screws, implant = ScrewParameters(per_end=2), ImplantParameters(diameter_mm=12.0, footplate_fraction=0.3)
+    ends = (lv.axis_points, lv.proximal_endplate, lv.distal_endplate, screws)
+    cord = from_labels(ph.keepout_labels, ph.ijk_to_ras, names=["spinal_cord"])
+    with pytest.raises(PlanError, match=r"No room for a screw on the (proximal|distal) footplate: a footplate large "
+                                        r"enough for one would come within \d+\.\d mm of the spinal cord "
+                                        r"\(required 8 mm") as err:
+        fit_footplates(implant, *ends, keep_out=cord, required_clearance_mm=8.0)
+    assert "placement_angle_deg" in err.value.fix and "keep_out_clearance_mm" in err.value.fix
+    assert "footplate_fraction" not in err.value.fix
+    params, _ = fit_footplates(implant, *ends, keep_out=cord, required_clearance_mm=1.0)
+    assert min(_per_end(params, lv, screws)) >= 1
 
 
 def test_footplates_held_back_by_the_canal_widen_sideways_until_the_screws_fit():

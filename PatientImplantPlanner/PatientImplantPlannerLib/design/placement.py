@@ -388,7 +388,7 @@ def _on_endplates(params: ImplantParameters, proximal: Endplate, distal: Endplat
 
 def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal: Endplate, screw_params,
                    pattern: Optional[dict] = None, keep_out=None, required_clearance_mm: float = 2.0,
-                   largest_variant_mm: float = 0.0, field=None) -> tuple:
+                   largest_variant_mm: float = 0.0, field=None, screws_by_hand: bool = False) -> tuple:
     """(implant parameters, notes): the footplates adapted to the anatomy instead of refusing the plan.
 
     - A gap shorter than two footplates and a strut (adjacent levels: the disc only) gets thinner footplates,
@@ -404,7 +404,9 @@ def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal:
       and a centred footplate growing front to back would reach the canal first.
     Each change is a note for the plan's warnings. When nothing helps the parameters are returned unchanged and
     the design step refuses with its own message; if a larger size had room for a screw but no drill access
-    (design/access.py), that size is returned instead, so the refusal names the real obstacle."""
+    (design/access.py), that size is returned instead, so the refusal names the real obstacle. Where only the
+    keep-out clearance kept every size without room for a screw, the refusal is raised here, naming the structure
+    (not with ``screws_by_hand``: the user's own screw lines need no room from the default layout)."""
     notes = []
     params = implant
     t = params.footplate_thickness_mm
@@ -417,6 +419,7 @@ def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal:
                          f"{thin:g} mm to fit it (set implant.footplate_thickness_mm to choose)")
 
     no_access = []  # sizes with room beside the strut but no drill access (their refusal says why)
+    no_room = {}  # id of a size -> the end with no room for a screw on it
 
     def counts(p):
         try:
@@ -426,6 +429,8 @@ def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal:
         except PlanError as exc:
             if exc.problem.startswith("No drill or driver access"):
                 no_access.append(p)
+            elif exc.problem.startswith("No room"):
+                no_room[id(p)] = "distal" if "on the distal footplate" in exc.problem else "proximal"
             return (0, 0)
         return tuple(sum(tr.end == e for tr in trs) for e in ("proximal", "distal"))
 
@@ -444,6 +449,7 @@ def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal:
     best, best_n = params, counts(params)
     want = int(screw_params.per_end)
     f = f0
+    stopped = []  # (clearance, structure) where growth stopped at the keep-out anatomy
     while min(best_n) < want and f < 1.0 - 1e-9:
         f = min(1.0, f + FRACTION_STEP)
         # The footplate centre lies (1 - f) x its reach from the endplate centre towards the strut.
@@ -451,8 +457,9 @@ def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal:
         grown = replace(params, footplate_fraction=float(f),
                         footplate_offset_anterior_mm=params.footplate_offset_anterior_mm * scale,
                         footplate_offset_lateral_mm=params.footplate_offset_lateral_mm * scale)
-        c, _n = _clearance(field, axis, proximal, distal, grown, largest_variant_mm)
+        c, near = _clearance(field, axis, proximal, distal, grown, largest_variant_mm)
         if c is not None and c < floor:
+            stopped.append((c, near))
             break  # larger footplates only come nearer
         n = counts(grown)
         if min(n) > min(best_n):
@@ -474,8 +481,9 @@ def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal:
             wide = replace(base, footplate_lateral_fraction=float(g), footplate_offset_lateral_mm=float(shift))
             if not _on_endplates(wide, proximal, distal):
                 continue
-            c, _n = _clearance(field, axis, proximal, distal, wide, largest_variant_mm)
+            c, near = _clearance(field, axis, proximal, distal, wide, largest_variant_mm)
             if c is not None and c < floor:
+                stopped.append((c, near))
                 open_sides.remove(side)  # larger in this way only comes nearer
                 continue
             n = counts(wide)
@@ -484,6 +492,19 @@ def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal:
     if min(best_n) == 0 and no_access and no_access[0] is not params:
         # No size gives a screw: refuse for the real reason (room was found, but the drill cannot reach it).
         return no_access[0], notes
+    if min(best_n) == 0 and stopped and id(best) in no_room and not screws_by_hand:
+        # The keep-out anatomy, not the endplate, kept the footplate too small: "raise footplate_fraction" would
+        # not help (placement shrinks it again), so say what stopped it and what does help.
+        c, near = min(stopped)
+        end = no_room[id(best)]
+        raise PlanError(
+            f"No room for a screw on the {end} footplate: a footplate large enough for one would come within "
+            f"{max(c, 0.0):.1f} mm of the {near.replace('_', ' ')} (required {required_clearance_mm:g} mm, kept with "
+            f"a {FIELD_MARGIN_MM:g} mm margin for the estimate; the footplate stays at {f0:.2f} of the endplate).",
+            "Choose the strut's side yourself (placement_angle_deg; the module's Placement) away from it, use a "
+            "slimmer strut (implant.width_mm / diameter_mm), place the screws by hand (edit the screw lines: the "
+            "plan's trajectories), or, if you accept it as the surgeon, lower keep_out_clearance_mm (--clearance).",
+        )
     if best.footplate_fraction != f0:
         notes.append(f"footplates enlarged from {f0:.2f} to {best.footplate_fraction:.2f} of the endplate so that "
                      f"{min(best_n)} screw(s) per end fit beside the strut (set implant.footplate_fraction to choose)")

@@ -556,7 +556,8 @@ def _design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress, label
     # Footplates thinned for a disc-only gap, grown (clear of the keep-out anatomy) until the screws fit.
     implant_params, notes = fit_footplates(implant_params, axis, proximal, distal, plan.screws, pattern,
                                            keep_out=keep_out, required_clearance_mm=plan.keep_out_clearance_mm,
-                                           largest_variant_mm=max(plan.variants_mm, default=0.0))
+                                           largest_variant_mm=max(plan.variants_mm, default=0.0),
+                                           screws_by_hand=plan.trajectories is not None)
     warnings.extend(notes)
     seconds["placement"] = time.perf_counter() - t1
 
