@@ -557,9 +557,15 @@ def drill_guide(
         )
     overlap = (guide_w ^ to_manifold(geom.mesh)).volume()
     if overlap > 0.01:
+        # Seen where the strut leaves its footplate steeply (31 deg on a 1.5 mm CT angiogram, T6 -> T8, with a
+        # doubtful docking face accepted as found): it runs out over the footplate's rim, beside the cap's pocket.
+        tilt = angle_deg(unit(seat.dir_to_local(frames[0, 2])), np.array([0.0, 0.0, 1.0]))
         raise GeometryError(
-            f"The {end} drill guide overlaps the implant by {overlap:.2f} mm3, so it could not be seated.",
-            "Check the implant and trajectories; this is a bug if they are sensible.",
+            f"The {end} drill guide overlaps the implant by {overlap:.2f} mm3, so it could not be seated (the strut "
+            f"leaves the {end} footplate {tilt:.0f} deg off its normal).",
+            (f"Check the {end} endplate's tilt ({end}_endplate; a steep strut often means a mis-tilted face), or "
+             if tilt > 15.0 else "Check the implant and trajectories (this is a bug if they are sensible), or ")
+            + "export without drill guides (--parts without drill_guides, or the plan's outputs.parts).",
         )
     world_axes = [(seat.centre + p @ seat.rot, unit(dd @ seat.rot)) for p, dd in axes]
     walls = [min(gp.sleeve_wall_mm, x) for x in sleeve_walls]
