@@ -148,6 +148,26 @@ def _sleeve_room(m3d, obstacle, base, up, s_from: float, radius: float, length: 
     return float(((from_manifold(hit).vertices - base) @ up).min())
 
 
+def slid_out(m3d, implant_local, seat, slide, top: float, reach: float):
+    """The implant's material beside its footplate up to the cap's top (seat frame), swept ``reach`` mm along the
+    in-plane direction ``slide``: per 1 mm slab, the hull of the slab and its shifted copy. Carved out of a drill
+    guide's cap where a strut leaving its footplate steeply runs out over the rim beside the cap's pocket (30 deg on
+    a CT angiogram, T6 -> T8, a doubtful face accepted as found), so the guide still goes on and comes off along
+    the slot's opening."""
+    slide = np.array([slide[0], slide[1], 0.0])
+    slide = slide / max(np.linalg.norm(slide), 1e-9)
+    footplate = seat.outline.extrude(seat.thickness + 10.0).translate((0.0, 0.0, -10.0))
+    beside = implant_local - footplate
+    span = reach + 60.0
+    pieces = []
+    for z0 in np.arange(-1.0, top + 1.0, 1.0):
+        box = m3d.Manifold.cube((2 * span, 2 * span, 1.0)).translate((-span, -span, float(z0)))
+        slab = beside ^ box
+        if not slab.is_empty():
+            pieces.append(m3d.Manifold.batch_hull([slab, slab.translate(tuple(reach * slide))]))
+    return m3d.Manifold.batch_boolean(pieces, m3d.OpType.Add) if pieces else m3d.Manifold()
+
+
 def _angle_gap(a, b) -> float:
     return float(abs((a - b + np.pi) % (2 * np.pi) - np.pi))
 

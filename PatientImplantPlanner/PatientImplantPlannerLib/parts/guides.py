@@ -66,6 +66,7 @@ from .guidegeometry import (
     _sleeve_room,
     _slug,
     _strut_section,
+    slid_out,
 )
 from .textmesh import text_outline, text_size
 
@@ -525,11 +526,9 @@ def drill_guide(
     guide = positive - negative
     implant_local = to_manifold(geom.mesh).transform(seat.to_local_matrix())
     if (guide ^ implant_local).volume() > 0.01:
-        # The strut runs out over the footplate's rim beside the pocket (it leaves the footplate steeply: 30 deg on a
-        # 1.5 mm CT angiogram): carve what of it lies at the cap's height out of the cap, slid off the way the slot
-        # opens, so the guide still goes on and comes off that way.
-        u_world = u[0] * frames[0, 0] + u[1] * frames[0, 1]
-        guide = guide - _slid_out(m3d, implant_local, seat, seat.dir_to_local(u_world), top, reach)
+        # A strut leaving its footplate steeply (30 deg, a CT angiogram) runs out over the rim beside the pocket.
+        slide = seat.dir_to_local(u[0] * frames[0, 0] + u[1] * frames[0, 1])  # the slot's opening
+        guide = guide - slid_out(m3d, implant_local, seat, slide, top, reach)
     label_volume = 0.0
     if gp.labels:
         # Text X radially outward along the tab, Y across it (X x Y = +z), Z out of the tab's top face.
@@ -564,8 +563,6 @@ def drill_guide(
         )
     overlap = (guide_w ^ to_manifold(geom.mesh)).volume()
     if overlap > 0.01:
-        # Seen where the strut leaves its footplate steeply (31 deg on a 1.5 mm CT angiogram, T6 -> T8, with a
-        # doubtful docking face accepted as found): it runs out over the footplate's rim, beside the cap's pocket.
         tilt = angle_deg(unit(seat.dir_to_local(frames[0, 2])), np.array([0.0, 0.0, 1.0]))
         raise GeometryError(
             f"The {end} drill guide overlaps the implant by {overlap:.2f} mm3, so it could not be seated (the strut "
@@ -604,23 +601,6 @@ def drill_guide(
         removal_direction=unit(np.array([-u[0], -u[1], 0.0]) @ seat.rot),
         sleeve_lengths_mm=sleeve_lengths,
     )
-
-
-def _slid_out(m3d, implant_local, seat, slide, top: float, reach: float):
-    """The implant's material beside its footplate up to the cap's top (seat frame), swept ``reach`` mm along the
-    in-plane direction ``slide``: per 1 mm slab, the hull of the slab and its shifted copy."""
-    slide = np.array([slide[0], slide[1], 0.0])
-    slide = slide / max(np.linalg.norm(slide), 1e-9)
-    footplate = seat.outline.extrude(seat.thickness + 10.0).translate((0.0, 0.0, -10.0))
-    beside = implant_local - footplate
-    span = reach + 60.0
-    pieces = []
-    for z0 in np.arange(-1.0, top + 1.0, 1.0):
-        box = m3d.Manifold.cube((2 * span, 2 * span, 1.0)).translate((-span, -span, float(z0)))
-        slab = beside ^ box
-        if not slab.is_empty():
-            pieces.append(m3d.Manifold.batch_hull([slab, slab.translate(tuple(reach * slide))]))
-    return m3d.Manifold.batch_boolean(pieces, m3d.OpType.Add) if pieces else m3d.Manifold()
 
 
 def _sleeve_walls(keepout: TriMesh, axis_lines: list) -> list:
