@@ -395,7 +395,7 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
             thick = _thick_levels(np.asarray(ct_array), mask, grid, p_prox, p_dist, proximal_name, distal_name,
                                   slices)
         if thick is None:
-            cut_mask, bodies = _bone_bodies(mask, grid, (s_prox, s_dist), (p_prox, p_dist),
+            cut_mask, bodies = _bone_bodies(mask, grid, (s_prox, s_dist), (p_prox, p_dist), far,
                                             (proximal_name, distal_name), cranial, ct_array, warnings, prog)
             if ct_array is not None and slices is None and far and _not_single_bodies(bodies, (s_prox, s_dist),
                                                                                       cranial):
@@ -456,16 +456,16 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
 CUT_SECTION_FRACTION = 0.5  # a docking body showing this much of its widest section on the CT's edge is cut
 
 
-def _bone_bodies(mask, grid, seeds, points, names, cranial, ct_array, warnings, prog):
+def _bone_bodies(mask, grid, seeds, points, far, names, cranial, ct_array, warnings, prog):
     """(mask, (proximal body, its measurement, distal body, its measurement)) separated from the bone segment; the
-    mask comes back cut at the disc spaces when the two bodies first came out as one."""
+    mask comes back cut at the disc spaces when the two bodies first came out as one and the points are ``far``
+    apart (MIN_LEVEL_SEPARATION_MM)."""
     (s_prox, s_dist), (p_prox, p_dist) = seeds, points
     prog.report(0.1, "Measuring the proximal vertebra")
     prox_body, prox = _measured(lambda t: _body_at(mask, grid, s_prox, t), grid, names[0], cranial)
     prog.report(0.3, "Measuring the distal vertebra")
     dist_body, dist = _measured(lambda t: _body_at(mask, grid, s_dist, t), grid, names[1], cranial)
-    if (_contains(prox_body, s_dist) or _contains(dist_body, s_prox)) and (
-            np.linalg.norm(p_prox - p_dist) >= MIN_LEVEL_SEPARATION_MM):
+    if far and (_contains(prox_body, s_dist) or _contains(dist_body, s_prox)):
         # Points this far apart are in different vertebrae: the bodies merged through bridged discs (thick
         # slices, osteophytes, a contaminated segment). Cut the bone at the disc spaces between them, again.
         mask = _cut_at_discs(mask, grid, p_prox, p_dist, ct_array)

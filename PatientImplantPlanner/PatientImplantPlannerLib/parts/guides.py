@@ -475,7 +475,9 @@ def drill_guide(
     # Sleeves: sleeve_length_mm above the cap, shortened where the implant's other footplate (or anything of the
     # implant outside the strut slot) is nearer along the sleeve: a sleeve must end short of it by the depth the cap
     # is lowered over its footplate plus a margin, or the guide could neither be seated nor pass the implant.
-    obstacle = to_manifold(geom.mesh).transform(seat.to_local_matrix()) - keepout
+    implant = to_manifold(geom.mesh)  # once: the sleeves' room, the cap's carving and the last check
+    implant_local = implant.transform(seat.to_local_matrix())
+    obstacle = implant_local - keepout
     lift = t + c - min(float(gp.rim_relief_mm), t - 0.1) + SLEEVE_END_GAP_MM
     for i, (on_face, up, _, s_top, rb) in enumerate(axis_lines):
         ro = rb + gp.sleeve_wall_mm
@@ -524,7 +526,6 @@ def drill_guide(
     positive = m3d.Manifold.batch_boolean([cap, tab] + sleeves, m3d.OpType.Add)
     negative = m3d.Manifold.batch_boolean([cavity, keepout] + bores, m3d.OpType.Add)
     guide = positive - negative
-    implant_local = to_manifold(geom.mesh).transform(seat.to_local_matrix())
     if (guide ^ implant_local).volume() > 0.01:
         # A strut leaving its footplate steeply (30 deg, a CT angiogram) runs out over the rim beside the pocket.
         slide = seat.dir_to_local(u[0] * frames[0, 0] + u[1] * frames[0, 1])  # the slot's opening
@@ -561,7 +562,7 @@ def drill_guide(
             f"The {end} drill guide falls apart into {check.n_components} pieces.",
             "Check the trajectories: a sleeve far outside the footplate or a slot through a sleeve can cause this.",
         )
-    overlap = (guide_w ^ to_manifold(geom.mesh)).volume()
+    overlap = (guide_w ^ implant).volume()
     if overlap > 0.01:
         tilt = angle_deg(unit(seat.dir_to_local(frames[0, 2])), np.array([0.0, 0.0, 1.0]))
         raise GeometryError(
