@@ -81,7 +81,7 @@ def test_the_level_names_count_up_from_the_labelled_t12():
     assert 540.2 + 1.5 * 11.5 < np.median(t12[:, 2]) < _disc_s("T11")
 
 
-@pytest.mark.parametrize("proximal, distal", [("T4", "T9"), ("T6", "T8"), ("T7", "T10")])
+@pytest.mark.parametrize("proximal, distal", [("T4", "T9"), ("T6", "T8"), ("T7", "T10"), ("T8", "T10")])
 def test_levels_from_clicked_points_where_the_bone_runs_on_through_the_discs(cta, proximal, distal):
     ct, m, bone = cta
     r = detect_levels(bone, m, CLICKED[proximal], CLICKED[distal], proximal, distal, ct_array=ct)

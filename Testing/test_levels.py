@@ -342,6 +342,29 @@ def test_fused_vertebrae_are_found_from_the_endplates_the_ct_shows():
     assert any("found from the CT's disc spaces" in w for w in found.warnings)
 
 
+def test_a_docking_body_split_in_the_bone_segment_is_found_from_the_ct():
+    """An osteopenic body can come apart in the bone segment across its middle (on the 1.5 mm CT angiogram T10 came
+    out 11 mm tall and T8, joined to T9's top, 25 mm: their faces 10 and 4.5 mm off, with no warning). Here a 1.6 mm
+    cleft through L3, 3 mm above the clicked point, leaves the L3 "body" as its lower 15 mm, whose top is the cleft
+    (before: that face 10 mm below the endplate). The heights, 23 and 15 mm for two lumbar bodies, are unlike: the
+    faces come from the CT's disc bands instead, within 2 mm of the phantom's, and a warning names the heights."""
+    ph = make_spine_phantom(spacing=(0.8, 0.8, 1.0), noise_hu=15.0)
+    mask = ph.bone_mask.copy()
+    l3 = ph.vertebra("L3")
+    k, j, i = np.nonzero(mask & (ph.vertebra_labels > 0))
+    ras = np.stack([i, j, k], axis=1) @ ph.ijk_to_ras[:3, :3].T + ph.ijk_to_ras[:3, 3]
+    cleft = np.abs((ras - l3.body_centre) @ -l3.axis_direction - 3.0) < 0.8
+    mask[k[cleft], j[cleft], i[cleft]] = False
+    found = levels.detect_levels(mask, ph.ijk_to_ras, ph.body_point("L1"), ph.body_point("L3"), "L1", "L3",
+                                 ct_array=ph.array)
+    for found_ep, true_ep in ((found.proximal_endplate, ph.vertebra("L1").inferior_endplate),
+                              (found.distal_endplate, l3.superior_endplate)):
+        assert np.linalg.norm(found_ep.centre - true_ep.centre) <= 2.0
+        assert np.degrees(np.arccos(min(1.0, abs(float(found_ep.normal @ true_ep.normal))))) <= 3.0
+    assert any("docking bodies of unlikely heights, L1 23 mm and L3 15 mm" in w for w in found.warnings)
+    assert len(found.intermediate_centres) == 1  # L2
+
+
 def test_fused_vertebrae_far_apart_are_refused_as_not_told_apart_not_as_one_vertebra():
     """Bodies fused through their discs with nothing of a disc or an endplate left in the CT cannot be told apart.
     Points in L1 and L3 are still two vertebrae, so the error says the bone could not be separated and names fixes

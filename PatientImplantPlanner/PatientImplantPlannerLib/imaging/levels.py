@@ -55,6 +55,11 @@ MAX_BODY_HEIGHT_MM = 40.0  # taller than any vertebral body (lumbar 25-35 mm): b
 
 
 MAX_BODY_TILT_DEG = 60.0  # a body's axis this far from the line between the two points: not one body
+# Two healthy docking bodies, each against its level's typical height, differ by less than this. On the 1.5 mm CT
+# angiogram (osteopenic bodies) the bone segment split T10 and joined T9's top to T8: 11 and 25 mm (2.4 times; by
+# eye 19 and 18 mm), the faces 10 and 4.5 mm off with no warning. Sound pairs: at most 1.15 (the lumbar CT and the
+# phantoms of test_levels / test_plan_lumbar).
+MAX_BODY_HEIGHT_RATIO = 1.4
 
 
 MIN_LEVEL_SEPARATION_MM = 15.0  # points farther apart than this are never in the same vertebra (bodies 17-30 mm)
@@ -397,19 +402,25 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
         if thick is None:
             cut_mask, bodies = _bone_bodies(mask, grid, (s_prox, s_dist), (p_prox, p_dist), far,
                                             (proximal_name, distal_name), cranial, ct_array, warnings, prog)
-            if ct_array is not None and slices is None and far and _not_single_bodies(bodies, (s_prox, s_dist),
-                                                                                      cranial):
+            why = _why_not_single_bodies(bodies, (s_prox, s_dist), cranial, (proximal_name, distal_name))
+            if ct_array is not None and slices is None and far and why:
                 # Thin slices, but the bone runs on through the discs (discs as dense as osteopenic cancellous
-                # bone, 100-180 HU, on a 1.5 mm contrast chest CT: "bodies" 50-140 mm tall): the disc bands of the
-                # CT, as on thick slices, along the array axis nearest the spine's.
-                prog.report(0.2, "Measuring the vertebrae from the CT (the bone runs on through the discs)")
+                # bone, 100-180 HU, on a 1.5 mm contrast chest CT: "bodies" 50-140 mm tall) or splits a body: the
+                # disc bands of the CT, as on thick slices, along the array axis nearest the spine's.
+                prog.report(0.2, "Measuring the vertebrae from the CT (the bone segment does not separate them)")
                 along = int(np.argmax(np.abs(grid.m[:3, :3].T[::-1] @ unit(p_prox - p_dist))))
                 thick = _thick_levels(np.asarray(ct_array), mask, grid, p_prox, p_dist, proximal_name,
                                       distal_name, (along, float(grid.spacing_kji[along]), False))
                 if thick is not None:
-                    warnings.append("The bone segment runs on through the discs, so the vertebral bodies could not "
-                                    "be separated in it: they were found from the CT's disc spaces instead. Check "
-                                    "the levels and the endplates.")
+                    warnings.append(f"The vertebral bodies could not be separated in the bone segment ({why}): they "
+                                    "were found from the CT's disc spaces instead. Check the levels and the "
+                                    "endplates.")
+                elif why.startswith("docking bodies of unlikely heights"):
+                    doubtful = {end: (f"The {end} endplate ({name or end} {side}) may be misplaced: the bone segment "
+                                      f"gave {why}, and the CT's disc spaces could not be found instead. Check it in "
+                                      "the sagittal and coronal views and move its plane to the bone.")
+                                for end, name, side in (("proximal", proximal_name, "inferior"),
+                                                        ("distal", distal_name, "superior"))}
             mask = cut_mask
     if not use_labels and thick is not None:
         prox, dist, docking, walked, doubtful = thick
@@ -427,7 +438,7 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
         _check_inside_scan({"proximal": (prox_body.body, prox_body.offset),
                             "distal": (dist_body.body, dist_body.offset)}, grid.shape, proximal_name, distal_name)
         # the CT's own fit fell back to the bone: its faces as doubtful
-        doubtful = unresolved_faces(grid, slices, proximal_name, distal_name)
+        doubtful.update(unresolved_faces(grid, slices, proximal_name, distal_name))
         prog.report(0.5, "Looking for vertebrae between them")
         walked = _walk(mask, grid, prox, dist, warnings)
         intermediate_levels = [""] * len(walked)
@@ -476,18 +487,42 @@ def _bone_bodies(mask, grid, seeds, points, far, names, cranial, ct_array, warni
     return mask, (prox_body, prox, dist_body, dist)
 
 
-def _not_single_bodies(bodies, seeds, cranial) -> bool:
-    """Whether the bone gave something other than one vertebral body at each point: a body holding both points or
-    not its own, taller than any vertebral body, or standing across the spine."""
+def _why_not_single_bodies(bodies, seeds, cranial, names) -> str:
+    """Why the bone did not give one vertebral body at each point ("" if it did): a body holding both points or not
+    its own, taller than any vertebral body, standing across the spine, or the two bodies' heights too unlike for
+    their levels (one split, the other joined to a neighbour's half)."""
     prox_body, prox, dist_body, dist = bodies
     s_prox, s_dist = seeds
     if _contains(prox_body, s_dist) or _contains(dist_body, s_prox):
-        return True
+        return "one body holds both points"
     for body, m, seed in ((prox_body, prox, s_prox), (dist_body, dist, s_dist)):
-        if (not _contains(body, seed) or m.body_height > MAX_BODY_HEIGHT_MM
-                or angle_deg(m.axis_direction, -cranial) > MAX_BODY_TILT_DEG):
-            return True
-    return False
+        if not _contains(body, seed):
+            return "a point lies outside its body"
+        if m.body_height > MAX_BODY_HEIGHT_MM:
+            return f"a body {m.body_height:.0f} mm tall"
+        if angle_deg(m.axis_direction, -cranial) > MAX_BODY_TILT_DEG:
+            return "a body standing across the spine"
+    typical = [_typical_body_height_mm(n) if n else 1.0 for n in names]
+    if None not in typical and min(prox.body_height, dist.body_height) > 0:
+        ratio = (prox.body_height / typical[0]) / (dist.body_height / typical[1])
+        if max(ratio, 1.0 / ratio) > MAX_BODY_HEIGHT_RATIO:
+            label = [n or w for n, w in zip(names, ("proximal", "distal"))]
+            return (f"docking bodies of unlikely heights, {label[0]} {prox.body_height:.0f} mm and {label[1]} "
+                    f"{dist.body_height:.0f} mm")
+    return ""
+
+
+def _typical_body_height_mm(name: str) -> Optional[float]:
+    """A level's typical adult vertebral body height (mm; only ratios between levels are used), None if unknown."""
+    region, number = name[:1], name[1:]
+    n = int(number) if number.isdigit() else 0
+    if region == "C" and 3 <= n <= 7:
+        return 14.0
+    if region == "T" and 1 <= n <= 12:
+        return 15.0 + 8.0 * (n - 1) / 11.0
+    if region == "L" and 1 <= n <= 5:
+        return 26.0
+    return None
 
 
 def _check_inside_scan(bodies: dict, shape, proximal_name: str, distal_name: str) -> None:

@@ -437,8 +437,13 @@ def _walk_bands(ct, bone, prox, dist):
     s_d = s[-1] + float((dist.superior_endplate.centre - path[-1]) @ tangent[-1])
     peaks = np.sort(peaks[(peaks > s_p - 4.0) & (peaks < s_d + 4.0)])
     found = []
+    in_bone = bone(path) > 0.5
     for a, b in zip(peaks[:-1], peaks[1:]):
-        if b - a >= 10.0:  # a body between two bands (closer bands are one band's endplates)
+        span = (s > a) & (s < b)
+        # A body between two bands (closer bands are one band's endplates); under 15 mm also bone: on thin slices a
+        # lumbar disc (9-12 mm) lies between its two endplates' bands too, but outside the bone segment (osteopenic
+        # thoracic bodies 17-20 mm tall may have no bone at their centre in it: the 1.5 mm CT angiogram).
+        if b - a >= 15.0 or (b - a >= 10.0 and in_bone[span].mean() >= 0.5):
             found.append((path[int(np.argmin(np.abs(s - 0.5 * (a + b))))], None))
     return found
 
