@@ -85,7 +85,7 @@ def lung1_t4t6(tmp_path_factory):
     refused_thick = _plan(tmp, ct, "T4", "T6", LUNG1)
     refused_faces = _plan(tmp, ct, "T4", "T6", LUNG1, "--accept-thick-slices")
     accepted = _plan(tmp, ct, "T4", "T6", LUNG1, "--accept-thick-slices", "--accept-risk", "endplate:proximal",
-                     "--accept-risk", "endplate:distal")
+                     "--accept-risk", "endplate:distal", "--accept-risk", "unchecked:aorta")
     folders = glob.glob(str(tmp / "out" / "*"))
     manifest = json.load(open(os.path.join(folders[0], "manifest.json"), encoding="utf-8")) if folders else None
     return refused_thick, refused_faces, accepted, manifest
@@ -95,9 +95,11 @@ def test_lung1_5mm_slices_are_refused_until_accepted_and_both_faces_checked(lung
     (code1, err1), (code2, err2), (code3, err3), manifest = lung1_t4t6
     assert code1 != 0 and "slice thickness is 5.00 mm" in err1 and "--accept-thick-slices" in err1
     assert code2 == 2 and "endplate:proximal" in err2 and "endplate:distal" in err2
+    # No contrast, no seeds, no labels: the automatic side was chosen blind to the aorta, which blocks too.
+    assert "unchecked:aorta" in err2 and "without knowing where the aorta" in err2
     assert code3 == 0, err3[-2000:]
     safety = manifest["safety"]
-    assert sorted(safety["accepted"]) == ["endplate:distal", "endplate:proximal"]
+    assert sorted(safety["accepted"]) == ["endplate:distal", "endplate:proximal", "unchecked:aorta"]
     assert "aorta / heart" in safety["keep_out"]["not_checked"]  # no contrast, no seeds: said, not hidden
     warnings = " ".join(manifest["warnings"])
     assert "The aorta and the heart were not kept out" in warnings and "too few to fix a face's tilt" in warnings

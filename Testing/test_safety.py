@@ -82,6 +82,47 @@ def test_findings_block_export_until_accepted(aorta_slab):
     require_accepted(result)  # no error once accepted
 
 
+def test_a_docking_face_whose_position_is_doubted_names_the_reason(aorta_slab):
+    """A face the levels could only place from a split bone segment is doubted for its position, not its tilt; the
+    finding says so and carries the reason (a refused CLI run prints only the error)."""
+    plan = Plan(case_id="SAFE-5")
+    doubt = {"distal": "The distal endplate (T10 superior) may be misplaced: the bone segment gave docking bodies of "
+                       "unlikely heights, T8 25 mm and T10 11 mm, and the CT's disc spaces could not be found "
+                       "instead. Check it in the sagittal and coronal views and move its plane to the bone."}
+    safety, blocking = safety_findings(plan, aorta_slab.measure(_box([2, 5, 5], [6.5, 20, 20])), [], aorta_slab,
+                                       doubtful=doubt)
+    assert [i for i, _ in blocking] == ["endplate:distal"]
+    assert ("the distal endplate's position is uncertain: the bone segment gave docking bodies of unlikely heights, "
+            "T8 25 mm and T10 11 mm, and the CT's disc spaces could not be found instead (check it") in blocking[0][1]
+
+
+def test_an_automatic_side_chosen_blind_to_the_aorta_blocks_export():
+    """On a CT without contrast, with no exclude seed and no labels, the planner cannot see the aorta; its automatic
+    angle put the strut 10-13 mm deep into it on a real lung CT (RIDER, T5 -> T7 and T4 -> T9), and only the
+    record's "not checked" said so. A thoracic plan whose side was chosen automatically, blind to the aorta, is a
+    finding that blocks export until the surgeon gives the anatomy, picks the side or accepts it; a side the user
+    named is the user's choice (the warning stays)."""
+    from PatientImplantPlannerLib.design.plan import design_implant
+    from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
+
+    ph = make_spine_phantom(spacing=1.0, levels=("T6", "T7", "T8"))
+
+    def design(placement):
+        return design_implant(Plan(case_id="SAFE-6", proximal_level="T6", distal_level="T8", placement=placement,
+                                   proximal_point_ras=list(ph.body_point("T6")),
+                                   distal_point_ras=list(ph.body_point("T8"))), ph.array, ph.ijk_to_ras, ph.bone_mask)
+
+    blind = design("auto")
+    assert [i for i, _ in blind.blocking] == ["unchecked:aorta"]
+    assert blind.measurements["safety"]["findings"][0]["accepted"] is False
+    with pytest.raises(PlanError, match="chosen automatically without knowing where the aorta") as err:
+        require_accepted(blind)
+    assert "placement_angle_deg" in err.value.problem and '"unchecked:aorta"' in err.value.fix
+    named = design("anterolateral_right")
+    assert named.blocking == []
+    assert any("aorta and the heart were not kept out" in w for w in named.warnings)
+
+
 def test_table_rows_show_clearances_and_findings(aorta_slab):
     plan = Plan(case_id="SAFE-2")
     safety, _ = safety_findings(plan, aorta_slab.measure(_box([8, 5, 5], [14, 20, 20])), [], aorta_slab)

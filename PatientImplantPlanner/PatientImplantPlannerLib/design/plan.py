@@ -8,6 +8,7 @@ as overrides, so regenerating from the plan reproduces exactly what the user see
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -368,13 +369,16 @@ def _drill_lines_through_bone(trajectories, all_bone, ijk_to_ras, start_mm: floa
     return {tr.name: float(h.sum() * step) for tr, h in zip(trajectories, hit)}
 
 
-def safety_findings(plan: Plan, measured: dict, screw_plans, keep_out, blocked_lines=(), doubtful=None) -> tuple:
+def safety_findings(plan: Plan, measured: dict, screw_plans, keep_out, blocked_lines=(), doubtful=None,
+                    side_unseen: bool = False) -> tuple:
     """(safety dict for the measurements / manifest, [(id, message)] findings that block export unless accepted).
     ``blocked_lines`` [(screw name, part, margin)]: screws the drill and driver cannot reach with the implant in
     place (user-edited trajectories; the default layout never makes them). ``doubtful`` {"proximal" / "distal":
     message}: docking faces whose tilt detection could not settle; a face far off (T5 -> T10 on the chest CT: 27 deg
     before the profile fit, 14 after) puts the footplate into the next vertebra and the screws partly out of their
-    own, so the surgeon checks it."""
+    own, so the surgeon checks it. ``side_unseen``: the strut's side was chosen automatically with the aorta and
+    heart unknown (no exclude seed, no labels); on a CT without contrast (RIDER lung CT, T5 -> T7 and T4 -> T9) the
+    automatic angle put the strut 10-13 mm deep into the aorta."""
     required = float(plan.keep_out_clearance_mm)
     clearance = {k: v["clearance_mm"] for k, v in measured.items()}
     closest = {k: v.get("closest_ras") for k, v in measured.items() if v.get("clearance_mm") is not None}
@@ -395,10 +399,17 @@ def safety_findings(plan: Plan, measured: dict, screw_plans, keep_out, blocked_l
     for end in sorted(doubtful or {}):
         # The reason itself, not "the warnings say why": a refused CLI run prints only the error.
         why = doubtful[end]
-        why = (why.split(" may be tilted wrongly: ", 1)[1].split(" Check it", 1)[0].rstrip(".")
-               if " may be tilted wrongly: " in why else "it was detected so and has not been moved since")
-        findings.append((f"endplate:{end}", f"the {end} endplate's tilt is uncertain: {why} (check it in the "
+        found = re.search(r" may be (tilted wrongly|misplaced): (.*?)\.? Check it", why)
+        what = "position" if found and found.group(1) == "misplaced" else "tilt"
+        why = found.group(2) if found else "it was detected so and has not been moved since"
+        findings.append((f"endplate:{end}", f"the {end} endplate's {what} is uncertain: {why} (check it in the "
                          f"sagittal and coronal views and turn its plane to the bone, or set {end}_endplate)"))
+    if side_unseen:
+        findings.append(("unchecked:aorta", "the strut's side was chosen automatically without knowing where the aorta "
+                         "and the heart are (no exclude seed in them, no keep-out labels; a CT without contrast does "
+                         "not show them): give keep-out labels (--keep-out; e.g. TotalSegmentator's), exclude seeds in "
+                         "contrast-filled vessels, or choose the side yourself after looking at the CT (placement, "
+                         "e.g. anterolateral_right, or placement_angle_deg)"))
     for name, part, margin in blocked_lines:
         findings.append((f"access:{name}", f"the drill and driver line of screw '{name}' ({DRIVER_REACH_MM:g} mm "
                          f"outward along its axis) runs into the implant's {part} ({-margin:.1f} mm too close): the "
@@ -415,6 +426,11 @@ def safety_findings(plan: Plan, measured: dict, screw_plans, keep_out, blocked_l
         "accepted": [i for i, _ in accepted],
     }
     return safety, [f for f in findings if f not in accepted]
+
+
+def _cervical(plan: Plan) -> bool:
+    """Both docking levels cervical: the plan lies above the aortic arch and the heart."""
+    return all(str(n).upper().startswith("C") for n in (plan.proximal_level, plan.distal_level))
 
 
 def require_accepted(result) -> None:
@@ -528,8 +544,7 @@ def _design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress, label
 
         keep_out = from_ct(np.asarray(ct_array), ijk_to_ras, np.asarray(bone_mask, dtype=bool),
                            plan.segmentation.exclude_seeds_ras, axis_points=axis)
-        cervical = all(str(n).upper().startswith("C") for n in (plan.proximal_level, plan.distal_level))
-        if "aorta / heart" in keep_out.not_checked and not cervical:
+        if "aorta / heart" in keep_out.not_checked and not _cervical(plan):
             # Said where it is seen, not only in the record's table: a plan on the chest CT with vertebra labels
             # alone (no soft tissue in them) touched the aorta (-0.8 mm) with no warning. A cervical plan lies above
             # the aortic arch and the heart.
@@ -633,7 +648,12 @@ def _design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress, label
                 c = v["clearance_mm"]
                 if old is None or (c is not None and (old["clearance_mm"] is None or c < old["clearance_mm"])):
                     measured[name] = v
-    m["safety"], blocking = safety_findings(plan, measured, screw_plans, keep_out, blocked_lines, doubtful)
+    # Thoracic levels: the descending aorta lies against the bodies (lumbar plans keep the warning above).
+    side_unseen = (placement is not None and placement.how == "automatic" and keep_out is not None
+                   and "aorta / heart" in keep_out.not_checked
+                   and any(str(n).upper().startswith("T") for n in (plan.proximal_level, plan.distal_level)))
+    m["safety"], blocking = safety_findings(plan, measured, screw_plans, keep_out, blocked_lines, doubtful,
+                                            side_unseen)
     m["screws"] = [sp.as_dict() for sp in screw_plans]
     m["variants"] = {
         f"+{k:g} mm": {"length_mm": v.length_mm, "volume_mm3": v.mesh.volume()} for k, v in variants.items()
