@@ -6,6 +6,7 @@ import tempfile
 
 import numpy as np
 import pytest
+from scipy.spatial import cKDTree
 
 from PatientImplantPlannerLib.core import mesh as M
 from PatientImplantPlannerLib.core.errors import OutputExistsError
@@ -70,6 +71,24 @@ def bundle(designed, tmp_path_factory):
     ph, result = designed
     out = tmp_path_factory.mktemp("export")
     return export_bundle(result, ph.bone_mask, ph.ijk_to_ras, out_parent=str(out), ct_array=ph.array)
+
+
+def test_the_manifest_says_which_coordinates_its_measured_points_are_in(bundle):
+    """The meshes are LPS, the measured points (screw entries and tips) RAS as Slicer shows them: the manifest says
+    so (a new user read the screw entries as LPS, like the meshes). Measured: every screw entry (on the axis of its
+    hole in the footplate) lies within the hole's radius plus 1 mm of the exported nominal implant's surface when read
+    as RAS (measured 1.9 mm)."""
+    manifest = json.load(open(bundle.manifest_path, encoding="utf-8"))
+    assert manifest["coordinate_system"] == "LPS" and manifest["measurements_coordinate_system"] == "RAS"
+    nominal = next(e for e in manifest["files"] if e["role"] == "implant" and e["file"].endswith(".stl"))
+    mesh = M.read_stl(os.path.join(bundle.folder, nominal["file"]), nominal["coordinate_system"])  # -> RAS
+    tri = mesh.vertices[mesh.faces]
+    tree = cKDTree(np.vstack([mesh.vertices, tri.mean(axis=1), 0.5 * (tri + np.roll(tri, 1, axis=1)).reshape(-1, 3)]))
+    screws = manifest["measurements"]["screws"]
+    assert screws
+    for s in screws:
+        entry = np.asarray(s["trajectory"]["entry"], float)
+        assert tree.query(entry)[0] <= s["screw_type"]["diameter_mm"] / 2 + 1.0
 
 
 def test_folded_edges_finds_a_fold():

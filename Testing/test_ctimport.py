@@ -351,6 +351,18 @@ def test_implausible_voxel_size_is_refused(ctx, tmp_path, sample_small, spacing)
         load_ct(ctx, path)
 
 
+def test_slices_at_the_thin_limit_give_no_thickness_warning(ctx, tmp_path, sample_small):
+    """1.25 mm slices whose spacing comes out of the DICOM positions as 1.2500000000000007 mm are thin slices, not
+    "1.25 mm is above 1.25 mm" (a new user's RIDER lung CT); 1.26 mm still warns."""
+    image = sitk.Image(sample_small)
+    for spacing, warned in ((1.2500000000000007, False), (1.26, True)):
+        image.SetSpacing((0.6, 0.6, spacing))
+        path = str(tmp_path / f"ct{spacing}.nrrd")
+        sitk.WriteImage(image, path)
+        notes = [n for n in describe_ct(load_ct(ctx, path)).notes if "slice thickness" in n]
+        assert bool(notes) == warned, (spacing, notes)
+
+
 def test_thick_slices_warn_then_need_acceptance_above_the_largest_variant(ctx, tmp_path, sample_small):
     image = sitk.Image(sample_small)
     image.SetSpacing((0.3, 0.3, 5.0))

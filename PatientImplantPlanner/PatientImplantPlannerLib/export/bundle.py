@@ -363,6 +363,9 @@ def export_bundle(
                 "case_id": result.plan.case_id,
                 "coordinate_system": cs,
                 "units": "mm",
+                # Points in the measurements and the safety block (screw entries, targets, tips, closest points)
+                # are RAS, as Slicer shows them and the plan gives them, whatever the meshes' coordinate_system.
+                "measurements_coordinate_system": "RAS",
                 "measurements": _jsonable(result.measurements),
                 "lattice": lattice_rows,
                 "export": params.as_dict(),

@@ -443,7 +443,7 @@ def check_geometry(volume_node, max_slice_mm: Optional[float] = None, accept_thi
             "the header is wrong or this is not a patient CT.",
             "Fix the spacing in the file header (Slicer: Volumes module > Volume information), or export the CT "
             "again from the scanner or PACS.")
-    thickness = _slice_mm(volume_node)
+    thickness = round(_slice_mm(volume_node), 3)  # DICOM positions give 1.2500000000000007 for 1.25 mm slices
     if thickness <= THIN_SLICE_MM:
         return []
     uncertainty = (f"the endplates are located to about +/-{thickness / 2:.1f} mm each, so the implant length is "
