@@ -22,6 +22,7 @@ from ..core.mesh import atomic_write_bytes, to_manifold
 from ..core.progress import Progress
 from ..export.boneexport import mask_surface
 from ..imaging.bonesegmentation import BoneSegmentationParameters
+from ..imaging.ctnoise import noisy_ct_note
 from ..imaging.keepout import from_ct
 from ..imaging.levels import SPINE_ORDER, detect_levels
 from ..imaging.levelsource import vertebra_name
@@ -474,11 +475,15 @@ def design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress=None, l
         names = (plan.proximal_level, plan.distal_level)
         adjacent = all(n in SPINE_ORDER for n in names) and abs(
             SPINE_ORDER.index(names[0]) - SPINE_ORDER.index(names[1])) == 1
-        if not adjacent or "dock one level further" in exc.fix:
+        fix = exc.fix
+        if adjacent and "dock one level further" not in fix:
+            fix += (f" {names[0]} and {names[1]} are adjacent (only their disc between them): dock one level further "
+                    "(proximal_level / distal_level); a strut replaces at least one vertebral body.")
+        noisy = noisy_ct_note(ct_array)  # a noisy CT is often the real cause (RIDER lung CT: every plan refused)
+        fix += f" {noisy}" if noisy and noisy not in fix else ""
+        if fix == exc.fix:
             raise
-        raise PlanError(exc.problem, f"{exc.fix} {names[0]} and {names[1]} are adjacent (only their disc between "
-                        "them): dock one level further (proximal_level / distal_level); a strut replaces at least "
-                        "one vertebral body.") from exc
+        raise PlanError(exc.problem, fix) from exc
 
 
 def _labelled_cord(keep_out):
@@ -518,6 +523,7 @@ def _design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress, label
             cord=_labelled_cord(keep_out),
         )
         warnings.extend(levels.warnings)
+        warnings.extend(n for n in (noisy_ct_note(ct_array),) if n)
     # A docking face detected with a doubtful tilt, unless the plan gives that endplate itself (the user's); one
     # detected so before and not moved since (the module's redesign passes it as given) stays doubtful.
     doubtful = {end: msg for end, msg in (levels.doubtful_endplates if levels else {}).items()
