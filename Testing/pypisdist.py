@@ -36,3 +36,22 @@ def extracted(archive: str, member: str, out: str) -> str:
                 dst.write(src.read())
             os.replace(tmp, out)
     return out
+
+
+def extracted_folder(archive: str, prefix: str, out: str) -> str:
+    """Every file of the tar.gz ``archive`` under ``prefix`` written flat into the folder ``out`` (once)."""
+    if not os.path.isdir(out):
+        tmp = out + f".part{os.getpid()}"
+        os.makedirs(tmp, exist_ok=True)
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar.getmembers():
+                if member.isfile() and member.name.startswith(prefix):
+                    with open(os.path.join(tmp, os.path.basename(member.name)), "wb") as dst:
+                        dst.write(tar.extractfile(member).read())
+        try:
+            os.replace(tmp, out)  # atomic: parallel test workers never see half a folder
+        except OSError:  # another worker was first
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
