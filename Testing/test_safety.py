@@ -253,7 +253,11 @@ def test_a_doubtful_endplate_blocks_export_until_its_plane_is_moved_or_accepted(
     with pytest.raises(PlanError, match="proximal endplate's tilt is uncertain") as err:
         require_accepted(first)
     # The reason is in the error itself: a refused CLI run prints only the error, not the warnings.
-    assert "uncertain: the fit still tilted 9 deg in its last step (check it" in err.value.problem
+    assert "uncertain: the fit still tilted 9 deg in its last step; found at RAS (" in err.value.problem
+    # Where it was found, so a CLI user can check it on the CT: the detected face's centre (RAS), here within 3 mm
+    # of the phantom's L1 inferior endplate.
+    found = err.value.problem.split("found at RAS (", 1)[1].split(")", 1)[0]
+    assert np.linalg.norm([float(x) for x in found.split(", ")] - ph.vertebra("L1").inferior_endplate.centre) < 3.0
     assert '"endplate:proximal"' in err.value.fix
     nodes = apply_to_scene(ctx, first, None)
     again = plan_from_scene(ctx, "SAFE-4")  # nothing moved: the planes come back as given endplates

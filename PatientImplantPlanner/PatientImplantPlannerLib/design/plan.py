@@ -371,7 +371,7 @@ def _drill_lines_through_bone(trajectories, all_bone, ijk_to_ras, start_mm: floa
 
 
 def safety_findings(plan: Plan, measured: dict, screw_plans, keep_out, blocked_lines=(), doubtful=None,
-                    side_unseen: bool = False) -> tuple:
+                    side_unseen: bool = False, faces=None) -> tuple:
     """(safety dict for the measurements / manifest, [(id, message)] findings that block export unless accepted).
     ``blocked_lines`` [(screw name, part, margin)]: screws the drill and driver cannot reach with the implant in
     place (user-edited trajectories; the default layout never makes them). ``doubtful`` {"proximal" / "distal":
@@ -403,7 +403,10 @@ def safety_findings(plan: Plan, measured: dict, screw_plans, keep_out, blocked_l
         found = re.search(r" may be (tilted wrongly|misplaced): (.*?)\.? Check it", why)
         what = "position" if found and found.group(1) == "misplaced" else "tilt"
         why = found.group(2) if found else "it was detected so and has not been moved since"
-        findings.append((f"endplate:{end}", f"the {end} endplate's {what} is uncertain: {why} (check it in the "
+        face = (faces or {}).get(end)  # where it was found: a CLI user checks it on the CT without the scene
+        at = (f"; found at RAS ({', '.join(f'{x:.1f}' for x in face.centre)}), normal "
+              f"({', '.join(f'{x:.2f}' for x in face.normal)})" if face is not None else "")
+        findings.append((f"endplate:{end}", f"the {end} endplate's {what} is uncertain: {why}{at} (check it in the "
                          f"sagittal and coronal views and turn its plane to the bone, or set {end}_endplate)"))
     if side_unseen:
         findings.append(("unchecked:aorta", "the strut's side was chosen automatically without knowing where the aorta "
@@ -659,7 +662,7 @@ def _design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress, label
                    and "aorta / heart" in keep_out.not_checked
                    and any(str(n).upper().startswith("T") for n in (plan.proximal_level, plan.distal_level)))
     m["safety"], blocking = safety_findings(plan, measured, screw_plans, keep_out, blocked_lines, doubtful,
-                                            side_unseen)
+                                            side_unseen, {"proximal": proximal, "distal": distal})
     m["screws"] = [sp.as_dict() for sp in screw_plans]
     m["variants"] = {
         f"+{k:g} mm": {"length_mm": v.length_mm, "volume_mm3": v.mesh.volume()} for k, v in variants.items()
