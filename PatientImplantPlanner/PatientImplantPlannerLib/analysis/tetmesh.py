@@ -183,9 +183,10 @@ def tetrahedralize_each(meshes: list, size_mm: float, workers: Optional[int] = N
         for f in futures:
             yield f.result()
             done += 1
-    except (BrokenProcessPool, OSError, RuntimeError):
+    except (BrokenProcessPool, OSError, RuntimeError, ValueError):
         # A worker could not start or died: mesh the rest here, as with one worker. Depending on when the pool
-        # notices, that surfaces as a broken pool, a closed pipe while submitting, or a pool already shut down.
+        # notices, that surfaces as a broken pool, a closed pipe while submitting, a pool already shut down, or
+        # (the resource tracker gone before the worker's spawn) "bad value(s) in fds_to_keep".
         pass
     finally:
         try:
