@@ -365,6 +365,18 @@ def test_a_docking_body_split_in_the_bone_segment_is_found_from_the_ct():
     assert len(found.intermediate_centres) == 1  # L2
 
 
+@pytest.mark.parametrize("names", [("", "L3"), ("L1", ""), ("", "")])
+def test_sound_bodies_with_a_level_not_named_are_taken_from_the_bone(names):
+    """The heights are compared against each level's typical height only when both levels are named; otherwise as
+    they are (a named level against an unnamed one must not look 20 times too tall and send the plan to the CT's
+    disc bands)."""
+    ph = make_spine_phantom(spacing=(0.8, 0.8, 1.0), noise_hu=15.0)
+    found = levels.detect_levels(ph.bone_mask, ph.ijk_to_ras, ph.body_point("L1"), ph.body_point("L3"), *names,
+                                 ct_array=ph.array)
+    assert not any("could not be separated in the bone segment" in w for w in found.warnings)
+    assert np.linalg.norm(found.distal_endplate.centre - ph.vertebra("L3").superior_endplate.centre) <= 1.5
+
+
 def test_fused_vertebrae_far_apart_are_refused_as_not_told_apart_not_as_one_vertebra():
     """Bodies fused through their discs with nothing of a disc or an endplate left in the CT cannot be told apart.
     Points in L1 and L3 are still two vertebrae, so the error says the bone could not be separated and names fixes

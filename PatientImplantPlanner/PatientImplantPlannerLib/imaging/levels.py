@@ -502,8 +502,9 @@ def _why_not_single_bodies(bodies, seeds, cranial, names) -> str:
             return f"a body {m.body_height:.0f} mm tall"
         if angle_deg(m.axis_direction, -cranial) > MAX_BODY_TILT_DEG:
             return "a body standing across the spine"
-    typical = [_typical_body_height_mm(n) if n else 1.0 for n in names]
-    if None not in typical and min(prox.body_height, dist.body_height) > 0:
+    typical = [_typical_body_height_mm(n) for n in names]
+    typical = typical if None not in typical else [1.0, 1.0]  # a level not named: the heights as they are
+    if min(prox.body_height, dist.body_height) > 0:
         ratio = (prox.body_height / typical[0]) / (dist.body_height / typical[1])
         if max(ratio, 1.0 / ratio) > MAX_BODY_HEIGHT_RATIO:
             label = [n or w for n, w in zip(names, ("proximal", "distal"))]
