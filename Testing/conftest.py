@@ -20,3 +20,19 @@ def ctx():
     context = create_headless_context()
     yield context
     context.scene.Clear(True)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """A test worker that died without a Python error (the CI saw one once): print the kernel's out-of-memory lines,
+    if it has any, so that the log tells a killed worker from a crash (a crash prints its own traceback)."""
+    if not error:
+        return
+    import subprocess
+
+    try:
+        kernel = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=10).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return
+    oom = [line for line in kernel if "out of memory" in line.lower() or "killed process" in line.lower()]
+    print(f"\n[{node.gateway.id}] kernel out-of-memory lines: {oom[-5:] or 'none'}")
