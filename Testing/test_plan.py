@@ -160,6 +160,12 @@ def test_scene_nodes_edits_and_scene_reload(ctx, phantom, anterior_result, tmp_p
     assert nodes.axis.GetNumberOfControlPoints() >= 2
     assert len(nodes.screws) == 4 and set(nodes.models) == {"nominal", "+2 mm", "+3 mm", "+4 mm"}
     assert nodes.models["nominal"].GetPolyData().GetNumberOfCells() == anterior_result.nominal.mesh.n_triangles
+    # Each screw line is as long as its screw (the views' length readout), pointing the planned way.
+    read_back = plan_from_scene(ctx, "TEST-1").trajectories
+    for line, sp, t in zip(nodes.screws, anterior_result.screws, read_back):
+        assert line.GetLineLengthWorld() == pytest.approx(sp.length_mm, abs=1e-3)
+        d = np.subtract(t["target"], t["entry"])
+        np.testing.assert_allclose(d / np.linalg.norm(d), sp.trajectory.direction, atol=1e-6)
     # Regenerating updates the same nodes: no duplicates.
     apply_to_scene(ctx, anterior_result, ct)
     assert ctx.scene.GetNumberOfNodes() == n_nodes

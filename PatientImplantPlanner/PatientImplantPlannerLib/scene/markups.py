@@ -4,6 +4,7 @@ coordinates: a transform the user applies counts).
 """
 
 import json
+from typing import Optional
 
 import numpy as np
 
@@ -96,10 +97,13 @@ def endplate_from_plane(plane) -> Endplate:
 # ---- screws
 
 
-def set_screw_line(line, trajectory: Trajectory) -> None:
+def set_screw_line(line, trajectory: Trajectory, length_mm: Optional[float] = None) -> None:
+    """The line runs from the screw's entry along it; given the screw's length it ends at the screw's tip, so the
+    line's own length readout in the views is the screw's (a direction-only target point would show 30 mm)."""
     line.RemoveAllControlPoints()
     line.AddControlPointWorld(*map(float, trajectory.entry))
-    line.AddControlPointWorld(*map(float, trajectory.target))
+    tip = trajectory.target if not length_mm else trajectory.entry + float(length_mm) * trajectory.direction
+    line.AddControlPointWorld(*map(float, tip))
     line.SetAttribute(END_ATTRIBUTE, trajectory.end)
     line.SetAttribute(SCREW_NAME_ATTRIBUTE, trajectory.name)
 

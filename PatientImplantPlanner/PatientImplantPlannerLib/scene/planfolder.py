@@ -214,7 +214,7 @@ def apply_to_scene(ctx, result: PlanResult, ct_node=None) -> PlanNodes:
         set_plane(nodes.distal_endplate, dist)
         for i, sp in enumerate(result.screws):
             line = _node(ctx, folder, existing, f"screw:{i}", "vtkMRMLMarkupsLineNode", f"Screw {sp.trajectory.name}")
-            set_screw_line(line, sp.trajectory)
+            set_screw_line(line, sp.trajectory, sp.length_mm)
             nodes.screws.append(line)
         for role, node in existing.items():  # screws removed from the plan
             if role.startswith("screw:") and int(role.split(":")[1]) >= len(result.screws):
