@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core.anatomy import Endplate, polyline_length, resample_polyline, unit
+from ..core.anatomy import Endplate, angle_deg, polyline_length, resample_polyline, unit
 from ..core.errors import GeometryError, PlanError
 from ..core.mesh import TriMesh, check_mesh, from_manifold, require_manifold3d, require_valid, to_manifold
 from .strut import (
@@ -34,6 +34,8 @@ STRUT_OVERLAP_MM = 1.0  # how far the strut reaches into each footplate: fused b
 MIN_OVERLAP_MM = 0.1
 HOLE_RUN_IN_MM = 3.0  # the cutting cylinder starts this far outside the entry so the hole opens cleanly
 MAX_VARIANT_MM = 30.0
+# A footplate this far from square to the axis is named as the likely cause when the implant falls apart.
+SLANTED_FACE_DEG = 25.0
 ROD_DIAMETER_MM = 5.5  # conventional titanium rod the strut's stiffness is compared with
 TI6AL4V_DENSITY_G_CM3 = 4.43
 
@@ -388,9 +390,17 @@ def build_implant(
         pieces = sorted(((p.volume(), from_manifold(p).vertices.mean(axis=0)) for p in solid.decompose()),
                         key=lambda vc: -vc[0])
         where = "; ".join(f"{v:.1f} mm3 around RAS ({c[0]:.1f}, {c[1]:.1f}, {c[2]:.1f})" for v, c in pieces)
+        # A face far off the axis (a doubtful endplate accepted as found) makes the strut leave its footplate.
+        tilts = [(name, angle_deg(abs(float(plate.normal @ _end_direction(axis, at_start=start))), 1.0))
+                 for name, plate, start in (("proximal", proximal, True), ("distal", distal_v, False))]
+        slanted = [f"the {name} endplate plane lies {tilt:.0f} deg from the spinal axis"
+                   for name, tilt in tilts if tilt > SLANTED_FACE_DEG]
         raise GeometryError(
             f"The implant falls apart into {result.n_components} pieces ({where or 'slivers without volume'}), so it "
-            "cannot be exported.",
+            "cannot be exported" + (f": {' and '.join(slanted)}, so the strut leaves its footplate." if slanted
+                                    else "."),
+            "Check that endplate on the CT and drag its plane onto the vertebra's endplate face, then design again."
+            if slanted else
             "Check that the screw holes (the plan's trajectories) do not cut through the strut and that the strut "
             "reaches both footplates (implant.footplate_fraction, anterior_clearance_mm); this is a bug if they do.",
         )
