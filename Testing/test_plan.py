@@ -227,8 +227,11 @@ def test_endplate_parallel_to_axis_and_missing_screw_are_refused(phantom, anteri
     plan.distal_endplate = d
     plan.proximal_endplate = anterior_result.proximal_endplate.as_dict()
     plan.axis_control_points = anterior_result.axis_control_points.tolist()
-    with pytest.raises(PlanError):
+    # Named with where it is, before any placement (it was "the axis does not cross ... or the endplates are swapped").
+    with pytest.raises(PlanError, match=r"distal endplate plane \(L3 superior\) at RAS \(.*\) lies (8\d|9\d) deg "
+                                        r"from the spinal axis") as refused:
         design_implant(plan, phantom.array, phantom.ijk_to_ras, phantom.bone_mask)
+    assert "distal_endplate in the plan" in refused.value.fix
     plan = Plan.from_dict(json.loads(json.dumps(anterior_result.plan.to_dict())))
     traj = [t.as_dict() for t in anterior_result.trajectories]
     traj[0]["entry"] = list(np.asarray(traj[0]["entry"]) + [40.0, 0.0, 0.0])

@@ -11,6 +11,7 @@ the levels counted from the first rib (T1, about 90 % sure) and checked against 
 import contextlib
 import io
 import json
+import re
 
 import pytest
 from riderct import rider_dicom_folder
@@ -20,7 +21,9 @@ from PatientImplantPlannerLib.imaging.ctnoise import NOISY_CT_HU, noise_hu
 
 pytestmark = pytest.mark.slow
 
-CENTRES = {"T6": (0.2, -52.0, -150.7), "T8": (1.2, -53.4, -196.2)}
+CENTRES = {"T5": (-3.0, -48.9, -128.1), "T6": (0.2, -52.0, -150.7), "T7": (1.1, -53.8, -173.1),
+           "T8": (1.2, -53.4, -196.2)}
+T6_T7_DISC_S = -161.9  # read by the trial on the same reformat
 
 
 def test_the_sharp_kernel_noise_is_measured():
@@ -49,4 +52,39 @@ def test_a_refused_plan_names_the_noise_and_a_fix_that_works(tmp_path):
     assert code == 2, text[-2000:]
     assert "The CT is noisy (4" in text and "soft-tissue or bone kernel" in text
     assert "slice thickness 1.25 mm is above" not in text  # 1.2500000000000007 mm from the DICOM positions
+    assert not list((tmp_path / "out").glob("*/*.stl"))
+
+
+def test_a_face_the_spine_runs_along_is_refused_by_name(tmp_path):
+    """The trial's own remedy, a Gaussian-smoothed copy (sigma 0.7 mm), gets T5 -> T7 past the noise, but its T7
+    "superior face" is misread: 9 mm above the T6/T7 disc and facing forwards (81 deg from the axis; flagged
+    doubtful). The plan was then refused in placement with "The spinal axis does not cross the distal endplate plane
+    ... or the endplates are swapped", about an axis the user never gave. It is now refused as soon as the faces are
+    found, naming that face, where it was found and the detection's doubt."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(rider_dicom_folder()))
+    smoothed = sitk.Cast(sitk.SmoothingRecursiveGaussian(sitk.Cast(reader.Execute(), sitk.sitkFloat32), 0.7),
+                         sitk.sitkInt16)
+    ct_path = str(tmp_path / "rider_smoothed.nii.gz")
+    sitk.WriteImage(smoothed, ct_path)
+    plan = {"case_id": "RIDER-T5T7", "proximal_level": "T5", "distal_level": "T7",
+            "proximal_point_ras": list(CENTRES["T5"]), "distal_point_ras": list(CENTRES["T7"])}
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan), encoding="utf-8")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["plan", ct_path, "--plan", str(path), "--out", str(tmp_path / "out"), "--no-report",
+                     "--parts", "implant"])
+    text = err.getvalue()
+    assert code == 2, text[-2000:]
+    assert "does not cross" not in text
+    refusal = re.search(r"The distal endplate plane \(T7 superior\) at RAS \(([-\d., ]+)\) lies (\d+) deg from the "
+                        r"spinal axis", text)
+    assert refusal, text[-2000:]
+    centre = [float(x) for x in refusal.group(1).split(",")]
+    assert int(refusal.group(2)) > 70  # measured 81
+    assert abs(centre[2] - T6_T7_DISC_S) > 5.0  # misread: 9 mm above the T6/T7 disc
+    assert "found from the CT and doubted: The distal endplate (T7 superior) may be" in text
     assert not list((tmp_path / "out").glob("*/*.stl"))

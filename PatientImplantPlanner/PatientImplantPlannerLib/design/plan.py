@@ -41,7 +41,7 @@ from .screws import (
     plan_screws,
     screw_type,
 )
-from .strut import ImplantParameters
+from .strut import ImplantParameters, check_faces_across_axis
 
 SCHEMA_VERSION = 1
 MAX_VARIANT_MM = 30.0
@@ -546,6 +546,7 @@ def _design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress, label
     distal = Endplate.from_dict(plan.distal_endplate) if plan.distal_endplate else levels.distal_endplate
     proximal.level = proximal.level or plan.proximal_level
     distal.level = distal.level or plan.distal_level
+    check_faces_across_axis(axis, proximal, distal, doubtful)
     seconds["levels"] = time.perf_counter() - t0
 
     if keep_out is None:

@@ -358,6 +358,33 @@ def path_frames(path: np.ndarray, proximal: Endplate, distal: Endplate) -> np.nd
     return np.stack([anterior, lateral, tangent], axis=1)
 
 
+def check_faces_across_axis(axis_points, proximal: Endplate, distal: Endplate, doubts=None) -> None:
+    """Refuse, before placement and building, an endplate plane that the spine runs (nearly) along: no strut can rest
+    on it. On the RIDER lung CT, smoothed, T5 -> T7 found a T7 "superior face" facing forwards (88 deg off), which the
+    axis clip reported only later as "does not cross the plane ... or the endplates are swapped". ``doubts``
+    {end: why} are the detection's own doubts, passed on."""
+    # The spine's direction from end to end of the axis: near a misread face the axis bends towards it and the line
+    # between the two faces' centres is as wrong as the face (57 and 58 deg there, against 86 from end to end).
+    pts = np.asarray(axis_points, dtype=float)
+    if len(pts) < 2 or not np.linalg.norm(pts[-1] - pts[0]) > 1.0:
+        return
+    direction = unit(pts[-1] - pts[0])
+    for end, plate in (("proximal", proximal), ("distal", distal)):
+        tilt = angle_deg(abs(float(direction @ plate.normal)), 1.0)
+        if tilt > MAX_AXIS_TILT_DEG:
+            c, name = plate.centre, f" ({plate.level} {'inferior' if end == 'proximal' else 'superior'})" \
+                if plate.level else ""
+            why = (doubts or {}).get(end)
+            raise PlanError(
+                f"The {end} endplate plane{name} at RAS ({c[0]:.1f}, {c[1]:.1f}, {c[2]:.1f}) lies {tilt:.0f} deg "
+                f"from the spinal axis (at most {MAX_AXIS_TILT_DEG:.0f}): the spine runs along it, so no strut can "
+                "rest on it.",
+                (f"It was found from the CT and doubted: {why}" if why else
+                 f"Turn the plane ('{end.capitalize()} endplate' in the module, or {end}_endplate in the plan) so "
+                 "that its normal follows the spine's axis, or give vertebra labels (--levels) to fit it from them."),
+            )
+
+
 def _axis_path(axis_points, proximal: Endplate, distal: Endplate) -> tuple:
     """Axis clipped to the gap, resampled, smoothed and bent so it ends exactly at the endplate centres."""
     pts = np.asarray(axis_points, dtype=float)
