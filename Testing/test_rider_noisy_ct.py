@@ -26,6 +26,19 @@ CENTRES = {"T5": (-3.0, -48.9, -128.1), "T6": (0.2, -52.0, -150.7), "T7": (1.1, 
 T6_T7_DISC_S = -161.9  # read by the trial on the same reformat
 
 
+def _plan(tmp_path, ct, proximal, distal):
+    """The CLI's plan command from clicked body centres, implant only; (exit code, what it printed on stderr)."""
+    plan = {"case_id": f"RIDER-{proximal}{distal}", "proximal_level": proximal, "distal_level": distal,
+            "proximal_point_ras": list(CENTRES[proximal]), "distal_point_ras": list(CENTRES[distal])}
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan), encoding="utf-8")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["plan", str(ct), "--plan", str(path), "--out", str(tmp_path / "out"), "--no-report",
+                     "--parts", "implant"])
+    return code, err.getvalue()
+
+
 def test_the_sharp_kernel_noise_is_measured():
     import SimpleITK as sitk
 
@@ -40,15 +53,7 @@ def test_the_sharp_kernel_noise_is_measured():
 
 
 def test_a_refused_plan_names_the_noise_and_a_fix_that_works(tmp_path):
-    plan = {"case_id": "RIDER-T6T8", "proximal_level": "T6", "distal_level": "T8",
-            "proximal_point_ras": list(CENTRES["T6"]), "distal_point_ras": list(CENTRES["T8"])}
-    path = tmp_path / "plan.json"
-    path.write_text(json.dumps(plan), encoding="utf-8")
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = main(["plan", rider_dicom_folder(), "--plan", str(path), "--out", str(tmp_path / "out"),
-                     "--no-report", "--parts", "implant"])
-    text = err.getvalue()
+    code, text = _plan(tmp_path, rider_dicom_folder(), "T6", "T8")
     assert code == 2, text[-2000:]
     assert "The CT is noisy (4" in text and "soft-tissue or bone kernel" in text
     assert "slice thickness 1.25 mm is above" not in text  # 1.2500000000000007 mm from the DICOM positions
@@ -69,15 +74,7 @@ def test_a_face_the_spine_runs_along_is_refused_by_name(tmp_path):
                          sitk.sitkInt16)
     ct_path = str(tmp_path / "rider_smoothed.nii.gz")
     sitk.WriteImage(smoothed, ct_path)
-    plan = {"case_id": "RIDER-T5T7", "proximal_level": "T5", "distal_level": "T7",
-            "proximal_point_ras": list(CENTRES["T5"]), "distal_point_ras": list(CENTRES["T7"])}
-    path = tmp_path / "plan.json"
-    path.write_text(json.dumps(plan), encoding="utf-8")
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = main(["plan", ct_path, "--plan", str(path), "--out", str(tmp_path / "out"), "--no-report",
-                     "--parts", "implant"])
-    text = err.getvalue()
+    code, text = _plan(tmp_path, ct_path, "T5", "T7")
     assert code == 2, text[-2000:]
     assert "does not cross" not in text
     refusal = re.search(r"The distal endplate plane \(T7 superior\) at RAS \(([-\d., ]+)\) lies (\d+) deg from the "
