@@ -360,11 +360,11 @@ def path_frames(path: np.ndarray, proximal: Endplate, distal: Endplate) -> np.nd
 
 def check_faces_across_axis(axis_points, proximal: Endplate, distal: Endplate, doubts=None) -> None:
     """Refuse, before placement and building, an endplate plane that the spine runs (nearly) along: no strut can rest
-    on it. On the RIDER lung CT, smoothed, T5 -> T7 found a T7 "superior face" facing forwards (88 deg off), which the
+    on it. On the RIDER lung CT, smoothed, T5 -> T7 found a T7 "superior face" facing forwards (81-87 deg), which the
     axis clip reported only later as "does not cross the plane ... or the endplates are swapped". ``doubts``
     {end: why} are the detection's own doubts, passed on."""
-    # The spine's direction from end to end of the axis: near a misread face the axis bends towards it and the line
-    # between the two faces' centres is as wrong as the face (57 and 58 deg there, against 86 from end to end).
+    # The spine's direction from end to end of the axis: near a misread face the axis bends towards it (57 deg there)
+    # and the line between the two faces' centres is as wrong as the face (58-78 deg, against 81-87 end to end).
     pts = np.asarray(axis_points, dtype=float)
     if len(pts) < 2 or not np.linalg.norm(pts[-1] - pts[0]) > 1.0:
         return
