@@ -496,3 +496,24 @@ def test_a_docking_vertebra_cut_by_the_edge_of_the_scan_is_refused_at_detection(
     else:
         r = levels.detect_levels(*args)
         assert np.linalg.norm(r.proximal_endplate.centre - ph.vertebra("L1").inferior_endplate.centre) < 1.5
+
+
+def test_a_docking_body_far_shorter_than_its_level_doubts_its_face():
+    """A docking vertebra is healthy: a body measured far shorter than its level's (the faces found on a band inside
+    it) doubts that face, naming the height and how to set the plane; sound heights (at least 0.86 of the typical
+    in every detection of the test suite) and unnamed levels raise nothing."""
+    from types import SimpleNamespace
+
+    from PatientImplantPlannerLib.imaging.levels import _short_bodies
+
+    def body(h):
+        return SimpleNamespace(body_height=h)
+
+    assert _short_bodies(body(19.0), body(26.0), "T5", "L1") == {}
+    assert _short_bodies(body(8.8), body(8.8), "", "C2") == {}  # unknown typical heights
+    doubts = _short_bodies(body(8.8), body(14.0), "T5", "T8")
+    assert set(doubts) == {"proximal", "distal"}
+    assert doubts["proximal"].startswith("The proximal endplate (T5 inferior) may be misplaced: T5's body measured "
+                                         "8.8 mm tall")
+    assert "'Distal endplate', or distal_endplate in the plan" in doubts["distal"]
+    assert set(_short_bodies(body(19.0), body(18.0), "T5", "L2")) == {"distal"}

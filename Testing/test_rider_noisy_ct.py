@@ -60,21 +60,27 @@ def test_a_refused_plan_names_the_noise_and_a_fix_that_works(tmp_path):
     assert not list((tmp_path / "out").glob("*/*.stl"))
 
 
-def test_a_face_the_spine_runs_along_is_refused_by_name(tmp_path):
-    """The trial's own remedy, a Gaussian-smoothed copy (sigma 0.7 mm), gets T5 -> T7 past the noise, but its T7
-    "superior face" is misread: 9 mm above the T6/T7 disc and facing forwards (81 deg from the axis; flagged
-    doubtful). The plan was then refused in placement with "The spinal axis does not cross the distal endplate plane
-    ... or the endplates are swapped", about an axis the user never gave. It is now refused as soon as the faces are
-    found, naming that face, where it was found and the detection's doubt."""
+@pytest.fixture(scope="module")
+def smoothed_ct(tmp_path_factory):
+    """The trial's own remedy for the noise: a Gaussian-smoothed copy (sigma 0.7 mm) of the series."""
     import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(rider_dicom_folder()))
     smoothed = sitk.Cast(sitk.SmoothingRecursiveGaussian(sitk.Cast(reader.Execute(), sitk.sitkFloat32), 0.7),
                          sitk.sitkInt16)
-    ct_path = str(tmp_path / "rider_smoothed.nii.gz")
+    ct_path = str(tmp_path_factory.mktemp("rider") / "rider_smoothed.nii.gz")
     sitk.WriteImage(smoothed, ct_path)
-    code, text = _plan(tmp_path, ct_path, "T5", "T7")
+    return ct_path
+
+
+def test_a_face_the_spine_runs_along_is_refused_by_name(tmp_path, smoothed_ct):
+    """The smoothed copy gets T5 -> T7 past the noise, but its T7
+    "superior face" is misread: 9 mm above the T6/T7 disc and facing forwards (81 deg from the axis; flagged
+    doubtful). The plan was then refused in placement with "The spinal axis does not cross the distal endplate plane
+    ... or the endplates are swapped", about an axis the user never gave. It is now refused as soon as the faces are
+    found, naming that face, where it was found and the detection's doubt."""
+    code, text = _plan(tmp_path, smoothed_ct, "T5", "T7")
     assert code == 2, text[-2000:]
     assert "does not cross" not in text
     refusal = re.search(r"The distal endplate plane \(T7 superior\) at RAS \(([-\d., ]+)\) lies (\d+) deg from the "
@@ -84,4 +90,24 @@ def test_a_face_the_spine_runs_along_is_refused_by_name(tmp_path):
     assert int(refusal.group(2)) > 70  # measured 81
     assert abs(centre[2] - T6_T7_DISC_S) > 5.0  # misread: 9 mm above the T6/T7 disc
     assert "found from the CT and doubted: The distal endplate (T7 superior) may be" in text
+    assert not list((tmp_path / "out").glob("*/*.stl"))
+
+
+def test_docking_bodies_measured_far_too_short_name_their_faces(tmp_path, smoothed_ct):
+    """T5 -> T8 on the smoothed copy: the faces were found on bands inside the docking bodies (T5 8.8 mm and T8
+    14.0 mm tall between them, where the trial's reformat shows bodies 20-23 mm apart) and no doubt was raised: on
+    this copy the plan was blocked only for the trachea and a screw, on the copy smoothed by another tool the implant
+    fell apart "(this is a bug if they do)". Both faces are now doubted with the heights measured: they block export
+    as findings naming how to set them, and a refusal for an implant in pieces names them too."""
+    code, text = _plan(tmp_path, smoothed_ct, "T5", "T8")
+    assert code == 2, text[-2000:]
+    assert "this is a bug" not in text
+    heights = dict(re.findall(r"(T\d)'s body measured ([\d.]+) mm tall", text))
+    print(heights)
+    assert set(heights) == {"T5", "T8"}, text[-2000:]
+    assert all(float(h) < 15.0 for h in heights.values())  # measured 8.8 and 14.0
+    # blocked as doubtful endplates (or named in the refusal when the implant falls apart, as on another smoothing)
+    assert ("endplate:proximal" in text and "endplate:distal" in text) or "the endplates it was built on are in " \
+        "doubt" in text
+    assert "proximal_endplate" in text and "distal_endplate" in text
     assert not list((tmp_path / "out").glob("*/*.stl"))

@@ -277,8 +277,11 @@ def build_implant(
     params: ImplantParameters,
     holes=(),
     extra_length_mm: float = 0.0,
+    doubts=None,
 ) -> ImplantGeometry:
     """Build the implant solid (strut along the axis + two footplates - screw holes), verified.
+
+    ``doubts`` ({end: why}): the level detection's doubts about the endplates, named if the implant falls apart.
 
     ``extra_length_mm`` > 0 builds an oversized variant: the distal footplate and its holes are moved by that much
     along the distal endplate's -normal (away from the proximal end) and the strut is regenerated to reach it.
@@ -395,12 +398,16 @@ def build_implant(
                  for name, plate, start in (("proximal", proximal, True), ("distal", distal_v, False))]
         slanted = [f"the {name} endplate plane lies {tilt:.0f} deg from the spinal axis"
                    for name, tilt in tilts if tilt > SLANTED_FACE_DEG]
+        # Faces the detection itself doubted (e.g. a band inside a body taken for the disc) are the likelier cause.
+        doubted = " ".join(doubts.values()) if doubts else ""
         raise GeometryError(
             f"The implant falls apart into {result.n_components} pieces ({where or 'slivers without volume'}), so it "
             "cannot be exported" + (f": {' and '.join(slanted)}, so the strut leaves its footplate." if slanted
+                                    else f": the endplates it was built on are in doubt. {doubted}" if doubted
                                     else "."),
-            "Check that endplate on the CT and drag its plane onto the vertebra's endplate face, then design again."
-            if slanted else
+            "Check the endplate named on the CT and drag its plane onto the vertebra's endplate face, then design "
+            "again."
+            if slanted or doubted else
             "Check that the screw holes (the plan's trajectories) do not cut through the strut and that the strut "
             "reaches both footplates (implant.footplate_fraction, anterior_clearance_mm); this is a bug if they do.",
         )

@@ -611,7 +611,7 @@ def _design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress, label
 
     prog.report(0.5, "Building implant")
     t2 = time.perf_counter()
-    nominal = build_implant(axis, proximal, distal, implant_params, holes=holes)
+    nominal = build_implant(axis, proximal, distal, implant_params, holes=holes, doubts=doubtful)
     variants = {}
     for i, extra in enumerate(sorted(plan.variants_mm)):
         prog.report(0.6 + 0.2 * i / max(len(plan.variants_mm), 1), f"Building +{extra:g} mm variant")

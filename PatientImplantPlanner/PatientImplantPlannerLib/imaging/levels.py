@@ -60,6 +60,12 @@ MAX_BODY_TILT_DEG = 60.0  # a body's axis this far from the line between the two
 # eye 19 and 18 mm), the faces 10 and 4.5 mm off with no warning. Sound pairs: at most 1.15 (the lumbar CT and the
 # phantoms of test_levels / test_plan_lumbar).
 MAX_BODY_HEIGHT_RATIO = 1.4
+# A docking vertebra is a healthy one: measured shorter than this fraction of its level's typical height, a band
+# inside the body was taken for its disc. On a Gaussian-smoothed copy of the RIDER lung CT, T5 -> T8 from clicked
+# points gave T5 8.8 mm and T8 14.0 mm tall (0.49 and 0.70; read by eye on a sagittal reformat 20-23 mm apart) with
+# no doubt raised, and the implant then fell apart. Sound docking bodies in every test's detection (212, real CTs and
+# phantoms, clicked points and labels): at least 0.86.
+MIN_BODY_HEIGHT_FRACTION = 0.75
 
 
 MIN_LEVEL_SEPARATION_MM = 15.0  # points farther apart than this are never in the same vertebra (bodies 17-30 mm)
@@ -445,6 +451,9 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
         docking = {"proximal": (prox_body.body, np.asarray(prox_body.offset)),
                    "distal": (dist_body.body, np.asarray(dist_body.offset))}
     _check_distinct(prox, dist, False, proximal_name, distal_name, None if use_labels else apart)
+    if not use_labels:
+        for end, why in _short_bodies(prox, dist, proximal_name, distal_name).items():
+            doubtful[end] = f"{doubtful[end]} {why}" if end in doubtful else why
     warnings += prox.warnings + dist.warnings
     centres = np.array([c for c, _ in walked]).reshape(-1, 3)
 
@@ -511,6 +520,22 @@ def _why_not_single_bodies(bodies, seeds, cranial, names) -> str:
             return (f"docking bodies of unlikely heights, {label[0]} {prox.body_height:.0f} mm and {label[1]} "
                     f"{dist.body_height:.0f} mm")
     return ""
+
+
+def _short_bodies(prox, dist, proximal_name: str, distal_name: str) -> dict:
+    """{end: why its face may be misplaced} for a docking body far shorter than its level's (the faces bound it)."""
+    out = {}
+    for end, m, name, side in (("proximal", prox, proximal_name, "inferior"),
+                               ("distal", dist, distal_name, "superior")):
+        typical = _typical_body_height_mm(name)
+        if typical and 0.0 < m.body_height < MIN_BODY_HEIGHT_FRACTION * typical:
+            out[end] = (
+                f"The {end} endplate ({name} {side}) may be misplaced: {name}'s body measured {m.body_height:.1f} mm "
+                f"tall between the faces found, where a {name} is about {typical:.0f} mm, so a band inside the body "
+                "(noise, a vascular channel) was probably taken for a disc space. Check it in the sagittal view and "
+                f"drag its plane ('{end.capitalize()} endplate', or {end}_endplate in the plan) onto the endplate, "
+                "or give vertebra labels (--levels, e.g. TotalSegmentator's).")
+    return out
 
 
 def _typical_body_height_mm(name: str) -> Optional[float]:
