@@ -13,8 +13,8 @@ lung1 (T4 -> T6, names counted down the scan for the engraving; nothing can chec
   the two band centres around its own body: never into the next disc's midplane and the vertebra beyond. Before,
   the planner's own 20 mm T4 screw had its thread leave the body 0.2 mm before the tip and export was refused.
 lung2: bridged osteoporotic bodies with no disc space showing; points 92 mm apart were refused as "the same
-vertebra". An exclude seed in lung1's aorta (blood without contrast) is refused with the CT value and fixes that work
-without contrast.
+vertebra". An exclude seed in lung1's aorta (blood without contrast) gives the aorta from the fat and lung around it;
+a seed off it is refused with the CT value and fixes that work without contrast.
 """
 
 import contextlib
@@ -35,7 +35,11 @@ pytestmark = pytest.mark.slow
 # Clicked in the bodies on the sagittal view (RAS mm); the bands between them are 20 mm apart.
 LUNG1 = {"T3": (-4.5, 97.0, -617.7), "T4": (-3.7, 92.9, -638.2), "T5": (-3.3, 89.4, -657.8),
          "T6": (-3.1, 86.6, -677.5), "T7": (-3.0, 85.0, -697.3)}
-LUNG1_AORTA = (-38.0, 105.0, -707.5)  # the descending aorta beside T7, 50 HU: no contrast
+# Beside T7 (read on the axial slice, 2026-12-02): the descending aorta's middle, a round section 24 mm across with a
+# calcified wall, 41 HU (no contrast); and a point 15 mm off it, at the edge of the mediastinum next to the lung (50
+# HU), which earlier tests took for the aorta.
+LUNG1_AORTA = (-33.6, 87.8, -707.5)
+LUNG1_OFF_AORTA = (-38.0, 105.0, -707.5)
 LUNG2 = {"T6": (0.0, 103.0, -200.0), "T10": (0.0, 122.0, -290.0)}
 
 
@@ -138,12 +142,47 @@ def test_lung2_bridged_bodies_far_apart_are_not_called_one_vertebra(tmp_path):
     assert not glob.glob(str(tmp_path / "out" / "*"))  # nothing written
 
 
-def test_lung1_exclude_seed_in_blood_without_contrast_names_what_works(tmp_path):
+def test_lung1_exclude_seed_off_the_aorta_without_contrast_names_what_works(tmp_path):
+    """A seed at the edge of the mediastinum, 15 mm off the aorta: no blood pool is ringed by fat or lung around it,
+    so it is refused with the CT value and fixes that work without contrast (it is not taken as a 3 mm 'vessel')."""
     code, err = _plan(tmp_path, radiomics_ct_path("lung1"), "T4", "T6", LUNG1, "--accept-thick-slices",
-                      segmentation={"exclude_seeds_ras": [list(LUNG1_AORTA)]})
+                      segmentation={"exclude_seeds_ras": [list(LUNG1_OFF_AORTA)]})
     assert code != 0
-    assert "as blood or soft tissue without contrast" in err
+    assert "soft tissue without contrast, but no blood pool ringed by fat or lung" in err
     hu = float(err.split("the CT there is ")[1].split(" HU")[0])
     assert 20.0 <= hu <= 70.0
-    assert "--keep-out" in err and "placement_angle_deg" in err
+    assert "middle of the descending aorta" in err and "--keep-out" in err and "placement_angle_deg" in err
     assert not glob.glob(str(tmp_path / "out" / "*"))
+
+
+def test_lung1_aorta_without_contrast_is_kept_out_from_an_exclude_seed(tmp_path):
+    """The seed in the aorta's middle: the aorta is found from the fat and lung around it, slice by slice, and kept
+    out: the plan exports (its faces accepted, as above) without the blind-side finding, and the record names the
+    structure and its clearance. Reference for its size: the section read on the axial slice, 24 mm across, i.e.
+    450 mm2; the region must stay that size along the plan's levels (not the whole mediastinum, as a 3-D grow
+    from the same seed: 370 ml), and the implant must keep clear of it."""
+    from PatientImplantPlannerLib.imaging.keepout import from_ct
+
+    ct, m = _ct("lung1")
+    ko = from_ct(ct, m, ct >= 226, [LUNG1_AORTA])
+    aorta = ko.structures[0]
+    assert aorta.source == "exclude seed, no contrast"
+    area = aorta.mask.sum(axis=(1, 2)) * float(np.prod(np.linalg.norm(m[:3, :3], axis=0)[:2]))
+    s = m[2, 2] * (np.arange(aorta.mask.shape[0]) + aorta.offset[0]) + m[2, 3]
+    levels = (s > LUNG1["T7"][2]) & (s < LUNG1["T4"][2]) & (area > 0)
+    print(np.round(area[levels]).tolist(), s[levels].max())
+    # Measured (2026-12-02): 469-704 mm2 on the 10 slices from T7 up to 9 mm above T5 (-647.5), where it ends below
+    # the arch.
+    assert levels.sum() >= 8 and s[levels].max() > LUNG1["T5"][2]
+    assert 250.0 <= area[levels].min() and area[levels].max() <= 800.0
+    code, err = _plan(tmp_path, radiomics_ct_path("lung1"), "T4", "T6", LUNG1, "--accept-thick-slices",
+                      "--accept-risk", "endplate:proximal", "--accept-risk", "endplate:distal",
+                      segmentation={"exclude_seeds_ras": [list(LUNG1_AORTA)]})
+    assert code == 0, err[-2000:]
+    folder = glob.glob(str(tmp_path / "out" / "*"))[0]
+    safety = json.load(open(os.path.join(folder, "manifest.json"), encoding="utf-8"))["safety"]
+    assert sorted(safety["accepted"]) == ["endplate:distal", "endplate:proximal"]
+    assert safety["keep_out"]["structures"]["exclude_seed_1_vessel"] == "exclude seed, no contrast"
+    assert "aorta / heart" not in safety["keep_out"]["not_checked"]
+    print(safety["clearance_mm"])
+    assert safety["clearance_mm"]["exclude_seed_1_vessel"] >= 2.0

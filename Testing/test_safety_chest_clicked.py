@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from chestct import chest_ct_path, chest_labels_path, voxel_centres
+from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from PatientImplantPlannerLib.cli import main
@@ -77,16 +78,43 @@ def _stored_sideways(path: str, folder) -> str:
     return target
 
 
-@pytest.fixture(scope="module", params=[("T6", "T8", False), ("T4", "T9", False), ("T6", "T8", True)],
-                ids=["T6-T8", "T4-T9", "T6-T8-stored-sideways"])
+BLOOD = list(range(51, 64))  # heart, aorta, pulmonary veins, great arteries and veins, venae cavae
+UNENHANCED_HU = 45.0
+
+
+def _without_contrast(path: str, labels, folder) -> str:
+    """The same CT as if scanned without contrast: inside the labelled blood pools (and their one-voxel rim, which
+    partial volume keeps bright) every voxel over 90 HU becomes blood without contrast, 45 HU plus a quarter of its
+    deviation from the pools' median (the noise kept, the 300-600 HU of the contrast gone). The anatomy, the bone and
+    the airway are unchanged; the planner never sees the labels."""
+    img = sitk.ReadImage(path)
+    ct = sitk.GetArrayFromImage(img).astype(np.float32)
+    lab = sitk.GetArrayFromImage(sitk.ReadImage(chest_labels_path()))
+    blood = np.isin(lab, BLOOD)
+    hot = blood & (ct > 90)
+    rim = ndimage.binary_dilation(blood) & ~blood & (lab == 0) & (ct > 90) & (ct < 600)
+    out = ct.copy()
+    out[hot] = UNENHANCED_HU + 0.25 * (ct[hot] - np.median(ct[hot]))
+    out[rim] = UNENHANCED_HU
+    plain = sitk.GetImageFromArray(out.astype(np.int16))
+    plain.CopyInformation(img)
+    target = str(folder / "chest_without_contrast.nii.gz")
+    sitk.WriteImage(plain, target)
+    return target
+
+
+@pytest.fixture(scope="module", params=[("T6", "T8", ""), ("T4", "T9", ""), ("T6", "T8", "sideways"),
+                                        ("T6", "T8", "without contrast")],
+                ids=["T6-T8", "T4-T9", "T6-T8-stored-sideways", "T6-T8-without-contrast"])
 def exported(request, labels, tmp_path_factory):
-    proximal, distal, sideways = request.param
+    proximal, distal, copy = request.param
     lab, m = labels
     # The clicks really are where they claim to be (checked on the labels, not used by the planner).
     assert _lookup(lab, m, [CLICKED[proximal], CLICKED[distal]]).tolist() == [VERTEBRAE[proximal], VERTEBRAE[distal]]
     assert _lookup(lab, m, list(EXCLUDE.values())).tolist() == [STRUCTURES["aorta"], STRUCTURES["heart"]]
     tmp = tmp_path_factory.mktemp(f"clicked_{proximal}{distal}")
-    ct_path = _stored_sideways(chest_ct_path(), tmp) if sideways else chest_ct_path()
+    ct_path = (_stored_sideways(chest_ct_path(), tmp) if copy == "sideways" else
+               _without_contrast(chest_ct_path(), lab, tmp) if copy else chest_ct_path())
     plan = {"case_id": f"CHEST-{proximal}{distal}-CLICKED", "proximal_level": proximal, "distal_level": distal,
             "proximal_point_ras": list(CLICKED[proximal]), "distal_point_ras": list(CLICKED[distal]),
             "implant": {"profile": "curved_plate", "width_mm": 10, "depth_mm": 5},
@@ -98,7 +126,7 @@ def exported(request, labels, tmp_path_factory):
                      "--no-report", "--parts", *PARTS])
     folders = glob.glob(str(tmp / "out" / "*"))
     manifest = json.load(open(os.path.join(folders[0], "manifest.json"))) if code == 0 else None
-    return code, err.getvalue(), (folders[0] if code == 0 else None), manifest, lab, m, proximal, distal
+    return code, err.getvalue(), (folders[0] if code == 0 else None), manifest, lab, m, proximal, distal, copy
 
 
 def _mesh(folder, manifest, role, stem_part):
@@ -121,9 +149,12 @@ def test_export_succeeds_and_the_record_states_what_was_not_checked(exported):
     assert safety["findings"] == [] and safety["accepted"] == []
     assert safety["keep_out"]["source"] == "CT"
     assert "esophagus" in safety["keep_out"]["not_checked"]
-    # Both exclude seeds gave a kept-out blood pool and the canal was found.
+    # Both exclude seeds gave a kept-out blood pool (without contrast: found from the fat and lung around it) and the
+    # canal was found.
     kinds = list(safety["keep_out"]["structures"].values())
-    assert kinds.count("exclude seed") == 2 and "bony ring" in kinds
+    seeded = "exclude seed, no contrast" if exported[-1] == "without contrast" else "exclude seed"
+    assert kinds.count(seeded) == 2 and "bony ring" in kinds
+    assert "aorta / heart" not in safety["keep_out"]["not_checked"]
     screws = manifest["measurements"]["screws"]
     assert {s["trajectory"]["end"] for s in screws} == {"proximal", "distal"}
     assert all(s["screw_type"]["diameter_mm"] == 3.5 and not s["breach"] for s in screws)
@@ -147,7 +178,7 @@ def test_exported_implants_keep_clear_of_the_labelled_structures(exported):
 
 
 def test_screws_stay_in_their_docking_vertebra(exported):
-    _, _, folder, manifest, lab, m, proximal, distal = _exported_ok(exported)
+    _, _, folder, manifest, lab, m, proximal, distal, _ = _exported_ok(exported)
     half_slice = 0.5 * float(np.linalg.norm(m[:3, :3], axis=0).max())
     screws = manifest["measurements"]["screws"]
     lines = [f["file"] for f in manifest["files"] if f["role"] == "screw trajectory (markups line)"]
@@ -199,7 +230,7 @@ def test_drill_guides_do_not_intersect_their_implants(exported):
 def test_strut_lies_against_the_bodies_not_through_intermediate_vertebrae(exported):
     from PatientImplantPlannerLib.parts.lattice import voxelise
 
-    _, _, folder, manifest, lab, m, proximal, distal = _exported_ok(exported)
+    _, _, folder, manifest, lab, m, proximal, distal, _ = _exported_ok(exported)
     mesh = _mesh(folder, manifest, "implant", "implant_nominal")
     order = list(VERTEBRAE)
     between = [VERTEBRAE[n] for n in order[order.index(proximal) + 1: order.index(distal)]]
@@ -220,3 +251,38 @@ def test_strut_lies_against_the_bodies_not_through_intermediate_vertebrae(export
     assert inside <= 100.0
     d, _ = cKDTree(voxel_centres(np.isin(lab, between), m)).query(np.vstack([mesh.vertices]))
     assert d.min() < 5.0
+
+
+def test_the_aorta_without_contrast_is_found_from_an_exclude_seed(labels, tmp_path):
+    """On the copy without contrast the exclude seed in the descending aorta gives that aorta, slice by slice from the
+    fat and lung around it: measured against its label's section nearest the seed in every slice from the T6 to the
+    T9 body centre. Measured (2026-12-02): 93-98 % of each section, 0.2-2.3 cm2 beyond it (the tissue it touches,
+    kept out too). Higher, from T5's centre, the label's section is the arch, of which only the round descending part
+    is followed (28-77 % of the section): a limit of the method, stated in the README. A 3-D grow from the seed took
+    the whole mediastinum of a 5 mm CT without contrast (test_radiomics_chest)."""
+    from PatientImplantPlannerLib.imaging.keepout import from_ct
+
+    lab, m = labels
+    img = sitk.ReadImage(_without_contrast(chest_ct_path(), lab, tmp_path))
+    ct = sitk.GetArrayFromImage(img)
+    ko = from_ct(ct, m, ct >= 226, [EXCLUDE["aorta"]])  # the bone as thresholded by the segmentation
+    aorta = next(s for s in ko.structures if s.name == "exclude_seed_1_vessel")
+    assert aorta.source == "exclude seed, no contrast"
+    grown = np.zeros(ct.shape, bool)
+    grown[tuple(slice(o, o + n) for o, n in zip(aorta.offset, aorta.mask.shape))] = aorta.mask
+    seed_ji = np.rint(np.linalg.inv(m)[:3] @ np.append(EXCLUDE["aorta"], 1.0))[:2][::-1]
+    pixel_cm2 = float(np.prod(np.linalg.norm(m[:3, :3], axis=0)[:2])) / 100.0
+    ends = sorted(int(np.rint(np.argwhere(lab == VERTEBRAE[n])[:, 0].mean())) for n in ("T6", "T9"))  # body centres
+    cover, beyond = [], []
+    for k in range(ends[0], ends[1] + 1):
+        comp, n = ndimage.label(lab[k] == STRUCTURES["aorta"])
+        if n == 0:
+            continue
+        near = min(range(1, n + 1), key=lambda c: np.hypot(*(np.argwhere(comp == c) - seed_ji).T).min())
+        section = comp == near
+        cover.append(float(np.mean(grown[k][section])))
+        beyond.append(float((grown[k] & (lab[k] != STRUCTURES["aorta"])).sum() * pixel_cm2))
+    print(np.round(cover, 2).tolist(), np.round(beyond, 1).tolist())
+    assert len(cover) >= 25  # T6 to T9 on 2.5 mm slices
+    assert min(cover) >= 0.9
+    assert max(beyond) <= 4.0

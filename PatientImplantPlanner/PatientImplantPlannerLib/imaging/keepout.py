@@ -3,10 +3,11 @@ their distance fields for placement, and the clearance / overlap of finished mes
 
 Sources, best first:
 - a label map or segmentation with TotalSegmentator names or numbering (``from_labels``);
-- without labels, what the CT shows (``from_ct``): contrast-filled vessels and heart grown from the exclude seeds,
-  the airway (air below AIRWAY_HU connected to the trachea at the top of the scan), and the spinal canal (the
-  hole enclosed by each vertebra's bony ring behind the body). Structures the CT cannot show (the oesophagus) are
-  listed as not checked.
+- without labels, what the CT shows (``from_ct``): contrast-filled vessels and heart grown from the exclude seeds
+  (without contrast, the blood pool ringed by fat and lung around each seed, followed slice by slice), the airway
+  (air below AIRWAY_HU connected to the trachea at the top of the scan), and the spinal canal (the hole enclosed by
+  each vertebra's bony ring behind the body). Structures the CT cannot show (the oesophagus) are listed as not
+  checked.
 Everything is numpy on the CT's voxel grid ([k, j, i] arrays, a 4x4 IJK-to-RAS matrix); no scene access.
 """
 
@@ -28,6 +29,17 @@ FIELD_PITCH_MM = 1.0  # placement searches on a coarser distance field
 AIRWAY_HU = -950.0  # tracheal air; lung parenchyma (about -850 HU) stays above it
 VESSEL_HU = (130.0, 900.0)  # contrast-filled blood pool, grown from an exclude seed
 UNENHANCED_BLOOD_HU = (0.0, 90.0)  # blood, heart and vessel walls without contrast (two 5 mm chest CTs: 30-60 HU)
+# Blood without contrast (_grow_unenhanced): its edge halfway between blood (30-60 HU) and fat (-100); rays within a
+# slice; how far the pool may reach from its centre in a slice and along the spine; the cut of a ray running into
+# touching soft tissue (times the median ray) and the change of radius that ends the pool (times its radius).
+UNENHANCED_EDGE_HU = -30.0
+UNENHANCED_RAYS = 64
+UNENHANCED_MAX_MM = 60.0
+UNENHANCED_ALONG_MM = 150.0
+UNENHANCED_CLIP = 1.3
+UNENHANCED_RADIUS_CHANGE = 0.4
+UNENHANCED_MIN_RADIUS_MM = 5.0  # the descending aorta is 8-15 mm in radius
+CONTRAST_NEAR_MM, CONTRAST_NEAR_ML = 10.0, 1.0  # contrast-filled blood this near a seed: a contrast CT
 CANAL_AREA_MM2 = (20.0, 600.0)  # cross-section of a spinal canal hole in one axial slice
 CANAL_BEHIND_AXIS_MM = 8.0  # the canal starts behind the body: at least this far posterior of the body centres
 
@@ -278,6 +290,93 @@ def _grow_vessel(ct: np.ndarray, bone: np.ndarray, seed_kji, spacing_kji, max_ra
     return region, lo
 
 
+def _contrast_pool_near(ct: np.ndarray, bone, seed_kji, spacing_kji) -> bool:
+    """Whether contrast-filled blood (VESSEL_HU, not bone, CONTRAST_NEAR_ML or more in one piece, so not a calcified
+    plaque) lies within CONTRAST_NEAR_MM of the seed."""
+    r = np.ceil(CONTRAST_NEAR_MM / np.asarray(spacing_kji)).astype(int)
+    lo, hi = np.maximum(np.asarray(seed_kji) - r, 0), np.minimum(np.asarray(seed_kji) + r + 1, ct.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    pool = (ct[box] >= VESSEL_HU[0]) & (ct[box] <= VESSEL_HU[1])
+    if bone is not None:  # with the cancellous bone inside the cortex (as dense as diluted contrast)
+        pool &= ~np.stack([ndimage.binary_fill_holes(b) for b in bone[box]])
+    lab, n = ndimage.label(pool)
+    counts = label_counts(lab, n + 1)[1:]
+    return bool(len(counts)) and counts.max() * float(np.prod(spacing_kji)) / 1000.0 >= CONTRAST_NEAR_ML
+
+
+def _grow_unenhanced(ct: np.ndarray, seed_kji, ijk_to_ras):
+    """(mask, origin) of blood without contrast around the seed, or None: in each axial slice the pool as seen from
+    its centre (rays that stop at fat, lung, bone or a calcified wall: anything outside UNENHANCED_EDGE_HU to
+    UNENHANCED_BLOOD_HU's top, on the CT smoothed by 1 mm against noise), each ray cut at UNENHANCED_CLIP times the
+    pool's median radius where it runs on into touching soft tissue (a 3-D grow took the whole mediastinum of a 5 mm
+    chest CT with the aorta); followed slice by slice from the seed while its centre stays in blood and its radius
+    changes by less than UNENHANCED_RADIUS_CHANGE."""
+    m = np.asarray(ijk_to_ras, float)
+    sp = np.linalg.norm(m[:3, :3], axis=0)[::-1]
+    axis = int(np.argmax(np.abs(m[2, :3] / sp[::-1])[::-1]))  # the array axis nearest the patient's S
+    plane = [a for a in range(3) if a != axis]
+    seed = np.asarray(seed_kji, int)
+    reach = np.ceil(np.array([UNENHANCED_ALONG_MM if a == axis else UNENHANCED_MAX_MM for a in range(3)]) / sp)
+    lo = np.maximum(seed - reach.astype(int), 0)
+    hi = np.minimum(seed + reach.astype(int) + 1, ct.shape)
+    sub = ndimage.gaussian_filter(ct[tuple(slice(a, b) for a, b in zip(lo, hi))].astype(np.float32), 1.0 / sp)
+    sub = np.moveaxis(sub, axis, 0)
+    sp2 = sp[plane]
+    angles = np.linspace(0.0, 2 * np.pi, UNENHANCED_RAYS, endpoint=False)
+    steps = np.arange(0.0, UNENHANCED_MAX_MM, 0.5)
+    yy, xx = np.indices(sub.shape[1:], dtype=float)
+
+    def pool_in(img, centre):
+        """(slice mask, radius) of the pool seen from ``centre`` (row, column), or None."""
+        ys = centre[0] + np.outer(np.sin(angles), steps) / sp2[0]
+        xs = centre[1] + np.outer(np.cos(angles), steps) / sp2[1]
+        v = ndimage.map_coordinates(img, [ys, xs], order=1, mode="constant", cval=-1000.0)
+        inside = (v >= UNENHANCED_EDGE_HU) & (v <= UNENHANCED_BLOOD_HU[1])
+        if not inside[:, 0].all():
+            return None
+        stop = np.where(inside.all(axis=1), len(steps), np.argmax(~inside, axis=1))
+        if np.mean(stop == len(steps)) > 0.5:  # soft tissue on and on: no blood pool ringed by fat or lung
+            return None
+        r = steps[np.maximum(stop - 1, 0)] + 0.25
+        r = np.minimum(r, UNENHANCED_CLIP * float(np.median(r)))
+        dy, dx = (yy - centre[0]) * sp2[0], (xx - centre[1]) * sp2[1]
+        theta = np.mod(np.arctan2(dy, dx), 2 * np.pi)
+        limit = np.interp(theta, np.append(angles, 2 * np.pi), np.append(r, r[0]))
+        # its size: the rays that end on its own wall (the shorter ones; the others run into touching tissue)
+        return np.hypot(dy, dx) <= limit, float(np.percentile(r, 30))
+
+    def middle(mask2d, near, radius):
+        """The point deepest inside within half a radius of ``near``: the lumen's centre, which moves little from
+        slice to slice, not the middle of the touching tissue the rays ran into."""
+        depth = ndimage.distance_transform_edt(mask2d, sampling=sp2)
+        depth[np.hypot((yy - near[0]) * sp2[0], (xx - near[1]) * sp2[1]) > 0.5 * radius] = -1.0
+        return np.array(np.unravel_index(int(np.argmax(depth)), depth.shape), dtype=float)
+
+    out = np.zeros(sub.shape, dtype=bool)
+    s0 = int(seed[axis] - lo[axis])
+    centre = (seed[plane] - lo[plane]).astype(float)
+    first = None
+    for _ in range(3):  # a seed off the pool's centre: look again from the centre of what it saw
+        got = pool_in(sub[s0], centre)
+        if got is None:
+            break
+        first = got
+        centre = middle(got[0], centre, got[1])
+    if first is None or first[1] < UNENHANCED_MIN_RADIUS_MM:  # a seed on the edge of some tissue, not in a pool
+        return None
+    out[s0] = first[0]
+    for step in (1, -1):
+        c, radius, k = centre, first[1], s0 + step
+        while 0 <= k < sub.shape[0]:
+            got = pool_in(sub[k], c)
+            if got is None or abs(got[1] - radius) > UNENHANCED_RADIUS_CHANGE * radius:
+                break
+            out[k], radius = got[0], got[1]
+            c = middle(got[0], c, radius)
+            k += step
+    return np.moveaxis(out, 0, axis), lo
+
+
 def _airway(ct: np.ndarray, spacing_kji, ijk_to_ras) -> Optional[tuple]:
     """Tracheal and main-bronchial air: AIRWAY_HU air components that reach the scan's top slices near the
     midline (the trachea enters the chest there); None when the scan shows none."""
@@ -389,24 +488,32 @@ def from_ct(ct: np.ndarray, ijk_to_ras, bone_mask=None, exclude_seeds_ras=(), ax
         if np.any(kji < 0) or np.any(kji >= np.array(ct.shape)):
             raise PlanError(f"Exclude seed {n + 1} at {np.round(p, 1).tolist()} (RAS) is outside the CT.",
                             "Move the exclude seed into the vessel or heart it marks.")
-        grown = _grow_vessel(ct, bone_mask, kji, spacing_kji)
+        grown, how = _grow_vessel(ct, bone_mask, kji, spacing_kji), "exclude seed"
+        around = ct[tuple(slice(max(c - 1, 0), c + 2) for c in kji)]
+        hu = float(np.median(around))
+        plain = UNENHANCED_BLOOD_HU[0] <= hu <= UNENHANCED_BLOOD_HU[1]
+        # Beside a contrast-filled pool the seed slipped off the vessel into the tissue around it.
+        plain = plain and grown is None and not _contrast_pool_near(ct, bone_mask, kji, spacing_kji)
+        if plain:
+            # No contrast: the blood pool is bounded by the fat and lung around it instead (more is kept out).
+            grown, how = _grow_unenhanced(ct, kji, m), "exclude seed, no contrast"
         if grown is None:
-            around = ct[tuple(slice(max(c - 1, 0), c + 2) for c in kji)]
-            hu = float(np.median(around))
-            plain = UNENHANCED_BLOOD_HU[0] <= hu <= UNENHANCED_BLOOD_HU[1]
             raise PlanError(
                 f"Exclude seed {n + 1} at {np.round(p, 1).tolist()} (RAS) is not in contrast-filled blood "
                 f"({VESSEL_HU[0]:g}-{VESSEL_HU[1]:g} HU): the CT there is {hu:.0f} HU"
-                + (", as blood or soft tissue without contrast." if plain else "."),
+                + (", soft tissue without contrast, but no blood pool ringed by fat or lung shows around it (a "
+                   f"vessel {2 * UNENHANCED_MIN_RADIUS_MM:g} mm across or more, up to the heart; soft tissue running "
+                   f"on beyond {UNENHANCED_MAX_MM:g} mm is none)." if plain else "."),
                 "Click the exclude seed inside the aorta or the heart's contrast-filled chambers."
-                + (" On a CT without contrast the vessels cannot be grown from a seed: remove the exclude seeds and "
-                   "give keep-out labels (--keep-out, or the keep-out segmentation in the module, e.g. "
-                   "TotalSegmentator's), or choose the strut's side away from the aorta yourself (placement, e.g. "
-                   "anterolateral_right, or placement_angle_deg in the plan; 'Placement' in the module) and check it "
-                   "on the CT." if plain else ""))
+                + (" Without contrast, click the middle of the descending aorta (the round section beside the "
+                   "vertebral bodies, ringed by fat or lung), or remove the exclude seeds and give keep-out labels "
+                   "(--keep-out, or the keep-out segmentation in the module, e.g. TotalSegmentator's), or choose the "
+                   "strut's side away from the aorta yourself (placement, e.g. anterolateral_right, or "
+                   "placement_angle_deg in the plan; 'Placement' in the module) and check it on the CT." if plain
+                   else ""))
         region, lo = grown
         crop, clo = _crop(region)
-        ko.structures.append(Structure(f"exclude_seed_{n + 1}_vessel", "exclude seed", crop, clo + lo))
+        ko.structures.append(Structure(f"exclude_seed_{n + 1}_vessel", how, crop, clo + lo))
     box, box_lo = (tuple(slice(0, n) for n in ct.shape), np.zeros(3, int))
     if axis_points is not None and len(axis_points):
         box, box_lo = _box_around(axis_points, m, ct.shape, pad_mm)
