@@ -1,7 +1,8 @@
 """Safe plans on the real contrast chest CT without labels (issue 7, acceptance (b)): the T6 -> T8 and T4 -> T9 struts
 planned through the CLI from clicked points in the docking vertebrae and exclude seeds in the aorta and the heart only,
 so the keep-out anatomy comes from the CT (the blood pools grown from the seeds, the airway, the spinal canal). T6 -> T8
-also on a copy of the CT stored sideways (array axes permuted and flipped, the same patient in the same place).
+also on a copy of the CT stored sideways (array axes permuted and flipped, the same patient in the same place), and on
+a copy without contrast (its labelled blood pools set to 45 HU: the seeds' pools found from the fat and lung around).
 
 Everything is measured on the exported files against the TotalSegmentator labels, which the planner never saw:
 - clearance of the nominal implant and the largest variant (STL) to aorta, heart, oesophagus, trachea and spinal
@@ -82,7 +83,7 @@ BLOOD = list(range(51, 64))  # heart, aorta, pulmonary veins, great arteries and
 UNENHANCED_HU = 45.0
 
 
-def _without_contrast(path: str, labels, folder) -> str:
+def _without_contrast(path: str, folder) -> str:
     """The same CT as if scanned without contrast: inside the labelled blood pools (and their one-voxel rim, which
     partial volume keeps bright) every voxel over 90 HU becomes blood without contrast, 45 HU plus a quarter of its
     deviation from the pools' median (the noise kept, the 300-600 HU of the contrast gone). The anatomy, the bone and
@@ -114,7 +115,7 @@ def exported(request, labels, tmp_path_factory):
     assert _lookup(lab, m, list(EXCLUDE.values())).tolist() == [STRUCTURES["aorta"], STRUCTURES["heart"]]
     tmp = tmp_path_factory.mktemp(f"clicked_{proximal}{distal}")
     ct_path = (_stored_sideways(chest_ct_path(), tmp) if copy == "sideways" else
-               _without_contrast(chest_ct_path(), lab, tmp) if copy else chest_ct_path())
+               _without_contrast(chest_ct_path(), tmp) if copy else chest_ct_path())
     plan = {"case_id": f"CHEST-{proximal}{distal}-CLICKED", "proximal_level": proximal, "distal_level": distal,
             "proximal_point_ras": list(CLICKED[proximal]), "distal_point_ras": list(CLICKED[distal]),
             "implant": {"profile": "curved_plate", "width_mm": 10, "depth_mm": 5},
@@ -263,7 +264,7 @@ def test_the_aorta_without_contrast_is_found_from_an_exclude_seed(labels, tmp_pa
     from PatientImplantPlannerLib.imaging.keepout import from_ct
 
     lab, m = labels
-    img = sitk.ReadImage(_without_contrast(chest_ct_path(), lab, tmp_path))
+    img = sitk.ReadImage(_without_contrast(chest_ct_path(), tmp_path))
     ct = sitk.GetArrayFromImage(img)
     ko = from_ct(ct, m, ct >= 226, [EXCLUDE["aorta"]])  # the bone as thresholded by the segmentation
     aorta = next(s for s in ko.structures if s.name == "exclude_seed_1_vessel")
