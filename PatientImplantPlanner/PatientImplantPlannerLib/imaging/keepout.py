@@ -259,14 +259,19 @@ def from_labels(label_map: np.ndarray, ijk_to_ras, values: Optional[dict] = None
     return ko
 
 
+def _seed_box(seed_kji, reach_mm, spacing_kji, shape) -> tuple:
+    """(slices, origin) of the box reaching ``reach_mm`` (per axis or one for all) from the seed, inside the array."""
+    r = np.ceil(np.asarray(reach_mm, float) / np.asarray(spacing_kji, float)).astype(int)
+    lo = np.maximum(np.asarray(seed_kji, int) - r, 0)
+    hi = np.minimum(np.asarray(seed_kji, int) + r + 1, shape)
+    return tuple(slice(a, b) for a, b in zip(lo, hi)), lo
+
+
 def _grow_vessel(ct: np.ndarray, bone: np.ndarray, seed_kji, spacing_kji, max_radius_mm: float = 90.0):
     """Contrast-filled blood pool connected to the seed: VESSEL_HU voxels outside the bone, opened by one voxel
     so that a thin bridge (a vessel wall touching bone or another organ) does not carry the region further."""
     seed = np.asarray(seed_kji, int)
-    r = np.ceil(max_radius_mm / np.asarray(spacing_kji)).astype(int)
-    lo = np.maximum(seed - r, 0)
-    hi = np.minimum(seed + r + 1, ct.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    box, lo = _seed_box(seed, max_radius_mm, spacing_kji, ct.shape)
     sub = ct[box]
     pool = (sub >= VESSEL_HU[0]) & (sub <= VESSEL_HU[1])
     if bone is not None:
@@ -293,9 +298,7 @@ def _grow_vessel(ct: np.ndarray, bone: np.ndarray, seed_kji, spacing_kji, max_ra
 def _contrast_pool_near(ct: np.ndarray, bone, seed_kji, spacing_kji) -> bool:
     """Whether contrast-filled blood (VESSEL_HU, not bone, CONTRAST_NEAR_ML or more in one piece, so not a calcified
     plaque) lies within CONTRAST_NEAR_MM of the seed."""
-    r = np.ceil(CONTRAST_NEAR_MM / np.asarray(spacing_kji)).astype(int)
-    lo, hi = np.maximum(np.asarray(seed_kji) - r, 0), np.minimum(np.asarray(seed_kji) + r + 1, ct.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    box, _ = _seed_box(seed_kji, CONTRAST_NEAR_MM, spacing_kji, ct.shape)
     pool = (ct[box] >= VESSEL_HU[0]) & (ct[box] <= VESSEL_HU[1])
     if bone is not None:  # with the cancellous bone inside the cortex (as dense as diluted contrast)
         pool &= ~np.stack([ndimage.binary_fill_holes(b) for b in bone[box]])
@@ -316,10 +319,9 @@ def _grow_unenhanced(ct: np.ndarray, seed_kji, ijk_to_ras):
     axis = int(np.argmax(np.abs(m[2, :3] / sp[::-1])[::-1]))  # the array axis nearest the patient's S
     plane = [a for a in range(3) if a != axis]
     seed = np.asarray(seed_kji, int)
-    reach = np.ceil(np.array([UNENHANCED_ALONG_MM if a == axis else UNENHANCED_MAX_MM for a in range(3)]) / sp)
-    lo = np.maximum(seed - reach.astype(int), 0)
-    hi = np.minimum(seed + reach.astype(int) + 1, ct.shape)
-    sub = ndimage.gaussian_filter(ct[tuple(slice(a, b) for a, b in zip(lo, hi))].astype(np.float32), 1.0 / sp)
+    box, lo = _seed_box(seed, [UNENHANCED_ALONG_MM if a == axis else UNENHANCED_MAX_MM for a in range(3)], sp,
+                        ct.shape)
+    sub = ndimage.gaussian_filter(ct[box].astype(np.float32), 1.0 / sp)
     sub = np.moveaxis(sub, axis, 0)
     sp2 = sp[plane]
     angles = np.linspace(0.0, 2 * np.pi, UNENHANCED_RAYS, endpoint=False)
