@@ -293,6 +293,28 @@ def test_footplates_held_back_by_the_canal_widen_sideways_until_the_screws_fit()
     assert free.footplate_lateral_fraction == 0.0 and not any("sideways" in n for n in free_notes)
 
 
+@pytest.mark.parametrize("diameter", [8.0, 12.0])
+def test_an_axis_strut_on_cervical_endplates_too_small_for_a_screw_says_so(diameter):
+    """C5 -> C7 with the strut on the axis: no 3.5 mm screw head fits beside an 8 or 12 mm strut even on a footplate
+    covering the whole C5 endplate (20 x 15 mm on this phantom; measured: none at 1.0 of its width). This was refused
+    as "within 1.3 mm of the spinal canal" with fixes that did not help (a slimmer strut, a lower clearance). The
+    refusal names the endplate and the fix that works, which is then checked: the same plan placed against the
+    bodies gets its screws."""
+    ph = make_spine_phantom(spacing=0.8, levels=("C5", "C6", "C7"))
+    plan = Plan(case_id="C5C7", proximal_level="C5", distal_level="C7", proximal_point_ras=ph.body_point("C5"),
+                distal_point_ras=ph.body_point("C7"), implant=ImplantParameters(diameter_mm=diameter),
+                placement="axis")
+    with pytest.raises(PlanError) as err:
+        design_implant(plan, ph.array, ph.ijk_to_ras, ph.bone_mask)
+    assert "even a footplate covering the whole proximal endplate" in err.value.problem
+    assert "C5" in err.value.problem and "canal" not in err.value.problem
+    assert "placement 'auto'" in err.value.fix
+    assert "slimmer" not in err.value.fix and "keep_out_clearance_mm" not in err.value.fix
+    plan.placement = "auto"
+    r = design_implant(plan, ph.array, ph.ijk_to_ras, ph.bone_mask)
+    assert {sp.trajectory.end for sp in r.screws} == {"proximal", "distal"}
+
+
 def test_footplates_placed_on_the_bodies_grow_within_the_endplate(thoracic_levels):
     ph, lv = thoracic_levels
     implant, screws = ImplantParameters(diameter_mm=12.0), ScrewParameters(per_end=4)

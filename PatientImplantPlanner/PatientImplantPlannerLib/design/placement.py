@@ -21,7 +21,7 @@ from ..core.anatomy import Endplate
 from ..core.errors import PlanError
 from .access import drill_access
 from .implant import footplate_centre, footplate_outlines
-from .screws import default_trajectories
+from .screws import default_trajectories, screw_type
 from .strut import (
     ImplantParameters,
     end_offset_scale,
@@ -386,6 +386,34 @@ def _on_endplates(params: ImplantParameters, proximal: Endplate, distal: Endplat
     return True
 
 
+def _refuse_if_endplate_too_small(params, proximal: Endplate, distal: Endplate, screw_params, counts,
+                                  no_room: dict) -> None:
+    """Refuse, for the real reason, a plan whose endplate has no room for a screw beside the strut even under a
+    footplate covering all of it: there the keep-out anatomy, which stopped the footplate growing, is not what
+    keeps the screws out, and neither a larger footplate nor a lower clearance helps. Seen on cervical and upper
+    thoracic phantoms with the strut on the axis (C5 -> C7: a 20 x 15 mm endplate, no 3.5 mm screw beside a strut of
+    6, 8 or 12 mm), which were refused as "within 1.3 mm of the spinal canal" with fixes that did not help."""
+    whole = replace(params, footplate_fraction=1.0, footplate_lateral_fraction=0.0, footplate_offset_anterior_mm=0.0,
+                    footplate_offset_lateral_mm=0.0)
+    if min(counts(whole)) > 0 or id(whole) not in no_room:
+        return
+    end = no_room[id(whole)]
+    plate = proximal if end == "proximal" else distal
+    radius = float(np.linalg.norm(profile_polygon(params), axis=1).max())
+    on_axis = abs(params.offset_anterior_mm) < 1e-6 and abs(params.offset_lateral_mm) < 1e-6 and not len(
+        params.offset_contour_mm)
+    st = screw_type(screw_params.screw_type)
+    raise PlanError(
+        f"No room for a screw on the {end} footplate: even a footplate covering the whole {end} endplate "
+        f"({2 * plate.radius_ap:.0f} x {2 * plate.radius_lr:.0f} mm{f', {plate.level}' if plate.level else ''}) "
+        f"has no room for one {st.name} screw beside the strut ({radius:.1f} mm from its centre line).",
+        ("Place the strut against the vertebral bodies instead of on the axis (placement 'auto', a side such as "
+         "'anterior', or its angle, placement_angle_deg: its screws then go into the bodies behind it)" if on_axis else
+         "Use a slimmer strut (implant.width_mm / diameter_mm)")
+        + (", choose screws.screw_type '3.5 cancellous'" if st.diameter_mm > 3.5 else "")
+        + ", or place the screws by hand (edit the screw lines: the plan's trajectories).")
+
+
 def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal: Endplate, screw_params,
                    pattern: Optional[dict] = None, keep_out=None, required_clearance_mm: float = 2.0,
                    largest_variant_mm: float = 0.0, field=None, screws_by_hand: bool = False) -> tuple:
@@ -492,6 +520,8 @@ def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal:
     if min(best_n) == 0 and no_access and no_access[0] is not params:
         # No size gives a screw: refuse for the real reason (room was found, but the drill cannot reach it).
         return no_access[0], notes
+    if min(best_n) == 0 and not screws_by_hand and not no_access:
+        _refuse_if_endplate_too_small(params, proximal, distal, screw_params, counts, no_room)
     if min(best_n) == 0 and stopped and id(best) in no_room and not screws_by_hand:
         # The keep-out anatomy, not the endplate, kept the footplate too small: "raise footplate_fraction" would
         # not help (placement shrinks it again), so say what stopped it and what does help.
