@@ -315,6 +315,58 @@ def test_an_axis_strut_on_cervical_endplates_too_small_for_a_screw_says_so(diame
     assert {sp.trajectory.end for sp in r.screws} == {"proximal", "distal"}
 
 
+@pytest.fixture(scope="module")
+def neck():
+    return make_spine_phantom(spacing=0.8, levels=("C5", "C6", "C7"), with_mediastinum=True)
+
+
+def _neck_plan(ph, **kw):
+    return Plan(case_id="NECK", proximal_level="C5", distal_level="C7", proximal_point_ras=ph.body_point("C5"),
+                distal_point_ras=ph.body_point("C7"), **kw)
+
+
+def test_at_cervical_levels_the_automatic_side_stays_in_front(neck):
+    """C5 -> C7 with the oesophagus and trachea labelled just in front of the bodies: the automatic search had gone
+    round to -75 deg (lateral, 3.2 mm from the oesophagus), where the vertebral arteries and nerve roots run, which no
+    label shows. At a cervical docking level it keeps within 20 deg of anterior; no angle there keeps 2 mm, so the
+    strut lies where it comes least near, a warning says why, and the clearances are findings that block export
+    until the surgeon accepts them (the oesophagus and trachea are retracted in the anterior approach)."""
+    keep_out = from_labels(neck.keepout_labels, neck.ijk_to_ras)
+    r = design_implant(_neck_plan(neck), neck.array, neck.ijk_to_ras, neck.bone_mask, keep_out=keep_out)
+    angle = r.measurements["placement_detail"]["angle_deg"]
+    assert abs(angle) <= 20.0
+    assert any("within 20 deg of anterior" in w for w in r.warnings)
+    found = dict(r.blocking)
+    assert set(found) <= {"clearance:esophagus", "clearance:trachea"} and "clearance:esophagus" in found
+    plan = _neck_plan(neck, accepted_risks=sorted(found))
+    r = design_implant(plan, neck.array, neck.ijk_to_ras, neck.bone_mask, keep_out=keep_out)
+    assert not r.blocking and r.measurements["placement_detail"]["angle_deg"] == angle
+    # The strut's middle (a slab across C6, away from the footplates) lies within 6 mm of the midline.
+    pts = surface_samples(r.nominal.mesh, 20000)
+    c6 = np.asarray(neck.body_point("C6"), float)
+    slab = pts[np.abs(pts[:, 2] - c6[2]) < 3.0]
+    assert len(slab) > 100
+    assert abs(float(slab[:, 0].mean()) - c6[0]) < 6.0  # medial to longus colli
+    assert float(slab[:, 1].mean()) > c6[1]  # in front of the body (RAS: +y anterior)
+
+
+def test_a_strut_set_beside_the_cervical_bodies_is_a_finding(neck):
+    """A side the user fixes beside a cervical body (75 deg) is planned but blocks export until accepted, naming
+    what the planner cannot see there; the same angle at thoracic levels (T5 -> T8) raises no such finding."""
+    keep_out = from_labels(neck.keepout_labels, neck.ijk_to_ras, names=["spinal_cord"])
+    r = design_implant(_neck_plan(neck, placement_angle_deg=75.0), neck.array, neck.ijk_to_ras, neck.bone_mask,
+                       keep_out=keep_out)
+    found = dict(r.blocking)
+    assert "unchecked:vertebral_artery" in found and "+75 deg" in found["unchecked:vertebral_artery"]
+    plan = _neck_plan(neck, placement_angle_deg=75.0, accepted_risks=["unchecked:vertebral_artery"])
+    r = design_implant(plan, neck.array, neck.ijk_to_ras, neck.bone_mask, keep_out=keep_out)
+    assert "unchecked:vertebral_artery" not in dict(r.blocking)
+    assert "unchecked:vertebral_artery" in r.measurements["safety"]["accepted"]
+    ph = make_spine_phantom(spacing=1.0, levels=LEVELS)
+    r = design_implant(_plan(ph, placement_angle_deg=75.0), ph.array, ph.ijk_to_ras, ph.bone_mask)
+    assert not any(i.startswith("unchecked:vertebral") for i, _ in r.blocking)
+
+
 def test_footplates_placed_on_the_bodies_grow_within_the_endplate(thoracic_levels):
     ph, lv = thoracic_levels
     implant, screws = ImplantParameters(diameter_mm=12.0), ScrewParameters(per_end=4)

@@ -40,6 +40,13 @@ NAMED_ANGLES = {
 }
 AUTO_STEP_DEG = 5.0
 AUTO_RANGE_DEG = 90.0
+# Beside the cervical bodies run the vertebral arteries (in the transverse foramina, C6 up), the nerve roots and the
+# sympathetic chain on longus colli; neither CT nor TotalSegmentator's keep-out labels show them. The anterior
+# approach works medial to longus colli, so at a cervical docking level the automatic angle stays within this of
+# anterior: a strut about 16 mm from the axis (C5 -> C7 phantom: clear of the bodies along the lordosis) then has its
+# centre within about 5.5 mm of the midline (at 30 deg it was 8 mm, a 12 mm strut's edge 14 mm out, over longus
+# colli). On that phantom with its oesophagus labelled the search had gone to -75 deg.
+CERVICAL_RANGE_DEG = 20.0
 SCREW_PATTERN = 0.15  # screws centre this x the endplate's radius (in the strut's direction) towards the strut
 BONE_REACH = 1.5  # bone farther from the axis than this x the larger endplate radius is not "the body" (ribs)
 FIELD_MARGIN_MM = 0.5  # the 1 mm placement field may differ from the 0.5 mm measurement by this much
@@ -64,6 +71,7 @@ class Placement:
     clearance_mm: Optional[float] = None  # estimated on the placement field (None: no keep-out structures)
     nearest: str = ""
     by_angle: list = field(default_factory=list)  # [(angle, clearance or None, nearest)] tried
+    note: str = ""  # for the plan's warnings: why the search took a position short of the clearance
 
     def as_dict(self) -> dict:
         return {"angle_deg": self.angle_deg, "offset_mm": round(self.offset_mm, 2), "how": self.how,
@@ -251,9 +259,11 @@ def _clearance(field, axis, proximal, distal, params, extra_mm) -> tuple:
 def place_strut(implant: ImplantParameters, axis, proximal: Endplate, distal: Endplate, bone_mask, ijk_to_ras,
                 keep_out=None, placement: str = "auto", angle_deg: Optional[float] = None,
                 required_clearance_mm: float = 2.0, bone_gap_mm: float = 1.0, largest_variant_mm: float = 0.0,
-                field=None) -> Placement:
-    """The strut's place around the bodies. ``placement`` "auto" searches the angle; a named placement
-    (NAMED_ANGLES) or ``angle_deg`` fixes it (the clearance is then measured, not enforced here)."""
+                field=None, levels: tuple = ()) -> Placement:
+    """The strut's place around the bodies. ``placement`` "auto" searches the angle (within CERVICAL_RANGE_DEG of
+    anterior when one of the docking ``levels`` is cervical); a named placement (NAMED_ANGLES) or ``angle_deg``
+    fixes it (the clearance is then measured, not enforced here)."""
+    search = CERVICAL_RANGE_DEG if _cervical_docking(levels) else AUTO_RANGE_DEG
     keep_mm = implant.footplate_thickness_mm + 1.0
     bone = _Bone(axis, proximal, distal, bone_mask, ijk_to_ras, keep_mm)
     if angle_deg is not None:
@@ -261,7 +271,7 @@ def place_strut(implant: ImplantParameters, axis, proximal: Endplate, distal: En
     elif placement in NAMED_ANGLES:
         angles, how = [NAMED_ANGLES[placement]], "named"
     elif placement == "auto":
-        angles = list(np.arange(-AUTO_RANGE_DEG, AUTO_RANGE_DEG + 1e-9, AUTO_STEP_DEG))
+        angles = list(np.arange(-search, search + 1e-9, AUTO_STEP_DEG))
         how = "automatic"
     else:
         raise PlanError(f"Unknown placement {placement!r}.",
@@ -318,6 +328,19 @@ def place_strut(implant: ImplantParameters, axis, proximal: Endplate, distal: En
                     "can lie against them.",
                     "Check the bone segmentation (exclude seeds in contrast vessels, an ROI around the spine) and the "
                     "vertebra points, or use placement 'axis'.")
+            if search < AUTO_RANGE_DEG:
+                # At a cervical level the front is the only corridor, and what lies there (the oesophagus and the
+                # trachea, retracted in the anterior approach) is for the surgeon to accept: a plan to look at, its
+                # clearance a finding that blocks export, rather than a refusal.
+                a, c, n, params, offset, pattern = best
+                note = (f"At a cervical docking level the strut stays within {search:g} deg of anterior (the "
+                        "vertebral arteries and nerve roots lie beside the bodies); no position there keeps "
+                        f"{required_clearance_mm:g} mm from the keep-out anatomy, so it lies where it comes least "
+                        "near: "
+                        f"{angle_name(a)} ({a:+.0f} deg), an estimated {c:.1f} mm from the {n.replace('_', ' ')}.")
+                return Placement(angle_deg=float(a), offset_mm=offset, parameters=params, screw_pattern=pattern,
+                                 how=how, clearance_mm=c, nearest=n, by_angle=[(t[0], t[1], t[2]) for t in tried],
+                                 note=note)
             raise PlanError(
                 f"No strut position around the vertebral bodies keeps {required_clearance_mm:g} mm from the "
                 f"keep-out anatomy: the best, {angle_name(best[0])} ({best[0]:+.0f} deg), comes within "
@@ -341,6 +364,22 @@ def place_strut(implant: ImplantParameters, axis, proximal: Endplate, distal: En
         a, c, n, params, offset, pattern = tried[i]
     return Placement(angle_deg=float(a), offset_mm=offset, parameters=params, screw_pattern=pattern, how=how,
                      clearance_mm=c, nearest=n, by_angle=[(t[0], t[1], t[2]) for t in tried])
+
+
+def _cervical_docking(levels) -> bool:
+    return any(str(n).upper().startswith("C") for n in levels or ())
+
+
+def beside_cervical_bodies(placement: Optional[Placement], levels: tuple) -> list:
+    """[(finding id, message)]: a strut placed (by the user) further than CERVICAL_RANGE_DEG from anterior at a
+    cervical docking level, where structures the planner cannot see run beside the bodies."""
+    if placement is None or not _cervical_docking(levels) or abs(placement.angle_deg) <= CERVICAL_RANGE_DEG + 1e-6:
+        return []
+    return [("unchecked:vertebral_artery",
+             f"the strut lies {placement.angle_deg:+.0f} deg from anterior beside the cervical bodies, where the "
+             "vertebral arteries, nerve roots and sympathetic chain run, which neither the CT nor the keep-out "
+             f"labels show: place it within {CERVICAL_RANGE_DEG:g} deg of anterior (placement 'anterior' or "
+             "placement_angle_deg), or check that side on the CT (CT angiogram) before accepting it")]
 
 
 def _ends_moved(params: ImplantParameters) -> bool:

@@ -30,7 +30,7 @@ from ..record.values import DRILL_BONE_MM
 from .access import DRIVER_REACH_MM, access_radius_mm, drill_access
 from .defectparams import MirrorDefectParameters
 from .implant import build_implant, measurements
-from .placement import NAMED_ANGLES, fit_footplates, place_strut, screw_layout_kwargs
+from .placement import NAMED_ANGLES, beside_cervical_bodies, fit_footplates, place_strut, screw_layout_kwargs
 from .planschema import validate_plan_dict
 from .screws import (
     LOW_DENSITY_HU,
@@ -371,7 +371,7 @@ def _drill_lines_through_bone(trajectories, all_bone, ijk_to_ras, start_mm: floa
 
 
 def safety_findings(plan: Plan, measured: dict, screw_plans, keep_out, blocked_lines=(), doubtful=None,
-                    side_unseen: bool = False, faces=None) -> tuple:
+                    side_unseen: bool = False, faces=None, unseen_beside=()) -> tuple:
     """(safety dict for the measurements / manifest, [(id, message)] findings that block export unless accepted).
     ``blocked_lines`` [(screw name, part, margin)]: screws the drill and driver cannot reach with the implant in
     place (user-edited trajectories; the default layout never makes them). ``doubtful`` {"proximal" / "distal":
@@ -414,6 +414,7 @@ def safety_findings(plan: Plan, measured: dict, screw_plans, keep_out, blocked_l
                          "not show them): give keep-out labels (--keep-out; e.g. TotalSegmentator's), exclude seeds in "
                          "contrast-filled vessels, or choose the side yourself after looking at the CT (placement, "
                          "e.g. anterolateral_right, or placement_angle_deg)"))
+    findings.extend(unseen_beside)  # [(id, message)]: a strut beside the cervical bodies (placement.py)
     for name, part, margin in blocked_lines:
         findings.append((f"access:{name}", f"the drill and driver line of screw '{name}' ({DRIVER_REACH_MM:g} mm "
                          f"outward along its axis) runs into the implant's {part} ({-margin:.1f} mm too close): the "
@@ -576,8 +577,9 @@ def _design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress, label
             placement=plan.placement if plan.placement != "axis" else "anterior",
             angle_deg=plan.placement_angle_deg, required_clearance_mm=plan.keep_out_clearance_mm,
             bone_gap_mm=plan.anterior_clearance_mm, largest_variant_mm=max(plan.variants_mm, default=0.0),
-        )
+            levels=(plan.proximal_level, plan.distal_level))
         implant_params, pattern = placement.parameters, placement.screw_pattern
+        warnings.extend(n for n in (placement.note,) if n)
     # Footplates thinned for a disc-only gap, grown (clear of the keep-out anatomy) until the screws fit.
     implant_params, notes = fit_footplates(implant_params, axis, proximal, distal, plan.screws, pattern,
                                            keep_out=keep_out, required_clearance_mm=plan.keep_out_clearance_mm,
@@ -663,7 +665,8 @@ def _design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress, label
                    and "aorta / heart" in keep_out.not_checked
                    and any(str(n).upper().startswith("T") for n in (plan.proximal_level, plan.distal_level)))
     m["safety"], blocking = safety_findings(plan, measured, screw_plans, keep_out, blocked_lines, doubtful,
-                                            side_unseen, {"proximal": proximal, "distal": distal})
+                                            side_unseen, {"proximal": proximal, "distal": distal},
+                                            beside_cervical_bodies(placement, (plan.proximal_level, plan.distal_level)))
     m["screws"] = [sp.as_dict() for sp in screw_plans]
     m["variants"] = {
         f"+{k:g} mm": {"length_mm": v.length_mm, "volume_mm3": v.mesh.volume()} for k, v in variants.items()
