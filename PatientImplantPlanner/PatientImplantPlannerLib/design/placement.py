@@ -336,8 +336,8 @@ def place_strut(implant: ImplantParameters, axis, proximal: Endplate, distal: En
                 note = (f"At a cervical docking level the strut stays within {search:g} deg of anterior (the "
                         "vertebral arteries and nerve roots lie beside the bodies); no position there keeps "
                         f"{required_clearance_mm:g} mm from the keep-out anatomy, so it lies where it comes least "
-                        "near: "
-                        f"{angle_name(a)} ({a:+.0f} deg), an estimated {c:.1f} mm from the {n.replace('_', ' ')}.")
+                        f"near: {angle_name(a)} ({a:+.0f} deg), an estimated {c:.1f} mm from the "
+                        f"{n.replace('_', ' ')}.")
                 return Placement(angle_deg=float(a), offset_mm=offset, parameters=params, screw_pattern=pattern,
                                  how=how, clearance_mm=c, nearest=n, by_angle=[(t[0], t[1], t[2]) for t in tried],
                                  note=note)
@@ -430,8 +430,8 @@ def _refuse_if_endplate_too_small(params, proximal: Endplate, distal: Endplate, 
     """Refuse, for the real reason, a plan whose endplate has no room for a screw beside the strut even under a
     footplate covering all of it: there the keep-out anatomy, which stopped the footplate growing, is not what
     keeps the screws out, and neither a larger footplate nor a lower clearance helps. Seen on cervical and upper
-    thoracic phantoms with the strut on the axis (C5 -> C7: a 20 x 15 mm endplate, no 3.5 mm screw beside a strut of
-    6, 8 or 12 mm), which were refused as "within 1.3 mm of the spinal canal" with fixes that did not help."""
+    thoracic phantoms with the strut on the axis (C5 -> C7: C5's endplate measured 16 x 21 mm, no 3.5 mm screw beside
+    an 8 or 12 mm strut), which were refused as "within 1.3 mm of the spinal canal" with fixes that did not help."""
     whole = replace(params, footplate_fraction=1.0, footplate_lateral_fraction=0.0, footplate_offset_anterior_mm=0.0,
                     footplate_offset_lateral_mm=0.0)
     if min(counts(whole)) > 0 or id(whole) not in no_room:
