@@ -24,6 +24,8 @@ import numpy as np
 THORACIC = [f"T{n}" for n in range(2, 13)]
 LUMBAR = [f"L{n}" for n in range(1, 6)]
 SPINE = THORACIC + LUMBAR
+# The reference cases' other region (C4 -> T2, C6 -> T11): cervical and upper thoracic docking levels.
+CERVICOTHORACIC = [f"C{n}" for n in range(3, 8)] + [f"T{n}" for n in range(1, 5)]
 NAMED = ("anterior", "anterolateral_right", "lateral_right", "anterolateral_left", "lateral_left")
 
 
@@ -60,16 +62,18 @@ class Case:
                 f"{self.placement}{angle}")
 
 
-def random_case(seed: int, max_spacing: float = 1.5, min_spacing: float = 0.5) -> Case:
-    """A plausible plan on a small phantom, deterministic for ``seed``."""
+def random_case(seed: int, max_spacing: float = 1.5, min_spacing: float = 0.5, spine=None) -> Case:
+    """A plausible plan on a small phantom, deterministic for ``seed``, its levels drawn from ``spine`` (SPINE:
+    T2-L5; CERVICOTHORACIC: C3-T4)."""
     from PatientImplantPlannerLib.phantoms.spine import level_size
 
+    spine = spine or SPINE
     rng = np.random.default_rng(seed)
     gap = int(rng.choice([1, 2, 3, 4], p=[0.2, 0.4, 0.25, 0.15]))  # 1 = adjacent (a disc only)
-    first = int(rng.integers(0, len(SPINE) - gap))
-    proximal, distal = SPINE[first], SPINE[first + gap]
-    levels = SPINE[first:first + gap + 1]
-    thoracic = distal in THORACIC
+    first = int(rng.integers(0, len(spine) - gap))
+    proximal, distal = spine[first], spine[first + gap]
+    levels = spine[first:first + gap + 1]
+    thoracic = distal.startswith("T")  # cervical: lordotic, no mediastinum drawn
     # Kyphosis per disc as in patients: thoracic kyphotic, lumbar lordotic, both with some spread.
     per_disc = rng.uniform(-2.0, 8.0) if thoracic else rng.uniform(-5.0, 2.0)
     mediastinum = bool(thoracic and rng.random() < 0.6)
