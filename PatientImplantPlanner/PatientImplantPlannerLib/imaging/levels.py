@@ -68,6 +68,14 @@ MAX_BODY_HEIGHT_RATIO = 1.4
 MIN_BODY_HEIGHT_FRACTION = 0.75
 
 
+# A docking face is checked against two directions found without it: its own body's other face, and the line from
+# its body's centre to the next body's between the docking levels. Sound faces in every detection of the test suite
+# (350: the chest, lumbar, angiogram and noisy CTs, clicked points and labels, and phantoms) lay within 11.3 deg of
+# the nearer of the two and 17.1 deg of the line (the lumbar CT's L3 superior, in lordosis). A face further off
+# raised no doubt of its own until the implant fell apart (25 deg) or the spine ran along it (70 deg, strut.py).
+MAX_FACE_OFF_BODY_DEG = 20.0
+MAX_FACE_OFF_LINE_DEG = 30.0
+
 MIN_LEVEL_SEPARATION_MM = 15.0  # points farther apart than this are never in the same vertebra (bodies 17-30 mm)
 CONTROL_STEP_LEVELS = 0.55  # axis control points at most this many level spacings apart
 
@@ -456,6 +464,8 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
             doubtful[end] = f"{doubtful[end]} {why}" if end in doubtful else why
     warnings += prox.warnings + dist.warnings
     centres = np.array([c for c, _ in walked]).reshape(-1, 3)
+    for end, why in _faces_off_the_spine(prox, dist, centres, intermediate_levels, use_labels).items():
+        doubtful[end] = f"{doubtful[end]} {why}" if end in doubtful else why
 
     prog.report(0.9, "Fitting the spinal axis")
     control = np.vstack([prox.body_centre[None], centres, dist.body_centre[None]])
@@ -535,6 +545,36 @@ def _short_bodies(prox, dist, proximal_name: str, distal_name: str) -> dict:
                 "(noise, a vascular channel) was probably taken for a disc space. Check it in the sagittal view and "
                 f"drag its plane ('{end.capitalize()} endplate', or {end}_endplate in the plan) onto the endplate, "
                 "or give vertebra labels (--levels, e.g. TotalSegmentator's).")
+    return out
+
+
+def _faces_off_the_spine(prox, dist, centres, between_names, labelled: bool) -> dict:
+    """{end: why its face may be tilted wrongly} for a docking face far from both its body's other face and the line
+    to the next body's centre, or very far from that line (MAX_FACE_OFF_BODY_DEG, MAX_FACE_OFF_LINE_DEG)."""
+    out = {}
+    for end, m, face, other, k, side in (("proximal", prox, prox.inferior_endplate, prox.superior_endplate, 0,
+                                          "inferior"),
+                                         ("distal", dist, dist.superior_endplate, dist.inferior_endplate, -1,
+                                          "superior")):
+        beyond = dist if end == "proximal" else prox
+        neighbour = centres[k] if len(centres) else beyond.body_centre
+        next_name = (between_names[k] if len(centres) else beyond.level) or ""
+        next_name = f" ({next_name})" if next_name else ""
+        line = neighbour - m.body_centre
+        if not np.linalg.norm(line) > 1.0:
+            continue
+        off_line = angle_deg(abs(float(face.normal @ unit(line))), 1.0)
+        off_body = angle_deg(abs(float(face.normal @ other.normal)), 1.0)
+        if min(off_line, off_body) <= MAX_FACE_OFF_BODY_DEG and off_line <= MAX_FACE_OFF_LINE_DEG:
+            continue
+        name = m.level or end
+        labels = "" if labelled else ", or give vertebra labels (--levels, e.g. TotalSegmentator's)"
+        out[end] = (
+            f"The {end} endplate ({name} {side}) may be tilted wrongly: it lies {off_line:.0f} deg from the line "
+            f"from {name}'s body to the next body's centre{next_name} and {off_body:.0f} deg from "
+            f"{name}'s other endplate, where sound faces lie within {MAX_FACE_OFF_BODY_DEG:.0f} deg of one of them. "
+            f"Check it in the sagittal and coronal views and turn its plane ('{end.capitalize()} endplate', or "
+            f"{end}_endplate in the plan) to the bone{labels}.")
     return out
 
 
