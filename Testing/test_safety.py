@@ -7,7 +7,8 @@ import pytest
 
 from PatientImplantPlannerLib.core.errors import PlanError
 from PatientImplantPlannerLib.core.mesh import TriMesh
-from PatientImplantPlannerLib.design.plan import Plan, require_accepted, safety_findings
+from PatientImplantPlannerLib.design.findings import require_accepted, safety_findings
+from PatientImplantPlannerLib.design.plan import Plan
 from PatientImplantPlannerLib.imaging.keepout import from_labels, keep_out_name
 from PatientImplantPlannerLib.scene.planfolder import _safety_rows
 

@@ -256,6 +256,21 @@ def _clearance(field, axis, proximal, distal, params, extra_mm) -> tuple:
     return (float(d[k]) if np.isfinite(d[k]) else None), (field.names[int(which[k])] if which[k] >= 0 else "")
 
 
+def _clearances(field, axis, proximal, distal, params, extra_mm) -> dict:
+    """{structure: clearance mm} of the implant ``params`` describes, for each structure nearest to some part of it."""
+    if field is None:
+        return {}
+    d, which = field.sample(_sample_points(axis, proximal, distal, params, extra_mm))
+    ok = np.isfinite(d) & (which >= 0)
+    return {field.names[int(k)]: float(d[ok & (which == k)].min()) for k in np.unique(which[ok])}
+
+
+def _nearer_than(floors: dict, default: float, clearances: dict) -> Optional[tuple]:
+    """(clearance, structure) of the structure furthest inside its floor, None if all keep theirs."""
+    inside = [(c, name) for name, c in clearances.items() if c < floors.get(name, default)]
+    return min(inside) if inside else None
+
+
 def place_strut(implant: ImplantParameters, axis, proximal: Endplate, distal: Endplate, bone_mask, ijk_to_ras,
                 keep_out=None, placement: str = "auto", angle_deg: Optional[float] = None,
                 required_clearance_mm: float = 2.0, bone_gap_mm: float = 1.0, largest_variant_mm: float = 0.0,
@@ -509,9 +524,12 @@ def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal:
             params = pinned
     if field is None:
         field = keep_out_field(keep_out, axis)
-    start, _ = _clearance(field, axis, proximal, distal, params, largest_variant_mm)
-    floor = required_clearance_mm + FIELD_MARGIN_MM if start is None else min(
-        start, required_clearance_mm + FIELD_MARGIN_MM)
+    # Each structure keeps its own floor: the clearance asked for, or its start if that was already nearer. One
+    # structure already near (the oesophagus on the bodies at C7 -> T3 on the chest CT) let the footplates grow
+    # towards another, the cord (to 0.7 mm from a footplate_fraction of 0.5, set to keep off it).
+    keep = required_clearance_mm + FIELD_MARGIN_MM
+    floors = {name: min(c, keep) for name, c in
+              _clearances(field, axis, proximal, distal, params, largest_variant_mm).items()}
     f0 = params.footplate_fraction
     best, best_n = params, counts(params)
     want = int(screw_params.per_end)
@@ -524,9 +542,9 @@ def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal:
         grown = replace(params, footplate_fraction=float(f),
                         footplate_offset_anterior_mm=params.footplate_offset_anterior_mm * scale,
                         footplate_offset_lateral_mm=params.footplate_offset_lateral_mm * scale)
-        c, near = _clearance(field, axis, proximal, distal, grown, largest_variant_mm)
-        if c is not None and c < floor:
-            stopped.append((c, near))
+        near = _nearer_than(floors, keep, _clearances(field, axis, proximal, distal, grown, largest_variant_mm))
+        if near is not None:
+            stopped.append(near)
             break  # larger footplates only come nearer
         n = counts(grown)
         if min(n) > min(best_n):
@@ -548,9 +566,9 @@ def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal:
             wide = replace(base, footplate_lateral_fraction=float(g), footplate_offset_lateral_mm=float(shift))
             if not _on_endplates(wide, proximal, distal):
                 continue
-            c, near = _clearance(field, axis, proximal, distal, wide, largest_variant_mm)
-            if c is not None and c < floor:
-                stopped.append((c, near))
+            near = _nearer_than(floors, keep, _clearances(field, axis, proximal, distal, wide, largest_variant_mm))
+            if near is not None:
+                stopped.append(near)
                 open_sides.remove(side)  # larger in this way only comes nearer
                 continue
             n = counts(wide)

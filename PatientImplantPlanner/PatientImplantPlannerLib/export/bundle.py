@@ -20,8 +20,8 @@ from ..core import mesh as meshlib
 from ..core.anatomy import distance_to_polyline
 from ..core.errors import GeometryError, OutputExistsError, PlannerError
 from ..core.progress import Progress
+from ..design.findings import require_accepted
 from ..design.implant import STRUT_OVERLAP_MM
-from ..design.plan import require_accepted
 from ..parts.guides import GuideParameters, check_docking_room, check_drill_room, guides_for_plan
 from ..parts.lattice import LatticeParameters, apply_porous_layers
 from ..record.designrecord import DesignRecord, build_design_record
