@@ -44,7 +44,7 @@ def safety_findings(plan, measured: dict, screw_plans, keep_out, blocked_lines=(
         what = "position" if found and found.group(1) == "misplaced" else "tilt"
         why = found.group(2) if found else "it was detected so and has not been moved since"
         face = (faces or {}).get(end)  # where it was found: a CLI user checks it on the CT without the scene
-        at = (f"; found at RAS ({', '.join(f'{x:.1f}' for x in face.centre)}), normal "
+        at = (f"; found at {_ras(face.centre)}, normal "
               f"({', '.join(f'{x:.2f}' for x in face.normal)})" if face is not None else "")
         findings.append((f"endplate:{end}", f"the {end} endplate's {what} is uncertain: {why}{at} (check it in the "
                          f"sagittal and coronal views and turn its plane to the bone, or set {end}_endplate)"))
@@ -73,6 +73,10 @@ def safety_findings(plan, measured: dict, screw_plans, keep_out, blocked_lines=(
     return safety, [f for f in findings if f not in accepted]
 
 
+def _ras(point) -> str:
+    return f"RAS ({', '.join(f'{x:.1f}' for x in point)})"
+
+
 def _where_near(plan, point, faces) -> str:
     """Which part of the implant comes closest at ``point`` (RAS) and what moves it: a footplate (within its
     thickness of an endplate, the largest variant's sitting deeper, and over it) or the strut. A CLI user gets only
@@ -81,7 +85,7 @@ def _where_near(plan, point, faces) -> str:
     if point is None:
         return ""
     p = np.asarray(point, float)
-    at = f"; at RAS ({', '.join(f'{x:.1f}' for x in p)})"
+    at = f"; at {_ras(p)}"
     deeper = max([float(v) for v in plan.variants_mm] or [0.0])
     for end, face in (faces or {}).items():
         h = float((p - face.centre) @ face.normal)

@@ -247,15 +247,6 @@ def keep_out_field(keep_out, axis):
     return keep_out.distance_field(ax.min(axis=0) - FIELD_PAD_MM, ax.max(axis=0) + FIELD_PAD_MM)
 
 
-def _clearance(field, axis, proximal, distal, params, extra_mm) -> tuple:
-    """(clearance mm or None when nothing is near, nearest structure) of the implant ``params`` describes."""
-    if field is None:
-        return None, ""
-    d, which = field.sample(_sample_points(axis, proximal, distal, params, extra_mm))
-    k = int(np.argmin(d))
-    return (float(d[k]) if np.isfinite(d[k]) else None), (field.names[int(which[k])] if which[k] >= 0 else "")
-
-
 def _clearances(field, axis, proximal, distal, params, extra_mm) -> dict:
     """{structure: clearance mm} of the implant ``params`` describes, for each structure nearest to some part of it."""
     if field is None:
@@ -263,6 +254,15 @@ def _clearances(field, axis, proximal, distal, params, extra_mm) -> dict:
     d, which = field.sample(_sample_points(axis, proximal, distal, params, extra_mm))
     ok = np.isfinite(d) & (which >= 0)
     return {field.names[int(k)]: float(d[ok & (which == k)].min()) for k in np.unique(which[ok])}
+
+
+def _clearance(field, axis, proximal, distal, params, extra_mm) -> tuple:
+    """(clearance mm or None when nothing is near, nearest structure) of the implant ``params`` describes."""
+    by_structure = _clearances(field, axis, proximal, distal, params, extra_mm)
+    if not by_structure:
+        return None, ""
+    nearest = min(by_structure, key=by_structure.get)
+    return by_structure[nearest], nearest
 
 
 def _nearer_than(floors: dict, default: float, clearances: dict) -> Optional[tuple]:

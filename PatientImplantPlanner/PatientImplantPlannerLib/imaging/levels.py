@@ -459,12 +459,12 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
         docking = {"proximal": (prox_body.body, np.asarray(prox_body.offset)),
                    "distal": (dist_body.body, np.asarray(dist_body.offset))}
     _check_distinct(prox, dist, False, proximal_name, distal_name, None if use_labels else apart)
-    if not use_labels:
-        for end, why in _short_bodies(prox, dist, proximal_name, distal_name).items():
-            doubtful[end] = f"{doubtful[end]} {why}" if end in doubtful else why
     warnings += prox.warnings + dist.warnings
     centres = np.array([c for c, _ in walked]).reshape(-1, 3)
-    for end, why in _faces_off_the_spine(prox, dist, centres, intermediate_levels, use_labels).items():
+    # More reasons to doubt a face, each added to any the fit already gave.
+    more = [] if use_labels else [_short_bodies(prox, dist, proximal_name, distal_name)]
+    more.append(_faces_off_the_spine(prox, dist, centres, intermediate_levels, use_labels))
+    for end, why in ((e, w) for reasons in more for e, w in reasons.items()):
         doubtful[end] = f"{doubtful[end]} {why}" if end in doubtful else why
 
     prog.report(0.9, "Fitting the spinal axis")
