@@ -293,6 +293,32 @@ def test_footplates_held_back_by_the_canal_widen_sideways_until_the_screws_fit()
     assert free.footplate_lateral_fraction == 0.0 and not any("sideways" in n for n in free_notes)
 
 
+def test_footplates_that_start_too_near_the_cord_are_shortened_front_to_back():
+    """A 12 mm strut on the axis of T5 with footplates set to 0.95 of the endplate and 4 mm required from the cord:
+    they start 2.6 mm from it (placement field). The planner shortens them front to back (measured: to 0.75), keeps
+    their width, two screws per end still fit, the cord keeps its 4 mm on the built mesh and a note names the setting.
+    Before, they stayed where they started and the plan was refused with "make the footplates smaller" (on the chest
+    CT: a corpectomy strut, T6 -> T8 on the axis, 0.8 mm from the canal at the default 0.7)."""
+    ph = make_spine_phantom(spacing=1.0, levels=("T5", "T6", "T7"), with_mediastinum=True)
+    lv = detect_levels(ph.bone_mask, ph.ijk_to_ras, ph.body_point("T5"), ph.body_point("T7"))
+    screws, implant = ScrewParameters(per_end=2), ImplantParameters(diameter_mm=12.0, footplate_fraction=0.95)
+    ends = (lv.axis_points, lv.proximal_endplate, lv.distal_endplate)
+    cord = from_labels(ph.keepout_labels, ph.ijk_to_ras, names=["spinal_cord"])
+    start = build_implant(*ends, implant)
+    assert cord.measure(start.mesh)["spinal_cord"]["clearance_mm"] < 4.0  # the case: too near as set
+    params, notes = fit_footplates(implant, *ends, screws, keep_out=cord, required_clearance_mm=4.0)
+    assert params.footplate_fraction < 0.95 and params.footplate_lateral_fraction == 0.95
+    geom = build_implant(*ends, params)
+    assert check_mesh(geom.mesh).ok
+    assert cord.measure(geom.mesh)["spinal_cord"]["clearance_mm"] >= 4.0
+    assert _per_end(params, lv, screws) == [2, 2]
+    assert any("footplates shortened" in n and "spinal cord" in n and "implant.footplate_fraction" in n
+               for n in notes)
+    # Footplates already clear are not touched (1 mm required).
+    same, _ = fit_footplates(implant, *ends, screws, keep_out=cord, required_clearance_mm=1.0)
+    assert same.footplate_fraction == 0.95 and same.footplate_lateral_fraction == 0.0
+
+
 @pytest.mark.parametrize("diameter", [8.0, 12.0])
 def test_an_axis_strut_on_cervical_endplates_too_small_for_a_screw_says_so(diameter):
     """C5 -> C7 with the strut on the axis: no 3.5 mm screw head fits beside an 8 or 12 mm strut even on a footplate

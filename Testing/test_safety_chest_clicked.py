@@ -2,7 +2,9 @@
 planned through the CLI from clicked points in the docking vertebrae and exclude seeds in the aorta and the heart only,
 so the keep-out anatomy comes from the CT (the blood pools grown from the seeds, the airway, the spinal canal). T6 -> T8
 also on a copy of the CT stored sideways (array axes permuted and flipped, the same patient in the same place), and on
-a copy without contrast (its labelled blood pools set to 45 HU: the seeds' pools found from the fat and lung around).
+a copy without contrast (its labelled blood pools set to 45 HU: the seeds' pools found from the fat and lung around),
+and, with the strut on the axis (a corpectomy: placement "axis"), on a copy whose T7 body is destroyed as by a lytic
+tumour.
 
 Everything is measured on the exported files against the TotalSegmentator labels, which the planner never saw:
 - clearance of the nominal implant and the largest variant (STL) to aorta, heart, oesophagus, trachea and spinal
@@ -104,9 +106,38 @@ def _without_contrast(path: str, folder) -> str:
     return target
 
 
+DESTROYED = "T7 destroyed, strut on the axis"
+
+
+def _t7_destroyed(path: str, folder) -> str:
+    """The same CT with T7's vertebral body destroyed, as by a lytic tumour (the reason for a corpectomy strut): its
+    labelled voxels more than 3 mm in front of the cord (RAS, slice by slice) become soft tissue (40 HU with 12 HU of
+    noise), leaving a thin posterior wall and the arch. The planner never sees the labels."""
+    img = sitk.ReadImage(path)
+    ct = sitk.GetArrayFromImage(img).astype(np.float32)
+    lab, m = _labels()
+    t7 = np.argwhere(lab == VERTEBRAE["T7"])  # (k, j, i)
+    cord = np.argwhere(lab == CORD)
+    ras = lambda kji: kji[:, ::-1] @ m[:3, :3].T + m[:3, 3]  # noqa: E731
+    y_t7, y_cord = ras(t7)[:, 1], ras(cord)[:, 1]
+    front = np.zeros(ct.shape, bool)
+    for k in np.unique(t7[:, 0]):
+        in_k = cord[:, 0] == k
+        if in_k.any():  # anterior is +y: the body lies in front of the cord's front
+            sel = (t7[:, 0] == k) & (y_t7 > y_cord[in_k].max() + 3.0)
+            front[tuple(t7[sel].T)] = True
+    body = ndimage.binary_dilation(front) & (lab == VERTEBRAE["T7"])
+    ct[body] = 40.0 + 12.0 * np.random.default_rng(0).standard_normal(int(body.sum()))
+    out = sitk.GetImageFromArray(ct.astype(np.int16))
+    out.CopyInformation(img)
+    target = str(folder / "chest_t7_destroyed.nii.gz")
+    sitk.WriteImage(out, target)
+    return target
+
+
 @pytest.fixture(scope="module", params=[("T6", "T8", ""), ("T4", "T9", ""), ("T6", "T8", "sideways"),
-                                        ("T6", "T8", "without contrast")],
-                ids=["T6-T8", "T4-T9", "T6-T8-stored-sideways", "T6-T8-without-contrast"])
+                                        ("T6", "T8", "without contrast"), ("T6", "T8", DESTROYED)],
+                ids=["T6-T8", "T4-T9", "T6-T8-stored-sideways", "T6-T8-without-contrast", "T6-T8-T7-destroyed-axis"])
 def exported(request, labels, tmp_path_factory):
     proximal, distal, copy = request.param
     lab, m = labels
@@ -115,11 +146,14 @@ def exported(request, labels, tmp_path_factory):
     assert _lookup(lab, m, list(EXCLUDE.values())).tolist() == [STRUCTURES["aorta"], STRUCTURES["heart"]]
     tmp = tmp_path_factory.mktemp(f"clicked_{proximal}{distal}")
     ct_path = (_stored_sideways(chest_ct_path(), tmp) if copy == "sideways" else
+               _t7_destroyed(chest_ct_path(), tmp) if copy == DESTROYED else
                _without_contrast(chest_ct_path(), tmp) if copy else chest_ct_path())
     plan = {"case_id": f"CHEST-{proximal}{distal}-CLICKED", "proximal_level": proximal, "distal_level": distal,
             "proximal_point_ras": list(CLICKED[proximal]), "distal_point_ras": list(CLICKED[distal]),
             "implant": {"profile": "curved_plate", "width_mm": 10, "depth_mm": 5},
             "segmentation": {"exclude_seeds_ras": [list(p) for p in EXCLUDE.values()]}}
+    if copy == DESTROYED:
+        plan["placement"] = "axis"  # the corpectomy strut in the defect, case 1's configuration
     (tmp / "plan.json").write_text(json.dumps(plan))
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
@@ -159,6 +193,11 @@ def test_export_succeeds_and_the_record_states_what_was_not_checked(exported):
     screws = manifest["measurements"]["screws"]
     assert {s["trajectory"]["end"] for s in screws} == {"proximal", "distal"}
     assert all(s["screw_type"]["diameter_mm"] == 3.5 and not s["breach"] for s in screws)
+    if exported[-1] == DESTROYED:
+        # The centred footplates came within 0.8 mm of the canal behind T8 at 0.7 of the endplate: shortened front
+        # to back by the planner (measured: to 0.55), then widened sideways until two screws per end fit.
+        assert any(w.startswith("footplates shortened") and "spinal canal" in w for w in manifest["warnings"])
+        assert len(screws) == 4
 
 
 def test_exported_implants_keep_clear_of_the_labelled_structures(exported):
@@ -231,7 +270,7 @@ def test_drill_guides_do_not_intersect_their_implants(exported):
 def test_strut_lies_against_the_bodies_not_through_intermediate_vertebrae(exported):
     from PatientImplantPlannerLib.parts.lattice import voxelise
 
-    _, _, folder, manifest, lab, m, proximal, distal, _ = _exported_ok(exported)
+    _, _, folder, manifest, lab, m, proximal, distal, copy = _exported_ok(exported)
     mesh = _mesh(folder, manifest, "implant", "implant_nominal")
     order = list(VERTEBRAE)
     between = [VERTEBRAE[n] for n in order[order.index(proximal) + 1: order.index(distal)]]
@@ -249,6 +288,11 @@ def test_strut_lies_against_the_bodies_not_through_intermediate_vertebrae(export
     assert planes == 2
     inside = float((np.isin(_lookup(lab, m, pts), between) & far).sum() * h**3)
     print("in intermediate vertebrae", inside, "mm3")
+    if copy == DESTROYED:
+        # The corpectomy strut lies in the destroyed body (measured 647 mm3 of its label) and meets little of the bone
+        # left there (the planner's own measure against all bone >= 226 HU).
+        assert inside > 500.0 and manifest["measurements"]["interference_mm3"] < 100.0
+        return
     assert inside <= 100.0
     d, _ = cKDTree(voxel_centres(np.isin(lab, between), m)).query(np.vstack([mesh.vertices]))
     assert d.min() < 5.0

@@ -468,6 +468,36 @@ def _refuse_if_endplate_too_small(params, proximal: Endplate, distal: Endplate, 
         + ", or place the screws by hand (edit the screw lines: the plan's trajectories).")
 
 
+def _shortened(params: ImplantParameters, axis, proximal: Endplate, distal: Endplate, field, keep: float,
+                    extra_mm: float, counts) -> tuple:
+    """(parameters, note): footplates that start nearer a keep-out structure than ``keep`` are made shorter front to
+    back, FRACTION_STEP of the endplate at a time, keeping their width (the canal and cord lie behind the bodies; the
+    sideways widening that follows needs the footplate centred). With the strut on the axis (a corpectomy) the
+    centred 0.7 footplate came within 0.8 mm of the canal behind T8 on the chest CT (T6 -> T8), refused with "make the
+    footplates smaller": a fix the planner can make itself. Taken: the largest size clear of every structure it was
+    too near, with as many screws and the strut's end still on it; else unchanged (the finding names the part)."""
+    start = _clearances(field, axis, proximal, distal, params, extra_mm)
+    near = sorted(n for n, c in start.items() if c < keep)
+    if not near:
+        return params, ""
+    n0 = min(counts(params))
+    f0 = params.footplate_fraction
+    width = params.footplate_lateral_fraction or f0
+    strut_back = params.offset_anterior_mm - float(np.linalg.norm(profile_polygon(params), axis=1).max())
+    f = f0
+    while f - FRACTION_STEP >= CLEARANCE_MIN_FRACTION - 1e-9:
+        f = round(f - FRACTION_STEP, 6)
+        if any(params.footplate_offset_anterior_mm - f * p.radius_ap > strut_back for p in (proximal, distal)):
+            break  # the back rim would cut into the strut's end
+        short = replace(params, footplate_fraction=f, footplate_lateral_fraction=width)
+        c = _clearances(field, axis, proximal, distal, short, extra_mm)
+        if all(c.get(n, np.inf) >= keep for n in near) and min(counts(short)) >= n0:
+            return short, (f"footplates shortened to {f:.2f} of the endplate front to back (from {f0:.2f}) to "
+                           f"keep clear of the {', '.join(near).replace('_', ' ')} (set "
+                           "implant.footplate_fraction to choose)")
+    return params, ""
+
+
 def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal: Endplate, screw_params,
                    pattern: Optional[dict] = None, keep_out=None, required_clearance_mm: float = 2.0,
                    largest_variant_mm: float = 0.0, field=None, screws_by_hand: bool = False) -> tuple:
@@ -528,6 +558,9 @@ def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal:
     # structure already near (the oesophagus on the bodies at C7 -> T3 on the chest CT) let the footplates grow
     # towards another, the cord (to 0.7 mm from a footplate_fraction of 0.5, set to keep off it).
     keep = required_clearance_mm + FIELD_MARGIN_MM
+    if not screws_by_hand:  # the user's screw lines run through the footplates as they are
+        params, shortened = _shortened(params, axis, proximal, distal, field, keep, largest_variant_mm, counts)
+        notes += [shortened] if shortened else []
     floors = {name: min(c, keep) for name, c in
               _clearances(field, axis, proximal, distal, params, largest_variant_mm).items()}
     f0 = params.footplate_fraction
