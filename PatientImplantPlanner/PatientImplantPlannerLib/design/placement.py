@@ -469,7 +469,7 @@ def _refuse_if_endplate_too_small(params, proximal: Endplate, distal: Endplate, 
 
 
 def _shortened(params: ImplantParameters, axis, proximal: Endplate, distal: Endplate, field, keep: float,
-                    extra_mm: float, counts) -> tuple:
+               extra_mm: float, counts) -> tuple:
     """(parameters, note): footplates that start nearer a keep-out structure than ``keep`` are made shorter front to
     back, FRACTION_STEP of the endplate at a time, keeping their width (the canal and cord lie behind the bodies; the
     sideways widening that follows needs the footplate centred). With the strut on the axis (a corpectomy) the
@@ -505,6 +505,8 @@ def fit_footplates(implant: ImplantParameters, axis, proximal: Endplate, distal:
 
     - A gap shorter than two footplates and a strut (adjacent levels: the disc only) gets thinner footplates,
       down to MIN_FOOTPLATE_MM (and the porous layer no thicker than them).
+    - Footplates that start nearer a keep-out structure than ``required_clearance_mm`` are shortened front to back
+      first (``_shortened``: a centred footplate on the axis reaches back towards the canal).
     - Footplates too small for the screws beside the strut grow, FRACTION_STEP at a time, until ``per_end`` screws
       fit, or else as many as fit at any size (at least one per end), up to the whole endplate: a footplate placed
       towards the strut keeps its edge there (its centre moves back as it grows, so it stays on the endplate).
