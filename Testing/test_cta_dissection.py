@@ -108,15 +108,16 @@ def test_an_implant_that_falls_apart_names_its_slanted_face(cta):
     """T4 -> T9 asking only 1.5 mm of clearance: the T9 superior face is found tilted (flagged doubtful), the strut
     leaves the footplate on it and the implant falls apart into two pieces. The refusal said "this is a bug if they
     do" about the screw holes; it now names the face (30 deg from the axis) and the fix: check and drag that plane."""
-    from PatientImplantPlannerLib.core.errors import GeometryError
+    from PatientImplantPlannerLib.core.errors import GeometryError, PlanError
     from PatientImplantPlannerLib.design.plan import Plan, design_implant
 
     ct, m, bone = cta
     plan = Plan(case_id="CTA-T4T9", proximal_level="T4", distal_level="T9", keep_out_clearance_mm=1.5,
                 proximal_point_ras=list(CLICKED["T4"]), distal_point_ras=list(CLICKED["T9"]))
     plan.segmentation.exclude_seeds_ras = [list(e) for e in EXCLUDE]
-    with pytest.raises(GeometryError, match=r"falls apart .* the distal endplate plane lies \d+ deg from the spinal "
-                                            r"axis") as refused:
+    # Refused either as falling apart or, the face moving the axis's end, as bending too sharply: the face named.
+    with pytest.raises((GeometryError, PlanError), match=r"(falls apart|bends too sharply) .* the distal endplate "
+                                                         r"plane lies \d+ deg from the spinal axis") as refused:
         design_implant(plan, ct, m, bone)
     assert "proximal endplate" not in refused.value.problem
     assert "drag its plane onto the vertebra's endplate face" in refused.value.fix

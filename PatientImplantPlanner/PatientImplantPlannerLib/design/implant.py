@@ -36,6 +36,8 @@ HOLE_RUN_IN_MM = 3.0  # the cutting cylinder starts this far outside the entry s
 MAX_VARIANT_MM = 30.0
 # A footplate this far from square to the axis is named as the likely cause when the implant falls apart.
 SLANTED_FACE_DEG = 25.0
+_DRAG_FACE = ("Check the endplate named on the CT and drag its plane onto the vertebra's endplate face, then design "
+              "again.")
 ROD_DIAMETER_MM = 5.5  # conventional titanium rod the strut's stiffness is compared with
 TI6AL4V_DENSITY_G_CM3 = 4.43
 
@@ -153,6 +155,14 @@ def sweep(path: np.ndarray, frames: np.ndarray, polygon: np.ndarray) -> TriMesh:
     start = cap[:, ::-1]  # faces -tangent
     end = cap + (n - 1) * p
     return TriMesh(verts, np.concatenate([side, start, end]))
+
+
+def _slanted_faces(axis: np.ndarray, proximal: Endplate, distal: Endplate) -> list:
+    """'the <end> endplate plane lies N deg from the spinal axis' for each face beyond SLANTED_FACE_DEG of its end."""
+    tilts = [(name, angle_deg(abs(float(plate.normal @ _end_direction(axis, at_start=start))), 1.0))
+             for name, plate, start in (("proximal", proximal, True), ("distal", distal, False))]
+    return [f"the {name} endplate plane lies {tilt:.0f} deg from the spinal axis" for name, tilt in tilts
+            if tilt > SLANTED_FACE_DEG]
 
 
 def _frame_matrix(x: np.ndarray, y: np.ndarray, z: np.ndarray, origin: np.ndarray) -> np.ndarray:
@@ -334,9 +344,13 @@ def build_implant(
     reach = float(np.linalg.norm(section, axis=1).max())
     fold, bend = _fold_ratio(axis, axis_frames, section)
     if fold > 1.0 / 1.5:
+        # A face far off the axis (a misread endplate) bends the axis's ends towards it: name it first.
+        slanted = _slanted_faces(axis, proximal, distal_v)
         raise PlanError(
             f"The spinal axis bends too sharply (radius {bend:.1f} mm) for a strut reaching "
-            f"{fold * bend:.1f} mm towards the inside of the bend: the sweep would fold over itself.",
+            f"{fold * bend:.1f} mm towards the inside of the bend: the sweep would fold over itself"
+            + (f"; {' and '.join(slanted)}." if slanted else "."),
+            _DRAG_FACE if slanted else
             "Smooth the axis (more, evenly spaced points), reduce the strut offset or use a slimmer strut.",
         )
     strut_path = axis + offset
@@ -394,10 +408,7 @@ def build_implant(
                         key=lambda vc: -vc[0])
         where = "; ".join(f"{v:.1f} mm3 around RAS ({c[0]:.1f}, {c[1]:.1f}, {c[2]:.1f})" for v, c in pieces)
         # A face far off the axis (a doubtful endplate accepted as found) makes the strut leave its footplate.
-        tilts = [(name, angle_deg(abs(float(plate.normal @ _end_direction(axis, at_start=start))), 1.0))
-                 for name, plate, start in (("proximal", proximal, True), ("distal", distal_v, False))]
-        slanted = [f"the {name} endplate plane lies {tilt:.0f} deg from the spinal axis"
-                   for name, tilt in tilts if tilt > SLANTED_FACE_DEG]
+        slanted = _slanted_faces(axis, proximal, distal_v)
         # Faces the detection itself doubted (e.g. a band inside a body taken for the disc) are the likelier cause.
         doubted = " ".join(doubts.values()) if doubts else ""
         raise GeometryError(
@@ -405,9 +416,7 @@ def build_implant(
             "cannot be exported" + (f": {' and '.join(slanted)}, so the strut leaves its footplate." if slanted
                                     else f": the endplates it was built on are in doubt. {doubted}" if doubted
                                     else "."),
-            "Check the endplate named on the CT and drag its plane onto the vertebra's endplate face, then design "
-            "again."
-            if slanted or doubted else
+            _DRAG_FACE if slanted or doubted else
             "Check that the screw holes (the plan's trajectories) do not cut through the strut and that the strut "
             "reaches both footplates (implant.footplate_fraction, anterior_clearance_mm); this is a bug if they do.",
         )
