@@ -145,8 +145,8 @@ def test_over_the_whole_thoracic_spine_a_face_far_off_is_never_silent(chest):
     flagged; the four not flagged 5.9-6.3 deg; 6 of the 16 sound faces flagged. Before the profile fit of the
     tilt: median 6.6, 19 beyond 5, worst 28.7, not flagged up to 10.8.
     Along the normal (the implant's length) neither side is biased: measured (2026-12-02) mean offsets from the
-    labelled faces 0.0 mm (superior) and -0.3 mm (inferior, erring inside); with one offset from the disc band for both sides
-    (before) +1.3 mm (superior faces out in the disc) and -0.6 mm."""
+    labelled faces 0.0 mm (superior) and -0.3 mm (inferior, erring inside); with one offset from the disc band for
+    both sides (before) +1.3 mm (superior faces out in the disc) and -0.6 mm."""
     ct, labels, m, bone = chest
     names = [f"T{i}" for i in range(2, 13)]
     value = {n: 44 - int(n[1:]) for n in names}  # TotalSegmentator: T2 = 42 ... T12 = 32
