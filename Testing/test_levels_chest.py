@@ -95,6 +95,10 @@ def test_endplates_match_the_label_references(detected, end, request):
             "moves T4 inferior by 3.3 deg at the median, up to 6.3 (T5 superior 2.0, T6 inferior 1.8); this face "
             "lies 0.3-9.6 deg from those variants (median 3.9; 0.3-1.5 with the central 80 %), and 6.0 / 6.3 deg "
             "from the labelled T4 inferior / T5 superior faces, i.e. on the labelled disc's midplane. "
+            "Measured (2026-12-02): on copies with the patient rolled 15 deg either way about the long axis (which "
+            "leaves every face's tilt from the slices unchanged) the reference's T4 inferior tilt from the slices "
+            "reads 33.9 / 30.4 / 25.6 deg (rolled +15 / original / -15; its 'anterior' is the image's), this face "
+            "25.3 / 25.2 / 25.6 (test_levels_chest_rolled.py). "
             "An open limit of the thick-slice path; labels fit it to 1-2 deg")))
     ep, level, side = ((r.proximal_endplate, proximal, "inferior") if end == "proximal"
                        else (r.distal_endplate, distal, "superior"))
