@@ -375,17 +375,14 @@ def _thick_levels(ct_array, mask, grid: VoxelGrid, p_prox, p_dist, proximal_name
     full = np.zeros(grid.shape, dtype=bool)
     full[box] = filled
     ct, bone = _Sampler(ct_array, grid, box, lo), _Sampler(full, grid, box, lo)
-    out, doubts = [], {}
-    thickness = slices[1]
-    for point, other, name, which, side in ((p_prox, p_dist, proximal_name, "proximal", "inferior"),
-                                            (p_dist, p_prox, distal_name, "distal", "superior")):
+    out, reasons = [], []
+    ends = (("proximal", proximal_name, "inferior"), ("distal", distal_name, "superior"))
+    for point, other, (_, name, side) in ((p_prox, p_dist, ends[0]), (p_dist, p_prox, ends[1])):
         found = _ct_body(ct, bone, grid, point, other - point, name, side)
         if found is None:
             return None
         out.append(found[:4])
-        reasons = found[4] + [r for r in (unresolved_tilt(grid, slices),) if r]
-        if reasons:
-            doubts[which] = doubt_message(which, name, side, thickness, reasons)
+        reasons.append(found[4] + [r for r in (unresolved_tilt(grid, slices),) if r])
     measured = []
     for (face, back, d, _), is_prox in zip(out, (True, False)):
         axis = d if is_prox else -d  # caudal
@@ -395,6 +392,14 @@ def _thick_levels(ct_array, mask, grid: VoxelGrid, p_prox, p_dist, proximal_name
                                             superior_endplate=sup, inferior_endplate=inf, axis_direction=axis,
                                             body_height=float(np.dot(inf.centre - sup.centre, axis))))
     (prox, dist) = measured
+    span = float(np.linalg.norm(p_prox - p_dist)) / max(0.5 * (prox.body_height + dist.body_height), 1.0)
+    if span > LONG_SPAN_BODIES:
+        for r in reasons:
+            r.append(f"the clicked points lie {span:.1f} body heights apart, too far for the fit to turn from the line "
+                     "between them to the column at each end")
+    thickness = slices[1]
+    doubts = {which: doubt_message(which, name, side, thickness, r) for (which, name, side), r in zip(ends, reasons)
+              if r}
     docking = {"proximal": out[0][3], "distal": out[1][3]}
     for m, (crop, _) in zip(measured, docking.values()):
         m.body_mask_voxels = int(crop.sum())
@@ -497,6 +502,17 @@ BLUR_RATIO = 1.4
 # 5 mm chest CT (pyradiomics lung1, T3-T9) the upper faces came out 18-28 deg off the band, which lies in one slice;
 # on a 5 mm copy of the 2.5 mm chest CT a face fitted to its labels lies 11.5 deg off the thin labels' face.
 UNRESOLVED_TILT_SLICE_MM = 4.0
+
+
+# Clicked points this many docking-body heights apart (more than about four bodies between): both faces doubted.
+# Each face's fit starts from the line between the points, which on a long strut runs 20-38 deg off the kyphotic
+# column at each end (chest CT; 17-24 at pairs five levels apart, which the fit still recovers): on 8 struts of 7-10
+# levels (T2 -> T9 ... T2 -> T12; 6.0-7.3 body heights) the faces came out 7.7 deg off their labels at the median,
+# up to 90, and two were not otherwise doubted (13.0 and 6.3 deg); pairs five levels apart lie 4.4-5.3 body heights
+# apart. Tried and not kept (2026-12-03): starting from the column's own axis at each body and refitting to the face
+# took the long struts to 4.4 deg, but moved faces on the 1 mm copy, the CT angiogram, RIDER and lung1 CTs beyond
+# their tests (the CTA's T9 to 14 deg).
+LONG_SPAN_BODIES = 5.7
 
 
 WALK_BEYOND_EDGE_MM = 2.5  # the bands walked between the docking faces: from this far beyond their near edges
