@@ -414,3 +414,18 @@ def test_offset_strut_may_sit_outside_a_tight_bend_but_not_inside():
                                footplate_offset_anterior_mm=28.0)
     with pytest.raises(PlanError, match="inside of the bend"):
         build_implant(axis, prox, dist, inside)
+
+
+def test_front_along_the_axis_names_the_endplate_to_check():
+    """Where the endplates' front runs along the path (a face far across the spine bends the path towards it), the
+    refusal says where and which endplate to check, not only that the orientation is undefined."""
+    from PatientImplantPlannerLib.design.strut import path_frames
+
+    _, prox, dist = straight_case()
+    # The path leaves the proximal face forwards, along its front, before turning down the spine.
+    path = np.vstack([np.linspace([0, -30.0, 40], [0, 0, 40], 16)[:-1], np.linspace([0, 0, 40.0], [0, 0, -40], 41)])
+    with pytest.raises(PlanError) as info:
+        path_frames(path, prox, dist)
+    assert "proximal endplate (L1)" in info.value.problem and "RAS (0.0, -" in info.value.problem
+    assert "drag its plane" in info.value.fix
+    assert path_frames(path[15:], prox, dist).shape == (41, 3, 3)  # the straight part alone is fine

@@ -602,3 +602,23 @@ def test_detection_doubts_a_misread_face_before_any_design(straight, monkeypatch
         said = re.search(r"lies (\d+) deg from the line from T12's body to the next body's centre",
                          r.doubtful_endplates["proximal"])
         assert said and abs(int(said.group(1)) - tilt_deg) <= 3.0
+
+
+@pytest.mark.parametrize("spacing, proximal, distal", [(0.8, "T1", "T12"), ((1.0, 1.0, 2.5), "T1", "T11")])
+def test_labelled_faces_of_a_long_kyphotic_strut_follow_the_column(spacing, proximal, distal):
+    """With labels each docking body's fit starts from the column at that body (its labelled neighbours), not from
+    the line between the clicked points: over T1 -> T12 of a spine with 90 deg of kyphosis that line runs 45-50 deg
+    off the column at the ends, and the fit from it turned T1's inferior face 86-90 deg (a doubt, then a plan that
+    could not be placed: on the real chest CT T1 -> T11 came out 75 deg off and its design failed)."""
+    ph = make_spine_phantom(spacing=spacing, levels=tuple(f"T{i}" for i in range(1, 13)), kyphosis_deg=90.0,
+                            noise_hu=15.0)
+    names = {v.name: v.label for v in ph.vertebrae}
+    r = levels.detect_levels(ph.bone_mask, ph.ijk_to_ras, ph.body_point(proximal), ph.body_point(distal), proximal,
+                             distal, ct_array=ph.array, label_map=ph.vertebra_labels, label_values=names)
+    chord = ph.body_point(distal) - ph.body_point(proximal)
+    assert angle_deg(chord / np.linalg.norm(chord), ph.vertebra(proximal).axis_direction) > 40.0  # the case is hard
+    for found, truth in ((r.proximal_endplate, ph.vertebra(proximal).inferior_endplate),
+                         (r.distal_endplate, ph.vertebra(distal).superior_endplate)):
+        assert angle_deg(found.normal, truth.normal) < 5.0
+        assert np.linalg.norm(found.centre - truth.centre) < 2.0
+    assert r.doubtful_endplates == {}

@@ -349,9 +349,16 @@ def path_frames(path: np.ndarray, proximal: Endplate, distal: Endplate) -> np.nd
     anterior = ref - (ref * tangent).sum(axis=1, keepdims=True) * tangent
     norm = np.linalg.norm(anterior, axis=1)
     if norm.min() < 0.3:
+        # The slerped front turns along the path where an endplate lies far across the spine (on the chest CT a T1
+        # face 75 deg off its labels did so): name the end nearer that place, the face to check.
+        at = int(np.argmin(norm))
+        end, plate = ("proximal", proximal) if _arc_fraction(path)[at] < 0.5 else ("distal", distal)
+        where = ", ".join(f"{v:.1f}" for v in path[at])
         raise PlanError(
-            "The anterior direction runs along the axis somewhere, so the strut's orientation is undefined.",
-            "Check the endplates' anterior vectors: they must lie across the spine's axis.",
+            f"The strut's front direction runs along the spine's axis near RAS ({where}), so its orientation is "
+            f"undefined there: the {end} endplate ({plate.level or end}) is probably tilted far off the spine.",
+            f"Check the {end} endplate in the sagittal and coronal views and drag its plane onto the vertebra's "
+            "endplate face (its normal along the spine, its front to the patient's front), then design again.",
         )
     anterior /= norm[:, None]
     lateral = np.cross(tangent, anterior)
