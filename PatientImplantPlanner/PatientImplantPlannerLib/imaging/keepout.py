@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
+from ..core.anatomy import unit
 from ..core.errors import PlanError
 from ..core.mesh import TriMesh
 from ..parts.gyroid import voxelise
@@ -41,6 +42,10 @@ UNENHANCED_RADIUS_CHANGE = 0.4
 UNENHANCED_MIN_RADIUS_MM = 5.0  # the descending aorta is 8-15 mm in radius
 CONTRAST_NEAR_MM, CONTRAST_NEAR_ML = 10.0, 1.0  # contrast-filled blood this near a seed: a contrast CT
 CANAL_AREA_MM2 = (20.0, 600.0)  # cross-section of a spinal canal hole in one axial slice
+# Open slices bridged in the canal: a disc and the part of a body whose ring is open in the axial slices (on a
+# phantom with 8 deg of kyphosis per disc the ring closed in 2-3 slices of 2.5 mm per vertebra, 15-22 mm apart).
+MAX_OPEN_CANAL_MM = 25.0
+CANAL_MAX_WIDEN_MM = 4.0  # the canal widened by at most this for the slices' blur (_widen_by_slice_blur)
 CANAL_BEHIND_AXIS_MM = 8.0  # the canal starts behind the body: at least this far posterior of the body centres
 
 # TotalSegmentator "total" task (v2) numbering and names of the structures a spinal implant must stay clear of.
@@ -462,7 +467,58 @@ def _canal(bone: np.ndarray, ijk_to_ras, axis_points=None) -> Optional[tuple]:
     big = [v + 1 for v in range(n) if sizes[v] * vox >= 100.0]
     if not big:
         return None
-    return _crop(np.isin(lab, big))
+    canal = _bridge_open_slices(np.isin(lab, big), kji_axis, float(spacing[kji_axis]))
+    return _crop(_widen_by_slice_blur(canal, m, kji_axis, axis_points))
+
+
+def _widen_by_slice_blur(canal: np.ndarray, ijk_to_ras, kji_axis: int, axis_points) -> np.ndarray:
+    """The canal widened in each slice by how far a slice smears the wall in front of it where the column is tilted
+    (slice thickness x tan(tilt)). On the chest CT's 2.5 mm slices at T3 (tilted 38 deg) the cord labels reached
+    2.8 mm in front of the ring's hole, and the footplate of a T3 -> T6 plan, 2.6 mm from that hole, lay 0.4 mm from
+    the labelled cord's voxels; widened, 1.8 mm (the footplate held back to 2.9 mm from the canal). A pixel more
+    took T4 -> T8 from two screws per end to one, 5.8 mm from the cord."""
+    if axis_points is None or len(axis_points) < 2:
+        return canal
+    from scipy.spatial import cKDTree
+
+    m = np.asarray(ijk_to_ras, float)
+    spacing = np.linalg.norm(m[:3, :3], axis=0)[::-1]
+    along = unit(m[:3, 2 - kji_axis])
+    axis = np.asarray(axis_points, float)
+    tangent = np.gradient(axis, axis=0)
+    tangent /= np.maximum(np.linalg.norm(tangent, axis=1, keepdims=True), 1e-9)
+    tree = cKDTree(axis)
+    inplane = np.delete(spacing, kji_axis)
+    out = canal.copy()
+    moved = np.moveaxis(out, kji_axis, 0)
+    for s in np.flatnonzero(moved.reshape(len(moved), -1).any(axis=1)):
+        ji = np.argwhere(moved[s]).mean(axis=0)
+        kji = np.insert(ji, kji_axis, s)
+        _, i = tree.query(m[:3, :3] @ kji[::-1] + m[:3, 3])
+        tilt = np.arccos(min(1.0, abs(float(tangent[i] @ along))))
+        r = min(spacing[kji_axis] * np.tan(tilt), CANAL_MAX_WIDEN_MM)
+        moved[s] = ndimage.distance_transform_edt(~moved[s], sampling=inplane) <= r
+    return out
+
+
+def _bridge_open_slices(canal: np.ndarray, kji_axis: int, slice_mm: float) -> np.ndarray:
+    """The canal across the slices where its ring is open, and so missing: at the discs (no bone in front of the
+    canal), exactly where the footplates lie. Each run of open slices gets the sections on both sides slid towards
+    each other along the line between their centres (the column is tilted: on the chest CT 2 mm per 2.5 mm slice at
+    T3). Measured there: the cord labels 60 % within 0.5 mm of the canal found, the rest up to 5 mm away (two open
+    slices)."""
+    out = canal.copy()
+    moved = np.moveaxis(out, kji_axis, 0)  # a view: filling it fills out
+    present = np.flatnonzero(moved.reshape(len(moved), -1).any(axis=1))
+    for a, b in zip(present[:-1], present[1:]):
+        if b - a < 2 or (b - a - 1) * slice_mm > MAX_OPEN_CANAL_MM:
+            continue
+        ca, cb = np.argwhere(moved[a]).mean(axis=0), np.argwhere(moved[b]).mean(axis=0)
+        for s in range(a + 1, b):
+            t = (s - a) / (b - a)
+            for section, shift in ((moved[a], t * (cb - ca)), (moved[b], (t - 1) * (cb - ca))):
+                moved[s] |= ndimage.shift(section.astype(np.uint8), shift, order=0) > 0
+    return out
 
 
 def _box_around(points, ijk_to_ras, shape, pad_mm: float) -> tuple:

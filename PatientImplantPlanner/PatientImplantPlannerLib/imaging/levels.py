@@ -98,15 +98,6 @@ class LevelsResult:
     doubtful_endplates: dict = field(default_factory=dict)
 
 
-# --------------------------------------------------------------------------------------------- grid helpers
-
-
-# ------------------------------------------------------------------------------------------ body isolation
-
-
-# ------------------------------------------------------------------------------------------- measurement
-
-
 # ---------------------------------------------------------------------------------------------------- axis
 
 
@@ -393,8 +384,7 @@ def detect_levels(bone_mask, ijk_to_ras, proximal_point_ras, distal_point_ras, p
                 walked.append((m.body_centre, m))
                 cur_dir = m.axis_direction
             except PlanError:
-                box, lo = _label_box(labels, values[name], boxes)
-                walked.append((grid.to_ras(np.argwhere(labels[box] == values[name]).mean(axis=0) + lo)[0], None))
+                walked.append((_label_centre(labels, boxes, grid, values[name]), None))
                 warnings.append(f"Vertebra {name} could not be measured; the centre of its label is used.")
         intermediate_levels = list(names)
         docking = {}
@@ -655,31 +645,25 @@ def _body_of_label(labels, value, boxes, grid, seed=None, core_radius=None) -> _
     return b
 
 
+def _label_centre(labels, boxes, grid, value):
+    """RAS centre of a label's voxels, or None if it is absent."""
+    found = _label_box(labels, value, boxes)
+    return None if found is None else grid.to_ras(np.argwhere(labels[found[0]] == value).mean(axis=0) + found[1])[0]
+
+
 def _local_cranial(labels, boxes, grid, values, name, chord):
-    """The spine's cranial direction at a labelled vertebra: from the centre of the labelled level below it to that
-    of the level above it (itself where a neighbour is not labelled); ``chord`` (between the clicked points) when
-    neither is. On a long strut the chord runs far off the column at its ends: T1 -> T11 on the chest CT, 30 deg
-    at T1, and T1's inferior face came out 75 deg off its labels (T1 -> T4: 6 deg)."""
-    if name not in SPINE_ORDER:
-        return chord
-    i = SPINE_ORDER.index(name)
-
-    def centre(n):
-        found = _label_box(labels, values[n], boxes) if n in values else None
-        if found is None:
-            return None
-        box, lo = found
-        return grid.to_ras(np.argwhere(labels[box] == values[n]).mean(axis=0) + lo)[0]
-
-    above = centre(SPINE_ORDER[i - 1]) if i > 0 else None
-    below = centre(SPINE_ORDER[i + 1]) if i + 1 < len(SPINE_ORDER) else None
+    """The spine's cranial direction at a labelled vertebra: from the labelled level below it to the one above (itself
+    where one is missing); else ``chord``, between the clicked points, which on a long strut runs far off the column
+    at its ends (chest CT, T1 -> T11: 30 deg at T1, and T1's inferior face came out 75 deg off its labels)."""
+    i = SPINE_ORDER.index(name) if name in SPINE_ORDER else -1
+    pair = [SPINE_ORDER[k] if 0 <= k < len(SPINE_ORDER) and i >= 0 else "" for k in (i - 1, i + 1)]
+    above, below = (_label_centre(labels, boxes, grid, values[n]) if n in values else None for n in pair)
     if above is None and below is None:
         return chord
-    here = centre(name)
+    here = _label_centre(labels, boxes, grid, values[name])
     up = (here if above is None else above) - (here if below is None else below)
-    if np.linalg.norm(up) < 1e-6 or np.dot(up, chord) <= 0:
-        return chord  # neighbours out of order: the clicked points' direction is the safer start
-    return unit(up)
+    # neighbours out of order: the clicked points' direction is the safer start
+    return unit(up) if np.linalg.norm(up) > 1e-6 and np.dot(up, chord) > 0 else chord
 
 
 def _label_intermediates(labels, boxes, grid, values, names_by_value, v_prox, v_dist, prox, dist):
@@ -694,17 +678,8 @@ def _label_intermediates(labels, boxes, grid, values, names_by_value, v_prox, v_
     length = np.linalg.norm(chord)
     keyed = []
     for v in present:
-        box, lo = _label_box(labels, v, boxes)
-        c = grid.to_ras(np.argwhere(labels[box] == v).mean(axis=0) + lo)[0]
+        c = _label_centre(labels, boxes, grid, v)
         s = np.dot(c - prox.body_centre, chord) / length**2
         if 0.1 < s < 0.9 and np.linalg.norm(c - prox.body_centre - s * chord) < 0.5 * length:
             keyed.append((s, names_by_value[v]))
     return [n for _, n in sorted(keyed)]
-
-
-# -------------------------------------------------------------------------------------------- MRML helpers
-
-
-# ------------------------------------------------------------------------------- thick slices, from the CT
-
-
