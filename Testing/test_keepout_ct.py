@@ -91,3 +91,29 @@ def test_an_exclude_seed_in_soft_tissue_with_no_blood_pool_is_refused_with_fixes
     with pytest.raises(PlanError, match=r"the CT there is -1000 HU\. ") as err:  # in the air: a slip of the hand
         from_ct(ct, m, np.zeros(SHAPE, bool), [_ras(30, 40, 2)])
     assert "without contrast" not in str(err.value)
+
+
+@pytest.mark.parametrize("kyphosis", [0.0, 40.0])
+def test_the_canal_holds_the_cord_where_its_ring_is_open(kyphosis):
+    """On 2.5 mm slices the bony ring around the canal is closed only in some slices (none at the discs, where the
+    footplates lie; with 8 deg of kyphosis per disc in 2-3 slices per vertebra), and a tilted column smears the wall
+    in front of it. The canal is bridged across the open slices and widened by the blur: measured on this phantom,
+    the cord within 0.5 mm of the canal went from 37 % (straight) and 27 % (kyphotic, up to 12.5 mm away) to 100 %."""
+    from scipy.spatial import cKDTree
+
+    from PatientImplantPlannerLib.phantoms.spine import make_spine_phantom
+
+    ph = make_spine_phantom(spacing=(0.7, 0.7, 2.5), levels=("T3", "T4", "T5", "T6", "T7", "T8"),
+                            kyphosis_deg=kyphosis, with_mediastinum=True, noise_hu=15.0)
+    ko = from_ct(ph.array, ph.ijk_to_ras, ph.bone_mask, [], axis_points=ph.axis_points)
+    canal = next(s for s in ko.structures if s.name == "spinal_canal")
+    m = ph.ijk_to_ras
+    canal_pts = (np.argwhere(canal.mask) + canal.offset)[:, ::-1] @ m[:3, :3].T + m[:3, 3]
+    cord = np.argwhere(ph.keepout_labels == 79)[:, ::-1] @ m[:3, :3].T + m[:3, 3]
+    z = ph.axis_points[:, 2]
+    cord = cord[(cord[:, 2] < z.max() - 10.0) & (cord[:, 2] > z.min() + 10.0)]  # the canal's ends are not found
+    d, _ = cKDTree(canal_pts).query(cord)
+    assert np.mean(d < 0.5) >= 0.98 and d.max() < 1.5
+    # ... and it is the canal, not the body: nothing of it inside the vertebral bodies' cores.
+    body = np.argwhere(ndimage.binary_erosion(ph.body_mask, iterations=3))[:, ::-1] @ m[:3, :3].T + m[:3, 3]
+    assert cKDTree(canal_pts).query(body)[0].min() > 0.5
