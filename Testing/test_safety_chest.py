@@ -131,14 +131,19 @@ def test_strut_lies_against_the_bodies_not_through_intermediate_vertebrae(design
     assert d.min() < 5.0
 
 
+def _labels_along(labels, m, sp):
+    """The labels along a screw, every 0.25 mm from its bone entry plus half a slice to its tip."""
+    half_slice = 0.5 * float(np.linalg.norm(m[:3, :3], axis=0).max())
+    s = np.arange(sp.bone_entry_mm + half_slice, sp.length_mm + 1e-6, 0.25)
+    return _lookup(labels, m, sp.trajectory.entry + s[:, None] * sp.trajectory.direction)
+
+
 def test_screws_stay_in_their_docking_vertebra(designed):
     result, labels, m, proximal, distal, _ = designed
     others = [v for v in range(26, 51)]
-    half_slice = 0.5 * float(np.linalg.norm(m[:3, :3], axis=0).max())
     for sp in result.screws:
         dock = VERTEBRAE[proximal if sp.trajectory.end == "proximal" else distal]
-        s = np.arange(sp.bone_entry_mm + half_slice, sp.length_mm + 1e-6, 0.25)
-        lab = _lookup(labels, m, sp.trajectory.entry + s[:, None] * sp.trajectory.direction)
+        lab = _labels_along(labels, m, sp)
         assert np.mean(lab == dock) >= 0.95, (sp.trajectory.name, np.unique(lab))
         assert not np.isin(lab, [v for v in others if v != dock]).any()
         assert not (lab == CORD).any()
@@ -184,12 +189,10 @@ def test_a_long_strut_from_t1_with_labels():
     for name, value in STRUCTURES.items():
         d, _ = cKDTree(_voxel_centres(labels == value, m)).query(samples)
         assert float(d.min()) - half_diagonal >= REQUIRED_MM - VOXELISATION_MM, name
-    half_slice = 0.5 * float(np.linalg.norm(m[:3, :3], axis=0).max())
     assert {sp.trajectory.end for sp in result.screws} == {"proximal", "distal"}
     for sp in result.screws:
         dock = 43 if sp.trajectory.end == "proximal" else 33  # T1, T11
-        s = np.arange(sp.bone_entry_mm + half_slice, sp.length_mm + 1e-6, 0.25)
-        lab = _lookup(labels, m, sp.trajectory.entry + s[:, None] * sp.trajectory.direction)
+        lab = _labels_along(labels, m, sp)
         assert np.mean(lab == dock) >= 0.95 and not np.isin(lab, [v for v in range(26, 51) if v != dock]).any()
         assert not (lab == CORD).any()
     for ep, value, side, (mm, deg) in ((result.proximal_endplate, 43, "inferior", (3.5, 8.0)),

@@ -655,9 +655,15 @@ def _local_cranial(labels, boxes, grid, values, name, chord):
     """The spine's cranial direction at a labelled vertebra: from the labelled level below it to the one above (itself
     where one is missing); else ``chord``, between the clicked points, which on a long strut runs far off the column
     at its ends (chest CT, T1 -> T11: 30 deg at T1, and T1's inferior face came out 75 deg off its labels)."""
-    i = SPINE_ORDER.index(name) if name in SPINE_ORDER else -1
-    pair = [SPINE_ORDER[k] if 0 <= k < len(SPINE_ORDER) and i >= 0 else "" for k in (i - 1, i + 1)]
-    above, below = (_label_centre(labels, boxes, grid, values[n]) if n in values else None for n in pair)
+    if name not in SPINE_ORDER:
+        return chord
+    i = SPINE_ORDER.index(name)
+
+    def centre(k):  # of the k-th level in SPINE_ORDER, None when it is not labelled
+        n = SPINE_ORDER[k] if 0 <= k < len(SPINE_ORDER) else ""
+        return _label_centre(labels, boxes, grid, values[n]) if n in values else None
+
+    above, below = centre(i - 1), centre(i + 1)
     if above is None and below is None:
         return chord
     here = _label_centre(labels, boxes, grid, values[name])
