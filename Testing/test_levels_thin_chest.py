@@ -96,3 +96,23 @@ def test_labelled_levels_with_the_cord_give_the_docking_faces(thin, proximal, di
         distance, angle = _off(ep, labels, m, level, side)
         print(f"{level} {side}: {distance:.2f} mm, {angle:.1f} deg")
         assert distance <= 2.0 and angle <= 5.0
+
+
+def test_the_canal_found_without_labels_holds_the_cord(thin):
+    """The canal (no labels: the bony ring, bridged and widened by the slices' blur) holds the labelled cord over
+    T2 -> T5, where the column tilts most. Widened by the 1 mm spacing it held 97 % of the cord within 0.5 mm, the
+    rest up to 2.3 mm in front of it at T2/T3; by the blur measured across the slices (3.2 mm), 99.7 %, up to 1.2 mm."""
+    from scipy.spatial import cKDTree
+
+    from PatientImplantPlannerLib.imaging.keepout import from_ct
+
+    ct, labels, m, bone = thin
+    axis = levels.detect_levels(bone, m, _clicked_point(labels, m, 42),
+                                _clicked_point(labels, m, VERTEBRAE["T5"]), "T2", "T5", ct_array=ct).axis_points
+    canal = next(s for s in from_ct(ct, m, bone, [], axis_points=axis).structures if s.name == "spinal_canal")
+    canal_pts = (np.argwhere(canal.mask) + canal.offset)[:, ::-1] @ m[:3, :3].T + m[:3, 3]
+    cord = np.argwhere(labels == 79)[:, ::-1] @ m[:3, :3].T + m[:3, 3]
+    cord = cord[(cord[:, 2] > axis[:, 2].min()) & (cord[:, 2] < axis[:, 2].max())]
+    d = cKDTree(canal_pts).query(cord)[0]
+    print(f"cord within 0.5 mm of the canal: {np.mean(d < 0.5):.3f}, up to {d.max():.1f} mm")
+    assert np.mean(d < 0.5) >= 0.99 and d.max() <= 1.5

@@ -19,8 +19,10 @@ from scipy import ndimage
 
 from ..core.anatomy import unit
 from ..core.errors import PlanError
+from ..core.grid import VoxelGrid
 from ..core.mesh import TriMesh
 from ..parts.gyroid import voxelise
+from .thicklevels import thick_slice_axis
 from .voxelops import label_counts
 
 DEFAULT_CLEARANCE_MM = 2.0
@@ -417,10 +419,10 @@ def _airway(ct: np.ndarray, spacing_kji, ijk_to_ras) -> Optional[tuple]:
     return _crop(lab == best)
 
 
-def _canal(bone: np.ndarray, ijk_to_ras, axis_points=None) -> Optional[tuple]:
+def _canal(bone: np.ndarray, ijk_to_ras, axis_points=None, slice_mm: Optional[float] = None) -> Optional[tuple]:
     """The spinal canal: per axial slice, the non-bone hole enclosed by the bone (the vertebral ring), taken
-    near the spinal axis and behind it. Approximate (a ring open at a slice is missed there); the cord lies
-    inside it."""
+    near the spinal axis and behind it, bridged across the slices where the ring is open and widened by the slices'
+    blur (``slice_mm``: how thick they blur; their spacing if not given). The cord lies inside it."""
     if bone is None or not bone.any():
         return None
     m = np.asarray(ijk_to_ras, float)
@@ -468,15 +470,16 @@ def _canal(bone: np.ndarray, ijk_to_ras, axis_points=None) -> Optional[tuple]:
     if not big:
         return None
     canal = _bridge_open_slices(np.isin(lab, big), kji_axis, float(spacing[kji_axis]))
-    return _crop(_widen_by_slice_blur(canal, m, kji_axis, axis_points))
+    blur = max(float(spacing[kji_axis]), slice_mm or 0.0)
+    return _crop(_widen_by_slice_blur(canal, m, kji_axis, axis_points, blur))
 
 
-def _widen_by_slice_blur(canal: np.ndarray, ijk_to_ras, kji_axis: int, axis_points) -> np.ndarray:
+def _widen_by_slice_blur(canal: np.ndarray, ijk_to_ras, kji_axis: int, axis_points, slice_mm: float) -> np.ndarray:
     """The canal widened in each slice by how far a slice smears the wall in front of it where the column is tilted
-    (slice thickness x tan(tilt)). On the chest CT's 2.5 mm slices at T3 (tilted 38 deg) the cord labels reached
-    2.8 mm in front of the ring's hole, and the footplate of a T3 -> T6 plan, 2.6 mm from that hole, lay 0.4 mm from
-    the labelled cord's voxels; widened, 1.8 mm (the footplate held back to 2.9 mm from the canal). A pixel more
-    took T4 -> T8 from two screws per end to one, 5.8 mm from the cord."""
+    (slice_mm, the slices' thickness, x tan(tilt)). On the chest CT's 2.5 mm slices at T3 (tilted 38 deg) the cord
+    labels reached 2.8 mm in front of the ring's hole, and the footplate of a T3 -> T6 plan, 2.6 mm from that hole,
+    lay 0.4 mm from the labelled cord's voxels; widened, 1.8 mm (the footplate held back to 2.9 mm from the canal).
+    A pixel more took T4 -> T8 from two screws per end to one, 5.8 mm from the cord."""
     if axis_points is None or len(axis_points) < 2:
         return canal
     from scipy.spatial import cKDTree
@@ -496,7 +499,7 @@ def _widen_by_slice_blur(canal: np.ndarray, ijk_to_ras, kji_axis: int, axis_poin
         kji = np.insert(ji, kji_axis, s)
         _, i = tree.query(m[:3, :3] @ kji[::-1] + m[:3, 3])
         tilt = np.arccos(min(1.0, abs(float(tangent[i] @ along))))
-        r = min(spacing[kji_axis] * np.tan(tilt), CANAL_MAX_WIDEN_MM)
+        r = min(slice_mm * np.tan(tilt), CANAL_MAX_WIDEN_MM)
         moved[s] = ndimage.distance_transform_edt(~moved[s], sampling=inplane) <= r
     return out
 
@@ -580,13 +583,24 @@ def from_ct(ct: np.ndarray, ijk_to_ras, bone_mask=None, exclude_seeds_ras=(), ax
     air = _airway(ct[box], spacing_kji, sub_m) if axis_points is None else _airway_near(ct, spacing_kji, m, box)
     if air is not None:
         ko.structures.append(Structure("trachea", "CT air", air[0], air[1]))
-    canal = _canal(bone_mask[box], sub_m, axis_points) if bone_mask is not None else None
+    canal = _canal(bone_mask[box], sub_m, axis_points, _slice_blur_mm(ct, m)) if bone_mask is not None else None
     if canal is not None:
         ko.structures.append(Structure("spinal_canal", "bony ring", canal[0], canal[1] + box_lo))
     ko.not_checked = {name: "not visible on CT without labels" for name in NOT_VISIBLE_WITHOUT_LABELS}
     if not exclude_seeds_ras:
         ko.not_checked["aorta / heart"] = "no exclude seed in them and no labels"
     return ko
+
+
+def _slice_blur_mm(ct, ijk_to_ras) -> Optional[float]:
+    """How thick the axial slices blur, when a thin spacing keeps a thick slice's blur (an overlapping
+    reconstruction, or thick slices resampled thin: the chest CT's 2.5 mm slices resampled to 1 mm measure 3.2 mm);
+    None otherwise: the spacing is the figure (thick slices measure more, 4.3 mm on the chest CT's own 2.5 mm ones,
+    but the widening was set against those at their spacing)."""
+    m = np.asarray(ijk_to_ras, float)
+    found = thick_slice_axis(VoxelGrid(m, ct.shape), ct)
+    superior = 2 - int(np.argmax(np.abs(m[2, :3])))
+    return found[1] if found is not None and found[2] and found[0] == superior else None
 
 
 def _airway_near(ct, spacing_kji, ijk_to_ras, box):
