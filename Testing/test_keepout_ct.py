@@ -140,3 +140,21 @@ def test_the_canal_is_widened_by_the_slices_blur_not_their_spacing():
     assert widened >= 1.04 * by_spacing  # measured 1.07 (the column tilted up to about 15 deg)
     thin = make_spine_phantom(spacing=0.8, levels=("T5", "T6", "T7"), noise_hu=15.0)
     assert _slice_blur_mm(thin.array, thin.ijk_to_ras) is None
+
+
+def test_the_airway_is_the_trachea_when_the_scan_starts_at_index_zero():
+    """Superior at index 0 (as the chest CT is stored), the trachea's air starting in the second slice (the first
+    partial-volumed above -950 HU) and a pocket of air behind the back reaching the first slice: the airway is the
+    trachea. On the chest CT only the first slice was searched and the pocket was kept out instead."""
+    ct, m, vessel, airway = _torso()
+    ct, airway = ct[::-1].copy(), airway[::-1].copy()  # superior is now index 0
+    m = m.copy()
+    m[2, 2], m[2, 3] = -1.0, SHAPE[0] - 1.0
+    ct[0][airway[0]] = -800
+    k, j, i = np.indices(SHAPE)
+    pocket = (k < 12) & ((j - 8) ** 2 + (i - 40) ** 2 <= 9)  # behind the back, inside the body outline
+    ct[pocket] = -1000
+    air = _structure(from_ct(ct, m, np.zeros(SHAPE, bool), []), "trachea")
+    expected = airway.copy()
+    expected[0] = False
+    assert np.array_equal(air, expected)

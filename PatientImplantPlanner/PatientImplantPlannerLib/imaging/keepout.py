@@ -30,6 +30,7 @@ MEASURE_PITCH_MM = 0.5  # clearance and overlap are measured on this isotropic g
 MEASURE_MARGIN_MM = 15.0
 FIELD_PITCH_MM = 1.0  # placement searches on a coarser distance field
 AIRWAY_HU = -950.0  # tracheal air; lung parenchyma (about -850 HU) stays above it
+AIRWAY_TOP_MM = 10.0  # the airway is the air that reaches this far below the scan's top
 VESSEL_HU = (130.0, 900.0)  # contrast-filled blood pool, grown from an exclude seed
 UNENHANCED_BLOOD_HU = (0.0, 90.0)  # blood, heart and vessel walls without contrast (two 5 mm chest CTs: 30-60 HU)
 # Blood without contrast (_grow_unenhanced): its edge halfway between blood (30-60 HU) and fat (-100); rays within a
@@ -387,8 +388,8 @@ def _grow_unenhanced(ct: np.ndarray, seed_kji, ijk_to_ras):
 
 
 def _airway(ct: np.ndarray, spacing_kji, ijk_to_ras) -> Optional[tuple]:
-    """Tracheal and main-bronchial air: AIRWAY_HU air components that reach the scan's top slices near the
-    midline (the trachea enters the chest there); None when the scan shows none."""
+    """Tracheal and main-bronchial air: the largest AIRWAY_HU air component that reaches the scan's top slices (the
+    trachea enters the chest there) without touching the volume's sides; None when the scan shows none."""
     air = ct <= AIRWAY_HU
     if not air.any():
         return None
@@ -397,10 +398,12 @@ def _airway(ct: np.ndarray, spacing_kji, ijk_to_ras) -> Optional[tuple]:
         return None
     m = np.asarray(ijk_to_ras, float)
     sup_axis = int(np.argmax(np.abs(m[2, :3])))  # the index axis (i, j or k) closest to patient superior
-    top_index = ct.shape[::-1][sup_axis] - 1 if m[2, sup_axis] > 0 else 0
     kji_axis = 2 - sup_axis
+    # The top AIRWAY_TOP_MM of the scan, at least 3 slices: on the chest CT (superior at index 0) the trachea's air
+    # starts in the second slice; the first slice alone held only a pocket of air behind the back.
+    count = max(3, int(np.ceil(AIRWAY_TOP_MM / spacing_kji[kji_axis])))
     sl = [slice(None)] * 3
-    sl[kji_axis] = slice(top_index, top_index + 1) if top_index == 0 else slice(top_index - 2, top_index + 1)
+    sl[kji_axis] = slice(-count, None) if m[2, sup_axis] > 0 else slice(0, count)
     top = lab[tuple(sl)]
     # Outside air (around the patient) also reaches the top slices: keep components that do not touch the
     # volume's side faces.
