@@ -335,10 +335,11 @@ def test_the_aorta_without_contrast_is_found_from_an_exclude_seed(labels, tmp_pa
 
 def test_the_airway_found_on_the_ct_is_the_trachea(labels):
     """The airway kept out without labels is the trachea and its bronchi: the air (-950 HU and below) reaching the
-    top of the scan. The chest CT is stored superior-first, its trachea's air starting in the second slice; when only
-    the first slice was searched, a pocket of air behind the back was kept out instead (2417 voxels, none of them in
-    the trachea). Measured now: 99.9 % of the labelled trachea's air, and 78 % of the air found inside the trachea's
-    label (the rest: the bronchi past its end, in the lungs)."""
+    top of the scan, with 2 mm of wall around it. The chest CT is stored superior-first, its trachea's air starting in
+    the second slice; when only the first slice was searched, a pocket of air behind the back was kept out instead
+    (2417 voxels, none of them in the trachea). Measured now: 99.9 % of the labelled trachea's air; 89.5 % of the
+    labelled trachea (57.6 % without the wall: its label reaches 2.5 mm beyond the air, 95th percentile); 62 % of
+    what is kept out inside the trachea's label (the rest: the bronchi past its end, in the lungs, and the wall)."""
     from PatientImplantPlannerLib.imaging.keepout import from_ct
 
     lab, m = labels
@@ -348,4 +349,5 @@ def test_the_airway_found_on_the_ct_is_the_trachea(labels):
     found[tuple(slice(o, o + n) for o, n in zip(air.offset, air.mask.shape))] = air.mask
     trachea = lab == STRUCTURES["trachea"]
     assert np.mean(found[trachea & (ct <= -950)]) >= 0.99
-    assert np.mean(trachea[found]) >= 0.7
+    assert np.mean(found[trachea]) >= 0.85
+    assert np.mean(trachea[found]) >= 0.5
