@@ -23,7 +23,7 @@ from ..core.grid import VoxelGrid
 from ..core.mesh import TriMesh
 from ..parts.gyroid import voxelise
 from .thicklevels import thick_slice_axis
-from .voxelops import label_counts
+from .voxelops import bbox_slices, label_counts
 
 DEFAULT_CLEARANCE_MM = 2.0
 MEASURE_PITCH_MM = 0.5  # clearance and overlap are measured on this isotropic grid around the mesh
@@ -428,13 +428,9 @@ def _airway(ct: np.ndarray, spacing_kji, ijk_to_ras) -> Optional[tuple]:
 
 def _grown(mask: np.ndarray, spacing_kji, mm: float) -> tuple:
     """(crop, offset) of the mask grown by ``mm``."""
-    pad = np.ceil(mm / np.asarray(spacing_kji, float)).astype(int)
-    idx = np.argwhere(mask)
-    lo = np.maximum(idx.min(axis=0) - pad, 0)
-    hi = np.minimum(idx.max(axis=0) + pad + 1, mask.shape)
-    sub = mask[tuple(slice(a, b) for a, b in zip(lo, hi))]
-    crop, clo = _crop(ndimage.distance_transform_edt(~sub, sampling=spacing_kji) <= mm)
-    return crop, clo + lo
+    box = bbox_slices(mask, np.ceil(mm / np.asarray(spacing_kji, float)), mask.shape)
+    crop, clo = _crop(ndimage.distance_transform_edt(~mask[box], sampling=spacing_kji) <= mm)
+    return crop, clo + np.array([s.start for s in box])
 
 
 def _canal(bone: np.ndarray, ijk_to_ras, axis_points=None, slice_mm: Optional[float] = None) -> Optional[tuple]:
