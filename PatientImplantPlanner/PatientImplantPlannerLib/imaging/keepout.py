@@ -17,11 +17,11 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
-from ..core.anatomy import unit
 from ..core.errors import PlanError
 from ..core.grid import VoxelGrid
 from ..core.mesh import TriMesh
 from ..parts.gyroid import voxelise
+from .canal import find_canal
 from .thicklevels import thick_slice_axis
 from .voxelops import bbox_slices, label_counts
 
@@ -47,12 +47,6 @@ UNENHANCED_CLIP = 1.3
 UNENHANCED_RADIUS_CHANGE = 0.4
 UNENHANCED_MIN_RADIUS_MM = 5.0  # the descending aorta is 8-15 mm in radius
 CONTRAST_NEAR_MM, CONTRAST_NEAR_ML = 10.0, 1.0  # contrast-filled blood this near a seed: a contrast CT
-CANAL_AREA_MM2 = (20.0, 600.0)  # cross-section of a spinal canal hole in one axial slice
-# Open slices bridged in the canal: a disc and the part of a body whose ring is open in the axial slices (on a
-# phantom with 8 deg of kyphosis per disc the ring closed in 2-3 slices of 2.5 mm per vertebra, 15-22 mm apart).
-MAX_OPEN_CANAL_MM = 25.0
-CANAL_MAX_WIDEN_MM = 4.0  # the canal widened by at most this for the slices' blur (_widen_by_slice_blur)
-CANAL_BEHIND_AXIS_MM = 8.0  # the canal starts behind the body: at least this far posterior of the body centres
 
 # TotalSegmentator "total" task (v2) numbering and names of the structures a spinal implant must stay clear of.
 TOTALSEGMENTATOR_KEEP_OUT = {
@@ -433,111 +427,6 @@ def _grown(mask: np.ndarray, spacing_kji, mm: float) -> tuple:
     return crop, clo + np.array([s.start for s in box])
 
 
-def _canal(bone: np.ndarray, ijk_to_ras, axis_points=None, slice_mm: Optional[float] = None) -> Optional[tuple]:
-    """The spinal canal: per axial slice, the non-bone hole enclosed by the bone (the vertebral ring), taken
-    near the spinal axis and behind it, bridged across the slices where the ring is open and widened by the slices'
-    blur (``slice_mm``: how thick they blur; their spacing if not given). The cord lies inside it."""
-    if bone is None or not bone.any():
-        return None
-    m = np.asarray(ijk_to_ras, float)
-    sup_axis = int(np.argmax(np.abs(m[2, :3])))
-    kji_axis = 2 - sup_axis
-    holes = np.zeros_like(bone)
-    moved = np.moveaxis(bone, kji_axis, 0)
-    out = np.moveaxis(holes, kji_axis, 0)
-    spacing = np.linalg.norm(m[:3, :3], axis=0)[::-1]
-    pixel_mm2 = float(np.prod(np.delete(spacing, kji_axis)))
-    for s in range(moved.shape[0]):
-        sl = moved[s]
-        if not sl.any():
-            continue
-        holes2d, n = ndimage.label(ndimage.binary_fill_holes(sl) & ~sl)
-        if n == 0:
-            continue
-        # A canal's cross-section is about 1-4 cm2; the chest cavity enclosed by ribs and sternum is far larger.
-        area = ndimage.sum(np.ones_like(holes2d), holes2d, range(1, n + 1)) * pixel_mm2
-        keep = [i + 1 for i in range(n) if CANAL_AREA_MM2[0] <= area[i] <= CANAL_AREA_MM2[1]]
-        if keep:
-            out[s] = np.isin(holes2d, keep)
-    if not holes.any():
-        return None
-    if axis_points is not None and len(axis_points):
-        # Keep holes within 35 mm of the spinal axis and behind it: the canal lies behind the body; holes around
-        # the axis are the body's own cancellous interior where the segment left it unfilled.
-        from scipy.spatial import cKDTree
-
-        axis = np.asarray(axis_points, float)
-        idx = np.argwhere(holes)
-        pts = idx[:, ::-1] @ m[:3, :3].T + m[:3, 3]
-        d, near = cKDTree(axis).query(pts)
-        behind = (pts - axis[near]) @ np.array([0.0, 1.0, 0.0]) <= -CANAL_BEHIND_AXIS_MM
-        keep = idx[(d <= 35.0) & behind]
-        holes = np.zeros_like(holes)
-        holes[tuple(keep.T)] = True
-    lab, n = ndimage.label(holes)
-    if n == 0:
-        return None
-    sizes = ndimage.sum(holes, lab, range(1, n + 1))
-    vox = float(np.prod(spacing))
-    # A canal stretch is at least ~100 mm3 (a 10 mm disc of 3.5 mm radius); smaller holes are vessels' foramina.
-    big = [v + 1 for v in range(n) if sizes[v] * vox >= 100.0]
-    if not big:
-        return None
-    canal = _bridge_open_slices(np.isin(lab, big), kji_axis, float(spacing[kji_axis]))
-    blur = max(float(spacing[kji_axis]), slice_mm or 0.0)
-    return _crop(_widen_by_slice_blur(canal, m, kji_axis, axis_points, blur))
-
-
-def _widen_by_slice_blur(canal: np.ndarray, ijk_to_ras, kji_axis: int, axis_points, slice_mm: float) -> np.ndarray:
-    """The canal widened in each slice by how far a slice smears the wall in front of it where the column is tilted
-    (slice_mm, the slices' thickness, x tan(tilt)). On the chest CT's 2.5 mm slices at T3 (tilted 38 deg) the cord
-    labels reached 2.8 mm in front of the ring's hole, and the footplate of a T3 -> T6 plan, 2.6 mm from that hole,
-    lay 0.4 mm from the labelled cord's voxels; widened, 1.8 mm (the footplate held back to 2.9 mm from the canal).
-    A pixel more took T4 -> T8 from two screws per end to one, 5.8 mm from the cord."""
-    if axis_points is None or len(axis_points) < 2:
-        return canal
-    from scipy.spatial import cKDTree
-
-    m = np.asarray(ijk_to_ras, float)
-    spacing = np.linalg.norm(m[:3, :3], axis=0)[::-1]
-    along = unit(m[:3, 2 - kji_axis])
-    axis = np.asarray(axis_points, float)
-    tangent = np.gradient(axis, axis=0)
-    tangent /= np.maximum(np.linalg.norm(tangent, axis=1, keepdims=True), 1e-9)
-    tree = cKDTree(axis)
-    inplane = np.delete(spacing, kji_axis)
-    out = canal.copy()
-    moved = np.moveaxis(out, kji_axis, 0)
-    for s in np.flatnonzero(moved.reshape(len(moved), -1).any(axis=1)):
-        ji = np.argwhere(moved[s]).mean(axis=0)
-        kji = np.insert(ji, kji_axis, s)
-        _, i = tree.query(m[:3, :3] @ kji[::-1] + m[:3, 3])
-        tilt = np.arccos(min(1.0, abs(float(tangent[i] @ along))))
-        r = min(slice_mm * np.tan(tilt), CANAL_MAX_WIDEN_MM)
-        moved[s] = ndimage.distance_transform_edt(~moved[s], sampling=inplane) <= r
-    return out
-
-
-def _bridge_open_slices(canal: np.ndarray, kji_axis: int, slice_mm: float) -> np.ndarray:
-    """The canal across the slices where its ring is open, and so missing: at the discs (no bone in front of the
-    canal), exactly where the footplates lie. Each run of open slices gets the sections on both sides slid towards
-    each other along the line between their centres (the column is tilted: on the chest CT 2 mm per 2.5 mm slice at
-    T3). Measured there: the cord labels 60 % within 0.5 mm of the canal found, the rest up to 5 mm away (two open
-    slices)."""
-    out = canal.copy()
-    moved = np.moveaxis(out, kji_axis, 0)  # a view: filling it fills out
-    present = np.flatnonzero(moved.reshape(len(moved), -1).any(axis=1))
-    for a, b in zip(present[:-1], present[1:]):
-        if b - a < 2 or (b - a - 1) * slice_mm > MAX_OPEN_CANAL_MM:
-            continue
-        ca, cb = np.argwhere(moved[a]).mean(axis=0), np.argwhere(moved[b]).mean(axis=0)
-        for s in range(a + 1, b):
-            t = (s - a) / (b - a)
-            for section, shift in ((moved[a], t * (cb - ca)), (moved[b], (t - 1) * (cb - ca))):
-                moved[s] |= ndimage.shift(section.astype(np.uint8), shift, order=0) > 0
-    return out
-
-
 def _box_around(points, ijk_to_ras, shape, pad_mm: float) -> tuple:
     """Index box (slices, origin) of the CT covering the RAS points plus pad_mm."""
     inv = np.linalg.inv(ijk_to_ras)
@@ -597,9 +486,10 @@ def from_ct(ct: np.ndarray, ijk_to_ras, bone_mask=None, exclude_seeds_ras=(), ax
     air = _airway(ct[box], spacing_kji, sub_m) if axis_points is None else _airway_near(ct, spacing_kji, m, box)
     if air is not None:
         ko.structures.append(Structure("trachea", "CT air and its wall", air[0], air[1]))
-    canal = _canal(bone_mask[box], sub_m, axis_points, _slice_blur_mm(ct, m)) if bone_mask is not None else None
+    canal = find_canal(bone_mask[box], sub_m, axis_points, _slice_blur_mm(ct, m)) if bone_mask is not None else None
     if canal is not None:
-        ko.structures.append(Structure("spinal_canal", "bony ring", canal[0], canal[1] + box_lo))
+        crop, clo = _crop(canal)
+        ko.structures.append(Structure("spinal_canal", "bony ring", crop, clo + box_lo))
     ko.not_checked = {name: "not visible on CT without labels" for name in NOT_VISIBLE_WITHOUT_LABELS}
     if not exclude_seeds_ras:
         ko.not_checked["aorta / heart"] = "no exclude seed in them and no labels"
