@@ -477,7 +477,7 @@ def from_ct(ct: np.ndarray, ijk_to_ras, bone_mask=None, exclude_seeds_ras=(), ax
                    else ""))
         region, lo = grown
         crop, clo = _crop(region)
-        ko.structures.append(Structure(f"exclude_seed_{n + 1}_vessel", how, crop, clo + lo))
+        _add_seed_pool(ko.structures, Structure(f"exclude_seed_{n + 1}_vessel", how, crop, clo + lo), n + 1)
     box, box_lo = (tuple(slice(0, n) for n in ct.shape), np.zeros(3, int))
     if axis_points is not None and len(axis_points):
         box, box_lo = _box_around(axis_points, m, ct.shape, pad_mm)
@@ -494,6 +494,27 @@ def from_ct(ct: np.ndarray, ijk_to_ras, bone_mask=None, exclude_seeds_ras=(), ax
     if not exclude_seeds_ras:
         ko.not_checked["aorta / heart"] = "no exclude seed in them and no labels"
     return ko
+
+
+SAME_POOL_FRACTION = 0.5  # two seeds' regions sharing this much of the smaller one are one blood pool
+
+
+def _add_seed_pool(structures: list, pool: "Structure", seed: int) -> None:
+    """Adds the region grown from exclude seed ``seed``, joined with an earlier seed's region when both are the same
+    blood pool (on the chest CT the seeds in the aorta and the heart share 93 % of the smaller region: the contrast
+    runs on through the arch), so one structure is measured, listed and drawn once, named after both seeds."""
+    for i, other in enumerate(structures):
+        lo = np.minimum(other.offset, pool.offset)
+        hi = np.maximum(other.offset + np.array(other.mask.shape), pool.offset + np.array(pool.mask.shape))
+        a, b = np.zeros(hi - lo, bool), np.zeros(hi - lo, bool)
+        a[tuple(slice(o, o + n) for o, n in zip(other.offset - lo, other.mask.shape))] = other.mask
+        b[tuple(slice(o, o + n) for o, n in zip(pool.offset - lo, pool.mask.shape))] = pool.mask
+        if (a & b).sum() >= SAME_POOL_FRACTION * min(a.sum(), b.sum()):
+            seeds = other.name.removeprefix("exclude_seeds_").removeprefix("exclude_seed_").removesuffix("_vessel")
+            crop, clo = _crop(a | b)
+            structures[i] = Structure(f"exclude_seeds_{seeds}_{seed}_vessel", other.source, crop, clo + lo)
+            return
+    structures.append(pool)
 
 
 def _slice_blur_mm(ct, ijk_to_ras) -> Optional[float]:
