@@ -358,7 +358,8 @@ def place_strut(implant: ImplantParameters, axis, proximal: Endplate, distal: En
                                  note=note)
             raise PlanError(
                 f"No strut position around the vertebral bodies keeps {required_clearance_mm:g} mm from the "
-                f"keep-out anatomy: the best, {angle_name(best[0])} ({best[0]:+.0f} deg), comes within "
+                f"keep-out anatomy (sought with a {FIELD_MARGIN_MM:g} mm margin for the estimate: "
+                f"{need:g} mm): the best, {angle_name(best[0])} ({best[0]:+.0f} deg), comes within "
                 f"{best[1]:.1f} mm of the {best[2].replace('_', ' ')}.",
                 "Lower keep_out_clearance_mm (plan) / --clearance, make the strut slimmer (implant width_mm or "
                 "diameter_mm), reduce anterior_clearance_mm (the gap to the bone), or fix placement_angle_deg "
