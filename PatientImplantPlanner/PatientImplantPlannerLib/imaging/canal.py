@@ -1,8 +1,9 @@
 """The spinal canal found from the bone segment, without labels: the hole each vertebra's bony ring encloses behind
 the body. Two cuts find it and are joined: axial slices (the CT's own), and sections across the spinal axis, which
 a flexed column needs: at the chest CT's upper thoracic spine (tilted 40-45 deg) the axial slices cut the ring so
-obliquely that only 62 % of the labelled cord lay within 0.5 mm of their holes, 6.2 mm away at T1/T2; with the
-sections across the axis, 93 % and 0.0 mm there (99th percentiles). Numpy on [k, j, i] masks; no scene access."""
+obliquely that only 62 % of the labelled cord lay within 0.5 mm of their holes, 6.2 mm away at T1/T2 (99th
+percentile); with the sections across the axis, 94 % along the axis and 100 % between the T1 and T4 body centres.
+Numpy on [k, j, i] masks; no scene access."""
 
 from typing import Optional
 
@@ -48,7 +49,7 @@ def find_canal(bone: np.ndarray, ijk_to_ras, axis_points=None, slice_mm: Optiona
     return _widen_by_slice_blur(canal, m, kji_axis, axis_points, blur)
 
 
-def _ring_holes(section: np.ndarray, pixel_mm2: float) -> np.ndarray:
+def _ring_holes(section: np.ndarray, pixel_mm2: float) -> tuple:
     """Labelled holes the bone encloses in one section whose area fits a canal (the chest cavity enclosed by ribs and
     sternum is far larger), with their labels."""
     holes, n = ndimage.label(ndimage.binary_fill_holes(section) & ~section)
