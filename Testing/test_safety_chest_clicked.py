@@ -184,11 +184,15 @@ def test_export_succeeds_and_the_record_states_what_was_not_checked(exported):
     assert safety["findings"] == [] and safety["accepted"] == []
     assert safety["keep_out"]["source"] == "CT"
     assert "esophagus" in safety["keep_out"]["not_checked"]
-    # Both exclude seeds gave a kept-out blood pool (without contrast: found from the fat and lung around it) and the
-    # canal was found.
-    kinds = list(safety["keep_out"]["structures"].values())
-    seeded = "exclude seed, no contrast" if exported[-1] == "without contrast" else "exclude seed"
-    assert kinds.count(seeded) == 2 and "bony ring" in kinds
+    # Both exclude seeds gave a kept-out blood pool and the canal was found. With contrast the seeds in the aorta and
+    # the heart grow into one pool (measured: 93 % of the smaller region shared), kept out once under both seeds'
+    # names; without contrast each pool is found from the fat and lung around its seed, apart.
+    structures = safety["keep_out"]["structures"]
+    contrast = exported[-1] != "without contrast"
+    seeded = "exclude seed" if contrast else "exclude seed, no contrast"
+    pools = sorted(name for name, kind in structures.items() if kind == seeded)
+    assert pools == (["exclude_seeds_1_2_vessel"] if contrast else ["exclude_seed_1_vessel", "exclude_seed_2_vessel"])
+    assert "bony ring" in structures.values()
     assert "aorta / heart" not in safety["keep_out"]["not_checked"]
     screws = manifest["measurements"]["screws"]
     assert {s["trajectory"]["end"] for s in screws} == {"proximal", "distal"}
