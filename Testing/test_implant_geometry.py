@@ -429,3 +429,16 @@ def test_front_along_the_axis_names_the_endplate_to_check():
     assert "proximal endplate (L1)" in info.value.problem and "RAS (0.0, -" in info.value.problem
     assert "drag its plane" in info.value.fix
     assert path_frames(path[15:], prox, dist).shape == (41, 3, 3)  # the straight part alone is fine
+
+
+def test_a_face_far_across_the_axis_is_named_as_the_cause():
+    """A face misread across the spine makes the strut leave its footplate (the implant falls apart) or bends the
+    axis's end (the sweep would fold); both refusals name the face by this text. Only a face beyond
+    SLANTED_FACE_DEG (25) from the axis is named, with its tilt."""
+    from PatientImplantPlannerLib.design.implant import _slanted_faces
+
+    axis, prox, _ = straight_case()
+    for tilt, named in ((10.0, []), (45.0, ["the distal endplate plane lies 45 deg from the spinal axis"])):
+        t = np.radians(tilt)
+        dist = Endplate([0, 0, -40], [0, np.sin(t), np.cos(t)], [0, np.cos(t), -np.sin(t)], R_LR, R_AP, "L3")
+        assert _slanted_faces(axis, prox, dist) == named

@@ -16,6 +16,17 @@ from .vertebra import CORE_FRACTION, PATIENT_ANTERIOR, VertebraMeasurement, _cro
 BAND_PROMINENCE_HU = 40.0  # a disc band stands out this much from the cancellous bone on either side
 
 
+# On thin slices a disc shows as its two endplates' peaks (measured on the 1.5 mm CT angiogram: 4-6 mm apart, the
+# weaker 15-40 HU above the disc's dip): peaks this far apart, the partner standing this much above the dip, are one
+# disc. Bodies are >= 12 mm tall (cervical), so two faces of one body are never paired.
+PAIR_MIN_MM, PAIR_MAX_MM = 2.5, 8.0
+PAIR_PARTNER_HU = 15.0
+# Only on slices up to this thick (the 2.5 mm chest CT's bands are one peak; its few double ones are not discs'
+# endplates and pairing them moved its calibrated faces).
+PAIR_SLICE_MM = 2.0
+PAIR_DIP_MM = 4.0  # a paired band's far edge: the near endplate's descent towards the dip, up to this past the centre
+
+
 BODY_MIN_HU = 60.0  # body in the mid-body plane: bone >= this (osteoporotic cancellous ~100 HU; cord/CSF below)
 
 
@@ -130,6 +141,32 @@ def _bands(prof, h):
     return h[peaks]
 
 
+def _disc_bands(prof, h, thin: bool = True):
+    """Disc bands along a body's profile: (centres, paired). On thick slices a disc is one band (endplate, disc and
+    endplate blurred together); on thin ones its two endplates are two peaks a few mm apart with the disc's dip
+    between them, the weaker often under BAND_PROMINENCE_HU next to the brighter: such a pair is one band, centred
+    on the disc, and marked ``paired``."""
+    from scipy.signal import find_peaks
+
+    main, _ = find_peaks(prof, prominence=BAND_PROMINENCE_HU)
+    weak = find_peaks(prof, prominence=PAIR_PARTNER_HU)[0] if thin else []
+    centres, paired = [], []
+    for p in main:
+        partners = [q for q in weak if PAIR_MIN_MM <= abs(h[q] - h[p]) <= PAIR_MAX_MM
+                    and prof[q] - prof[min(p, q): max(p, q) + 1].min() >= PAIR_PARTNER_HU]
+        if partners:
+            q = max(partners, key=lambda q: prof[q])
+            centres.append(0.5 * (h[p] + h[q]))
+            paired.append(True)
+        else:
+            centres.append(float(h[p]))
+            paired.append(False)
+    centres, paired = np.asarray(centres, float), np.asarray(paired, bool)
+    keep = np.ones(len(centres), bool)  # both endplates of a pair may be main peaks: one band
+    keep[1:] = np.abs(np.diff(centres)) > 1e-6
+    return centres[keep], paired[keep]
+
+
 def _bone_means(ct, bone, centres, ds, radius=6.0):
     """Mean CT of the bone voxels on a disc of ``radius`` across each direction ds[i] at centres[i] (NaN: none)."""
     out = np.full(len(centres), np.nan)
@@ -184,15 +221,19 @@ def _footprint_2d(ct, bone, mid, d, height):
     return u[fp], w[fp]
 
 
-def _band_edges(ct, foot, d, h):
-    """Per footprint column across a band at h = 0: the half-max crossings on the near (h < 0) and far side."""
+def _band_edges(ct, foot, d, h, paired=False):
+    """Per footprint column across a band at h = 0: the half-max crossings on the near (h < 0) and far side. A
+    ``paired`` band (thin slices, centred on the disc): the near endplate's own edges, the far one towards the disc's
+    dip."""
     prof = ndimage.gaussian_filter1d(ct(foot[:, None, :] + h[None, :, None] * d), 1.0, axis=1)
-    win = np.flatnonzero(np.abs(h) <= 5.0)
+    win = np.flatnonzero((h >= -5.0) & (h <= (0.5 if paired else 5.0)))
     near, far = [], []
     for p0, row in zip(foot, prof):
         ip = win[np.argmax(row[win])]
-        base_n, base_f = np.median(row[:6]), np.median(row[-6:])
-        if row[ip] - max(base_n, base_f) < BAND_PROMINENCE_HU:
+        base_n = np.median(row[:6])
+        base_f = row[ip: np.searchsorted(h, PAIR_DIP_MM) + 1].min() if paired else np.median(row[-6:])
+        if row[ip] - max(base_n, base_f) < BAND_PROMINENCE_HU and not paired or paired and (
+                row[ip] - base_n < BAND_PROMINENCE_HU or row[ip] - base_f < PAIR_PARTNER_HU):
             continue
         lvl_n, lvl_f = 0.5 * (row[ip] + base_n), 0.5 * (row[ip] + base_f)
         j = ip
@@ -209,12 +250,13 @@ def _band_edges(ct, foot, d, h):
     return np.array(near).reshape(-1, 3), np.array(far).reshape(-1, 3)
 
 
-def _ct_body(ct, bone, grid: VoxelGrid, point, toward, level: str, side: str):
+def _ct_body(ct, bone, grid: VoxelGrid, point, toward, level: str, side: str, thin: bool = False):
     """The vertebral body around a clicked point measured from the CT on thick slices: the disc bands on either
     side along the axis, the body's cross-section between them, the face towards ``toward`` fitted per column
     (normal: mean of the near-edge and band-centre planes, refined by the profile fit; the centre: the footprint's
     central part on it).
-    ``side``: the docking face's ("inferior" or "superior"). Returns (docking face, opposite face, axis, (docking crop,
+    ``side``: the docking face's ("inferior" or "superior"); ``thin``: slices thin enough to show a disc's two
+    endplates apart (_disc_bands). Returns (docking face, opposite face, axis, (docking crop,
     origin), doubts about the face's tilt) or None when no band pair is found."""
     d, centre = unit(toward), np.asarray(point, float)
     h = np.arange(-40.0, 40.01, 0.5)
@@ -224,11 +266,12 @@ def _ct_body(ct, bone, grid: VoxelGrid, point, toward, level: str, side: str):
         prof = _bone_profile(ct, bone, centre, d, h)
         if prof is None:
             return None
-        peaks = _bands(prof, h)
+        peaks, paired = _disc_bands(prof, h, thin)
         fwd, back = peaks[peaks > 3.0], peaks[peaks < -3.0]
         if len(fwd) == 0 or len(back) == 0:
             return None
         hf, hb = float(fwd.min()), float(back.max())
+        hf_paired = bool(paired[peaks > 3.0][0])
         docking_bands.append(centre + hf * d)
         mid = centre + 0.5 * (hf + hb) * d
         height = hf - hb
@@ -239,18 +282,21 @@ def _ct_body(ct, bone, grid: VoxelGrid, point, toward, level: str, side: str):
         a, b = _frame(d)
         centre = mid + u.mean() * a + w.mean() * b
         foot = centre + 0.5 * height * d + u[:, None] * a + w[:, None] * b - u.mean() * a - w.mean() * b
-        near, far = _band_edges(ct, foot, d, hb_loc)
+        near, far = _band_edges(ct, foot, d, hb_loc, hf_paired)
         if len(near) < 30:
             return None
+        # The face beyond the near edge: on thick slices the measured offset; a paired band's face is the near
+        # endplate's own far edge, towards the disc.
+        beyond = float(np.median((far - near) @ d)) if hf_paired else FACE_BEYOND_EDGE_MM[side]
         c_near, n_near = _robust_plane(_central(near, a, b), d)
         n_mid_point, n_mid = _robust_plane(_central(0.5 * (near + far), a, b), d)
         normal = unit(n_near + n_mid)  # the near edge alone is noisy, the band centre alone misses wedged discs
-        result = (normal, c_near, foot, a, b, d, centre, height, hb, hf)
+        result = (normal, c_near, foot, a, b, d, centre, height, hb, hf, beyond)
         steps.append(angle_deg(n_near, d))
         if steps[-1] < 0.2:
             break
         d = n_near  # the next axis: the body's own face (the band centre is shared with the neighbour)
-    normal, c_near, foot, a, b, d, centre, height, hb, hf = result
+    normal, c_near, foot, a, b, d, centre, height, hb, hf, beyond = result
     # Where the docking face's own band was found in each refit, along the final axis (the first, from the clicked
     # point's rough axis, is not compared).
     band_moves = np.ptp([(q - docking_bands[-1]) @ d for q in docking_bands[1:]]) if len(docking_bands) > 2 else 0.0
@@ -265,7 +311,7 @@ def _ct_body(ct, bone, grid: VoxelGrid, point, toward, level: str, side: str):
                       f"{angle_deg(fitted, normal):.0f} deg from the disc band's planes")
     normal = fitted
     fc = _central(foot, a, b).mean(axis=0)
-    face_c = fc + ((c_near - fc) @ normal) / (d @ normal) * d + FACE_BEYOND_EDGE_MM[side] * normal
+    face_c = fc + ((c_near - fc) @ normal) / (d @ normal) * d + beyond * normal
     # The opposite face: the other band (it lies at -height / 2), perpendicular to the axis, its own side's offset.
     other = "superior" if side == "inferior" else "inferior"
     back_c = face_c - (2.0 * float((face_c - centre) @ d) + FACE_BEYOND_EDGE_MM[other] - FACE_BEYOND_EDGE_MM[side]) * d
@@ -376,9 +422,10 @@ def _thick_levels(ct_array, mask, grid: VoxelGrid, p_prox, p_dist, proximal_name
     full[box] = filled
     ct, bone = _Sampler(ct_array, grid, box, lo), _Sampler(full, grid, box, lo)
     out, reasons = [], []
+    thin = not slices[2] and slices[1] <= PAIR_SLICE_MM  # slices, not a blurred reconstruction
     ends = (("proximal", proximal_name, "inferior"), ("distal", distal_name, "superior"))
     for point, other, (_, name, side) in ((p_prox, p_dist, ends[0]), (p_dist, p_prox, ends[1])):
-        found = _ct_body(ct, bone, grid, point, other - point, name, side)
+        found = _ct_body(ct, bone, grid, point, other - point, name, side, thin)
         if found is None:
             return None
         out.append(found[:4])
