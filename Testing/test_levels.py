@@ -461,6 +461,27 @@ def test_the_tilt_fit_says_when_its_best_lies_at_the_edge_of_its_search(tilt_deg
     assert angle_deg(normal, d) <= 12.0 + 1.5 + 1e-6  # coarse span + fine span
 
 
+def test_a_thin_slice_disc_is_one_band_centred_between_its_endplates():
+    """On thin slices a disc is two bright endplates with the disc's dip between them (the 1.5 mm CT angiogram: 4-6
+    mm apart, the weaker standing 15-40 HU above the dip). Read as one band at the disc's centre; with thin=False
+    (thick slices, where a band is one peak) the brighter peak is the band, as before."""
+    from PatientImplantPlannerLib.imaging.thicklevels import _disc_bands
+
+    h = np.arange(-40.0, 40.01, 0.5)
+
+    def peak(at, height):
+        return height * np.exp(-((h - at) ** 2) / (2 * 0.8 ** 2))
+
+    # Discs at -15 and +10 mm: endplates 2.5 mm either side, one brighter (100 HU over the 130 HU bone), one weaker
+    # (30 HU over the dip between them); a third disc at +33 shows one endplate only.
+    prof = 130.0 + peak(-17.5, 100) + peak(-12.5, 30) + peak(7.5, 30) + peak(12.5, 100) + peak(33.0, 100)
+    centres, paired = _disc_bands(prof, h)
+    assert np.allclose(centres, [-15.0, 10.0, 33.0], atol=0.3)
+    assert paired.tolist() == [True, True, False]
+    centres, paired = _disc_bands(prof, h, thin=False)
+    assert np.allclose(centres, [-17.5, 12.5, 33.0], atol=0.3) and not paired.any()
+
+
 def test_levels_taken_the_wrong_way_round_are_refused(straight):
     """Proximal is the healthy vertebra above the defect. Swapped names or points would run the path caudal to
     cranial, and its lateral would be the patient's left: a strut asked for on the right would go left (towards
