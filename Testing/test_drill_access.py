@@ -150,3 +150,36 @@ def test_hand_placed_screws_without_access_block_export_until_accepted(phantom, 
     assert not any(i.startswith("access:") for i, _ in accepted.blocking)
     assert {f["id"] for f in accepted.measurements["safety"]["findings"] if f["accepted"]} >= {
         f"access:{n}" for n in flagged}
+
+
+@pytest.mark.parametrize("mismatch_mm", [0.0, 1e-4, 1e-3])
+def test_the_strut_alone_keeps_no_sheets_of_its_footplates(mismatch_mm):
+    """The access check measures drill lines against the implant less its footplates. Footplate meshes that do not
+    quite coincide with the implant's own (as on the CT angiogram's T7 -> T10, where sheets without volume were left
+    on a footplate's free face and rims and every screw was refused for access) must leave nothing of the footplate
+    behind: here a footplate and its tongue, moved by ``mismatch_mm`` against the implant's, and a 6 mm rod standing
+    14 mm off the footplate's centre. Near the footplate only the rod is left, with the rod's volume."""
+    import manifold3d as m3d
+
+    from PatientImplantPlannerLib.core.anatomy import Endplate
+    from PatientImplantPlannerLib.core.mesh import from_manifold
+    from PatientImplantPlannerLib.design.access import strut_without_footplates
+
+    def plate(z):  # a 3 mm disc with a tongue reaching the rod, its contact face at z (the gap beyond it)
+        return (m3d.Manifold.cylinder(3.0, 8.0, 8.0, 64) + m3d.Manifold.cube([16.0, 6.0, 3.0]).translate([0, -3, 0])
+                ).translate([0, 0, z])
+
+    rod = m3d.Manifold.cylinder(34.0, 3.0, 3.0, 32).translate([14.0, 0, -37.0])
+    proximal, distal = plate(-3.0), plate(-40.0)
+    implant = m3d.Manifold.batch_boolean([rod, proximal, distal], m3d.OpType.Add)
+    moved = proximal.translate([mismatch_mm, mismatch_mm, 0.0])
+    geom = type("Geometry", (), {"mesh": from_manifold(implant), "proximal_footplate": from_manifold(moved),
+                                 "distal_footplate": from_manifold(distal)})
+    plates = {"proximal": to_manifold(geom.proximal_footplate), "distal": to_manifold(geom.distal_footplate)}
+    ends = (Endplate([0, 0, 0.0], [0, 0, -1.0], [0, 1.0, 0], 10, 10), Endplate([0, 0, -40.0], [0, 0, 1.0],
+                                                                                [0, 1.0, 0], 10, 10))
+    strut = strut_without_footplates(geom, plates, *ends)
+    v = from_manifold(strut).vertices
+    assert len(strut.decompose()) == 1
+    assert np.hypot(v[:, 0] - 14.0, v[:, 1]).max() <= 3.0 + 1e-3  # nothing but the rod, near the plates too
+    assert strut.volume() == pytest.approx(rod.volume(), rel=0.01)
