@@ -183,3 +183,28 @@ def test_the_strut_alone_keeps_no_sheets_of_its_footplates(mismatch_mm):
     assert len(strut.decompose()) == 1
     assert np.hypot(v[:, 0] - 14.0, v[:, 1]).max() <= 3.0 + 1e-3  # nothing but the rod, near the plates too
     assert strut.volume() == pytest.approx(rod.volume(), rel=0.01)
+
+
+@pytest.mark.parametrize("part, named, not_named", [("strut", "implant.diameter_mm", "implant.footplate_fraction"),
+                                                    ("distal footplate", "implant.footplate_fraction",
+                                                     "implant.diameter_mm")])
+def test_an_access_refusal_names_the_fix_for_the_part_in_the_way(part, named, not_named):
+    """Where the strut blocks every drill line a smaller footplate does not help (on the CT angiogram the placement
+    had already shrunk them for the canal): the fix offers a slimmer strut. Where the other footplate blocks, a
+    smaller footplate opposite. Each fix names settings that exist."""
+    from PatientImplantPlannerLib.core.anatomy import Endplate
+    from PatientImplantPlannerLib.design.screws import ScrewParameters, default_trajectories
+
+    class Blocked:  # every line runs 0.5 mm into ``part``
+        def margin(self, end, entry, direction, radius):
+            return -0.5, part
+
+    ends = (Endplate([0, 0, 0.0], [0, 0, -1.0], [0, 1.0, 0], 25, 20),
+            Endplate([0, 0, -40.0], [0, 0, 1.0], [0, 1.0, 0], 25, 20))
+    with pytest.raises(PlanError) as err:
+        default_trajectories(*ends, 3.0, ScrewParameters(), access=Blocked())
+    e = err.value
+    assert "No drill or driver access" in e.problem and f"implant's {part}" in e.problem
+    assert named in e.fix and not_named not in e.fix
+    ok, why = fix_names_settings(e.fix, setting_names())
+    assert ok, why

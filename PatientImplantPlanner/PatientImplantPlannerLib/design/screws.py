@@ -447,9 +447,14 @@ def default_trajectories(
                 f"wide) runs into the implant's {part} (by {-margin:.1f} mm at best; the footplates are about "
                 f"{gap:.0f} mm apart).",
                 "Place the screws by hand (edit the screw lines: the plan's trajectories) so the drill comes in past "
-                "the implant, raise screws.lateral_fraction (screws nearer the footplate's rim), lower "
-                "implant.footplate_fraction (a smaller footplate opposite), or dock one level further "
-                "(proximal_level / distal_level) for a longer gap.",
+                "the implant, "
+                # What helps depends on the part in the way: a footplate shrunk by the placement for the keep-out
+                # clearance does not grow back, so beside a strut only a slimmer strut makes room.
+                + ("use a slimmer strut (implant.diameter_mm / width_mm), raise screws.lateral_fraction (screws "
+                   "nearer the footplate's rim)" if part == "strut" else
+                   "lower implant.footplate_fraction (a smaller footplate opposite), raise screws.lateral_fraction "
+                   "(screws nearer the footplate's rim)")
+                + ", or dock one level further (proximal_level / distal_level) for a longer gap.",
             )
         if placed is None:
             raise PlanError(
