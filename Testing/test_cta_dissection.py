@@ -49,11 +49,42 @@ EXCLUDE = [(-16.8, 129.7, 630.2), (-31.8, 99.7, 675.2), (-22.8, 185.2, 645.2)]  
 ORDER = ["T4", "T5", "T6", "T7", "T8", "T9", "T10", "T11", "T12"]
 DISC_K = {"T4": 129, "T5": 117, "T6": 104, "T7": 89, "T8": 75, "T9": 59, "T10": 44, "T11": 29}  # below each
 REQUIRED_MM, VOXELISATION_MM, HALF_DIAGONAL_MM = 2.0, 0.35, 1.3
+PLATE = {"profile": "curved_plate", "width_mm": 10, "depth_mm": 5}
 
 
 def _disc_s(upper: str) -> float:
     """S (mm) of the disc space below vertebra ``upper``, as read by eye."""
     return 540.2 + 1.5 * DISC_K[upper]
+
+
+def _export(tmp_path, proximal, distal, parts, implant=None):
+    """(folder, manifest) of the plan ``proximal`` -> ``distal`` from the clicked points and exclude seeds, exported
+    through the CLI with default settings (and ``implant`` settings if given); the CLI must succeed."""
+    plan = {"case_id": f"CTA-{proximal}{distal}", "proximal_level": proximal, "distal_level": distal,
+            "proximal_point_ras": list(CLICKED[proximal]), "distal_point_ras": list(CLICKED[distal]),
+            "segmentation": {"exclude_seeds_ras": [list(p) for p in EXCLUDE]}}
+    if implant:
+        plan["implant"] = implant
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan), encoding="utf-8")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["plan", cta_path(), "--plan", str(path), "--out", str(tmp_path / "out"), "--no-report",
+                     "--parts", *parts])
+    assert code == 0, err.getvalue()[-2000:]
+    folder = glob.glob(str(tmp_path / "out" / "*" / "manifest.json"))[0].rsplit(os.sep, 1)[0]
+    with open(os.path.join(folder, "manifest.json"), encoding="utf-8") as f:
+        return folder, json.load(f)
+
+
+def _assert_clear(mesh, trees, file_name):
+    """The mesh keeps the required clearance from each labelled structure (``trees``: name -> cKDTree of its voxel
+    centres): distance to the voxel centres less the half-diagonal, with the voxelisation's allowance."""
+    pts = np.vstack([mesh.vertices, mesh.vertices[mesh.faces].mean(axis=1)])
+    for name, tree in trees.items():
+        clearance = float(tree.query(pts)[0].min()) - HALF_DIAGONAL_MM
+        print(file_name, name, f"{clearance:.2f} mm")
+        assert clearance >= REQUIRED_MM - VOXELISATION_MM, (file_name, name)
 
 
 def _mask_points_ras(name):
@@ -126,24 +157,7 @@ def test_a_plan_exports_clear_of_the_labelled_aorta_and_heart(tmp_path):
     endplates were read as one band, 2026-12-03, both were doubted and export waited for them), and the implant and
     its largest variant keep the required clearance from the dissected aorta (both lumens) and the heart as
     TotalSegmentator labelled them."""
-    plan = {"case_id": "CTA-T7T10", "proximal_level": "T7", "distal_level": "T10",
-            "proximal_point_ras": list(CLICKED["T7"]), "distal_point_ras": list(CLICKED["T10"]),
-            "implant": {"profile": "curved_plate", "width_mm": 10, "depth_mm": 5},
-            "segmentation": {"exclude_seeds_ras": [list(p) for p in EXCLUDE]}}
-    path = tmp_path / "plan.json"
-    path.write_text(json.dumps(plan), encoding="utf-8")
-
-    def run(*extra):
-        err = io.StringIO()
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            code = main(["plan", cta_path(), "--plan", str(path), "--out", str(tmp_path / "out"), "--no-report",
-                         "--parts", "implant", "variants", *extra])
-        return code, err.getvalue()
-
-    code, err = run()
-    assert code == 0, err[-2000:]
-    folder = glob.glob(str(tmp_path / "out" / "*" / "manifest.json"))[0].rsplit(os.sep, 1)[0]
-    manifest = json.load(open(os.path.join(folder, "manifest.json"), encoding="utf-8"))
+    folder, manifest = _export(tmp_path, "T7", "T10", ("implant", "variants"), PLATE)
     assert manifest["safety"]["accepted"] == []
     trees = {name: cKDTree(_mask_points_ras(name)) for name in ("aorta", "heart")}
     implants = [f for f in manifest["files"] if f["file"].endswith(".stl")
@@ -151,11 +165,7 @@ def test_a_plan_exports_clear_of_the_labelled_aorta_and_heart(tmp_path):
     assert len(implants) >= 2
     for f in implants:
         mesh = read_stl(os.path.join(folder, f["file"]), manifest["coordinate_system"])
-        pts = np.vstack([mesh.vertices, mesh.vertices[mesh.faces].mean(axis=1)])
-        for name, tree in trees.items():
-            clearance = float(tree.query(pts)[0].min()) - HALF_DIAGONAL_MM
-            print(f["file"], name, f"{clearance:.2f} mm")
-            assert clearance >= REQUIRED_MM - VOXELISATION_MM, (f["file"], name)
+        _assert_clear(mesh, trees, f["file"])
 
 
 def test_drill_guides_seat_where_the_strut_leaves_its_footplate_steeply(tmp_path):
@@ -168,19 +178,7 @@ def test_drill_guides_seat_where_the_strut_leaves_its_footplate_steeply(tmp_path
     is made for."""
     from PatientImplantPlannerLib.core.mesh import check_mesh, to_manifold
 
-    plan = {"case_id": "CTA-T6T8", "proximal_level": "T6", "distal_level": "T8",
-            "proximal_point_ras": list(CLICKED["T6"]), "distal_point_ras": list(CLICKED["T8"]),
-            "implant": {"profile": "curved_plate", "width_mm": 10, "depth_mm": 5},
-            "segmentation": {"exclude_seeds_ras": [list(p) for p in EXCLUDE]}}
-    path = tmp_path / "plan.json"
-    path.write_text(json.dumps(plan), encoding="utf-8")
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = main(["plan", cta_path(), "--plan", str(path), "--out", str(tmp_path / "out"), "--no-report",
-                     "--parts", "implant", "variants", "drill_guides"])
-    assert code == 0, err.getvalue()[-2000:]
-    folder = glob.glob(str(tmp_path / "out" / "*" / "manifest.json"))[0].rsplit(os.sep, 1)[0]
-    manifest = json.load(open(os.path.join(folder, "manifest.json"), encoding="utf-8"))
+    folder, manifest = _export(tmp_path, "T6", "T8", ("implant", "variants", "drill_guides"), PLATE)
     assert manifest["safety"]["accepted"] == []
     cs = manifest["coordinate_system"]
     implants = {f["file"]: f for f in manifest["files"] if f["file"].endswith(".stl")
@@ -214,18 +212,7 @@ def test_the_default_strut_exports_with_drill_access(tmp_path, proximal, distal)
 
     from PatientImplantPlannerLib.core.mesh import to_manifold
 
-    plan = {"case_id": f"CTA-{proximal}{distal}", "proximal_level": proximal, "distal_level": distal,
-            "proximal_point_ras": list(CLICKED[proximal]), "distal_point_ras": list(CLICKED[distal]),
-            "segmentation": {"exclude_seeds_ras": [list(p) for p in EXCLUDE]}}
-    path = tmp_path / "plan.json"
-    path.write_text(json.dumps(plan), encoding="utf-8")
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = main(["plan", cta_path(), "--plan", str(path), "--out", str(tmp_path / "out"), "--no-report",
-                     "--parts", "implant", "variants"])
-    assert code == 0, err.getvalue()[-2000:]
-    folder = glob.glob(str(tmp_path / "out" / "*" / "manifest.json"))[0].rsplit(os.sep, 1)[0]
-    manifest = json.load(open(os.path.join(folder, "manifest.json"), encoding="utf-8"))
+    folder, manifest = _export(tmp_path, proximal, distal, ("implant", "variants"))
     assert manifest["safety"]["accepted"] == []
     assert manifest["parameters"]["implant"]["profile"] == "circle"
     screws = manifest["measurements"]["screws"]
@@ -243,11 +230,7 @@ def test_the_default_strut_exports_with_drill_access(tmp_path, proximal, distal)
             for radius in (1.25, 1.75):  # the drill, the driver
                 overlap = outward_overlap_mm3(solid, s["trajectory"]["entry"], s["direction"], radius)
                 assert overlap <= 0.01, (f["file"], s["trajectory"]["name"], radius, overlap)
-        pts = np.vstack([mesh.vertices, mesh.vertices[mesh.faces].mean(axis=1)])
-        for name, tree in trees.items():
-            clearance = float(tree.query(pts)[0].min()) - HALF_DIAGONAL_MM
-            print(f["file"], name, f"{clearance:.2f} mm")
-            assert clearance >= REQUIRED_MM - VOXELISATION_MM, (f["file"], name)
+        _assert_clear(mesh, trees, f["file"])
 
 
 def _size_of(file_name: str) -> str:
