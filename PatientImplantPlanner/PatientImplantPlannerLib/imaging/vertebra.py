@@ -32,6 +32,7 @@ MAX_CORE_TO_HEIGHT = 0.35  # an opening radius above this fraction of the body h
 REDO_CORE_TO_HEIGHT = 0.3  # ...this fraction (a free body gets about 0.26: half of half its height)
 
 
+MAX_WEDGE_DEG = 25.0  # a body's two faces fitted further apart than this are fitted again from other starts
 NECK_FRACTION = 1.2  # bone the core reaches only through a neck thinner than this x the opening radius...
 
 
@@ -320,16 +321,31 @@ def _measure_body(b: _Body, grid: VoxelGrid, level: str, cranial_hint) -> Verteb
     best = vt[int(np.argmax(np.abs(vt @ hint)))]
     up = best * np.sign(np.dot(best, hint)) if abs(np.dot(best, hint)) > np.cos(np.radians(40)) else hint
     radius = np.sqrt(np.linalg.eigvalsh(np.cov((body_pts - centroid).T))[-1]) * 2.0
-    anterior = _anterior_direction(context_pts, body_pts, centroid, up, radius, [])
-    for _ in range(4):
-        p_sup, n_sup = _fit_face(surf, normals, body_pts, centroid, up, anterior, grid)
-        p_inf, n_inf = _fit_face(surf, normals, body_pts, centroid, -up, anterior, grid)
-        new_up = unit(n_sup - n_inf)
-        converged = angle_deg(new_up, up) < 0.05
-        up = new_up
+
+    def faces(up):
         anterior = _anterior_direction(context_pts, body_pts, centroid, up, radius, [])
-        if converged:
-            break
+        for _ in range(4):
+            p_sup, n_sup = _fit_face(surf, normals, body_pts, centroid, up, anterior, grid)
+            p_inf, n_inf = _fit_face(surf, normals, body_pts, centroid, -up, anterior, grid)
+            new_up = unit(n_sup - n_inf)
+            converged = angle_deg(new_up, up) < 0.05
+            up = new_up
+            anterior = _anterior_direction(context_pts, body_pts, centroid, up, radius, [])
+            if converged:
+                break
+        return angle_deg(n_sup, -n_inf), p_sup, n_sup, p_inf, n_inf, up
+
+    fit = faces(up)
+    if fit[0] > MAX_WEDGE_DEG:
+        # The faces' fit has more than one outcome on a coarse body: on the 3 mm lumbar CT, L4 started from its
+        # principal axis (or the line between the clicked points, 8 deg off the slices) came out with its
+        # superior face 53 deg off and 41 deg from its inferior one; started from the hint or the patient's
+        # superior, 20 deg apart, each within 7 deg of its label's. The other starts are tried, the most nearly
+        # parallel faces kept (a sound body's endplates lie within about 20 deg of each other).
+        near_hint = [v * np.sign(v @ hint) for v in vt if abs(v @ hint) > np.cos(np.radians(40))]
+        starts = [hint, PATIENT_SUPERIOR] + near_hint
+        fit = min([fit] + [faces(unit(s)) for s in starts if angle_deg(s, up) > 1.0], key=lambda f: f[0])
+    _, p_sup, n_sup, p_inf, n_inf, up = fit
     anterior = _anterior_direction(context_pts, body_pts, centroid, up, radius, warnings)
     if angle_deg(up, hint) > 60:
         warnings.append(f"Vertebra {level or '?'}: its measured axis is more than 60 deg from the expected "
