@@ -572,3 +572,26 @@ THICK_SLICE_MM = 1.5  # slices above this (and much thicker than the pixels): la
 
 
 BODY_HOLE_MM2 = 40.0  # low-density spots inside the body up to this area are filled (the canal is ~200 mm2)
+
+
+def slices_along_spine(grid, p_prox, p_dist) -> tuple:
+    """The ``slices`` argument of _thick_levels for thin slices: the array axis nearest the spine's, its spacing."""
+    along = int(np.argmax(np.abs(grid.m[:3, :3].T[::-1] @ unit(p_prox - p_dist))))
+    return along, float(grid.spacing_kji[along]), False
+
+
+def disc_band_check(ct_array, mask, grid, p_prox, p_dist, names, prox, dist) -> tuple:
+    """(the CT's disc-band measurement, the larger docking-face angle) when the faces of the bodies isolated from the
+    bone segment (``prox``, ``dist``) lie more than DISC_BAND_CHECK_DEG from the faces the CT's disc bands give,
+    else (None, that angle). The disc bands are taken then: on the 3 mm lumbar sample, whose segment is mostly the
+    bodies' shells, the segment's bodies gave faces 6-19 deg off their labels where the disc bands gave 0.4-2."""
+    alt = _thick_levels(np.asarray(ct_array), mask, grid, p_prox, p_dist, names[0], names[1],
+                        slices_along_spine(grid, p_prox, p_dist))
+    if alt is None:
+        return None, 0.0
+    off = max(angle_deg(prox.inferior_endplate.normal, alt[0].inferior_endplate.normal),
+              angle_deg(dist.superior_endplate.normal, alt[1].superior_endplate.normal))
+    return (alt, off) if off > DISC_BAND_CHECK_DEG else (None, off)
+
+
+DISC_BAND_CHECK_DEG = 8.0  # the segment's docking faces further than this from the disc bands' are replaced
