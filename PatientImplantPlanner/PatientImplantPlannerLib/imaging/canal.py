@@ -129,7 +129,9 @@ def _canal_across_axis(bone: np.ndarray, m, axis: np.ndarray) -> np.ndarray:
         holes, keep = _ring_holes(section.reshape(uu.shape) > 0, SECTION_PITCH_MM**2)
         canal = [k for k in keep if vv[holes == k].mean() <= -CANAL_BEHIND_AXIS_MM
                  and abs(uu[holes == k].mean()) <= CANAL_OFF_MIDLINE_MM]
-        found.append(np.isin(holes, canal) if canal else None)
+        # Only behind the body, as the axial holes: a hole open into the body through the basivertebral notch
+        # (osteopenic bone, its cancellous centre outside the segment) otherwise carries the body's centre with it.
+        found.append(np.isin(holes, canal) & (vv <= -CANAL_BEHIND_AXIS_MM) if canal else None)
     closed = [i for i, f in enumerate(found) if f is not None]
     out = np.zeros_like(bone)
     for i in range(len(axis)):
