@@ -545,3 +545,56 @@ def test_fast_load_keeps_automatic_window_level_live(ctx, tmp_path):
     assert display.GetAutoWindowLevel() == 1 and (window, level) != (256.0, 128.0)
     display.SetInterpolate(0)  # any modification recomputes it with VTK: the same values
     assert (display.GetWindow(), display.GetLevel()) == (window, level)
+
+
+# ------------------------------------------------------------------------------------------------ slice orientation
+
+
+@pytest.mark.parametrize("order, stored", [((2, 0, 1), "coronal"), ((1, 2, 0), "sagittal")])
+def test_a_ct_stored_in_sagittal_or_coronal_slices_is_loaded_in_axial_slices(ctx, tmp_path, order, stored):
+    """A reformatted series saved in sagittal or coronal slices (the same voxels in another storage order) is
+    re-ordered to axial slices on loading, every voxel at its place, and the record says so: the bone fill and the
+    levels work slice by slice, and on the bundled lumbar CT stored in coronal slices the demo plan came out with
+    9 mm instead of 18 mm footplates and one screw per end."""
+    from PatientImplantPlannerLib.imaging.ctimport import ATTR_INPUT_NOTES, stacked_along
+
+    image = sitk.ReadImage(SAMPLE_CT)
+    path = tmp_path / f"{stored}.nii.gz"
+    sitk.WriteImage(sitk.PermuteAxes(image, list(order)), str(path))
+    assert stacked_along(sitk_ijk_to_ras(sitk.ReadImage(str(path)))) != "superior-inferior"
+    node = load_ct(ctx, str(path))
+    m = ijk_to_ras_matrix(node)
+    assert stacked_along(m) == "superior-inferior"
+    assert f"stored in {stored} slices: re-ordered to axial" in node.GetAttribute(ATTR_INPUT_NOTES)
+    original = sitk.GetArrayFromImage(image)
+    kji = np.stack([np.random.default_rng(0).integers(0, n, 2000) for n in original.shape], axis=1)
+    ras = (sitk_ijk_to_ras(image) @ np.c_[kji[:, ::-1], np.ones(len(kji))].T).T[:, :3]
+    ijk = np.rint(ras @ np.linalg.inv(m)[:3, :3].T + np.linalg.inv(m)[:3, 3]).astype(int)
+    np.testing.assert_array_equal(array(node)[ijk[:, 2], ijk[:, 1], ijk[:, 0]], original[tuple(kji.T)])
+    ctx.scene.RemoveNode(node)
+
+
+def test_a_node_stored_in_sagittal_slices_is_refused_before_segmentation_or_design(ctx):
+    """A volume loaded some other way (Slicer's DICOM browser keeps a sagittal series' order) is refused with the
+    fixes before any work: segmenting or designing on it would fill and measure the wrong slices."""
+    from PatientImplantPlannerLib.core.errors import SegmentationError
+    from PatientImplantPlannerLib.design.plan import Plan, design_implant
+    from PatientImplantPlannerLib.scene.bonesegment import segment_bone
+    from PatientImplantPlannerLib.scene.volumes import add_volume
+
+    axial = load_ct(ctx, SAMPLE_CT)
+    m = ijk_to_ras_matrix(axial)
+    sagittal_m = m.copy()
+    sagittal_m[:3, :3] = m[:3, [1, 2, 0]]  # new (i, j, k) = old (j, k, i): the slices now stacked left-right
+    voxels = np.ascontiguousarray(np.transpose(array(axial), (2, 0, 1)))
+    node = add_volume(ctx, voxels, sagittal_m, "SagittalCT")
+    before = node_ids(ctx.scene)
+    with pytest.raises(SegmentationError) as err:
+        segment_bone(ctx, node)
+    assert "stored in sagittal slices" in err.value.problem and "Orient Scalar Volume" in err.value.fix
+    assert node_ids(ctx.scene) == before
+    with pytest.raises(PlanError) as err:
+        design_implant(Plan(), voxels, sagittal_m, np.zeros(voxels.shape, bool))
+    assert "stored in sagittal slices" in err.value.problem and "'Load CT'" in err.value.fix
+    for n in (node, axial):
+        ctx.scene.RemoveNode(n)

@@ -66,3 +66,25 @@ def test_implant_does_not_intersect_l2_outside_the_footplates(demo):
     assert strut.volume() > 1000.0  # the strut is really there
     assert (strut ^ bone).volume() == pytest.approx(0.0, abs=1e-6)
     assert result.measurements["interference_mm3"] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_the_same_ct_stored_in_coronal_slices_gives_the_same_plan(demo, tmp_path):
+    """The sample CT saved in coronal slices (the same voxels in another storage order, as a reformatted series is
+    exported) gives the demo plan it gives in axial slices. Before it was re-ordered on loading: 3974 instead of
+    6138 mm3, 9 x 9 mm instead of 18 x 18 mm footplate semi-axes, one screw per end, endplates 4.8 mm apart."""
+    from PatientImplantPlannerLib.scene.context import create_headless_context
+
+    result, _, _ = demo
+    path = tmp_path / "coronal.nii.gz"
+    sitk.WriteImage(sitk.PermuteAxes(sitk.ReadImage(SAMPLE_CT), [2, 0, 1]), str(path))
+    ctx = create_headless_context()
+    ct = load_ct(ctx, str(path))
+    plan = demo_plan()
+    seg = segment_bone(ctx, ct, plan.segmentation)
+    other = design_implant(plan, array(ct).copy(), ijk_to_ras_matrix(ct), seg.mask)
+    ctx.scene.Clear(True)
+    for a, b in ((result.proximal_endplate, other.proximal_endplate), (result.distal_endplate, other.distal_endplate)):
+        assert np.linalg.norm(a.centre - b.centre) < 0.01 and a.normal @ b.normal > 0.99999
+    assert len(other.screws) == len(result.screws) == 4
+    assert abs(other.nominal.mesh.volume() - result.nominal.mesh.volume()) < 0.01 * result.nominal.mesh.volume()

@@ -21,6 +21,7 @@ from ..core.mesh import atomic_write_bytes, to_manifold
 from ..core.progress import Progress
 from ..export.boneexport import mask_surface
 from ..imaging.bonesegmentation import BoneSegmentationParameters
+from ..imaging.ctimport import require_axial_storage
 from ..imaging.ctnoise import noisy_ct_note
 from ..imaging.keepout import from_ct
 from ..imaging.levels import SPINE_ORDER, detect_levels
@@ -395,6 +396,7 @@ def design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress=None, l
                    keep_out=None):
     """Levels -> axis -> endplates -> placement -> screws -> nominal implant -> variants -> measurements and
     safety (no scene access). ``keep_out`` (keepout.KeepOut) is the anatomy to stay clear of."""
+    require_axial_storage(ijk_to_ras)
     try:
         return _design_implant(plan, ct_array, ijk_to_ras, bone_mask, progress, label_map, label_values, keep_out)
     except PlanError as exc:

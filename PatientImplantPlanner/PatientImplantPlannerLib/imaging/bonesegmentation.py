@@ -30,6 +30,7 @@ from ..core.errors import SegmentationError
 from ..core.grid import VoxelGrid
 from ..core.progress import Progress
 from .boneseparation import _POOL_RADIUS_MM, _separate_excluded
+from .ctimport import require_axial_storage
 from .voxelops import (
     CONNECTIVITY_26,
     ball_kernel,
@@ -420,6 +421,7 @@ def segment_bone_array(ct: np.ndarray, grid: VoxelGrid, params=None, progress=No
     params = replace(params) if params is not None else BoneSegmentationParameters()
     progress = progress if isinstance(progress, Progress) else Progress(progress)
     _validate(params)
+    require_axial_storage(grid.m, error=SegmentationError)  # the fill and the separation work slice by slice
     timings = {}
     t0 = time.perf_counter()
     warnings: list = []

@@ -546,6 +546,29 @@ def _voxels(volume_node) -> np.ndarray:
     return ns.vtk_to_numpy(image.GetPointData().GetScalars())
 
 
+AXIS_NAMES = ("left-right", "front-back", "superior-inferior")
+
+
+def stacked_along(ijk_to_ras) -> str:
+    """Which patient direction the voxel array's slowest axis (k, the slices) runs closest to."""
+    m = np.asarray(ijk_to_ras, float)[:3, :3]
+    return AXIS_NAMES[int(np.argmax(np.abs(m[:, 2]) / np.linalg.norm(m[:, 2])))]
+
+
+def require_axial_storage(ijk_to_ras, what: str = "The CT", error=PlanError) -> None:
+    """Refuse a volume stored in sagittal or coronal slices: the bone fill and the levels work on axial slices (the
+    array's k axis). On the bundled lumbar CT stored in sagittal slices the demo plan came out with 9 mm instead of
+    18 mm footplates and one screw per end. ``load_ct`` re-orders such files; a node loaded otherwise is refused."""
+    along = stacked_along(ijk_to_ras)
+    if along != AXIS_NAMES[2]:
+        raise error(
+            f"{what} is stored in {'sagittal' if along == AXIS_NAMES[0] else 'coronal'} slices (its slices are "
+            f"stacked {along}); the planner works on axial slices.",
+            "Load the CT file with the module's 'Load CT' (or the implant-planner command line), which re-orders "
+            "the slices to axial with every voxel in its place, or resample it in Slicer: Orient Scalar Volume "
+            "(Converters), orientation Axial, and select the new volume.")
+
+
 def validate_ct(volume_node, allow_non_ct: bool = False) -> None:
     """Raise ``NotCTError`` unless the volume is a 3D, non-constant, single-channel CT in Hounsfield units.
 

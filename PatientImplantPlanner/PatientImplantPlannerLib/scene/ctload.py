@@ -28,9 +28,11 @@ from ..imaging.ctimport import (
     check_points_inside,
     choose_series,
     list_dicom_series,
+    stacked_along,
     validate_ct,
 )
 from ..imaging.nrrdread import auto_window_range, read_nrrd
+from .volumes import array, ijk_to_ras_matrix
 
 
 def _node_ids(scene) -> list:
@@ -167,6 +169,32 @@ def _grid_matches_headers(node, positions: np.ndarray) -> bool:
                for start, k in ((ras[0], step), (ras[-1], -step)))
 
 
+def _reorder_to_axial(node) -> str:
+    """A CT stored in sagittal or coronal slices re-ordered in place to axial slices (every voxel keeps its
+    position; the engine's slice-wise steps work on axial slices). Returns the note for the record, or ""."""
+    import slicer.util
+    import vtk
+
+    m = ijk_to_ras_matrix(node)
+    along = stacked_along(m)
+    if along == "superior-inferior":
+        return ""
+    si = int(np.argmax(np.abs(m[2, :3]) / np.linalg.norm(m[:3, :3], axis=0)))  # the (i, j, k) axis along S-I
+    order = [a for a in range(3) if a != si] + [si]  # new (i, j, k) from old axes
+    voxels = np.ascontiguousarray(np.transpose(array(node), [2 - a for a in order[::-1]]))
+    new = vtk.vtkMatrix4x4()
+    for r in range(3):
+        for c in range(3):
+            new.SetElement(r, c, float(m[r, order[c]]))
+        new.SetElement(r, 3, float(m[r, 3]))
+    node.SetIJKToRASMatrix(new)
+    slicer.util.updateVolumeFromArray(node, voxels)
+    # A DICOM header's slice thickness is that of the stored slices, which no longer run along the axis.
+    node.RemoveAttribute(ATTR_SLICE_THICKNESS)
+    return (f"The CT was stored in {'sagittal' if along == 'left-right' else 'coronal'} slices: re-ordered to axial "
+            "slices on loading (every voxel in its place).")
+
+
 def load_ct(ctx, path, name: Optional[str] = None, series_uid: Optional[str] = None, allow_non_ct: bool = False,
             progress: Optional[ProgressCallback] = None, max_slice_mm: Optional[float] = None,
             accept_thick_slices: bool = False, points=()):
@@ -224,7 +252,8 @@ def load_ct(ctx, path, name: Optional[str] = None, series_uid: Optional[str] = N
         node.SetAttribute(ATTR_SOURCE, path)
         prog.report(0.85, "Checking CT geometry and intensities")
         validate_ct(node, allow_non_ct=allow_non_ct)
-        notes = check_geometry(node, max_slice_mm, accept_thick_slices)
+        reordered = _reorder_to_axial(node)
+        notes = check_geometry(node, max_slice_mm, accept_thick_slices) + ([reordered] if reordered else [])
         check_points_inside(node, points)
         if notes:
             node.SetAttribute(ATTR_INPUT_NOTES, "\n".join(notes))
