@@ -598,3 +598,35 @@ def test_a_node_stored_in_sagittal_slices_is_refused_before_segmentation_or_desi
     assert "stored in sagittal slices" in err.value.problem and "'Load CT'" in err.value.fix
     for n in (node, axial):
         ctx.scene.RemoveNode(n)
+
+
+def test_a_dicom_series_in_sagittal_slices_is_loaded_in_axial_slices(ctx, tmp_path, sample_small):
+    """The same for a DICOM series of sagittal slices; its header's slice thickness (5 mm here) is that of the
+    sagittal slices, so it no longer stands for the spacing along the axis (3 mm) that the record states."""
+    from PatientImplantPlannerLib.imaging.ctimport import ATTR_INPUT_NOTES, ATTR_SLICE_THICKNESS, stacked_along
+
+    sagittal = sitk.PermuteAxes(sitk.Cast(sample_small, sitk.sitkInt16), [1, 2, 0])
+    d, uid = sagittal.GetDirection(), NEW_UID + ".7"
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(sagittal.GetDepth()):
+        s, corner = sagittal[:, :, k], sagittal.TransformIndexToPhysicalPoint((0, 0, k))
+        for tag, value in (("0008|0060", "CT"), ("0020|000e", uid), ("0020|000d", uid + ".0"),
+                           ("0008|0018", f"{uid}.{k + 1}"), ("0020|0013", str(k + 1)), ("0018|0050", "5.0"),
+                           ("0020|0037", "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))),
+                           ("0020|0032", "\\".join(f"{v:.4f}" for v in corner))):
+            s.SetMetaData(tag, value)
+        writer.SetFileName(str(tmp_path / f"s{k:03d}.dcm"))
+        writer.Execute(s)
+    node = load_ct(ctx, str(tmp_path))
+    m = ijk_to_ras_matrix(node)
+    assert stacked_along(m) == "superior-inferior"
+    assert node.GetAttribute(ATTR_SLICE_THICKNESS) is None
+    notes = node.GetAttribute(ATTR_INPUT_NOTES)
+    assert "stored in sagittal slices" in notes and "slice thickness 3.00 mm" in notes
+    expected = sitk.GetArrayFromImage(sample_small)
+    kji = np.argwhere(np.ones(expected.shape, bool))
+    ras = (sitk_ijk_to_ras(sample_small) @ np.c_[kji[:, ::-1], np.ones(len(kji))].T).T[:, :3]
+    ijk = np.rint(ras @ np.linalg.inv(m)[:3, :3].T + np.linalg.inv(m)[:3, 3]).astype(int)
+    np.testing.assert_array_equal(array(node)[ijk[:, 2], ijk[:, 1], ijk[:, 0]], expected[tuple(kji.T)])
+    ctx.scene.RemoveNode(node)
