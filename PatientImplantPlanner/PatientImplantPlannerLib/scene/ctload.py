@@ -14,6 +14,7 @@ from ..imaging.ctimport import (
     ATTR_SERIES_UID,
     ATTR_SLICE_THICKNESS,
     ATTR_SOURCE,
+    AXIS_NAMES,
     DicomSeriesInfo,
     _default_name,
     _dicom_header,
@@ -21,6 +22,7 @@ from ..imaging.ctimport import (
     _is_dicom_file,
     _is_volume_file,
     _regular_slices,
+    _si_axis,
     _tag,
     _uid,
     check_file_integrity,
@@ -177,9 +179,9 @@ def _reorder_to_axial(node) -> str:
 
     m = ijk_to_ras_matrix(node)
     along = stacked_along(m)
-    if along == "superior-inferior":
+    if along == AXIS_NAMES[2]:
         return ""
-    si = int(np.argmax(np.abs(m[2, :3]) / np.linalg.norm(m[:3, :3], axis=0)))  # the (i, j, k) axis along S-I
+    si = _si_axis(node)
     order = [a for a in range(3) if a != si] + [si]  # new (i, j, k) from old axes
     voxels = np.ascontiguousarray(np.transpose(array(node), [2 - a for a in order[::-1]]))
     new = vtk.vtkMatrix4x4()
@@ -191,7 +193,7 @@ def _reorder_to_axial(node) -> str:
     slicer.util.updateVolumeFromArray(node, voxels)
     # A DICOM header's slice thickness is that of the stored slices, which no longer run along the axis.
     node.RemoveAttribute(ATTR_SLICE_THICKNESS)
-    return (f"The CT was stored in {'sagittal' if along == 'left-right' else 'coronal'} slices: re-ordered to axial "
+    return (f"The CT was stored in {'sagittal' if along == AXIS_NAMES[0] else 'coronal'} slices: re-ordered to axial "
             "slices on loading (every voxel in its place).")
 
 
