@@ -482,6 +482,28 @@ def test_a_thin_slice_disc_is_one_band_centred_between_its_endplates():
     assert np.allclose(centres, [-17.5, 12.5, 33.0], atol=0.3) and not paired.any()
 
 
+def test_a_face_is_centred_and_sized_on_the_body_in_front_of_its_posterior_wall():
+    """The mid-body cross-section on thick slices keeps the pedicle roots, two lobes behind the posterior wall beside
+    the canal. They drew faces' centres back and deepened them (the CT angiogram's T10 superior 28 mm deep instead
+    of 26; the chest CT's T10 inferior 4.6 mm behind its label reference, 4.1 without them). The face's centre and
+    size come from the part in front of the wall, found beside the midline (where the canal lies behind it)."""
+    from PatientImplantPlannerLib.imaging.thicklevels import _in_front_of_wall
+
+    a, b = np.array([0.0, 1.0, 0.0]), np.array([1.0, 0.0, 0.0])
+    g = np.arange(-30.0, 30.01, 1.0)
+    u, w = np.meshgrid(g, g, indexing="ij")
+    body = (u / 12.0) ** 2 + (w / 15.0) ** 2 <= 1.0  # 24 mm deep, centred at the origin
+    roots = np.hypot(u + 14.0, np.abs(w) - 8.0) <= 4.0  # behind the wall, 16 mm apart: the canal between them
+    for fp in (body | roots, body):
+        foot = u[fp][:, None] * a + w[fp][:, None] * b + [0.0, 0.0, 50.0]
+        kept = _in_front_of_wall(foot, a, b)
+        assert abs(kept.mean(axis=0) @ a) < 0.6  # the roots beside the wall stay, as in the label references
+        assert abs(np.ptp(kept @ a) - 24.0) <= 1.0 and np.ptp(kept @ b) == np.ptp(foot @ b)
+    assert foot.shape == kept.shape  # a body without roots is left whole
+    whole = u[body | roots][:, None] * a + w[body | roots][:, None] * b
+    assert whole.mean(axis=0) @ a < -1.0 and np.ptp(whole @ a) >= 29.0  # what the roots did
+
+
 def test_levels_taken_the_wrong_way_round_are_refused(straight):
     """Proximal is the healthy vertebra above the defect. Swapped names or points would run the path caudal to
     cranial, and its lateral would be the patient's left: a strut asked for on the right would go left (towards

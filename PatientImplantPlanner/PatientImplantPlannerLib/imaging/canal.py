@@ -26,6 +26,9 @@ CANAL_NEAR_AXIS_MM = 35.0  # and no further than this from the axis
 # 1.7-2.3 ml more than 8 mm from the labelled cord, 0.1-0.5 ml within this limit (T1 -> T4, T4 -> T9).
 CANAL_OFF_MIDLINE_MM = 15.0
 SECTION_PITCH_MM = 0.5  # sections across the axis are sampled on this grid
+# Channels narrower than about twice this are cut from the holes (CT angiogram T10: the basivertebral notch joined a
+# pocket of the body's centre, 5 mm in front of the posterior wall, to the canal; the canal is 12-15 mm wide).
+CHANNEL_MM = 2.0
 SECTION_HALF_WIDTH_MM = 30.0  # left-right half-width of a section; its depth runs from the axis back 50 mm
 SECTION_DEPTH_MM = 50.0
 ANTERIOR = np.array([0.0, 1.0, 0.0])  # RAS
@@ -69,6 +72,7 @@ def _axial_canal(bone, m, kji_axis, axis_points):
     for s in range(moved.shape[0]):
         if moved[s].any():
             holes2d, keep = _ring_holes(moved[s], pixel_mm2)
+            holes2d, keep = _without_narrow_channels(holes2d, keep, float(np.sqrt(pixel_mm2)))
             if keep:
                 out[s] = np.isin(holes2d, keep)
     if not holes.any():
@@ -104,6 +108,22 @@ def _section_frames(axis: np.ndarray):
     return tangent, anterior, np.cross(tangent, anterior)
 
 
+def _without_narrow_channels(holes: np.ndarray, keep: list, pixel_mm: float) -> tuple:
+    """Each hole of a section opened by a disc of CHANNEL_MM radius and split into what is left: a channel narrower
+    than twice that (the basivertebral notch in the posterior wall) no longer joins a pocket of the body's osteopenic
+    centre to the canal, so the pocket is judged on its own place (in front: not canal)."""
+    r = max(1, int(round(CHANNEL_MM / pixel_mm)))
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    disc = yy**2 + xx**2 <= r * r
+    out, parts = np.zeros_like(holes), []
+    for k in keep:
+        lab, n = ndimage.label(ndimage.binary_opening(holes == k, disc))
+        for j in range(1, n + 1):
+            parts.append(len(parts) + 1)
+            out[lab == j] = parts[-1]
+    return out, parts
+
+
 def _canal_across_axis(bone: np.ndarray, m, axis: np.ndarray) -> np.ndarray:
     """The ring's holes in sections across the spinal axis (one per axis point, <= 1 mm apart), behind the body
     centre by CANAL_BEHIND_AXIS_MM measured across the axis and near the midline; a section whose ring is open (at a
@@ -128,6 +148,7 @@ def _canal_across_axis(bone: np.ndarray, m, axis: np.ndarray) -> np.ndarray:
     for i in range(len(axis)):
         section = ndimage.map_coordinates(bone8, to_kji(points(i, everywhere)).T, order=0, cval=0)
         holes, keep = _ring_holes(section.reshape(uu.shape) > 0, SECTION_PITCH_MM**2)
+        holes, keep = _without_narrow_channels(holes, keep, SECTION_PITCH_MM)
         canal = [k for k in keep if vv[holes == k].mean() <= -CANAL_BEHIND_AXIS_MM
                  and abs(uu[holes == k].mean()) <= CANAL_OFF_MIDLINE_MM]
         # Not in the body's centre: a hole open into it through the basivertebral notch (osteopenic bone, its

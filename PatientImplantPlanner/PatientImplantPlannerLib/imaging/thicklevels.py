@@ -221,6 +221,19 @@ def _footprint_2d(ct, bone, mid, d, height):
     return u[fp], w[fp]
 
 
+def _in_front_of_wall(foot, a, b):
+    """The footprint's columns in front of the body's posterior wall (found beside the midline, where the canal lies
+    behind it): the opening leaves the pedicle roots, lobes behind the wall that draw the face's centre back and
+    deepen it (CT angiogram T10 superior: 28 instead of 26 mm deep, the depth read on the CT 26.5 mm; the chest CT's
+    T10 inferior centre 4.6 mm behind its label reference, 4.1 with the cut). The same cut as the label references'."""
+    fa, fb = foot @ a, foot @ b
+    strip = np.abs(fb - np.median(fb)) < WALL_STRIP_MM
+    if strip.sum() < 5:
+        return foot
+    kept = foot[fa >= fa[strip].min() - WALL_BEHIND_MM]
+    return kept if len(kept) >= 0.5 * len(foot) else foot
+
+
 def _band_edges(ct, foot, d, h, paired=False):
     """Per footprint column across a band at h = 0: the half-max crossings on the near (h < 0) and far side. A
     ``paired`` band (thin slices, centred on the disc): the near endplate's own edges, the far one towards the disc's
@@ -310,6 +323,11 @@ def _ct_body(ct, bone, grid: VoxelGrid, point, toward, level: str, side: str, th
         doubts.append(f"the fit of the face's tilt ran to the edge of its {PROFILE_SEARCH_DEG:g} deg search, "
                       f"{angle_deg(fitted, normal):.0f} deg from the disc band's planes")
     normal = fitted
+    # The face's centre, size and docking body from the body in front of its posterior wall (chest CT, 30 clicked
+    # faces: more than 2 mm from their label references 11 -> 10, the worst undoubted 4.6 -> 4.1 mm). The tilt above
+    # from the whole footprint: cut there too, it moved faces either way (median 5.5 -> 4.5 deg, but T10 superior
+    # 7.5 -> 11.6 and the lumbar CT's L5 superior 2.7 -> 5.9, its concave back cut).
+    foot = _in_front_of_wall(foot, a, b)
     fc = _central(foot, a, b).mean(axis=0)
     face_c = fc + ((c_near - fc) @ normal) / (d @ normal) * d + beyond * normal
     # The opposite face: the other band (it lies at -height / 2), perpendicular to the axis, its own side's offset.
@@ -571,6 +589,8 @@ WALK_BEYOND_EDGE_MM = 2.5  # the bands walked between the docking faces: from th
 THICK_SLICE_MM = 1.5  # slices above this (and much thicker than the pixels): labelled docking faces refitted
 
 
+WALL_STRIP_MM = 4.0  # the posterior wall is found within this of the footprint's midline ...
+WALL_BEHIND_MM = 0.5  # ... and the footprint cut this far behind it
 BODY_HOLE_MM2 = 40.0  # low-density spots inside the body up to this area are filled (the canal is ~200 mm2)
 
 
