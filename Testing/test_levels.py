@@ -484,8 +484,8 @@ def test_a_thin_slice_disc_is_one_band_centred_between_its_endplates():
 
 def test_a_face_is_centred_and_sized_on_the_body_in_front_of_its_posterior_wall():
     """The mid-body cross-section on thick slices keeps the pedicle roots, two lobes behind the posterior wall beside
-    the canal. They drew faces' centres back and deepened them (the CT angiogram's T10 superior 28 mm deep instead
-    of 26; the chest CT's T10 inferior 4.6 mm behind its label reference, 4.1 without them). The face's centre and
+    the canal. They drew faces' centres back and deepened them (the CT angiogram's T10 superior a 14 instead of 13
+    mm radius; the chest CT's T10 inferior 4.6 mm behind its label reference, 4.1 without them). The face's centre and
     size come from the part in front of the wall, found beside the midline (where the canal lies behind it)."""
     from PatientImplantPlannerLib.imaging.thicklevels import _in_front_of_wall
 

@@ -224,8 +224,9 @@ def _footprint_2d(ct, bone, mid, d, height):
 def _in_front_of_wall(foot, a, b):
     """The footprint's columns in front of the body's posterior wall (found beside the midline, where the canal lies
     behind it): the opening leaves the pedicle roots, lobes behind the wall that draw the face's centre back and
-    deepen it (CT angiogram T10 superior: 28 instead of 26 mm deep, the depth read on the CT 26.5 mm; the chest CT's
-    T10 inferior centre 4.6 mm behind its label reference, 4.1 with the cut). The same cut as the label references'."""
+    deepen it (CT angiogram T10 superior: a 14 instead of 13 mm anteroposterior radius, the body 26.5 mm deep on the
+    CT; the chest CT's T10 inferior centre 4.6 mm behind its label reference, 4.1 with the cut). The same cut as the
+    label references'."""
     fa, fb = foot @ a, foot @ b
     strip = np.abs(fb - np.median(fb)) < WALL_STRIP_MM
     if strip.sum() < 5:
