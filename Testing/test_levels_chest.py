@@ -150,12 +150,16 @@ def test_over_the_whole_thoracic_spine_a_face_far_off_is_never_silent(chest):
     tilt: median 6.6, 19 beyond 5, worst 28.7, not flagged up to 10.8.
     Along the normal (the implant's length) neither side is biased: measured (2026-12-02) mean offsets from the
     labelled faces 0.0 mm (superior) and -0.3 mm (inferior, erring inside); with one offset from the disc band for
-    both sides (before) +1.3 mm (superior faces out in the disc) and -0.6 mm."""
+    both sides (before) +1.3 mm (superior faces out in the disc) and -0.6 mm.
+    Centres (measured 2026-12-04): 2.01 mm from their label references at the mean, 11 faces beyond 2 mm, the worst
+    5.7 (doubted), the worst not doubted 4.1. A centre taken halfway to a section
+    near the face was tried: 1.55 mm, 9, 3.6 and 2.9, but it moved T8 superior forward (on the thin-slice copy past
+    2 mm), so it is not used; the assertions hold today's figures."""
     ct, labels, m, bone = chest
     names = [f"T{i}" for i in range(2, 13)]
     value = {n: 44 - int(n[1:]) for n in names}  # TotalSegmentator: T2 = 42 ... T12 = 32
     points = {n: _clicked_point(labels, m, value[n]) for n in names}
-    angles, silent, along = [], [], {"inferior": [], "superior": []}
+    angles, silent, along, off, off_sound = [], [], {"inferior": [], "superior": []}, [], []
     for i, proximal in enumerate(names):
         for distal in names[i + 2:i + 6:3]:
             r = levels.detect_levels(bone, m, points[proximal], points[distal], proximal, distal, ct_array=ct)
@@ -164,17 +168,22 @@ def test_over_the_whole_thoracic_spine_a_face_far_off_is_never_silent(chest):
                 centre, normal = reference_endplate(labels, m, value[level], side)
                 angle = float(np.degrees(np.arccos(min(1.0, abs(float(ep.normal @ normal))))))
                 angles.append(angle)
+                off.append(float(np.linalg.norm(ep.centre - centre)))
+                if end not in r.doubtful_endplates:
+                    off_sound.append(off[-1])
                 if angle <= 10.0:  # a misread tilt moves the centre too: doubted above
                     along[side].append(float((ep.centre - centre) @ normal))  # + out of the body
                 if angle > 7.0 and end not in r.doubtful_endplates:
                     silent.append((proximal, distal, level, side, round(angle, 1)))
     bias = {side: round(float(np.mean(v)), 2) for side, v in along.items()}
     print(f"{len(angles)} faces: median {np.median(angles):.1f} deg, {np.sum(np.array(angles) > 5)} beyond 5; mean "
-          f"offset along the normal {bias}")
+          f"offset along the normal {bias}; centres: mean {np.mean(off):.2f} mm, worst {max(off):.1f}, "
+          f"{np.sum(np.array(off) > 2)} beyond 2; not doubted: worst {max(off_sound):.1f} of {len(off_sound)}")
     assert len(angles) == 30
     assert np.median(angles) <= 5.0
     assert silent == []
     assert all(abs(b) <= 0.7 for b in bias.values()), bias
+    assert np.mean(off) <= 2.2 and max(off_sound) <= 4.5
 
 
 def test_long_struts_from_clicked_points_are_checked_by_hand(chest):
