@@ -212,8 +212,10 @@ def test_long_struts_from_clicked_points_are_checked_by_hand(chest):
 
 def test_labelled_faces_over_the_whole_thoracic_spine_with_the_cord(chest):
     """With TotalSegmentator labels (vertebrae and the spinal cord, as the CLI's --levels passes them) the 30 docking
-    faces of the 15 pairs above. Measured (2026-11-30): centres 1.18 mm at the median, the worst 2.8 (6 faces
-    beyond 2 mm, all superior faces 1.5-2.2 mm off laterally), normals 1.5 deg, the worst 5.0. Without the cord (the
+    faces of the 15 pairs above. Measured (2026-12-04, the face read along the cord's axis as well): centres 0.94 mm
+    at the median (1.18 before), one face beyond 2 mm (9 before): T4 superior, 2.8 mm, 2.4 of them lateral, a body
+    turned about 20 deg from the image's anterior (the planner cuts it from its arch square to the body, the
+    reference square to the image); normals 1.08 deg at the median (1.50), the worst 4.0 (5.0). Without the cord (the
     body cut at its most posterior voxel): 1.32 mm, the worst 4.2 (T10 inferior) and T4 superior 10.5 deg."""
     from PatientImplantPlannerLib.imaging.keepout import from_labels
     from PatientImplantPlannerLib.imaging.levelsource import labels_from_labelmap, level_point
@@ -236,8 +238,10 @@ def test_labelled_faces_over_the_whole_thoracic_spine_with_the_cord(chest):
     print(off)
     assert len(off) == 30
     assert max(d for _, _, d, _ in off) <= 3.0
-    assert max(a for _, _, _, a in off) <= 5.5
-    assert np.median([d for _, _, d, _ in off]) <= 1.3
+    assert sum(d > 2.0 for _, _, d, _ in off) <= 2
+    assert max(a for _, _, _, a in off) <= 4.5
+    assert np.median([d for _, _, d, _ in off]) <= 1.05
+    assert np.median([a for _, _, _, a in off]) <= 1.3
 
 
 def test_a_cervical_body_cut_by_the_first_slice_is_not_pulled_towards_its_lateral_mass(chest):
