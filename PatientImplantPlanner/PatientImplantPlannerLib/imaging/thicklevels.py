@@ -271,19 +271,22 @@ def _ct_body(ct, bone, grid: VoxelGrid, point, toward, level: str, side: str, th
     central part on it).
     ``side``: the docking face's ("inferior" or "superior"); ``thin``: slices thin enough to show a disc's two
     endplates apart (_disc_bands). Returns (docking face, opposite face, axis, (docking crop,
-    origin), doubts about the face's tilt) or None when no band pair is found."""
+    origin), doubts about the face's tilt) or None when the first fit finds no band pair. A refit that loses the
+    bands keeps the fit before it, doubted (the 1 mm copy of the chest CT: T10 -> T12 was refused as one vertebra when
+    T12's fourth refit lost them)."""
     d, centre = unit(toward), np.asarray(point, float)
     h = np.arange(-40.0, 40.01, 0.5)
     hb_loc = np.arange(-9.0, 9.01, 0.5)
     result, steps, docking_bands = None, [], []
     for _ in range(4):
+        lost = True  # until this refit has found its bands, footprint and edges
         prof = _bone_profile(ct, bone, centre, d, h)
         if prof is None:
-            return None
+            break
         peaks, paired = _disc_bands(prof, h, thin)
         fwd, back = peaks[peaks > 3.0], peaks[peaks < -3.0]
         if len(fwd) == 0 or len(back) == 0:
-            return None
+            break
         hf, hb = float(fwd.min()), float(back.max())
         hf_paired = bool(paired[peaks > 3.0][0])
         docking_bands.append(centre + hf * d)
@@ -291,14 +294,14 @@ def _ct_body(ct, bone, grid: VoxelGrid, point, toward, level: str, side: str, th
         height = hf - hb
         found = _footprint_2d(ct, bone, mid, d, height)
         if found is None or len(found[0]) < 30:
-            return None
+            break
         u, w = found
         a, b = _frame(d)
         centre = mid + u.mean() * a + w.mean() * b
         foot = centre + 0.5 * height * d + u[:, None] * a + w[:, None] * b - u.mean() * a - w.mean() * b
         near, far = _band_edges(ct, foot, d, hb_loc, hf_paired)
         if len(near) < 30:
-            return None
+            break
         # The face beyond the near edge: on thick slices the measured offset; a paired band's face is the near
         # endplate's own far edge, towards the disc.
         beyond = float(np.median((far - near) @ d)) if hf_paired else FACE_BEYOND_EDGE_MM[side]
@@ -306,15 +309,22 @@ def _ct_body(ct, bone, grid: VoxelGrid, point, toward, level: str, side: str, th
         n_mid_point, n_mid = _robust_plane(_central(0.5 * (near + far), a, b), d)
         normal = unit(n_near + n_mid)  # the near edge alone is noisy, the band centre alone misses wedged discs
         result = (normal, c_near, foot, a, b, d, centre, height, hb, hf, beyond)
+        lost = False
         steps.append(angle_deg(n_near, d))
         if steps[-1] < 0.2:
             break
         d = n_near  # the next axis: the body's own face (the band centre is shared with the neighbour)
+    if result is None:
+        return None
+    docking_bands = docking_bands[:len(steps)]  # a refit that lost the bands: the last one that found them is kept
     normal, c_near, foot, a, b, d, centre, height, hb, hf, beyond = result
     # Where the docking face's own band was found in each refit, along the final axis (the first, from the clicked
     # point's rough axis, is not compared).
     band_moves = np.ptp([(q - docking_bands[-1]) @ d for q in docking_bands[1:]]) if len(docking_bands) > 2 else 0.0
     doubts = _doubts(steps, float(band_moves), angle_deg(n_near, n_mid))
+    if lost:
+        doubts.append(f"the refit along the face's own tilt ({steps[-1]:.0f} deg from the last axis) lost its disc "
+                      "bands, so its place is uncertain too")
     fitted, at_edge = _profile_fit_normal(ct, foot, a, b, d, normal, c_near, n_mid_point)
     if at_edge and not doubts:
         # Its best tilt lies at or beyond the edge of the search: the fit did not settle. On the 2.5 mm chest CT 7
