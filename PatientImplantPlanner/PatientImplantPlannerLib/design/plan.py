@@ -310,24 +310,31 @@ class _AllBone:
         in_slice[1] = ndimage.generate_binary_structure(2, 1)
         bone = ndimage.binary_fill_holes(bone, structure=in_slice)
         bone = bone[tuple(slice(b.start - w.start, b.stop - w.start) for b, w in zip(box, wide))]
-        if self.keep_out is not None:
-            lo = np.array([b.start for b in box])
-            for s in self.keep_out.structures:
-                a = np.maximum(s.offset, lo)
-                b = np.minimum(s.offset + np.array(s.mask.shape), [b.stop for b in box])
-                if np.any(b <= a):
-                    continue
-                bone[tuple(slice(x - y, z - y) for x, y, z in zip(a, lo, b))] &= ~s.mask[
-                    tuple(slice(x - o, z - o) for x, o, z in zip(a, s.offset, b))]
-        return bone
+        return _less_keep_out(bone, np.array([b.start for b in box]), self.keep_out)
 
 
-def _docking_masks(levels, shape) -> dict:
-    """{end: full-size bool mask of the docking vertebra} from the level detection, or {} without it."""
+def _less_keep_out(mask, lo, keep_out):
+    """``mask`` (a crop at origin ``lo`` (k, j, i) of the CT grid) without the keep-out structures' voxels."""
+    for s in (keep_out.structures if keep_out is not None else ()):
+        a = np.maximum(s.offset, lo)
+        b = np.minimum(s.offset + np.array(s.mask.shape), np.asarray(lo) + np.array(mask.shape))
+        if np.any(b <= a):
+            continue
+        mask[tuple(slice(x - y, z - y) for x, y, z in zip(a, lo, b))] &= ~s.mask[
+            tuple(slice(x - o, z - o) for x, o, z in zip(a, s.offset, b))]
+    return mask
+
+
+def _docking_masks(levels, shape, keep_out=None) -> dict:
+    """{end: full-size bool mask of the docking vertebra} from the level detection, or {} without it; less the
+    keep-out structures, so a screw stops its safety margin short of them too. Found from the CT on thick slices a
+    docking body is a prism along the face's axis, which reaches into the canal behind a tilted or misplaced face: 2.9 %
+    of T12's on the chest CT's 1 mm copy (T10 -> T12, a doubted face) was the labelled cord."""
     out = {}
     for end, (crop, lo) in (getattr(levels, "docking", None) or {}).items():
         full = np.zeros(shape, dtype=bool)
-        full[tuple(slice(int(a), int(a) + n) for a, n in zip(lo, crop.shape))] = crop
+        box = tuple(slice(int(a), int(a) + n) for a, n in zip(lo, crop.shape))
+        full[box] = _less_keep_out(np.array(crop, dtype=bool), np.asarray(lo, dtype=int), keep_out)
         out[end] = full
     return out
 
@@ -528,7 +535,7 @@ def _design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress, label
     else:
         trajectories = default_trajectories(proximal, distal, implant_params.footplate_thickness_mm, plan.screws,
                                             access=access, **screw_layout_kwargs(implant_params, pattern))
-    docking = _docking_masks(levels, np.shape(bone_mask))
+    docking = _docking_masks(levels, np.shape(bone_mask), keep_out)
     if not docking:
         warnings.append("Screw lengths are limited by the bone along each screw only (no detected docking "
                         "vertebrae for user-given endplates): check in the CT that no screw reaches the next disc.")
