@@ -274,3 +274,22 @@ def test_a_doubtful_endplate_blocks_export_until_its_plane_is_moved_or_accepted(
     assert moved.unchecked_endplates == [] and moved.proximal_endplate["centre"][2] == pytest.approx(centre[2] + 0.5)
     checked = design(moved)  # the moved plane is the user's endplate: no finding, no doubt in the warnings
     assert checked.blocking == [] and not any("tilted wrongly" in w for w in checked.warnings)
+
+
+def test_the_narrowest_clearance_slice_cuts_the_implant(tmp_path):
+    """The closest point to a structure often lies on a footplate's face: an axial slice through it only grazes the
+    implant. The record's slice goes up to 1 mm into the implant from it, and shows the implant's outline."""
+    from PIL import Image
+
+    from PatientImplantPlannerLib.export.bundle import _into_mesh
+    from PatientImplantPlannerLib.record.render import render_ct_slice_with_outline
+
+    ct = np.full((40, 40, 40), 40, dtype=np.int16)
+    box = _box([2, 5, 5], [6.5, 20, 20])
+    at = _into_mesh(box, [4.0, 12.0, 20.0])  # on the box's top face
+    assert np.allclose(at, [4.0, 12.0, 19.0])
+    path = render_ct_slice_with_outline(ct, np.eye(4), [(box, (0, 1, 1), 1.0)], str(tmp_path / "axial.png"),
+                                        plane="axial", center_ras=at, pixel_mm=0.5, margin_mm=8.0)
+    img = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    cyan = (img[:, :, 1] > 200) & (img[:, :, 2] > 200) & (img[:, :, 0] < 80)
+    assert cyan.sum() > 50

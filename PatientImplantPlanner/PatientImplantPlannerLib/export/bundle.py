@@ -422,6 +422,15 @@ KEEP_OUT_COLOURS = [("red", (0.95, 0.2, 0.2)), ("blue", (0.2, 0.45, 1.0)), ("gre
                     ("orange", (1.0, 0.6, 0.1)), ("purple", (0.8, 0.3, 0.9)), ("teal", (0.1, 0.85, 0.85))]
 
 
+def _into_mesh(mesh, point, depth_mm: float = 1.0):
+    """``point`` on the mesh's surface moved up to ``depth_mm`` along superior-inferior towards the mesh's middle:
+    the closest point is often a footplate's rim on its face, and an axial slice through it only grazed the implant
+    (the chest CT's T6 -> T8 record showed the canal at the narrowest clearance with no implant outline)."""
+    p = np.array(point, dtype=float)
+    p[2] += float(np.clip(mesh.bounds().mean(axis=0)[2] - p[2], -depth_mm, depth_mm))
+    return p
+
+
 def _keep_out_slices(result, ct_array, ijk_to_ras, tmp) -> dict:
     """Axial CT slices at each footplate and where the implant comes closest to a keep-out structure, the
     structures tinted (each its own colour, named in the caption) and the implant outlined."""
@@ -439,7 +448,7 @@ def _keep_out_slices(result, ct_array, ijk_to_ras, tmp) -> dict:
     if clearance:
         name = min(clearance, key=clearance.get)
         spots.append((f"narrowest clearance ({name.replace('_', ' ')} {clearance[name]:.1f} mm)",
-                      np.asarray(safety["closest_ras"][name], float)))
+                      _into_mesh(result.nominal.mesh, safety["closest_ras"][name])))
     images = {}
     for n, (what, centre) in enumerate(spots):
         path = render_ct_slice_with_outline(ct_array, ijk_to_ras, [(result.nominal.mesh, OUTLINE_IMPLANT_RGB, 1.0)],
