@@ -27,6 +27,9 @@ PAIR_SLICE_MM = 2.0
 PAIR_DIP_MM = 4.0  # a paired band's far edge: the near endplate's descent towards the dip, up to this past the centre
 
 
+# All bone of the CT (the Bone preset's lower threshold), measured when the segment has no neighbours to the bodies.
+ALL_BONE_HU = 226.0
+
 BODY_MIN_HU = 60.0  # body in the mid-body plane: bone >= this (osteoporotic cancellous ~100 HU; cord/CSF below)
 
 
@@ -444,21 +447,27 @@ def _thick_levels(ct_array, mask, grid: VoxelGrid, p_prox, p_dist, proximal_name
     radius = 0.5 * np.linalg.norm(p_prox - p_dist) + 70.0
     box, lo = _crop_box(grid.shape, grid.to_kji(centre)[0], radius / grid.spacing_kji)
     sub = np.asarray(mask[box], dtype=bool)
-    thick_axis = slices[0]
-    # Bone filled slice by slice: the segment leaves the low-density cancellous centres of osteoporotic bodies open.
-    filled = np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(sub, thick_axis, 0)], axis=thick_axis)
-    full = np.zeros(grid.shape, dtype=bool)
-    full[box] = filled
-    ct, bone = _Sampler(ct_array, grid, box, lo), _Sampler(full, grid, box, lo)
-    out, reasons = [], []
+    ct = _Sampler(ct_array, grid, box, lo)
     thin = not slices[2] and slices[1] <= PAIR_SLICE_MM  # slices, not a blurred reconstruction
     ends = (("proximal", proximal_name, "inferior"), ("distal", distal_name, "superior"))
-    for point, other, (_, name, side) in ((p_prox, p_dist, ends[0]), (p_dist, p_prox, ends[1])):
-        found = _ct_body(ct, bone, grid, point, other - point, name, side, thin)
-        if found is None:
-            return None
-        out.append(found[:4])
-        band = found[4]
+    # The segment first. On thin slices whose dark discs keep the vertebrae apart it may hold the docking bodies
+    # alone (seeds in them only, the CLI's default): no bone beyond either disc, so no band pair along the profile.
+    # Then all bone of the CT is measured instead (RIDER chest CT, 1.25 mm slices smoothed in plane, T5 -> T8:
+    # faces found inside T5 and T8, "10.2 and 13.9 mm tall", now within 2 mm of the discs read on its reformat).
+    for bone_crop in (sub, None):
+        if bone_crop is None:
+            bone_crop = sub | (np.asarray(ct_array[box]) >= ALL_BONE_HU)
+        bone = _Sampler(_filled_slices(bone_crop, slices[0]), grid, (slice(None),) * 3, lo)
+        found = [_ct_body(ct, bone, grid, point, other - point, name, side, thin)
+                 for point, other, (_, name, side) in ((p_prox, p_dist, ends[0]), (p_dist, p_prox, ends[1]))]
+        if all(f is not None for f in found) or bone_crop is not sub:
+            break
+    if any(f is None for f in found):
+        return None
+    out, reasons = [], []
+    for body in found:
+        out.append(body[:4])
+        band = body[4]
         if band:  # the figure was measured for these signs only, so it goes with them
             band = band[:-1] + [f"{band[-1]} (on a 2.5 mm chest CT, 10 of 16 faces with such signs were 6-14 deg off)"]
         reasons.append(band + [r for r in (unresolved_tilt(grid, slices),) if r])
@@ -485,6 +494,11 @@ def _thick_levels(ct_array, mask, grid: VoxelGrid, p_prox, p_dist, proximal_name
         m.body_mask_voxels = int(crop.sum())
     walked = _walk_bands(ct, bone, prox, dist)
     return prox, dist, docking, walked, doubts
+
+
+def _filled_slices(crop, axis: int):
+    """Bone filled slice by slice: a segment leaves the low-density cancellous centres of osteoporotic bodies open."""
+    return np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(crop, axis, 0)], axis=axis)
 
 
 def doubt_message(which: str, name: str, side: str, thickness: float, reasons, labelled: bool = False) -> str:
@@ -540,6 +554,7 @@ def _walk_bands(ct, bone, prox, dist):
                           & (peaks < s_d + FACE_BEYOND_EDGE_MM["superior"] + WALK_BEYOND_EDGE_MM)])
     found = []
     in_bone = bone(path) > 0.5
+    peaks = _without_inner_bands(peaks, s, prof)
     for a, b in zip(peaks[:-1], peaks[1:]):
         span = (s > a) & (s < b)
         # A body between two bands (closer bands are one band's endplates); under 15 mm also bone: on thin slices a
@@ -548,6 +563,20 @@ def _walk_bands(ct, bone, prox, dist):
         if b - a >= 15.0 or (b - a >= 10.0 and in_bone[span].mean() >= 0.5):
             found.append((path[int(np.argmin(np.abs(s - 0.5 * (a + b))))], None))
     return found
+
+
+def _without_inner_bands(peaks, s, prof, piece_mm: float = 10.0):
+    """The bands walked, less those inside a body: a band with a piece shorter than a body (``piece_mm``) on each
+    side, neither dipping as low as a disc (more than two band prominences below the band). RIDER chest CT (1.25 mm
+    slices smoothed in plane, T5 -> T8): a band across T6's middle, 226 HU, left pieces of 7 and 8 mm dipping to 177
+    and 169 HU, so T6 was not found between its endplates' bands; its discs dip to 122-132 HU between endplates'
+    bands of 235-258 HU."""
+    keep = np.ones(len(peaks), dtype=bool)
+    for i in range(1, len(peaks) - 1):
+        floor = prof[np.argmin(np.abs(s - peaks[i]))] - 2.0 * BAND_PROMINENCE_HU
+        sides = ((peaks[i - 1], peaks[i]), (peaks[i], peaks[i + 1]))
+        keep[i] = not all(b - a < piece_mm and prof[(s > a) & (s < b)].min() >= floor for a, b in sides)
+    return peaks[keep]
 
 
 # Signs that a face's tilt is unsettled (see _doubts): the last refit still turned the face, the band's near edge
