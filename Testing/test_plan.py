@@ -80,11 +80,12 @@ def test_axis_strut_through_intact_vertebra_is_reported(phantom):
     r = design_implant(make_plan(phantom, placement="axis"), phantom.array, phantom.ijk_to_ras, phantom.bone_mask)
     assert r.measurements["interference_mm3"] > 1000.0  # the L2 body is in the way of a strut on the axis
     assert any("intersects" in w for w in r.warnings)
+    assert not any("does not reach the spinal axis" in w for w in r.warnings)  # L2 is in the segment
 
 
 def test_interference_counts_bone_the_segmentation_missed(phantom):
     """Seeded in the two docking vertebrae only (the CLI's default), the segment may lack the intact L2 between
-    them: the interference is still measured against all bone of the CT there."""
+    them: the interference is still measured against all bone of the CT there, and the missing body is named."""
     from scipy import ndimage
 
     labels, _ = ndimage.label(phantom.bone_mask)
@@ -97,6 +98,16 @@ def test_interference_counts_bone_the_segmentation_missed(phantom):
     r = design_implant(make_plan(phantom, placement="axis"), phantom.array, phantom.ijk_to_ras, seeded)
     assert r.measurements["interference_mm3"] > 1000.0
     assert any("intersects" in w for w in r.warnings)
+    # ... and the bone and check models, made from the segment, would lack L2: said, with the fix.
+    (missing,) = [w for w in r.warnings if "does not reach the spinal axis" in w]
+    assert "segmentation.seeds_ras" in missing
+    run = float(missing.split(" along ")[1].split(" mm")[0])
+    ends = [np.array([float(v) for v in part.split(")")[0].split(",")]) for part in missing.split("RAS (")[1:3]]
+    truth = phantom.vertebra("L2")
+    print(run, ends, truth.body_height)
+    assert truth.body_height - 6.0 <= run <= truth.body_height + 12.0  # L2 less the reach, at most a disc more
+    along = [float((e - truth.body_centre) @ truth.axis_direction) for e in ends]
+    assert along[0] < 0 < along[1]  # the stretch spans L2's centre
 
 
 @pytest.mark.parametrize("extra", [2.0, 3.0, 4.0])

@@ -146,6 +146,7 @@ def test_thin_slices_whose_segment_holds_only_the_docking_bodies_give_faces_at_t
     T6, split by a band across its middle, is found between them."""
     import numpy as np
 
+    from PatientImplantPlannerLib.design.plan import _axis_outside_segment
     from PatientImplantPlannerLib.imaging import levels
     from PatientImplantPlannerLib.imaging.bonesegmentation import BoneSegmentationParameters
     from PatientImplantPlannerLib.scene.bonesegment import segment_bone
@@ -176,6 +177,11 @@ def test_thin_slices_whose_segment_holds_only_the_docking_bodies_give_faces_at_t
     assert len(r.intermediate_centres) == 2
     for c, name in zip(r.intermediate_centres, ("T6", "T7")):
         assert abs(c[2] - CENTRES[name][2]) < 4.0, (name, c)
+    # The plan says the bone and check models, made from this segment, lack T6 and T7 (measured: 38 mm of the axis).
+    warning = _axis_outside_segment(r, bone, m)
+    run = float(warning.split(" along ")[1].split(" mm")[0])
+    top, bottom = (float(part.split(")")[0].split(",")[2]) for part in warning.split("RAS (")[1:3])
+    assert run > 30.0 and top > CENTRES["T6"][2] and bottom < CENTRES["T7"][2], warning
 
 
 def test_the_in_plane_smoothing_the_refusal_names_gives_an_exported_plan(tmp_path, soft_kernel_ct):

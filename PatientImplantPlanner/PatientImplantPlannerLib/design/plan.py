@@ -423,6 +423,55 @@ def design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress=None, l
         raise PlanError(exc.problem, fix) from exc
 
 
+def _axis_outside_segment(levels, bone_mask, ijk_to_ras, reach_mm: float = 3.0, run_mm: float = 12.0) -> str:
+    """A warning when the spinal axis between the docking faces runs outside the bone segment for more than
+    ``run_mm`` ("" otherwise; a disc, at most 12 mm tall, less ``reach_mm`` on either side, stays under it): the bone
+    model and the plastic check model are made from the segment. Seeds in the two docking bodies alone (the CLI's
+    default) keep only the bone connected to them: on thin slices with dark discs the bodies between are left out
+    (RIDER chest CT smoothed in plane, T5 -> T8: T6 and T7, 45 mm of the axis)."""
+    if bone_mask is None or levels is None or len(levels.axis_points) < 2:
+        return ""
+    pts = np.asarray(levels.axis_points, float)
+    prox, dist = levels.proximal_endplate, levels.distal_endplate
+    between = ((pts - prox.centre) @ prox.normal > reach_mm) & ((pts - dist.centre) @ dist.normal > reach_mm)
+    if between.sum() < 2:
+        return ""
+    grid_m = np.asarray(ijk_to_ras, float)
+    inv = np.linalg.inv(grid_m)
+    kji = np.rint(pts @ inv[:3, :3].T + inv[:3, 3]).astype(int)[:, ::-1]
+    reach = np.ceil(reach_mm / np.linalg.norm(grid_m[:3, :3], axis=0)[::-1]).astype(int)
+    shape = np.array(np.shape(bone_mask))
+    pad = np.ceil(30.0 / np.linalg.norm(grid_m[:3, :3], axis=0)[::-1]).astype(int)  # a body's radius and more
+    lo = np.clip(kji[between].min(axis=0) - pad, 0, shape)
+    hi = np.clip(kji[between].max(axis=0) + pad + 1, 0, shape)
+    from scipy import ndimage
+
+    # Filled slice by slice: an osteopenic body's segment may be its shell, with the axis in its hollow.
+    crop = np.asarray(bone_mask[tuple(slice(a, b) for a, b in zip(lo, hi))], dtype=bool)
+    crop = np.stack([ndimage.binary_fill_holes(c) for c in crop])
+    held = np.ones(len(pts), dtype=bool)
+    for i in np.flatnonzero(between):
+        c = kji[i] - lo
+        held[i] = bool(crop[tuple(slice(max(x - r, 0), x + r + 1) for x, r in zip(c, reach))].any())
+    step = np.linalg.norm(np.diff(pts, axis=0), axis=1)
+    run, longest, first, span = 0.0, 0.0, 0, (0, 0)
+    for i in range(1, len(pts)):
+        if between[i] and not held[i]:
+            first = i if run == 0.0 else first
+            run += step[i - 1]
+            if run > longest:
+                longest, span = run, (first, i)
+        else:
+            run = 0.0
+    if longest <= run_mm:
+        return ""
+    a, b = (", ".join(f"{v:.1f}" for v in pts[k]) for k in span)
+    return (f"The bone segment does not reach the spinal axis between the docking levels along {longest:.0f} mm (from "
+            f"RAS ({a}) to RAS ({b})): the bone model and the plastic check model will show no vertebra there. If "
+            "vertebral bodies lie there, add a seed in each (Seeds under Segmentation, or segmentation.seeds_ras in "
+            "the plan) and segment again.")
+
+
 def _labelled_cord(keep_out):
     """(crop, origin) of the spinal cord when the keep-out set has it from labels (not the CT's bony-ring estimate)."""
     for s in keep_out.structures if keep_out is not None else ():
@@ -461,6 +510,7 @@ def _design_implant(plan: Plan, ct_array, ijk_to_ras, bone_mask, progress, label
         )
         warnings.extend(levels.warnings)
         warnings.extend(n for n in (noisy_ct_note(ct_array),) if n)
+        warnings.extend(n for n in (_axis_outside_segment(levels, bone_mask, ijk_to_ras),) if n)
     # A docking face detected with a doubtful tilt, unless the plan gives that endplate itself (the user's); one
     # detected so before and not moved since (the module's redesign passes it as given) stays doubtful.
     doubtful = {end: msg for end, msg in (levels.doubtful_endplates if levels else {}).items()
