@@ -26,6 +26,7 @@ from ..imaging.ctnoise import noisy_ct_note
 from ..imaging.keepout import from_ct
 from ..imaging.levels import SPINE_ORDER, detect_levels
 from ..imaging.levelsource import vertebra_name
+from ..imaging.voxelops import filled_in_slices
 from ..record.values import DRILL_BONE_MM
 from .access import DRIVER_REACH_MM, access_radius_mm, drill_access
 from .defectparams import MirrorDefectParameters
@@ -444,11 +445,8 @@ def _axis_outside_segment(levels, bone_mask, ijk_to_ras, reach_mm: float = 3.0, 
     pad = np.ceil(30.0 / np.linalg.norm(grid_m[:3, :3], axis=0)[::-1]).astype(int)  # a body's radius and more
     lo = np.clip(kji[between].min(axis=0) - pad, 0, shape)
     hi = np.clip(kji[between].max(axis=0) + pad + 1, 0, shape)
-    from scipy import ndimage
-
     # Filled slice by slice: an osteopenic body's segment may be its shell, with the axis in its hollow.
-    crop = np.asarray(bone_mask[tuple(slice(a, b) for a, b in zip(lo, hi))], dtype=bool)
-    crop = np.stack([ndimage.binary_fill_holes(c) for c in crop])
+    crop = filled_in_slices(bone_mask[tuple(slice(a, b) for a, b in zip(lo, hi))])
     held = np.ones(len(pts), dtype=bool)
     for i in np.flatnonzero(between):
         c = kji[i] - lo

@@ -23,7 +23,7 @@ from ..core.mesh import TriMesh
 from ..parts.gyroid import voxelise
 from .canal import find_canal
 from .thicklevels import thick_slice_axis
-from .voxelops import bbox_slices, label_counts
+from .voxelops import bbox_slices, filled_in_slices, label_counts
 
 DEFAULT_CLEARANCE_MM = 2.0
 MEASURE_PITCH_MM = 0.5  # clearance and overlap are measured on this isotropic grid around the mesh
@@ -306,7 +306,7 @@ def _contrast_pool_near(ct: np.ndarray, bone, seed_kji, spacing_kji) -> bool:
     box, _ = _seed_box(seed_kji, CONTRAST_NEAR_MM, spacing_kji, ct.shape)
     pool = (ct[box] >= VESSEL_HU[0]) & (ct[box] <= VESSEL_HU[1])
     if bone is not None:  # with the cancellous bone inside the cortex (as dense as diluted contrast)
-        pool &= ~np.stack([ndimage.binary_fill_holes(b) for b in bone[box]])
+        pool &= ~filled_in_slices(bone[box])
     lab, n = ndimage.label(pool)
     counts = label_counts(lab, n + 1)[1:]
     return bool(len(counts)) and counts.max() * float(np.prod(spacing_kji)) / 1000.0 >= CONTRAST_NEAR_ML

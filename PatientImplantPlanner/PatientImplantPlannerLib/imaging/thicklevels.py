@@ -9,6 +9,7 @@ from scipy import ndimage
 from ..core.anatomy import Endplate, angle_deg, smooth_axis, unit
 from ..core.grid import VoxelGrid
 from .vertebra import CORE_FRACTION, PATIENT_ANTERIOR, VertebraMeasurement, _crop_box, _fit_plane
+from .voxelops import filled_in_slices
 
 # On 2-3 mm slices the thin thoracic discs blur with the endplates into one bright band and the filled bone is one
 # column (measured on a 0.7 x 0.7 x 2.5 mm contrast chest CT): the bodies are found from the CT instead. The band
@@ -457,7 +458,7 @@ def _thick_levels(ct_array, mask, grid: VoxelGrid, p_prox, p_dist, proximal_name
     for bone_crop in (sub, None):
         if bone_crop is None:
             bone_crop = sub | (np.asarray(ct_array[box]) >= ALL_BONE_HU)
-        bone = _Sampler(_filled_slices(bone_crop, slices[0]), grid, (slice(None),) * 3, lo)
+        bone = _Sampler(filled_in_slices(bone_crop, slices[0]), grid, (slice(None),) * 3, lo)
         found = [_ct_body(ct, bone, grid, point, other - point, name, side, thin)
                  for point, other, (_, name, side) in ((p_prox, p_dist, ends[0]), (p_dist, p_prox, ends[1]))]
         if all(f is not None for f in found) or bone_crop is not sub:
@@ -494,11 +495,6 @@ def _thick_levels(ct_array, mask, grid: VoxelGrid, p_prox, p_dist, proximal_name
         m.body_mask_voxels = int(crop.sum())
     walked = _walk_bands(ct, bone, prox, dist)
     return prox, dist, docking, walked, doubts
-
-
-def _filled_slices(crop, axis: int):
-    """Bone filled slice by slice: a segment leaves the low-density cancellous centres of osteoporotic bodies open."""
-    return np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(crop, axis, 0)], axis=axis)
 
 
 def doubt_message(which: str, name: str, side: str, thickness: float, reasons, labelled: bool = False) -> str:

@@ -72,6 +72,14 @@ def nearest_label(lab, v, radius_mm, spacing):
     return int(lab[tuple(idx[n])]) if d[n] <= radius_mm else None
 
 
+def filled_in_slices(mask: np.ndarray, axis: int = 0) -> np.ndarray:
+    """``mask`` with the holes of each slice across ``axis`` filled (an osteopenic body's segment is often its
+    cortical shell: filled slice by slice it is the whole body, without closing the canal through the arch)."""
+    import scipy.ndimage as ndi
+
+    return np.stack([ndi.binary_fill_holes(s) for s in np.moveaxis(np.asarray(mask, dtype=bool), axis, 0)], axis=axis)
+
+
 def enclosed_holes(mask: np.ndarray) -> np.ndarray:
     """Background voxels not connected to the array border (face connectivity), via one labelling pass
     (scipy's binary_fill_holes propagates iteratively and is several times slower on large crops)."""
