@@ -74,7 +74,11 @@ def test_non_empty_output_folder_is_refused(tmp_path, capsys):
 def test_write_demo_plan_refuses_to_overwrite(tmp_path, capsys):
     path = tmp_path / "plan.json"
     assert main(["write-demo-plan", str(path)]) == 0
-    assert json.load(open(path))["case_id"] == demo_plan().case_id
+    written = json.load(open(path))
+    assert written["case_id"] == demo_plan().case_id
+    # Users copy the example to their own CT: its side must be the clearance-respecting automatic one (fixed anterior,
+    # it put the chest CT's T4 -> T9 strut into the aorta; test_safety_chest).
+    assert written["placement"] == "auto" and written["placement_angle_deg"] is None
     before = path.read_bytes()
     assert main(["write-demo-plan", str(path)]) == 2
     err = capsys.readouterr().err

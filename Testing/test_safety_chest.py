@@ -60,12 +60,13 @@ def designed(request):
     return _designed(ct, labels, m, proximal, distal), labels, m, proximal, distal, mirror
 
 
-def _designed(ct, labels, m, proximal, distal):
+def _designed(ct, labels, m, proximal, distal, placement="auto"):
     vert = np.where((labels >= 26) & (labels <= 50), labels, 0)
     near = ndimage.binary_dilation(vert > 0, iterations=2)
     bone = (near & (ct >= 226)) | ((vert > 0) & (ct >= 100))
     level_map, values = labels_from_labelmap(vert)
     plan = _plan(f"CHEST-{proximal}{distal}", proximal, distal, level_map, values, m)
+    plan.placement = placement
     return design_implant(plan, ct, m, bone, label_map=level_map, label_values=values, keep_out=from_labels(labels, m))
 
 
@@ -200,3 +201,15 @@ def test_a_long_strut_from_t1_with_labels():
         centre, normal = reference_endplate(labels, m, value, side)
         assert np.linalg.norm(ep.centre - centre) <= mm
         assert np.degrees(np.arccos(min(1.0, abs(float(ep.normal @ normal))))) <= deg
+
+
+def test_a_fixed_anterior_strut_in_the_aorta_is_refused_with_the_automatic_placement_as_fix():
+    """The example plan used to fix the strut anterior; copied to this CT (T4 -> T9, labels) the strut lay 849 mm3
+    inside the aorta and was refused with "move it round the bodies". The example now leaves the side automatic (6.1
+    mm from the aorta, shared evaluator); a fixed side that misses the clearance names the automatic placement."""
+    ct, labels, m = _load(False)
+    result = _designed(ct, labels, m, "T4", "T9", placement="anterior")
+    inside = np.isin(_lookup(labels, m, _surface_samples(result.nominal.mesh)), [STRUCTURES["aorta"]])
+    assert inside.any()  # measured on the mesh against the labels, not the planner's own keep-out
+    found = dict(result.blocking)
+    assert '"placement": "auto" with placement_angle_deg null' in found["clearance:aorta"]

@@ -208,8 +208,7 @@ def demo_plan():
         proximal_point_ras=list(SAMPLE_L1_BODY_RAS),
         distal_point_ras=list(SAMPLE_L3_BODY_RAS),
         implant=ImplantParameters(profile="curved_plate", width_mm=10.0, depth_mm=5.0),
-        placement="anterior",
-    )
+    )  # placement left automatic: anterior here (nothing kept out), and safe where this example is copied to a chest CT
     plan.segmentation.seeds_ras = [SAMPLE_L3_SEED_RAS]
     return plan
 

@@ -94,8 +94,13 @@ def _where_near(plan, point, faces) -> str:
                 and float(np.linalg.norm(off)) <= max(face.radius_ap, face.radius_lr) + 1.0):
             level = f" ({face.level})" if face.level else ""
             return f"{at}, on the {end} footplate{level}: make the footplates smaller (implant.footplate_fraction)"
-    return (f"{at}, on the strut: move it round the bodies (placement, placement_angle_deg), bring it nearer the "
-            "bone (anterior_clearance_mm) or make it slimmer (implant.width_mm / diameter_mm)")
+    if plan.placement == "auto" and plan.placement_angle_deg is None:
+        turn = "move it round the bodies (placement, placement_angle_deg)"
+    else:  # a fixed side (the chest CT's T4 -> T9 set anterior: 849 mm3 in the aorta; automatic keeps 6 mm)
+        turn = ('let the planner choose its side ("placement": "auto" with placement_angle_deg null; GUI: Placement '
+                "automatic), which keeps the clearance where any angle does, or set another angle")
+    return (f"{at}, on the strut: {turn}, bring it nearer the bone (anterior_clearance_mm) or make it slimmer "
+            "(implant.width_mm / diameter_mm)")
 
 
 def require_accepted(result) -> None:
