@@ -494,3 +494,24 @@ def test_a_plan_that_cannot_see_the_aorta_says_so(chest):
     seen = design_implant(seeded, ph.array, ph.ijk_to_ras, ph.bone_mask)
     assert not any("aorta and the heart were not kept out" in w for w in seen.warnings)
     assert clearances(ph, seen)["aorta"] >= REQUIRED_MM - 0.5
+
+
+def test_footplates_the_side_search_shortens_are_named_in_a_note():
+    """Placement around the bodies shrinks footplates that would come too near (towards the canal) before it judges
+    an angle. It did so silently: on the chest CT's T2 -> T5 (labels) the record showed 0.50 for a plan asking 0.7.
+    The same phantom case as above, placed anterior: the shrink is said, with what it kept clear and the settings."""
+    ph = make_spine_phantom(spacing=1.0, levels=("T5", "T6", "T7"), with_mediastinum=True)
+    lv = detect_levels(ph.bone_mask, ph.ijk_to_ras, ph.body_point("T5"), ph.body_point("T7"))
+    cord = from_labels(ph.keepout_labels, ph.ijk_to_ras, names=["spinal_cord"])
+    ends = (lv.axis_points, lv.proximal_endplate, lv.distal_endplate)
+    implant = ImplantParameters(diameter_mm=12.0, footplate_fraction=0.95)
+    pl = place_strut(implant, *ends, ph.bone_mask, ph.ijk_to_ras, keep_out=cord, placement="anterior",
+                     required_clearance_mm=4.0)
+    f = pl.parameters.footplate_fraction
+    assert f < 0.95
+    assert cord.measure(build_implant(*ends, pl.parameters).mesh)["spinal_cord"]["clearance_mm"] >= 4.0
+    assert f"shortened to {f:.2f} of the endplate front to back (from 0.95)" in pl.note
+    assert "spinal cord" in pl.note and "placement_angle_deg" in pl.note and "keep_out_clearance_mm" in pl.note
+    same = place_strut(implant, *ends, ph.bone_mask, ph.ijk_to_ras, keep_out=cord, placement="anterior",
+                       required_clearance_mm=1.0)
+    assert same.parameters.footplate_fraction == 0.95 and same.note == ""

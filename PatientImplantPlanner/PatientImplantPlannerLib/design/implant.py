@@ -275,7 +275,8 @@ def _check_footprint(poly: np.ndarray, params: ImplantParameters, plates) -> Non
         if ext_a > fa + 1e-6 or ext_l > fl + 1e-6:
             raise PlanError(
                 f"The strut profile (with its offset) reaches {ext_a:.1f} mm anteroposteriorly and {ext_l:.1f} mm "
-                f"laterally from the footplate centre, beyond the {name} footplate ({fa:.1f} x {fl:.1f} mm semi-axes).",
+                f"laterally from the footplate centre, beyond the {name} footplate (semi-axes A-P {fa:.1f} x L-R "
+                f"{fl:.1f} mm).",
                 "Make the strut smaller, reduce its offset, or raise footplate_fraction.",
             )
 

@@ -378,8 +378,19 @@ def place_strut(implant: ImplantParameters, axis, proximal: Endplate, distal: En
         centre = 0.5 * (tried[lo][0] + tried[hi][0])
         i = min(mids, key=lambda i: (abs(tried[i][0] - centre), -scores[i - lo], abs(tried[i][0])))
         a, c, n, params, offset, pattern = tried[i]
+    note = ""
+    if params.footplate_fraction < implant.footplate_fraction - 1e-9:
+        # Said, not silent: the record showed 0.50 for a plan asking 0.7 (chest CT, T2 -> T5 with labels), and a
+        # later "footplates enlarged from 0.60" read as growth from the user's own value.
+        wide, *_ = _parameters_at(implant, proximal, distal, a, bone, bone_gap_mm)
+        c0, n0 = clearance_of(wide)
+        near = f", an estimated {c0:.1f} mm from the {n0.replace('_', ' ')}" if c0 is not None and n0 else ""
+        note = (f"Footplates shortened to {params.footplate_fraction:.2f} of the endplate front to back (from "
+                f"{implant.footplate_fraction:.2f}) to keep {required_clearance_mm:g} mm from the keep-out anatomy "
+                f"at this side of the strut (at {implant.footplate_fraction:.2f}{near}): a larger footplate needs "
+                "another side (placement_angle_deg) or a smaller clearance (keep_out_clearance_mm).")
     return Placement(angle_deg=float(a), offset_mm=offset, parameters=params, screw_pattern=pattern, how=how,
-                     clearance_mm=c, nearest=n, by_angle=[(t[0], t[1], t[2]) for t in tried])
+                     clearance_mm=c, nearest=n, by_angle=[(t[0], t[1], t[2]) for t in tried], note=note)
 
 
 def _cervical_docking(levels) -> bool:

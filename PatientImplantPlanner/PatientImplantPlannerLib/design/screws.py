@@ -458,8 +458,8 @@ def default_trajectories(
             )
         if placed is None:
             raise PlanError(
-                f"No room for even one {st.name} screw on the {end} footplate ({fa:.1f} x {fl:.1f} mm "
-                f"semi-axes): clear of a {strut_radius_mm:.1f} mm-radius strut the hole would come within "
+                f"No room for even one {st.name} screw on the {end} footplate (semi-axes A-P {fa:.1f} x L-R "
+                f"{fl:.1f} mm): clear of a {strut_radius_mm:.1f} mm-radius strut the hole would come within "
                 f"{HOLE_WALL_MM:.0f} mm of the footplate's rim.",
                 # Only fixes that are left: a footplate already covering the endplate cannot grow.
                 ("Raise implant.footplate_fraction (up to 1.0), use" if footplate_fraction < 1.0 else "Use")
@@ -470,7 +470,7 @@ def default_trajectories(
         notes = []
         if len(placed) < params.per_end:
             notes.append(f"only {len(placed)} of {params.per_end} screws fit on the {end} footplate "
-                         f"({fa:.1f} x {fl:.1f} mm semi-axes) clear of the strut"
+                         f"(semi-axes A-P {fa:.1f} x L-R {fl:.1f} mm) clear of the strut"
                          + (" with drill and driver access" if access is not None else ""))
         names = []
         for pos, u, conv, skew, outward in placed:
