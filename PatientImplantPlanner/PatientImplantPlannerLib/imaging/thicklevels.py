@@ -25,14 +25,6 @@ PAIR_PARTNER_HU = 15.0
 # Only on slices up to this thick (the 2.5 mm chest CT's bands are one peak; its few double ones are not discs'
 # endplates and pairing them moved its calibrated faces).
 PAIR_SLICE_MM = 2.0
-# On thick slices a disc tall enough to show (the chest CT's T12/L1, 4 mm by its labels) splits the band: the
-# docking body's own endplate is a peak standing this much above the disc's dip, nearer than the band's brightest
-# peak, which is the neighbour's endplate. Taken as one band with the near endplate's partner, as on thin slices;
-# otherwise the face came out on the neighbour's side of the disc (L1 superior 4.4 mm out along its normal, undoubted).
-# Measured on the chest CT's bands: such partners 35-125 HU above the dip at T12/L1 and T10/T11, while the double
-# peaks inside the blurred mid-thoracic bands stand 15-28 HU above theirs (pairing those moved T7 inferior 0.8 ->
-# 5.5 deg).
-NEAR_PARTNER_HU = 30.0
 PAIR_DIP_MM = 4.0  # a paired band's far edge: the near endplate's descent towards the dip, up to this past the centre
 
 
@@ -157,17 +149,15 @@ def _disc_bands(prof, h, thin: bool = True):
     """Disc bands along a body's profile: (centres, paired). On thick slices a disc is one band (endplate, disc and
     endplate blurred together); on thin ones its two endplates are two peaks a few mm apart with the disc's dip
     between them, the weaker often under BAND_PROMINENCE_HU next to the brighter: such a pair is one band, centred
-    on the disc, and marked ``paired``. On thick slices only a disc tall enough to show pairs so (NEAR_PARTNER_HU)."""
+    on the disc, and marked ``paired``."""
     from scipy.signal import find_peaks
 
     main, _ = find_peaks(prof, prominence=BAND_PROMINENCE_HU)
-    weak = find_peaks(prof, prominence=PAIR_PARTNER_HU)[0]
-    above_dip = PAIR_PARTNER_HU if thin else NEAR_PARTNER_HU
+    weak = find_peaks(prof, prominence=PAIR_PARTNER_HU)[0] if thin else []
     centres, paired = [], []
     for p in main:
         partners = [q for q in weak if PAIR_MIN_MM <= abs(h[q] - h[p]) <= PAIR_MAX_MM
-                    and prof[q] - prof[min(p, q): max(p, q) + 1].min() >= above_dip
-                    and (thin or abs(h[q]) < abs(h[p]))]  # thick: only the body's own endplate, before the band
+                    and prof[q] - prof[min(p, q): max(p, q) + 1].min() >= PAIR_PARTNER_HU]
         if partners:
             q = max(partners, key=lambda q: prof[q])
             centres.append(0.5 * (h[p] + h[q]))
